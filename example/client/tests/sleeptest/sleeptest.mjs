@@ -1,0 +1,4 @@
+export async function run({ seconds = 1 }) {
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  return { keyvals: { slept: seconds } };
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { EXIT_USAGE, printError, processOutput } from './output.js';
+import { packagerCommand } from './packager.js';
+import { startCommand } from './start.js';
+
+async function main(argv: string[]): Promise<number> {
+  let exitCode = 0;
+  const setExit = (code: number): void => {
+    exitCode = code;
+  };
+  const program = new Command('autotest')
+    .description('Autotest package management: packager, repositories and installs')
+    .exitOverride()
+    .showHelpAfterError()
+    .addCommand(packagerCommand(processOutput, setExit).exitOverride())
+    .addCommand(startCommand(processOutput, setExit).exitOverride());
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.exitCode === 0 ? 0 : EXIT_USAGE;
+    }
+    return printError(processOutput, error);
+  }
+  return exitCode;
+}
+
+process.exitCode = await main(process.argv);

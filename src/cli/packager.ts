@@ -1,0 +1,181 @@
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { loadConfig, parseLocation, type Config, type Location } from '../config/index.js';
+import { AutotestError } from '../errors.js';
+import { parseNameList } from '../packages/index.js';
+import {
+  BUNDLED_CLIENT_DIR,
+  listLocations,
+  removePackages,
+  selectedFileNames,
+  uploadPackages,
+  verifyLocations,
+  type OperationReport,
+  type Selection,
+} from '../packager/index.js';
+import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { createProgress } from './progress.js';
+
+export interface PackagerFlags {
+  config?: string;
+  clientDir?: string;
+  all?: boolean;
+  test?: string[];
+  profiler?: string[];
+  dependency?: string[];
+  client?: boolean;
+  file?: string[];
+  repository?: string[];
+  json?: boolean;
+  repair?: boolean;
+  jobs?: string;
+}
+
+const ACTIONS = ['upload', 'remove', 'list', 'verify'] as const;
+type Action = (typeof ACTIONS)[number];
+
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
+function selectionFrom(flags: PackagerFlags): Selection {
+  const names = (values: string[] | undefined, what: string): string[] => (values ?? []).flatMap((v) => parseNameList(v, what));
+  return {
+    all: flags.all === true,
+    tests: names(flags.test, 'test'),
+    profilers: names(flags.profiler, 'profiler'),
+    deps: names(flags.dependency, 'dependency'),
+    client: flags.client === true,
+    files: flags.file ?? [],
+  };
+}
+
+/** --client-dir, else client_dir in [PACKAGES], else the bundled example tree. */
+export function chooseClientDir(flags: { clientDir?: string | undefined }, config: Config): string {
+  if (flags.clientDir !== undefined) return path.resolve(flags.clientDir);
+  return config.packages.clientDir ?? BUNDLED_CLIENT_DIR;
+}
+
+function uploadLocations(flags: PackagerFlags, config: Config): Location[] {
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const locations = [...config.packages.uploadLocations, ...extra];
+  if (locations.length === 0) {
+    throw new AutotestError('ERR_USAGE', `no upload location: ${config.source} sets no upload_location in [PACKAGES] and no -r was given`, {
+      hint: 'add upload_location to [PACKAGES] or pass -r PATH',
+    });
+  }
+  return locations;
+}
+
+function printOperation(output: Output, report: OperationReport, verb: string): void {
+  for (const location of report.locations) {
+    if (location.error) {
+      output.err(`failed: ${location.location}: ${location.error.message}`);
+      if (location.error.hint) output.err(`  hint: ${location.error.hint}`);
+      continue;
+    }
+    const parts = verb === 'upload'
+      ? [`published ${location.published.length}`, `unchanged ${location.unchanged.length}`]
+      : [`removed ${location.removed.length}`, `not there ${location.missing.length}`];
+    output.out(`${location.location}${location.created ? ' (created)' : ''}: ${parts.join(', ')}`);
+  }
+  for (const failed of report.failedPackages) {
+    output.err(`failed: ${failed.file}: ${failed.message}`);
+    if (failed.hint) output.err(`  hint: ${failed.hint}`);
+  }
+}
+
+export async function runPackager(action: string, flags: PackagerFlags, output: Output): Promise<number> {
+  if (!(ACTIONS as readonly string[]).includes(action)) {
+    throw new AutotestError('ERR_USAGE', `unknown packager action "${action}"`, { hint: `use one of: ${ACTIONS.join(', ')}` });
+  }
+  const config = await loadConfig({ file: flags.config });
+  for (const warning of config.warnings) output.err(`warning: ${warning}`);
+  const { compression, minimumFreeSpaceBytes } = config.packages;
+  const locations = uploadLocations(flags, config);
+  const json = flags.json === true;
+
+  switch (action as Action) {
+    case 'upload': {
+      const jobs = flags.jobs === undefined ? undefined : Number(flags.jobs);
+      if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1)) {
+        throw new AutotestError('ERR_USAGE', `--jobs ${flags.jobs ?? ''}: expected a whole number >= 1`);
+      }
+      const progress = createProgress(output, !json);
+      const report = await uploadPackages({
+        clientDir: chooseClientDir(flags, config), selection: selectionFrom(flags), locations, compression,
+        minimumFreeBytes: minimumFreeSpaceBytes, onEvent: progress.onEvent, ...(jobs === undefined ? {} : { jobs }),
+      });
+      progress.finish();
+      if (json) output.out(JSON.stringify(report, null, 2));
+      else printOperation(output, report, 'upload');
+      return report.ok ? EXIT_OK : EXIT_FAILED;
+    }
+    case 'remove': {
+      const files = selectedFileNames(selectionFrom(flags), compression);
+      if (flags.all === true) throw new AutotestError('ERR_USAGE', 'remove --all is not supported: name the packages to remove');
+      if (files.length === 0) throw new AutotestError('ERR_USAGE', 'nothing to remove: name packages with -t, -d, -p, -c or -f');
+      const progress = createProgress(output, !json);
+      const report = await removePackages({ files, locations, onEvent: progress.onEvent });
+      progress.finish();
+      if (json) output.out(JSON.stringify(report, null, 2));
+      else printOperation(output, report, 'remove');
+      return report.ok ? EXIT_OK : EXIT_FAILED;
+    }
+    case 'list': {
+      const reports = await listLocations(locations);
+      if (json) output.out(JSON.stringify(reports, null, 2));
+      else {
+        for (const report of reports) {
+          if (report.error) {
+            output.err(`failed: ${report.location}: ${report.error.message}`);
+            continue;
+          }
+          output.out(`${report.location} (${report.packages.length} packages)`);
+          for (const p of report.packages) {
+            output.out(`  ${p.type.padEnd(8)} ${p.name.padEnd(32)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}  ${p.publishedAt ?? ''}`);
+          }
+        }
+      }
+      return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
+    }
+    case 'verify': {
+      const reports = await verifyLocations({
+        locations, repair: flags.repair === true, clientDir: chooseClientDir(flags, config), compression, minimumFreeBytes: minimumFreeSpaceBytes,
+      });
+      if (json) output.out(JSON.stringify(reports, null, 2));
+      else {
+        for (const report of reports) {
+          if (report.error) {
+            output.err(`failed: ${report.location}: ${report.error.message}`);
+            continue;
+          }
+          const state = report.problems.length === 0 ? 'consistent' : `${report.problems.length} problem(s)`;
+          output.out(`${report.location}: ${report.entries} indexed, ${state}${report.repaired.length > 0 ? `, repaired ${report.repaired.length}` : ''}`);
+          for (const p of report.problems) output.out(`  ${p.kind}: ${p.file}: ${p.detail}`);
+        }
+        if (reports.some((r) => r.problems.length > 0) && flags.repair !== true) output.err('hint: run "autotest packager verify --repair" to fix drift');
+      }
+      return reports.every((r) => !r.error && r.problems.length === 0) ? EXIT_OK : EXIT_FAILED;
+    }
+  }
+}
+
+export function packagerCommand(output: Output, setExit: (code: number) => void): Command {
+  return new Command('packager')
+    .description('pack the client tree and publish it to the upload locations')
+    .argument('<action>', `one of ${ACTIONS.join(', ')}`)
+    .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
+    .option('--client-dir <path>', 'client tree to pack (default: client_dir in [PACKAGES], else the bundled example)')
+    .option('-a, --all', 'every test, site test, dep, profiler and the client')
+    .option('-t, --test <names>', 'comma-separated tests', collect)
+    .option('-p, --profiler <names>', 'comma-separated profilers', collect)
+    .option('-d, --dependency <names>', 'comma-separated deps', collect)
+    .option('-c, --client', 'the client package')
+    .option('-f, --file <path>', 'a plain file (kernel, image); repeatable', collect)
+    .option('-r, --repository <location>', 'an extra upload location; repeatable', collect)
+    .option('--repair', 'with verify: fix what is found')
+    .option('--json', 'print the result as JSON')
+    .addOption(new Option('-j, --jobs <n>', 'packages packed at once (default: number of cores)'))
+    .action(async (action: string, flags: PackagerFlags) => {
+      setExit(await runPackager(action, flags, output));
+    });
+}

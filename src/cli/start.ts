@@ -1,0 +1,51 @@
+import { Command } from 'commander';
+import { loadConfig } from '../config/index.js';
+import { AutotestError } from '../errors.js';
+import { listLocations, uploadPackages } from '../packager/index.js';
+import { chooseClientDir } from './packager.js';
+import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { createProgress } from './progress.js';
+
+/** The main job (`npm start`): publish the client tree to the configured repositories, then say what is there. */
+export async function runStart(flags: { config?: string; clientDir?: string }, output: Output): Promise<number> {
+  const config = await loadConfig({ file: flags.config });
+  for (const warning of config.warnings) output.err(`warning: ${warning}`);
+  if (config.packages.uploadLocations.length === 0) {
+    throw new AutotestError('ERR_USAGE', `${config.source} sets no upload_location in [PACKAGES]`, { hint: 'add one, or run without --config for the embedded default' });
+  }
+  const clientDir = chooseClientDir(flags, config);
+  output.out(`config: ${config.source}`);
+  output.out(`client tree: ${clientDir}`);
+  const progress = createProgress(output, true);
+  const report = await uploadPackages({
+    clientDir,
+    selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: config.packages.uploadLocations,
+    compression: config.packages.compression,
+    minimumFreeBytes: config.packages.minimumFreeSpaceBytes,
+    onEvent: progress.onEvent,
+  });
+  progress.finish();
+  for (const location of report.locations) {
+    if (location.error) {
+      output.err(`failed: ${location.location}: ${location.error.message}`);
+      continue;
+    }
+    output.out(`repository ${location.location}: ${location.published.length} published, ${location.unchanged.length} unchanged`);
+  }
+  for (const failed of report.failedPackages) output.err(`failed: ${failed.file}: ${failed.message}`);
+  for (const listed of await listLocations(config.packages.uploadLocations)) {
+    for (const p of listed.packages) output.out(`  ${p.file.padEnd(40)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}`);
+  }
+  return report.ok ? EXIT_OK : EXIT_FAILED;
+}
+
+export function startCommand(output: Output, setExit: (code: number) => void): Command {
+  return new Command('start')
+    .description('the main job: publish the client tree to the configured repositories')
+    .option('--config <path>', 'global_config.ini to read')
+    .option('--client-dir <path>', 'client tree to pack')
+    .action(async (flags: { config?: string; clientDir?: string }) => {
+      setExit(await runStart(flags, output));
+    });
+}

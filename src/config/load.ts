@@ -1,0 +1,72 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { AutotestError, errnoCode } from '../errors.js';
+import { overlayIni, parseIni, type IniDocument } from './ini.js';
+import { readPackagesConfig, type Config } from './schema.js';
+
+/** The environment variable that names the global config file when --config is not given. */
+export const CONFIG_ENV = 'AUTOTEST_CONFIG';
+export const EMBEDDED_SOURCE = '(embedded default)';
+
+/**
+ * With no config file: repositories are folders under the working directory, so that a
+ * fresh checkout publishes and installs without any set-up.
+ */
+export const EMBEDDED_DEFAULT = `[PACKAGES]
+fetch_location: var/packages/builtin, var/packages/custom
+upload_location: var/packages/builtin
+custom_upload_location: var/packages/custom
+custom_download_location: var/custom_packages
+custom_max_age: 40
+minimum_free_space: 1
+serve_packages_from_autoserv: true
+`;
+
+async function readOptional(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (error) {
+    if (errnoCode(error) === 'ENOENT') return undefined;
+    throw new AutotestError('ERR_CONFIG', `cannot read config file ${file}: ${errnoCode(error) ?? String(error)}`, { cause: error });
+  }
+}
+
+export interface LoadConfigOptions {
+  /** --config PATH */
+  file?: string | undefined;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+/** Where the config comes from: --config, then $AUTOTEST_CONFIG, then the embedded default. */
+export function chooseConfigFile(options: LoadConfigOptions): string | undefined {
+  const env = options.env ?? process.env;
+  const chosen = options.file ?? env[CONFIG_ENV];
+  return chosen === undefined || chosen === '' ? undefined : path.resolve(options.cwd ?? process.cwd(), chosen);
+}
+
+export async function loadConfig(options: LoadConfigOptions = {}): Promise<Config> {
+  const cwd = options.cwd ?? process.cwd();
+  const file = chooseConfigFile(options);
+  let doc: IniDocument;
+  let source: string;
+  if (file === undefined) {
+    doc = parseIni(EMBEDDED_DEFAULT, EMBEDDED_SOURCE);
+    source = EMBEDDED_SOURCE;
+  } else {
+    const text = await readOptional(file);
+    if (text === undefined) {
+      throw new AutotestError('ERR_CONFIG', `config file ${file} does not exist`, {
+        hint: `check --config or $${CONFIG_ENV}; etc/global_config.example.ini lists every key`,
+      });
+    }
+    doc = parseIni(text, file);
+    const shadowFile = path.join(path.dirname(file), 'shadow_config.ini');
+    const shadow = await readOptional(shadowFile);
+    if (shadow !== undefined) doc = overlayIni(doc, parseIni(shadow, shadowFile));
+    source = file;
+  }
+  const baseDirOf = (from: string): string => (from === EMBEDDED_SOURCE ? cwd : path.dirname(from));
+  const { packages, warnings } = readPackagesConfig(doc, baseDirOf);
+  return { source, packages, warnings };
+}

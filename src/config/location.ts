@@ -1,0 +1,95 @@
+import path from 'node:path';
+import { AutotestError, redactSecrets } from '../errors.js';
+
+/** A repository location as written in fetch_location, upload_location and friends. */
+export type Location =
+  | { kind: 'local'; path: string; text: string }
+  | { kind: 'ssh'; user: string | undefined; host: string; port: number | undefined; path: string; text: string }
+  | { kind: 'http'; url: string; text: string }
+  | { kind: 'git'; url: string; branch: string | undefined; text: string };
+
+const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+const IPV6_RE = /^\[[0-9A-Fa-f:.]+\]$/;
+const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
+
+function refuse(text: string, why: string): never {
+  throw new AutotestError('ERR_BAD_LOCATION', `location "${redactSecrets(text)}": ${why}`, {
+    hint: 'use a local path, file:///path, http(s)://host/path, ssh://[user@]host[:port]/path or a git URL',
+  });
+}
+
+function checkPath(text: string, p: string): void {
+  if (/[\0-\x1f\x7f]/.test(p)) refuse(text, 'the path contains a control character');
+  if (!p.startsWith('/')) refuse(text, 'the path must be absolute');
+}
+
+function parseSsh(text: string): Location {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    refuse(text, 'not a valid ssh:// URL');
+  }
+  if (url.password) refuse(text, 'passwords in ssh:// URLs are not supported; use keys (keyless SSH)');
+  const user = url.username === '' ? undefined : decodeURIComponent(url.username);
+  if (user !== undefined && !USER_RE.test(user)) refuse(text, `user "${user}" is not a valid user name`);
+  const host = url.hostname;
+  if (!HOST_RE.test(host) && !IPV6_RE.test(host)) refuse(text, `host "${host}" is not a valid host name`);
+  const port = url.port === '' ? undefined : Number(url.port);
+  if (url.search || url.hash) refuse(text, 'ssh:// locations take no "?" or "#" part');
+  const p = decodeURIComponent(url.pathname);
+  checkPath(text, p);
+  return { kind: 'ssh', user, host, port, path: p, text };
+}
+
+const GIT_BRANCH_RE = /^(?<url>.+?\.git|git:\/\/.+?)(?::(?<branch>[A-Za-z0-9._/-]+))?$/;
+
+function parseGit(text: string): Location | undefined {
+  const isGit = text.startsWith('git://') || text.startsWith('git+ssh://') || /\.git(?::[^/:]+)?$/.test(text);
+  if (!isGit) return undefined;
+  const match = GIT_BRANCH_RE.exec(text);
+  const url = match?.groups?.url ?? text;
+  const branch = match?.groups?.branch;
+  if (/[\s\0-\x1f]/.test(url)) refuse(text, 'a git URL cannot contain spaces or control characters');
+  if (url.startsWith('-')) refuse(text, 'a git URL cannot start with "-"');
+  return { kind: 'git', url, branch, text };
+}
+
+/**
+ * Reads one location. Relative local paths are resolved against `baseDir` (the folder of
+ * the config file that names them, or the working directory for the embedded default).
+ */
+export function parseLocation(raw: string, baseDir: string): Location {
+  const text = raw.trim();
+  if (text === '') refuse(raw, 'empty');
+  if (text.startsWith('http://') || text.startsWith('https://')) {
+    try {
+      const url = new URL(text);
+      return { kind: 'http', url: url.href.replace(/\/+$/, ''), text };
+    } catch {
+      refuse(text, 'not a valid http(s) URL');
+    }
+  }
+  if (text.startsWith('ssh://')) return parseSsh(text);
+  const git = parseGit(text);
+  if (git) return git;
+  if (text.startsWith('file://')) {
+    let p: string;
+    try {
+      p = decodeURIComponent(new URL(text).pathname);
+    } catch {
+      refuse(text, 'not a valid file:// URL');
+    }
+    checkPath(text, p);
+    return { kind: 'local', path: path.normalize(p).replace(/(.)\/+$/, '$1'), text };
+  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) refuse(text, 'unknown scheme');
+  const resolved = path.resolve(baseDir, text);
+  checkPath(text, resolved);
+  return { kind: 'local', path: resolved.replace(/(.)\/+$/, '$1'), text };
+}
+
+/** How a location is named in messages: never with a password. */
+export function describeLocation(location: Location): string {
+  return location.kind === 'local' ? location.path : redactSecrets(location.text);
+}

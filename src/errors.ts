@@ -1,0 +1,63 @@
+/**
+ * One error class for every failure the user can act on. `code` is stable (tests and
+ * callers match on it), `message` names the thing at fault, `hint` says what to do.
+ * Programmer errors stay plain `Error`.
+ */
+export type ErrorCode =
+  | 'ERR_CONFIG'
+  | 'ERR_BAD_NAME'
+  | 'ERR_BAD_LOCATION'
+  | 'ERR_UNKNOWN_PACKAGE'
+  | 'ERR_CLIENT_TREE'
+  | 'ERR_PACK'
+  | 'ERR_UNSAFE_ARCHIVE'
+  | 'ERR_CORRUPT_ARCHIVE'
+  | 'ERR_BAD_INDEX'
+  | 'ERR_LOCATION_REFUSED'
+  | 'ERR_NO_SPACE'
+  | 'ERR_LOCK'
+  | 'ERR_CHECKSUM_MISMATCH'
+  | 'ERR_NOT_FOUND'
+  | 'ERR_UNSUPPORTED'
+  | 'ERR_TOOL'
+  | 'ERR_USAGE';
+
+export interface AutotestErrorOptions {
+  hint?: string;
+  cause?: unknown;
+}
+
+export class AutotestError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: AutotestErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'AutotestError';
+    this.code = code;
+    this.hint = options.hint;
+  }
+}
+
+export function isAutotestError(error: unknown, code?: ErrorCode): error is AutotestError {
+  return error instanceof AutotestError && (code === undefined || error.code === code);
+}
+
+/** The errno code of a Node.js system error, or undefined for anything else. */
+export function errnoCode(error: unknown): string | undefined {
+  if (error instanceof Error && 'code' in error && typeof error.code === 'string') {
+    return error.code;
+  }
+  return undefined;
+}
+
+/** A one-line description of any thrown value, for messages that wrap a cause. */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}
+
+/** Removes the password of `scheme://user:password@host` URLs wherever they appear in a text. */
+export function redactSecrets(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^/\s:@]*):[^@/\s]*@/gi, '$1:***@');
+}

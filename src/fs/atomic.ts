@@ -1,0 +1,84 @@
+import { randomBytes } from 'node:crypto';
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import path from 'node:path';
+import { errnoCode } from '../errors.js';
+
+const TEMP_PREFIX = '.tmp.';
+
+/**
+ * A temporary name in the same folder as `target`, so the final rename is atomic. It
+ * carries host and pid, so a later run can tell a dead writer's leftovers from a live one's.
+ */
+export function tempPathFor(target: string): string {
+  const tag = `${hostname().replace(/[^A-Za-z0-9-]/g, '_')}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  return path.join(path.dirname(target), `${TEMP_PREFIX}${tag}.${path.basename(target)}`);
+}
+
+export function isTempName(name: string): boolean {
+  return name.startsWith(TEMP_PREFIX);
+}
+
+export async function fsyncPath(file: string): Promise<void> {
+  const handle = await open(file, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Writes `data` to `target` through a synced temp file and a rename; the temp goes on failure. */
+export async function writeFileAtomic(target: string, data: string | Buffer, mode = 0o644): Promise<void> {
+  const temp = tempPathFor(target);
+  try {
+    const handle = await open(temp, 'wx', mode);
+    try {
+      await handle.writeFile(data);
+      await handle.chmod(mode);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, target);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+}
+
+function pidIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return errnoCode(error) === 'EPERM';
+  }
+}
+
+const FOREIGN_TEMP_MAX_AGE_MS = 24 * 3600 * 1000;
+
+/**
+ * Removes temp files left by writers that died: this host's whose process is gone, other
+ * hosts' (shared folders) after a day. Returns the names removed.
+ */
+export async function removeDeadTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  const me = hostname().replace(/[^A-Za-z0-9-]/g, '_');
+  for (const name of await readdir(dir)) {
+    if (!isTempName(name)) continue;
+    const [host, pidText] = name.slice(TEMP_PREFIX.length).split('.');
+    const pid = Number(pidText);
+    let dead: boolean;
+    if (host === me && Number.isInteger(pid)) dead = !pidIsAlive(pid);
+    else {
+      const st = await stat(path.join(dir, name)).catch(() => undefined);
+      dead = st !== undefined && Date.now() - st.mtimeMs > FOREIGN_TEMP_MAX_AGE_MS;
+    }
+    if (dead) {
+      await rm(path.join(dir, name), { force: true, recursive: true });
+      removed.push(name);
+    }
+  }
+  return removed;
+}

@@ -1,0 +1,150 @@
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AutotestError, errnoCode } from '../errors.js';
+import type { Compression } from '../config/index.js';
+import {
+  CLIENT_PACKAGE_NAME,
+  checkName,
+  combineRules,
+  packageFileName,
+  readPackExclude,
+  type ExcludeRule,
+  type PackageType,
+} from '../packages/index.js';
+
+/** One package the client tree can produce. */
+export interface PackageSource {
+  type: PackageType | 'file';
+  name: string;
+  /** The folder packed, or for plain files the file itself. */
+  root: string;
+  fileName: string;
+}
+
+export interface Selection {
+  all: boolean;
+  tests: string[];
+  profilers: string[];
+  deps: string[];
+  client: boolean;
+  files: string[];
+}
+
+/** The example client tree shipped with the project: the default when none is configured. */
+export const BUNDLED_CLIENT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../example/client');
+
+const TYPE_FOLDERS: Record<Exclude<PackageType, 'client'>, string[]> = {
+  // site_tests come second so that a site test overrides a test of the same name, as in Autotest.
+  test: ['tests', 'site_tests'],
+  dep: ['deps'],
+  profiler: ['profilers'],
+};
+
+async function isDir(p: string): Promise<boolean> {
+  try {
+    return (await stat(p)).isDirectory();
+  } catch (error) {
+    if (errnoCode(error) === 'ENOENT' || errnoCode(error) === 'ENOTDIR') return false;
+    throw error;
+  }
+}
+
+export async function checkClientTree(clientDir: string): Promise<void> {
+  if (!(await isDir(clientDir))) {
+    throw new AutotestError('ERR_CLIENT_TREE', `client tree ${clientDir} does not exist or is not a folder`, {
+      hint: 'pass --client-dir PATH or set client_dir in [PACKAGES]',
+    });
+  }
+}
+
+/** The folders of one package type, by name; missing type folders (site_tests/) count as empty. */
+async function listFolders(clientDir: string, type: Exclude<PackageType, 'client'>): Promise<Map<string, string>> {
+  const found = new Map<string, string>();
+  for (const folder of TYPE_FOLDERS[type]) {
+    const base = path.join(clientDir, folder);
+    if (!(await isDir(base))) continue;
+    for (const name of (await readdir(base)).sort()) {
+      if (name.startsWith('.') || !(await isDir(path.join(base, name)))) continue;
+      checkName(name, `${type} folder name (${path.join(base, name)})`);
+      found.set(name, path.join(base, name));
+    }
+  }
+  return found;
+}
+
+/**
+ * The client package leaves out every test, site test, dep and profiler subfolder (they are
+ * packages of their own) and the client's run-time folders, but keeps profilers/'s own files.
+ */
+const clientRule: ExcludeRule = (rel, isDir) => {
+  const [top, second] = rel.split('/');
+  if (second === undefined) return false;
+  if (top === 'tests' || top === 'site_tests' || top === 'deps' || top === 'results' || top === 'tmp' || top === 'packages') return true;
+  return top === 'profilers' && isDir && rel.split('/').length === 2;
+};
+
+export async function excludeRuleFor(source: PackageSource): Promise<ExcludeRule> {
+  const own = await readPackExclude(source.root);
+  return source.type === 'client' ? combineRules(clientRule, own) : combineRules(own);
+}
+
+/** Resolves what the user asked for into package sources; unknown names are errors. */
+export async function selectSources(clientDir: string, selection: Selection, compression: Compression): Promise<PackageSource[]> {
+  const sources = new Map<string, PackageSource>();
+  const add = (source: PackageSource): void => {
+    sources.set(source.fileName, source);
+  };
+  const needTree = selection.all || selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0;
+  if (needTree) await checkClientTree(clientDir);
+
+  const wanted: [Exclude<PackageType, 'client'>, string[]][] = [
+    ['test', selection.tests],
+    ['dep', selection.deps],
+    ['profiler', selection.profilers],
+  ];
+  for (const [type, names] of wanted) {
+    if (!selection.all && names.length === 0) continue;
+    const folders = await listFolders(clientDir, type);
+    const chosen = selection.all ? [...folders.keys()] : names;
+    for (const name of chosen) {
+      const root = folders.get(name);
+      if (!root) {
+        throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${type} "${name}" not found: no folder ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f, name)).join(' or ')}`, {
+          hint: `"autotest packager list --tree" shows the packages of the client tree`,
+        });
+      }
+      add({ type, name, root, fileName: packageFileName(type, name, compression) });
+    }
+  }
+  if (selection.all || selection.client) {
+    add({ type: 'client', name: CLIENT_PACKAGE_NAME, root: clientDir, fileName: packageFileName('client', CLIENT_PACKAGE_NAME, compression) });
+  }
+  for (const file of selection.files) {
+    const resolved = path.resolve(file);
+    let st;
+    try {
+      st = await stat(resolved);
+    } catch {
+      throw new AutotestError('ERR_UNKNOWN_PACKAGE', `file ${resolved} does not exist`, { hint: 'check the path given to --file' });
+    }
+    if (!st.isFile()) throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${resolved} is not a regular file`, { hint: '--file publishes one file such as a kernel image' });
+    const fileName = checkName(path.basename(resolved), 'file name');
+    add({ type: 'file', name: fileName, root: resolved, fileName });
+  }
+  if (sources.size === 0) {
+    throw new AutotestError('ERR_USAGE', 'nothing to do: name packages with --all, -t, -d, -p, -c or -f');
+  }
+  return [...sources.values()];
+}
+
+/** File names a selection refers to, without needing the client tree (for remove). */
+export function selectedFileNames(selection: Selection, compression: Compression): string[] {
+  const names: string[] = [];
+  for (const name of selection.tests) names.push(packageFileName('test', name, compression));
+  for (const name of selection.deps) names.push(packageFileName('dep', name, compression));
+  for (const name of selection.profilers) names.push(packageFileName('profiler', name, compression));
+  if (selection.client) names.push(packageFileName('client', CLIENT_PACKAGE_NAME, compression));
+  for (const file of selection.files) names.push(checkName(path.basename(file), 'file name'));
+  return names;
+}

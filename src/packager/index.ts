@@ -1,0 +1,11 @@
+export { uploadPackages } from './upload.js';
+export type { UploadOptions } from './upload.js';
+export { removePackages } from './remove.js';
+export { verifyLocations } from './verify.js';
+export type { VerifyLocationReport, Problem } from './verify.js';
+export { listLocations } from './list.js';
+export type { ListReport, ListedPackage } from './list.js';
+export { selectSources, selectedFileNames, BUNDLED_CLIENT_DIR } from './client-tree.js';
+export type { Selection, PackageSource } from './client-tree.js';
+export type { PackagerEvent, OperationReport, LocationReport } from './events.js';
+export { cacheDir } from './state.js';

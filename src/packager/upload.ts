@@ -1,0 +1,185 @@
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import pLimit from 'p-limit';
+import type { Compression, Location } from '../config/index.js';
+import { describeLocation } from '../config/index.js';
+import { digestFile, packEntries, treeFingerprint, walkTree, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
+import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
+import { excludeRuleFor, selectSources, type PackageSource, type Selection } from './client-tree.js';
+import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
+import { toFailure } from './failure.js';
+import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
+
+export interface UploadOptions {
+  clientDir: string;
+  selection: Selection;
+  locations: Location[];
+  compression: Compression;
+  minimumFreeBytes: number;
+  /** Packages packed at once (default: the number of cores). */
+  jobs?: number;
+  onEvent?: EventSink;
+  /** Where the pack cache and staging folder live (default: ~/.cache/autotest). */
+  cacheDir?: string;
+}
+
+interface LiveTarget {
+  target: UploadTarget;
+  report: LocationReport;
+  index: RepositoryIndex;
+}
+
+/** Bumped when the tarball format changes, so every package is packed again. */
+const FORMAT_SALT = 'autotest-tarball-v1';
+
+/** Whether the location already holds this exact package (same source, file present, same size). */
+async function holds(live: LiveTarget, file: string, sourceDigest: string | undefined): Promise<boolean> {
+  const entry = live.index.get(file);
+  if (!entry || sourceDigest === undefined || entry.sourceDigest !== sourceDigest) return false;
+  const size = await live.target.fileSize(file);
+  return size !== undefined && (entry.size === undefined || entry.size === size);
+}
+
+async function packSource(source: PackageSource, dest: string, compression: Compression): Promise<{ record: PackRecord }> {
+  if (source.type === 'file') {
+    // Plain files are published as they are; their "source digest" is their own sha256.
+    const digests = await digestFile(source.root);
+    return { record: { fingerprint: '', sourceDigest: digests.sha256, ...digests } };
+  }
+  const entries = await walkTree(source.root, await excludeRuleFor(source));
+  const fingerprint = treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
+  const result = await packEntries(entries, dest, compression);
+  return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
+}
+
+async function currentDigest(source: PackageSource, state: PackState, compression: Compression): Promise<string | undefined> {
+  if (source.type === 'file') return undefined;
+  const record = state.get(source.fileName);
+  if (!record) return undefined;
+  const entries = await walkTree(source.root, await excludeRuleFor(source));
+  return treeFingerprint(entries, `${FORMAT_SALT}:${compression}`) === record.fingerprint ? record.sourceDigest : undefined;
+}
+
+/**
+ * `packager upload`: packs what changed, in parallel, and publishes it to every location
+ * with its index. A location that refuses is reported and the others go on; a package that
+ * cannot be packed is reported and the others go on. Nothing is ever half-published.
+ */
+export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
+  const emit: EventSink = options.onEvent ?? (() => undefined);
+  const jobs = options.jobs ?? Math.max(2, availableParallelism());
+  const sources = await selectSources(options.clientDir, options.selection, options.compression);
+  const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
+  const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
+
+  const live: LiveTarget[] = [];
+  await Promise.all(options.locations.map(async (location) => {
+    const locationReport = emptyLocationReport(describeLocation(location));
+    report.locations.push(locationReport);
+    try {
+      const target = createUploadTarget(location);
+      const { created } = await target.prepare({ minimumFreeBytes: options.minimumFreeBytes, neededBytes: 0 });
+      locationReport.created = created;
+      await target.cleanTemps();
+      live.push({ target, report: locationReport, index: await target.readIndex() });
+    } catch (error) {
+      locationReport.error = toFailure(error);
+      emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
+    }
+  }));
+
+  const limit = pLimit(jobs);
+  const known = new Map<string, string | undefined>();
+  await Promise.all(sources.map((source) => limit(async () => {
+    try {
+      known.set(source.fileName, await currentDigest(source, state, options.compression));
+    } catch {
+      known.set(source.fileName, undefined);
+    }
+  })));
+
+  const toPack: PackageSource[] = [];
+  for (const source of sources) {
+    const digest = known.get(source.fileName);
+    const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
+    if (everywhere.every(Boolean)) {
+      for (const l of live) {
+        l.report.unchanged.push(source.fileName);
+        emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
+      }
+    } else toPack.push(source);
+  }
+  emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
+
+  if (live.length > 0 && toPack.length > 0) {
+    const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
+    await mkdir(stagingRoot, { recursive: true });
+    const staging = await mkdtemp(path.join(stagingRoot, 'pack-'));
+    const staged = new Map<LiveTarget, { entry: IndexEntry; staged: StagedFile }[]>(live.map((l) => [l, []]));
+    const refresh = new Map<LiveTarget, IndexEntry[]>(live.map((l) => [l, []]));
+    try {
+      await Promise.all(toPack.map((source) => limit(async () => {
+        const started = process.hrtime.bigint();
+        const packed = path.join(staging, source.fileName);
+        let record: PackRecord;
+        try {
+          ({ record } = await packSource(source, source.type === 'file' ? '' : packed, options.compression));
+        } catch (error) {
+          const failure = toFailure(error);
+          report.failedPackages.push({ file: source.fileName, ...failure });
+          emit({ type: 'package-failed', file: source.fileName, error: failure.message });
+          return;
+        }
+        if (source.type !== 'file') {
+          state.set(source.fileName, record);
+          report.packed.push(source.fileName);
+          emit({ type: 'packed', file: source.fileName, size: record.size, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
+        }
+        const entry: IndexEntry = {
+          file: source.fileName, md5: record.md5, sha256: record.sha256, size: record.size,
+          sourceDigest: record.sourceDigest, publishedAt: new Date().toISOString(),
+        };
+        await Promise.all(live.map(async (l) => {
+          if (l.report.error) return;
+          const existing = l.index.get(source.fileName);
+          const size = existing ? await l.target.fileSize(source.fileName) : undefined;
+          if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
+            // Same bytes already there (touched files, or an older index): only the index learns more.
+            if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined) refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
+            l.report.unchanged.push(source.fileName);
+            emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
+            return;
+          }
+          try {
+            staged.get(l)?.push({ entry, staged: await l.target.stage(source.fileName, source.type === 'file' ? source.root : packed) });
+          } catch (error) {
+            l.report.error ??= toFailure(error);
+          }
+        }));
+        if (source.type !== 'file') await rm(packed, { force: true });
+      })));
+
+      await Promise.all(live.map(async (l) => {
+        const adds = staged.get(l) ?? [];
+        try {
+          if (l.report.error) throw new Error('location failed before commit');
+          await l.target.commit({ add: adds, refresh: refresh.get(l) ?? [], remove: [] });
+          for (const { entry } of adds) {
+            l.report.published.push(entry.file);
+            emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
+          }
+        } catch (error) {
+          await l.target.discard(adds.map((a) => a.staged));
+          l.report.error ??= toFailure(error);
+          emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
+        }
+      }));
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+      await state.save().catch(() => undefined);
+    }
+  }
+  report.ok = report.failedPackages.length === 0 && report.locations.every((l) => !l.error) && report.locations.length > 0;
+  return report;
+}

@@ -1,0 +1,114 @@
+import type { Compression, Location } from '../config/index.js';
+import { describeLocation } from '../config/index.js';
+import { isTempName } from '../fs/atomic.js';
+import { CHECKSUM_FILE, MANIFEST_FILE, parseFileName, type PackageType } from '../packages/index.js';
+import { createUploadTarget, LOCK_NAME, matchesEntry } from '../repositories/index.js';
+import type { Selection } from './client-tree.js';
+import { toFailure } from './failure.js';
+import { uploadPackages } from './upload.js';
+
+export type ProblemKind = 'missing' | 'mismatch' | 'unindexed' | 'leftover-temp';
+
+export interface Problem {
+  file: string;
+  kind: ProblemKind;
+  detail: string;
+}
+
+export interface VerifyLocationReport {
+  location: string;
+  entries: number;
+  problems: Problem[];
+  repaired: string[];
+  error: { code: string; message: string; hint: string | undefined } | undefined;
+}
+
+export interface VerifyOptions {
+  locations: Location[];
+  repair: boolean;
+  /** With --repair: packages the client tree can produce are published again from it. */
+  clientDir: string | undefined;
+  compression: Compression;
+  minimumFreeBytes: number;
+  cacheDir?: string;
+}
+
+const INDEX_FILES = new Set([CHECKSUM_FILE, MANIFEST_FILE, LOCK_NAME]);
+
+async function inspect(location: Location): Promise<VerifyLocationReport> {
+  const target = createUploadTarget(location);
+  const report: VerifyLocationReport = { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: undefined };
+  const index = await target.readIndex();
+  report.entries = index.size;
+  for (const entry of index.values()) {
+    if ((await target.fileSize(entry.file)) === undefined) {
+      report.problems.push({ file: entry.file, kind: 'missing', detail: 'listed in the index, no such file' });
+      continue;
+    }
+    const digests = await target.digestFile(entry.file);
+    if (!matchesEntry(entry, digests)) {
+      report.problems.push({
+        file: entry.file, kind: 'mismatch',
+        detail: `index says ${entry.sha256 ?? entry.md5}${entry.size !== undefined ? ` (${entry.size} bytes)` : ''}, file is ${entry.sha256 ? digests.sha256 : digests.md5} (${digests.size} bytes)`,
+      });
+    }
+  }
+  for (const name of await target.listFiles()) {
+    if (INDEX_FILES.has(name) || index.has(name)) continue;
+    if (isTempName(name)) report.problems.push({ file: name, kind: 'leftover-temp', detail: 'temporary file of an upload' });
+    else if (!name.startsWith('.')) report.problems.push({ file: name, kind: 'unindexed', detail: 'file not listed in the index' });
+  }
+  return report;
+}
+
+function selectionFor(files: string[]): Selection {
+  const selection: Selection = { all: false, tests: [], profilers: [], deps: [], client: false, files: [] };
+  const lists: Record<Exclude<PackageType, 'client'>, string[]> = { test: selection.tests, dep: selection.deps, profiler: selection.profilers };
+  for (const file of files) {
+    const parsed = parseFileName(file);
+    if (parsed.type === 'client') selection.client = true;
+    else if (parsed.type) lists[parsed.type].push(parsed.name);
+  }
+  return selection;
+}
+
+/**
+ * `packager verify`: every location must hold exactly its indexed packages, each matching its
+ * checksum. `--repair` drops entries whose file is missing or corrupt (and the corrupt file),
+ * removes dead uploads' temp files, and publishes again from the client tree whatever it can
+ * produce. An unindexed file the tree cannot produce is left in place and reported: repair
+ * never deletes what it cannot vouch for nor indexes what it cannot check.
+ */
+export async function verifyLocations(options: VerifyOptions): Promise<VerifyLocationReport[]> {
+  return Promise.all(options.locations.map(async (location) => {
+    let report: VerifyLocationReport;
+    try {
+      report = await inspect(location);
+    } catch (error) {
+      return { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: toFailure(error) };
+    }
+    if (!options.repair || report.problems.length === 0) return report;
+    try {
+      const target = createUploadTarget(location);
+      report.repaired.push(...await target.cleanTemps());
+      const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
+      if (bad.length > 0) await target.purge(bad);
+      report.repaired.push(...bad);
+      if (options.clientDir !== undefined) {
+        const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp').map((p) => p.file);
+        const selection = selectionFor(candidates.filter((file) => parseFileName(file).compression === options.compression));
+        if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
+          const upload = await uploadPackages({
+            clientDir: options.clientDir, selection, locations: [location], compression: options.compression,
+            minimumFreeBytes: options.minimumFreeBytes, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
+          });
+          report.repaired.push(...(upload.locations[0]?.published ?? []));
+        }
+      }
+      const after = await inspect(location);
+      return { ...after, repaired: [...new Set(report.repaired)] };
+    } catch (error) {
+      return { ...report, error: toFailure(error) };
+    }
+  }));
+}

@@ -1,0 +1,115 @@
+import { createHash } from 'node:crypto';
+import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
+import path from 'node:path';
+import picomatch from 'picomatch';
+import { AutotestError, errnoCode } from '../errors.js';
+
+/** One entry of a package's tree, in the form it takes inside the tarball. */
+export interface TreeEntry {
+  /** Relative POSIX path inside the package, without "./" or a trailing slash. */
+  path: string;
+  absPath: string;
+  kind: 'file' | 'dir' | 'symlink';
+  /** Normalised mode: 0755 for folders and executables, 0644 for other files. */
+  mode: number;
+  size: number;
+  linkTarget: string | undefined;
+  /** Changes whenever the file may have changed: inode, size, mtime and ctime in ns. */
+  statKey: string;
+}
+
+/** Decides whether a relative path is left out; `isDir` for folders (their contents go too). */
+export type ExcludeRule = (relPath: string, isDir: boolean) => boolean;
+
+export const PACK_EXCLUDE_FILE = '.pack_exclude';
+
+/**
+ * Reads a `.pack_exclude`: one glob per line, `#` comments. Like tar's --exclude-from, a
+ * pattern without "/" matches a name at any depth; one with "/" matches the path from the
+ * package folder. A match on a folder leaves out everything under it.
+ */
+export async function readPackExclude(folder: string): Promise<ExcludeRule | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path.join(folder, PACK_EXCLUDE_FILE), 'utf8');
+  } catch (error) {
+    if (errnoCode(error) === 'ENOENT') return undefined;
+    throw error;
+  }
+  const patterns = text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#'));
+  if (patterns.length === 0) return undefined;
+  const matchers = patterns.map((pattern) => {
+    const anchored = pattern.replace(/^\.?\/+/, '').replace(/\/+$/, '');
+    return picomatch(anchored, { dot: true, basename: !anchored.includes('/') });
+  });
+  return (relPath) => matchers.some((matches) => matches(relPath));
+}
+
+export function combineRules(...rules: (ExcludeRule | undefined)[]): ExcludeRule {
+  const present = rules.filter((rule): rule is ExcludeRule => rule !== undefined);
+  return (relPath, isDir) => present.some((rule) => rule(relPath, isDir));
+}
+
+function byteOrder(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/** Whether a symlink at `relPath` pointing to `target` stays inside the package. */
+export function linkStaysInside(relPath: string, target: string): boolean {
+  if (target === '' || path.posix.isAbsolute(target)) return false;
+  const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(relPath), target));
+  return resolved !== '..' && !resolved.startsWith('../');
+}
+
+/**
+ * Lists a package folder in tarball order (byte order of paths, folders before their
+ * contents), leaving out what `exclude` names. Only files, folders and symlinks that stay
+ * inside the package can be packed; anything else is an error naming the entry.
+ */
+export async function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[]> {
+  const entries: TreeEntry[] = [];
+  const visit = async (relDir: string): Promise<void> => {
+    const names = (await readdir(path.join(root, relDir))).sort(byteOrder);
+    for (const name of names) {
+      const rel = relDir === '' ? name : `${relDir}/${name}`;
+      const abs = path.join(root, rel);
+      const st = await lstat(abs, { bigint: true });
+      const isDir = st.isDirectory();
+      if (exclude(rel, isDir)) continue;
+      const statKey = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+      if (isDir) {
+        entries.push({ path: rel, absPath: abs, kind: 'dir', mode: 0o755, size: 0, linkTarget: undefined, statKey });
+        await visit(rel);
+      } else if (st.isFile()) {
+        const mode = (st.mode & 0o111n) !== 0n ? 0o755 : 0o644;
+        entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: Number(st.size), linkTarget: undefined, statKey });
+      } else if (st.isSymbolicLink()) {
+        const target = await readlink(abs);
+        if (!linkStaysInside(rel, target)) {
+          throw new AutotestError('ERR_PACK', `${abs}: symlink to "${target}" points outside its package`, {
+            hint: 'packages are installed on other machines: replace the link by the file, or point it inside the package folder',
+          });
+        }
+        entries.push({ path: rel, absPath: abs, kind: 'symlink', mode: 0o777, size: 0, linkTarget: target, statKey });
+      } else {
+        throw new AutotestError('ERR_PACK', `${abs}: only files, folders and symlinks can be packed (this is a socket, FIFO or device)`, {
+          hint: `remove it or list it in ${PACK_EXCLUDE_FILE}`,
+        });
+      }
+    }
+  };
+  await visit('');
+  return entries;
+}
+
+/**
+ * A digest of what the tree looks like on disk, without reading file contents: when it is
+ * unchanged since the last pack, the package is unchanged too.
+ */
+export function treeFingerprint(entries: TreeEntry[], salt: string): string {
+  const hash = createHash('sha256').update(salt);
+  for (const entry of entries) {
+    hash.update(`${entry.kind}\0${entry.path}\0${entry.mode}\0${entry.linkTarget ?? ''}\0${entry.statKey}\n`);
+  }
+  return hash.digest('hex');
+}

@@ -1,0 +1,41 @@
+import type { Location } from '../config/index.js';
+import type { IndexEntry, RepositoryIndex } from '../packages/index.js';
+
+/** A file copied into a location under a temporary name, waiting for its commit. */
+export interface StagedFile {
+  file: string;
+  tempPath: string;
+}
+
+export interface IndexChange {
+  add: { entry: IndexEntry; staged: StagedFile }[];
+  /** Also index entries whose file is already in place and right (legacy entries refreshed). */
+  refresh: IndexEntry[];
+  remove: string[];
+}
+
+/** A place the packager writes to. One implementation per scheme. */
+export interface UploadTarget {
+  location: Location;
+  /** How to name it in messages (never with a secret). */
+  name: string;
+  /** Creates the folder if needed; refuses when unwritable or short of space. Writes nothing that stays. */
+  prepare(options: { minimumFreeBytes: number; neededBytes: number }): Promise<{ created: boolean }>;
+  readIndex(): Promise<RepositoryIndex>;
+  /** Size of a published file, or undefined when it is not there. */
+  fileSize(file: string): Promise<number | undefined>;
+  /** Copies `source` in under a temp name. */
+  stage(file: string, source: string): Promise<StagedFile>;
+  /** Renames staged files into place and updates the index, under the location's lock. */
+  commit(change: IndexChange): Promise<void>;
+  /** Deletes staged files that will not be committed. */
+  discard(staged: StagedFile[]): Promise<void>;
+  /** Every file name in the location (index files and temps included). */
+  listFiles(): Promise<string[]>;
+  /** Streams a published file's digests. */
+  digestFile(file: string): Promise<{ md5: string; sha256: string; size: number }>;
+  /** Removes temp files of dead writers; returns their names. */
+  cleanTemps(): Promise<string[]>;
+  /** Drops files from the location and the index (used by verify --repair for corrupt files). */
+  purge(files: string[]): Promise<void>;
+}
