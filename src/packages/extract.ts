@@ -122,7 +122,11 @@ export async function extractTarball(archive: string, dest: string): Promise<Ext
           break;
         }
         case 'link': {
-          const linkRel = checkEntryPath(archive, header.linkname);
+          const linkname = header.linkname;
+          if (linkname.startsWith('/') || linkname.split('/').includes('..')) {
+            throw unsafe(archive, header.name, `hardlink to "${linkname}" leaves the install folder`);
+          }
+          const linkRel = checkEntryPath(archive, linkname);
           const source = path.join(root, linkRel);
           let st;
           try {

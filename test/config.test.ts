@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE } from '../src/config/index.js';
+import { isAutotestError } from '../src/errors.js';
+import { tempDir, writeConfig } from './helpers.js';
+
+test('reads the ConfigParser dialect: ":" and "=", case-insensitive keys, comments, continuation lines, interpolation', () => {
+  const doc = parseIni([
+    '# comment', '[DEFAULT]', 'base = /srv', '[PACKAGES]', 'Upload_Location: %(base)s/builtin ; inline comment',
+    'fetch_location = http://a/x,', '   http://b/y', '; another comment', 'percent = 100%%',
+  ].join('\n'), 'g.ini');
+  assert.equal(getIniValue(doc, 'PACKAGES', 'upload_location')?.value, '/srv/builtin');
+  assert.equal(getIniValue(doc, 'PACKAGES', 'fetch_location')?.value, 'http://a/x,\nhttp://b/y');
+  assert.equal(getIniValue(doc, 'PACKAGES', 'percent')?.value, '100%');
+});
+
+test('names the file and line of a line it cannot read', () => {
+  assert.throws(() => parseIni('[PACKAGES]\nthis line has no delimiter\n', '/etc/g.ini'), /\/etc\/g\.ini:2: cannot read/);
+  assert.throws(() => parseIni('key: value\n', '/etc/g.ini'), /\/etc\/g\.ini:1: .*before any \[SECTION\]/);
+  assert.throws(() => parseIni('[A]\nk: 1\nK = 2\n', 'g.ini'), /g\.ini:3: key "k" appears twice/);
+});
+
+test('lets shadow_config.ini override global_config.ini key by key', async (t) => {
+  const dir = await tempDir(t);
+  const file = await writeConfig(dir, { upload_location: '/srv/a', custom_max_age: '10' });
+  await writeConfig(dir, { custom_max_age: '5' }, 'shadow_config.ini');
+  const config = await loadConfig({ file, cwd: dir });
+  assert.equal(config.packages.customMaxAgeDays, 5);
+  assert.deepEqual(config.packages.uploadLocations.map((l) => l.text), ['/srv/a']);
+});
+
+test('parses every [PACKAGES] key with its units, lists and defaults', async (t) => {
+  const dir = await tempDir(t);
+  const file = await writeConfig(dir, {
+    fetch_location: 'http://repo/packages/builtin, ssh://root@repo:2222/var/www/p, file:///srv/p, git://repo/p.git:main, ,',
+    upload_location: 'rel/builtin, ssh://repo/var/www/builtin',
+    minimum_free_space: '2.5',
+    serve_packages_from_autoserv: 'off',
+    compression: 'gzip',
+  });
+  const { packages } = await loadConfig({ file, cwd: '/' });
+  assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git']);
+  assert.deepEqual(packages.uploadLocations[0], { kind: 'local', path: path.join(dir, 'rel/builtin'), text: 'rel/builtin' });
+  assert.equal(packages.minimumFreeSpaceBytes, 2.5e9);
+  assert.equal(packages.servePackagesFromAutoserv, false);
+  assert.equal(packages.customMaxAgeDays, 40);
+  assert.equal(packages.compression, 'gzip');
+});
+
+test('refuses a bad value with file, line, section, key and what is allowed', async (t) => {
+  const dir = await tempDir(t);
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ serve_packages_from_autoserv: 'maybe' }, /global_config\.ini:2: \[PACKAGES\] serve_packages_from_autoserv = "maybe": allowed is true\/false/],
+    [{ minimum_free_space: '-1' }, /\[PACKAGES\] minimum_free_space = "-1": allowed is a number >= 0/],
+    [{ custom_max_age: 'forty' }, /\[PACKAGES\] custom_max_age = "forty"/],
+    [{ upload_location: 'http://repo/x' }, /upload_location .*http and git locations are read-only/],
+    [{ fetch_location: 'ftp://repo/x' }, /fetch_location .*unknown scheme/],
+    [{ fetch_location: 'ssh://root@bad;host/x' }, /fetch_location .*not a valid/],
+    [{ compression: 'rar' }, /compression = "rar": allowed is bzip2, gzip, zstd/],
+  ];
+  for (const [keys, message] of cases) {
+    const file = await writeConfig(dir, keys);
+    await assert.rejects(loadConfig({ file }), (error: unknown) => isAutotestError(error, 'ERR_CONFIG') && message.test(error.message));
+  }
+});
+
+test('warns about unknown keys and uses the embedded default without a file', async (t) => {
+  const dir = await tempDir(t);
+  const file = await writeConfig(dir, { upload_location: '/x', uplaod_location: '/y' });
+  const config = await loadConfig({ file });
+  assert.match(config.warnings.join('\n'), /unknown key "uplaod_location"/);
+  const embedded = await loadConfig({ cwd: dir, env: {} });
+  assert.equal(embedded.source, EMBEDDED_SOURCE);
+  assert.equal(embedded.packages.uploadLocations[0]?.kind === 'local' && embedded.packages.uploadLocations[0].path, path.join(dir, 'var/packages/builtin'));
+});
+
+test('takes the config file from the environment when --config is not given, and says when it is missing', async (t) => {
+  const dir = await tempDir(t);
+  const file = await writeConfig(dir, { upload_location: '/from/env' });
+  const config = await loadConfig({ env: { AUTOTEST_CONFIG: file } });
+  assert.equal(config.source, file);
+  await writeFile(path.join(dir, 'empty.ini'), '');
+  await assert.rejects(loadConfig({ file: path.join(dir, 'nope.ini') }), /config file .*nope\.ini does not exist/);
+});

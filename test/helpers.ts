@@ -1,0 +1,112 @@
+import { execFile, spawn } from 'node:child_process';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import type { TestContext } from 'node:test';
+import { parseChecksumFile, parseManifest, digestFile } from '../src/packages/index.js';
+
+export const execFileAsync = promisify(execFile);
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const CLI = path.join(ROOT, 'dist/src/cli/main.js');
+export const EXAMPLE_CLIENT = path.join(ROOT, 'example/client');
+
+/** A fresh folder removed when the test ends. */
+export async function tempDir(t: TestContext, prefix = 'autotest-test-'): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A private copy of the example client tree, safe to change. */
+export async function copyExampleTree(dir: string): Promise<string> {
+  const dest = path.join(dir, 'client');
+  await cp(EXAMPLE_CLIENT, dest, { recursive: true, verbatimSymlinks: true });
+  return dest;
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the autotest CLI with its own cache folder under `cwd`. */
+export function runCli(args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: options.cwd,
+      env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(options.cwd, '.cache'), AUTOTEST_CONFIG: '', ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Writes a global_config.ini with a [PACKAGES] section made of `keys`. */
+export async function writeConfig(dir: string, keys: Record<string, string>, name = 'global_config.ini'): Promise<string> {
+  const file = path.join(dir, name);
+  const lines = ['[PACKAGES]', ...Object.entries(keys).map(([k, v]) => `${k}: ${v}`), ''];
+  await writeFile(file, lines.join('\n'));
+  return file;
+}
+
+/** Makes a client tree of `count` tests with `bytes` of content each (half text, half random). */
+export async function generateTree(dir: string, count: number, bytes: number): Promise<string> {
+  const root = path.join(dir, 'gen-client');
+  await mkdir(path.join(root, 'common_lib'), { recursive: true });
+  await writeFile(path.join(root, 'common_lib', 'job.mjs'), 'export const job = 1;\n');
+  for (let i = 0; i < count; i += 1) {
+    const test = path.join(root, 'tests', `t${String(i).padStart(3, '0')}`);
+    await mkdir(test, { recursive: true });
+    const text = Buffer.from(`test ${i} log line with some words to compress\n`.repeat(Math.ceil(bytes / 2 / 44))).subarray(0, bytes / 2);
+    const random = Buffer.alloc(bytes / 2);
+    for (let j = 0; j < random.length; j += 4) random.writeUInt32LE((Math.imul(j + 1, 2654435761) ^ (i * 7919)) >>> 0, j);
+    await writeFile(path.join(test, 'notes.txt'), text);
+    await writeFile(path.join(test, 'data.bin'), random);
+  }
+  return root;
+}
+
+export interface Consistency {
+  entries: number;
+  problems: string[];
+}
+
+/**
+ * Checks the invariant a repository folder must keep at every moment: each entry of
+ * packages.checksum and packages.json names a file present with exactly that checksum.
+ */
+export async function checkConsistency(dir: string): Promise<Consistency> {
+  const problems: string[] = [];
+  const names = new Set(await readdir(dir));
+  const checksumText = names.has('packages.checksum') ? await readFile(path.join(dir, 'packages.checksum'), 'utf8') : '';
+  const manifestText = names.has('packages.json') ? await readFile(path.join(dir, 'packages.json'), 'utf8') : undefined;
+  const checksums = parseChecksumFile(checksumText, 'packages.checksum');
+  const manifest = manifestText === undefined ? new Map() : parseManifest(manifestText, 'packages.json');
+  for (const [file, md5] of checksums) {
+    if (!names.has(file)) problems.push(`${file}: in packages.checksum, missing`);
+    else if ((await digestFile(path.join(dir, file))).md5 !== md5) problems.push(`${file}: md5 differs from packages.checksum`);
+  }
+  for (const entry of manifest.values()) {
+    if (!names.has(entry.file)) problems.push(`${entry.file}: in packages.json, missing`);
+    else {
+      const digests = await digestFile(path.join(dir, entry.file));
+      if (digests.sha256 !== entry.sha256 || digests.size !== entry.size) problems.push(`${entry.file}: sha256/size differ from packages.json`);
+    }
+  }
+  return { entries: checksums.size, problems };
+}
+
+export async function md5sumCheck(dir: string): Promise<string> {
+  const { stdout } = await execFileAsync('md5sum', ['-c', 'packages.checksum'], { cwd: dir });
+  return stdout;
+}
