@@ -17,5 +17,10 @@ export default tseslint.config(
       'no-control-regex': 'off',
     },
   },
+  {
+    // node:test's test() returns a promise the runner itself awaits.
+    files: ['test/**/*.ts'],
+    rules: { '@typescript-eslint/no-floating-promises': ['error', { allowForKnownSafeCalls: [{ from: 'package', name: 'test', package: 'node:test' }] }] },
+  },
   { files: ['eslint.config.js'], ...tseslint.configs.disableTypeChecked },
 );

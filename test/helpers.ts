@@ -1,11 +1,12 @@
 import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
-import { parseChecksumFile, parseManifest, digestFile } from '../src/packages/index.js';
+import { parseChecksumFile, parseManifest, digestFile, type IndexEntry, type RepositoryIndex } from '../src/packages/index.js';
 
 export const execFileAsync = promisify(execFile);
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -59,7 +60,7 @@ export async function writeConfig(dir: string, keys: Record<string, string>, nam
   return file;
 }
 
-/** Makes a client tree of `count` tests with `bytes` of content each (half text, half random). */
+/** Makes a client tree of `count` tests with `bytes` of content each (half text, half incompressible). */
 export async function generateTree(dir: string, count: number, bytes: number): Promise<string> {
   const root = path.join(dir, 'gen-client');
   await mkdir(path.join(root, 'common_lib'), { recursive: true });
@@ -68,8 +69,7 @@ export async function generateTree(dir: string, count: number, bytes: number): P
     const test = path.join(root, 'tests', `t${String(i).padStart(3, '0')}`);
     await mkdir(test, { recursive: true });
     const text = Buffer.from(`test ${i} log line with some words to compress\n`.repeat(Math.ceil(bytes / 2 / 44))).subarray(0, bytes / 2);
-    const random = Buffer.alloc(bytes / 2);
-    for (let j = 0; j < random.length; j += 4) random.writeUInt32LE((Math.imul(j + 1, 2654435761) ^ (i * 7919)) >>> 0, j);
+    const random = randomBytes(bytes / 2);
     await writeFile(path.join(test, 'notes.txt'), text);
     await writeFile(path.join(test, 'data.bin'), random);
   }
@@ -91,7 +91,7 @@ export async function checkConsistency(dir: string): Promise<Consistency> {
   const checksumText = names.has('packages.checksum') ? await readFile(path.join(dir, 'packages.checksum'), 'utf8') : '';
   const manifestText = names.has('packages.json') ? await readFile(path.join(dir, 'packages.json'), 'utf8') : undefined;
   const checksums = parseChecksumFile(checksumText, 'packages.checksum');
-  const manifest = manifestText === undefined ? new Map() : parseManifest(manifestText, 'packages.json');
+  const manifest: RepositoryIndex = manifestText === undefined ? new Map<string, IndexEntry>() : parseManifest(manifestText, 'packages.json');
   for (const [file, md5] of checksums) {
     if (!names.has(file)) problems.push(`${file}: in packages.checksum, missing`);
     else if ((await digestFile(path.join(dir, file))).md5 !== md5) problems.push(`${file}: md5 differs from packages.checksum`);

@@ -1,0 +1,165 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { appendFile, mkdir, readFile, readdir, rm, stat, utimes, writeFile, cp } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import type { OperationReport } from '../src/packager/index.js';
+import { fetchFromLocal } from '../src/repositories/index.js';
+import { isAutotestError } from '../src/errors.js';
+import { checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
+
+const EXAMPLE_FILES = [
+  'client-autotest.tar.bz2', 'dep-libaio.tar.bz2', 'profiler-vmstat.tar.bz2',
+  'test-dbench.tar.bz2', 'test-hello.tar.bz2', 'test-sleeptest.tar.bz2',
+];
+
+async function setup(t: Parameters<typeof tempDir>[0], locations = ['repo1', 'repo2']): Promise<{ dir: string; client: string; config: string; repos: string[] }> {
+  const dir = await tempDir(t);
+  const client = await copyExampleTree(dir);
+  const repos = locations.map((l) => path.join(dir, l));
+  const config = await writeConfig(dir, { upload_location: repos.join(', '), client_dir: client, minimum_free_space: '0' });
+  return { dir, client, config, repos };
+}
+
+async function uploadJson(dir: string, config: string, ...args: string[]): Promise<OperationReport> {
+  const result = await runCli(['packager', 'upload', '--config', config, '--json', ...args], { cwd: dir });
+  assert.equal(result.code, 0, result.stderr);
+  return JSON.parse(result.stdout) as OperationReport;
+}
+
+test('publishes every package so that GNU tar extracts it, md5sum -c passes and the manifest sha256 matches, in every location', async (t) => {
+  const { dir, config, repos } = await setup(t);
+  const report = await uploadJson(dir, config, '--all');
+  assert.deepEqual([...report.packed].sort(), EXAMPLE_FILES);
+  for (const repo of repos) {
+    const files = (await readdir(repo)).filter((f) => f.endsWith('.tar.bz2')).sort();
+    assert.deepEqual(files, EXAMPLE_FILES);
+    assert.match(await md5sumCheck(repo), /test-dbench\.tar\.bz2: OK/);
+    const consistency = await checkConsistency(repo);
+    assert.deepEqual(consistency, { entries: 6, problems: [] });
+    for (const file of files) {
+      const out = path.join(dir, 'x', repo, file);
+      await mkdir(out, { recursive: true });
+      await execFileAsync('tar', ['-xjf', path.join(repo, file), '-C', out]);
+      assert.equal(((await stat(path.join(repo, file))).mode & 0o777), 0o644);
+    }
+  }
+  const dbench = path.join(dir, 'x', repos[0] ?? '', 'test-dbench.tar.bz2');
+  assert.equal((await readdir(path.join(dbench, 'src', 'lib'))).join(), 'loadfile.c', '.pack_exclude leaves out *.o');
+  assert.equal((await readdir(dbench)).includes('scratch'), false, '.pack_exclude leaves out scratch/');
+  const client = path.join(dir, 'x', repos[0] ?? '', 'client-autotest.tar.bz2');
+  assert.deepEqual(await readdir(path.join(client, 'tests')), [], 'the client package leaves tests out');
+  assert.deepEqual(await readdir(path.join(client, 'profilers')), ['profilers.conf'], 'but keeps profilers/ top-level files');
+});
+
+test('packs the same tree into byte-identical tarballs, whatever the files mtimes', async (t) => {
+  const { dir, client, config, repos } = await setup(t, ['repo1']);
+  await uploadJson(dir, config, '--all');
+  const first = await readFile(path.join(repos[0] ?? '', 'packages.checksum'), 'utf8');
+  const copy = path.join(dir, 'client-copy');
+  await cp(client, copy, { recursive: true, verbatimSymlinks: true });
+  await utimes(path.join(copy, 'tests', 'hello', 'hello.mjs'), new Date('2011-01-01'), new Date('2011-01-01'));
+  const config2 = await writeConfig(dir, { upload_location: path.join(dir, 'repo-copy'), client_dir: copy, minimum_free_space: '0' }, 'copy.ini');
+  await uploadJson(dir, config2, '--all');
+  assert.equal(await readFile(path.join(dir, 'repo-copy', 'packages.checksum'), 'utf8'), first);
+});
+
+test('a second upload --all of an unchanged tree packs and copies nothing; changing one file re-publishes exactly that package', async (t) => {
+  const { dir, client, config, repos } = await setup(t);
+  await uploadJson(dir, config, '--all');
+  const before = await stat(path.join(repos[0] ?? '', 'test-hello.tar.bz2'));
+  const again = await uploadJson(dir, config, '--all');
+  assert.deepEqual(again.packed, []);
+  for (const location of again.locations) {
+    assert.deepEqual(location.published, []);
+    assert.equal(location.unchanged.length, 6);
+  }
+  assert.equal((await stat(path.join(repos[0] ?? '', 'test-hello.tar.bz2'))).ino, before.ino, 'the file was not rewritten');
+
+  await appendFile(path.join(client, 'tests', 'dbench', 'src', 'README'), 'one more line\n');
+  const changed = await uploadJson(dir, config, '--all');
+  assert.deepEqual(changed.packed, ['test-dbench.tar.bz2']);
+  for (const location of changed.locations) assert.deepEqual(location.published, ['test-dbench.tar.bz2']);
+  for (const repo of repos) assert.deepEqual((await checkConsistency(repo)).problems, []);
+});
+
+test('uploads chosen packages, plain files and an extra -r location; an empty or missing site_tests is normal', async (t) => {
+  const { dir, config } = await setup(t, ['repo1']);
+  const kernel = path.join(dir, 'vmlinuz-6.1');
+  await writeFile(kernel, 'kernel image bytes');
+  const extra = path.join(dir, 'extra');
+  const report = await uploadJson(dir, config, '-t', 'hello,sleeptest', '-d', 'libaio', '-p', 'vmstat', '-c', '-f', kernel, '-r', extra);
+  assert.deepEqual(report.locations.map((l) => l.published.length), [6, 6]);
+  assert.equal(await readFile(path.join(extra, 'vmlinuz-6.1'), 'utf8'), 'kernel image bytes');
+  assert.deepEqual((await checkConsistency(extra)).problems, []);
+});
+
+test('an unknown test, a missing client tree, bad names and a bad config each fail with what, where and what to do', async (t) => {
+  const { dir, config } = await setup(t, ['repo1']);
+  const cases: [string[], RegExp][] = [
+    [['upload', '-t', 'nosuchtest'], /test "nosuchtest" not found: no folder .*tests\/nosuchtest/],
+    [['upload', '--all', '--client-dir', path.join(dir, 'missing')], /client tree .*missing does not exist/],
+    [['upload', '-t', '../etc'], /test name "\.\.\/etc" contains "\.\."/],
+    [['upload', '-t', 'a/b'], /test name "a\/b" is not allowed/],
+    [['upload', '-t', '.hidden'], /test name "\.hidden" is not allowed/],
+    [['upload', '-t', 'x;touch pwned'], /is not allowed/],
+    [['upload'], /nothing to do/],
+    [['frobnicate'], /unknown packager action "frobnicate"/],
+  ];
+  for (const [args, message] of cases) {
+    const result = await runCli(['packager', ...args, '--config', config], { cwd: dir });
+    assert.notEqual(result.code, 0, args.join(' '));
+    assert.match(result.stderr, message);
+    assert.match(result.stderr, /hint: |error: /);
+  }
+  assert.deepEqual((await readdir(dir)).includes('pwned'), false);
+  const bad = await writeConfig(dir, { upload_location: path.join(dir, 'r'), minimum_free_space: 'lots' }, 'bad.ini');
+  const result = await runCli(['packager', 'upload', '--all', '--config', bad], { cwd: dir });
+  assert.equal(result.code, 2);
+  assert.match(result.stderr, /bad\.ini:3: \[PACKAGES\] minimum_free_space = "lots": allowed is a number >= 0/);
+  await assert.rejects(stat(path.join(dir, 'r')), 'nothing was created');
+});
+
+test('verify finds a missing and a corrupt package, and --repair publishes them again from the tree', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  await uploadJson(dir, config, '--all');
+  const repo = repos[0] ?? '';
+  await rm(path.join(repo, 'test-hello.tar.bz2'));
+  await writeFile(path.join(repo, 'dep-libaio.tar.bz2'), 'corrupt');
+  await writeFile(path.join(repo, 'stray-file'), 'unindexed');
+  const verify = await runCli(['packager', 'verify', '--config', config], { cwd: dir });
+  assert.equal(verify.code, 1);
+  assert.match(verify.stdout, /missing: test-hello\.tar\.bz2/);
+  assert.match(verify.stdout, /mismatch: dep-libaio\.tar\.bz2/);
+  assert.match(verify.stdout, /unindexed: stray-file/);
+  const repair = await runCli(['packager', 'verify', '--repair', '--config', config], { cwd: dir });
+  assert.match(repair.stdout, /repaired/);
+  assert.deepEqual(await checkConsistency(repo), { entries: 6, problems: [] });
+  assert.equal(await readFile(path.join(repo, 'stray-file'), 'utf8'), 'unindexed', 'repair never deletes what it cannot vouch for');
+});
+
+test('remove takes a package out of the index before deleting its file, and list shows what is left', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  await uploadJson(dir, config, '--all');
+  const removed = await runCli(['packager', 'remove', '-t', 'hello', '--config', config], { cwd: dir });
+  assert.equal(removed.code, 0, removed.stderr);
+  const listed = await runCli(['packager', 'list', '--config', config], { cwd: dir });
+  assert.doesNotMatch(listed.stdout, /test-hello|hello /);
+  assert.match(listed.stdout, /sleeptest/);
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
+});
+
+test('a local fetch_location copy is verified against its index; a corrupt copy is refused and never lands', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  await uploadJson(dir, config, '--all');
+  const repo = repos[0] ?? '';
+  const dest = path.join(dir, 'cache', 'test-hello.tar.bz2');
+  const fetched = await fetchFromLocal(repo, 'test-hello.tar.bz2', dest);
+  assert.equal(createHash('sha256').update(await readFile(dest)).digest('hex'), fetched.entry.sha256);
+  const bytes = await readFile(path.join(repo, 'test-sleeptest.tar.bz2'));
+  bytes.writeUInt8((bytes.readUInt8(bytes.length - 5) ^ 0xff), bytes.length - 5);
+  await writeFile(path.join(repo, 'test-sleeptest.tar.bz2'), bytes);
+  const bad = path.join(dir, 'cache', 'test-sleeptest.tar.bz2');
+  await assert.rejects(fetchFromLocal(repo, 'test-sleeptest.tar.bz2', bad), (error: unknown) => isAutotestError(error, 'ERR_CHECKSUM_MISMATCH'));
+  assert.deepEqual(await readdir(path.join(dir, 'cache')), ['test-hello.tar.bz2']);
+});
