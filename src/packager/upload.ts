@@ -68,7 +68,8 @@ async function currentDigest(source: PackageSource, state: PackState, compressio
  */
 export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
-  const jobs = options.jobs ?? Math.max(2, availableParallelism());
+  // Twice the cores: while one job waits on its compressor process or the disk, another packs.
+  const jobs = options.jobs ?? Math.max(4, 2 * availableParallelism());
   const sources = await selectSources(options.clientDir, options.selection, options.compression);
   const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
   const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
