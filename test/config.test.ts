@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE } from '../src/config/index.js';
+import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS } from '../src/config/index.js';
 import { isAutotestError } from '../src/errors.js';
-import { tempDir, writeConfig } from './helpers.js';
+import { ROOT, tempDir, writeConfig } from './helpers.js';
 
 test('reads the ConfigParser dialect: ":" and "=", case-insensitive keys, comments, continuation lines, interpolation', () => {
   const doc = parseIni([
@@ -83,4 +83,14 @@ test('takes the config file from the environment when --config is not given, and
   assert.equal(config.source, file);
   await writeFile(path.join(dir, 'empty.ini'), '');
   await assert.rejects(loadConfig({ file: path.join(dir, 'nope.ini') }), /config file .*nope\.ini does not exist/);
+});
+
+test('the example config in etc/ lists every key and loads without warnings', async () => {
+  const file = path.join(ROOT, 'etc', 'global_config.example.ini');
+  const text = await readFile(file, 'utf8');
+  for (const key of Object.keys(PACKAGES_KEYS)) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
+  const config = await loadConfig({ file });
+  assert.deepEqual(config.warnings, []);
+  assert.equal(config.packages.fetchLocations.length, 4);
+  assert.equal(config.packages.uploadLocations[0]?.kind === 'local' && config.packages.uploadLocations[0].path, '/usr/local/autotest/packages/builtin');
 });
