@@ -94,3 +94,20 @@ test('the example config in etc/ lists every key and loads without warnings', as
   assert.equal(config.packages.fetchLocations.length, 4);
   assert.equal(config.packages.uploadLocations[0]?.kind === 'local' && config.packages.uploadLocations[0].path, '/usr/local/autotest/packages/builtin');
 });
+
+test('reads both [PACKAGES] examples of the seed document as written', async (t) => {
+  const dir = await tempDir(t);
+  const seed = await readFile(path.join(ROOT, '..', 'shared', 'seed-autotest-packaging.txt'), 'utf8').catch(() => undefined);
+  const sections = seed === undefined ? [] : [...seed.matchAll(/\[PACKAGES\]\n(?:[a-z_]+:.*\n?)+/g)].map((m) => m[0]);
+  assert.equal(sections.length, 2, 'the seed document holds two [PACKAGES] examples');
+  for (const [i, section] of sections.entries()) {
+    const file = path.join(dir, `seed${i}.ini`);
+    await writeFile(file, section);
+    const config = await loadConfig({ file });
+    assert.deepEqual(config.warnings, []);
+    assert.equal(config.packages.fetchLocations.length, i === 0 ? 2 : 4);
+  }
+  const second = await loadConfig({ file: path.join(dir, 'seed1.ini') });
+  assert.deepEqual(second.packages.uploadLocations.map((l) => l.kind), ['local', 'ssh']);
+  assert.equal(second.packages.customDownloadLocation, '/usr/local/autotest/custom_packages');
+});

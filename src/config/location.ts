@@ -8,7 +8,8 @@ export type Location =
   | { kind: 'http'; url: string; text: string }
   | { kind: 'git'; url: string; branch: string | undefined; text: string };
 
-const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+// Underscores are not DNS but are common in ~/.ssh/config host aliases (and in the seed's own example).
+const HOST_RE = /^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*$/;
 const IPV6_RE = /^\[[0-9A-Fa-f:.]+\]$/;
 const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 
