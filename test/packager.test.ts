@@ -92,6 +92,18 @@ test('uploads chosen packages, plain files and an extra -r location; an empty or
   assert.deepEqual(report.locations.map((l) => l.published.length), [6, 6]);
   assert.equal(await readFile(path.join(extra, 'vmlinuz-6.1'), 'utf8'), 'kernel image bytes');
   assert.deepEqual((await checkConsistency(extra)).problems, []);
+
+  const { client } = await setup(t, ['repo3']);
+  const withoutSiteTests = await uploadJson(path.dirname(client), path.join(path.dirname(client), 'global_config.ini'), '--all');
+  assert.equal(withoutSiteTests.packed.length, 6, 'no site_tests/ at all');
+  await mkdir(path.join(client, 'site_tests', 'hello'), { recursive: true });
+  await writeFile(path.join(client, 'site_tests', 'hello', 'site.mjs'), 'export const site = true;\n');
+  await mkdir(path.join(client, 'site_tests', '.svn'));
+  const withSiteTest = await uploadJson(path.dirname(client), path.join(path.dirname(client), 'global_config.ini'), '--all');
+  // The client package changes too: it now holds an empty site_tests/ folder.
+  assert.deepEqual([...withSiteTest.packed].sort(), ['client-autotest.tar.bz2', 'test-hello.tar.bz2'], 'a site test overrides the test of the same name');
+  const listed = await execFileAsync('tar', ['-tjf', path.join(path.dirname(client), 'repo3', 'test-hello.tar.bz2')]);
+  assert.equal(listed.stdout, 'site.mjs\n');
 });
 
 test('an unknown test, a missing client tree, bad names and a bad config each fail with what, where and what to do', async (t) => {

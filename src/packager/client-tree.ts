@@ -111,7 +111,7 @@ export async function selectSources(clientDir: string, selection: Selection, com
       const root = folders.get(name);
       if (!root) {
         throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${type} "${name}" not found: no folder ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f, name)).join(' or ')}`, {
-          hint: `"autotest packager list --tree" shows the packages of the client tree`,
+          hint: `each folder of ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f)).join(' and ')} is a ${type}; check the name or --client-dir`,
         });
       }
       add({ type, name, root, fileName: packageFileName(type, name, compression) });
