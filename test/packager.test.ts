@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { appendFile, mkdir, readFile, readdir, rm, stat, utimes, writeFile, cp } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile, cp } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { OperationReport } from '../src/packager/index.js';
@@ -174,4 +174,13 @@ test('a local fetch_location copy is verified against its index; a corrupt copy 
   const bad = path.join(dir, 'cache', 'test-sleeptest.tar.bz2');
   await assert.rejects(fetchFromLocal(repo, 'test-sleeptest.tar.bz2', bad), (error: unknown) => isAutotestError(error, 'ERR_CHECKSUM_MISMATCH'));
   assert.deepEqual(await readdir(path.join(dir, 'cache')), ['test-hello.tar.bz2']);
+});
+
+test('a package that cannot be packed (a symlink leaving it) is reported by name while the others are published', async (t) => {
+  const { dir, client, config, repos } = await setup(t, ['repo1']);
+  await symlink('../../../etc/passwd', path.join(client, 'tests', 'hello', 'passwd'));
+  const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /failed: test-hello\.tar\.bz2: .*hello\/passwd: symlink to "\.\.\/\.\.\/\.\.\/etc\/passwd" points outside its package/);
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
 });
