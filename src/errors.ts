@@ -57,7 +57,17 @@ export function describeError(error: unknown): string {
   return String(error);
 }
 
-/** Removes the password of `scheme://user:password@host` URLs wherever they appear in a text. */
+const SECRET_QUERY_KEYS = /([?&](?:token|access_token|auth|password|passwd|secret|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token)=)[^&#\s]*/gi;
+
+/**
+ * Hides credentials in URLs wherever they appear in a text: the password of
+ * `scheme://user:password@host` (even one holding "@"), the whole user part of web and git
+ * URLs (where a token often stands as the user), and secret query parameters. SSH user
+ * names stay: they are not secrets and say which account was used.
+ */
 export function redactSecrets(text: string): string {
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^/\s:@]*):[^@/\s]*@/gi, '$1:***@');
+  return text
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^/\s:@]*):[^/\s]*@/gi, '$1:***@')
+    .replace(/((?:https?|git|git\+https|s3):\/\/)[^/\s:@]+@/gi, '$1***@')
+    .replace(SECRET_QUERY_KEYS, '$1***');
 }

@@ -60,6 +60,14 @@ test('refuses a symlink pointing outside, so a file written through it never lan
   ], 'link', 'escaped');
 });
 
+test('refuses a chain of symlinks that each look inside but together lead out', async (t) => {
+  await expectRefused(t, [
+    { name: 's', type: 'symlink', linkname: '.' },
+    { name: 'a', type: 'symlink', linkname: 's/..' },
+    { name: 'a/escaped', body: 'x' },
+  ], 'a', 'escaped');
+});
+
 test('refuses a hardlink to a file outside the install folder', async (t) => {
   await expectRefused(t, [{ name: 'hard', type: 'link', linkname: '../../evil.tar.gz' }], 'hard', 'hard');
 });

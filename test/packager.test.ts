@@ -115,6 +115,8 @@ test('an unknown test, a missing client tree, bad names and a bad config each fa
     [['upload', '-t', 'a/b'], /test name "a\/b" is not allowed/],
     [['upload', '-t', '.hidden'], /test name "\.hidden" is not allowed/],
     [['upload', '-t', 'x;touch pwned'], /is not allowed/],
+    [['upload', '-f', path.join(dir, 'packages.checksum')], /file name "packages\.checksum" is reserved for the repository index/],
+    [['remove', '-f', 'packages.json'], /file name "packages\.json" is reserved/],
     [['upload'], /nothing to do/],
     [['frobnicate'], /unknown packager action "frobnicate"/],
   ];
@@ -182,5 +184,16 @@ test('a package that cannot be packed (a symlink leaving it) is reported by name
   const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
   assert.equal(result.code, 1);
   assert.match(result.stderr, /failed: test-hello\.tar\.bz2: .*hello\/passwd: symlink to "\.\.\/\.\.\/\.\.\/etc\/passwd" points outside its package/);
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
+});
+
+test('verify --repair that cannot republish a package says so and exits non-zero', async (t) => {
+  const { dir, client, config, repos } = await setup(t, ['repo1']);
+  await uploadJson(dir, config, '--all');
+  await writeFile(path.join(repos[0] ?? '', 'test-hello.tar.bz2'), 'corrupt');
+  await execFileAsync('mkfifo', [path.join(client, 'tests', 'hello', 'pipe')]);
+  const repair = await runCli(['packager', 'verify', '--repair', '--config', config], { cwd: dir });
+  assert.equal(repair.code, 1);
+  assert.match(repair.stderr, /republishing from the client tree failed: .*hello\/pipe: only files, folders and symlinks can be packed/);
   assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
 });

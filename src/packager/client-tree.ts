@@ -5,6 +5,7 @@ import { AutotestError, errnoCode } from '../errors.js';
 import type { Compression } from '../config/index.js';
 import {
   CLIENT_PACKAGE_NAME,
+  checkFileName,
   checkName,
   combineRules,
   packageFileName,
@@ -122,6 +123,7 @@ export async function selectSources(clientDir: string, selection: Selection, com
   }
   for (const file of selection.files) {
     const resolved = path.resolve(file);
+    const fileName = checkFileName(path.basename(resolved));
     let st;
     try {
       st = await stat(resolved);
@@ -129,7 +131,6 @@ export async function selectSources(clientDir: string, selection: Selection, com
       throw new AutotestError('ERR_UNKNOWN_PACKAGE', `file ${resolved} does not exist`, { hint: 'check the path given to --file' });
     }
     if (!st.isFile()) throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${resolved} is not a regular file`, { hint: '--file publishes one file such as a kernel image' });
-    const fileName = checkName(path.basename(resolved), 'file name');
     add({ type: 'file', name: fileName, root: resolved, fileName });
   }
   if (sources.size === 0) {
@@ -145,6 +146,6 @@ export function selectedFileNames(selection: Selection, compression: Compression
   for (const name of selection.deps) names.push(packageFileName('dep', name, compression));
   for (const name of selection.profilers) names.push(packageFileName('profiler', name, compression));
   if (selection.client) names.push(packageFileName('client', CLIENT_PACKAGE_NAME, compression));
-  for (const file of selection.files) names.push(checkName(path.basename(file), 'file name'));
+  for (const file of selection.files) names.push(checkFileName(path.basename(file)));
   return names;
 }

@@ -1,10 +1,12 @@
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import pLimit from 'p-limit';
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { digestFile, packEntries, treeFingerprint, walkTree, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
+import { DigestStream, digestEntries, packEntries, treeFingerprint, walkTree, type IndexEntry, type TreeEntry, type RepositoryIndex } from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
 import { excludeRuleFor, selectSources, type PackageSource, type Selection } from './client-tree.js';
 import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
@@ -41,24 +43,48 @@ async function holds(live: LiveTarget, file: string, sourceDigest: string | unde
   return size !== undefined && (entry.size === undefined || entry.size === size);
 }
 
+/**
+ * A change this close to the walk may share its timestamp tick (Linux file times move in
+ * coarse ticks of a few ms), so the fingerprint of such a tree is not trusted next time.
+ */
+const CLOCK_TICK_MS = 100;
+
 async function packSource(source: PackageSource, dest: string, compression: Compression): Promise<{ record: PackRecord }> {
   if (source.type === 'file') {
-    // Plain files are published as they are; their "source digest" is their own sha256.
-    const digests = await digestFile(source.root);
+    // Plain files are published as they are, from one copy hashed on the way in, so that
+    // a file rewritten meanwhile cannot be published under another file's checksum.
+    const digest = new DigestStream();
+    await pipeline(createReadStream(source.root), digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
+    const digests = digest.digests();
     return { record: { fingerprint: '', sourceDigest: digests.sha256, ...digests } };
   }
+  const startedMs = Date.now();
   const entries = await walkTree(source.root, await excludeRuleFor(source));
-  const fingerprint = treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
+  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
   const result = await packEntries(entries, dest, compression);
   return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
 }
 
+function isRacy(entries: TreeEntry[], walkStartedMs: number): boolean {
+  return entries.some((entry) => entry.changedMs >= walkStartedMs - CLOCK_TICK_MS);
+}
+
+/**
+ * The source digest of the package as it is now, when that is known to equal the last pack's
+ * without packing again: by the fingerprint alone, or, for a tree that changed too close to
+ * its last pack to trust its file times, by reading its content once (no compression).
+ */
 async function currentDigest(source: PackageSource, state: PackState, compression: Compression): Promise<string | undefined> {
   if (source.type === 'file') return undefined;
   const record = state.get(source.fileName);
   if (!record) return undefined;
+  const startedMs = Date.now();
   const entries = await walkTree(source.root, await excludeRuleFor(source));
-  return treeFingerprint(entries, `${FORMAT_SALT}:${compression}`) === record.fingerprint ? record.sourceDigest : undefined;
+  const fingerprint = treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
+  if (record.fingerprint !== '') return fingerprint === record.fingerprint ? record.sourceDigest : undefined;
+  if (await digestEntries(entries) !== record.sourceDigest) return undefined;
+  if (!isRacy(entries, startedMs)) state.set(source.fileName, { ...record, fingerprint });
+  return record.sourceDigest;
 }
 
 /**
@@ -125,7 +151,7 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
         const packed = path.join(staging, source.fileName);
         let record: PackRecord;
         try {
-          ({ record } = await packSource(source, source.type === 'file' ? '' : packed, options.compression));
+          ({ record } = await packSource(source, packed, options.compression));
         } catch (error) {
           const failure = toFailure(error);
           report.failedPackages.push({ file: source.fileName, ...failure });
@@ -153,12 +179,12 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
             return;
           }
           try {
-            staged.get(l)?.push({ entry, staged: await l.target.stage(source.fileName, source.type === 'file' ? source.root : packed) });
+            staged.get(l)?.push({ entry, staged: await l.target.stage(source.fileName, packed) });
           } catch (error) {
             l.report.error ??= toFailure(error);
           }
         }));
-        if (source.type !== 'file') await rm(packed, { force: true });
+        await rm(packed, { force: true });
       })));
 
       await Promise.all(live.map(async (l) => {

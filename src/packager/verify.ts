@@ -3,7 +3,8 @@ import { describeLocation } from '../config/index.js';
 import { isTempName } from '../fs/atomic.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, parseFileName, type PackageType } from '../packages/index.js';
 import { createUploadTarget, LOCK_NAME, matchesEntry } from '../repositories/index.js';
-import type { Selection } from './client-tree.js';
+import { isAutotestError } from '../errors.js';
+import { selectSources, type Selection } from './client-tree.js';
 import { toFailure } from './failure.js';
 import { uploadPackages } from './upload.js';
 
@@ -61,6 +62,32 @@ async function inspect(location: Location): Promise<VerifyLocationReport> {
   return report;
 }
 
+/** The subset of `files` the client tree can produce, as a selection. */
+async function producible(clientDir: string, files: string[], compression: Compression): Promise<Selection> {
+  const wanted = selectionFor(files.filter((file) => parseFileName(file).compression === compression));
+  const keep = async (one: Partial<Selection>): Promise<boolean> => {
+    try {
+      await selectSources(clientDir, { all: false, tests: [], profilers: [], deps: [], client: false, files: [], ...one }, compression);
+      return true;
+    } catch (error) {
+      if (isAutotestError(error, 'ERR_UNKNOWN_PACKAGE') || isAutotestError(error, 'ERR_CLIENT_TREE')) return false;
+      throw error;
+    }
+  };
+  const filter = async (names: string[], key: 'tests' | 'deps' | 'profilers'): Promise<string[]> => {
+    const kept: string[] = [];
+    for (const name of names) if (await keep({ [key]: [name] })) kept.push(name);
+    return kept;
+  };
+  return {
+    ...wanted,
+    tests: await filter(wanted.tests, 'tests'),
+    deps: await filter(wanted.deps, 'deps'),
+    profilers: await filter(wanted.profilers, 'profilers'),
+    client: wanted.client && (await keep({ client: true })),
+  };
+}
+
 function selectionFor(files: string[]): Selection {
   const selection: Selection = { all: false, tests: [], profilers: [], deps: [], client: false, files: [] };
   const lists: Record<Exclude<PackageType, 'client'>, string[]> = { test: selection.tests, dep: selection.deps, profiler: selection.profilers };
@@ -92,21 +119,23 @@ export async function verifyLocations(options: VerifyOptions): Promise<VerifyLoc
       const target = createUploadTarget(location);
       report.repaired.push(...await target.cleanTemps());
       const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
-      if (bad.length > 0) await target.purge(bad);
-      report.repaired.push(...bad);
+      if (bad.length > 0) report.repaired.push(...await target.purge(bad));
+      let failure: VerifyLocationReport['error'];
       if (options.clientDir !== undefined) {
         const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp').map((p) => p.file);
-        const selection = selectionFor(candidates.filter((file) => parseFileName(file).compression === options.compression));
+        const selection = await producible(options.clientDir, candidates, options.compression);
         if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
           const upload = await uploadPackages({
             clientDir: options.clientDir, selection, locations: [location], compression: options.compression,
             minimumFreeBytes: options.minimumFreeBytes, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
           });
           report.repaired.push(...(upload.locations[0]?.published ?? []));
+          const failed = upload.locations[0]?.error ?? upload.failedPackages[0];
+          if (failed) failure = { ...failed, message: `republishing from the client tree failed: ${failed.message}` };
         }
       }
       const after = await inspect(location);
-      return { ...after, repaired: [...new Set(report.repaired)] };
+      return { ...after, repaired: [...new Set(report.repaired)], error: failure };
     } catch (error) {
       return { ...report, error: toFailure(error) };
     }

@@ -73,13 +73,23 @@ export async function extractTarball(archive: string, dest: string): Promise<Ext
   }
   await mkdir(path.dirname(dest), { recursive: true });
   await mkdir(dest);
+  // Started only once dest is ours, so a refused dest leaves no process behind; a missing
+  // tool leaves no empty folder behind.
+  let decompressor;
+  try {
+    decompressor = await createDecompressor(compression);
+  } catch (error) {
+    await rm(dest, { recursive: true, force: true });
+    throw error;
+  }
   const root = await realpath(dest);
   const result: ExtractResult = { files: 0, bytes: 0 };
-  const decompressor = await createDecompressor(compression);
   const extract = tar.extract();
 
+  let current: { destroy: (error?: Error) => unknown } | undefined;
   const consume = async (): Promise<void> => {
     for await (const entry of extract) {
+      current = entry;
       const header = entry.header;
       const rel = checkEntryPath(archive, header.name);
       const target = path.join(root, rel);
@@ -147,18 +157,31 @@ export async function extractTarball(archive: string, dest: string): Promise<Ext
     }
   };
 
+  const consuming = consume();
   try {
     await Promise.all([
       pipeline(createReadStream(archive), decompressor.input),
       pipeline(decompressor.output, extract),
       decompressor.done,
-      consume(),
+      consuming,
     ]);
   } catch (error) {
+    const stop = new Error('extraction stopped');
+    decompressor.input.destroy();
     decompressor.output.destroy();
-    extract.destroy();
+    current?.destroy(stop);
+    extract.destroy(stop);
+    // Only once nothing writes into dest any more can it be removed whole.
+    await consuming.catch(() => undefined);
     await rm(dest, { recursive: true, force: true });
     if (isAutotestError(error)) throw error;
+    const code = errnoCode(error);
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EROFS' || code === 'EPERM') {
+      throw new AutotestError('ERR_LOCATION_REFUSED', `${dest}: cannot write the extracted package (${code})`, {
+        hint: code === 'ENOSPC' || code === 'EDQUOT' ? 'free some space there and install again' : 'check the permissions of the install folder',
+        cause: error,
+      });
+    }
     throw new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: cannot extract: ${describeError(error)}`, {
       hint: 'the tarball is damaged or truncated; fetch it again',
       cause: error,

@@ -1,13 +1,13 @@
-export { checkName, checkType, packageFileName, parseFileName, parseNameList, PACKAGE_TYPES, CLIENT_PACKAGE_NAME, EXTENSIONS } from './names.js';
+export { checkName, checkFileName, RESERVED_FILE_NAMES, checkType, packageFileName, parseFileName, parseNameList, PACKAGE_TYPES, CLIENT_PACKAGE_NAME, EXTENSIONS } from './names.js';
 export type { PackageType, ParsedFileName } from './names.js';
 export { walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
 export type { TreeEntry, ExcludeRule } from './tree.js';
-export { packEntries, TARBALL_MTIME } from './tarball.js';
+export { digestEntries, packEntries, TARBALL_MTIME } from './tarball.js';
 export type { PackResult } from './tarball.js';
 export { extractTarball, checkEntryPath } from './extract.js';
 export { DigestStream, digestFile } from './digest.js';
 export type { Digests } from './digest.js';
 export {
-  CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, formatChecksumFile, parseManifest, formatManifest, mergeIndex,
+  CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, formatChecksumFile, parseManifest, formatManifest, mergeIndex, matchesEntry,
 } from './repository-index.js';
 export type { IndexEntry, RepositoryIndex } from './repository-index.js';

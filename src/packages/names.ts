@@ -41,6 +41,20 @@ export function checkType(type: string): PackageType {
   return type as PackageType;
 }
 
+/** Files of the repository itself: never a package, never removed or overwritten by name. */
+export const RESERVED_FILE_NAMES: ReadonlySet<string> = new Set(['packages.checksum', 'packages.json']);
+
+/** A repository file name: a checked name that is not one of the index files. */
+export function checkFileName(file: string): string {
+  checkName(file, 'file name');
+  if (RESERVED_FILE_NAMES.has(file)) {
+    throw new AutotestError('ERR_BAD_NAME', `file name "${file}" is reserved for the repository index`, {
+      hint: 'rename the file before publishing it',
+    });
+  }
+  return file;
+}
+
 export function packageFileName(type: PackageType, name: string, compression: Compression): string {
   return `${checkType(type)}-${checkName(name)}${EXTENSIONS[compression]}`;
 }
@@ -57,7 +71,7 @@ export interface ParsedFileName {
  * passes checkName for plain files. Throws on names that could not have been published.
  */
 export function parseFileName(file: string): ParsedFileName {
-  checkName(file, 'file name');
+  checkFileName(file);
   for (const [compression, ext] of Object.entries(EXTENSIONS) as [Compression, string][]) {
     if (!file.endsWith(ext)) continue;
     const stem = file.slice(0, -ext.length);

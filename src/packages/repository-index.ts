@@ -114,3 +114,9 @@ export function mergeIndex(checksums: Map<string, string> | undefined, manifest:
   }
   return merged;
 }
+
+/** Whether `digests` are what `entry` promises: sha256 where the manifest has it, md5 otherwise. */
+export function matchesEntry(entry: IndexEntry, digests: { md5: string; sha256: string; size: number }): boolean {
+  if (entry.size !== undefined && entry.size !== digests.size) return false;
+  return entry.sha256 !== undefined ? entry.sha256 === digests.sha256 : entry.md5 === digests.md5;
+}

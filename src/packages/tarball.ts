@@ -1,6 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar, { type Header, type Pack } from 'tar-stream';
 import { AutotestError, describeError } from '../errors.js';
@@ -60,6 +61,21 @@ async function feed(pack: Pack, entries: TreeEntry[]): Promise<void> {
     });
   }
   pack.finalize();
+}
+
+/**
+ * The source digest of `entries` (sha256 of their uncompressed tar stream) without writing
+ * anything: reads every file once, compresses nothing.
+ */
+export async function digestEntries(entries: TreeEntry[]): Promise<string> {
+  const pack = tar.pack();
+  const source = new Sha256Stream();
+  const feeding = feed(pack, entries).catch((error: unknown) => {
+    pack.destroy(error instanceof Error ? error : new Error(describeError(error)));
+    throw error;
+  });
+  await Promise.all([feeding, pipeline(pack, source, new Writable({ write: (_chunk, _encoding, next) => { next(); } }))]);
+  return source.hex();
 }
 
 /**

@@ -16,6 +16,8 @@ export interface TreeEntry {
   linkTarget: string | undefined;
   /** Changes whenever the file may have changed: inode, size, mtime and ctime in ns. */
   statKey: string;
+  /** Latest of mtime and ctime, in ms: a change within the same clock tick as a pack is invisible to statKey. */
+  changedMs: number;
 }
 
 /** Decides whether a relative path is left out; `isDir` for folders (their contents go too). */
@@ -54,11 +56,20 @@ function byteOrder(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
-/** Whether a symlink at `relPath` pointing to `target` stays inside the package. */
+/**
+ * Whether a symlink at `relPath` pointing to `target` stays inside the package. A textual
+ * check is not enough: with `s -> .`, the target `s/..` looks inside but leads out. So
+ * `..` may only lead the target, climbing the link's own folders (real folders: nothing is
+ * ever written through a symlink), never follow a name that could itself be a link.
+ */
 export function linkStaysInside(relPath: string, target: string): boolean {
-  if (target === '' || path.posix.isAbsolute(target)) return false;
-  const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(relPath), target));
-  return resolved !== '..' && !resolved.startsWith('../');
+  if (target === '' || target.includes('\0') || path.posix.isAbsolute(target)) return false;
+  const parts = target.split('/').filter((part) => part !== '' && part !== '.');
+  let ups = 0;
+  while (parts[ups] === '..') ups += 1;
+  if (parts.slice(ups).includes('..')) return false;
+  const depth = relPath.split('/').filter((part) => part !== '').length - 1;
+  return ups <= depth;
 }
 
 /**
@@ -77,12 +88,13 @@ export async function walkTree(root: string, exclude: ExcludeRule): Promise<Tree
       const isDir = st.isDirectory();
       if (exclude(rel, isDir)) continue;
       const statKey = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
+      const changedMs = Number(st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1e6;
       if (isDir) {
-        entries.push({ path: rel, absPath: abs, kind: 'dir', mode: 0o755, size: 0, linkTarget: undefined, statKey });
+        entries.push({ path: rel, absPath: abs, kind: 'dir', mode: 0o755, size: 0, linkTarget: undefined, statKey, changedMs });
         await visit(rel);
       } else if (st.isFile()) {
         const mode = (st.mode & 0o111n) !== 0n ? 0o755 : 0o644;
-        entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: Number(st.size), linkTarget: undefined, statKey });
+        entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: Number(st.size), linkTarget: undefined, statKey, changedMs });
       } else if (st.isSymbolicLink()) {
         const target = await readlink(abs);
         if (!linkStaysInside(rel, target)) {
@@ -90,7 +102,7 @@ export async function walkTree(root: string, exclude: ExcludeRule): Promise<Tree
             hint: 'packages are installed on other machines: replace the link by the file, or point it inside the package folder',
           });
         }
-        entries.push({ path: rel, absPath: abs, kind: 'symlink', mode: 0o777, size: 0, linkTarget: target, statKey });
+        entries.push({ path: rel, absPath: abs, kind: 'symlink', mode: 0o777, size: 0, linkTarget: target, statKey, changedMs });
       } else {
         throw new AutotestError('ERR_PACK', `${abs}: only files, folders and symlinks can be packed (this is a socket, FIFO or device)`, {
           hint: `remove it or list it in ${PACK_EXCLUDE_FILE}`,

@@ -4,7 +4,8 @@ import { createLocalTarget } from './local.js';
 import type { UploadTarget } from './types.js';
 
 export { readLocalIndex, createLocalTarget } from './local.js';
-export { fetchFromLocal, matchesEntry } from './local-fetch.js';
+export { fetchFromLocal } from './local-fetch.js';
+export { matchesEntry } from '../packages/index.js';
 export { withIndexLock, LOCK_NAME } from './lock.js';
 export type { UploadTarget, StagedFile, IndexChange } from './types.js';
 

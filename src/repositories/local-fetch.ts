@@ -4,7 +4,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { AutotestError, errnoCode } from '../errors.js';
 import { fsyncPath, tempPathFor } from '../fs/atomic.js';
-import { DigestStream, type IndexEntry } from '../packages/index.js';
+import { DigestStream, matchesEntry, type IndexEntry } from '../packages/index.js';
 import { readLocalIndex } from './local.js';
 
 export interface FetchResult {
@@ -12,11 +12,6 @@ export interface FetchResult {
   bytes: number;
 }
 
-/** Whether `digests` are what `entry` promises: sha256 where the manifest has it, md5 otherwise. */
-export function matchesEntry(entry: IndexEntry, digests: { md5: string; sha256: string; size: number }): boolean {
-  if (entry.size !== undefined && entry.size !== digests.size) return false;
-  return entry.sha256 !== undefined ? entry.sha256 === digests.sha256 : entry.md5 === digests.md5;
-}
 
 /**
  * Copies `file` from a local repository folder to `dest`, verified against that folder's

@@ -7,6 +7,7 @@ import {
   CHECKSUM_FILE,
   MANIFEST_FILE,
   digestFile,
+  matchesEntry,
   formatChecksumFile,
   formatManifest,
   mergeIndex,
@@ -30,10 +31,18 @@ async function readOptional(file: string): Promise<string | undefined> {
 export async function readLocalIndex(dir: string): Promise<RepositoryIndex> {
   const checksumText = await readOptional(path.join(dir, CHECKSUM_FILE));
   const manifestText = await readOptional(path.join(dir, MANIFEST_FILE));
-  return mergeIndex(
-    checksumText === undefined ? undefined : parseChecksumFile(checksumText, path.join(dir, CHECKSUM_FILE)),
-    manifestText === undefined ? undefined : parseManifest(manifestText, path.join(dir, MANIFEST_FILE)),
-  );
+  const checksums = checksumText === undefined ? undefined : parseChecksumFile(checksumText, path.join(dir, CHECKSUM_FILE));
+  const merged = mergeIndex(checksums, manifestText === undefined ? undefined : parseManifest(manifestText, path.join(dir, MANIFEST_FILE)));
+  if (checksums) {
+    // A manifest-only entry is kept only while its file is there with its size: an older
+    // packager that rewrites packages.checksum alone may have removed it since.
+    for (const entry of [...merged.values()]) {
+      if (checksums.has(entry.file)) continue;
+      const st = await stat(path.join(dir, entry.file)).catch(() => undefined);
+      if (!st?.isFile() || (entry.size !== undefined && st.size !== entry.size)) merged.delete(entry.file);
+    }
+  }
+  return merged;
 }
 
 /** The manifest goes first: a reader of packages.checksum alone never sees an entry the manifest lacks the file for. */
@@ -127,7 +136,7 @@ export function createLocalTarget(location: Extract<Location, { kind: 'local' }>
     },
 
     async commit(change: IndexChange) {
-      await withIndexLock(dir, dir, async () => {
+      await withIndexLock(dir, dir, async (assertHeld) => {
         const index = await readLocalIndex(dir);
         // An entry whose file is about to be replaced leaves the index first, so that at
         // every moment each entry names a file with exactly its checksum.
@@ -136,13 +145,22 @@ export function createLocalTarget(location: Extract<Location, { kind: 'local' }>
         if (replaced.length > 0 || removed.length > 0) {
           for (const { entry } of replaced) index.delete(entry.file);
           for (const file of removed) index.delete(file);
+          assertHeld();
           await writeLocalIndex(dir, index);
         }
-        for (const { staged } of change.add) await rename(staged.tempPath, inDir(staged.file));
+        for (const { staged } of change.add) {
+          assertHeld();
+          await rename(staged.tempPath, inDir(staged.file));
+        }
         if (change.add.length > 0) await fsyncPath(dir);
         for (const file of change.remove) await rm(inDir(file), { force: true });
         for (const { entry } of change.add) index.set(entry.file, entry);
-        for (const entry of change.refresh) index.set(entry.file, entry);
+        // A refresh was decided before the lock: it applies only if the entry still
+        // describes the same bytes, i.e. no other writer replaced the file meanwhile.
+        for (const entry of change.refresh) {
+          if (index.get(entry.file)?.md5 === entry.md5) index.set(entry.file, entry);
+        }
+        assertHeld();
         await writeLocalIndex(dir, index);
       });
     },
@@ -158,11 +176,22 @@ export function createLocalTarget(location: Extract<Location, { kind: 'local' }>
     cleanTemps: () => removeDeadTemps(dir),
 
     async purge(files) {
-      await withIndexLock(dir, dir, async () => {
+      return withIndexLock(dir, dir, async (assertHeld) => {
         const index = await readLocalIndex(dir);
-        for (const file of files) index.delete(file);
+        // Checked again under the lock: a verify that raced an upload may have seen a
+        // half-published package that is complete and right by now.
+        const bad: string[] = [];
+        for (const file of files) {
+          const entry = index.get(file);
+          const digests = await digestFile(inDir(file)).catch(() => undefined);
+          if (entry && digests && matchesEntry(entry, digests)) continue;
+          bad.push(file);
+        }
+        for (const file of bad) index.delete(file);
+        assertHeld();
         await writeLocalIndex(dir, index);
-        for (const file of files) await rm(inDir(file), { force: true });
+        for (const file of bad) await rm(inDir(file), { force: true });
+        return bad;
       });
     },
   };

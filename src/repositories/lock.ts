@@ -8,7 +8,7 @@ export const LOCK_NAME = '.packages.lock';
  * proper-lockfile keeps the lock fresh while held and takes over one whose holder died
  * (SIGKILL) once it is `stale` ms old, so a killed packager never blocks the next one.
  */
-export async function withIndexLock<T>(dir: string, where: string, work: () => Promise<T>): Promise<T> {
+export async function withIndexLock<T>(dir: string, where: string, work: (assertHeld: () => void) => Promise<T>): Promise<T> {
   let compromised: Error | undefined;
   let release: () => Promise<void>;
   try {
@@ -28,13 +28,17 @@ export async function withIndexLock<T>(dir: string, where: string, work: () => P
       cause: error,
     });
   }
-  try {
-    const result = await work();
+  // Called before every write: once the lock is lost, another writer may hold it.
+  const assertHeld = (): void => {
     if (compromised) {
       throw new AutotestError('ERR_LOCK', `${where}: the index lock was lost while writing (${compromised.message})`, {
-        hint: 'run "autotest packager verify" on the location',
+        hint: 'run "autotest packager verify" on the location, then upload again',
       });
     }
+  };
+  try {
+    const result = await work(assertHeld);
+    assertHeld();
     return result;
   } finally {
     await release().catch(() => undefined);

@@ -36,6 +36,6 @@ export interface UploadTarget {
   digestFile(file: string): Promise<{ md5: string; sha256: string; size: number }>;
   /** Removes temp files of dead writers; returns their names. */
   cleanTemps(): Promise<string[]>;
-  /** Drops files from the location and the index (used by verify --repair for corrupt files). */
-  purge(files: string[]): Promise<void>;
+  /** Drops files that are still missing or corrupt when checked under the lock, with their index entries; returns those dropped. */
+  purge(files: string[]): Promise<string[]>;
 }
