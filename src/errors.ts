@@ -20,6 +20,10 @@ export type ErrorCode =
   | 'ERR_NOT_FOUND'
   | 'ERR_UNSUPPORTED'
   | 'ERR_TOOL'
+  | 'ERR_SSH'
+  | 'ERR_SSH_CONNECT'
+  | 'ERR_FETCH'
+  | 'ERR_ALL_REPOSITORIES_FAILED'
   | 'ERR_USAGE';
 
 export interface AutotestErrorOptions {

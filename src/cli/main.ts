@@ -3,6 +3,9 @@ import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE, printError, processOutput } from './output.js';
 import { packagerCommand } from './packager.js';
 import { startCommand } from './start.js';
+import { clientCommand } from './client.js';
+import { closeHttpConnections } from '../fetch/index.js';
+import { closeSshConnections } from '../ssh/session.js';
 
 async function main(argv: string[]): Promise<number> {
   let exitCode = 0;
@@ -14,7 +17,8 @@ async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .showHelpAfterError()
     .addCommand(packagerCommand(processOutput, setExit).exitOverride())
-    .addCommand(startCommand(processOutput, setExit).exitOverride());
+    .addCommand(startCommand(processOutput, setExit).exitOverride())
+    .addCommand(clientCommand(processOutput, setExit).exitOverride());
   try {
     await program.parseAsync(argv);
   } catch (error) {
@@ -22,6 +26,9 @@ async function main(argv: string[]): Promise<number> {
       return error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.exitCode === 0 ? 0 : EXIT_USAGE;
     }
     return printError(processOutput, error);
+  } finally {
+    closeHttpConnections();
+    await closeSshConnections();
   }
   return exitCode;
 }

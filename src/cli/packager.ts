@@ -9,6 +9,7 @@ import {
   removePackages,
   selectedFileNames,
   uploadPackages,
+  upkeepLocations,
   verifyLocations,
   type OperationReport,
   type Selection,
@@ -31,7 +32,7 @@ export interface PackagerFlags {
   jobs?: string;
 }
 
-const ACTIONS = ['upload', 'remove', 'list', 'verify'] as const;
+const ACTIONS = ['upload', 'remove', 'list', 'verify', 'upkeep'] as const;
 type Action = (typeof ACTIONS)[number];
 
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
@@ -83,6 +84,31 @@ function printOperation(output: Output, report: OperationReport, verb: string): 
   }
 }
 
+/** upkeep works on custom_upload_location (and -r), never on the builtin repositories. */
+async function upkeep(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const locations = [...config.packages.customUploadLocations, ...extra];
+  if (locations.length === 0) {
+    throw new AutotestError('ERR_USAGE', `nothing to keep up: ${config.source} sets no custom_upload_location in [PACKAGES] and no -r was given`, {
+      hint: 'add custom_upload_location to [PACKAGES] or pass -r LOCATION',
+    });
+  }
+  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays);
+  if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
+  else {
+    for (const report of reports) {
+      if (report.error) {
+        output.err(`failed: ${report.location}: ${report.error.message}`);
+        if (report.error.hint) output.err(`  hint: ${report.error.hint}`);
+        continue;
+      }
+      output.out(`${report.location}: removed ${report.removed.length.toString()} file(s) older than ${config.packages.customMaxAgeDays.toString()} days`);
+      for (const file of report.removed) output.out(`  ${file}`);
+    }
+  }
+  return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
+}
+
 export async function runPackager(action: string, flags: PackagerFlags, output: Output): Promise<number> {
   if (!(ACTIONS as readonly string[]).includes(action)) {
     throw new AutotestError('ERR_USAGE', `unknown packager action "${action}"`, { hint: `use one of: ${ACTIONS.join(', ')}` });
@@ -90,10 +116,11 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const { compression, minimumFreeSpaceBytes } = config.packages;
-  const locations = uploadLocations(flags, config);
   const json = flags.json === true;
+  if (action === 'upkeep') return upkeep(flags, config, output);
+  const locations = uploadLocations(flags, config);
 
-  switch (action as Action) {
+  switch (action as Exclude<Action, 'upkeep'>) {
     case 'upload': {
       const jobs = flags.jobs === undefined ? undefined : Number(flags.jobs);
       if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1)) {
@@ -162,7 +189,7 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
 export function packagerCommand(output: Output, setExit: (code: number) => void): Command {
   return new Command('packager')
     .description('pack the client tree and publish it to the upload locations')
-    .argument('<action>', `one of ${ACTIONS.join(', ')}`)
+    .argument('<action>', `one of ${ACTIONS.join(', ')} (upkeep: delete custom packages older than custom_max_age)`)
     .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
     .option('--client-dir <path>', 'client tree to pack (default: client_dir in [PACKAGES], else the bundled example)')
     .option('-a, --all', 'every test, site test, dep, profiler and the client')

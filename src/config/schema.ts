@@ -17,6 +17,18 @@ export interface PackagesConfig {
   servePackagesFromAutoserv: boolean;
   clientDir: string | undefined;
   compression: Compression;
+  fetch: FetchSettings;
+}
+
+/** How clients talk to each repository of fetch_location. */
+export interface FetchSettings {
+  connectTimeoutMs: number;
+  /** Longest a whole package download may take from one repository. */
+  timeoutMs: number;
+  /** Further tries after a transient failure (never after a 404 or a checksum mismatch). */
+  retries: number;
+  /** How long a repository that keeps failing is skipped. */
+  cooldownMs: number;
 }
 
 export interface Config {
@@ -41,6 +53,10 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   serve_packages_from_autoserv: { description: 'true/false: autoserv serves packages no repository has (default true)' },
   client_dir: { description: 'the client tree the packager packs (default: the bundled example tree)' },
   compression: { description: 'bzip2 (default), gzip or zstd' },
+  fetch_connect_timeout: { description: 'seconds to wait for a repository to accept a connection (default 5)' },
+  fetch_timeout: { description: 'seconds a package download from one repository may take in all (default 600)' },
+  fetch_retries: { description: 'further tries on a transient failure such as a reset or a 5xx (default 2; never on 404)' },
+  fetch_cooldown: { description: 'seconds a repository that keeps failing is skipped (default 60)' },
 };
 
 const BOOLEANS: Record<string, boolean> = {
@@ -146,6 +162,12 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
     servePackagesFromAutoserv: readBoolean(reader, 'serve_packages_from_autoserv', true),
     clientDir: readPath(reader, 'client_dir'),
     compression,
+    fetch: {
+      connectTimeoutMs: Math.round(readNumber(reader, 'fetch_connect_timeout', 5, { min: 0.01 }) * 1000),
+      timeoutMs: Math.round(readNumber(reader, 'fetch_timeout', 600, { min: 0.01 }) * 1000),
+      retries: readNumber(reader, 'fetch_retries', 2, { min: 0, integer: true }),
+      cooldownMs: Math.round(readNumber(reader, 'fetch_cooldown', 60, { min: 0 }) * 1000),
+    },
   };
   for (const [key, list] of [['upload_location', uploadLocations], ['custom_upload_location', customUploadLocations]] as const) {
     const wrong = list.find((loc) => loc.kind === 'http' || loc.kind === 'git');

@@ -6,12 +6,16 @@ import { errnoCode } from '../errors.js';
 
 const TEMP_PREFIX = '.tmp.';
 
+function hostTag(): string {
+  return hostname().replace(/[^A-Za-z0-9-]/g, '_');
+}
+
 /**
  * A temporary name in the same folder as `target`, so the final rename is atomic. It
  * carries host and pid, so a later run can tell a dead writer's leftovers from a live one's.
  */
 export function tempPathFor(target: string): string {
-  const tag = `${hostname().replace(/[^A-Za-z0-9-]/g, '_')}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  const tag = `${hostTag()}.${process.pid.toString()}.${randomBytes(4).toString('hex')}`;
   return path.join(path.dirname(target), `${TEMP_PREFIX}${tag}.${path.basename(target)}`);
 }
 
@@ -59,23 +63,24 @@ function pidIsAlive(pid: number): boolean {
 const FOREIGN_TEMP_MAX_AGE_MS = 24 * 3600 * 1000;
 
 /**
- * Removes temp files left by writers that died: this host's whose process is gone, other
- * hosts' (shared folders) after a day. Returns the names removed.
+ * Whether a temp file was left by a writer that died: this host's whose process is gone,
+ * other hosts' (shared folders, remote locations) once untouched for a day.
  */
+export function isDeadTemp(name: string, mtimeMs: number | undefined): boolean {
+  if (!isTempName(name)) return false;
+  const [host, pidText] = name.slice(TEMP_PREFIX.length).split('.');
+  const pid = Number(pidText);
+  if (host === hostTag() && Number.isInteger(pid)) return !pidIsAlive(pid);
+  return mtimeMs !== undefined && Date.now() - mtimeMs > FOREIGN_TEMP_MAX_AGE_MS;
+}
+
+/** Removes temp files left by writers that died (see isDeadTemp); returns the names removed. */
 export async function removeDeadTemps(dir: string): Promise<string[]> {
   const removed: string[] = [];
-  const me = hostname().replace(/[^A-Za-z0-9-]/g, '_');
   for (const name of await readdir(dir)) {
     if (!isTempName(name)) continue;
-    const [host, pidText] = name.slice(TEMP_PREFIX.length).split('.');
-    const pid = Number(pidText);
-    let dead: boolean;
-    if (host === me && Number.isInteger(pid)) dead = !pidIsAlive(pid);
-    else {
-      const st = await stat(path.join(dir, name)).catch(() => undefined);
-      dead = st !== undefined && Date.now() - st.mtimeMs > FOREIGN_TEMP_MAX_AGE_MS;
-    }
-    if (dead) {
+    const st = await stat(path.join(dir, name)).catch(() => undefined);
+    if (isDeadTemp(name, st?.mtimeMs)) {
       await rm(path.join(dir, name), { force: true, recursive: true });
       removed.push(name);
     }

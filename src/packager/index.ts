@@ -9,3 +9,5 @@ export { selectSources, selectedFileNames, BUNDLED_CLIENT_DIR } from './client-t
 export type { Selection, PackageSource } from './client-tree.js';
 export type { PackagerEvent, OperationReport, LocationReport } from './events.js';
 export { cacheDir } from './state.js';
+export { upkeepLocations } from './upkeep.js';
+export type { UpkeepReport } from './upkeep.js';

@@ -1,6 +1,7 @@
 import { AutotestError } from '../errors.js';
 import type { Location } from '../config/index.js';
 import { createLocalTarget } from './local.js';
+import { createSshTarget } from './ssh.js';
 import type { UploadTarget } from './types.js';
 
 export { readLocalIndex, createLocalTarget } from './local.js';
@@ -12,7 +13,8 @@ export type { UploadTarget, StagedFile, IndexChange } from './types.js';
 /** The upload target for a location, or an error naming a scheme this version cannot write to. */
 export function createUploadTarget(location: Location): UploadTarget {
   if (location.kind === 'local') return createLocalTarget(location);
-  throw new AutotestError('ERR_UNSUPPORTED', `upload location ${location.text}: ${location.kind} upload locations are not supported yet`, {
-    hint: 'use a local folder in upload_location for now',
+  if (location.kind === 'ssh') return createSshTarget(location);
+  throw new AutotestError('ERR_UNSUPPORTED', `upload location ${location.text}: ${location.kind} locations are read-only (fetch_location only)`, {
+    hint: 'upload to a local folder or an ssh://[user@]host[:port]/path location',
   });
 }

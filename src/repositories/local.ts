@@ -3,20 +3,10 @@ import path from 'node:path';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
 import type { Location } from '../config/index.js';
 import { fsyncPath, removeDeadTemps, tempPathFor, writeFileAtomic } from '../fs/atomic.js';
-import {
-  CHECKSUM_FILE,
-  MANIFEST_FILE,
-  digestFile,
-  matchesEntry,
-  formatChecksumFile,
-  formatManifest,
-  mergeIndex,
-  parseChecksumFile,
-  parseManifest,
-  type RepositoryIndex,
-} from '../packages/index.js';
+import { digestFile, type RepositoryIndex } from '../packages/index.js';
 import { withIndexLock } from './lock.js';
-import type { IndexChange, StagedFile, UploadTarget } from './types.js';
+import { readStoreIndex, targetFromStore, type FileInfo, type RepositoryStore } from './store.js';
+import type { StagedFile, UploadTarget } from './types.js';
 
 async function readOptional(file: string): Promise<string | undefined> {
   try {
@@ -28,27 +18,8 @@ async function readOptional(file: string): Promise<string | undefined> {
 }
 
 /** Reads a folder's index (packages.checksum and packages.json); empty when it has none. */
-export async function readLocalIndex(dir: string): Promise<RepositoryIndex> {
-  const checksumText = await readOptional(path.join(dir, CHECKSUM_FILE));
-  const manifestText = await readOptional(path.join(dir, MANIFEST_FILE));
-  const checksums = checksumText === undefined ? undefined : parseChecksumFile(checksumText, path.join(dir, CHECKSUM_FILE));
-  const merged = mergeIndex(checksums, manifestText === undefined ? undefined : parseManifest(manifestText, path.join(dir, MANIFEST_FILE)));
-  if (checksums) {
-    // A manifest-only entry is kept only while its file is there with its size: an older
-    // packager that rewrites packages.checksum alone may have removed it since.
-    for (const entry of [...merged.values()]) {
-      if (checksums.has(entry.file)) continue;
-      const st = await stat(path.join(dir, entry.file)).catch(() => undefined);
-      if (!st?.isFile() || (entry.size !== undefined && st.size !== entry.size)) merged.delete(entry.file);
-    }
-  }
-  return merged;
-}
-
-/** The manifest goes first: a reader of packages.checksum alone never sees an entry the manifest lacks the file for. */
-async function writeLocalIndex(dir: string, index: RepositoryIndex): Promise<void> {
-  await writeFileAtomic(path.join(dir, MANIFEST_FILE), formatManifest(index));
-  await writeFileAtomic(path.join(dir, CHECKSUM_FILE), formatChecksumFile(index));
+export function readLocalIndex(dir: string): Promise<RepositoryIndex> {
+  return readStoreIndex(createLocalStore({ kind: 'local', path: dir, text: dir }));
 }
 
 function refused(dir: string, why: string, hint: string, cause?: unknown): AutotestError {
@@ -58,6 +29,10 @@ function refused(dir: string, why: string, hint: string, cause?: unknown): Autot
 const GB = 1e9;
 
 export function createLocalTarget(location: Extract<Location, { kind: 'local' }>): UploadTarget {
+  return targetFromStore(createLocalStore(location));
+}
+
+function createLocalStore(location: Extract<Location, { kind: 'local' }>): RepositoryStore {
   const dir = location.path;
   const inDir = (file: string): string => path.join(dir, file);
 
@@ -105,9 +80,11 @@ export function createLocalTarget(location: Extract<Location, { kind: 'local' }>
       return { created };
     },
 
-    readIndex: () => readLocalIndex(dir),
+    readText: (file) => readOptional(inDir(file)),
 
-    async fileSize(file) {
+    writeText: (file, text) => writeFileAtomic(inDir(file), text),
+
+    async size(file) {
       try {
         const st = await stat(inDir(file));
         return st.isFile() ? st.size : undefined;
@@ -115,6 +92,16 @@ export function createLocalTarget(location: Extract<Location, { kind: 'local' }>
         if (errnoCode(error) === 'ENOENT') return undefined;
         throw error;
       }
+    },
+
+    async list() {
+      const files = new Map<string, FileInfo>();
+      for (const dirent of await readdir(dir, { withFileTypes: true })) {
+        if (!dirent.isFile()) continue;
+        const st = await stat(inDir(dirent.name)).catch(() => undefined);
+        if (st) files.set(dirent.name, { size: st.size, mtimeMs: st.mtimeMs });
+      }
+      return files;
     },
 
     async stage(file, source) {
@@ -135,64 +122,23 @@ export function createLocalTarget(location: Extract<Location, { kind: 'local' }>
       return { file, tempPath };
     },
 
-    async commit(change: IndexChange) {
-      await withIndexLock(dir, dir, async (assertHeld) => {
-        const index = await readLocalIndex(dir);
-        // An entry whose file is about to be replaced leaves the index first, so that at
-        // every moment each entry names a file with exactly its checksum.
-        const replaced = change.add.filter(({ entry }) => index.has(entry.file));
-        const removed = change.remove.filter((file) => index.has(file));
-        if (replaced.length > 0 || removed.length > 0) {
-          for (const { entry } of replaced) index.delete(entry.file);
-          for (const file of removed) index.delete(file);
-          assertHeld();
-          await writeLocalIndex(dir, index);
-        }
-        for (const { staged } of change.add) {
-          assertHeld();
-          await rename(staged.tempPath, inDir(staged.file));
-        }
-        if (change.add.length > 0) await fsyncPath(dir);
-        for (const file of change.remove) await rm(inDir(file), { force: true });
-        for (const { entry } of change.add) index.set(entry.file, entry);
-        // A refresh was decided before the lock: it applies only if the entry still
-        // describes the same bytes, i.e. no other writer replaced the file meanwhile.
-        for (const entry of change.refresh) {
-          if (index.get(entry.file)?.md5 === entry.md5) index.set(entry.file, entry);
-        }
-        assertHeld();
-        await writeLocalIndex(dir, index);
-      });
+    async moveIntoPlace(staged) {
+      for (const s of staged) await rename(s.tempPath, inDir(s.file));
+      await fsyncPath(dir);
+    },
+
+    async remove(files) {
+      for (const file of files) await rm(inDir(file), { force: true });
     },
 
     async discard(staged: StagedFile[]) {
       await Promise.all(staged.map((s) => rm(s.tempPath, { force: true })));
     },
 
-    listFiles: () => readdir(dir),
-
-    digestFile: (file) => digestFile(inDir(file)),
+    digest: (file) => digestFile(inDir(file)),
 
     cleanTemps: () => removeDeadTemps(dir),
 
-    async purge(files) {
-      return withIndexLock(dir, dir, async (assertHeld) => {
-        const index = await readLocalIndex(dir);
-        // Checked again under the lock: a verify that raced an upload may have seen a
-        // half-published package that is complete and right by now.
-        const bad: string[] = [];
-        for (const file of files) {
-          const entry = index.get(file);
-          const digests = await digestFile(inDir(file)).catch(() => undefined);
-          if (entry && digests && matchesEntry(entry, digests)) continue;
-          bad.push(file);
-        }
-        for (const file of bad) index.delete(file);
-        assertHeld();
-        await writeLocalIndex(dir, index);
-        for (const file of bad) await rm(inDir(file), { force: true });
-        return bad;
-      });
-    },
+    withLock: (work) => withIndexLock(dir, dir, work),
   };
 }

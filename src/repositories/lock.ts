@@ -1,37 +1,76 @@
-import lockfile from 'proper-lockfile';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { AutotestError, describeError } from '../errors.js';
 
 export const LOCK_NAME = '.packages.lock';
 
+/** How long a writer waits for another one to finish with the index. */
+const LOCK_WAIT_SECONDS = 300;
+const CONFLICT_EXIT = 75;
+
 /**
- * Runs `work` holding the location's index lock, shared by every process that writes there.
- * proper-lockfile keeps the lock fresh while held and takes over one whose holder died
- * (SIGKILL) once it is `stale` ms old, so a killed packager never blocks the next one.
+ * The command that takes the lock: flock(1) holds `lockPath` while `cat` waits for its
+ * standard input to close. Closing it releases the lock; so does the death of the holder or
+ * of the connection to it (the kernel drops a flock with its last open descriptor), so a
+ * killed packager never leaves a stale lock behind, locally or on an SSH host.
  */
-export async function withIndexLock<T>(dir: string, where: string, work: (assertHeld: () => void) => Promise<T>): Promise<T> {
-  let compromised: Error | undefined;
-  let release: () => Promise<void>;
+export function flockCommand(lockPath: string): string[] {
+  return ['flock', '-w', LOCK_WAIT_SECONDS.toString(), '-E', CONFLICT_EXIT.toString(), lockPath,
+    'sh', '-c', 'echo locked; exec cat >/dev/null'];
+}
+
+/** Spawns the lock holder on this machine. */
+export function spawnLocalFlock(lockPath: string): ChildProcess {
+  const [command = 'flock', ...args] = flockCommand(lockPath);
+  return spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+function waitLocked(holder: ChildProcess, where: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let stdout = '';
+    let stderr = '';
+    const fail = (why: string): void => {
+      reject(new AutotestError('ERR_LOCK', `${where}: cannot take the index lock ${LOCK_NAME}: ${why}`, {
+        hint: 'another packager holds it for too long, or the location cannot be reached; try again',
+      }));
+    };
+    holder.stdout?.setEncoding('utf8');
+    holder.stdout?.on('data', (chunk: string) => {
+      stdout += chunk;
+      if (stdout.includes('locked\n')) resolve();
+    });
+    holder.stderr?.setEncoding('utf8');
+    holder.stderr?.on('data', (chunk: string) => {
+      if (stderr.length < 4096) stderr += chunk;
+    });
+    holder.on('error', (error) => {
+      fail(describeError(error));
+    });
+    holder.on('close', (code) => {
+      if (code === CONFLICT_EXIT) fail(`still held by another writer after ${LOCK_WAIT_SECONDS.toString()} s`);
+      else fail(`the lock holder exited (code ${String(code)})${stderr ? `: ${stderr.trim()}` : ''}`);
+    });
+  });
+}
+
+/**
+ * Runs `work` holding a location's index lock, taken by `holder` (a flockCommand run locally
+ * or over SSH). `assertHeld`, called before every index write, throws once the holder is gone.
+ */
+export async function withHeldLock<T>(holder: ChildProcess, where: string, work: (assertHeld: () => void) => Promise<T>): Promise<T> {
+  holder.stdin?.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => {
+    if (holder.exitCode !== null || holder.signalCode !== null) resolve();
+    else holder.on('close', () => { resolve(); });
+  });
   try {
-    release = await lockfile.lock(dir, {
-      lockfilePath: `${dir}/${LOCK_NAME}`,
-      realpath: false,
-      stale: 5000,
-      update: 1000,
-      retries: { retries: 400, factor: 1.2, minTimeout: 10, maxTimeout: 200, randomize: true },
-      onCompromised: (error) => {
-        compromised = error;
-      },
-    });
+    await waitLocked(holder, where);
   } catch (error) {
-    throw new AutotestError('ERR_LOCK', `${where}: cannot take the index lock ${LOCK_NAME}: ${describeError(error)}`, {
-      hint: 'another packager holds it for too long; try again, or remove the lock folder if no packager runs',
-      cause: error,
-    });
+    holder.kill('SIGKILL');
+    throw error;
   }
-  // Called before every write: once the lock is lost, another writer may hold it.
   const assertHeld = (): void => {
-    if (compromised) {
-      throw new AutotestError('ERR_LOCK', `${where}: the index lock was lost while writing (${compromised.message})`, {
+    if (holder.exitCode !== null || holder.signalCode !== null) {
+      throw new AutotestError('ERR_LOCK', `${where}: the index lock was lost while writing`, {
         hint: 'run "autotest packager verify" on the location, then upload again',
       });
     }
@@ -41,6 +80,14 @@ export async function withIndexLock<T>(dir: string, where: string, work: (assert
     assertHeld();
     return result;
   } finally {
-    await release().catch(() => undefined);
+    holder.stdin?.end();
+    const timer = setTimeout(() => holder.kill('SIGKILL'), 10_000);
+    await closed;
+    clearTimeout(timer);
   }
+}
+
+/** The index lock of a local folder. */
+export function withIndexLock<T>(dir: string, where: string, work: (assertHeld: () => void) => Promise<T>): Promise<T> {
+  return withHeldLock(spawnLocalFlock(`${dir}/${LOCK_NAME}`), where, work);
 }

@@ -38,4 +38,6 @@ export interface UploadTarget {
   cleanTemps(): Promise<string[]>;
   /** Drops files that are still missing or corrupt when checked under the lock, with their index entries; returns those dropped. */
   purge(files: string[]): Promise<string[]>;
+  /** Deletes packages (and plain files) last modified before `olderThanMs` (epoch ms), index first; returns their names. */
+  expire(olderThanMs: number): Promise<string[]>;
 }

@@ -1,0 +1,59 @@
+import path from 'node:path';
+import { Command } from 'commander';
+import { loadConfig, parseLocation } from '../config/index.js';
+import { installPackages } from '../client/install.js';
+import { checkType } from '../packages/index.js';
+import { EXIT_OK, formatBytes, type Output } from './output.js';
+
+interface ClientFlags {
+  config?: string;
+  installDir?: string;
+  cacheDir?: string;
+  repository?: string[];
+  json?: boolean;
+}
+
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
+/** --install-dir, else $AUTOTEST_INSTALL_DIR, else var/client under the working directory. */
+export function chooseInstallDir(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  return path.resolve(flag ?? env.AUTOTEST_INSTALL_DIR ?? path.join('var', 'client'));
+}
+
+async function runInstall(typeText: string, names: string[], flags: ClientFlags, output: Output): Promise<number> {
+  const type = checkType(typeText);
+  const config = await loadConfig({ file: flags.config });
+  for (const warning of config.warnings) output.err(`warning: ${warning}`);
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const records = await installPackages(type, names, {
+    locations: [...extra, ...config.packages.fetchLocations],
+    settings: config.packages.fetch,
+    installDir: chooseInstallDir(flags.installDir),
+    ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
+  });
+  if (flags.json === true) output.out(JSON.stringify(records, null, 2));
+  else {
+    for (const r of records) {
+      output.out(`${r.type} ${r.name}: ${r.action} (${r.file} from ${r.repository}, ${formatBytes(r.bytes)} moved, ${r.seconds.toFixed(2)} s) -> ${r.folder}`);
+    }
+  }
+  return EXIT_OK;
+}
+
+export function clientCommand(output: Output, setExit: (code: number) => void): Command {
+  const client = new Command('client').description('the client side: install packages from the repositories');
+  client.command('install')
+    .description('install packages (fetched from fetch_location in order, verified, cached)')
+    .argument('<type>', 'test, dep, profiler or client')
+    .argument('<names...>', 'package names')
+    .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
+    .option('--install-dir <path>', 'the client install folder (default: $AUTOTEST_INSTALL_DIR, else var/client)')
+    .option('--cache-dir <path>', 'the package cache (default: INSTALL_DIR/packages)')
+    .option('-r, --repository <location>', 'a repository tried before fetch_location; repeatable', collect)
+    .option('--json', 'print the result as JSON')
+    .exitOverride()
+    .action(async (type: string, names: string[], flags: ClientFlags) => {
+      setExit(await runInstall(type, names, flags, output));
+    });
+  return client;
+}

@@ -1,0 +1,159 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import pLimit from 'p-limit';
+import { COMPRESSIONS, type FetchSettings, type Location } from '../config/index.js';
+import { errnoCode } from '../errors.js';
+import { fsyncPath } from '../fs/atomic.js';
+import { PackageFetcher } from '../fetch/index.js';
+import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType } from '../packages/index.js';
+import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
+
+/** The marker an installed package folder carries: the md5 of the tarball it came from. */
+export const MARKER_FILE = '.checksum';
+
+const TYPE_FOLDERS: Record<PackageType, string> = { client: '', test: 'tests', dep: 'deps', profiler: 'profilers' };
+
+export interface InstallOptions {
+  locations: Location[];
+  settings: FetchSettings;
+  /** The client's install folder: tests/, deps/, profilers/ and client/ go under it. */
+  installDir: string;
+  /** The package cache (tarballs kept between jobs); default installDir/packages. */
+  cacheDir?: string;
+  jobs?: number;
+}
+
+export interface InstallRecord {
+  type: PackageType;
+  name: string;
+  file: string;
+  folder: string;
+  /** "up-to-date": the marker matched; "from-cache": the cached tarball matched; "fetched". */
+  action: 'up-to-date' | 'from-cache' | 'fetched';
+  md5: string;
+  repository: string;
+  /** Bytes moved over the network for this package. */
+  bytes: number;
+  seconds: number;
+}
+
+/** Where a package is installed: installDir/tests/NAME, deps/NAME, profilers/NAME, or client/. */
+export function installFolder(installDir: string, type: PackageType, name: string): string {
+  return type === 'client' ? path.join(installDir, 'client') : path.join(installDir, TYPE_FOLDERS[type], name);
+}
+
+async function readMarker(folder: string): Promise<string | undefined> {
+  try {
+    return (await readFile(path.join(folder, MARKER_FILE), 'utf8')).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Puts back what a killed installer left between its two renames (the old folder moved
+ * aside, the new one not yet in place) and removes its unfinished new folders.
+ */
+async function recover(folder: string): Promise<void> {
+  const parent = path.dirname(folder);
+  const base = path.basename(folder);
+  let names: string[];
+  try {
+    names = await readdir(parent);
+  } catch (error) {
+    if (errnoCode(error) === 'ENOENT') return;
+    throw error;
+  }
+  const present = names.includes(base);
+  for (const name of names) {
+    if (name.startsWith(`.${base}.old.`)) {
+      if (!present) await rename(path.join(parent, name), folder);
+      else await rm(path.join(parent, name), { recursive: true, force: true });
+    } else if (name.startsWith(`.${base}.new.`)) {
+      await rm(path.join(parent, name), { recursive: true, force: true });
+    }
+  }
+}
+
+/** Extracts the tarball beside `folder`, marks it, then swaps it in with two renames. */
+async function swapIn(tarball: string, folder: string, md5: string): Promise<void> {
+  const parent = path.dirname(folder);
+  const base = path.basename(folder);
+  const tag = randomBytes(4).toString('hex');
+  const fresh = path.join(parent, `.${base}.new.${tag}`);
+  const old = path.join(parent, `.${base}.old.${tag}`);
+  await mkdir(parent, { recursive: true });
+  await extractTarball(tarball, fresh);
+  try {
+    await writeFile(path.join(fresh, MARKER_FILE), `${md5}\n`, { mode: 0o644 });
+    await fsyncPath(path.join(fresh, MARKER_FILE));
+    let hadOld = true;
+    try {
+      await rename(folder, old);
+    } catch (error) {
+      if (errnoCode(error) !== 'ENOENT') throw error;
+      hadOld = false;
+    }
+    await rename(fresh, folder);
+    await fsyncPath(parent);
+    if (hadOld) await rm(old, { recursive: true, force: true });
+  } catch (error) {
+    await rm(fresh, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+/** The file names a package may have in a repository, Autotest's .tar.bz2 first. */
+function candidateFiles(type: PackageType, name: string): string[] {
+  return COMPRESSIONS.map((compression) => packageFileName(type, name, compression));
+}
+
+/**
+ * Installs packages on this machine: each is looked up in the repositories, skipped when its
+ * folder's marker matches the index, else fetched into the cache (skipped when the cached
+ * tarball matches) and swapped in whole. A per-package lock across processes makes
+ * concurrent installs of one package do the work once.
+ */
+export async function installPackages(type: PackageType, names: string[], options: InstallOptions): Promise<InstallRecord[]> {
+  for (const name of names) checkName(name);
+  const cacheDir = options.cacheDir ?? path.join(options.installDir, 'packages');
+  await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
+  const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir);
+  const limit = pLimit(options.jobs ?? 4);
+  return Promise.all(names.map((name) => limit(() => installOne(fetcher, type, name, options.installDir, cacheDir))));
+}
+
+async function installOne(fetcher: PackageFetcher, type: PackageType, name: string, installDir: string, cacheDir: string): Promise<InstallRecord> {
+  const started = performance.now();
+  const folder = installFolder(installDir, type, name);
+  const { file, entry, repository } = await fetcher.lookup(candidateFiles(type, name));
+  const lockPath = path.join(cacheDir, '.locks', `${file}.lock`);
+  return withHeldLock(spawnLocalFlock(lockPath), `package cache ${cacheDir}`, async () => {
+    const record = (action: InstallRecord['action'], source: string, bytes: number): InstallRecord => ({
+      type, name, file, folder, action, md5: entry.md5, repository: source, bytes, seconds: (performance.now() - started) / 1000,
+    });
+    await recover(folder);
+    if ((await readMarker(folder)) === entry.md5) return record('up-to-date', repository, 0);
+    const cached = path.join(cacheDir, file);
+    let action: InstallRecord['action'] = 'from-cache';
+    let source = cacheDir;
+    let bytes = 0;
+    if (!(await cachedMatches(cached, entry))) {
+      const fetched = await fetcher.fetch(file, cached);
+      action = 'fetched';
+      source = fetched.repository;
+      bytes = fetched.bytes;
+    }
+    await swapIn(cached, folder, entry.md5);
+    return record(action, source, bytes);
+  });
+}
+
+async function cachedMatches(cached: string, entry: IndexEntry): Promise<boolean> {
+  try {
+    return matchesEntry(entry, await digestFile(cached));
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,224 @@
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FetchSettings, Location } from '../config/index.js';
+import { AutotestError, errnoCode } from '../errors.js';
+import { fsyncPath } from '../fs/atomic.js';
+import type { IndexEntry, RepositoryIndex } from '../packages/index.js';
+import { classifyNetworkError, FetchFailure } from './errors.js';
+import { RepositoryHealth } from './health.js';
+import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
+
+export interface FetchedPackage {
+  file: string;
+  entry: IndexEntry;
+  /** The repository the bytes came from. */
+  repository: string;
+  /** Bytes moved over the network (less than the size when a download resumed). */
+  bytes: number;
+  seconds: number;
+}
+
+/**
+ * Hands each chunk of `stream` to `write`, one at a time, as it arrives. Unlike an async
+ * iterator, which drops what is buffered when the stream fails, every chunk that arrived
+ * before a cut is written: a resume then starts after it.
+ */
+async function consume(stream: Readable, write: (chunk: Buffer) => Promise<void>): Promise<void> {
+  let writing = Promise.resolve();
+  let failed: Error | undefined;
+  stream.on('data', (chunk: Buffer) => {
+    stream.pause();
+    writing = writing.then(() => write(chunk)).then(() => {
+      stream.resume();
+    }, (error: unknown) => {
+      failed ??= error instanceof Error ? error : new Error(String(error));
+      stream.destroy(failed);
+    });
+  });
+  try {
+    await finished(stream);
+  } finally {
+    await writing;
+  }
+  if (failed !== undefined) throw failed;
+}
+
+/** sha256 where the index has it, md5 otherwise (Autotest's packages.checksum alone). */
+function hashFor(entry: IndexEntry): { hash: Hash; wanted: string; algorithm: string } {
+  return entry.sha256 !== undefined
+    ? { hash: createHash('sha256'), wanted: entry.sha256, algorithm: 'sha256' }
+    : { hash: createHash('md5'), wanted: entry.md5, algorithm: 'md5' };
+}
+
+function backoffMs(attempt: number): number {
+  return Math.min(5000, 200 * 2 ** attempt) * (0.5 + Math.random());
+}
+
+/**
+ * Fetches packages from the repositories of fetch_location, in their order: per repository a
+ * connect timeout, a deadline, retries with backoff on transient failures, resume of a cut
+ * download, and verification against that repository's index before the file is renamed to
+ * its name. A repository that cannot be reached cools down; when all fail, one error lists
+ * every repository tried and why.
+ */
+export class PackageFetcher {
+  private readonly repositories: FetchRepository[];
+  private readonly indexes = new Map<FetchRepository, Promise<RepositoryIndex>>();
+
+  private constructor(locations: Location[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth) {
+    this.repositories = locations.map((location) => fetchRepositoryFor(location, settings));
+  }
+
+  static async create(locations: Location[], settings: FetchSettings, stateDir?: string): Promise<PackageFetcher> {
+    if (locations.length === 0) {
+      throw new AutotestError('ERR_CONFIG', 'no repository to fetch from: fetch_location is empty', {
+        hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
+      });
+    }
+    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir));
+  }
+
+  get names(): string[] {
+    return this.repositories.map((repository) => repository.name);
+  }
+
+  /** The repository's index, read once per fetcher. */
+  private index(repository: FetchRepository): Promise<RepositoryIndex> {
+    let index = this.indexes.get(repository);
+    if (!index) {
+      // A failure is kept too: one fetcher never pays the same timeout twice.
+      index = repository.readIndex();
+      this.indexes.set(repository, index);
+      index.catch(() => undefined);
+    }
+    return index;
+  }
+
+  /** Walks the repositories in order; `attempt` returns a result, or throws why this one failed. */
+  private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T> {
+    const reasons: string[] = [];
+    for (const repository of this.repositories) {
+      const wait = this.health.coolingDown(repository.name);
+      if (wait > 0) {
+        reasons.push(`${repository.name}: skipped for ${Math.ceil(wait / 1000).toString()} s more (fetch_cooldown) after: ${this.health.lastFailure(repository.name)}`);
+        continue;
+      }
+      try {
+        const result = await attempt(repository, await this.index(repository));
+        await this.health.succeeded(repository.name);
+        if (typeof result === 'string') reasons.push(`${repository.name}: ${result}`);
+        else return result;
+      } catch (error) {
+        const failure = classifyNetworkError(error, repository.name);
+        const reason = error instanceof AutotestError ? error.message : failure.message;
+        if (failure.down) await this.health.failed(repository.name, reason);
+        reasons.push(reason);
+      }
+    }
+    throw new AutotestError('ERR_ALL_REPOSITORIES_FAILED', `cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
+      hint: 'check fetch_location and that the package was published ("autotest packager list")',
+    });
+  }
+
+  /** The index entry of the first of `files` found, in repository order. */
+  async lookup(files: string[]): Promise<{ file: string; entry: IndexEntry; repository: string }> {
+    return this.firstThatWorks(files.join(' or '), (repository, index) => {
+      for (const file of files) {
+        const entry = index.get(file);
+        if (entry) return Promise.resolve({ file, entry, repository: repository.name });
+      }
+      return Promise.resolve(`${files.join(' or ')} is not in its index`);
+    });
+  }
+
+  /** Fetches `file` to `dest` (a path in the package cache), verified. */
+  async fetch(file: string, dest: string): Promise<FetchedPackage> {
+    return this.firstThatWorks(file, async (repository, index) => {
+      const entry = index.get(file);
+      if (!entry) return `${file} is not in its index`;
+      return this.download(repository, file, entry, dest);
+    });
+  }
+
+  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string): Promise<FetchedPackage> {
+    const started = performance.now();
+    const part = `${dest}.part`;
+    const partInfo = `${dest}.part.json`;
+    const identity = JSON.stringify({ md5: entry.md5, sha256: entry.sha256 ?? null, size: entry.size ?? null });
+    await mkdir(path.dirname(dest), { recursive: true });
+    let moved = 0;
+    let restartedClean = false;
+    for (let attempt = 0; ; attempt += 1) {
+      // A partial download is resumed only when it was a download of these very bytes.
+      let offset = 0;
+      if ((await readFile(partInfo, 'utf8').catch(() => '')) === identity) offset = (await stat(part).catch(() => undefined))?.size ?? 0;
+      else {
+        await rm(part, { force: true });
+        await writeFile(partInfo, identity);
+      }
+      if (entry.size !== undefined && offset > entry.size) offset = 0;
+      let start = offset;
+      try {
+        // All that is slow happens before the request: once the answer is there, its bytes
+        // are consumed at once, so none sits in a buffer that a cut connection would drop.
+        let { hash, wanted, algorithm } = hashFor(entry);
+        if (offset > 0) {
+          for await (const chunk of createReadStream(part, { end: offset - 1 })) hash.update(chunk as Buffer);
+        }
+        await writeFile(part, '', { flag: 'a', mode: 0o644 });
+        const handle = await open(part, 'r+');
+        let received = 0;
+        try {
+          const opened = await repository.open(file, offset);
+          if (opened.start !== offset) ({ hash, wanted, algorithm } = hashFor(entry));
+          start = opened.start;
+          await consume(opened.stream, async (buffer) => {
+            hash.update(buffer);
+            await handle.write(buffer, 0, buffer.length, start + received);
+            received += buffer.length;
+            moved += buffer.length;
+          });
+        } finally {
+          // Whatever happened, the part file holds exactly the bytes received, in order.
+          await handle.truncate(start + received).finally(() => handle.close());
+        }
+        const size = start + received;
+        if (entry.size !== undefined && size < entry.size) {
+          throw new FetchFailure(`${repository.name}/${file}: cut short at ${size.toString()} of ${entry.size.toString()} bytes`, { transient: true, down: false });
+        }
+        const found = hash.digest('hex');
+        if (found !== wanted || (entry.size !== undefined && size !== entry.size)) {
+          await rm(part, { force: true });
+          if (start > 0 && !restartedClean) {
+            // The part kept from before may be what is wrong: one clean try before blaming the repository.
+            restartedClean = true;
+            attempt -= 1;
+            continue;
+          }
+          throw new FetchFailure(`${repository.name}/${file}: ${algorithm} ${found} (${size.toString()} bytes) does not match its index (${wanted}); discarded`, { transient: false, down: false });
+        }
+        await fsyncPath(part);
+        await rename(part, dest);
+        await rm(partInfo, { force: true });
+        return { file, entry, repository: repository.name, bytes: moved, seconds: (performance.now() - started) / 1000 };
+      } catch (error) {
+        const failure = classifyNetworkError(error, `${repository.name}/${file}`);
+        const code = errnoCode(error);
+        if (code === 'ENOSPC' || code === 'EROFS' || code === 'EACCES') {
+          throw new AutotestError('ERR_LOCATION_REFUSED', `package cache ${path.dirname(dest)}: cannot write ${file} (${code})`, {
+            hint: 'free some space or fix the permissions of the package cache', cause: error,
+          });
+        }
+        if (!failure.transient || attempt >= this.settings.retries) {
+          throw new FetchFailure(`${failure.message}${attempt > 0 ? ` (after ${(attempt + 1).toString()} tries)` : ''}`, { transient: false, down: failure.down, cause: error });
+        }
+        await sleep(backoffMs(attempt));
+      }
+    }
+  }
+}

@@ -1,0 +1,299 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream } from 'node:fs';
+import http, { type IncomingMessage } from 'node:http';
+import https from 'node:https';
+import path from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import tar from 'tar-stream';
+import type { FetchSettings, Location } from '../config/index.js';
+import { describeLocation } from '../config/index.js';
+import { errnoCode } from '../errors.js';
+import {
+  CHECKSUM_FILE,
+  MANIFEST_FILE,
+  mergeIndex,
+  parseChecksumFile,
+  parseManifest,
+  type RepositoryIndex,
+} from '../packages/index.js';
+import { readLocalIndex } from '../repositories/local.js';
+import { sshHost } from '../ssh/session.js';
+import { classifyNetworkError, FetchFailure } from './errors.js';
+
+/** The bytes of a package from `start` on (a server that ignores ranges starts at 0). */
+export interface Opened {
+  stream: Readable;
+  start: number;
+}
+
+/** A repository clients fetch from, one implementation per scheme. */
+export interface FetchRepository {
+  /** For messages: the location without secrets. */
+  name: string;
+  readIndex(): Promise<RepositoryIndex>;
+  open(file: string, offset: number): Promise<Opened>;
+}
+
+const INDEX_LIMIT = 32 * 1024 * 1024;
+/** A download that moves no byte for this long is cut and tried again. */
+const MAX_STALL_MS = 30_000;
+
+function notFound(what: string): FetchFailure {
+  return new FetchFailure(`${what}: not found (404)`, { transient: false, down: false });
+}
+
+function indexFrom(name: string, checksums: string | undefined, manifest: string | undefined): RepositoryIndex {
+  if (checksums === undefined) {
+    throw new FetchFailure(`${name}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
+  }
+  return mergeIndex(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`),
+    manifest === undefined ? undefined : parseManifest(manifest, `${name}/${MANIFEST_FILE}`));
+}
+
+async function readAll(stream: Readable, what: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream) {
+    const buffer = chunk as Buffer;
+    size += buffer.length;
+    if (size > INDEX_LIMIT) throw new FetchFailure(`${what}: larger than ${INDEX_LIMIT.toString()} bytes, not an index`, { transient: false, down: false });
+    chunks.push(buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+
+/** Closes the kept-alive connections, so a command ends as soon as its work is done. */
+export function closeHttpConnections(): void {
+  agents.http.destroy();
+  agents.https.destroy();
+}
+
+function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
+  const name = describeLocation(location);
+  const base = location.url;
+
+  /** One GET with a connect timeout, a stall timeout and, for a body, an overall deadline. */
+  const get = (file: string, offset: number): Promise<IncomingMessage> => new Promise((resolve, reject) => {
+    const url = new URL(`${base}/${encodeURIComponent(file)}`);
+    const what = `${name}/${file}`;
+    const client = url.protocol === 'https:' ? https : http;
+    const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity' };
+    if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
+    const request = client.get(url, { headers, agent: url.protocol === 'https:' ? agents.https : agents.http });
+    const connectTimer = setTimeout(() => {
+      request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true }));
+    }, settings.connectTimeoutMs);
+    const deadline = setTimeout(() => {
+      request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false }));
+    }, settings.timeoutMs);
+    request.on('socket', (socket) => {
+      if (!socket.connecting) clearTimeout(connectTimer);
+      socket.once('connect', () => {
+        clearTimeout(connectTimer);
+      });
+    });
+    request.setTimeout(Math.min(MAX_STALL_MS, settings.timeoutMs), () => {
+      request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: false }));
+    });
+    request.on('close', () => {
+      clearTimeout(connectTimer);
+      clearTimeout(deadline);
+    });
+    request.on('error', (error) => {
+      clearTimeout(connectTimer);
+      reject(classifyNetworkError(error, what));
+    });
+    request.on('response', (response) => {
+      clearTimeout(connectTimer);
+      const status = response.statusCode ?? 0;
+      if (status === 200 || status === 206) {
+        // Errors of the body (reset, stall, deadline) reach the reader as FetchFailures.
+        request.on('error', (error) => response.destroy(classifyNetworkError(error, what)));
+        resolve(response);
+        return;
+      }
+      response.resume();
+      if (status === 404 || status === 410) reject(notFound(what));
+      else if (status >= 500 || status === 429 || status === 408) reject(new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: true, down: false }));
+      else reject(new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: false, down: false }));
+    });
+  });
+
+  const getText = async (file: string, optional: boolean): Promise<string | undefined> => {
+    try {
+      return await readAll(await get(file, 0), `${name}/${file}`);
+    } catch (error) {
+      if (optional && error instanceof FetchFailure && /\(404\)/.test(error.message)) return undefined;
+      throw error;
+    }
+  };
+
+  return {
+    name,
+    async readIndex() {
+      const [checksums, manifest] = await Promise.all([getText(CHECKSUM_FILE, false), getText(MANIFEST_FILE, true)]);
+      return indexFrom(name, checksums, manifest);
+    },
+    async open(file, offset) {
+      const response = await get(file, offset);
+      if (response.statusCode === 206) {
+        const range = /^bytes (\d+)-/.exec(response.headers['content-range'] ?? '');
+        if (!range || Number(range[1]) !== offset) {
+          response.destroy();
+          throw new FetchFailure(`${name}/${file}: the server sent another range than asked (${response.headers['content-range'] ?? 'none'})`, { transient: true, down: false });
+        }
+        return { stream: response, start: offset };
+      }
+      return { stream: response, start: 0 };
+    },
+  };
+}
+
+/** Ends `output` with an error when the process behind it fails. */
+function watchProcess(child: ChildProcess, output: Readable, what: string, timeoutMs: number): void {
+  let stderr = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    if (stderr.length < 4096) stderr += chunk;
+  });
+  const timer = setTimeout(() => {
+    child.kill('SIGKILL');
+    output.destroy(new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false }));
+  }, timeoutMs);
+  output.on('close', () => {
+    clearTimeout(timer);
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  child.on('error', (error) => output.destroy(classifyNetworkError(error, what)));
+  child.on('close', (code) => {
+    clearTimeout(timer);
+    if (code === 0) return;
+    const why = stderr.trim();
+    if (code === 255) output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: true }));
+    else if (/No such file|did not match any files|not found/i.test(why)) output.destroy(notFound(what));
+    else output.destroy(new FetchFailure(`${what}: ${why || `exit code ${String(code)}`}`, { transient: true, down: false }));
+  });
+}
+
+function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings): FetchRepository {
+  const name = describeLocation(location);
+  const host = sshHost(location);
+  const inDir = (file: string): string => path.posix.join(location.path, file);
+  const stream = (file: string, offset: number): Readable => {
+    // tail -c +N starts at byte N (1-based): the resume point.
+    const child = host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)]);
+    child.stdin?.end();
+    const out = new PassThrough();
+    child.stdout?.pipe(out);
+    watchProcess(child, out, `${name}/${file}`, settings.timeoutMs);
+    return out;
+  };
+  const text = async (file: string, optional: boolean): Promise<string | undefined> => {
+    try {
+      return await readAll(stream(file, 0), `${name}/${file}`);
+    } catch (error) {
+      if (optional && error instanceof FetchFailure && /\(404\)/.test(error.message)) return undefined;
+      throw error;
+    }
+  };
+  return {
+    name,
+    async readIndex() {
+      const checksums = await text(CHECKSUM_FILE, true);
+      return indexFrom(name, checksums, checksums === undefined ? undefined : await text(MANIFEST_FILE, true));
+    },
+    open: (file, offset) => Promise.resolve({ stream: stream(file, offset), start: offset }),
+  };
+}
+
+function localRepository(location: Extract<Location, { kind: 'local' }>): FetchRepository {
+  const name = location.path;
+  return {
+    name,
+    async readIndex() {
+      const index = await readLocalIndex(location.path).catch((error: unknown) => {
+        throw new FetchFailure(`${name}: cannot read its index (${errnoCode(error) ?? String(error)})`, { transient: false, down: true, cause: error });
+      });
+      if (index.size === 0) throw new FetchFailure(`${name}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
+      return index;
+    },
+    open(file, offset) {
+      const stream = createReadStream(path.join(location.path, file), { start: offset });
+      return new Promise((resolve, reject) => {
+        stream.once('open', () => { resolve({ stream, start: offset }); });
+        stream.once('error', (error) => {
+          reject(errnoCode(error) === 'ENOENT' ? notFound(`${name}/${file}`) : classifyNetworkError(error, `${name}/${file}`));
+        });
+      });
+    },
+  };
+}
+
+function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: FetchSettings): FetchRepository {
+  const name = describeLocation(location);
+  const ref = location.branch ?? 'HEAD';
+  /** `git archive --remote` answers with a tar holding the one file; its body is the package. */
+  const stream = (file: string): Promise<Readable> => new Promise((resolve, reject) => {
+    const what = `${name}/${file}`;
+    const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const extract = tar.extract();
+    const out = new PassThrough();
+    watchProcess(child, out, what, settings.timeoutMs);
+    out.once('error', reject);
+    child.stdout.pipe(extract);
+    let found = false;
+    extract.on('entry', (header, body, next) => {
+      if (header.name !== file || header.type !== 'file' || found) {
+        body.resume();
+        body.on('end', next);
+        return;
+      }
+      found = true;
+      resolve(out);
+      body.on('data', (chunk: unknown) => {
+        if (!out.write(chunk)) {
+          body.pause();
+          out.once('drain', () => body.resume());
+        }
+      });
+      body.on('end', next);
+    });
+    extract.on('finish', () => {
+      if (found) out.end();
+      else out.destroy(notFound(what));
+    });
+    extract.on('error', (error) => out.destroy(new FetchFailure(`${what}: git sent a bad archive (${error.message})`, { transient: true, down: false })));
+  });
+  const text = async (file: string, optional: boolean): Promise<string | undefined> => {
+    try {
+      return await readAll(await stream(file), `${name}/${file}`);
+    } catch (error) {
+      if (optional && error instanceof FetchFailure && /\(404\)/.test(error.message)) return undefined;
+      throw error;
+    }
+  };
+  return {
+    name,
+    async readIndex() {
+      const checksums = await text(CHECKSUM_FILE, true);
+      return indexFrom(name, checksums, checksums === undefined ? undefined : await text(MANIFEST_FILE, true));
+    },
+    // git archive cannot start in the middle: every try starts at 0.
+    open: async (file) => ({ stream: await stream(file), start: 0 }),
+  };
+}
+
+export function fetchRepositoryFor(location: Location, settings: FetchSettings): FetchRepository {
+  switch (location.kind) {
+    case 'http':
+      return httpRepository(location, settings);
+    case 'ssh':
+      return sshRepository(location, settings);
+    case 'local':
+      return localRepository(location);
+    case 'git':
+      return gitRepository(location, settings);
+  }
+}

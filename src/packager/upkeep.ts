@@ -1,0 +1,30 @@
+import type { Location } from '../config/index.js';
+import { describeLocation } from '../config/index.js';
+import { createUploadTarget } from '../repositories/index.js';
+import { toFailure } from './failure.js';
+
+export interface UpkeepReport {
+  location: string;
+  removed: string[];
+  error: { code: string; message: string; hint: string | undefined } | undefined;
+}
+
+const DAY_MS = 24 * 3600 * 1000;
+
+/**
+ * `packager upkeep`: in each custom location, deletes the files last modified more than
+ * `maxAgeDays` days ago (modification time: access times are often not kept), taking them
+ * out of the index first. Locations are done in parallel; one failing does not stop the rest.
+ */
+export async function upkeepLocations(locations: Location[], maxAgeDays: number, now = Date.now()): Promise<UpkeepReport[]> {
+  const cutoff = now - maxAgeDays * DAY_MS;
+  return Promise.all(locations.map(async (location) => {
+    try {
+      const target = createUploadTarget(location);
+      await target.cleanTemps();
+      return { location: describeLocation(location), removed: await target.expire(cutoff), error: undefined };
+    } catch (error) {
+      return { location: describeLocation(location), removed: [], error: toFailure(error) };
+    }
+  }));
+}

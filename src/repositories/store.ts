@@ -1,0 +1,157 @@
+import type { Location } from '../config/index.js';
+import { isTempName } from '../fs/atomic.js';
+import {
+  CHECKSUM_FILE,
+  MANIFEST_FILE,
+  formatChecksumFile,
+  formatManifest,
+  matchesEntry,
+  mergeIndex,
+  parseChecksumFile,
+  parseManifest,
+  type Digests,
+  type RepositoryIndex,
+} from '../packages/index.js';
+import { LOCK_NAME } from './lock.js';
+import type { IndexChange, StagedFile, UploadTarget } from './types.js';
+
+export interface FileInfo {
+  size: number;
+  mtimeMs: number;
+}
+
+/**
+ * The few primitives a scheme provides (a local folder, a folder on an SSH host); the
+ * index rules that make a repository safe are written once, on top of them, in targetFromStore.
+ */
+export interface RepositoryStore {
+  location: Location;
+  name: string;
+  prepare(options: { minimumFreeBytes: number; neededBytes: number }): Promise<{ created: boolean }>;
+  /** A file's text, or undefined when it does not exist. */
+  readText(file: string): Promise<string | undefined>;
+  /** Replaces a file atomically (temp file, sync, rename), mode 0644. */
+  writeText(file: string, text: string): Promise<void>;
+  /** Size of a regular file, or undefined when there is none. */
+  size(file: string): Promise<number | undefined>;
+  /** Every regular file of the folder with its size and modification time. */
+  list(): Promise<Map<string, FileInfo>>;
+  stage(file: string, source: string): Promise<StagedFile>;
+  /** Renames staged files to their names and makes the renames durable. */
+  moveIntoPlace(staged: StagedFile[]): Promise<void>;
+  remove(files: string[]): Promise<void>;
+  discard(staged: StagedFile[]): Promise<void>;
+  digest(file: string): Promise<Digests>;
+  cleanTemps(): Promise<string[]>;
+  withLock<T>(work: (assertHeld: () => void) => Promise<T>): Promise<T>;
+}
+
+/** Files of a repository folder that are not packages. */
+export function isHousekeepingName(name: string): boolean {
+  return name === CHECKSUM_FILE || name === MANIFEST_FILE || name === LOCK_NAME || isTempName(name) || name.startsWith('.write-probe');
+}
+
+/** Reads a store's index (packages.checksum and packages.json); empty when it has none. */
+export async function readStoreIndex(store: RepositoryStore): Promise<RepositoryIndex> {
+  const checksumText = await store.readText(CHECKSUM_FILE);
+  const manifestText = await store.readText(MANIFEST_FILE);
+  const where = (file: string): string => `${store.name}/${file}`;
+  const checksums = checksumText === undefined ? undefined : parseChecksumFile(checksumText, where(CHECKSUM_FILE));
+  const merged = mergeIndex(checksums, manifestText === undefined ? undefined : parseManifest(manifestText, where(MANIFEST_FILE)));
+  if (checksums) {
+    // A manifest-only entry is kept only while its file is there with its size: an older
+    // packager that rewrites packages.checksum alone may have removed it since.
+    for (const entry of [...merged.values()]) {
+      if (checksums.has(entry.file)) continue;
+      const size = await store.size(entry.file);
+      if (size === undefined || (entry.size !== undefined && size !== entry.size)) merged.delete(entry.file);
+    }
+  }
+  return merged;
+}
+
+/** The manifest goes first: a reader of packages.checksum alone never sees an entry the manifest lacks the file for. */
+async function writeStoreIndex(store: RepositoryStore, index: RepositoryIndex, assertHeld: () => void): Promise<void> {
+  assertHeld();
+  await store.writeText(MANIFEST_FILE, formatManifest(index));
+  assertHeld();
+  await store.writeText(CHECKSUM_FILE, formatChecksumFile(index));
+}
+
+/** An upload target that keeps the index rules on any store. */
+export function targetFromStore(store: RepositoryStore): UploadTarget {
+  return {
+    location: store.location,
+    name: store.name,
+    prepare: (options) => store.prepare(options),
+    readIndex: () => readStoreIndex(store),
+    fileSize: (file) => store.size(file),
+    stage: (file, source) => store.stage(file, source),
+    discard: (staged) => store.discard(staged),
+    listFiles: async () => [...(await store.list()).keys()],
+    digestFile: (file) => store.digest(file),
+    cleanTemps: () => store.cleanTemps(),
+
+    async commit(change: IndexChange) {
+      await store.withLock(async (assertHeld) => {
+        const index = await readStoreIndex(store);
+        // An entry whose file is about to be replaced leaves the index first, so that at
+        // every moment each entry names a file with exactly its checksum.
+        const replaced = change.add.filter(({ entry }) => index.has(entry.file));
+        const removed = change.remove.filter((file) => index.has(file));
+        if (replaced.length > 0 || removed.length > 0) {
+          for (const { entry } of replaced) index.delete(entry.file);
+          for (const file of removed) index.delete(file);
+          await writeStoreIndex(store, index, assertHeld);
+        }
+        if (change.add.length > 0) {
+          assertHeld();
+          await store.moveIntoPlace(change.add.map(({ staged }) => staged));
+        }
+        if (change.remove.length > 0) await store.remove(change.remove);
+        for (const { entry } of change.add) index.set(entry.file, entry);
+        // A refresh was decided before the lock: it applies only if the entry still
+        // describes the same bytes, i.e. no other writer replaced the file meanwhile.
+        for (const entry of change.refresh) {
+          if (index.get(entry.file)?.md5 === entry.md5) index.set(entry.file, entry);
+        }
+        await writeStoreIndex(store, index, assertHeld);
+      });
+    },
+
+    async purge(files) {
+      return store.withLock(async (assertHeld) => {
+        const index = await readStoreIndex(store);
+        // Checked again under the lock: a verify that raced an upload may have seen a
+        // half-published package that is complete and right by now.
+        const bad: string[] = [];
+        for (const file of files) {
+          const entry = index.get(file);
+          const digests = await store.digest(file).catch(() => undefined);
+          if (entry && digests && matchesEntry(entry, digests)) continue;
+          bad.push(file);
+        }
+        for (const file of bad) index.delete(file);
+        await writeStoreIndex(store, index, assertHeld);
+        await store.remove(bad);
+        return bad;
+      });
+    },
+
+    async expire(olderThanMs) {
+      return store.withLock(async (assertHeld) => {
+        const old = [...(await store.list())]
+          .filter(([name, info]) => !isHousekeepingName(name) && info.mtimeMs < olderThanMs)
+          .map(([name]) => name)
+          .sort();
+        if (old.length === 0) return [];
+        // Out of the index first, then off the disk: no entry ever names a missing file.
+        const index = await readStoreIndex(store);
+        for (const file of old) index.delete(file);
+        await writeStoreIndex(store, index, assertHeld);
+        await store.remove(old);
+        return old;
+      });
+    },
+  };
+}

@@ -1,0 +1,286 @@
+import assert from 'node:assert/strict';
+import { access, cp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import type { FetchSettings, Location } from '../src/config/index.js';
+import { installPackages, MARKER_FILE } from '../src/client/install.js';
+import { isAutotestError } from '../src/errors.js';
+import { uploadPackages } from '../src/packager/index.js';
+import { digestFile } from '../src/packages/index.js';
+import { CLI, copyExampleTree, tempDir } from './helpers.js';
+import { spawn } from 'node:child_process';
+
+const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 2000, retries: 1, cooldownMs: 0 };
+const PACKAGE = 'test-dbench.tar.bz2';
+
+interface Repo {
+  dir: string;
+  clientDir: string;
+}
+
+/** Publishes the example client tree into dir/repo with the real packager. */
+async function publishExample(t: TestContext): Promise<Repo> {
+  const dir = await tempDir(t);
+  const clientDir = await copyExampleTree(dir);
+  const report = await uploadPackages({
+    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(path.join(dir, 'repo'))], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  return { dir, clientDir };
+}
+
+function local(p: string): Location {
+  return { kind: 'local', path: p, text: p };
+}
+
+function httpLocation(url: string): Location {
+  return { kind: 'http', url, text: url };
+}
+
+type Fault = (file: string, request: http.IncomingMessage, response: http.ServerResponse, body: Buffer) => void;
+
+interface FaultServer {
+  url: string;
+  requests: { file: string; range: string | undefined }[];
+}
+
+/** Our own HTTP server in front of a repository folder, misbehaving on purpose for package files. */
+async function faultServer(t: TestContext, dir: string, fault: Fault | undefined): Promise<FaultServer> {
+  const requests: FaultServer['requests'] = [];
+  const server = http.createServer((request, response) => {
+    const file = decodeURIComponent((request.url ?? '/').replace(/^\/repo\//, ''));
+    requests.push({ file, range: request.headers.range });
+    void readFile(path.join(dir, file)).then((body) => {
+      if (fault && file.endsWith('.tar.bz2')) {
+        fault(file, request, response, body);
+        return;
+      }
+      response.writeHead(200, { 'content-length': body.length });
+      response.end(body);
+    }, () => {
+      response.writeHead(404).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => { resolve(); });
+  }));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, requests };
+}
+
+/** A loopback port nothing listens on: connections are refused. */
+async function refusedPort(): Promise<number> {
+  const server = createNetServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => { resolve(); }));
+  return port;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(() => true, () => false);
+}
+
+/** The installed folder holds exactly the package's files, with the marker of the indexed md5. */
+async function assertInstalled(folder: string, clientDir: string, md5: string): Promise<void> {
+  assert.equal((await readFile(path.join(folder, MARKER_FILE), 'utf8')).trim(), md5);
+  assert.equal(await readFile(path.join(folder, 'dbench.mjs'), 'utf8'), await readFile(path.join(clientDir, 'tests', 'dbench', 'dbench.mjs'), 'utf8'));
+  const siblings = await readdir(path.dirname(folder));
+  assert.deepEqual(siblings.filter((name) => name.startsWith('.')), [], 'no half-installed folder is left beside it');
+}
+
+test('installs a package from the repositories, then skips it when its marker matches and uses the cache when only the folder is gone', async (t) => {
+  const repo = await publishExample(t);
+  const installDir = path.join(repo.dir, 'install');
+  const options = { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir };
+  const md5 = (await digestFile(path.join(repo.dir, 'repo', PACKAGE))).md5;
+
+  const [first] = await installPackages('test', ['dbench'], options);
+  assert.equal(first?.action, 'fetched');
+  assert.equal(first.bytes, (await stat(path.join(repo.dir, 'repo', PACKAGE))).size);
+  await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, md5);
+
+  const [second] = await installPackages('test', ['dbench'], options);
+  assert.equal(second?.action, 'up-to-date');
+  assert.equal(second.bytes, 0);
+
+  await rm(path.join(installDir, 'tests', 'dbench'), { recursive: true });
+  const [third] = await installPackages('test', ['dbench'], options);
+  assert.equal(third?.action, 'from-cache');
+  await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, md5);
+});
+
+const FAULTS: [string, Fault | 'refused'][] = [
+  ['connection refused', 'refused'],
+  ['accepts and never answers', () => undefined],
+  ['resets in the middle of the body', (_file, _request, response, body) => {
+    response.writeHead(200, { 'content-length': body.length });
+    response.write(body.subarray(0, Math.floor(body.length / 2)), () => response.socket?.destroy());
+  }],
+  ['answers 500', (_file, _request, response) => {
+    response.writeHead(500).end('broken');
+  }],
+  ['serves a corrupt package', (_file, _request, response, body) => {
+    const corrupt = Buffer.from(body);
+    corrupt[Math.floor(corrupt.length / 2)] = (corrupt[Math.floor(corrupt.length / 2)] ?? 0) ^ 0xff;
+    response.writeHead(200, { 'content-length': corrupt.length });
+    response.end(corrupt);
+  }],
+  ['serves a truncated package', (_file, _request, response, body) => {
+    const half = body.subarray(0, Math.floor(body.length / 2));
+    response.writeHead(200, { 'content-length': half.length });
+    response.end(half);
+  }],
+];
+
+for (const [name, fault] of FAULTS) {
+  test(`a first repository that ${name} leads to a verified install from the second`, async (t) => {
+    const repo = await publishExample(t);
+    const repoDir = path.join(repo.dir, 'repo');
+    const first = fault === 'refused'
+      ? httpLocation(`http://127.0.0.1:${(await refusedPort()).toString()}/repo`)
+      : httpLocation((await faultServer(t, repoDir, fault)).url);
+    const installDir = path.join(repo.dir, 'install');
+    const [record] = await installPackages('test', ['dbench'], { locations: [first, local(repoDir)], settings: FAST, installDir });
+    assert.equal(record?.repository, repoDir, 'the package came from the second repository');
+    await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
+    assert.deepEqual(await readdir(path.join(installDir, 'packages')).then((names) => names.filter((n) => n.endsWith('.tar.bz2'))), [PACKAGE],
+      'only the verified tarball is in the cache');
+  });
+}
+
+test('a download cut half way resumes from where it stopped on the next try, asking only for the missing bytes', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  let cut = true;
+  const server = await faultServer(t, repoDir, (_file, request, response, body) => {
+    const half = Math.floor(body.length / 2);
+    if (cut) {
+      cut = false;
+      // The connection closes after half the body (a FIN: a reset could drop bytes in flight).
+      response.writeHead(200, { 'content-length': body.length });
+      response.write(body.subarray(0, half), () => response.socket?.end());
+      return;
+    }
+    const match = /^bytes=(\d+)-$/.exec(request.headers.range ?? '');
+    const start = match ? Number(match[1]) : 0;
+    response.writeHead(match ? 206 : 200, {
+      'content-length': body.length - start,
+      ...(match ? { 'content-range': `bytes ${start.toString()}-${(body.length - 1).toString()}/${body.length.toString()}` } : {}),
+    });
+    response.end(body.subarray(start));
+  });
+  const installDir = path.join(repo.dir, 'install');
+  // No retry within the first install: the resume happens in the next one, as after a crash.
+  await assert.rejects(installPackages('test', ['dbench'], { locations: [httpLocation(server.url)], settings: { ...FAST, retries: 0 }, installDir }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /broke off|cut short|premature|aborted/i.test(error.message));
+  const size = (await stat(path.join(repoDir, PACKAGE))).size;
+  const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(server.url)], settings: FAST, installDir });
+  const packageRequests = server.requests.filter((r) => r.file === PACKAGE);
+  assert.equal(packageRequests.length, 2);
+  assert.equal(packageRequests[0]?.range, undefined);
+  const resumedAt = Number(/^bytes=(\d+)-$/.exec(packageRequests[1]?.range ?? '')?.[1]);
+  assert.ok(resumedAt > 0 && resumedAt <= Math.floor(size / 2), `resumed at ${String(resumedAt)} of ${size.toString()}`);
+  assert.equal(record?.bytes, size - resumedAt, 'only the missing bytes were moved');
+  await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
+});
+
+test('when every repository fails, one error names each repository and why, and an unreachable one is skipped while it cools down', async (t) => {
+  const repo = await publishExample(t);
+  const refused = httpLocation(`http://127.0.0.1:${(await refusedPort()).toString()}/repo`);
+  const server = await faultServer(t, path.join(repo.dir, 'repo'), (_f, _r, response) => { response.writeHead(404).end(); });
+  const missing = local(path.join(repo.dir, 'nowhere'));
+  const options = { locations: [refused, httpLocation(server.url), missing], settings: { ...FAST, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
+  await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) => {
+    assert.ok(isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED'));
+    assert.match(error.message, new RegExp(`${refused.text.replace(/[.]/g, '\\.')}.*cannot connect \\(ECONNREFUSED\\)`));
+    assert.match(error.message, /not found \(404\)/);
+    assert.match(error.message, /nowhere: cannot read its index|nowhere: has no packages\.checksum/);
+    return true;
+  });
+  await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) =>
+    isAutotestError(error) && /skipped for \d+ s more/.test(error.message));
+});
+
+test('a package that is in no index is an error naming the package, never a silent success', async (t) => {
+  const repo = await publishExample(t);
+  await assert.rejects(installPackages('test', ['nosuchtest'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir: path.join(repo.dir, 'i') }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && error.message.includes('test-nosuchtest.tar.bz2'));
+  await assert.rejects(installPackages('test', ['../etc'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir: path.join(repo.dir, 'i') }),
+    (error: unknown) => isAutotestError(error, 'ERR_BAD_NAME'));
+});
+
+function runInstallProcess(args: string[], cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'client', 'install', ...args], { cwd, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    child.on('error', reject);
+    child.on('close', (code) => { resolve({ code, stdout, stderr }); });
+  });
+}
+
+test('10 processes installing the same package at once fetch it once and extract it once, and all succeed', async (t) => {
+  const repo = await publishExample(t);
+  const server = await faultServer(t, path.join(repo.dir, 'repo'), undefined);
+  const installDir = path.join(repo.dir, 'install');
+  const results = await Promise.all(Array.from({ length: 10 }, () =>
+    runInstallProcess(['test', 'dbench', '--install-dir', installDir, '-r', server.url, '--json'], repo.dir)));
+  for (const result of results) assert.equal(result.code, 0, result.stderr);
+  const actions = results.map((r) => (JSON.parse(r.stdout) as { action: string }[])[0]?.action).sort();
+  assert.deepEqual(actions, ['fetched', ...Array<string>(9).fill('up-to-date')]);
+  assert.equal(server.requests.filter((r) => r.file === PACKAGE).length, 1, 'one fetch of the package');
+  await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repo.dir, 'repo', PACKAGE))).md5);
+});
+
+test('an installer killed at random moments leaves the old or the new package, never a mix, and the next install completes', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const installDir = path.join(repo.dir, 'install');
+  const folder = path.join(installDir, 'tests', 'dbench');
+  const oldMd5 = (await digestFile(path.join(repoDir, PACKAGE))).md5;
+  const oldRepo = path.join(repo.dir, 'old-repo');
+  await cp(repoDir, oldRepo, { recursive: true });
+  // A new version of the package, so that each trial replaces an installed one.
+  const module = path.join(repo.clientDir, 'tests', 'dbench', 'dbench.mjs');
+  await writeFile(module, `${await readFile(module, 'utf8')}// version 2\n`);
+  const report = await uploadPackages({
+    clientDir: repo.clientDir, selection: { all: false, tests: ['dbench'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(repoDir)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(repo.dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  const newMd5 = (await digestFile(path.join(repoDir, PACKAGE))).md5;
+  assert.notEqual(newMd5, oldMd5);
+  for (let trial = 0; trial < 6; trial += 1) {
+    // The old version installed, with an empty cache, so each trial fetches, extracts and swaps.
+    const previous = await runInstallProcess(['test', 'dbench', '--install-dir', installDir, '-r', oldRepo], repo.dir);
+    assert.equal(previous.code, 0, previous.stderr);
+    assert.equal((await readFile(path.join(folder, MARKER_FILE), 'utf8')).trim(), oldMd5);
+    await rm(path.join(installDir, 'packages'), { recursive: true, force: true });
+    const child = spawn(process.execPath, [CLI, 'client', 'install', 'test', 'dbench', '--install-dir', installDir, '-r', repoDir],
+      { cwd: repo.dir, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: 'ignore' });
+    const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
+    setTimeout(() => child.kill('SIGKILL'), 60 + Math.floor(Math.random() * 400));
+    await closed;
+    const marker = await readFile(path.join(folder, MARKER_FILE), 'utf8').then((s) => s.trim(), () => undefined);
+    if (marker !== undefined) {
+      assert.ok(marker === oldMd5 || marker === newMd5, `trial ${trial.toString()}: marker ${marker}`);
+      const installed = await readFile(path.join(folder, 'dbench.mjs'), 'utf8');
+      assert.equal(installed.includes('// version 2'), marker === newMd5, `trial ${trial.toString()}: the files are those of the marker's version`);
+    } else {
+      // Killed between the two renames: the old folder waits beside it, whole, for the next install.
+      const aside = (await readdir(path.dirname(folder))).filter((n) => n.startsWith('.dbench.old.'));
+      assert.equal(aside.length, 1, `trial ${trial.toString()}: neither the folder nor the old one aside`);
+    }
+    const next = await runInstallProcess(['test', 'dbench', '--install-dir', installDir, '-r', repoDir], repo.dir);
+    assert.equal(next.code, 0, next.stderr);
+    await assertInstalled(folder, repo.clientDir, newMd5);
+  }
+  assert.equal(await exists(path.join(installDir, 'packages', `${PACKAGE}.part`)), false);
+});
