@@ -9,6 +9,7 @@ import { installPackages, MARKER_FILE } from '../src/client/install.js';
 import { isAutotestError } from '../src/errors.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { digestFile } from '../src/packages/index.js';
+import { PackageFetcher } from '../src/fetch/index.js';
 import { CLI, copyExampleTree, tempDir } from './helpers.js';
 import { spawn } from 'node:child_process';
 
@@ -283,4 +284,29 @@ test('an installer killed at random moments leaves the old or the new package, n
     await assertInstalled(folder, repo.clientDir, newMd5);
   }
   assert.equal(await exists(path.join(installDir, 'packages', `${PACKAGE}.part`)), false);
+});
+
+test('a large package is verified on the hashing thread: a corrupt copy is refused and a good one from the next repository lands', async (t) => {
+  const dir = await tempDir(t);
+  const big = path.join(dir, 'kernel-9m.img');
+  await writeFile(big, Buffer.alloc(9 * 1024 * 1024, 7));
+  const repos = [path.join(dir, 'a'), path.join(dir, 'b')];
+  const report = await uploadPackages({
+    clientDir: await copyExampleTree(dir), selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [big] },
+    locations: repos.map(local), compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  const corrupt = Buffer.alloc(9 * 1024 * 1024, 7);
+  corrupt[5_000_000] = 8;
+  await writeFile(path.join(repos[0] ?? '', 'kernel-9m.img'), corrupt);
+  const fetcher = await PackageFetcher.create(repos.map(local), FAST);
+  const dest = path.join(dir, 'out', 'kernel-9m.img');
+  const fetched = await fetcher.fetch('kernel-9m.img', dest);
+  assert.equal(fetched.repository, repos[1]);
+  assert.equal((await digestFile(dest)).sha256, (await digestFile(big)).sha256);
+  await assert.rejects(fetcher.fetch('kernel-9m.img', path.join(dir, 'out2', 'x')).then(async () => {
+    await writeFile(path.join(repos[1] ?? '', 'kernel-9m.img'), corrupt);
+    return (await PackageFetcher.create(repos.map(local), FAST)).fetch('kernel-9m.img', path.join(dir, 'out3', 'x'));
+  }), (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && (error.message.match(/does not match its index/g) ?? []).length === 2);
+  assert.equal(await exists(path.join(dir, 'out3', 'x')), false, 'a corrupt package never lands');
 });

@@ -89,10 +89,9 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
       request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false }));
     }, settings.timeoutMs);
     request.on('socket', (socket) => {
+      // A kept-alive socket is connected already; only a new one gets a listener.
       if (!socket.connecting) clearTimeout(connectTimer);
-      socket.once('connect', () => {
-        clearTimeout(connectTimer);
-      });
+      else socket.once('connect', () => { clearTimeout(connectTimer); });
     });
     request.setTimeout(Math.min(MAX_STALL_MS, settings.timeoutMs), () => {
       request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: false }));

@@ -1,0 +1,86 @@
+import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+import type { HashAnswer, HashRequest } from './hash-worker.js';
+
+/** An incremental digest: update with the bytes, then digest once. */
+export interface Digester {
+  update(bytes: Buffer): void;
+  digest(): Promise<string>;
+  /** Drops a digest that will not be asked for; harmless after digest(). */
+  dispose(): void;
+}
+
+/** Downloads at least this large are hashed on the hashing thread. */
+export const OFF_THREAD_MIN_BYTES = 8 * 1024 * 1024;
+
+let worker: Worker | undefined;
+let nextId = 1;
+let active = 0;
+const waiting = new Map<number, (digest: string) => void>();
+
+function hashingThread(): Worker {
+  if (!worker) {
+    const created = new Worker(new URL('./hash-worker.js', import.meta.url));
+    created.on('message', (answer: HashAnswer) => {
+      waiting.get(answer.id)?.(answer.digest);
+      waiting.delete(answer.id);
+    });
+    created.on('error', () => {
+      worker = undefined;
+    });
+    created.unref();
+    worker = created;
+  }
+  return worker;
+}
+
+function send(target: Worker, message: HashRequest, transfer: ArrayBuffer[] = []): void {
+  target.postMessage(message, transfer);
+}
+
+/** Hashes on the main thread: for small files, where a message costs more than the hash. */
+export function inlineDigester(algorithm: string): Digester {
+  const hash = createHash(algorithm);
+  return {
+    update: (bytes) => { hash.update(bytes); },
+    digest: () => Promise.resolve(hash.digest('hex')),
+    dispose: () => undefined,
+  };
+}
+
+/**
+ * Hashes on the hashing thread. Each chunk is copied once and the copy transferred, so the
+ * caller may reuse or write its buffer at once.
+ */
+export function offThreadDigester(algorithm: string): Digester {
+  const target = hashingThread();
+  const id = nextId++;
+  // The thread is referenced only while a digest is under way, so it never keeps a finished command alive.
+  if (active++ === 0) target.ref();
+  send(target, { id, type: 'start', algorithm });
+  let finished = false;
+  return {
+    update(bytes) {
+      const copy = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length);
+      send(target, { id, type: 'data', bytes: copy as ArrayBuffer }, [copy as ArrayBuffer]);
+    },
+    digest() {
+      if (finished) return Promise.reject(new Error('digest() called twice'));
+      finished = true;
+      return new Promise<string>((resolve) => {
+        waiting.set(id, (digest) => {
+          if (--active === 0) target.unref();
+          resolve(digest);
+        });
+        send(target, { id, type: 'end' });
+      });
+    },
+    dispose() {
+      if (!finished) void this.digest();
+    },
+  };
+}
+
+export function digesterFor(algorithm: string, expectedBytes: number | undefined): Digester {
+  return expectedBytes !== undefined && expectedBytes >= OFF_THREAD_MIN_BYTES ? offThreadDigester(algorithm) : inlineDigester(algorithm);
+}
