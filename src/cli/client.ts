@@ -2,7 +2,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { loadConfig, parseLocation } from '../config/index.js';
 import { installPackages } from '../client/install.js';
-import { checkType } from '../packages/index.js';
+import { checkType, parseNameList } from '../packages/index.js';
 import { EXIT_OK, formatBytes, type Output } from './output.js';
 
 interface ClientFlags {
@@ -25,7 +25,7 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
-  const records = await installPackages(type, names, {
+  const records = await installPackages(type, names.flatMap((n) => parseNameList(n, type)), {
     locations: [...extra, ...config.packages.fetchLocations],
     settings: config.packages.fetch,
     installDir: chooseInstallDir(flags.installDir),
@@ -45,7 +45,7 @@ export function clientCommand(output: Output, setExit: (code: number) => void): 
   client.command('install')
     .description('install packages (fetched from fetch_location in order, verified, cached)')
     .argument('<type>', 'test, dep, profiler or client')
-    .argument('<names...>', 'package names')
+    .argument('<names...>', 'package names (comma-separated or separate)')
     .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
     .option('--install-dir <path>', 'the client install folder (default: $AUTOTEST_INSTALL_DIR, else var/client)')
     .option('--cache-dir <path>', 'the package cache (default: INSTALL_DIR/packages)')
