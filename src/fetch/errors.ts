@@ -8,11 +8,14 @@ import { AutotestError, errnoCode } from '../errors.js';
 export class FetchFailure extends AutotestError {
   readonly transient: boolean;
   readonly down: boolean;
+  /** The repository answered that it has no such file. */
+  readonly notFound: boolean;
 
-  constructor(message: string, options: { transient: boolean; down: boolean; cause?: unknown }) {
+  constructor(message: string, options: { transient: boolean; down: boolean; notFound?: boolean; cause?: unknown }) {
     super('ERR_FETCH', message, { cause: options.cause });
     this.transient = options.transient;
     this.down = options.down;
+    this.notFound = options.notFound ?? false;
   }
 }
 

@@ -39,7 +39,7 @@ const INDEX_LIMIT = 32 * 1024 * 1024;
 const MAX_STALL_MS = 30_000;
 
 function notFound(what: string): FetchFailure {
-  return new FetchFailure(`${what}: not found (404)`, { transient: false, down: false });
+  return new FetchFailure(`${what}: not found (404)`, { transient: false, down: false, notFound: true });
 }
 
 function indexFrom(name: string, checksums: string | undefined, manifest: string | undefined): RepositoryIndex {
@@ -60,6 +60,22 @@ async function readAll(stream: Readable, what: string): Promise<string> {
     chunks.push(buffer);
   }
   return Buffer.concat(chunks).toString('utf8');
+}
+
+/** A text file of the repository, or undefined when it has none (404). */
+async function optionalText(name: string, file: string, open: (file: string) => Promise<Readable>): Promise<string | undefined> {
+  try {
+    return await readAll(await open(file), `${name}/${file}`);
+  } catch (error) {
+    if (error instanceof FetchFailure && error.notFound) return undefined;
+    throw error;
+  }
+}
+
+/** Reads packages.checksum and packages.json (both at once) through `open`. */
+async function readIndexThrough(name: string, open: (file: string) => Promise<Readable>): Promise<RepositoryIndex> {
+  const [checksums, manifest] = await Promise.all([optionalText(name, CHECKSUM_FILE, open), optionalText(name, MANIFEST_FILE, open)]);
+  return indexFrom(name, checksums, manifest);
 }
 
 const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
@@ -120,21 +136,9 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
     });
   });
 
-  const getText = async (file: string, optional: boolean): Promise<string | undefined> => {
-    try {
-      return await readAll(await get(file, 0), `${name}/${file}`);
-    } catch (error) {
-      if (optional && error instanceof FetchFailure && /\(404\)/.test(error.message)) return undefined;
-      throw error;
-    }
-  };
-
   return {
     name,
-    async readIndex() {
-      const [checksums, manifest] = await Promise.all([getText(CHECKSUM_FILE, false), getText(MANIFEST_FILE, true)]);
-      return indexFrom(name, checksums, manifest);
-    },
+    readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
     async open(file, offset) {
       const response = await get(file, offset);
       if (response.statusCode === 206) {
@@ -189,20 +193,9 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
     watchProcess(child, out, `${name}/${file}`, settings.timeoutMs);
     return out;
   };
-  const text = async (file: string, optional: boolean): Promise<string | undefined> => {
-    try {
-      return await readAll(stream(file, 0), `${name}/${file}`);
-    } catch (error) {
-      if (optional && error instanceof FetchFailure && /\(404\)/.test(error.message)) return undefined;
-      throw error;
-    }
-  };
   return {
     name,
-    async readIndex() {
-      const checksums = await text(CHECKSUM_FILE, true);
-      return indexFrom(name, checksums, checksums === undefined ? undefined : await text(MANIFEST_FILE, true));
-    },
+    readIndex: () => readIndexThrough(name, (file) => Promise.resolve(stream(file, 0))),
     open: (file, offset) => Promise.resolve({ stream: stream(file, offset), start: offset }),
   };
 }
@@ -265,20 +258,9 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
     });
     extract.on('error', (error) => out.destroy(new FetchFailure(`${what}: git sent a bad archive (${error.message})`, { transient: true, down: false })));
   });
-  const text = async (file: string, optional: boolean): Promise<string | undefined> => {
-    try {
-      return await readAll(await stream(file), `${name}/${file}`);
-    } catch (error) {
-      if (optional && error instanceof FetchFailure && /\(404\)/.test(error.message)) return undefined;
-      throw error;
-    }
-  };
   return {
     name,
-    async readIndex() {
-      const checksums = await text(CHECKSUM_FILE, true);
-      return indexFrom(name, checksums, checksums === undefined ? undefined : await text(MANIFEST_FILE, true));
-    },
+    readIndex: () => readIndexThrough(name, stream),
     // git archive cannot start in the middle: every try starts at 0.
     open: async (file) => ({ stream: await stream(file), start: 0 }),
   };
