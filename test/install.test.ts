@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { access, cp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { access, cp, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -309,4 +309,55 @@ test('a large package is verified on the hashing thread: a corrupt copy is refus
     return (await PackageFetcher.create(repos.map(local), FAST)).fetch('kernel-9m.img', path.join(dir, 'out3', 'x'));
   }), (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && (error.message.match(/does not match its index/g) ?? []).length === 2);
   assert.equal(await exists(path.join(dir, 'out3', 'x')), false, 'a corrupt package never lands');
+});
+
+test('the marker names the version really installed when the first repository lists another one it cannot serve', async (t) => {
+  const repo = await publishExample(t);
+  const older = path.join(repo.dir, 'older');
+  await cp(path.join(repo.dir, 'repo'), older, { recursive: true });
+  const module = path.join(repo.clientDir, 'tests', 'dbench', 'dbench.mjs');
+  await writeFile(module, `${await readFile(module, 'utf8')}// version 2\n`);
+  const newer = path.join(repo.dir, 'repo');
+  const report = await uploadPackages({
+    clientDir: repo.clientDir, selection: { all: false, tests: ['dbench'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(newer)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(repo.dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  await writeFile(path.join(newer, PACKAGE), 'damaged');
+  const installDir = path.join(repo.dir, 'install');
+  const [record] = await installPackages('test', ['dbench'], { locations: [local(newer), local(older)], settings: FAST, installDir });
+  const olderMd5 = (await digestFile(path.join(older, PACKAGE))).md5;
+  assert.equal(record?.repository, older);
+  assert.equal(record.md5, olderMd5);
+  assert.equal((await readFile(path.join(installDir, 'tests', 'dbench', MARKER_FILE), 'utf8')).trim(), olderMd5);
+  const [again] = await installPackages('test', ['dbench'], { locations: [local(newer), local(older)], settings: FAST, installDir });
+  assert.notEqual(again?.action, 'up-to-date', 'the older version is never taken for the newer one');
+});
+
+test('a partial download that is already whole is verified without a request, and a server refusing the range (416) is fetched again from the start', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const body = await readFile(path.join(repoDir, PACKAGE));
+  const server = await faultServer(t, repoDir, (_file, request, response) => {
+    if (request.headers.range) response.writeHead(416).end();
+    else response.writeHead(200, { 'content-length': body.length }).end(body);
+  });
+  const fetcher = await PackageFetcher.create([httpLocation(server.url)], FAST);
+  const { entry } = await fetcher.lookup([PACKAGE]);
+  const identity = JSON.stringify({ md5: entry.md5, sha256: entry.sha256 ?? null, size: entry.size ?? null });
+  const whole = path.join(repo.dir, 'cache1', PACKAGE);
+  await mkdir(path.dirname(whole), { recursive: true });
+  await writeFile(`${whole}.part`, body);
+  await writeFile(`${whole}.part.json`, identity);
+  assert.equal((await fetcher.fetch(PACKAGE, whole)).bytes, 0);
+  assert.equal(server.requests.filter((r) => r.file === PACKAGE).length, 0, 'no request for a whole part');
+
+  const half = path.join(repo.dir, 'cache2', PACKAGE);
+  await mkdir(path.dirname(half), { recursive: true });
+  await writeFile(`${half}.part`, body.subarray(0, 100));
+  await writeFile(`${half}.part.json`, identity);
+  const fetched = await fetcher.fetch(PACKAGE, half);
+  assert.equal(fetched.bytes, body.length, 'fetched again from the first byte');
+  assert.deepEqual(server.requests.filter((r) => r.file === PACKAGE).map((r) => r.range), ['bytes=100-', undefined]);
+  assert.deepEqual(await readFile(half), body);
 });

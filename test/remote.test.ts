@@ -231,6 +231,16 @@ test('installs from an SSH fetch location and from a git repository with a branc
   const viaSsh = await cli(['client', 'install', 'dep', 'libaio', '-r', `ssh://${server.alias}${repoDir}`, '--config', config, '--install-dir', path.join(dir, 'c1'), '--json'], dir, server);
   assert.equal(viaSsh.code, 0, viaSsh.stderr);
   assert.equal((JSON.parse(viaSsh.stdout) as { repository: string }[])[0]?.repository, `ssh://${server.alias}${repoDir}`);
+  // An Autotest repository has packages.checksum alone; a package it lacks is an error, never an empty file.
+  const autotestRepo = path.join(dir, 'autotest-repo');
+  await mkdir(autotestRepo);
+  for (const name of ['packages.checksum', 'dep-libaio.tar.bz2']) await writeFile(path.join(autotestRepo, name), await readFile(path.join(repoDir, name)));
+  const legacy = await cli(['client', 'install', 'dep', 'libaio', '-r', `ssh://${server.alias}${autotestRepo}`, '--config', config, '--install-dir', path.join(dir, 'c3'), '--json'], dir, server);
+  assert.equal(legacy.code, 0, legacy.stderr);
+  await writeFile(path.join(autotestRepo, 'packages.checksum'), await readFile(path.join(repoDir, 'packages.checksum'), 'utf8'));
+  const missing = await cli(['client', 'install', 'test', 'hello', '-r', `ssh://${server.alias}${autotestRepo}`, '--config', config, '--install-dir', path.join(dir, 'c4')], dir, server);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /test-hello\.tar\.bz2: not found \(404\)|test-hello\.tar\.bz2.*No such file/);
 
   const gitBase = path.join(dir, 'git');
   const files: Record<string, Buffer> = {};

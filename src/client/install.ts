@@ -121,32 +121,33 @@ export async function installPackages(type: PackageType, names: string[], option
   await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
   const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir);
   const limit = pLimit(options.jobs ?? 4);
-  return Promise.all(names.map((name) => limit(() => installOne(fetcher, type, name, options.installDir, cacheDir))));
+  return Promise.all(names.map((name) => limit(() => installOne(fetcher, options.settings, type, name, options.installDir, cacheDir))));
 }
 
-async function installOne(fetcher: PackageFetcher, type: PackageType, name: string, installDir: string, cacheDir: string): Promise<InstallRecord> {
+async function installOne(fetcher: PackageFetcher, settings: FetchSettings, type: PackageType, name: string, installDir: string, cacheDir: string): Promise<InstallRecord> {
   const started = performance.now();
   const folder = installFolder(installDir, type, name);
   const { file, entry, repository } = await fetcher.lookup(candidateFiles(type, name));
-  const lockPath = path.join(cacheDir, '.locks', `${file}.lock`);
-  return withHeldLock(spawnLocalFlock(lockPath), `package cache ${cacheDir}`, async () => {
-    const record = (action: InstallRecord['action'], source: string, bytes: number): InstallRecord => ({
-      type, name, file, folder, action, md5: entry.md5, repository: source, bytes, seconds: (performance.now() - started) / 1000,
+  // One lock per installed folder, whatever file name a repository gives the package; a
+  // waiter may wait as long as a download may take.
+  const lockPath = path.join(cacheDir, '.locks', `${type}-${name}.lock`);
+  const waitSeconds = Math.ceil((2 * settings.timeoutMs) / 1000) + 60;
+  return withHeldLock(spawnLocalFlock(lockPath, waitSeconds), `package cache ${cacheDir}`, async () => {
+    const record = (action: InstallRecord['action'], source: string, bytes: number, md5: string): InstallRecord => ({
+      type, name, file, folder, action, md5, repository: source, bytes, seconds: (performance.now() - started) / 1000,
     });
     await recover(folder);
-    if ((await readMarker(folder)) === entry.md5) return record('up-to-date', repository, 0);
+    if ((await readMarker(folder)) === entry.md5) return record('up-to-date', repository, 0, entry.md5);
     const cached = path.join(cacheDir, file);
-    let action: InstallRecord['action'] = 'from-cache';
-    let source = cacheDir;
-    let bytes = 0;
-    if (!(await cachedMatches(cached, entry))) {
-      const fetched = await fetcher.fetch(file, cached);
-      action = 'fetched';
-      source = fetched.repository;
-      bytes = fetched.bytes;
+    if (await cachedMatches(cached, entry)) {
+      await swapIn(cached, folder, entry.md5);
+      return record('from-cache', cacheDir, 0, entry.md5);
     }
-    await swapIn(cached, folder, entry.md5);
-    return record(action, source, bytes);
+    // The marker names what was really installed: the entry of the repository that served
+    // the bytes, which may hold another version than the first one looked at.
+    const fetched = await fetcher.fetch(file, cached);
+    await swapIn(cached, folder, fetched.entry.md5);
+    return record('fetched', fetched.repository, fetched.bytes, fetched.entry.md5);
   });
 }
 

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FetchSettings, Location } from '../config/index.js';
@@ -200,7 +200,10 @@ export class PackageFetcher {
         const handle = await open(part, 'r+');
         let received = 0;
         try {
-          const opened = await repository.open(file, offset);
+          // A part that is already whole (a run killed just before its rename) needs no request.
+          const opened = entry.size !== undefined && offset === entry.size && offset > 0
+            ? { stream: Readable.from([]), start: offset }
+            : await repository.open(file, offset);
           if (opened.start !== offset) {
             hash.dispose();
             ({ hash, wanted, algorithm } = hashFor(entry));
@@ -237,6 +240,13 @@ export class PackageFetcher {
       } catch (error) {
         hash.dispose();
         const failure = classifyNetworkError(error, `${repository.name}/${file}`);
+        if (failure.rangeRefused && !restartedClean) {
+          // The server will not resume this part: start again from the first byte.
+          restartedClean = true;
+          await rm(part, { force: true });
+          attempt -= 1;
+          continue;
+        }
         const code = errnoCode(error);
         if (code === 'ENOSPC' || code === 'EROFS' || code === 'EACCES') {
           throw new AutotestError('ERR_LOCATION_REFUSED', `package cache ${path.dirname(dest)}: cannot write ${file} (${code})`, {

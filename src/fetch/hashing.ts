@@ -16,18 +16,25 @@ export const OFF_THREAD_MIN_BYTES = 8 * 1024 * 1024;
 let worker: Worker | undefined;
 let nextId = 1;
 let active = 0;
-const waiting = new Map<number, (digest: string) => void>();
+const waiting = new Map<number, { resolve: (digest: string) => void; reject: (error: Error) => void }>();
+
+/** A hashing thread that died takes its digests with it: each waiter gets the error. */
+function failAll(error: Error): void {
+  worker = undefined;
+  active = 0;
+  for (const waiter of waiting.values()) waiter.reject(error);
+  waiting.clear();
+}
 
 function hashingThread(): Worker {
   if (!worker) {
     const created = new Worker(new URL('./hash-worker.js', import.meta.url));
     created.on('message', (answer: HashAnswer) => {
-      waiting.get(answer.id)?.(answer.digest);
+      waiting.get(answer.id)?.resolve(answer.digest);
       waiting.delete(answer.id);
     });
-    created.on('error', () => {
-      worker = undefined;
-    });
+    created.on('error', (error) => { failAll(error); });
+    created.on('exit', (code) => { failAll(new Error(`the hashing thread exited (code ${code.toString()})`)); });
     created.unref();
     worker = created;
   }
@@ -67,16 +74,23 @@ export function offThreadDigester(algorithm: string): Digester {
     digest() {
       if (finished) return Promise.reject(new Error('digest() called twice'));
       finished = true;
-      return new Promise<string>((resolve) => {
-        waiting.set(id, (digest) => {
-          if (--active === 0) target.unref();
-          resolve(digest);
+      return new Promise<string>((resolve, reject) => {
+        if (worker !== target) {
+          reject(new Error('the hashing thread exited'));
+          return;
+        }
+        waiting.set(id, {
+          resolve: (digest) => {
+            if (--active === 0) target.unref();
+            resolve(digest);
+          },
+          reject,
         });
         send(target, { id, type: 'end' });
       });
     },
     dispose() {
-      if (!finished) void this.digest();
+      if (!finished) this.digest().catch(() => undefined);
     },
   };
 }

@@ -131,6 +131,7 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
       }
       response.resume();
       if (status === 404 || status === 410) reject(notFound(what));
+      else if (status === 416) reject(new FetchFailure(`${what}: the server refused the range asked (416)`, { transient: true, down: false, rangeRefused: true }));
       else if (status >= 500 || status === 429 || status === 408) reject(new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: true, down: false }));
       else reject(new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: false, down: false }));
     });
@@ -155,7 +156,7 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
 }
 
 /** Ends `output` with an error when the process behind it fails. */
-function watchProcess(child: ChildProcess, output: Readable, what: string, timeoutMs: number): void {
+function watchProcess(child: ChildProcess, output: PassThrough, what: string, timeoutMs: number, endOnSuccess = false): void {
   let stderr = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (chunk: string) => {
@@ -172,7 +173,10 @@ function watchProcess(child: ChildProcess, output: Readable, what: string, timeo
   child.on('error', (error) => output.destroy(classifyNetworkError(error, what)));
   child.on('close', (code) => {
     clearTimeout(timer);
-    if (code === 0) return;
+    if (code === 0) {
+      if (endOnSuccess) output.end();
+      return;
+    }
     const why = stderr.trim();
     if (code === 255) output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: true }));
     else if (/No such file|did not match any files|not found/i.test(why)) output.destroy(notFound(what));
@@ -189,8 +193,10 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
     const child = host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)]);
     child.stdin?.end();
     const out = new PassThrough();
-    child.stdout?.pipe(out);
-    watchProcess(child, out, `${name}/${file}`, settings.timeoutMs);
+    // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
+    // is an error, never a short or empty file.
+    child.stdout?.pipe(out, { end: false });
+    watchProcess(child, out, `${name}/${file}`, settings.timeoutMs, true);
     return out;
   };
   return {

@@ -13,14 +13,14 @@ const CONFLICT_EXIT = 75;
  * of the connection to it (the kernel drops a flock with its last open descriptor), so a
  * killed packager never leaves a stale lock behind, locally or on an SSH host.
  */
-export function flockCommand(lockPath: string): string[] {
-  return ['flock', '-w', LOCK_WAIT_SECONDS.toString(), '-E', CONFLICT_EXIT.toString(), lockPath,
+export function flockCommand(lockPath: string, waitSeconds = LOCK_WAIT_SECONDS): string[] {
+  return ['flock', '-w', waitSeconds.toString(), '-E', CONFLICT_EXIT.toString(), lockPath,
     'sh', '-c', 'echo locked; exec cat >/dev/null'];
 }
 
 /** Spawns the lock holder on this machine. */
-export function spawnLocalFlock(lockPath: string): ChildProcess {
-  const [command = 'flock', ...args] = flockCommand(lockPath);
+export function spawnLocalFlock(lockPath: string, waitSeconds = LOCK_WAIT_SECONDS): ChildProcess {
+  const [command = 'flock', ...args] = flockCommand(lockPath, waitSeconds);
   return spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
@@ -46,7 +46,7 @@ function waitLocked(holder: ChildProcess, where: string): Promise<void> {
       fail(describeError(error));
     });
     holder.on('close', (code) => {
-      if (code === CONFLICT_EXIT) fail(`still held by another writer after ${LOCK_WAIT_SECONDS.toString()} s`);
+      if (code === CONFLICT_EXIT) fail('still held by another writer when the wait ran out');
       else fail(`the lock holder exited (code ${String(code)})${stderr ? `: ${stderr.trim()}` : ''}`);
     });
   });

@@ -1,4 +1,5 @@
 import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AutotestError } from '../errors.js';
 import type { Location } from '../config/index.js';
@@ -28,10 +29,17 @@ echo "$created $avail"`;
 
 const READ_TEXT = `if [ -f "$1" ]; then echo present; exec cat -- "$1"; else echo absent; fi`;
 
+/*
+ * $1 temp name, $2 final name (empty: leave it under the temp name), $3 the size expected.
+ * The size check matters: when the local side dies mid-stream, cat sees only an early end of
+ * input and succeeds; a short file must never be renamed into place.
+ */
 const WRITE_FILE = `umask 022
-if cat > "$1" && chmod 0644 -- "$1" && sync -- "$1"; then
-  if [ -n "$2" ]; then mv -f -- "$1" "$2" || { rm -f -- "$1"; exit 1; }; fi
-else rc=$?; rm -f -- "$1"; exit $rc; fi`;
+cat > "$1" || { rm -f -- "$1"; exit 1; }
+size=$(wc -c < "$1")
+if [ "$size" -ne "$3" ]; then rm -f -- "$1"; echo "received $size of $3 bytes" >&2; exit 21; fi
+chmod 0644 -- "$1" && sync -- "$1" || { rm -f -- "$1"; exit 1; }
+if [ -n "$2" ]; then mv -f -- "$1" "$2" || { rm -f -- "$1"; exit 1; }; fi`;
 
 const SIZE = `if [ -f "$1" ]; then wc -c < "$1"; else echo none; fi`;
 
@@ -94,7 +102,7 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
     },
 
     async writeText(file, text) {
-      await host.run(sh(WRITE_FILE, [tempPathFor(inDir(file)), inDir(file)]), { input: text });
+      await host.run(sh(WRITE_FILE, [tempPathFor(inDir(file)), inDir(file), Buffer.byteLength(text).toString()]), { input: text });
     },
 
     async size(file) {
@@ -113,7 +121,8 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
 
     async stage(file, source) {
       const tempPath = tempPathFor(inDir(file));
-      const result = await host.run(sh(WRITE_FILE, [tempPath, '']), { input: createReadStream(source), timeoutMs: 3_600_000, allowCodes: [1] });
+      const { size } = await stat(source);
+      const result = await host.run(sh(WRITE_FILE, [tempPath, '', size.toString()]), { input: createReadStream(source), timeoutMs: 3_600_000, allowCodes: [1, 21] });
       if (result.code !== 0) {
         if (/No space left/i.test(result.stderr)) {
           throw new AutotestError('ERR_NO_SPACE', `upload location ${name}: disk full while copying ${file}`, { hint: 'free some space there; nothing was published' });

@@ -1,4 +1,5 @@
 import type { Location } from '../config/index.js';
+import { errnoCode, isAutotestError } from '../errors.js';
 import { isTempName } from '../fs/atomic.js';
 import {
   CHECKSUM_FILE,
@@ -127,7 +128,12 @@ export function targetFromStore(store: RepositoryStore): UploadTarget {
         const bad: string[] = [];
         for (const file of files) {
           const entry = index.get(file);
-          const digests = await store.digest(file).catch(() => undefined);
+          // Only a missing file counts as missing: a dropped connection or an I/O error stops
+          // the repair instead of deleting a package that may be fine.
+          const digests = await store.digest(file).catch((error: unknown) => {
+            if (errnoCode(error) === 'ENOENT' || isAutotestError(error, 'ERR_NOT_FOUND')) return undefined;
+            throw error;
+          });
           if (entry && digests && matchesEntry(entry, digests)) continue;
           bad.push(file);
         }

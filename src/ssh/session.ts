@@ -113,7 +113,11 @@ export class SshHost {
     const input = options.input;
     if (input === undefined) child.stdin?.end();
     else if (typeof input === 'string' || Buffer.isBuffer(input)) child.stdin?.end(input);
-    else if (child.stdin) input.pipe(child.stdin);
+    else if (child.stdin) {
+      // A read error of the input ends the command; the exit code then tells.
+      input.on('error', () => child.kill('SIGKILL'));
+      input.pipe(child.stdin);
+    }
     const timer = setTimeout(() => {
       state.timedOut = true;
       child.kill('SIGKILL');
@@ -130,7 +134,10 @@ export class SshHost {
     }).finally(() => {
       clearTimeout(timer);
     });
-    if (input !== undefined && typeof input !== 'string' && !Buffer.isBuffer(input)) input.unpipe();
+    if (input !== undefined && typeof input !== 'string' && !Buffer.isBuffer(input)) {
+      input.unpipe();
+      input.destroy();
+    }
     if (state.timedOut) {
       throw new AutotestError('ERR_SSH', `ssh ${this.name}: "${argv[0] ?? ''}" took more than ${((options.timeoutMs ?? 120_000) / 1000).toString()} s and was stopped`, {
         hint: 'check the network and that the host is not overloaded',
