@@ -22,6 +22,9 @@ have git git
 have nsenter util-linux
 have ip iproute2
 have curl curl
+# The frontend tests drive Debian's Chromium with playwright-core; the server benchmark uses wrk.
+have chromium chromium
+have wrk wrk
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-test-deps: missing ${need[*]}; run as root or install them: apt-get install ${need[*]}" >&2

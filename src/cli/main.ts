@@ -4,6 +4,7 @@ import { EXIT_USAGE, printError, processOutput } from './output.js';
 import { packagerCommand } from './packager.js';
 import { startCommand } from './start.js';
 import { clientCommand } from './client.js';
+import { serveCommand } from './serve.js';
 import { closeHttpConnections } from '../fetch/index.js';
 import { closeSshConnections } from '../ssh/session.js';
 
@@ -18,7 +19,8 @@ async function main(argv: string[]): Promise<number> {
     .showHelpAfterError()
     .addCommand(packagerCommand(processOutput, setExit).exitOverride())
     .addCommand(startCommand(processOutput, setExit).exitOverride())
-    .addCommand(clientCommand(processOutput, setExit).exitOverride());
+    .addCommand(clientCommand(processOutput, setExit).exitOverride())
+    .addCommand(serveCommand(processOutput, setExit).exitOverride());
   try {
     await program.parseAsync(argv);
   } catch (error) {

@@ -5,10 +5,11 @@ import { listLocations, uploadPackages } from '../packager/index.js';
 import { chooseClientDir } from './packager.js';
 import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createProgress } from './progress.js';
+import { applyServeFlags, serveUntilStopped, type ServeFlags } from './serve.js';
 
-/** The main job (`npm start`): publish the client tree to the configured repositories, then say what is there. */
-export async function runStart(flags: { config?: string; clientDir?: string }, output: Output): Promise<number> {
-  const config = await loadConfig({ file: flags.config });
+/** The main job (`npm start`): publish the client tree to the configured repositories, say what is there, then serve it. */
+export async function runStart(flags: StartFlags, output: Output): Promise<number> {
+  const config = applyServeFlags(await loadConfig({ file: flags.config }), flags);
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   if (config.packages.uploadLocations.length === 0) {
     throw new AutotestError('ERR_USAGE', `${config.source} sets no upload_location in [PACKAGES]`, { hint: 'add one, or run without --config for the embedded default' });
@@ -37,15 +38,25 @@ export async function runStart(flags: { config?: string; clientDir?: string }, o
   for (const listed of await listLocations(config.packages.uploadLocations)) {
     for (const p of listed.packages) output.out(`  ${p.file.padEnd(40)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}`);
   }
-  return report.ok ? EXIT_OK : EXIT_FAILED;
+  if (!report.ok) return EXIT_FAILED;
+  return flags.serve === false ? EXIT_OK : serveUntilStopped(config, output);
+}
+
+interface StartFlags extends ServeFlags {
+  clientDir?: string;
+  /** --no-serve: publish and stop. */
+  serve?: boolean;
 }
 
 export function startCommand(output: Output, setExit: (code: number) => void): Command {
   return new Command('start')
-    .description('the main job: publish the client tree to the configured repositories')
+    .description('the main job: publish the client tree to the configured repositories, then serve them and the frontend')
     .option('--config <path>', 'global_config.ini to read')
     .option('--client-dir <path>', 'client tree to pack')
-    .action(async (flags: { config?: string; clientDir?: string }) => {
+    .option('--listen <address>', 'address to serve on (default: listen_address in [SERVER])')
+    .option('--port <port>', 'port to serve on (default: port in [SERVER], else 8080)')
+    .option('--no-serve', 'publish, list and stop')
+    .action(async (flags: StartFlags) => {
       setExit(await runStart(flags, output));
     });
 }

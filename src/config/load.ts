@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AutotestError, errnoCode } from '../errors.js';
 import { overlayIni, parseIni, type IniDocument } from './ini.js';
-import { readPackagesConfig, type Config } from './schema.js';
+import { readPackagesConfig, readServerConfig, type Config } from './schema.js';
 
 /** The environment variable that names the global config file when --config is not given. */
 export const CONFIG_ENV = 'AUTOTEST_CONFIG';
@@ -20,6 +20,10 @@ custom_download_location: var/custom_packages
 custom_max_age: 40
 minimum_free_space: 1
 serve_packages_from_autoserv: true
+
+[SERVER]
+listen_address: 127.0.0.1
+port: 8080
 `;
 
 async function readOptional(file: string): Promise<string | undefined> {
@@ -68,5 +72,6 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
   }
   const baseDirOf = (from: string): string => (from === EMBEDDED_SOURCE ? cwd : path.dirname(from));
   const { packages, warnings } = readPackagesConfig(doc, baseDirOf);
-  return { source, packages, warnings };
+  const { server, warnings: serverWarnings } = readServerConfig(doc, baseDirOf, packages, options.env ?? process.env);
+  return { source, packages, server, warnings: [...warnings, ...serverWarnings] };
 }

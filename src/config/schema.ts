@@ -35,6 +35,7 @@ export interface Config {
   /** The file the values came from, or "(embedded default)". */
   source: string;
   packages: PackagesConfig;
+  server: ServerConfig;
   warnings: string[];
 }
 
@@ -64,19 +65,23 @@ const BOOLEANS: Record<string, boolean> = {
   false: false, no: false, off: false, '0': false,
 };
 
-function badValue(entry: IniValue, key: string, allowed: string, detail?: string): never {
-  const found = entry.value === '' ? 'an empty value' : `"${entry.value}"`;
+function badValue(section: string, entry: IniValue, key: string, allowed: string, detail?: string): never {
+  // A secret is never echoed back, even when it is the value at fault.
+  const found = entry.value === '' ? 'an empty value' : SECRET_KEYS.has(key) ? 'the value given' : `"${entry.value}"`;
   throw new AutotestError(
     'ERR_CONFIG',
-    `${entry.file}:${entry.line}: [PACKAGES] ${key} = ${found}${detail ? ` (${detail})` : ''}: allowed is ${allowed}`,
+    `${entry.file}:${entry.line}: [${section}] ${key} = ${found}${detail ? ` (${detail})` : ''}: allowed is ${allowed}`,
   );
 }
+
+const SECRET_KEYS = new Set(['upload_token']);
 
 export function parseList(value: string): string[] {
   return value.split(/[,\n]/).map((item) => item.trim()).filter((item) => item !== '');
 }
 
 interface Reader {
+  section: string;
   get(key: string): IniValue | undefined;
   baseDir(entry: IniValue): string;
 }
@@ -88,7 +93,7 @@ function readLocations(reader: Reader, key: string, fallback: Location[]): Locat
     try {
       return parseLocation(item, reader.baseDir(entry));
     } catch (error) {
-      badValue(entry, key, 'local paths, file://, http(s)://, ssh://[user@]host[:port]/path or git URLs',
+      badValue(reader.section, entry, key, 'local paths, file://, http(s)://, ssh://[user@]host[:port]/path or git URLs',
         error instanceof Error ? error.message : String(error));
     }
   });
@@ -101,7 +106,7 @@ function readNumber(reader: Reader, key: string, fallback: number, opts: { min: 
   const n = Number(text);
   const allowed = `${opts.integer ? 'an integer' : 'a number'} >= ${opts.min}`;
   if (text === '' || !Number.isFinite(n) || n < opts.min || (opts.integer === true && !Number.isInteger(n))) {
-    badValue(entry, key, allowed);
+    badValue(reader.section, entry, key, allowed);
   }
   return n;
 }
@@ -110,7 +115,7 @@ function readBoolean(reader: Reader, key: string, fallback: boolean): boolean {
   const entry = reader.get(key);
   if (!entry) return fallback;
   const value = BOOLEANS[entry.value.trim().toLowerCase()];
-  if (value === undefined) badValue(entry, key, 'true/false, yes/no, on/off or 1/0');
+  if (value === undefined) badValue(reader.section, entry, key, 'true/false, yes/no, on/off or 1/0');
   return value;
 }
 
@@ -118,8 +123,73 @@ function readPath(reader: Reader, key: string): string | undefined {
   const entry = reader.get(key);
   if (!entry) return undefined;
   const text = entry.value.trim();
-  if (text === '' || /[\0-\x1f]/.test(text)) badValue(entry, key, 'a folder path');
+  if (text === '' || /[\0-\x1f]/.test(text)) badValue(reader.section, entry, key, 'a folder path');
   return path.resolve(reader.baseDir(entry), text.startsWith('file://') ? new URL(text).pathname : text);
+}
+
+function createReader(doc: IniDocument, section: string, baseDirOf: (file: string) => string): Reader {
+  return { section, get: (key) => getIniValue(doc, section, key), baseDir: (entry) => baseDirOf(entry.file) };
+}
+
+function unknownKeys(doc: IniDocument, section: string, known: Record<string, KeySpec>): string[] {
+  return sectionKeys(doc, section)
+    .filter((key) => !(key in known))
+    .map((key) => {
+      const entry = doc.get(section)?.get(key);
+      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [${section}] is ignored (known: ${Object.keys(known).join(', ')})`;
+    });
+}
+
+/** The [SERVER] section: what `autotest serve` listens on and serves. */
+export interface ServerConfig {
+  listenAddress: string;
+  port: number;
+  /** Folder served at /packages/builtin/: builtin_dir, else the first local upload_location. */
+  builtinDir: string | undefined;
+  /** Folder served at /packages/custom/: custom_dir, else the first local custom_upload_location. */
+  customDir: string | undefined;
+  /** Bearer token for uploads and deletes; none means both are refused. */
+  uploadToken: string | undefined;
+  maxUploadBytes: number;
+}
+
+export const SERVER_KEYS: Record<string, KeySpec> = {
+  listen_address: { description: 'address autotest serve listens on (default 127.0.0.1)' },
+  port: { description: 'port autotest serve listens on (default 8080; 0 picks a free one)' },
+  builtin_dir: { description: 'folder served at /packages/builtin/ (default: the first local upload_location)' },
+  custom_dir: { description: 'folder served at /packages/custom/ (default: the first local custom_upload_location)' },
+  upload_token: { description: 'bearer token that uploads and deletes need ($AUTOTEST_UPLOAD_TOKEN overrides; none: both refused)' },
+  max_upload_size: { description: 'MB (10^6 bytes) an uploaded package may have (default 1024)' },
+};
+
+const ADDRESS_RE = /^(?:[0-9.]+|\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9.-]+)$/;
+
+export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => string, packages: PackagesConfig, env: NodeJS.ProcessEnv): { server: ServerConfig; warnings: string[] } {
+  const section = 'SERVER';
+  const reader = createReader(doc, section, baseDirOf);
+  const addressEntry = reader.get('listen_address');
+  const listenAddress = addressEntry?.value.trim() ?? '127.0.0.1';
+  if (addressEntry && !ADDRESS_RE.test(listenAddress)) badValue(section, addressEntry, 'listen_address', 'an IP address or a host name');
+  const firstLocal = (locations: Location[]): string | undefined => {
+    const found = locations.find((location) => location.kind === 'local');
+    return found?.kind === 'local' ? found.path : undefined;
+  };
+  const tokenEntry = reader.get('upload_token');
+  const token = env.AUTOTEST_UPLOAD_TOKEN ?? tokenEntry?.value.trim();
+  if (tokenEntry && env.AUTOTEST_UPLOAD_TOKEN === undefined && (token === undefined || token.length < 8 || /\s/.test(token))) {
+    badValue(section, tokenEntry, 'upload_token', 'at least 8 characters without spaces');
+  }
+  return {
+    server: {
+      listenAddress: listenAddress.replace(/^\[|\]$/g, ''),
+      port: readNumber(reader, 'port', 8080, { min: 0, integer: true }),
+      builtinDir: readPath(reader, 'builtin_dir') ?? firstLocal(packages.uploadLocations),
+      customDir: readPath(reader, 'custom_dir') ?? firstLocal(packages.customUploadLocations),
+      uploadToken: token === '' ? undefined : token,
+      maxUploadBytes: Math.round(readNumber(reader, 'max_upload_size', 1024, { min: 0.001 }) * 1e6),
+    },
+    warnings: unknownKeys(doc, section, SERVER_KEYS),
+  };
 }
 
 /**
@@ -128,16 +198,8 @@ function readPath(reader: Reader, key: string): string | undefined {
  */
 export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) => string): { packages: PackagesConfig; warnings: string[] } {
   const section = 'PACKAGES';
-  const reader: Reader = {
-    get: (key) => getIniValue(doc, section, key),
-    baseDir: (entry) => baseDirOf(entry.file),
-  };
-  const warnings = sectionKeys(doc, section)
-    .filter((key) => !(key in PACKAGES_KEYS))
-    .map((key) => {
-      const entry = doc.get(section)?.get(key);
-      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [PACKAGES] is ignored (known: ${Object.keys(PACKAGES_KEYS).join(', ')})`;
-    });
+  const reader = createReader(doc, section, baseDirOf);
+  const warnings = unknownKeys(doc, section, PACKAGES_KEYS);
 
   const uploadLocations = readLocations(reader, 'upload_location', []);
   const customUploadLocations = readLocations(reader, 'custom_upload_location', []);
@@ -145,12 +207,12 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
   let compression: Compression = 'bzip2';
   if (compressionEntry) {
     const value = compressionEntry.value.trim().toLowerCase();
-    if (!(COMPRESSIONS as readonly string[]).includes(value)) badValue(compressionEntry, 'compression', COMPRESSIONS.join(', '));
+    if (!(COMPRESSIONS as readonly string[]).includes(value)) badValue(section, compressionEntry, 'compression', COMPRESSIONS.join(', '));
     compression = value as Compression;
   }
   const downloadEntry = reader.get('custom_download_location');
   const customDownloadLocation = readPath(reader, 'custom_download_location');
-  if (downloadEntry && customDownloadLocation === undefined) badValue(downloadEntry, 'custom_download_location', 'a folder path');
+  if (downloadEntry && customDownloadLocation === undefined) badValue(section, downloadEntry, 'custom_download_location', 'a folder path');
 
   const packages: PackagesConfig = {
     fetchLocations: readLocations(reader, 'fetch_location', []),
@@ -172,7 +234,7 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
   for (const [key, list] of [['upload_location', uploadLocations], ['custom_upload_location', customUploadLocations]] as const) {
     const wrong = list.find((loc) => loc.kind === 'http' || loc.kind === 'git');
     const entry = reader.get(key);
-    if (wrong && entry) badValue(entry, key, 'local paths or ssh:// URLs (http and git locations are read-only)', `"${wrong.text}"`);
+    if (wrong && entry) badValue(section, entry, key, 'local paths or ssh:// URLs (http and git locations are read-only)', `"${wrong.text}"`);
   }
   return { packages, warnings };
 }

@@ -1,0 +1,55 @@
+import { Command } from 'commander';
+import type { FastifyInstance } from 'fastify';
+import { loadConfig, type Config } from '../config/index.js';
+import { AutotestError } from '../errors.js';
+import { buildServer } from '../server/index.js';
+import { EXIT_OK, type Output } from './output.js';
+
+export interface ServeFlags {
+  config?: string;
+  listen?: string;
+  port?: string;
+}
+
+/** [SERVER] with --listen and --port laid over it. */
+export function applyServeFlags(config: Config, flags: ServeFlags): Config {
+  const port = flags.port === undefined ? config.server.port : Number(flags.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new AutotestError('ERR_USAGE', `--port ${flags.port ?? ''}: expected a port number 0-65535`);
+  return { ...config, server: { ...config.server, port, listenAddress: flags.listen ?? config.server.listenAddress } };
+}
+
+/**
+ * Listens until SIGINT or SIGTERM, then closes: no new connection is taken, idle ones close,
+ * downloads under way finish.
+ */
+export async function serveUntilStopped(config: Config, output: Output): Promise<number> {
+  const app: FastifyInstance = await buildServer({ config });
+  const address = await app.listen({ host: config.server.listenAddress, port: config.server.port });
+  output.out(`serving ${config.server.builtinDir ?? '(no builtin folder)'} at ${address}/packages/builtin/`);
+  output.out(`serving ${config.server.customDir ?? '(no custom folder)'} at ${address}/packages/custom/`);
+  output.out(`open ${address}/ in a browser (uploads ${config.server.uploadToken ? 'enabled' : 'disabled: no upload_token'})`);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      output.out('shutting down: letting running downloads finish');
+      void app.close().then(() => { resolve(); });
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  return EXIT_OK;
+}
+
+export function serveCommand(output: Output, setExit: (code: number) => void): Command {
+  return new Command('serve')
+    .description('serve the repositories, custom uploads and the web frontend over HTTP')
+    .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
+    .option('--listen <address>', 'address to listen on (default: listen_address in [SERVER], else 127.0.0.1)')
+    .option('--port <port>', 'port to listen on (default: port in [SERVER], else 8080; 0 picks a free one)')
+    .action(async (flags: ServeFlags) => {
+      const config = applyServeFlags(await loadConfig({ file: flags.config }), flags);
+      for (const warning of config.warnings) output.err(`warning: ${warning}`);
+      setExit(await serveUntilStopped(config, output));
+    });
+}

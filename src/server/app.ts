@@ -1,0 +1,80 @@
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Config } from '../config/index.js';
+import { isAutotestError, redactSecrets } from '../errors.js';
+import { cacheDir } from '../packager/index.js';
+import { registerFrontend } from './frontend.js';
+import { createMetrics } from './metrics.js';
+import { registerRepositories, type ServedRepository } from './repositories.js';
+import { registerUploads } from './uploads.js';
+
+export interface ServerOptions {
+  config: Config;
+  /** Log level for the structured (pino) request log; 'silent' in tests. */
+  logLevel?: string;
+  /** Where logs go: stdout by default. */
+  logStream?: NodeJS.WritableStream;
+  cacheDir?: string;
+}
+
+/**
+ * Builds the package server without listening (the caller listens and shuts down): the
+ * repository folders at /packages/builtin/ and /packages/custom/, custom uploads and deletes,
+ * the frontend, /healthz and /metrics.
+ */
+export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
+  const { packages, server } = options.config;
+  const app = Fastify({
+    logger: {
+      level: options.logLevel ?? 'info',
+      // The token travels only in this header; it never reaches a log line.
+      redact: ['req.headers.authorization'],
+      ...(options.logStream ? { stream: options.logStream } : {}),
+    },
+    genReqId: (request) => {
+      const given = request.headers['x-request-id'];
+      return typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+    },
+    // Idle keep-alive connections close at shutdown; running downloads finish first.
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+  const metrics = createMetrics();
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    metrics.requests.inc({ method: request.method, route, status: reply.statusCode.toString() });
+    metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
+    const length = Number(reply.getHeader('content-length') ?? 0);
+    if (request.method !== 'HEAD' && Number.isFinite(length)) metrics.bytesSent.inc(length);
+    if (reply.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
+    else if (reply.statusCode >= 400) metrics.errors.inc({ kind: reply.statusCode === 404 ? 'not_found' : 'client' });
+  });
+  app.setErrorHandler(async (error, request, reply) => {
+    const message = redactSecrets(error instanceof Error ? error.message : String(error));
+    if (isAutotestError(error)) return reply.code(400).send({ error: error.code, message, hint: error.hint });
+    const status = (error as { statusCode?: number }).statusCode ?? 500;
+    if (status >= 500) request.log.error({ err: { message } }, 'request failed');
+    return reply.code(status).send({ error: 'ERR_SERVER', message: status >= 500 ? 'internal error; see the server log' : message });
+  });
+
+  const repositories: ServedRepository[] = [];
+  if (server.builtinDir) repositories.push({ name: 'builtin', dir: server.builtinDir });
+  if (server.customDir) repositories.push({ name: 'custom', dir: server.customDir });
+  await registerRepositories(app, repositories);
+  registerUploads(app, {
+    token: server.uploadToken, maxUploadBytes: server.maxUploadBytes, stagingDir: packages.customDownloadLocation,
+    locations: packages.customUploadLocations, compression: packages.compression,
+    minimumFreeBytes: packages.minimumFreeSpaceBytes, cacheDir: options.cacheDir ?? cacheDir(),
+  }, metrics);
+  registerFrontend(app, {
+    repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
+    compression: packages.compression, minimumFreeBytes: packages.minimumFreeSpaceBytes,
+    uploadsEnabled: server.uploadToken !== undefined,
+  });
+  app.get('/healthz', () => ({ status: 'ok' }));
+  app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  return app;
+}

@@ -1,0 +1,150 @@
+import type { FastifyInstance } from 'fastify';
+import type { Compression, Location } from '../config/index.js';
+import { parseFileName, type IndexEntry } from '../packages/index.js';
+import { verifyLocations, type VerifyLocationReport } from '../packager/index.js';
+import { readLocalIndex } from '../repositories/index.js';
+import { escapeHtml } from './html.js';
+import type { ServedRepository } from './repositories.js';
+
+export interface FrontendSettings {
+  repositories: ServedRepository[];
+  /** Every upload_location and custom_upload_location, for the consistency view. */
+  checkedLocations: Location[];
+  compression: Compression;
+  minimumFreeBytes: number;
+  uploadsEnabled: boolean;
+}
+
+export interface ListedRepository {
+  name: string;
+  url: string;
+  packages: { file: string; type: string; name: string; size: number | undefined; md5: string; sha256: string | undefined; date: string | undefined }[];
+}
+
+async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
+  return Promise.all(repositories.map(async (repository) => {
+    const index = await readLocalIndex(repository.dir);
+    const packages = [...index.values()].map((entry: IndexEntry) => {
+      const parsed = parseFileName(entry.file);
+      return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };
+    });
+    return { name: repository.name, url: `/packages/${repository.name}/`, packages };
+  }));
+}
+
+function formatSize(bytes: number | undefined): string {
+  if (bytes === undefined) return '?';
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 ? value.toString() : value.toFixed(1)} ${units[unit] ?? 'B'}`;
+}
+
+const STYLE = `body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;width:100%;margin-bottom:2rem}
+th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}td.num{text-align:right}code{font-size:.85em}
+.bad{color:#b00020}.good{color:#1b5e20}progress{width:20rem}nav a{margin-right:1rem}form{margin:1rem 0 2rem}`;
+
+function page(title: string, body: string): string {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title><style>${STYLE}</style></head>
+<body><nav><a href="/">Packages</a><a href="/consistency">Consistency</a><a href="/metrics">Metrics</a></nav>${body}</body></html>`;
+}
+
+function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean): string {
+  const tables = repositories.map((repository) => {
+    const rows = repository.packages.map((p) => `<tr data-file="${escapeHtml(p.file)}" data-search="${escapeHtml(`${p.type} ${p.name} ${p.file}`.toLowerCase())}">
+<td>${escapeHtml(p.type)}</td><td><a href="${escapeHtml(repository.url + encodeURIComponent(p.file))}">${escapeHtml(p.name)}</a></td>
+<td class="num">${escapeHtml(formatSize(p.size))}</td><td><code title="sha256 ${escapeHtml(p.sha256 ?? 'not recorded')}">${escapeHtml(p.md5)}</code></td>
+<td>${escapeHtml(p.date ?? '')}</td>
+<td>${repository.name === 'custom' && uploadsEnabled ? `<button class="delete" data-file="${escapeHtml(p.file)}">Delete</button>` : ''}</td></tr>`).join('\n');
+    return `<h2 id="repo-${escapeHtml(repository.name)}">${escapeHtml(repository.name)} <small><a href="${escapeHtml(repository.url)}">${escapeHtml(repository.url)}</a></small></h2>
+<table class="packages" data-repository="${escapeHtml(repository.name)}"><thead><tr><th>Type</th><th>Name</th><th>Size</th><th>md5</th><th>Published</th><th></th></tr></thead>
+<tbody>${rows || '<tr class="empty"><td colspan="6">no packages</td></tr>'}</tbody></table>`;
+  }).join('\n');
+  const form = uploadsEnabled ? `<h2>Upload a custom test or kernel</h2>
+<form id="upload"><input type="file" id="file" required> <input type="password" id="token" placeholder="upload token" required autocomplete="off">
+<button type="submit">Upload</button> <progress id="progress" max="100" value="0" hidden></progress> <span id="status" role="status"></span>
+<p><small>A test is a <code>test-NAME.tar.bz2</code> tarball (deps and profilers alike); any other name is published as a plain file.</small></p></form>`
+    : '<p><small>Uploads are disabled: the server has no <code>upload_token</code>.</small></p>';
+  return page('Autotest packages', `<h1>Autotest packages</h1>
+<p><input type="search" id="filter" placeholder="filter by type or name" autofocus></p>
+${tables}
+${form}
+<script>${SCRIPT}</script>`);
+}
+
+/** The page's only script: filter, upload with progress, delete with confirmation. No build step. */
+const SCRIPT = `
+const filter = document.getElementById('filter');
+filter.addEventListener('input', () => {
+  const q = filter.value.trim().toLowerCase();
+  for (const row of document.querySelectorAll('table.packages tbody tr[data-search]')) {
+    row.hidden = q !== '' && !row.dataset.search.includes(q);
+  }
+});
+const token = () => (document.getElementById('token') || {}).value || sessionStorage.getItem('autotest-token') || '';
+const status = document.getElementById('status');
+const form = document.getElementById('upload');
+if (form) form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const file = document.getElementById('file').files[0];
+  if (!file) return;
+  sessionStorage.setItem('autotest-token', token());
+  const progress = document.getElementById('progress');
+  progress.hidden = false;
+  progress.value = 0;
+  status.textContent = 'uploading ' + file.name;
+  const xhr = new XMLHttpRequest();
+  xhr.open('PUT', '/api/custom/' + encodeURIComponent(file.name));
+  xhr.setRequestHeader('Authorization', 'Bearer ' + token());
+  xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+  xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress.value = Math.round(100 * e.loaded / e.total); };
+  xhr.onload = () => {
+    let answer = {};
+    try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = { message: xhr.responseText }; }
+    if (xhr.status === 200) { status.textContent = 'published ' + file.name; location.reload(); }
+    else status.textContent = 'failed (' + xhr.status + '): ' + (answer.message || '');
+  };
+  xhr.onerror = () => { status.textContent = 'failed: the connection broke'; };
+  xhr.send(file);
+});
+for (const button of document.querySelectorAll('button.delete')) {
+  button.addEventListener('click', async () => {
+    const file = button.dataset.file;
+    if (!confirm('Delete ' + file + ' from every custom location?')) return;
+    const answer = await fetch('/api/custom/' + encodeURIComponent(file), { method: 'DELETE', headers: { Authorization: 'Bearer ' + token() } });
+    if (answer.ok) location.reload();
+    else status.textContent = 'delete failed (' + answer.status + '): ' + ((await answer.json().catch(() => ({}))).message || '');
+  });
+}
+`;
+
+function consistencyPage(reports: VerifyLocationReport[]): string {
+  const sections = reports.map((report) => {
+    const state = report.error ? `<span class="bad">unreachable: ${escapeHtml(report.error.message)}</span>`
+      : report.problems.length === 0 ? `<span class="good">consistent</span> (${report.entries.toString()} indexed)`
+        : `<span class="bad">${report.problems.length.toString()} problem(s)</span> (${report.entries.toString()} indexed)`;
+    const rows = report.problems.map((p) => `<tr class="problem"><td>${escapeHtml(p.kind)}</td><td>${escapeHtml(p.file)}</td><td>${escapeHtml(p.detail)}</td></tr>`).join('\n');
+    return `<section class="location" data-location="${escapeHtml(report.location)}"><h2>${escapeHtml(report.location)}</h2><p>${state}</p>
+${rows ? `<table><thead><tr><th>Problem</th><th>File</th><th>Detail</th></tr></thead><tbody>${rows}</tbody></table>` : ''}</section>`;
+  }).join('\n');
+  return page('Consistency of the upload locations', `<h1>Consistency of the upload locations</h1>
+<p>Each upload location checked against its index (<code>autotest packager verify</code>); <code>verify --repair</code> fixes drift.</p>
+${sections}`);
+}
+
+/** The web frontend: the packages page, the consistency view, and their JSON. */
+export function registerFrontend(app: FastifyInstance, settings: FrontendSettings): void {
+  const verify = (): Promise<VerifyLocationReport[]> => verifyLocations({
+    locations: settings.checkedLocations, repair: false, clientDir: undefined,
+    compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes,
+  });
+  app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(packagesPage(await listRepositories(settings.repositories), settings.uploadsEnabled)));
+  app.get('/api/packages', async () => listRepositories(settings.repositories));
+  app.get('/consistency', async (_request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await verify())));
+  app.get('/api/consistency', async () => verify());
+  app.get('/favicon.ico', async (_request, reply) => reply.code(204).send());
+}

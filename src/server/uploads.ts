@@ -1,0 +1,149 @@
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { Compression, Location } from '../config/index.js';
+import { AutotestError, isAutotestError } from '../errors.js';
+import { checkFileName, DigestStream, extractTarball, parseFileName } from '../packages/index.js';
+import { BUNDLED_CLIENT_DIR, removePackages, uploadPackages, type OperationReport } from '../packager/index.js';
+import { checkToken } from './auth.js';
+import type { ServerMetrics } from './metrics.js';
+
+export interface UploadSettings {
+  token: string | undefined;
+  maxUploadBytes: number;
+  /** custom_download_location: where uploads land before they are checked. */
+  stagingDir: string;
+  /** custom_upload_location: where checked uploads are published. */
+  locations: Location[];
+  compression: Compression;
+  minimumFreeBytes: number;
+  cacheDir: string;
+}
+
+const HEX = /^[0-9a-f]+$/;
+
+function tooLarge(limit: number): AutotestError {
+  return new AutotestError('ERR_USAGE', `the upload is larger than max_upload_size (${(limit / 1e6).toString()} MB)`, {
+    hint: 'raise max_upload_size in [SERVER] or upload a smaller file',
+  });
+}
+
+/** Counts bytes on the way and fails the stream past the limit. */
+function limitBytes(limit: number): Transform & { bytes: () => number } {
+  let bytes = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      bytes += chunk.length;
+      if (bytes > limit) callback(tooLarge(limit));
+      else callback(null, chunk);
+    },
+  });
+  return Object.assign(stream, { bytes: () => bytes });
+}
+
+function reportStatus(report: OperationReport): number {
+  return report.ok ? 200 : 502;
+}
+
+function summary(report: OperationReport): unknown {
+  return {
+    ok: report.ok,
+    locations: report.locations.map((l) => ({ location: l.location, published: l.published, removed: l.removed, missing: l.missing, error: l.error })),
+    failed: report.failedPackages,
+  };
+}
+
+/** Maps the checks' errors to answers; anything else is the server's fault. */
+function sendError(reply: FastifyReply, error: unknown, limit: number): FastifyReply {
+  if (isAutotestError(error)) {
+    const status = error.message === tooLarge(limit).message ? 413
+      : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
+        : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
+          : 500;
+    return reply.code(status).send({ error: error.code, message: error.message, hint: error.hint });
+  }
+  throw error;
+}
+
+/**
+ * PUT /api/custom/FILE streams a custom package (test-NAME.tar.bz2 and friends, or a plain
+ * file such as a kernel) into custom_download_location, checks it (name, size, checksum sent
+ * in X-Checksum-Sha256 or X-Checksum-Md5, archive safety), then publishes it to every
+ * custom_upload_location with the index. DELETE /api/custom/FILE removes it from them.
+ * Both need the bearer token; whatever fails leaves nothing behind.
+ */
+export function registerUploads(app: FastifyInstance, settings: UploadSettings, metrics: ServerMetrics): void {
+  // The body is read here as a stream, never buffered by a parser.
+  app.addContentTypeParser('*', (_request, payload, done) => {
+    done(null, payload);
+  });
+
+  app.put<{ Params: { file: string } }>('/api/custom/:file', async (request, reply) => {
+    if (!checkToken(settings.token, request, reply)) return reply;
+    const limit = settings.maxUploadBytes;
+    const declared = Number(request.headers['content-length'] ?? NaN);
+    let staging: string | undefined;
+    try {
+      const file = checkFileName(request.params.file);
+      const parsed = parseFileName(file);
+      if (parsed.type === 'client') throw new AutotestError('ERR_BAD_NAME', `${file}: the client package is published by the packager, not uploaded`);
+      if (Number.isFinite(declared) && declared > limit) {
+        reply.header('connection', 'close');
+        throw tooLarge(limit);
+      }
+      const sha256 = request.headers['x-checksum-sha256'];
+      const md5 = request.headers['x-checksum-md5'];
+      for (const [name, value, length] of [['X-Checksum-Sha256', sha256, 64], ['X-Checksum-Md5', md5, 32]] as const) {
+        if (value !== undefined && (typeof value !== 'string' || value.length !== length || !HEX.test(value))) {
+          throw new AutotestError('ERR_USAGE', `${name} must be ${length.toString()} lowercase hex digits`);
+        }
+      }
+      await mkdir(settings.stagingDir, { recursive: true });
+      staging = await mkdtemp(path.join(settings.stagingDir, '.upload-'));
+      const staged = path.join(staging, file);
+      const counter = limitBytes(limit);
+      const digest = new DigestStream();
+      await pipeline(request.body as Readable, counter, digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
+      const digests = digest.digests();
+      metrics.uploadBytes.inc(digests.size);
+      if ((typeof sha256 === 'string' && sha256 !== digests.sha256) || (typeof md5 === 'string' && md5 !== digests.md5)) {
+        throw new AutotestError('ERR_CHECKSUM_MISMATCH', `${file}: received ${digests.size.toString()} bytes with sha256 ${digests.sha256}, not the checksum sent`, {
+          hint: 'the upload was damaged on the way; send it again',
+        });
+      }
+      // A package must be an archive that extracts safely; the trial extraction is thrown away.
+      if (parsed.type !== undefined) await extractTarball(staged, path.join(staging, '.check'));
+      const report = await uploadPackages({
+        clientDir: BUNDLED_CLIENT_DIR,
+        selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
+        locations: settings.locations, compression: settings.compression,
+        minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir,
+      });
+      metrics.uploads.inc({ outcome: report.ok ? 'published' : 'failed' });
+      return await reply.code(reportStatus(report)).send({ file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) });
+    } catch (error) {
+      metrics.uploads.inc({ outcome: 'refused' });
+      if (error instanceof Error && (error as { code?: string }).code === 'ERR_STREAM_PREMATURE_CLOSE') {
+        request.log.warn('client went away during the upload; nothing kept');
+        return await reply.code(400).send({ error: 'ERR_USAGE', message: 'the upload was cut off; nothing was kept' });
+      }
+      return await sendError(reply, error, limit);
+    } finally {
+      if (staging) await rm(staging, { recursive: true, force: true });
+    }
+  });
+
+  app.delete<{ Params: { file: string } }>('/api/custom/:file', async (request, reply) => {
+    if (!checkToken(settings.token, request, reply)) return reply;
+    try {
+      const file = checkFileName(request.params.file);
+      const report = await removePackages({ files: [file], locations: settings.locations });
+      return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
+    } catch (error) {
+      return await sendError(reply, error, settings.maxUploadBytes);
+    }
+  });
+}
