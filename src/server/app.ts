@@ -56,6 +56,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     const message = redactSecrets(error instanceof Error ? error.message : String(error));
     if (isAutotestError(error)) return reply.code(400).send({ error: error.code, message, hint: error.hint });
     const status = (error as { statusCode?: number }).statusCode ?? 500;
+    // send's errors carry headers that belong to the answer, such as a 416's Content-Range.
+    const headers = (error as { headers?: Record<string, string> }).headers;
+    if (headers) void reply.headers(headers);
     if (status >= 500) request.log.error({ err: { message } }, 'request failed');
     return reply.code(status).send({ error: 'ERR_SERVER', message: status >= 500 ? 'internal error; see the server log' : message });
   });

@@ -92,23 +92,26 @@ if (form) form.addEventListener('submit', (event) => {
   event.preventDefault();
   const file = document.getElementById('file').files[0];
   if (!file) return;
-  sessionStorage.setItem('autotest-token', token());
+  const given = token();
   const progress = document.getElementById('progress');
   progress.hidden = false;
   progress.value = 0;
   status.textContent = 'uploading ' + file.name;
   const xhr = new XMLHttpRequest();
   xhr.open('PUT', '/api/custom/' + encodeURIComponent(file.name));
-  xhr.setRequestHeader('Authorization', 'Bearer ' + token());
+  xhr.setRequestHeader('Authorization', 'Bearer ' + given);
   xhr.setRequestHeader('Content-Type', 'application/octet-stream');
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress.value = Math.round(100 * e.loaded / e.total); };
   xhr.onload = () => {
     let answer = {};
     try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = { message: xhr.responseText }; }
-    if (xhr.status === 200) { status.textContent = 'published ' + file.name; location.reload(); }
-    else status.textContent = 'failed (' + xhr.status + '): ' + (answer.message || '');
+    // Only a token the server took is kept for this tab (the delete buttons use it after the reload).
+    if (xhr.status === 200) { sessionStorage.setItem('autotest-token', given); status.textContent = 'published ' + file.name; location.reload(); return; }
+    if (xhr.status === 401) sessionStorage.removeItem('autotest-token');
+    progress.hidden = true;
+    status.textContent = 'failed (' + xhr.status + '): ' + (answer.message || '');
   };
-  xhr.onerror = () => { status.textContent = 'failed: the connection broke'; };
+  xhr.onerror = () => { progress.hidden = true; status.textContent = 'failed: the connection broke'; };
   xhr.send(file);
 });
 for (const button of document.querySelectorAll('button.delete')) {

@@ -40,11 +40,14 @@ export async function registerRepositories(app: FastifyInstance, repositories: S
       acceptRanges: true,
       cacheControl: false,
       list: { format: 'html', render: listing(prefix) },
-      setHeaders: (res, file) => {
-        if (file.endsWith('.checksum')) res.setHeader('content-type', 'text/plain; charset=utf-8');
-        else if (file.endsWith('.tar.bz2')) res.setHeader('content-type', 'application/x-bzip2');
-      },
     });
     first = false;
   }
+  // packages.checksum is text, as md5sum writes it; the mime table does not know the suffix.
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (request.url.startsWith('/packages/') && /\.checksum(?:\?|$)/.test(request.url) && reply.statusCode < 300) {
+      void reply.header('content-type', 'text/plain; charset=utf-8');
+    }
+    return payload;
+  });
 }

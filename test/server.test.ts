@@ -1,0 +1,318 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile, readdir, stat, writeFile, mkdir, access } from 'node:fs/promises';
+import http from 'node:http';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { installPackages } from '../src/client/install.js';
+import { loadConfig, type Location } from '../src/config/index.js';
+import { uploadPackages } from '../src/packager/index.js';
+import { buildServer } from '../src/server/index.js';
+import { startNginx } from './fixtures/nginx.js';
+import { startSshd } from './fixtures/sshd.js';
+import { CLI, checkConsistency, copyExampleTree, tempDir } from './helpers.js';
+
+const TOKEN = 'test-token-0123456789';
+
+interface Site {
+  dir: string;
+  url: string;
+  builtin: string;
+  custom: string;
+  staging: string;
+  clientDir: string;
+}
+
+function local(p: string): Location {
+  return { kind: 'local', path: p, text: p };
+}
+
+/** Writes a config with [PACKAGES] and [SERVER], publishes the example tree, starts the server in this process. */
+async function startSite(t: TestContext, extra: { customLocations?: string; server?: Record<string, string> } = {}): Promise<Site> {
+  const dir = await tempDir(t);
+  const clientDir = await copyExampleTree(dir);
+  const builtin = path.join(dir, 'www', 'builtin');
+  const custom = path.join(dir, 'www', 'custom');
+  const staging = path.join(dir, 'staging');
+  const serverKeys = { upload_token: TOKEN, max_upload_size: '1', ...extra.server };
+  await writeFile(path.join(dir, 'global_config.ini'), [
+    '[PACKAGES]', `upload_location: ${builtin}`, `custom_upload_location: ${extra.customLocations ?? custom}`,
+    `custom_download_location: ${staging}`, 'minimum_free_space: 0', `client_dir: ${clientDir}`,
+    '[SERVER]', ...Object.entries(serverKeys).map(([k, v]) => `${k}: ${v}`), '',
+  ].join('\n'));
+  const report = await uploadPackages({
+    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(builtin)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  const config = await loadConfig({ file: path.join(dir, 'global_config.ini'), env: {} });
+  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+  return { dir, url, builtin, custom, staging, clientDir };
+}
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One request with the path sent exactly as given (no normalisation by a client library). */
+function request(url: string, rawPath: string, options: { method?: string; headers?: Record<string, string>; body?: Buffer } = {}): Promise<Answer> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: hostname, port, path: rawPath, method: options.method ?? 'GET', headers: options.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }); });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(() => true, () => false);
+}
+
+test('serves packages with Range (single, open-ended, unsatisfiable), conditional requests, HEAD, listings and content types', async (t) => {
+  const site = await startSite(t);
+  const file = '/packages/builtin/test-dbench.tar.bz2';
+  const bytes = await readFile(path.join(site.builtin, 'test-dbench.tar.bz2'));
+
+  const full = await request(site.url, file);
+  assert.equal(full.status, 200);
+  assert.deepEqual(full.body, bytes);
+  assert.equal(full.headers['content-type'], 'application/x-bzip2');
+  assert.equal(full.headers['accept-ranges'], 'bytes');
+
+  const single = await request(site.url, file, { headers: { range: 'bytes=10-19' } });
+  assert.equal(single.status, 206);
+  assert.equal(single.headers['content-range'], `bytes 10-19/${bytes.length.toString()}`);
+  assert.deepEqual(single.body, bytes.subarray(10, 20));
+  const open = await request(site.url, file, { headers: { range: 'bytes=100-' } });
+  assert.equal(open.status, 206);
+  assert.deepEqual(open.body, bytes.subarray(100));
+  const unsatisfiable = await request(site.url, file, { headers: { range: `bytes=${(bytes.length + 10).toString()}-` } });
+  assert.equal(unsatisfiable.status, 416);
+  assert.equal(unsatisfiable.headers['content-range'], `bytes */${bytes.length.toString()}`);
+
+  const etag = full.headers.etag ?? '';
+  assert.notEqual(etag, '');
+  assert.equal((await request(site.url, file, { headers: { 'if-none-match': etag } })).status, 304);
+  assert.equal((await request(site.url, file, { headers: { 'if-modified-since': full.headers['last-modified'] ?? '' } })).status, 304);
+  assert.equal((await request(site.url, file, { headers: { 'if-none-match': '"other"' } })).status, 200);
+
+  const head = await request(site.url, file, { method: 'HEAD' });
+  assert.equal(head.status, 200);
+  assert.equal(head.headers['content-length'], bytes.length.toString());
+  assert.equal(head.body.length, 0);
+
+  const checksum = await request(site.url, '/packages/builtin/packages.checksum');
+  assert.match(checksum.headers['content-type'] ?? '', /^text\/plain/);
+  assert.equal(checksum.body.toString(), await readFile(path.join(site.builtin, 'packages.checksum'), 'utf8'));
+
+  const listing = await request(site.url, '/packages/builtin/');
+  assert.equal(listing.status, 200);
+  assert.match(listing.headers['content-type'] ?? '', /^text\/html/);
+  for (const name of await readdir(site.builtin)) {
+    if (name.startsWith('.')) assert.doesNotMatch(listing.body.toString(), new RegExp(name.replace(/\./g, '\\.')), 'dotfiles are not listed');
+    else assert.match(listing.body.toString(), new RegExp(`href="${name.replace(/\./g, '\\.')}"`));
+  }
+  const health = await request(site.url, '/healthz');
+  assert.deepEqual(JSON.parse(health.body.toString()), { status: 'ok' });
+  const metrics = (await request(site.url, '/metrics')).body.toString();
+  assert.match(metrics, /autotest_http_requests_total\{method="GET",route="\/packages\/builtin\/\*",status="206"\} 2/);
+  assert.match(metrics, /autotest_http_response_bytes_total \d+/);
+  assert.match(metrics, /autotest_http_request_duration_seconds_bucket/);
+});
+
+test('no URL, however encoded, serves a file outside the served folders', async (t) => {
+  const site = await startSite(t);
+  const secret = 'SECRET-OUTSIDE-THE-REPOSITORIES';
+  await writeFile(path.join(site.dir, 'www', 'secret.txt'), secret);
+  await writeFile(path.join(site.dir, 'secret.txt'), secret);
+  await writeFile(path.join(site.builtin, '.hidden'), secret);
+  const attempts = [
+    '/packages/builtin/../secret.txt', '/packages/builtin/../../secret.txt', '/packages/builtin/%2e%2e/secret.txt',
+    '/packages/builtin/%2e%2e/%2e%2e/secret.txt', '/packages/builtin/..%2fsecret.txt', '/packages/builtin/%2e%2e%2fsecret.txt',
+    '/packages/builtin/..%5csecret.txt', '/packages/builtin//' + path.join(site.dir, 'secret.txt'), '/packages/builtin/%2F' + path.join(site.dir, 'secret.txt').slice(1),
+    '/packages/custom/../builtin/../secret.txt', '/packages/builtin/.hidden', '/packages/builtin/%2ehidden',
+    path.join(site.dir, 'secret.txt'), '//etc/passwd', '/packages/builtin/../../../../../../etc/passwd', '/packages/builtin/%252e%252e/secret.txt',
+    '/packages/builtin/%00/../secret.txt',
+  ];
+  for (const attempt of attempts) {
+    const answer = await request(site.url, attempt);
+    assert.ok(answer.status >= 400, `${attempt}: ${answer.status.toString()}`);
+    assert.ok(!answer.body.toString().includes(secret), `${attempt} served a file outside`);
+    assert.ok(!answer.body.toString().includes('root:x:0'), `${attempt} served /etc/passwd`);
+  }
+});
+
+test('the client installs packages from this server and from nginx serving the same folders', async (t) => {
+  const site = await startSite(t);
+  // As the README's nginx example: /packages/ aliased to the folder that holds builtin/ and custom/.
+  const nginx = await startNginx({ root: site.dir, extraLocations: `location /packages/ { alias ${path.join(site.dir, 'www')}/; autoindex on; }` });
+  t.after(() => nginx.stop());
+  const settings = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0 };
+  for (const [name, base] of [['ours', site.url], ['nginx', nginx.url]] as const) {
+    const url = `${base.replace(/\/$/, '')}/packages/builtin`;
+    const records = await installPackages('test', ['sleeptest', 'dbench'], {
+      locations: [{ kind: 'http', url, text: url }], settings, installDir: path.join(site.dir, `install-${name}`),
+    });
+    assert.deepEqual(records.map((r) => [r.action, r.repository]), [['fetched', url], ['fetched', url]], name);
+    assert.equal(await exists(path.join(site.dir, `install-${name}`, 'tests', 'dbench', 'dbench.mjs')), true);
+  }
+});
+
+async function customTarball(site: Site, name: string): Promise<string> {
+  const scratch = path.join(site.dir, 'scratch');
+  const report = await uploadPackages({
+    clientDir: site.clientDir, selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(scratch)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(site.dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  const file = path.join(site.dir, name);
+  await writeFile(file, await readFile(path.join(scratch, 'test-hello.tar.bz2')));
+  return file;
+}
+
+test('uploads need the token: without one or with a wrong one the answer is 401 and nothing is stored', async (t) => {
+  const site = await startSite(t);
+  const body = await readFile(await customTarball(site, 'test-mine.tar.bz2'));
+  const attempts: Record<string, string>[] = [{}, { authorization: 'Bearer wrong-token-000' }, { authorization: TOKEN }];
+  for (const headers of attempts) {
+    const answer = await request(site.url, '/api/custom/test-mine.tar.bz2', { method: 'PUT', headers, body });
+    assert.equal(answer.status, 401);
+    assert.ok(!answer.body.toString().includes(TOKEN), 'the token is never echoed');
+  }
+  assert.equal((await request(site.url, '/api/custom/test-hello.tar.bz2', { method: 'DELETE' })).status, 401);
+  assert.equal(await exists(path.join(site.custom, 'test-mine.tar.bz2')), false);
+  assert.deepEqual(await readdir(site.custom), []);
+  assert.equal(await exists(site.staging), false);
+});
+
+test('an oversized upload is refused with 413, an unsafe archive names its entry, a bad checksum or name is refused, and nothing is stored', async (t) => {
+  const site = await startSite(t);
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const big = Buffer.alloc(1_200_000, 1);
+  const oversized = await request(site.url, '/api/custom/kernel.img', { method: 'PUT', headers: auth, body: big });
+  assert.equal(oversized.status, 413);
+  assert.match(oversized.body.toString(), /max_upload_size/);
+
+  const { default: tar } = await import('tar-stream');
+  const { createGzip } = await import('node:zlib');
+  const { pipeline } = await import('node:stream/promises');
+  const { createWriteStream } = await import('node:fs');
+  const evil = path.join(site.dir, 'test-evil.tar.gz');
+  const pack = tar.pack();
+  const done = pipeline(pack, createGzip(), createWriteStream(evil));
+  pack.entry({ name: '../../escape.txt', mode: 0o644 }, 'x');
+  pack.finalize();
+  await done;
+  const unsafe = await request(site.url, '/api/custom/test-evil.tar.gz', { method: 'PUT', headers: auth, body: await readFile(evil) });
+  assert.equal(unsafe.status, 422);
+  assert.match((JSON.parse(unsafe.body.toString()) as { message: string }).message, /entry "\.\.\/\.\.\/escape\.txt" refused/);
+
+  const mismatch = await request(site.url, '/api/custom/kernel.img', { method: 'PUT', headers: { ...auth, 'x-checksum-sha256': '0'.repeat(64) }, body: Buffer.from('kernel') });
+  assert.equal(mismatch.status, 422);
+  for (const name of ['packages.checksum', '.hidden', 'a%20b;rm', 'client-autotest.tar.bz2']) {
+    const bad = await request(site.url, `/api/custom/${name}`, { method: 'PUT', headers: auth, body: Buffer.from('x') });
+    assert.equal(bad.status, 400, name);
+  }
+  assert.deepEqual(await readdir(site.custom), []);
+  assert.deepEqual(await readdir(site.staging).catch(() => []), [], 'no staging left behind');
+  assert.equal(await exists(path.join(site.dir, 'escape.txt')), false);
+  const metrics = (await request(site.url, '/metrics')).body.toString();
+  assert.match(metrics, /autotest_uploads_total\{outcome="refused"\} 7/);
+});
+
+test('a valid custom test is published to every custom location, one of them over SSH, and listed in their indexes; delete takes it out of them', async (t) => {
+  const sshd = await startSshd();
+  t.after(() => sshd.stop());
+  const previous = process.env.AUTOTEST_SSH_CONFIG;
+  process.env.AUTOTEST_SSH_CONFIG = sshd.configFile;
+  t.after(() => { process.env.AUTOTEST_SSH_CONFIG = previous; });
+  const remote = path.join(await tempDir(t), 'remote-custom');
+  const placeholder = await tempDir(t);
+  const site = await startSite(t, { customLocations: `${path.join(placeholder, 'custom')}, ssh://${sshd.alias}${remote}` });
+  const tarball = await readFile(await customTarball(site, 'test-mine.tar.bz2'));
+  const sha256 = createHash('sha256').update(tarball).digest('hex');
+  const answer = await request(site.url, '/api/custom/test-mine.tar.bz2', {
+    method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'x-checksum-sha256': sha256 }, body: tarball,
+  });
+  assert.equal(answer.status, 200, answer.body.toString());
+  const result = JSON.parse(answer.body.toString()) as { sha256: string; locations: { location: string; published: string[] }[] };
+  assert.equal(result.sha256, sha256);
+  assert.deepEqual(result.locations.map((l) => l.published), [['test-mine.tar.bz2'], ['test-mine.tar.bz2']]);
+  for (const folder of [path.join(placeholder, 'custom'), remote]) {
+    const consistency = await checkConsistency(folder);
+    assert.equal(consistency.entries, 1, folder);
+    assert.deepEqual(consistency.problems, []);
+    assert.match(await readFile(path.join(folder, 'packages.checksum'), 'utf8'), /test-mine\.tar\.bz2/);
+  }
+  const removed = await request(site.url, '/api/custom/test-mine.tar.bz2', { method: 'DELETE', headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal(removed.status, 200, removed.body.toString());
+  for (const folder of [path.join(placeholder, 'custom'), remote]) {
+    assert.equal(await exists(path.join(folder, 'test-mine.tar.bz2')), false);
+    assert.doesNotMatch(await readFile(path.join(folder, 'packages.checksum'), 'utf8'), /test-mine/);
+  }
+});
+
+test('a client that disconnects in the middle of an upload leaves nothing behind', async (t) => {
+  const site = await startSite(t, { server: { max_upload_size: '100' } });
+  const { hostname, port } = new URL(site.url);
+  await new Promise<void>((resolve) => {
+    const req = http.request({ host: hostname, port, path: '/api/custom/kernel-big.img', method: 'PUT', agent: false,
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-length': (50_000_000).toString() } });
+    req.on('error', () => { resolve(); });
+    req.write(Buffer.alloc(4_000_000, 3), () => {
+      setTimeout(() => { req.destroy(); resolve(); }, 200);
+    });
+  });
+  // The server notices the cut and cleans up; poll, bounded.
+  for (let i = 0; i < 50 && (await readdir(site.staging).catch(() => [])).length > 0; i += 1) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(await readdir(site.staging).catch(() => []), []);
+  assert.deepEqual(await readdir(site.custom), []);
+});
+
+test('200 concurrent downloads of a large package get correct bytes while the server memory stays bounded', async (t) => {
+  const dir = await tempDir(t);
+  const www = path.join(dir, 'builtin');
+  await mkdir(www, { recursive: true });
+  const big = Buffer.alloc(16 * 1024 * 1024);
+  for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i);
+  await writeFile(path.join(www, 'kernel-16m.img'), big);
+  const expected = createHash('sha256').update(big).digest('hex');
+  await writeFile(path.join(dir, 'global_config.ini'), `[PACKAGES]\nupload_location: ${www}\ncustom_upload_location: ${path.join(dir, 'custom')}\n[SERVER]\nport: 0\n`);
+  const server = spawn(process.execPath, [CLI, 'serve', '--config', path.join(dir, 'global_config.ini')], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.after(() => { server.kill('SIGKILL'); });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    server.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+      const match = /at (http:\/\/[^/\s]+)\/packages\/builtin\//.exec(out);
+      if (match?.[1]) resolve(match[1]);
+    });
+    server.on('exit', () => { reject(new Error(`the server exited: ${out}`)); });
+  });
+  const agent = new http.Agent({ maxSockets: 200 });
+  t.after(() => { agent.destroy(); });
+  const digests = await Promise.all(Array.from({ length: 200 }, () => new Promise<string>((resolve, reject) => {
+    http.get(`${url}/packages/builtin/kernel-16m.img`, { agent }, (res) => {
+      const hash = createHash('sha256');
+      res.on('data', (c: Buffer) => hash.update(c));
+      res.on('end', () => { resolve(hash.digest('hex')); });
+      res.on('error', reject);
+    }).on('error', reject);
+  })));
+  assert.equal(digests.filter((d) => d === expected).length, 200);
+  const status = await readFile(`/proc/${String(server.pid)}/status`, 'utf8');
+  const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1]);
+  // 200 clients x 16 MB = 3.2 GB sent; a server that buffered files would hold gigabytes.
+  assert.ok(peakKb > 0 && peakKb < 300 * 1024, `peak RSS ${(peakKb / 1024).toFixed(0)} MB`);
+  assert.equal((await stat(path.join(www, 'kernel-16m.img'))).size, big.length);
+});
