@@ -23,7 +23,7 @@ export function applyServeFlags(config: Config, flags: ServeFlags): Config {
  * downloads under way finish.
  */
 export async function serveUntilStopped(config: Config, output: Output): Promise<number> {
-  const app: FastifyInstance = await buildServer({ config });
+  const app: FastifyInstance = await buildServer({ config, logLevel: config.server.logLevel });
   const address = await app.listen({ host: config.server.listenAddress, port: config.server.port });
   output.out(`serving ${config.server.builtinDir ?? '(no builtin folder)'} at ${address}/packages/builtin/`);
   output.out(`serving ${config.server.customDir ?? '(no custom folder)'} at ${address}/packages/custom/`);

@@ -151,6 +151,8 @@ export interface ServerConfig {
   /** Bearer token for uploads and deletes; none means both are refused. */
   uploadToken: string | undefined;
   maxUploadBytes: number;
+  /** pino level of the request log. */
+  logLevel: string;
 }
 
 export const SERVER_KEYS: Record<string, KeySpec> = {
@@ -160,7 +162,10 @@ export const SERVER_KEYS: Record<string, KeySpec> = {
   custom_dir: { description: 'folder served at /packages/custom/ (default: the first local custom_upload_location)' },
   upload_token: { description: 'bearer token that uploads and deletes need ($AUTOTEST_UPLOAD_TOKEN overrides; none: both refused)' },
   max_upload_size: { description: 'MB (10^6 bytes) an uploaded package may have (default 1024)' },
+  log_level: { description: 'request log level: trace, debug, info (default), warn, error, fatal or silent' },
 };
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
 const ADDRESS_RE = /^(?:[0-9.]+|\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9.-]+)$/;
 
@@ -179,8 +184,12 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   if (tokenEntry && env.AUTOTEST_UPLOAD_TOKEN === undefined && (token === undefined || token.length < 8 || /\s/.test(token))) {
     badValue(section, tokenEntry, 'upload_token', 'at least 8 characters without spaces');
   }
+  const levelEntry = reader.get('log_level');
+  const logLevel = levelEntry?.value.trim().toLowerCase() ?? 'info';
+  if (levelEntry && !LOG_LEVELS.includes(logLevel)) badValue(section, levelEntry, 'log_level', LOG_LEVELS.join(', '));
   return {
     server: {
+      logLevel,
       listenAddress: listenAddress.replace(/^\[|\]$/g, ''),
       port: readNumber(reader, 'port', 8080, { min: 0, integer: true }),
       builtinDir: readPath(reader, 'builtin_dir') ?? firstLocal(packages.uploadLocations),

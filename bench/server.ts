@@ -1,0 +1,97 @@
+/**
+ * Benchmark: `autotest serve` against nginx on the same folder, with the same load generator
+ * (wrk, loopback, bounded runs), in one run: requests per second for packages.checksum,
+ * throughput for a 5 MB package, and the peak RSS of our server at 1,000 concurrent
+ * connections. Both servers write an access log to a file. Targets: at least 0.5x nginx's
+ * request rate, at least 0.7x its throughput, RSS at most 150 MB.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startNginx } from '../test/fixtures/nginx.js';
+
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+const EXAMPLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../example/client');
+const SECONDS = 5;
+
+interface WrkResult {
+  requestsPerSecond: number;
+  bytesPerSecond: number;
+}
+
+const UNITS: Record<string, number> = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
+
+function wrk(url: string, connections: number, threads = 2): WrkResult {
+  const out = execFileSync('wrk', ['-t', threads.toString(), '-c', connections.toString(), '-d', `${SECONDS.toString()}s`, '--timeout', '10s', url], { encoding: 'utf8' });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+  const transfer = /Transfer\/sec:\s+([\d.]+)(B|KB|MB|GB)/.exec(out);
+  return { requestsPerSecond: rps, bytesPerSecond: Number(transfer?.[1]) * (UNITS[transfer?.[2] ?? 'B'] ?? 1) };
+}
+
+async function peakRssMb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid.toString()}/status`, 'utf8');
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1]) / 1024;
+}
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(path.join(tmpdir(), 'autotest-bench-server-'));
+  const www = path.join(work, 'www');
+  const builtin = path.join(www, 'builtin');
+  await mkdir(builtin, { recursive: true });
+  try {
+    const big = path.join(work, 'kernel-5m.img');
+    await writeFile(big, randomBytes(5 * 1024 * 1024));
+    const config = path.join(work, 'global_config.ini');
+    await writeFile(config, [
+      '[PACKAGES]', `upload_location: ${builtin}`, `custom_upload_location: ${path.join(www, 'custom')}`, `client_dir: ${EXAMPLE}`, 'minimum_free_space: 0',
+      '[SERVER]', 'port: 0', `log_level: ${process.env.BENCH_LOG_LEVEL ?? 'info'}`, '',
+    ].join('\n'));
+    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '-f', big, '--config', config], { env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') }, stdio: 'ignore' });
+
+    const log = createWriteStream(path.join(work, 'autotest-access.log'));
+    const ours = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const oursUrl = await new Promise<string>((resolve, reject) => {
+      let seen = '';
+      ours.stdout.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        const match = /at (http:\/\/[^/\s]+)\/packages\/builtin\//.exec(seen);
+        if (match?.[1]) resolve(match[1]);
+      });
+      ours.on('exit', () => { reject(new Error(`autotest serve exited: ${seen}`)); });
+    });
+    ours.stdout.pipe(log);
+    const nginx = await startNginx({
+      root: work, workerProcesses: 'auto', workerConnections: 4096,
+      extraLocations: `location /packages/ { alias ${www}/; autoindex on; }`,
+    });
+    try {
+      const rows: [string, WrkResult, WrkResult][] = [];
+      for (const [what, file, connections] of [['packages.checksum', 'packages.checksum', 100], ['5 MB package', 'kernel-5m.img', 10]] as const) {
+        // A short warm-up of each, then the measured runs.
+        wrk(`${oursUrl}/packages/builtin/${file}`, connections);
+        wrk(`${nginx.url}/packages/builtin/${file}`, connections);
+        rows.push([what, wrk(`${oursUrl}/packages/builtin/${file}`, connections), wrk(`${nginx.url}/packages/builtin/${file}`, connections)]);
+      }
+      const idleRss = await peakRssMb(ours.pid ?? 0);
+      const heavy = wrk(`${oursUrl}/packages/builtin/packages.checksum`, 1000);
+      const peak = await peakRssMb(ours.pid ?? 0);
+      const [checksum, pkg] = rows;
+      if (!checksum || !pkg) throw new Error('missing results');
+      console.log(`autotest serve vs nginx (worker_processes auto), wrk -t2 ${SECONDS.toString()} s runs on loopback, 2 cores:`);
+      console.log(`  packages.checksum, 100 connections: ours ${checksum[1].requestsPerSecond.toFixed(0)} req/s, nginx ${checksum[2].requestsPerSecond.toFixed(0)} req/s, ratio ${(checksum[1].requestsPerSecond / checksum[2].requestsPerSecond).toFixed(2)}x (target >= 0.5x)`);
+      console.log(`  5 MB package, 10 connections:       ours ${(pkg[1].bytesPerSecond / 1e6).toFixed(0)} MB/s, nginx ${(pkg[2].bytesPerSecond / 1e6).toFixed(0)} MB/s, ratio ${(pkg[1].bytesPerSecond / pkg[2].bytesPerSecond).toFixed(2)}x (target >= 0.7x)`);
+      console.log(`  1,000 connections on packages.checksum: ours ${heavy.requestsPerSecond.toFixed(0)} req/s; peak RSS ${peak.toFixed(0)} MB (before: ${idleRss.toFixed(0)} MB; target <= 150 MB)`);
+    } finally {
+      ours.kill('SIGTERM');
+      await nginx.stop();
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();
