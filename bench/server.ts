@@ -7,7 +7,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { openSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -52,18 +52,17 @@ async function main(): Promise<void> {
     ].join('\n'));
     execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '-f', big, '--config', config], { env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') }, stdio: 'ignore' });
 
-    const log = createWriteStream(path.join(work, 'autotest-access.log'));
-    const ours = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'ignore'] });
-    const oursUrl = await new Promise<string>((resolve, reject) => {
-      let seen = '';
-      ours.stdout.on('data', (chunk: Buffer) => {
-        seen += chunk.toString();
-        const match = /at (http:\/\/[^/\s]+)\/packages\/builtin\//.exec(seen);
-        if (match?.[1]) resolve(match[1]);
-      });
-      ours.on('exit', () => { reject(new Error(`autotest serve exited: ${seen}`)); });
-    });
-    ours.stdout.pipe(log);
+    // Our log goes to a file, as nginx's access log does (a pipe read by this process would
+    // make the comparison about this process).
+    const logFile = path.join(work, 'autotest-access.log');
+    const logFd = openSync(logFile, 'a');
+    const ours = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', logFd, 'ignore'] });
+    let oursUrl = '';
+    for (let i = 0; i < 100 && oursUrl === ''; i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      oursUrl = /at (http:\/\/[^/\s]+)\/packages\/builtin\//.exec(await readFile(logFile, 'utf8'))?.[1] ?? '';
+    }
+    if (oursUrl === '') throw new Error(`autotest serve did not start: ${await readFile(logFile, 'utf8')}`);
     const nginx = await startNginx({
       root: work, workerProcesses: 'auto', workerConnections: 4096,
       extraLocations: `location /packages/ { alias ${www}/; autoindex on; }`,

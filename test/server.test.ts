@@ -314,5 +314,6 @@ test('200 concurrent downloads of a large package get correct bytes while the se
   const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1]);
   // 200 clients x 16 MB = 3.2 GB sent; a server that buffered files would hold gigabytes.
   assert.ok(peakKb > 0 && peakKb < 300 * 1024, `peak RSS ${(peakKb / 1024).toFixed(0)} MB`);
+  console.log(`peak RSS with 200 downloads: ${(peakKb / 1024).toFixed(0)} MB`);
   assert.equal((await stat(path.join(www, 'kernel-16m.img'))).size, big.length);
 });

@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { pino } from 'pino';
 import type { Config } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
 import { cacheDir } from '../packager/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
-import { registerRepositories, type ServedRepository } from './repositories.js';
+import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
 import { registerUploads } from './uploads.js';
 
 export interface ServerOptions {
@@ -24,12 +26,18 @@ export interface ServerOptions {
  */
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
   const { packages, server } = options.config;
+  // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
+  const files: { handler?: RepositoryHandler } = {};
   const app = Fastify({
+    serverFactory: (handler) => createServer((request, response) => {
+      if (!files.handler?.handle(request, response)) handler(request, response);
+    }),
     logger: {
       level: options.logLevel ?? 'info',
       // The token travels only in this header; it never reaches a log line.
       redact: ['req.headers.authorization'],
-      ...(options.logStream ? { stream: options.logStream } : {}),
+      // Written synchronously: under load an asynchronous log to a slow pipe would queue in memory.
+      stream: options.logStream ?? pino.destination({ dest: 1, sync: true }),
     },
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
@@ -37,6 +45,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     },
     // Idle keep-alive connections close at shutdown; running downloads finish first.
     forceCloseConnections: 'idle',
+    // One access line per request (onResponse below) instead of Fastify's two.
+    disableRequestLogging: true,
     return503OnClosing: true,
   });
   const metrics = createMetrics();
@@ -49,6 +59,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
     const length = Number(reply.getHeader('content-length') ?? 0);
     if (request.method !== 'HEAD' && Number.isFinite(length)) metrics.bytesSent.inc(length);
+    request.log.info({ req: { method: request.method, url: request.url }, res: { statusCode: reply.statusCode }, responseTime: reply.elapsedTime }, 'request completed');
     if (reply.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
     else if (reply.statusCode >= 400) metrics.errors.inc({ kind: reply.statusCode === 404 ? 'not_found' : 'client' });
   });
@@ -66,7 +77,12 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   const repositories: ServedRepository[] = [];
   if (server.builtinDir) repositories.push({ name: 'builtin', dir: server.builtinDir });
   if (server.customDir) repositories.push({ name: 'custom', dir: server.customDir });
-  await registerRepositories(app, repositories);
+  const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log);
+  files.handler = repositoryHandler;
+  app.addHook('onClose', (_instance, done) => {
+    repositoryHandler.close();
+    done();
+  });
   registerUploads(app, {
     token: server.uploadToken, maxUploadBytes: server.maxUploadBytes, stagingDir: packages.customDownloadLocation,
     locations: packages.customUploadLocations, compression: packages.compression,
