@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS } from '../src/config/index.js';
+import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS, SERVER_KEYS } from '../src/config/index.js';
 import { isAutotestError } from '../src/errors.js';
 import { ROOT, tempDir, writeConfig } from './helpers.js';
 
@@ -88,7 +88,7 @@ test('takes the config file from the environment when --config is not given, and
 test('the example config in etc/ lists every key and loads without warnings', async () => {
   const file = path.join(ROOT, 'etc', 'global_config.example.ini');
   const text = await readFile(file, 'utf8');
-  for (const key of Object.keys(PACKAGES_KEYS)) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
+  for (const key of [...Object.keys(PACKAGES_KEYS), ...Object.keys(SERVER_KEYS)]) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
   const config = await loadConfig({ file });
   assert.deepEqual(config.warnings, []);
   assert.equal(config.packages.fetchLocations.length, 4);
@@ -110,4 +110,31 @@ test('reads both [PACKAGES] examples of the seed document as written', async (t)
   const second = await loadConfig({ file: path.join(dir, 'seed1.ini') });
   assert.deepEqual(second.packages.uploadLocations.map((l) => l.kind), ['local', 'ssh']);
   assert.equal(second.packages.customDownloadLocation, '/usr/local/autotest/custom_packages');
+});
+
+test('reads [SERVER] with its defaults, takes the token from the environment first, and refuses bad values without echoing a token', async (t) => {
+  const dir = await tempDir(t);
+  const write = async (server: string): Promise<string> => {
+    const file = path.join(dir, 'global_config.ini');
+    await writeFile(file, `[PACKAGES]\nupload_location: ${dir}/builtin\ncustom_upload_location: ${dir}/custom\n[SERVER]\n${server}`);
+    return file;
+  };
+  const defaults = await loadConfig({ file: await write(''), env: {} });
+  assert.deepEqual({ ...defaults.server }, {
+    logLevel: 'info', listenAddress: '127.0.0.1', port: 8080, builtinDir: `${dir}/builtin`, customDir: `${dir}/custom`,
+    uploadToken: undefined, maxUploadBytes: 1024e6,
+  });
+  const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });
+  assert.equal(fromEnv.server.uploadToken, 'from-the-env-456');
+  for (const [line, message] of [
+    ['port: 70000', /\[SERVER\] port = "70000"/], ['port: http', /\[SERVER\] port/], ['log_level: loud', /log_level = "loud".*trace, debug, info/],
+    ['upload_token: short', /\[SERVER\] upload_token = the value given.*at least 8 characters/], ['listen_address: a b', /listen_address/],
+  ] as const) {
+    await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
+      assert.ok(error instanceof Error);
+      assert.match(error.message, message);
+      assert.doesNotMatch(error.message, /"short"/, 'a token is never echoed');
+      return true;
+    });
+  }
 });

@@ -317,3 +317,49 @@ test('200 concurrent downloads of a large package get correct bytes while the se
   console.log(`peak RSS with 200 downloads: ${(peakKb / 1024).toFixed(0)} MB`);
   assert.equal((await stat(path.join(www, 'kernel-16m.img'))).size, big.length);
 });
+
+test('a replaced packages.checksum is served at once, never the old one from memory', async (t) => {
+  const site = await startSite(t);
+  const first = await request(site.url, '/packages/builtin/packages.checksum');
+  assert.equal(first.status, 200);
+  // As the packager does: a new file renamed over the old one.
+  const next = `${first.body.toString()}${'0'.repeat(32)}  kernel-new.img\n`;
+  await writeFile(path.join(site.builtin, '.tmp.next'), next);
+  const { rename } = await import('node:fs/promises');
+  await rename(path.join(site.builtin, '.tmp.next'), path.join(site.builtin, 'packages.checksum'));
+  // inotify tells the server; allow it a moment, bounded, and never accept a mix.
+  let body = '';
+  for (let i = 0; i < 20; i += 1) {
+    body = (await request(site.url, '/packages/builtin/packages.checksum')).body.toString();
+    assert.ok(body === first.body.toString() || body === next, 'either the old or the new index, whole');
+    if (body === next) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.equal(body, next);
+});
+
+test('shutting down lets a running download finish and refuses new requests', async (t) => {
+  const site = await startSite(t);
+  const big = Buffer.alloc(64 * 1024 * 1024, 5);
+  await writeFile(path.join(site.builtin, 'kernel-64m.img'), big);
+  const config = await loadConfig({ file: path.join(site.dir, 'global_config.ini'), env: {} });
+  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(site.dir, 'cache') });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  const { hostname, port } = new URL(url);
+  const received = await new Promise<number>((resolve, reject) => {
+    http.get({ host: hostname, port, path: '/packages/builtin/kernel-64m.img', agent: false }, (res) => {
+      let bytes = 0;
+      res.once('data', () => { void app.close(); });
+      // Read slowly, so the download is still running when the server is told to stop.
+      res.on('data', (c: Buffer) => {
+        bytes += c.length;
+        res.pause();
+        setTimeout(() => res.resume(), 1);
+      });
+      res.on('end', () => { resolve(bytes); });
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+  assert.equal(received, big.length, 'the download finished whole');
+  await assert.rejects(request(url, '/packages/builtin/packages.checksum'), /ECONNREFUSED/);
+});

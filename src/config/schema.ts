@@ -187,11 +187,14 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   const levelEntry = reader.get('log_level');
   const logLevel = levelEntry?.value.trim().toLowerCase() ?? 'info';
   if (levelEntry && !LOG_LEVELS.includes(logLevel)) badValue(section, levelEntry, 'log_level', LOG_LEVELS.join(', '));
+  const port = readNumber(reader, 'port', 8080, { min: 0, integer: true });
+  const portEntry = reader.get('port');
+  if (portEntry && port > 65535) badValue(section, portEntry, 'port', 'a port number 0-65535');
   return {
     server: {
       logLevel,
       listenAddress: listenAddress.replace(/^\[|\]$/g, ''),
-      port: readNumber(reader, 'port', 8080, { min: 0, integer: true }),
+      port,
       builtinDir: readPath(reader, 'builtin_dir') ?? firstLocal(packages.uploadLocations),
       customDir: readPath(reader, 'custom_dir') ?? firstLocal(packages.customUploadLocations),
       uploadToken: token === '' ? undefined : token,
