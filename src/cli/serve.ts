@@ -5,6 +5,8 @@ import { AutotestError } from '../errors.js';
 import { buildServer } from '../server/index.js';
 import { EXIT_OK, type Output } from './output.js';
 
+const SHUTDOWN_GRACE_MS = 60_000;
+
 export interface ServeFlags {
   config?: string;
   listen?: string;
@@ -33,7 +35,12 @@ export async function serveUntilStopped(config: Config, output: Output): Promise
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       output.out('shutting down: letting running downloads finish');
-      void app.close().then(() => { resolve(); });
+      // A download that has not finished in a minute is cut, so a stuck client cannot hold the server.
+      const deadline = setTimeout(() => { app.server.closeAllConnections(); }, SHUTDOWN_GRACE_MS);
+      void app.close().then(() => {
+        clearTimeout(deadline);
+        resolve();
+      });
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);

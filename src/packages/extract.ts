@@ -66,7 +66,7 @@ export interface ExtractResult {
  * devices and FIFOs; never takes owners from the archive and keeps only 0755 of the modes.
  * On any failure `dest` is removed whole: nothing half-extracted is left.
  */
-export async function extractTarball(archive: string, dest: string): Promise<ExtractResult> {
+export async function extractTarball(archive: string, dest: string, limits: { maxBytes?: number } = {}): Promise<ExtractResult> {
   const compression = sniffCompression(await readHead(archive));
   if (!compression) {
     throw new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: not a bzip2, gzip or zstd tarball`);
@@ -112,6 +112,9 @@ export async function extractTarball(archive: string, dest: string): Promise<Ext
         }
         case 'file':
         case 'contiguous-file': {
+          if (limits.maxBytes !== undefined && result.bytes + header.size > limits.maxBytes) {
+            throw unsafe(archive, header.name, `unpacks to more than ${limits.maxBytes.toString()} bytes`);
+          }
           await clearTarget(target);
           const handle = await open(target, 'wx', mode);
           try {

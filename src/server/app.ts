@@ -29,9 +29,18 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
   const files: { handler?: RepositoryHandler } = {};
   const app = Fastify({
-    serverFactory: (handler) => createServer((request, response) => {
-      if (!files.handler?.handle(request, response)) handler(request, response);
-    }),
+    serverFactory: (handler) => {
+      const server = createServer((request, response) => {
+        if (!files.handler?.handle(request, response)) handler(request, response);
+      });
+      // With its own server Fastify sets no timeouts: a client that stops reading is cut
+      // after a minute of silence, an idle keep-alive connection after 5 s.
+      server.setTimeout(60_000, (socket) => { socket.destroy(); });
+      server.keepAliveTimeout = 5000;
+      server.headersTimeout = 30_000;
+      server.requestTimeout = 0;
+      return server;
+    },
     logger: {
       level: options.logLevel ?? 'info',
       // The token travels only in this header; it never reaches a log line.
@@ -79,6 +88,10 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   if (server.customDir) repositories.push({ name: 'custom', dir: server.customDir });
   const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log);
   files.handler = repositoryHandler;
+  app.addHook('preClose', (done) => {
+    repositoryHandler.closing();
+    done();
+  });
   app.addHook('onClose', (_instance, done) => {
     repositoryHandler.close();
     done();

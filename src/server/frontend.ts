@@ -6,6 +6,8 @@ import { readLocalIndex } from '../repositories/index.js';
 import { escapeHtml } from './html.js';
 import type { ServedRepository } from './repositories.js';
 
+const VERIFY_REUSE_MS = 2000;
+
 export interface FrontendSettings {
   repositories: ServedRepository[];
   /** Every upload_location and custom_upload_location, for the consistency view. */
@@ -141,10 +143,20 @@ ${sections}`);
 
 /** The web frontend: the packages page, the consistency view, and their JSON. */
 export function registerFrontend(app: FastifyInstance, settings: FrontendSettings): void {
-  const verify = (): Promise<VerifyLocationReport[]> => verifyLocations({
-    locations: settings.checkedLocations, repair: false, clientDir: undefined,
-    compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes,
-  });
+  // Checking every location (some over SSH) is work: one check serves the requests of a few seconds.
+  let last: { at: number; reports: Promise<VerifyLocationReport[]> } | undefined;
+  const verify = (): Promise<VerifyLocationReport[]> => {
+    if (!last || performance.now() - last.at > VERIFY_REUSE_MS) {
+      last = {
+        at: performance.now(),
+        reports: verifyLocations({
+          locations: settings.checkedLocations, repair: false, clientDir: undefined,
+          compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes,
+        }),
+      };
+    }
+    return last.reports;
+  };
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(packagesPage(await listRepositories(settings.repositories), settings.uploadsEnabled)));
   app.get('/api/packages', async () => listRepositories(settings.repositories));
   app.get('/consistency', async (_request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await verify())));

@@ -70,6 +70,7 @@ function sameFile(a: Stats, b: Stats): boolean {
 }
 
 let streams = 0;
+let bufferedBytes = 0;
 const spareBuffers: Buffer[] = [];
 
 /**
@@ -78,9 +79,13 @@ const spareBuffers: Buffer[] = [];
  * buffer whatever its size, and buffers are reused across downloads instead of allocated per
  * chunk. The buffer shrinks as downloads multiply (see STREAM_BUDGET_BYTES).
  */
-async function pumpFile(handle: FileHandle, response: ServerResponse, start: number, end: number): Promise<void> {
+async function pumpFile(handle: FileHandle, response: ServerResponse, start: number, end: number): Promise<boolean> {
+  // The client may have left while the file was being opened: then 'close' has fired already.
+  if (response.destroyed || response.writableEnded) return false;
   streams += 1;
-  const size = Math.max(STREAM_CHUNK_MIN, Math.min(STREAM_CHUNK_MAX, Math.floor(STREAM_BUDGET_BYTES / streams)));
+  // Each download takes its share of what the others leave, so all together stay within the budget.
+  const size = Math.max(STREAM_CHUNK_MIN, Math.min(STREAM_CHUNK_MAX, Math.floor((STREAM_BUDGET_BYTES - bufferedBytes) / streams)));
+  bufferedBytes += size;
   const spare = spareBuffers.findIndex((b) => b.length === size);
   const buffer = spare >= 0 ? spareBuffers.splice(spare, 1)[0] ?? Buffer.allocUnsafe(size) : Buffer.allocUnsafe(size);
   // A client that goes away never gets its write callback: closing wakes the pump instead.
@@ -99,16 +104,25 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
       const chunk = buffer.subarray(0, bytesRead);
       await new Promise<void>((resolve) => {
         state.wake = resolve;
-        if (position > end) response.end(chunk, resolve);
-        else response.write(chunk, () => { resolve(); });
+        // A failed write means the client is gone; 'finish' (not end's callback) marks the last bytes out.
+        const done = (error?: Error | null): void => {
+          if (error) state.closed = true;
+          resolve();
+        };
+        if (position > end) {
+          response.once('finish', () => { resolve(); });
+          response.end(chunk);
+        } else response.write(chunk, done);
       });
       state.wake = undefined;
     }
     // The file shrank under us, or the client left: never pretend the body was complete.
     if (position <= end && !state.closed) response.destroy();
+    return position > end && !state.closed;
   } finally {
     response.off('close', onClose);
     streams -= 1;
+    bufferedBytes -= size;
     if (spareBuffers.length < 8) spareBuffers.push(buffer);
   }
 }
@@ -116,6 +130,8 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
 export interface RepositoryHandler {
   /** Answers GET and HEAD under /packages/NAME/; returns false for anything else. */
   handle(request: IncomingMessage, response: ServerResponse): boolean;
+  /** From now on every answer closes its connection, so keep-alive clients let shutdown end. */
+  closing(): void;
   close(): void;
 }
 
@@ -133,16 +149,21 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   const caches = new Map<string, Map<string, Cached>>();
   const watchers: FSWatcher[] = [];
   let cachedBytes = 0;
+  let shuttingDown = false;
   for (const repository of repositories) {
     await mkdir(repository.dir, { recursive: true });
     byName.set(repository.name, repository);
     const cache = new Map<string, Cached>();
     caches.set(repository.name, cache);
-    const watcher = watch(repository.dir, { persistent: false }, (_event, file) => {
-      if (typeof file === 'string') cache.delete(file);
-      else cache.clear();
-    });
-    watcher.on('error', () => { cache.clear(); });
+    const forget = (file: string | null): void => {
+      for (const [name, entry] of cache) {
+        if (file !== null && name !== file) continue;
+        cachedBytes -= entry.body.length;
+        cache.delete(name);
+      }
+    };
+    const watcher = watch(repository.dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
+    watcher.on('error', () => { forget(null); });
     watchers.push(watcher);
   }
 
@@ -151,27 +172,30 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     metrics.requests.inc({ method: request.method ?? 'GET', route, status: response.statusCode.toString() });
     metrics.duration.observe({ method: request.method ?? 'GET', route }, (performance.now() - started) / 1000);
     metrics.bytesSent.inc(bytes);
-    if (response.statusCode >= 400) metrics.errors.inc({ kind: response.statusCode === 404 ? 'not_found' : 'client' });
+    if (response.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
+    else if (response.statusCode >= 400) metrics.errors.inc({ kind: response.statusCode === 404 ? 'not_found' : 'client' });
     if (LOGGED_LEVELS.has(log.level)) {
       log.info({ reqId: response.getHeader('x-request-id'), req: { method: request.method, url: request.url }, res: { statusCode: response.statusCode }, bytes, responseTime: performance.now() - started }, 'request completed');
     }
   };
 
   const answerError = (response: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): number => {
-    const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : 'ERR_RANGE', message });
-    response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), ...extra });
+    const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : 'ERR_SERVER', message });
+    response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extra });
     response.end(body);
     return body.length;
   };
 
   /** Headers, conditional requests and Range for one file; returns the byte span to send, or undefined when answered. */
   const prepare = (request: IncomingMessage, response: ServerResponse, file: string, stat: Stats): { start: number; end: number } | number => {
-    const tag = etag(stat);
+    // Strong: inode, size and mtime to the nanosecond, so If-Range never splices two versions.
+    const tag = etag(stat, { weak: false }).replace(/"$/, `-${stat.ino.toString(36)}-${Math.round(stat.mtimeMs * 1000).toString(36)}"`);
     const modified = stat.mtime.toUTCString();
     response.setHeader('accept-ranges', 'bytes');
     response.setHeader('etag', tag);
     response.setHeader('last-modified', modified);
     response.setHeader('content-type', contentType(file));
+    response.setHeader('x-content-type-options', 'nosniff');
     if (fresh(request.headers, { etag: tag, 'last-modified': modified })) {
       response.statusCode = 304;
       response.end();
@@ -181,7 +205,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     let end = stat.size - 1;
     const rangeHeader = request.headers.range;
     const ifRange = request.headers['if-range'];
-    const rangeApplies = rangeHeader !== undefined && (ifRange === undefined || ifRange === tag || ifRange === modified);
+    const rangeApplies = rangeHeader !== undefined && (ifRange === undefined || (typeof ifRange === 'string' && !ifRange.startsWith('W/') && (ifRange === tag || ifRange === modified)));
     if (rangeApplies) {
       const ranges = rangeParser(stat.size, rangeHeader, { combine: true });
       if (ranges === -1) return answerError(response, 416, `${file}: range not satisfiable`, { 'content-range': `bytes */${stat.size.toString()}` });
@@ -228,14 +252,17 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       if (!opened.isFile()) return answerError(response, 404, `${file}: not in this repository`);
       if (opened.size <= SMALL_FILE_BYTES) {
         const body = await handle.readFile();
-        if (body.length === opened.size) {
-          if (cachedBytes + body.length > CACHE_LIMIT_BYTES) {
-            for (const c of caches.values()) c.clear();
-            cachedBytes = 0;
-          }
-          cache.set(file, { body, stat: opened, checkedAt: performance.now() });
-          cachedBytes += body.length;
+        // Written in place meanwhile (not by our packager, which renames): answer nothing half-right.
+        if (body.length !== opened.size) {
+          response.destroy();
+          return 0;
         }
+        if (cachedBytes + body.length > CACHE_LIMIT_BYTES) {
+          for (const c of caches.values()) c.clear();
+          cachedBytes = 0;
+        }
+        cachedBytes += body.length - (cache.get(file)?.body.length ?? 0);
+        cache.set(file, { body, stat: opened, checkedAt: performance.now() });
         const span = prepare(request, response, file, opened);
         if (typeof span === 'number') return span;
         response.end(request.method === 'HEAD' ? undefined : body.subarray(span.start, span.end + 1));
@@ -247,8 +274,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         response.end();
         return 0;
       }
-      await pumpFile(handle, response, span.start, span.end);
-      return span.end - span.start + 1;
+      return (await pumpFile(handle, response, span.start, span.end)) ? span.end - span.start + 1 : 0;
     } finally {
       await handle.close();
     }
@@ -280,6 +306,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       const file = encoded === '' ? '' : fileNameFrom(encoded);
       if (file === undefined) return false;
       const started = performance.now();
+      if (shuttingDown) response.setHeader('connection', 'close');
       const given = request.headers['x-request-id'];
       response.setHeader('x-request-id', typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID());
       const answer = file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
@@ -290,6 +317,9 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         finish(request, response, started, repository.name, 0);
       });
       return true;
+    },
+    closing() {
+      shuttingDown = true;
     },
     close() {
       for (const watcher of watchers) watcher.close();

@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -24,6 +24,18 @@ export interface UploadSettings {
 }
 
 const HEX = /^[0-9a-f]+$/;
+const TRIAL_EXTRACTION_FACTOR = 20;
+const STALE_STAGING_MS = 3600_000;
+
+/** Staging folders of uploads that a killed server left behind. */
+async function sweepStaging(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => []);
+  for (const name of names) {
+    if (!name.startsWith('.upload-')) continue;
+    const st = await stat(path.join(dir, name)).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > STALE_STAGING_MS) await rm(path.join(dir, name), { recursive: true, force: true });
+  }
+}
 
 function tooLarge(limit: number): AutotestError {
   return new AutotestError('ERR_USAGE', `the upload is larger than max_upload_size (${(limit / 1e6).toString()} MB)`, {
@@ -76,7 +88,10 @@ function sendError(reply: FastifyReply, error: unknown, limit: number): FastifyR
  * Both need the bearer token; whatever fails leaves nothing behind.
  */
 export function registerUploads(app: FastifyInstance, settings: UploadSettings, metrics: ServerMetrics): void {
-  // The body is read here as a stream, never buffered by a parser.
+  app.addHook('onReady', async () => { await sweepStaging(settings.stagingDir); });
+  // The body is read here as a stream, never buffered or decoded by a parser, whatever its
+  // declared type (Fastify's own text and JSON parsers would turn bytes into a string).
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_request, payload, done) => {
     done(null, payload);
   });
@@ -115,7 +130,14 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
         });
       }
       // A package must be an archive that extracts safely; the trial extraction is thrown away.
-      if (parsed.type !== undefined) await extractTarball(staged, path.join(staging, '.check'));
+      // Bounded, so that a small archive that unpacks to terabytes cannot fill the disk.
+      if (parsed.type !== undefined) {
+        await extractTarball(staged, path.join(staging, '.check'), { maxBytes: TRIAL_EXTRACTION_FACTOR * limit }).catch((error: unknown) => {
+          // The message names the upload, not the server's staging folder.
+          if (error instanceof AutotestError) throw new AutotestError(error.code, error.message.replaceAll(staged, file), { hint: error.hint });
+          throw error;
+        });
+      }
       const report = await uploadPackages({
         clientDir: BUNDLED_CLIENT_DIR,
         selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
