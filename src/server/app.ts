@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import type { Config } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
@@ -26,6 +26,7 @@ export interface ServerOptions {
  */
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
   const { packages, server } = options.config;
+  const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
   // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
   const files: { handler?: RepositoryHandler } = {};
   const app = Fastify({
@@ -45,8 +46,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       level: options.logLevel ?? 'info',
       // The token travels only in this header; it never reaches a log line.
       redact: ['req.headers.authorization'],
-      // Written synchronously: under load an asynchronous log to a slow pipe would queue in memory.
-      stream: options.logStream ?? pino.destination({ dest: 1, sync: true }),
+      // Written synchronously, so that under load a log to a slow pipe cannot queue in memory,
+      // in batches of 8 KB (as nginx's buffered access log) flushed at least every second.
+      stream: options.logStream ?? logDestination,
     },
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
@@ -55,7 +57,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // Idle keep-alive connections close at shutdown; running downloads finish first.
     forceCloseConnections: 'idle',
     // One access line per request (onResponse below) instead of Fastify's two.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
   });
   const metrics = createMetrics();
@@ -94,6 +96,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
   app.addHook('onClose', (_instance, done) => {
     repositoryHandler.close();
+    logDestination?.flushSync();
     done();
   });
   registerUploads(app, {

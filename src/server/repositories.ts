@@ -150,6 +150,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   const watchers: FSWatcher[] = [];
   let cachedBytes = 0;
   let shuttingDown = false;
+  const labelled = new Map<string, { requests: { inc: () => void }; duration: { observe: (value: number) => void } }>();
   for (const repository of repositories) {
     await mkdir(repository.dir, { recursive: true });
     byName.set(repository.name, repository);
@@ -168,9 +169,19 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   }
 
   const finish = (request: IncomingMessage, response: ServerResponse, started: number, repository: string, bytes: number): void => {
-    const route = `/packages/${repository}/*`;
-    metrics.requests.inc({ method: request.method ?? 'GET', route, status: response.statusCode.toString() });
-    metrics.duration.observe({ method: request.method ?? 'GET', route }, (performance.now() - started) / 1000);
+    // Label sets are few (method x repository x status): their metric children are made once.
+    const key = `${request.method ?? 'GET'} ${repository} ${response.statusCode.toString()}`;
+    let children = labelled.get(key);
+    if (!children) {
+      const route = `/packages/${repository}/*`;
+      children = {
+        requests: metrics.requests.labels(request.method ?? 'GET', route, response.statusCode.toString()),
+        duration: metrics.duration.labels(request.method ?? 'GET', route),
+      };
+      labelled.set(key, children);
+    }
+    children.requests.inc();
+    children.duration.observe((performance.now() - started) / 1000);
     metrics.bytesSent.inc(bytes);
     if (response.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
     else if (response.statusCode >= 400) metrics.errors.inc({ kind: response.statusCode === 404 ? 'not_found' : 'client' });

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
 import { AutotestError, isAutotestError } from '../errors.js';
 import { checkFileName, DigestStream, extractTarball, parseFileName } from '../packages/index.js';
@@ -69,13 +69,13 @@ function summary(report: OperationReport): unknown {
 }
 
 /** Maps the checks' errors to answers; anything else is the server's fault. */
-function sendError(reply: FastifyReply, error: unknown, limit: number): FastifyReply {
+function errorAnswer(error: unknown, limit: number): { status: number; body: unknown } {
   if (isAutotestError(error)) {
     const status = error.message === tooLarge(limit).message ? 413
       : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
         : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
           : 500;
-    return reply.code(status).send({ error: error.code, message: error.message, hint: error.hint });
+    return { status, body: { error: error.code, message: error.message, hint: error.hint } };
   }
   throw error;
 }
@@ -101,6 +101,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     const limit = settings.maxUploadBytes;
     const declared = Number(request.headers['content-length'] ?? NaN);
     let staging: string | undefined;
+    let answer: { status: number; body: unknown };
     try {
       const file = checkFileName(request.params.file);
       const parsed = parseFileName(file);
@@ -119,9 +120,8 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       await mkdir(settings.stagingDir, { recursive: true });
       staging = await mkdtemp(path.join(settings.stagingDir, '.upload-'));
       const staged = path.join(staging, file);
-      const counter = limitBytes(limit);
       const digest = new DigestStream();
-      await pipeline(request.body as Readable, counter, digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
+      await pipeline(request.body as Readable, limitBytes(limit), digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
       const digests = digest.digests();
       metrics.uploadBytes.inc(digests.size);
       if ((typeof sha256 === 'string' && sha256 !== digests.sha256) || (typeof md5 === 'string' && md5 !== digests.md5)) {
@@ -145,17 +145,18 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
         minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir,
       });
       metrics.uploads.inc({ outcome: report.ok ? 'published' : 'failed' });
-      return await reply.code(reportStatus(report)).send({ file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) });
+      answer = { status: reportStatus(report), body: { file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
     } catch (error) {
       metrics.uploads.inc({ outcome: 'refused' });
       if (error instanceof Error && (error as { code?: string }).code === 'ERR_STREAM_PREMATURE_CLOSE') {
         request.log.warn('client went away during the upload; nothing kept');
-        return await reply.code(400).send({ error: 'ERR_USAGE', message: 'the upload was cut off; nothing was kept' });
-      }
-      return await sendError(reply, error, limit);
+        answer = { status: 400, body: { error: 'ERR_USAGE', message: 'the upload was cut off; nothing was kept' } };
+      } else answer = errorAnswer(error, limit);
     } finally {
+      // Removed before the answer leaves: a client that reads it finds nothing staged.
       if (staging) await rm(staging, { recursive: true, force: true });
     }
+    return reply.code(answer.status).send(answer.body);
   });
 
   app.delete<{ Params: { file: string } }>('/api/custom/:file', async (request, reply) => {
@@ -165,7 +166,8 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       const report = await removePackages({ files: [file], locations: settings.locations });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
-      return await sendError(reply, error, settings.maxUploadBytes);
+      const answer = errorAnswer(error, settings.maxUploadBytes);
+      return await reply.code(answer.status).send(answer.body);
     }
   });
 }
