@@ -2,8 +2,9 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { loadConfig, parseLocation } from '../config/index.js';
 import { installPackages } from '../client/install.js';
+import { runJob } from '../client/job.js';
 import { checkType, parseNameList } from '../packages/index.js';
-import { EXIT_OK, formatBytes, type Output } from './output.js';
+import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 
 interface ClientFlags {
   config?: string;
@@ -40,8 +41,46 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   return EXIT_OK;
 }
 
+interface RunFlags extends ClientFlags {
+  results?: string;
+}
+
+async function runControl(control: string, flags: RunFlags, output: Output): Promise<number> {
+  const config = await loadConfig({ file: flags.config });
+  for (const warning of config.warnings) output.err(`warning: ${warning}`);
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const resultsDir = path.resolve(flags.results ?? path.join('results', 'default'));
+  const report = await runJob({
+    control: path.resolve(control),
+    resultsDir,
+    install: {
+      locations: [...extra, ...config.packages.fetchLocations],
+      settings: config.packages.fetch,
+      installDir: chooseInstallDir(flags.installDir),
+      ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
+    },
+    onStatus: (line) => { output.out(line); },
+  });
+  if (flags.json === true) output.out(JSON.stringify(report, null, 2));
+  else output.out(`job ${report.status}: ${report.tests.length.toString()} test(s), ${report.totals.packages.toString()} package(s) fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
+  return report.status === 'GOOD' ? EXIT_OK : EXIT_FAILED;
+}
+
 export function clientCommand(output: Output, setExit: (code: number) => void): Command {
-  const client = new Command('client').description('the client side: install packages from the repositories');
+  const client = new Command('client').description('the client side: install packages from the repositories, run jobs');
+  client.command('run')
+    .description('run a control file: the tests, deps and profilers it names are installed on demand')
+    .argument('<control>', 'the control file (an ES module whose default export receives the job)')
+    .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
+    .option('--results <dir>', 'results folder (default: results/default)')
+    .option('--install-dir <path>', 'the client install folder (default: $AUTOTEST_INSTALL_DIR, else var/client)')
+    .option('--cache-dir <path>', 'the package cache (default: INSTALL_DIR/packages)')
+    .option('-r, --repository <location>', 'a repository tried before fetch_location; repeatable', collect)
+    .option('--json', 'print the job report as JSON at the end')
+    .exitOverride()
+    .action(async (control: string, flags: RunFlags) => {
+      setExit(await runControl(control, flags, output));
+    });
   client.command('install')
     .description('install packages (fetched from fetch_location in order, verified, cached)')
     .argument('<type>', 'test, dep, profiler or client')

@@ -1,0 +1,220 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { AutotestError, describeError } from '../errors.js';
+import { checkName, type PackageType } from '../packages/index.js';
+import { installFolder, installPackages, type InstallOptions, type InstallRecord } from './install.js';
+import { createStatusLog, type Status } from './status-log.js';
+
+export interface JobOptions {
+  /** The control file: an ES module whose default export receives the job. */
+  control: string;
+  resultsDir: string;
+  install: Omit<InstallOptions, 'jobs'>;
+  /** Sees each status.log line as it is written. */
+  onStatus?: (line: string) => void;
+  /** Longest a test, a dep setup or a profiler call may take; default 1 h. */
+  stepTimeoutMs?: number;
+}
+
+export interface TestResult {
+  name: string;
+  subdir: string;
+  status: Status;
+  message: string;
+  seconds: number;
+}
+
+export type TransferRecord = Pick<InstallRecord, 'type' | 'name' | 'file' | 'action' | 'repository' | 'bytes' | 'seconds'>;
+
+export interface JobReport {
+  status: Status;
+  tests: TestResult[];
+  transfers: TransferRecord[];
+  totals: { bytes: number; seconds: number; packages: number };
+}
+
+/** What a test, dep or profiler module may export. */
+interface PackageModule {
+  run?: (context: Record<string, unknown>) => unknown;
+  setup?: (context: Record<string, unknown>) => unknown;
+  start?: (context: Record<string, unknown>) => unknown;
+  stop?: (context: Record<string, unknown>) => unknown;
+}
+
+/** The job a control file drives. */
+export interface Job {
+  runTest(name: string, args?: Record<string, unknown>): Promise<Status>;
+  setupDep(names: string | string[]): Promise<void>;
+  profilers: { add(name: string): Promise<void>; remove(name: string): void };
+  resultsDir: string;
+}
+
+const SEVERITY: Record<Status, number> = { GOOD: 0, TEST_NA: 0, WARN: 1, FAIL: 2, ERROR: 3, ABORT: 4 };
+
+function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => { reject(new AutotestError('ERR_USAGE', `${what} did not finish within ${(ms / 1000).toString()} s`)); }, ms);
+  });
+  return Promise.race([work, timeout]).finally(() => { clearTimeout(timer); });
+}
+
+/** Autotest's keyval file: one key=value per line. */
+function formatKeyvals(keyvals: Record<string, unknown>): string {
+  return Object.entries(keyvals)
+    .filter(([key]) => /^[\w.-]+$/.test(key))
+    .map(([key, value]) => `${key}=${String(value).replace(/[\r\n]+/g, ' ')}\n`)
+    .join('');
+}
+
+/** A test says FAIL by throwing an error named TestFail (as Autotest's error.TestFail); anything else thrown is an ERROR. */
+function statusOfError(error: unknown): Status {
+  return error instanceof Error && error.name === 'TestFail' ? 'FAIL' : 'ERROR';
+}
+
+interface RunningProfiler {
+  name: string;
+  module: PackageModule;
+  process: ChildProcess | undefined;
+}
+
+/**
+ * Runs a control file on this machine: every test, dep and profiler it names is installed on
+ * demand (fetched, verified, cached), run, and recorded in status.log, with each test's
+ * output and keyvals under RESULTS/SUBDIR and a record of every package moved.
+ */
+export async function runJob(options: JobOptions): Promise<JobReport> {
+  const stepTimeout = options.stepTimeoutMs ?? 3_600_000;
+  await mkdir(options.resultsDir, { recursive: true });
+  const status = createStatusLog(path.join(options.resultsDir, 'status.log'), options.onStatus);
+  const transfers: TransferRecord[] = [];
+  const tests: TestResult[] = [];
+  const subdirs = new Map<string, number>();
+  const activeProfilers = new Map<string, PackageModule>();
+
+  const install = async (type: PackageType, name: string): Promise<PackageModule> => {
+    checkName(name, type);
+    const [record] = await installPackages(type, [name], options.install);
+    if (!record) throw new AutotestError('ERR_NOT_FOUND', `${type} ${name} was not installed`);
+    transfers.push({ type, name, file: record.file, action: record.action, repository: record.repository, bytes: record.bytes, seconds: record.seconds });
+    const file = path.join(installFolder(options.install.installDir, type, name), `${name}.mjs`);
+    // The marker's checksum in the URL: a new version of the package is a new module.
+    const loaded = (await import(`${pathToFileURL(file).href}?md5=${record.md5}`)) as PackageModule;
+    return loaded;
+  };
+
+  const startProfilers = async (testDir: string): Promise<RunningProfiler[]> => {
+    const running: RunningProfiler[] = [];
+    for (const [name, module] of activeProfilers) {
+      const dir = path.join(testDir, 'profiling');
+      await mkdir(dir, { recursive: true });
+      const answer = (await withTimeout(Promise.resolve(module.start?.({ resultsDir: dir })), stepTimeout, `profiler ${name} start`)) as { command?: unknown } | undefined;
+      let child: ChildProcess | undefined;
+      const command = answer?.command;
+      if (Array.isArray(command) && command.every((part): part is string => typeof part === 'string') && command.length > 0) {
+        const [program = '', ...args] = command;
+        const out = createWriteStream(path.join(dir, `${name}.log`));
+        child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+        child.stdout?.pipe(out);
+        child.stderr?.pipe(out);
+        child.on('error', (error) => { out.end(`profiler ${name}: ${error.message}\n`); });
+      }
+      running.push({ name, module, process: child });
+    }
+    return running;
+  };
+
+  const stopProfilers = async (running: RunningProfiler[], testDir: string): Promise<void> => {
+    for (const profiler of running) {
+      profiler.process?.kill('SIGTERM');
+      await withTimeout(Promise.resolve(profiler.module.stop?.({ resultsDir: path.join(testDir, 'profiling') })), stepTimeout, `profiler ${profiler.name} stop`).catch(() => undefined);
+    }
+  };
+
+  const job: Job = {
+    resultsDir: options.resultsDir,
+    async runTest(name, args = {}) {
+      const count = (subdirs.get(name) ?? 0) + 1;
+      subdirs.set(name, count);
+      const subdir = count === 1 ? name : `${name}.${count.toString()}`;
+      const testDir = path.join(options.resultsDir, subdir);
+      await mkdir(testDir, { recursive: true });
+      const started = performance.now();
+      await status.start(subdir, name);
+      let result: Status = 'GOOD';
+      let message = 'completed successfully';
+      try {
+        const module = await install('test', name);
+        if (typeof module.run !== 'function') throw new AutotestError('ERR_USAGE', `test ${name}: its module exports no run function`);
+        const running = await startProfilers(testDir);
+        try {
+          const answer = (await withTimeout(Promise.resolve(module.run({ ...args, resultsDir: testDir })), stepTimeout, `test ${name}`)) as { keyvals?: Record<string, unknown> } | undefined;
+          await writeFile(path.join(testDir, 'keyval'), formatKeyvals(answer?.keyvals ?? {}));
+        } finally {
+          await stopProfilers(running, testDir);
+        }
+      } catch (error) {
+        result = statusOfError(error);
+        message = describeError(error);
+        await writeFile(path.join(testDir, 'error.txt'), `${error instanceof Error ? error.stack ?? error.message : String(error)}\n`);
+      }
+      await status.end(result, subdir, name, message);
+      tests.push({ name, subdir, status: result, message, seconds: (performance.now() - started) / 1000 });
+      return result;
+    },
+    async setupDep(names) {
+      for (const name of Array.isArray(names) ? names : [names]) {
+        try {
+          const module = await install('dep', name);
+          if (typeof module.setup !== 'function') throw new AutotestError('ERR_USAGE', `dep ${name}: its module exports no setup function`);
+          await withTimeout(Promise.resolve(module.setup({ installDir: installFolder(options.install.installDir, 'dep', name) })), stepTimeout, `dep ${name} setup`);
+          await status.record('GOOD', '----', `dep.${name}`, 'set up');
+        } catch (error) {
+          await status.record('ERROR', '----', `dep.${name}`, describeError(error));
+          throw new AutotestError('ERR_USAGE', `dep ${name} could not be set up: ${describeError(error)}`, { cause: error });
+        }
+      }
+    },
+    profilers: {
+      async add(name) {
+        activeProfilers.set(name, await install('profiler', name));
+      },
+      remove(name) {
+        activeProfilers.delete(name);
+      },
+    },
+  };
+
+  const started = performance.now();
+  await status.start('----', '----');
+  let jobStatus: Status = 'GOOD';
+  let jobMessage = '';
+  try {
+    const control = (await import(pathToFileURL(path.resolve(options.control)).href)) as { default?: unknown };
+    if (typeof control.default !== 'function') throw new AutotestError('ERR_USAGE', `${options.control}: the control file has no default export function`);
+    await (control.default as (job: Job) => unknown)(job);
+  } catch (error) {
+    jobStatus = 'ABORT';
+    jobMessage = describeError(error);
+  }
+  for (const test of tests) if (SEVERITY[test.status] > SEVERITY[jobStatus]) jobStatus = test.status;
+  await status.end(jobStatus, '----', '----', jobMessage);
+  await status.flush();
+  const report: JobReport = {
+    status: jobStatus,
+    tests,
+    transfers,
+    totals: {
+      bytes: transfers.reduce((sum, t) => sum + t.bytes, 0),
+      seconds: (performance.now() - started) / 1000,
+      packages: transfers.filter((t) => t.action === 'fetched').length,
+    },
+  };
+  await writeFile(path.join(options.resultsDir, 'transfers.json'), `${JSON.stringify({ transfers, totals: report.totals }, null, 2)}\n`);
+  await writeFile(path.join(options.resultsDir, 'job.json'), `${JSON.stringify(report, null, 2)}\n`);
+  return report;
+}
+
