@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { installPackages } from '../src/client/install.js';
 import { runJob } from '../src/client/job.js';
 import type { Location } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
-import { copyExampleTree, ROOT, tempDir } from './helpers.js';
+import { copyExampleTree, execFileAsync, ROOT, tempDir } from './helpers.js';
 
 const SETTINGS = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0 };
 
@@ -108,4 +109,21 @@ test('a control file that throws ends the job with ABORT and says why', async (t
   const report = await runJob({ control, resultsDir: path.join(dir, 'results'), install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') } });
   assert.equal(report.status, 'ABORT');
   assert.match(await readFile(path.join(dir, 'results', 'status.log'), 'utf8'), /\tABORT\t----\t----\t.*lost the machine/);
+});
+
+test('the client package carries the client runtime: unpacked alone, with Node.js and no node_modules, it runs the example job', async (t) => {
+  const { dir, repo } = await publish(t);
+  const machine = path.join(dir, 'machine');
+  const [record] = await installPackages('client', ['autotest'], { locations: [local(repo)], settings: SETTINGS, installDir: machine });
+  assert.equal(record?.action, 'fetched');
+  const runtime = path.join(machine, 'client', 'bin', 'autotest-client.mjs');
+  const control = path.join(machine, 'example.control.mjs');
+  await writeFile(control, await readFile(path.join(ROOT, 'example', 'jobs', 'example.control.mjs')));
+  const result = await execFileAsync(process.execPath, [runtime, 'client', 'run', control, '--install-dir', machine, '-r', repo, '--results', path.join(machine, 'results'), '--json'], {
+    cwd: machine, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AUTOTEST_CONFIG: '' },
+  });
+  const report = JSON.parse(result.stdout.slice(result.stdout.indexOf('{\n'))) as { status: string; totals: { packages: number } };
+  assert.equal(report.status, 'GOOD');
+  assert.equal(report.totals.packages, 4);
+  assert.match(await readFile(path.join(machine, 'results', 'status.log'), 'utf8'), /^END GOOD\t----/m);
 });

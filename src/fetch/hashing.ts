@@ -28,7 +28,8 @@ function failAll(error: Error): void {
 
 function hashingThread(): Worker {
   if (!worker) {
-    const created = new Worker(new URL('./hash-worker.js', import.meta.url));
+    // Beside this module: hash-worker.js from tsc, or hash-worker.mjs in the bundled client runtime.
+    const created = new Worker(new URL(import.meta.url.endsWith('.mjs') ? './hash-worker.mjs' : './hash-worker.js', import.meta.url));
     created.on('message', (answer: HashAnswer) => {
       waiting.get(answer.id)?.resolve(answer.digest);
       waiting.delete(answer.id);

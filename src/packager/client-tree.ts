@@ -8,10 +8,13 @@ import {
   checkFileName,
   checkName,
   combineRules,
+  fileEntry,
   packageFileName,
   readPackExclude,
+  walkTree,
   type ExcludeRule,
   type PackageType,
+  type TreeEntry,
 } from '../packages/index.js';
 
 /** One package the client tree can produce. */
@@ -91,6 +94,36 @@ export async function excludeRuleFor(source: PackageSource): Promise<ExcludeRule
 }
 
 /** Resolves what the user asked for into package sources; unknown names are errors. */
+/** Where `npm run build` puts the bundled client runtime (scripts/build-client.sh). */
+export const CLIENT_RUNTIME_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../client-runtime');
+const RUNTIME_FILES = ['autotest-client.mjs', 'hash-worker.mjs'];
+
+/**
+ * What a package packs: its folder's entries; for the client package, also the client
+ * runtime (one bundled file and its hashing thread) under bin/, so that a test machine with
+ * Node.js and nothing else runs jobs from the unpacked package.
+ */
+export async function packageEntries(source: PackageSource): Promise<TreeEntry[]> {
+  const entries = await walkTree(source.root, await excludeRuleFor(source));
+  if (source.type !== 'client') return entries;
+  const runtime: TreeEntry[] = [];
+  for (const name of RUNTIME_FILES) {
+    try {
+      runtime.push(await fileEntry(path.join(CLIENT_RUNTIME_DIR, name), `bin/${name}`));
+    } catch (error) {
+      throw new AutotestError('ERR_PACK', `the client runtime ${path.join(CLIENT_RUNTIME_DIR, name)} is missing (${errnoCode(error) ?? String(error)})`, {
+        hint: 'build it with "npm run build"', cause: error,
+      });
+    }
+  }
+  const taken = new Set(entries.map((entry) => entry.path));
+  for (const entry of runtime) {
+    if (taken.has(entry.path)) throw new AutotestError('ERR_PACK', `${path.join(source.root, entry.path)}: the client tree may not hold this file: the packager puts the client runtime there`);
+  }
+  const bin = entries.some((entry) => entry.path === 'bin' && entry.kind === 'dir') ? [] : [{ ...(runtime[0] as TreeEntry), path: 'bin', kind: 'dir' as const, mode: 0o755, size: 0 }];
+  return [...entries, ...bin, ...runtime];
+}
+
 export async function selectSources(clientDir: string, selection: Selection, compression: Compression): Promise<PackageSource[]> {
   const sources = new Map<string, PackageSource>();
   const add = (source: PackageSource): void => {

@@ -6,9 +6,9 @@ import path from 'node:path';
 import pLimit from 'p-limit';
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { DigestStream, digestEntries, packEntries, treeFingerprint, walkTree, type IndexEntry, type TreeEntry, type RepositoryIndex } from '../packages/index.js';
+import { DigestStream, digestEntries, packEntries, treeFingerprint, type IndexEntry, type TreeEntry, type RepositoryIndex } from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
-import { excludeRuleFor, selectSources, type PackageSource, type Selection } from './client-tree.js';
+import { packageEntries, selectSources, type PackageSource, type Selection } from './client-tree.js';
 import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
@@ -59,7 +59,7 @@ async function packSource(source: PackageSource, dest: string, compression: Comp
     return { record: { fingerprint: '', sourceDigest: digests.sha256, ...digests } };
   }
   const startedMs = Date.now();
-  const entries = await walkTree(source.root, await excludeRuleFor(source));
+  const entries = await packageEntries(source);
   const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
   const result = await packEntries(entries, dest, compression);
   return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
@@ -79,7 +79,7 @@ async function currentDigest(source: PackageSource, state: PackState, compressio
   const record = state.get(source.fileName);
   if (!record) return undefined;
   const startedMs = Date.now();
-  const entries = await walkTree(source.root, await excludeRuleFor(source));
+  const entries = await packageEntries(source);
   const fingerprint = treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
   if (record.fingerprint !== '') return fingerprint === record.fingerprint ? record.sourceDigest : undefined;
   if (await digestEntries(entries) !== record.sourceDigest) return undefined;

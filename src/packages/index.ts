@@ -1,6 +1,6 @@
 export { checkName, checkFileName, RESERVED_FILE_NAMES, checkType, packageFileName, parseFileName, parseNameList, PACKAGE_TYPES, CLIENT_PACKAGE_NAME, EXTENSIONS } from './names.js';
 export type { PackageType, ParsedFileName } from './names.js';
-export { walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
+export { fileEntry, walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
 export type { TreeEntry, ExcludeRule } from './tree.js';
 export { digestEntries, packEntries, TARBALL_MTIME } from './tarball.js';
 export type { PackResult } from './tarball.js';

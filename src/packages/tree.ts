@@ -72,6 +72,17 @@ export function linkStaysInside(relPath: string, target: string): boolean {
   return ups <= depth;
 }
 
+/** The entry of one regular file packed under `rel`, wherever it lives. */
+export async function fileEntry(abs: string, rel: string): Promise<TreeEntry> {
+  const st = await lstat(abs, { bigint: true });
+  if (!st.isFile()) throw new AutotestError('ERR_PACK', `${abs}: not a regular file`);
+  return {
+    path: rel, absPath: abs, kind: 'file', mode: (st.mode & 0o111n) !== 0n ? 0o755 : 0o644, size: Number(st.size), linkTarget: undefined,
+    statKey: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`,
+    changedMs: Number(st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1e6,
+  };
+}
+
 /**
  * Lists a package folder in tarball order (byte order of paths, folders before their
  * contents), leaving out what `exclude` names. Only files, folders and symlinks that stay

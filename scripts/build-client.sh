@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Bundles the client runtime (autotest client install|run) with its dependencies into
+# dist/client-runtime/, which the packager puts into the client package under bin/: a test
+# machine with Node.js and nothing else runs jobs from the unpacked package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+npx esbuild src/cli/client-main.ts src/fetch/hash-worker.ts \
+  --bundle --platform=node --target=node20 --format=esm --log-level=warning \
+  --outdir=dist/client-runtime --entry-names='[name]' --out-extension:.js=.mjs \
+  --banner:js="import { createRequire as __autotestRequire } from 'node:module'; const require = __autotestRequire(import.meta.url);"
+mv dist/client-runtime/client-main.mjs dist/client-runtime/autotest-client.mjs
