@@ -5,6 +5,7 @@ import { packagerCommand } from './packager.js';
 import { startCommand } from './start.js';
 import { clientCommand } from './client.js';
 import { serveCommand } from './serve.js';
+import { autoservCommand } from './autoserv.js';
 import { closeHttpConnections } from '../fetch/index.js';
 import { closeSshConnections } from '../ssh/session.js';
 
@@ -20,7 +21,8 @@ async function main(argv: string[]): Promise<number> {
     .addCommand(packagerCommand(processOutput, setExit).exitOverride())
     .addCommand(startCommand(processOutput, setExit).exitOverride())
     .addCommand(clientCommand(processOutput, setExit).exitOverride())
-    .addCommand(serveCommand(processOutput, setExit).exitOverride());
+    .addCommand(serveCommand(processOutput, setExit).exitOverride())
+    .addCommand(autoservCommand(processOutput, setExit).exitOverride());
   try {
     await program.parseAsync(argv);
   } catch (error) {

@@ -103,8 +103,10 @@ const RUNTIME_FILES = ['autotest-client.mjs', 'hash-worker.mjs'];
  * runtime (one bundled file and its hashing thread) under bin/, so that a test machine with
  * Node.js and nothing else runs jobs from the unpacked package.
  */
-export async function packageEntries(source: PackageSource): Promise<TreeEntry[]> {
-  const entries = await walkTree(source.root, await excludeRuleFor(source));
+export async function packageEntries(source: PackageSource, options: { fullTree?: boolean } = {}): Promise<TreeEntry[]> {
+  // The full tree (autoserv's last way to put a client on a machine) keeps tests, deps and profilers.
+  const exclude = options.fullTree === true ? combineRules(await readPackExclude(source.root)) : await excludeRuleFor(source);
+  const entries = await walkTree(source.root, exclude);
   if (source.type !== 'client') return entries;
   const runtime: TreeEntry[] = [];
   for (const name of RUNTIME_FILES) {

@@ -1,0 +1,181 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import type { Location } from '../config/index.js';
+import { describeError } from '../errors.js';
+import { CLIENT_PACKAGE_NAME, packEntries } from '../packages/index.js';
+import { packageEntries } from '../packager/client-tree.js';
+import { createHost, type TestHost } from './host.js';
+
+export interface AutoservOptions {
+  hosts: string[];
+  control: string;
+  resultsDir: string;
+  /** fetch_location: what the hosts fetch from (http(s) ones also for the client package). */
+  locations: Location[];
+  /** autoserv's own client tree, for the copy ways. */
+  clientDir: string;
+  /** Folder on each host that holds the client, its package cache and the job's results; "{host}" is replaced by the host's name. */
+  hostDir: string;
+  onLine?: (host: string, line: string) => void;
+  /** Longest a job may run on a host. */
+  jobTimeoutMs?: number;
+}
+
+export type ClientInstallWay = 'packaging' | 'light copy' | 'full copy';
+
+export interface HostSummary {
+  host: string;
+  clientInstall: ClientInstallWay | 'failed';
+  /** Why the ways before the one used did not work. */
+  why: string[];
+  status: string;
+  tests: { name: string; status: string }[];
+  setup: { bytes: number; seconds: number };
+  error: string | undefined;
+}
+
+/*
+ * Run on the host by sh with positional arguments only: $1 the host folder, then the
+ * repository URLs. Fetches packages.checksum and client-autotest.tar.bz2 with curl (or
+ * wget), checks the md5, unpacks beside the old client and swaps it in.
+ */
+const INSTALL_BY_PACKAGING = `dir=$1; shift
+mkdir -p "$dir" || exit 10
+get() { if command -v curl >/dev/null 2>&1; then curl -fsS --connect-timeout 5 --max-time 300 -o "$2" "$1"; else wget -q -T 30 -O "$2" "$1"; fi; }
+why=""
+for base in "$@"; do
+  if ! get "$base/packages.checksum" "$dir/.index.tmp"; then why="$why; $base: cannot fetch packages.checksum"; continue; fi
+  sum=$(awk '$2=="client-autotest.tar.bz2" {print $1}' "$dir/.index.tmp")
+  if [ -z "$sum" ]; then why="$why; $base: no client package in its index"; continue; fi
+  if [ -f "$dir/client/.checksum" ] && [ "$(cat "$dir/client/.checksum")" = "$sum" ]; then echo "up-to-date 0 $base"; exit 0; fi
+  if ! get "$base/client-autotest.tar.bz2" "$dir/.client.tmp"; then why="$why; $base: cannot fetch the client package"; continue; fi
+  if ! echo "$sum  $dir/.client.tmp" | md5sum -c --status; then rm -f "$dir/.client.tmp"; why="$why; $base: the client package fails its checksum"; continue; fi
+  rm -rf "$dir/.client.new" && mkdir -p "$dir/.client.new"
+  if ! tar -xjf "$dir/.client.tmp" -C "$dir/.client.new"; then why="$why; $base: cannot unpack the client package"; continue; fi
+  echo "$sum" > "$dir/.client.new/.checksum"
+  size=$(wc -c < "$dir/.client.tmp")
+  rm -rf "$dir/.client.old"; if [ -d "$dir/client" ]; then mv "$dir/client" "$dir/.client.old"; fi
+  mv "$dir/.client.new" "$dir/client" && rm -rf "$dir/.client.old" "$dir/.client.tmp"
+  echo "installed $size $base"; exit 0
+done
+echo "\${why#; }" >&2; exit 3`;
+
+const UNPACK_COPY = `dir=$1
+mkdir -p "$dir" && rm -rf "$dir/.client.new" && mkdir -p "$dir/.client.new" || exit 10
+tar -xzf - -C "$dir/.client.new" || exit 11
+rm -rf "$dir/client" && mv "$dir/.client.new" "$dir/client"`;
+
+const sh = (script: string, args: string[]): string[] => ['sh', '-c', script, 'sh', ...args];
+
+async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, work: string): Promise<void> {
+  const started = performance.now();
+  const urls = options.locations.filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http').map((l) => l.url);
+  if (urls.length > 0) {
+    const answer = await host.run(sh(INSTALL_BY_PACKAGING, [options.hostDir, ...urls]), { allowCodes: [3, 10], timeoutMs: 600_000 });
+    if (answer.code === 0) {
+      summary.clientInstall = 'packaging';
+      summary.setup.bytes += Number(answer.stdout.trim().split(' ')[1] ?? 0);
+      summary.setup.seconds += (performance.now() - started) / 1000;
+      return;
+    }
+    summary.why.push(`packaging: ${answer.stderr || `exit code ${answer.code.toString()}`}`);
+  } else summary.why.push('packaging: no http(s) repository in fetch_location');
+  for (const way of ['light copy', 'full copy'] as const) {
+    try {
+      const tarball = path.join(work, `client-${way === 'light copy' ? 'light' : 'full'}.tar.gz`);
+      const source = { type: 'client' as const, name: CLIENT_PACKAGE_NAME, root: options.clientDir, fileName: 'client.tar.gz' };
+      await packEntries(await packageEntries(source, { fullTree: way === 'full copy' }), tarball, 'gzip');
+      await host.run(sh(UNPACK_COPY, [options.hostDir]), { input: createReadStream(tarball), timeoutMs: 600_000 });
+      summary.clientInstall = way;
+      summary.setup.bytes += (await stat(tarball)).size;
+      summary.setup.seconds += (performance.now() - started) / 1000;
+      return;
+    } catch (error) {
+      summary.why.push(`${way}: ${describeError(error)}`);
+    }
+  }
+  throw new Error(`the client could not be installed: ${summary.why.join('; ')}`);
+}
+
+/** Streams the job's stdout lines to onLine; resolves with the whole output. */
+function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = host.spawn(argv);
+    child.stdin?.end();
+    let stdout = '';
+    let pending = '';
+    let stderr = '';
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+      pending += chunk;
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) onLine(line);
+    });
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { if (stderr.length < 8192) stderr += chunk; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (error) => { clearTimeout(timer); reject(error); });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (pending !== '') onLine(pending);
+      resolve({ code: code ?? 128, stdout, stderr: stderr.trim() });
+    });
+  });
+}
+
+async function runOnHost(text: string, shared: AutoservOptions, jobId: string): Promise<HostSummary> {
+  // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
+  const options = { ...shared, hostDir: shared.hostDir.replaceAll('{host}', text.replace(/[^A-Za-z0-9._-]/g, '_')) };
+  const summary: HostSummary = { host: text, clientInstall: 'failed', why: [], status: 'ABORT', tests: [], setup: { bytes: 0, seconds: 0 }, error: undefined };
+  const hostResults = path.join(options.resultsDir, text.replace(/[^A-Za-z0-9._@-]/g, '_'));
+  await mkdir(hostResults, { recursive: true });
+  const work = await mkdtemp(path.join(tmpdir(), 'autotest-autoserv-'));
+  try {
+    const host = createHost(text);
+    await installClient(host, options, summary, work);
+    const remoteResults = path.posix.join(options.hostDir, 'results', jobId);
+    const control = path.posix.join(options.hostDir, `control-${jobId}.mjs`);
+    const ini = path.posix.join(options.hostDir, `client-${jobId}.ini`);
+    await host.run(['sh', '-c', 'cat > "$1"', 'sh', control], { input: await readFile(options.control) });
+    await host.run(['sh', '-c', 'cat > "$1"', 'sh', ini], { input: `[PACKAGES]\nfetch_location: ${options.locations.map((l) => l.text.replaceAll('%', '%%')).join(', ')}\n` });
+    const job = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
+      '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json'], (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000);
+    const jsonStart = job.stdout.indexOf('\n{\n');
+    const report = jsonStart >= 0 ? JSON.parse(job.stdout.slice(jsonStart + 1)) as { status: string; tests: { name: string; status: string }[]; totals: { bytes: number; seconds: number } } : undefined;
+    if (report) {
+      summary.status = report.status;
+      summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
+      summary.setup.bytes += report.totals.bytes;
+    } else summary.error = `the job ended without a report (exit code ${job.code.toString()})${job.stderr ? `: ${job.stderr}` : ''}`;
+    // The results come back whole: a tar stream of the host's results folder.
+    const copy = host.spawn(['tar', '-C', remoteResults, '-cf', '-', '.']);
+    copy.stdin?.end();
+    const untar = spawn('tar', ['-xf', '-', '-C', hostResults], { stdio: ['pipe', 'ignore', 'ignore'] });
+    copy.stdout?.pipe(untar.stdin);
+    await new Promise<void>((resolve) => { untar.on('close', () => { resolve(); }); });
+  } catch (error) {
+    summary.error = describeError(error);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  await writeFile(path.join(hostResults, 'summary.json'), `${JSON.stringify(summary, null, 2)}\n`);
+  return summary;
+}
+
+/**
+ * `autoserv -m HOSTS CONTROL`: on every host at once, puts the client there (through
+ * packaging, else a light copy, else the full tree; saying which and why), runs the control
+ * file with the repositories, streams its status lines and brings its results back into
+ * RESULTS/HOST with a summary.
+ */
+export async function runAutoserv(options: AutoservOptions): Promise<HostSummary[]> {
+  const jobId = `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(3).toString('hex')}`;
+  await mkdir(options.resultsDir, { recursive: true });
+  const summaries = await Promise.all(options.hosts.map((host) => runOnHost(host, options, jobId)));
+  await writeFile(path.join(options.resultsDir, 'summary.json'), `${JSON.stringify(summaries, null, 2)}\n`);
+  return summaries;
+}

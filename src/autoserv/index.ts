@@ -1,0 +1,2 @@
+export { runAutoserv, type AutoservOptions, type HostSummary, type ClientInstallWay } from './autoserv.js';
+export { parseHost } from './host.js';

@@ -1,0 +1,45 @@
+import path from 'node:path';
+import { Command } from 'commander';
+import { runAutoserv, parseHost } from '../autoserv/index.js';
+import { loadConfig } from '../config/index.js';
+import { AutotestError } from '../errors.js';
+import { chooseClientDir } from './packager.js';
+import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+
+interface AutoservFlags {
+  machines: string;
+  results?: string;
+  config?: string;
+  clientDir?: string;
+  hostDir?: string;
+}
+
+export function autoservCommand(output: Output, setExit: (code: number) => void): Command {
+  return new Command('autoserv')
+    .description('run a control file on test machines: install the client through packaging, run the job, bring the results back')
+    .argument('<control>', 'the client control file')
+    .requiredOption('-m, --machines <hosts>', 'comma-separated hosts: localhost or [user@]host[:port]')
+    .option('-r, --results <dir>', 'results folder (default: results/autoserv)')
+    .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
+    .option('--client-dir <path>', 'the client tree copied when packaging fails (default: client_dir, else the example tree)')
+    .option('--host-dir <path>', 'folder on each host for the client, its package cache and results (default: /var/tmp/autotest)')
+    .action(async (control: string, flags: AutoservFlags) => {
+      const hosts = flags.machines.split(',').map((h) => h.trim()).filter((h) => h !== '');
+      if (hosts.length === 0) throw new AutotestError('ERR_USAGE', '-m names no host');
+      for (const host of hosts) parseHost(host);
+      const hostDir = flags.hostDir ?? '/var/tmp/autotest';
+      if (!path.posix.isAbsolute(hostDir) || /[\0-\x1f]/.test(hostDir)) throw new AutotestError('ERR_USAGE', `--host-dir ${hostDir}: must be an absolute path`);
+      const config = await loadConfig({ file: flags.config });
+      for (const warning of config.warnings) output.err(`warning: ${warning}`);
+      const summaries = await runAutoserv({
+        hosts, control: path.resolve(control), resultsDir: path.resolve(flags.results ?? path.join('results', 'autoserv')),
+        locations: config.packages.fetchLocations, clientDir: chooseClientDir(flags, config), hostDir,
+        onLine: (host, line) => { if (!line.startsWith('{') && !line.startsWith(' ') && !line.startsWith('}')) output.out(`[${host}] ${line}`); },
+      });
+      for (const s of summaries) {
+        output.out(`${s.host}: client by ${s.clientInstall}${s.why.length > 0 ? ` (${s.why.join('; ')})` : ''}; job ${s.status}; `
+          + `${s.tests.map((t) => `${t.name} ${t.status}`).join(', ') || 'no tests'}; setup ${formatBytes(s.setup.bytes)} moved${s.error ? `; error: ${s.error}` : ''}`);
+      }
+      setExit(summaries.every((s) => s.status === 'GOOD') ? EXIT_OK : EXIT_FAILED);
+    });
+}

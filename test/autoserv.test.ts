@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { createNamespaceHost, type NamespaceHost } from './fixtures/netns.js';
+import { startNginx } from './fixtures/nginx.js';
+import { startSshd, writeSshConfig, type SshServer } from './fixtures/sshd.js';
+import { copyExampleTree, ROOT, runCli, tempDir, writeConfig } from './helpers.js';
+
+interface Lab {
+  dir: string;
+  hosts: { ns: NamespaceHost; sshd: SshServer; url: string }[];
+  sshConfig: string;
+  config: string;
+}
+
+/** Three namespace hosts with their own sshd, and the repository served by nginx on the host side of each link. */
+async function lab(t: TestContext, count: number): Promise<Lab> {
+  const dir = await tempDir(t);
+  const clientDir = await copyExampleTree(dir);
+  const builtin = path.join(dir, 'www', 'builtin');
+  await mkdir(builtin, { recursive: true });
+  const hosts: Lab['hosts'] = [];
+  for (let i = 0; i < count; i += 1) {
+    const ns = await createNamespaceHost(20 + i);
+    t.after(() => ns.destroy());
+    const sshd = await startSshd({ netns: ns.name });
+    t.after(() => sshd.stop());
+    const nginx = await startNginx({ root: dir, listenAddress: ns.hostSideAddress, extraLocations: `location /packages/ { alias ${path.join(dir, 'www')}/; }` });
+    t.after(() => nginx.stop());
+    hosts.push({ ns, sshd, url: `${nginx.url}/packages/builtin` });
+  }
+  const sshConfig = await writeSshConfig(hosts.map((h) => h.sshd), path.join(dir, 'ssh_config'));
+  // Each host reaches only the nginx on its own link; the others fail at once (no route).
+  const config = await writeConfig(dir, {
+    upload_location: builtin, fetch_location: hosts.map((h) => h.url).join(', '), client_dir: clientDir, minimum_free_space: '0',
+  });
+  const publish = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
+  assert.equal(publish.code, 0, publish.stderr);
+  return { dir, hosts, sshConfig, config };
+}
+
+interface Summary {
+  host: string;
+  clientInstall: string;
+  why: string[];
+  status: string;
+  tests: { name: string; status: string }[];
+  setup: { bytes: number };
+}
+
+test('autoserv runs the example job on three namespace hosts at once: the client through packaging, exactly the packages needed, results back; the second run moves no package bytes', async (t) => {
+  const { dir, hosts, sshConfig, config } = await lab(t, 3);
+  const machines = hosts.map((h) => h.sshd.alias).join(',');
+  const control = path.join(ROOT, 'example', 'jobs', 'example.control.mjs');
+  const env = { AUTOTEST_SSH_CONFIG: sshConfig };
+  const first = await runCli(['autoserv', '-m', machines, '-r', path.join(dir, 'results-1'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control], { cwd: dir, env });
+  assert.equal(first.code, 0, first.stdout + first.stderr);
+  const summaries = JSON.parse(await readFile(path.join(dir, 'results-1', 'summary.json'), 'utf8')) as Summary[];
+  assert.equal(summaries.length, 3);
+  for (const summary of summaries) {
+    assert.equal(summary.clientInstall, 'packaging', summary.host);
+    assert.equal(summary.status, 'GOOD');
+    assert.deepEqual(summary.tests, [{ name: 'sleeptest', status: 'GOOD' }, { name: 'dbench', status: 'GOOD' }]);
+    const transfers = JSON.parse(await readFile(path.join(dir, 'results-1', summary.host, 'transfers.json'), 'utf8')) as { transfers: { file: string; action: string }[] };
+    assert.deepEqual(transfers.transfers.map((r) => r.file).sort(), ['dep-libaio.tar.bz2', 'profiler-vmstat.tar.bz2', 'test-dbench.tar.bz2', 'test-sleeptest.tar.bz2']);
+    assert.match(await readFile(path.join(dir, 'results-1', summary.host, 'status.log'), 'utf8'), /^END GOOD\t----/m);
+    assert.match(first.stdout, new RegExp(`\\[${summary.host}\\] \\tSTART\\tsleeptest`), 'status lines are streamed');
+  }
+  const second = await runCli(['autoserv', '-m', machines, '-r', path.join(dir, 'results-2'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control], { cwd: dir, env });
+  assert.equal(second.code, 0, second.stdout + second.stderr);
+  for (const summary of JSON.parse(await readFile(path.join(dir, 'results-2', 'summary.json'), 'utf8')) as Summary[]) {
+    assert.equal(summary.setup.bytes, 0, `${summary.host} moved no bytes`);
+    const transfers = JSON.parse(await readFile(path.join(dir, 'results-2', summary.host, 'transfers.json'), 'utf8')) as { totals: { bytes: number } };
+    assert.equal(transfers.totals.bytes, 0);
+  }
+});
+
+test('a host whose repositories are unreachable gets the client by copy, and its summary says why packaging failed', async (t) => {
+  const { dir, hosts, sshConfig } = await lab(t, 1);
+  const host = hosts[0];
+  assert.ok(host);
+  // A port on the host's own link where nothing listens: the repository refuses.
+  const unreachable = await writeConfig(dir, { fetch_location: `http://${host.ns.hostSideAddress}:9/packages/builtin`, client_dir: path.join(dir, 'client') }, 'unreachable.ini');
+  const result = await runCli(['autoserv', '-m', host.sshd.alias, '-r', path.join(dir, 'results'), '--config', unreachable, '--host-dir', path.join(dir, 'hosts', '{host}'),
+    path.join(ROOT, 'example', 'jobs', 'example.control.mjs')], { cwd: dir, env: { AUTOTEST_SSH_CONFIG: sshConfig } });
+  assert.equal(result.code, 1);
+  const [summary] = JSON.parse(await readFile(path.join(dir, 'results', 'summary.json'), 'utf8')) as Summary[];
+  assert.equal(summary?.clientInstall, 'light copy');
+  assert.match(summary.why.join(' '), /packaging: [\s\S]*cannot fetch packages\.checksum/);
+  assert.match(result.stdout, new RegExp(`${host.sshd.alias}: client by light copy`));
+});
+
+test('autoserv refuses host names that could reach a shell', async (t) => {
+  const dir = await tempDir(t);
+  for (const host of ['a;touch x', '-oProxyCommand=x', 'h$(id)', 'user@host:99999']) {
+    const result = await runCli(['autoserv', '-m', host, path.join(ROOT, 'example', 'jobs', 'example.control.mjs')], { cwd: dir });
+    assert.equal(result.code, 2, host);
+    assert.match(result.stderr, /not localhost or \[user@\]host\[:port\]/);
+  }
+});
