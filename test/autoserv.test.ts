@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { createNamespaceHost, type NamespaceHost } from './fixtures/netns.js';
@@ -98,4 +98,27 @@ test('autoserv refuses host names that could reach a shell', async (t) => {
     assert.equal(result.code, 2, host);
     assert.match(result.stderr, /not localhost or \[user@\]host\[:port\]/);
   }
+});
+
+test('a host that drops its SSH connection in the middle of the job ends as ABORT with the reason, and autoserv does not hang', async (t) => {
+  const { dir, hosts, sshConfig, config } = await lab(t, 1);
+  const host = hosts[0];
+  assert.ok(host);
+  const control = path.join(dir, 'long.control.mjs');
+  await writeFile(control, "export default async (job) => { await job.runTest('sleeptest', { seconds: 20 }); };\n");
+  const running = runCli(['autoserv', '-m', host.sshd.alias, '-r', path.join(dir, 'results'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control],
+    { cwd: dir, env: { AUTOTEST_SSH_CONFIG: sshConfig } });
+  // Once the test has started on the host, the host's sshd (and every session) goes away.
+  const statusLog = path.join(dir, 'hosts', host.sshd.alias.replace(/[^A-Za-z0-9._-]/g, '_'), 'results');
+  for (let i = 0; i < 100; i += 1) {
+    const found = await readdir(statusLog).catch(() => []);
+    if (found.length > 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await host.sshd.stop();
+  const result = await running;
+  assert.equal(result.code, 1);
+  const [summary] = JSON.parse(await readFile(path.join(dir, 'results', 'summary.json'), 'utf8')) as (Summary & { error?: string })[];
+  assert.equal(summary?.status, 'ABORT');
+  assert.match(summary.error ?? '', /without a report|cannot connect|failed/);
 });

@@ -23,6 +23,8 @@ export interface AutoservOptions {
   onLine?: (host: string, line: string) => void;
   /** Longest a job may run on a host. */
   jobTimeoutMs?: number;
+  /** 'auto' (default): packaging, else a light copy, else the full tree; 'full copy': the full tree only, as Autotest without packaging. */
+  clientInstall?: 'auto' | 'full copy';
 }
 
 export type ClientInstallWay = 'packaging' | 'light copy' | 'full copy';
@@ -74,7 +76,9 @@ const sh = (script: string, args: string[]): string[] => ['sh', '-c', script, 's
 async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, work: string): Promise<void> {
   const started = performance.now();
   const urls = options.locations.filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http').map((l) => l.url);
-  if (urls.length > 0) {
+  const ways = options.clientInstall === 'full copy' ? (['full copy'] as const) : (['light copy', 'full copy'] as const);
+  if (options.clientInstall === 'full copy') summary.why.push('packaging: not asked for (--client-install full)');
+  else if (urls.length > 0) {
     const answer = await host.run(sh(INSTALL_BY_PACKAGING, [options.hostDir, ...urls]), { allowCodes: [3, 10], timeoutMs: 600_000 });
     if (answer.code === 0) {
       summary.clientInstall = 'packaging';
@@ -84,7 +88,7 @@ async function installClient(host: TestHost, options: AutoservOptions, summary: 
     }
     summary.why.push(`packaging: ${answer.stderr || `exit code ${answer.code.toString()}`}`);
   } else summary.why.push('packaging: no http(s) repository in fetch_location');
-  for (const way of ['light copy', 'full copy'] as const) {
+  for (const way of ways) {
     try {
       const tarball = path.join(work, `client-${way === 'light copy' ? 'light' : 'full'}.tar.gz`);
       const source = { type: 'client' as const, name: CLIENT_PACKAGE_NAME, root: options.clientDir, fileName: 'client.tar.gz' };
@@ -145,11 +149,15 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
     const job = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
       '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json'], (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000);
     const jsonStart = job.stdout.indexOf('\n{\n');
-    const report = jsonStart >= 0 ? JSON.parse(job.stdout.slice(jsonStart + 1)) as { status: string; tests: { name: string; status: string }[]; totals: { bytes: number; seconds: number } } : undefined;
+    const report = jsonStart >= 0
+      ? JSON.parse(job.stdout.slice(jsonStart + 1)) as { status: string; tests: { name: string; status: string }[]; transfers: { seconds: number }[]; totals: { bytes: number } }
+      : undefined;
     if (report) {
       summary.status = report.status;
       summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
+      // Setup: putting the client there, then getting (or checking) every package the job named.
       summary.setup.bytes += report.totals.bytes;
+      summary.setup.seconds += report.transfers.reduce((sum, t) => sum + t.seconds, 0);
     } else summary.error = `the job ended without a report (exit code ${job.code.toString()})${job.stderr ? `: ${job.stderr}` : ''}`;
     // The results come back whole: a tar stream of the host's results folder.
     const copy = host.spawn(['tar', '-C', remoteResults, '-cf', '-', '.']);

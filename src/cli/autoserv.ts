@@ -12,6 +12,7 @@ interface AutoservFlags {
   config?: string;
   clientDir?: string;
   hostDir?: string;
+  clientInstall: string;
 }
 
 export function autoservCommand(output: Output, setExit: (code: number) => void): Command {
@@ -22,18 +23,21 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
     .option('-r, --results <dir>', 'results folder (default: results/autoserv)')
     .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
     .option('--client-dir <path>', 'the client tree copied when packaging fails (default: client_dir, else the example tree)')
+    .option('--client-install <way>', 'auto (packaging, else a light copy, else the full tree) or full (the full tree, as without packaging)', 'auto')
     .option('--host-dir <path>', 'folder on each host for the client, its package cache and results (default: /var/tmp/autotest)')
     .action(async (control: string, flags: AutoservFlags) => {
       const hosts = flags.machines.split(',').map((h) => h.trim()).filter((h) => h !== '');
       if (hosts.length === 0) throw new AutotestError('ERR_USAGE', '-m names no host');
       for (const host of hosts) parseHost(host);
       const hostDir = flags.hostDir ?? '/var/tmp/autotest';
+      if (flags.clientInstall !== 'auto' && flags.clientInstall !== 'full') throw new AutotestError('ERR_USAGE', `--client-install ${flags.clientInstall}: auto or full`);
       if (!path.posix.isAbsolute(hostDir) || /[\0-\x1f]/.test(hostDir)) throw new AutotestError('ERR_USAGE', `--host-dir ${hostDir}: must be an absolute path`);
       const config = await loadConfig({ file: flags.config });
       for (const warning of config.warnings) output.err(`warning: ${warning}`);
       const summaries = await runAutoserv({
         hosts, control: path.resolve(control), resultsDir: path.resolve(flags.results ?? path.join('results', 'autoserv')),
         locations: config.packages.fetchLocations, clientDir: chooseClientDir(flags, config), hostDir,
+        clientInstall: flags.clientInstall === 'full' ? 'full copy' : 'auto',
         onLine: (host, line) => { if (!line.startsWith('{') && !line.startsWith(' ') && !line.startsWith('}')) output.out(`[${host}] ${line}`); },
       });
       for (const s of summaries) {
