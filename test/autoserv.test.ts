@@ -6,6 +6,8 @@ import { createNamespaceHost, type NamespaceHost } from './fixtures/netns.js';
 import { startNginx } from './fixtures/nginx.js';
 import { startSshd, writeSshConfig, type SshServer } from './fixtures/sshd.js';
 import { copyExampleTree, ROOT, runCli, tempDir, writeConfig } from './helpers.js';
+import { PassThrough } from 'node:stream';
+import { answerPackageRequest } from '../src/autoserv/index.js';
 
 interface Lab {
   dir: string;
@@ -76,7 +78,7 @@ test('autoserv runs the example job on three namespace hosts at once: the client
   }
 });
 
-test('a host whose repositories are unreachable gets the client by copy, and its summary says why packaging failed', async (t) => {
+test('a host whose repositories are unreachable still completes the job: the client by copy, the tests served by autoserv over the SSH channel, and the summary says so', async (t) => {
   const { dir, hosts, sshConfig } = await lab(t, 1);
   const host = hosts[0];
   assert.ok(host);
@@ -84,11 +86,38 @@ test('a host whose repositories are unreachable gets the client by copy, and its
   const unreachable = await writeConfig(dir, { fetch_location: `http://${host.ns.hostSideAddress}:9/packages/builtin`, client_dir: path.join(dir, 'client') }, 'unreachable.ini');
   const result = await runCli(['autoserv', '-m', host.sshd.alias, '-r', path.join(dir, 'results'), '--config', unreachable, '--host-dir', path.join(dir, 'hosts', '{host}'),
     path.join(ROOT, 'example', 'jobs', 'example.control.mjs')], { cwd: dir, env: { AUTOTEST_SSH_CONFIG: sshConfig } });
-  assert.equal(result.code, 1);
+  assert.equal(result.code, 0, result.stdout + result.stderr);
   const [summary] = JSON.parse(await readFile(path.join(dir, 'results', 'summary.json'), 'utf8')) as Summary[];
   assert.equal(summary?.clientInstall, 'light copy');
   assert.match(summary.why.join(' '), /packaging: [\s\S]*cannot fetch packages\.checksum/);
+  assert.equal(summary.status, 'GOOD');
   assert.match(result.stdout, new RegExp(`${host.sshd.alias}: client by light copy`));
+  const transfers = JSON.parse(await readFile(path.join(dir, 'results', summary.host, 'transfers.json'), 'utf8')) as { transfers: { file: string; repository: string }[] };
+  assert.deepEqual([...new Set(transfers.transfers.map((r) => r.repository))], ['autoserv']);
+  assert.equal(transfers.transfers.length, 4);
+});
+
+test('a package request over the autoserv channel that is malformed or tries to leave the client tree is refused', async (t) => {
+  const dir = await tempDir(t);
+  const clientDir = await copyExampleTree(dir);
+  for (const payload of ['{"id":1,"type":"test","name":"../../etc"}', '{"id":2,"type":"client","name":"autotest"}', '{"id":3,"type":"test","name":"a;rm -rf"}',
+    '{"id":4,"type":"test"}', 'not json', '{"id":5,"type":"dep","name":"nosuchdep"}', '{"id":6,"type":"test","name":"/etc/passwd"}']) {
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (c: Buffer) => chunks.push(c));
+    await answerPackageRequest(payload, clientDir, dir, out);
+    const answer = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error?: string; size?: number };
+    assert.equal(typeof answer.error, 'string', payload);
+    assert.equal(answer.size, undefined, `${payload}: no bytes sent`);
+  }
+  const out = new PassThrough();
+  const chunks: Buffer[] = [];
+  out.on('data', (c: Buffer) => chunks.push(c));
+  await answerPackageRequest('{"id":7,"type":"test","name":"hello"}', clientDir, dir, out);
+  const all = Buffer.concat(chunks);
+  const header = JSON.parse(all.subarray(0, all.indexOf(10)).toString('utf8')) as { id: number; file: string; size: number };
+  assert.deepEqual([header.id, header.file], [7, 'test-hello.tar.bz2']);
+  assert.equal(all.length - all.indexOf(10) - 1, header.size, 'exactly the announced bytes follow');
 });
 
 test('autoserv refuses host names that could reach a shell', async (t) => {

@@ -6,8 +6,10 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Location } from '../config/index.js';
 import { describeError } from '../errors.js';
-import { CLIENT_PACKAGE_NAME, packEntries } from '../packages/index.js';
-import { packageEntries } from '../packager/client-tree.js';
+import { CLIENT_PACKAGE_NAME, checkName, packEntries } from '../packages/index.js';
+import { CHANNEL_REQUEST_PREFIX } from '../client/channel.js';
+import type { Writable } from 'node:stream';
+import { packageEntries, selectSources } from '../packager/client-tree.js';
 import { createHost, type TestHost } from './host.js';
 
 export interface AutoservOptions {
@@ -23,6 +25,8 @@ export interface AutoservOptions {
   onLine?: (host: string, line: string) => void;
   /** Longest a job may run on a host. */
   jobTimeoutMs?: number;
+  /** serve_packages_from_autoserv: answer the job's requests for packages no repository has (default true). */
+  servePackages?: boolean;
   /** 'auto' (default): packaging, else a light copy, else the full tree; 'full copy': the full tree only, as Autotest without packaging. */
   clientInstall?: 'auto' | 'full copy';
 }
@@ -105,27 +109,73 @@ async function installClient(host: TestHost, options: AutoservOptions, summary: 
   throw new Error(`the client could not be installed: ${summary.why.join('; ')}`);
 }
 
-/** Streams the job's stdout lines to onLine; resolves with the whole output. */
-function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> {
+/**
+ * autoserv's end of the channel: a request names a type and a package; anything that is not
+ * a test, dep or profiler with a valid name is refused with a reason. The package is packed
+ * from autoserv's own client tree and sent as a JSON header (size, md5, sha256) and the bytes.
+ */
+export async function answerPackageRequest(payload: string, clientDir: string, work: string, stdin: Writable): Promise<void> {
+  let id = 0;
+  const refuse = (why: string): void => { stdin.write(`${JSON.stringify({ id, error: why })}\n`); };
+  try {
+    const request = JSON.parse(payload) as { id?: unknown; type?: unknown; name?: unknown };
+    id = typeof request.id === 'number' && Number.isSafeInteger(request.id) ? request.id : 0;
+    if (request.type !== 'test' && request.type !== 'dep' && request.type !== 'profiler') { refuse(`type ${JSON.stringify(request.type)}: only test, dep or profiler`); return; }
+    if (typeof request.name !== 'string') { refuse('no package name'); return; }
+    const name = checkName(request.name, request.type);
+    const selection = { all: false, tests: request.type === 'test' ? [name] : [], deps: request.type === 'dep' ? [name] : [], profilers: request.type === 'profiler' ? [name] : [], client: false, files: [] };
+    const [source] = await selectSources(clientDir, selection, 'bzip2');
+    if (!source) { refuse(`${request.type} ${name}: not in autoserv's client tree`); return; }
+    const tarball = path.join(work, `${randomBytes(4).toString('hex')}-${source.fileName}`);
+    const packed = await packEntries(await packageEntries(source), tarball, 'bzip2');
+    stdin.write(`${JSON.stringify({ id, file: source.fileName, size: packed.size, md5: packed.md5, sha256: packed.sha256 })}\n`);
+    await new Promise<void>((resolve, reject) => {
+      const file = createReadStream(tarball);
+      file.on('error', reject);
+      file.on('end', resolve);
+      file.pipe(stdin, { end: false });
+    });
+    await rm(tarball, { force: true });
+  } catch (error) {
+    refuse(describeError(error));
+  }
+}
+
+/** Streams the job's stdout lines to onLine, answers channel requests; resolves with the whole output. */
+function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number, channel: { clientDir: string; work: string } | undefined): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = host.spawn(argv);
-    child.stdin?.end();
+    child.stdin?.on('error', () => undefined);
+    if (!channel) child.stdin?.end();
+    let answering = Promise.resolve();
     let stdout = '';
     let pending = '';
     let stderr = '';
     child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      stdout += chunk;
       pending += chunk;
       const lines = pending.split('\n');
       pending = lines.pop() ?? '';
-      for (const line of lines) onLine(line);
+      for (const line of lines) {
+        if (channel && child.stdin && line.startsWith(CHANNEL_REQUEST_PREFIX)) {
+          const stdin = child.stdin;
+          const payload = line.slice(CHANNEL_REQUEST_PREFIX.length);
+          answering = answering.then(() => answerPackageRequest(payload, channel.clientDir, channel.work, stdin));
+          continue;
+        }
+        stdout += `${line}\n`;
+        onLine(line);
+      }
     });
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { if (stderr.length < 8192) stderr += chunk; });
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', (error) => { clearTimeout(timer); reject(error); });
     child.on('close', (code) => {
       clearTimeout(timer);
-      if (pending !== '') onLine(pending);
+      child.stdin?.destroy();
+      if (pending !== '') {
+        stdout += pending;
+        onLine(pending);
+      }
       resolve({ code: code ?? 128, stdout, stderr: stderr.trim() });
     });
   });
@@ -147,7 +197,8 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
     await host.run(['sh', '-c', 'cat > "$1"', 'sh', control], { input: await readFile(options.control) });
     await host.run(['sh', '-c', 'cat > "$1"', 'sh', ini], { input: `[PACKAGES]\nfetch_location: ${options.locations.map((l) => l.text.replaceAll('%', '%%')).join(', ')}\n` });
     const job = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
-      '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json'], (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000);
+      '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json', ...(options.servePackages === false ? [] : ['--autoserv-channel'])],
+    (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000, options.servePackages === false ? undefined : { clientDir: options.clientDir, work });
     const jsonStart = job.stdout.indexOf('\n{\n');
     const report = jsonStart >= 0
       ? JSON.parse(job.stdout.slice(jsonStart + 1)) as { status: string; tests: { name: string; status: string }[]; transfers: { seconds: number }[]; totals: { bytes: number } }

@@ -38,6 +38,7 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
         hosts, control: path.resolve(control), resultsDir: path.resolve(flags.results ?? path.join('results', 'autoserv')),
         locations: config.packages.fetchLocations, clientDir: chooseClientDir(flags, config), hostDir,
         clientInstall: flags.clientInstall === 'full' ? 'full copy' : 'auto',
+        servePackages: config.packages.servePackagesFromAutoserv,
         onLine: (host, line) => { if (!line.startsWith('{') && !line.startsWith(' ') && !line.startsWith('}')) output.out(`[${host}] ${line}`); },
       });
       for (const s of summaries) {

@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { loadConfig, parseLocation } from '../config/index.js';
 import { installPackages } from '../client/install.js';
 import { runJob } from '../client/job.js';
+import { createChannelClient } from '../client/channel.js';
 import { checkType, parseNameList } from '../packages/index.js';
 import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 
@@ -43,6 +44,7 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
 
 interface RunFlags extends ClientFlags {
   results?: string;
+  autoservChannel?: boolean;
 }
 
 async function runControl(control: string, flags: RunFlags, output: Output): Promise<number> {
@@ -60,7 +62,10 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
       ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
     },
     onStatus: (line) => { output.out(line); },
+    ...(flags.autoservChannel === true ? { channel: createChannelClient(process.stdin, process.stdout, config.packages.fetch.timeoutMs) } : {}),
   });
+  // The channel's input stays open until autoserv sees the job end: let go of it now.
+  if (flags.autoservChannel === true) process.stdin.destroy();
   if (flags.json === true) output.out(JSON.stringify(report, null, 2));
   else output.out(`job ${report.status}: ${report.tests.length.toString()} test(s), ${report.totals.packages.toString()} package(s) fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
   return report.status === 'GOOD' ? EXIT_OK : EXIT_FAILED;
@@ -77,6 +82,7 @@ export function clientCommand(output: Output, setExit: (code: number) => void): 
     .option('--cache-dir <path>', 'the package cache (default: INSTALL_DIR/packages)')
     .option('-r, --repository <location>', 'a repository tried before fetch_location; repeatable', collect)
     .option('--json', 'print the job report as JSON at the end')
+    .option('--autoserv-channel', 'run under autoserv: ask it, over standard input and output, for packages no repository has')
     .exitOverride()
     .action(async (control: string, flags: RunFlags) => {
       setExit(await runControl(control, flags, output));

@@ -158,3 +158,20 @@ async function cachedMatches(cached: string, entry: IndexEntry): Promise<boolean
     return false;
   }
 }
+
+/**
+ * Installs a package from a tarball that came another way than a repository (autoserv's
+ * channel), already verified by the caller against the checksum it was sent with: same lock,
+ * recovery, swap and marker as installPackages.
+ */
+export async function installFromTarball(type: PackageType, name: string, tarball: string, md5: string, options: Pick<InstallOptions, 'installDir' | 'cacheDir'>): Promise<string> {
+  checkName(name);
+  const cacheDir = options.cacheDir ?? path.join(options.installDir, 'packages');
+  await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
+  const folder = installFolder(options.installDir, type, name);
+  await withHeldLock(spawnLocalFlock(path.join(cacheDir, '.locks', `${type}-${name}.lock`)), `package cache ${cacheDir}`, async () => {
+    await recover(folder);
+    await swapIn(tarball, folder, md5);
+  });
+  return folder;
+}

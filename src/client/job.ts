@@ -3,9 +3,10 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { AutotestError, describeError } from '../errors.js';
+import { AutotestError, describeError, isAutotestError } from '../errors.js';
 import { checkName, type PackageType } from '../packages/index.js';
-import { installFolder, installPackages, type InstallOptions, type InstallRecord } from './install.js';
+import { installFolder, installFromTarball, installPackages, type InstallOptions, type InstallRecord } from './install.js';
+import type { ChannelClient } from './channel.js';
 import { createStatusLog, type Status } from './status-log.js';
 
 export interface JobOptions {
@@ -17,6 +18,8 @@ export interface JobOptions {
   onStatus?: (line: string) => void;
   /** Longest a test, a dep setup or a profiler call may take; default 1 h. */
   stepTimeoutMs?: number;
+  /** autoserv's channel: asked, last, for a package that no repository has. */
+  channel?: ChannelClient;
 }
 
 export interface TestResult {
@@ -95,14 +98,34 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
   const subdirs = new Map<string, number>();
   const activeProfilers = new Map<string, PackageModule>();
 
-  const install = async (type: PackageType, name: string): Promise<PackageModule> => {
-    checkName(name, type);
+  const fromRepositories = async (type: PackageType, name: string): Promise<string> => {
     const [record] = await installPackages(type, [name], options.install);
     if (!record) throw new AutotestError('ERR_NOT_FOUND', `${type} ${name} was not installed`);
     transfers.push({ type, name, file: record.file, action: record.action, repository: record.repository, bytes: record.bytes, seconds: record.seconds });
+    return record.md5;
+  };
+  const fromAutoserv = async (type: PackageType, name: string, channel: ChannelClient): Promise<string> => {
+    const cacheDir = options.install.cacheDir ?? path.join(options.install.installDir, 'packages');
+    await mkdir(cacheDir, { recursive: true });
+    const answer = await channel.fetch(type, name, cacheDir);
+    await installFromTarball(type, name, answer.file, answer.md5, options.install);
+    transfers.push({ type, name, file: path.basename(answer.file), action: 'fetched', repository: 'autoserv', bytes: answer.bytes, seconds: answer.seconds });
+    return answer.md5;
+  };
+
+  const install = async (type: PackageType, name: string): Promise<PackageModule> => {
+    checkName(name, type);
+    let md5: string;
+    try {
+      md5 = await fromRepositories(type, name);
+    } catch (error) {
+      // No repository has it: autoserv packs it from its own tree, when it serves packages.
+      if (!options.channel || !isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED')) throw error;
+      md5 = await fromAutoserv(type, name, options.channel);
+    }
     const file = path.join(installFolder(options.install.installDir, type, name), `${name}.mjs`);
     // The marker's checksum in the URL: a new version of the package is a new module.
-    const loaded = (await import(`${pathToFileURL(file).href}?md5=${record.md5}`)) as PackageModule;
+    const loaded = (await import(`${pathToFileURL(file).href}?md5=${md5}`)) as PackageModule;
     return loaded;
   };
 
