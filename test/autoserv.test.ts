@@ -17,9 +17,13 @@ interface Lab {
 }
 
 /** Three namespace hosts with their own sshd, and the repository served by nginx on the host side of each link. */
-async function lab(t: TestContext, count: number): Promise<Lab> {
+async function lab(t: TestContext, count: number, extra: Record<string, string> = {}): Promise<Lab> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
+  for (const [file, text] of Object.entries(extra)) {
+    await mkdir(path.dirname(path.join(clientDir, file)), { recursive: true });
+    await writeFile(path.join(clientDir, file), text);
+  }
   const builtin = path.join(dir, 'www', 'builtin');
   await mkdir(builtin, { recursive: true });
   const hosts: Lab['hosts'] = [];
@@ -150,4 +154,26 @@ test('a host that drops its SSH connection in the middle of the job ends as ABOR
   const [summary] = JSON.parse(await readFile(path.join(dir, 'results', 'summary.json'), 'utf8')) as (Summary & { error?: string })[];
   assert.equal(summary?.status, 'ABORT');
   assert.match(summary.error ?? '', /without a report|cannot connect|failed/);
+});
+
+test('a failing test, a throwing test and a dep whose setup fails give their status in status.log and in the host summary', async (t) => {
+  const { dir, hosts, sshConfig, config } = await lab(t, 1, {
+    'tests/failing/failing.mjs': "export async function run() { const e = new Error('wrong numbers'); e.name = 'TestFail'; throw e; }\n",
+    'tests/throwing/throwing.mjs': 'export async function run() { return undefined.missing; }\n',
+    'deps/broken/broken.mjs': "export async function setup() { throw new Error('cannot build'); }\n",
+  });
+  const host = hosts[0];
+  assert.ok(host);
+  const control = path.join(dir, 'faults.control.mjs');
+  await writeFile(control, "export default async (job) => { await job.runTest('failing'); await job.runTest('throwing'); try { await job.setupDep('broken'); } catch {} await job.runTest('hello'); };\n");
+  const result = await runCli(['autoserv', '-m', host.sshd.alias, '-r', path.join(dir, 'results'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control],
+    { cwd: dir, env: { AUTOTEST_SSH_CONFIG: sshConfig } });
+  assert.equal(result.code, 1);
+  const [summary] = JSON.parse(await readFile(path.join(dir, 'results', 'summary.json'), 'utf8')) as Summary[];
+  assert.equal(summary?.status, 'ERROR');
+  assert.deepEqual(summary.tests, [{ name: 'failing', status: 'FAIL' }, { name: 'throwing', status: 'ERROR' }, { name: 'hello', status: 'GOOD' }]);
+  const log = await readFile(path.join(dir, 'results', summary.host, 'status.log'), 'utf8');
+  assert.match(log, /\tFAIL\tfailing\tfailing\t.*wrong numbers/);
+  assert.match(log, /\tERROR\t----\tdep\.broken\t.*cannot build/);
+  assert.match(log, /^END ERROR\t----/m);
 });
