@@ -56,7 +56,7 @@ async function main(): Promise<void> {
     const run = async (label: string, hostDir: string, clientInstall: 'auto' | 'full copy'): Promise<{ label: string; seconds: number; setup: number; bytes: number; summaries: HostSummary[] }> => {
       const started = performance.now();
       const summaries = await runAutoserv({
-        hosts: hosts.map((h) => h.sshd.alias), control, resultsDir: path.join(work, 'results', label), locations: config.packages.fetchLocations,
+        hosts: hosts.map((h) => h.sshd.alias), control, resultsDir: path.join(work, 'results', label.replace(/[^A-Za-z0-9]+/g, '-')), locations: config.packages.fetchLocations,
         clientDir, hostDir, clientInstall,
       });
       await closeSshConnections();
@@ -65,9 +65,20 @@ async function main(): Promise<void> {
       // Hosts set up in parallel: the setup time of the run is the slowest host's.
       return { label, seconds, setup: Math.max(...summaries.map((s) => s.setup.seconds)), bytes: summaries.reduce((sum, s) => sum + s.setup.bytes, 0), summaries };
     };
-    const cold = await run('packaging, cold', path.join(work, 'hosts-pkg', '{host}'), 'auto');
-    const warm = await run('packaging, warm', path.join(work, 'hosts-pkg', '{host}'), 'auto');
-    const full = await run('no packaging (full copy)', path.join(work, 'hosts-full', '{host}'), 'full copy');
+    // Best of a few runs each (fresh host folders for cold and full copy): three hosts and
+    // their sshd share two cores, so single runs are noisy.
+    const best = async (label: string, tries: number, dir: (i: number) => string, way: 'auto' | 'full copy'): Promise<Awaited<ReturnType<typeof run>>> => {
+      let found: Awaited<ReturnType<typeof run>> | undefined;
+      for (let i = 0; i < tries; i += 1) {
+        const result = await run(`${label} ${i.toString()}`, dir(i), way);
+        if (!found || result.setup < found.setup) found = { ...result, label };
+      }
+      if (!found) throw new Error('no run');
+      return found;
+    };
+    const cold = await best('packaging, cold', 2, (i) => path.join(work, `hosts-cold-${i.toString()}`, '{host}'), 'auto');
+    const warm = await best('packaging, warm', 3, () => path.join(work, 'hosts-cold-1', '{host}'), 'auto');
+    const full = await best('no packaging (full copy)', 2, (i) => path.join(work, `hosts-full-${i.toString()}`, '{host}'), 'full copy');
     console.log('autoserv, example job on 3 namespace hosts; setup = client install + every package fetched or checked (slowest host), bytes summed over hosts:');
     for (const r of [cold, warm, full]) {
       console.log(`  ${r.label.padEnd(26)} setup ${r.setup.toFixed(2)} s  ${r.bytes.toString().padStart(10)} bytes  (whole run ${r.seconds.toFixed(2)} s; client by ${r.summaries[0]?.clientInstall ?? '?'})`);
