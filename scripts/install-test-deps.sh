@@ -22,6 +22,9 @@ have git git
 have nsenter util-linux
 have ip iproute2
 have curl curl
+# A real S3-compatible server (Ceph radosgw) for the S3 tests.
+have radosgw radosgw
+have ceph-mon ceph
 # The frontend tests drive Debian's Chromium with playwright-core; the server benchmark uses wrk.
 have chromium chromium
 have wrk wrk
