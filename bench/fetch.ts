@@ -8,7 +8,6 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +15,7 @@ import { installPackages } from '../src/client/install.js';
 import type { FetchSettings, Location } from '../src/config/index.js';
 import { closeHttpConnections, PackageFetcher } from '../src/fetch/index.js';
 import { startNginx } from '../test/fixtures/nginx.js';
+import { freePort } from '../test/fixtures/process.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
 const EXAMPLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../example/client');
@@ -29,14 +29,6 @@ async function writeRandom(file: string, bytes: number): Promise<void> {
     if (!out.write(randomBytes(1024 * 1024))) await new Promise<void>((resolve) => out.once('drain', () => { resolve(); }));
   }
   await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => { if (error) reject(error); else resolve(); }));
-}
-
-async function refusedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => { resolve(); }));
-  return port;
 }
 
 async function time(run: () => Promise<unknown>): Promise<number> {
@@ -88,7 +80,7 @@ async function main(): Promise<void> {
       console.log(`  ours (index + sha256 verified)   ${oursS.toFixed(3)} s  ${(mb / oursS).toFixed(0)} MB/s`);
       console.log(`  throughput ratio ours/curl: ${(curlS / oursS).toFixed(2)}x (target >= 0.9x)`);
 
-      const refused: Location = { kind: 'http', url: `http://127.0.0.1:${(await refusedPort()).toString()}/packages`, text: 'refused' };
+      const refused: Location = { kind: 'http', url: `http://127.0.0.1:${(await freePort()).toString()}/packages`, text: 'refused' };
       const direct: number[] = [];
       const fallback: number[] = [];
       for (let i = 0; i < 2 * RUNS; i += 1) {

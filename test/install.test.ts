@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { access, cp, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type { FetchSettings, Location } from '../src/config/index.js';
@@ -11,6 +11,8 @@ import { uploadPackages } from '../src/packager/index.js';
 import { digestFile } from '../src/packages/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
 import { CLI, copyExampleTree, tempDir } from './helpers.js';
+// A free loopback port is one where nothing listens: connections to it are refused.
+import { freePort } from './fixtures/process.js';
 import { spawn } from 'node:child_process';
 
 const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 2000, retries: 1, cooldownMs: 0 };
@@ -71,15 +73,6 @@ async function faultServer(t: TestContext, dir: string, fault: Fault | undefined
     server.close(() => { resolve(); });
   }));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, requests };
-}
-
-/** A loopback port nothing listens on: connections are refused. */
-async function refusedPort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => { resolve(); }));
-  return port;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -143,7 +136,7 @@ for (const [name, fault] of FAULTS) {
     const repo = await publishExample(t);
     const repoDir = path.join(repo.dir, 'repo');
     const first = fault === 'refused'
-      ? httpLocation(`http://127.0.0.1:${(await refusedPort()).toString()}/repo`)
+      ? httpLocation(`http://127.0.0.1:${(await freePort()).toString()}/repo`)
       : httpLocation((await faultServer(t, repoDir, fault)).url);
     const installDir = path.join(repo.dir, 'install');
     const [record] = await installPackages('test', ['dbench'], { locations: [first, local(repoDir)], settings: FAST, installDir });
@@ -192,7 +185,7 @@ test('a download cut half way resumes from where it stopped on the next try, ask
 
 test('when every repository fails, one error names each repository and why, and an unreachable one is skipped while it cools down', async (t) => {
   const repo = await publishExample(t);
-  const refused = httpLocation(`http://127.0.0.1:${(await refusedPort()).toString()}/repo`);
+  const refused = httpLocation(`http://127.0.0.1:${(await freePort()).toString()}/repo`);
   const server = await faultServer(t, path.join(repo.dir, 'repo'), (_f, _r, response) => { response.writeHead(404).end(); });
   const missing = local(path.join(repo.dir, 'nowhere'));
   const options = { locations: [refused, httpLocation(server.url), missing], settings: { ...FAST, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };

@@ -46,7 +46,9 @@ function collect(child: ChildProcess, input: string | Buffer | Readable | undefi
 
 function checked(name: string, argv: readonly string[], result: { code: number; stdout: string; stderr: string }, allowCodes: readonly number[] = []): { code: number; stdout: string; stderr: string } {
   if (result.code === 0 || allowCodes.includes(result.code)) return result;
-  throw new AutotestError('ERR_SSH', `${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`);
+  throw new AutotestError('ERR_SSH', `${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`, {
+    hint: 'check --host-dir is writable on the host and that node, tar and sh are installed there',
+  });
 }
 
 export function createHost(text: string): TestHost {

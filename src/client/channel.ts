@@ -44,7 +44,10 @@ export function createChannelClient(input: Readable, output: Writable, timeoutMs
 
   const more = (deadline: number): Promise<void> => new Promise((resolve, reject) => {
     if (ended) { reject(new AutotestError('ERR_FETCH', 'autoserv channel: closed')); return; }
-    const timer = setTimeout(() => { waiting = undefined; reject(new AutotestError('ERR_FETCH', 'autoserv channel: no answer in time')); }, Math.max(0, deadline - Date.now()));
+    const timer = setTimeout(() => {
+      waiting = undefined;
+      reject(new AutotestError('ERR_FETCH', 'autoserv channel: no answer within fetch_timeout', { hint: 'autoserv may be packing a large package; raise fetch_timeout, or publish the package to a repository' }));
+    }, Math.max(0, deadline - Date.now()));
     waiting = () => { clearTimeout(timer); waiting = undefined; resolve(); };
     input.resume();
   });

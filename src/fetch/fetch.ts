@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FetchSettings, Location } from '../config/index.js';
-import { AutotestError, errnoCode } from '../errors.js';
+import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import type { IndexEntry, RepositoryIndex } from '../packages/index.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
@@ -140,6 +140,8 @@ export class PackageFetcher {
         if (typeof result === 'string') reasons.push(`${repository.name}: ${result}`);
         else return result;
       } catch (error) {
+        // The package cache refusing is this machine's problem: no other repository would do better.
+        if (isAutotestError(error, 'ERR_LOCATION_REFUSED')) throw error;
         const failure = classifyNetworkError(error, repository.name);
         const reason = error instanceof AutotestError ? error.message : failure.message;
         if (failure.down) await this.health.failed(repository.name, reason);

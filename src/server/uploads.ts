@@ -43,8 +43,8 @@ function tooLarge(limit: number): AutotestError {
   });
 }
 
-/** Counts bytes on the way and fails the stream past the limit. */
-function limitBytes(limit: number): Transform & { bytes: () => number } {
+/** Fails the stream once more than `limit` bytes went through. */
+function limitBytes(limit: number): Transform {
   let bytes = 0;
   const stream = new Transform({
     transform(chunk: Buffer, _encoding, callback) {
@@ -53,7 +53,7 @@ function limitBytes(limit: number): Transform & { bytes: () => number } {
       else callback(null, chunk);
     },
   });
-  return Object.assign(stream, { bytes: () => bytes });
+  return stream;
 }
 
 function reportStatus(report: OperationReport): number {

@@ -157,7 +157,9 @@ export function sshFailure(name: string, argv: readonly string[], result: { code
       hint: 'check the host, that keyless (key-based, BatchMode) login works with "ssh HOST true", and ~/.ssh/config',
     });
   }
-  return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`);
+  return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`, {
+    hint: 'check the folder and its permissions on the host, and that sh, coreutils and flock are installed there',
+  });
 }
 
 /** The shared SshHost for an endpoint, so one run keeps one connection per host. */
