@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npx esbuild src/cli/client-main.ts src/fetch/hash-worker.ts \
-  --bundle --platform=node --target=node20 --format=esm --log-level=warning \
+  --bundle --minify --keep-names --platform=node --target=node20 --format=esm --log-level=warning \
   --outdir=dist/client-runtime --entry-names='[name]' --out-extension:.js=.mjs \
   --banner:js="import { createRequire as __autotestRequire } from 'node:module'; const require = __autotestRequire(import.meta.url);"
 mv dist/client-runtime/client-main.mjs dist/client-runtime/autotest-client.mjs

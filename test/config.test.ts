@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS, SERVER_KEYS } from '../src/config/index.js';
+import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS, SERVER_KEYS, S3_KEYS } from '../src/config/index.js';
 import { isAutotestError } from '../src/errors.js';
 import { ROOT, tempDir, writeConfig } from './helpers.js';
 
@@ -88,7 +88,7 @@ test('takes the config file from the environment when --config is not given, and
 test('the example config in etc/ lists every key and loads without warnings', async () => {
   const file = path.join(ROOT, 'etc', 'global_config.example.ini');
   const text = await readFile(file, 'utf8');
-  for (const key of [...Object.keys(PACKAGES_KEYS), ...Object.keys(SERVER_KEYS)]) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
+  for (const key of [...Object.keys(PACKAGES_KEYS), ...Object.keys(SERVER_KEYS), ...Object.keys(S3_KEYS)]) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
   const config = await loadConfig({ file });
   assert.deepEqual(config.warnings, []);
   assert.equal(config.packages.fetchLocations.length, 4);
@@ -121,7 +121,8 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
   };
   const defaults = await loadConfig({ file: await write(''), env: {} });
   assert.deepEqual({ ...defaults.server }, {
-    logLevel: 'info', listenAddress: '127.0.0.1', port: 8080, builtinDir: `${dir}/builtin`, customDir: `${dir}/custom`,
+    logLevel: 'info', listenAddress: '127.0.0.1', port: 8080,
+    builtin: { kind: 'local', path: `${dir}/builtin`, text: `${dir}/builtin` }, custom: { kind: 'local', path: `${dir}/custom`, text: `${dir}/custom` },
     uploadToken: undefined, maxUploadBytes: 1024e6,
   });
   const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });

@@ -26,7 +26,7 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   const type = checkType(typeText);
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
-  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
   const records = await installPackages(type, names.flatMap((n) => parseNameList(n, type)), {
     locations: [...extra, ...config.packages.fetchLocations],
     settings: config.packages.fetch,
@@ -36,6 +36,7 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   if (flags.json === true) output.out(JSON.stringify(records, null, 2));
   else {
     for (const r of records) {
+      for (const reason of r.passedOver) output.err(`warning: ${r.type} ${r.name}: passed over ${reason}`);
       output.out(`${r.type} ${r.name}: ${r.action} (${r.file} from ${r.repository}, ${formatBytes(r.bytes)} moved, ${r.seconds.toFixed(2)} s) -> ${r.folder}`);
     }
   }
@@ -50,7 +51,7 @@ interface RunFlags extends ClientFlags {
 async function runControl(control: string, flags: RunFlags, output: Output): Promise<number> {
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
-  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
   const resultsDir = path.resolve(flags.results ?? path.join('results', 'default'));
   const report = await runJob({
     control: path.resolve(control),

@@ -56,7 +56,7 @@ export function chooseClientDir(flags: { clientDir?: string | undefined }, confi
 }
 
 function uploadLocations(flags: PackagerFlags, config: Config): Location[] {
-  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
   const locations = [...config.packages.uploadLocations, ...extra];
   if (locations.length === 0) {
     throw new AutotestError('ERR_USAGE', `no upload location: ${config.source} sets no upload_location in [PACKAGES] and no -r was given`, {
@@ -86,7 +86,7 @@ function printOperation(output: Output, report: OperationReport, verb: string): 
 
 /** upkeep works on custom_upload_location (and -r), never on the builtin repositories. */
 async function upkeep(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
-  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd()));
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
   const locations = [...config.packages.customUploadLocations, ...extra];
   if (locations.length === 0) {
     throw new AutotestError('ERR_USAGE', `nothing to keep up: ${config.source} sets no custom_upload_location in [PACKAGES] and no -r was given`, {

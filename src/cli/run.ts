@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { closeHttpConnections } from '../fetch/index.js';
+import { closeS3Connections } from '../s3/client.js';
 import { closeSshConnections } from '../ssh/session.js';
 import { EXIT_USAGE, printError, processOutput, type Output } from './output.js';
 
@@ -25,6 +26,7 @@ export async function runProgram(description: string, commands: CommandFactory[]
     return printError(processOutput, error);
   } finally {
     closeHttpConnections();
+    closeS3Connections();
     await closeSshConnections();
   }
   return exitCode;

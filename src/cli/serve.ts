@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import type { FastifyInstance } from 'fastify';
-import { loadConfig, type Config } from '../config/index.js';
+import { describeLocation, loadConfig, type Config } from '../config/index.js';
 import { AutotestError } from '../errors.js';
 import { buildServer } from '../server/index.js';
 import { EXIT_OK, type Output } from './output.js';
@@ -27,8 +27,8 @@ export function applyServeFlags(config: Config, flags: ServeFlags): Config {
 export async function serveUntilStopped(config: Config, output: Output): Promise<number> {
   const app: FastifyInstance = await buildServer({ config, logLevel: config.server.logLevel });
   const address = await app.listen({ host: config.server.listenAddress, port: config.server.port });
-  output.out(`serving ${config.server.builtinDir ?? '(no builtin folder)'} at ${address}/packages/builtin/`);
-  output.out(`serving ${config.server.customDir ?? '(no custom folder)'} at ${address}/packages/custom/`);
+  output.out(`serving ${config.server.builtin ? describeLocation(config.server.builtin) : '(no builtin repository)'} at ${address}/packages/builtin/`);
+  output.out(`serving ${config.server.custom ? describeLocation(config.server.custom) : '(no custom repository)'} at ${address}/packages/custom/`);
   output.out(`open ${address}/ in a browser (uploads ${config.server.uploadToken ? 'enabled' : 'disabled: no upload_token'})`);
   await new Promise<void>((resolve) => {
     const stop = (): void => {

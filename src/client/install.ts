@@ -36,6 +36,8 @@ export interface InstallRecord {
   /** Bytes moved over the network for this package. */
   bytes: number;
   seconds: number;
+  /** Why each repository before the one that served could not: unreachable, refused, corrupt. */
+  passedOver: string[];
 }
 
 /** Where a package is installed: installDir/tests/NAME, deps/NAME, profilers/NAME, or client/. */
@@ -127,14 +129,14 @@ export async function installPackages(type: PackageType, names: string[], option
 async function installOne(fetcher: PackageFetcher, settings: FetchSettings, type: PackageType, name: string, installDir: string, cacheDir: string): Promise<InstallRecord> {
   const started = performance.now();
   const folder = installFolder(installDir, type, name);
-  const { file, entry, repository } = await fetcher.lookup(candidateFiles(type, name));
+  const { file, entry, repository, passedOver } = await fetcher.lookup(candidateFiles(type, name));
   // One lock per installed folder, whatever file name a repository gives the package; a
   // waiter may wait as long as a download may take.
   const lockPath = path.join(cacheDir, '.locks', `${type}-${name}.lock`);
   const waitSeconds = Math.ceil((2 * settings.timeoutMs) / 1000) + 60;
   return withHeldLock(spawnLocalFlock(lockPath, waitSeconds), `package cache ${cacheDir}`, async () => {
-    const record = (action: InstallRecord['action'], source: string, bytes: number, md5: string): InstallRecord => ({
-      type, name, file, folder, action, md5, repository: source, bytes, seconds: (performance.now() - started) / 1000,
+    const record = (action: InstallRecord['action'], source: string, bytes: number, md5: string, passed = passedOver): InstallRecord => ({
+      type, name, file, folder, action, md5, repository: source, bytes, seconds: (performance.now() - started) / 1000, passedOver: passed,
     });
     await recover(folder);
     if ((await readMarker(folder)) === entry.md5) return record('up-to-date', repository, 0, entry.md5);
@@ -147,7 +149,7 @@ async function installOne(fetcher: PackageFetcher, settings: FetchSettings, type
     // the bytes, which may hold another version than the first one looked at.
     const fetched = await fetcher.fetch(file, cached);
     await swapIn(cached, folder, fetched.entry.md5);
-    return record('fetched', fetched.repository, fetched.bytes, fetched.entry.md5);
+    return record('fetched', fetched.repository, fetched.bytes, fetched.entry.md5, [...new Set([...passedOver, ...fetched.passedOver])]);
   });
 }
 

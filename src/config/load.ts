@@ -71,7 +71,7 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
     source = file;
   }
   const baseDirOf = (from: string): string => (from === EMBEDDED_SOURCE ? cwd : path.dirname(from));
-  const { packages, warnings } = readPackagesConfig(doc, baseDirOf);
+  const { packages, warnings } = readPackagesConfig(doc, baseDirOf, options.env ?? process.env);
   const { server, warnings: serverWarnings } = readServerConfig(doc, baseDirOf, packages, options.env ?? process.env);
   return { source, packages, server, warnings: [...warnings, ...serverWarnings] };
 }

@@ -6,7 +6,47 @@ export type Location =
   | { kind: 'local'; path: string; text: string }
   | { kind: 'ssh'; user: string | undefined; host: string; port: number | undefined; path: string; text: string }
   | { kind: 'http'; url: string; text: string }
-  | { kind: 'git'; url: string; branch: string | undefined; text: string };
+  | { kind: 'git'; url: string; branch: string | undefined; text: string }
+  | S3Location;
+
+/** How to reach the S3 server of one bucket: the [S3] section, with its [S3:BUCKET] overrides. */
+export interface S3Settings {
+  /** http(s)://host[:port] of an S3-compatible server; undefined means AWS itself. */
+  endpoint: string | undefined;
+  region: string;
+  /** Bucket in the path (Ceph, MinIO) rather than in the host name (AWS). */
+  pathStyle: boolean;
+  /** when_required suits servers that are not AWS: no extra checksum trailers they may refuse. */
+  checksumMode: 'when_required' | 'when_supported';
+  /** A profile of the shared AWS config/credentials files; undefined: the SDK's default chain. */
+  profile: string | undefined;
+  /** Size of each part of a multipart upload; also the upload threshold. */
+  partSizeBytes: number;
+  /** Parts in flight at once (memory of an upload: about partSizeBytes x this). */
+  uploadConcurrency: number;
+}
+
+export interface S3Location {
+  kind: 's3';
+  bucket: string;
+  /** Key prefix without leading or trailing "/" ("" for the bucket's top). */
+  prefix: string;
+  text: string;
+  settings: S3Settings;
+}
+
+export const DEFAULT_S3_SETTINGS: S3Settings = {
+  endpoint: undefined,
+  region: 'us-east-1',
+  pathStyle: false,
+  checksumMode: 'when_supported',
+  profile: undefined,
+  partSizeBytes: 16 * 1024 * 1024,
+  uploadConcurrency: 4,
+};
+
+/** The settings of a bucket; the config's [S3] sections, or the defaults. */
+export type S3SettingsFor = (bucket: string) => S3Settings;
 
 // Underscores are not DNS but are common in ~/.ssh/config host aliases (and in the seed's own example).
 const HOST_RE = /^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*$/;
@@ -15,7 +55,7 @@ const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 
 function refuse(text: string, why: string): never {
   throw new AutotestError('ERR_BAD_LOCATION', `location "${redactSecrets(text)}": ${why}`, {
-    hint: 'use a local path, file:///path, http(s)://host/path, ssh://[user@]host[:port]/path or a git URL',
+    hint: 'use a local path, file:///path, http(s)://host/path, ssh://[user@]host[:port]/path, s3://bucket/prefix or a git URL',
   });
 }
 
@@ -43,6 +83,24 @@ function parseSsh(text: string): Location {
   return { kind: 'ssh', user, host, port, path: p, text };
 }
 
+// S3's rules for bucket names (3-63 characters, lower case, digits, dots, hyphens), with the
+// underscores and capitals some S3-compatible servers still allow.
+const BUCKET_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$/;
+const KEY_SEGMENT_RE = /^[A-Za-z0-9._+=,~-]+$/;
+
+function parseS3(text: string, settingsFor: S3SettingsFor): S3Location {
+  const rest = text.slice('s3://'.length);
+  if (rest.includes('@')) refuse(text, 'credentials never go in an s3:// URL; they come from the AWS SDK chain (environment, shared credentials file, profile)');
+  if (/[?#\\]/.test(rest)) refuse(text, 's3:// locations take no "?", "#" or "\\"');
+  const [bucket = '', ...segments] = rest.replace(/\/+$/, '').split('/');
+  if (!BUCKET_RE.test(bucket)) refuse(text, `bucket "${bucket}" is not a valid bucket name (3-63 letters, digits, ".", "-")`);
+  for (const segment of segments) {
+    if (segment === '' || segment === '.' || segment === '..') refuse(text, 'the prefix has an empty, "." or ".." part');
+    if (!KEY_SEGMENT_RE.test(segment)) refuse(text, `prefix part "${segment}" has characters other than letters, digits and ._+=,~-`);
+  }
+  return { kind: 's3', bucket, prefix: segments.join('/'), text, settings: settingsFor(bucket) };
+}
+
 const GIT_BRANCH_RE = /^(?<url>.+?\.git|git:\/\/.+?)(?::(?<branch>[A-Za-z0-9._/-]+))?$/;
 
 function parseGit(text: string): Location | undefined {
@@ -60,7 +118,7 @@ function parseGit(text: string): Location | undefined {
  * Reads one location. Relative local paths are resolved against `baseDir` (the folder of
  * the config file that names them, or the working directory for the embedded default).
  */
-export function parseLocation(raw: string, baseDir: string): Location {
+export function parseLocation(raw: string, baseDir: string, s3SettingsFor: S3SettingsFor = () => DEFAULT_S3_SETTINGS): Location {
   const text = raw.trim();
   if (text === '') refuse(raw, 'empty');
   if (text.startsWith('http://') || text.startsWith('https://')) {
@@ -72,6 +130,7 @@ export function parseLocation(raw: string, baseDir: string): Location {
     }
   }
   if (text.startsWith('ssh://')) return parseSsh(text);
+  if (text.startsWith('s3://')) return parseS3(text, s3SettingsFor);
   const git = parseGit(text);
   if (git) return git;
   if (text.startsWith('file://')) {

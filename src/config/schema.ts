@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { AutotestError } from '../errors.js';
 import { getIniValue, sectionKeys, type IniDocument, type IniValue } from './ini.js';
-import { parseLocation, type Location } from './location.js';
+import { DEFAULT_S3_SETTINGS, parseLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
 
 export type Compression = 'bzip2' | 'gzip' | 'zstd';
 export const COMPRESSIONS: readonly Compression[] = ['bzip2', 'gzip', 'zstd'];
@@ -18,6 +18,8 @@ export interface PackagesConfig {
   clientDir: string | undefined;
   compression: Compression;
   fetch: FetchSettings;
+  /** The [S3] settings of a bucket (with its [S3:BUCKET] overrides). */
+  s3: S3SettingsFor;
 }
 
 /** How clients talk to each repository of fetch_location. */
@@ -45,8 +47,8 @@ interface KeySpec {
 
 /** Every key of [PACKAGES], with what it allows; the README and example config say the same. */
 export const PACKAGES_KEYS: Record<string, KeySpec> = {
-  fetch_location: { description: 'comma-separated repositories clients fetch from, first tried first' },
-  upload_location: { description: 'comma-separated local paths or ssh:// URLs the packager writes to' },
+  fetch_location: { description: 'comma-separated repositories clients fetch from, first tried first (local, http(s)://, ssh://, s3://, git)' },
+  upload_location: { description: 'comma-separated local paths, ssh:// or s3://bucket/prefix URLs the packager writes to' },
   custom_upload_location: { description: 'comma-separated locations for custom tests and kernels' },
   custom_download_location: { description: 'local staging folder for frontend uploads' },
   custom_max_age: { description: 'days after which upkeep deletes custom packages (default 40)' },
@@ -80,20 +82,96 @@ export function parseList(value: string): string[] {
   return value.split(/[,\n]/).map((item) => item.trim()).filter((item) => item !== '');
 }
 
+export const S3_KEYS: Record<string, KeySpec> = {
+  endpoint: { description: 'http(s)://host[:port] of an S3-compatible server (Ceph radosgw, MinIO); empty: AWS' },
+  region: { description: 'region to sign for (default: $AWS_REGION, else us-east-1)' },
+  path_style: { description: 'true/false: bucket in the URL path, as Ceph and MinIO want (default: true with an endpoint, false without)' },
+  checksum_mode: { description: 'when_required (default with an endpoint; what Ceph needs) or when_supported (default for AWS)' },
+  profile: { description: 'profile of ~/.aws/credentials and ~/.aws/config to take credentials from (default: $AWS_PROFILE, else the SDK chain)' },
+  part_size: { description: 'MB (2^20 bytes) per part of a multipart upload, >= 5 (default 16); smaller files go up in one PUT' },
+  upload_concurrency: { description: 'parts of one upload in flight at once (default 4); memory is about part_size x this' },
+};
+
+/**
+ * [S3] and its per-bucket overrides [S3:BUCKET]. Credentials are not keys here: they come
+ * from the AWS SDK's chain (environment, shared credentials file, profile), never the config.
+ */
+export function readS3Config(doc: IniDocument, baseDirOf: (file: string) => string, env: NodeJS.ProcessEnv): { settingsFor: S3SettingsFor; warnings: string[] } {
+  const readSection = (section: string, base: S3Settings): S3Settings => {
+    const reader = createReader(doc, section, baseDirOf);
+    const endpointEntry = reader.get('endpoint');
+    let endpoint = base.endpoint;
+    if (endpointEntry) {
+      const text = endpointEntry.value.trim();
+      if (text === '') endpoint = undefined;
+      else {
+        let url: URL | undefined;
+        try {
+          url = new URL(text);
+        } catch {
+          url = undefined;
+        }
+        if (!url || !/^https?:$/.test(url.protocol) || url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
+          badValue(section, endpointEntry, 'endpoint', 'http(s)://host[:port] with no user, password, query or fragment');
+        }
+        endpoint = url.origin + url.pathname.replace(/\/+$/, '');
+      }
+    }
+    const withEndpoint = endpoint !== undefined;
+    const modeEntry = reader.get('checksum_mode');
+    let checksumMode = base.checksumMode;
+    if (modeEntry) {
+      const value = modeEntry.value.trim().toLowerCase();
+      if (value !== 'when_required' && value !== 'when_supported') badValue(section, modeEntry, 'checksum_mode', 'when_required or when_supported');
+      checksumMode = value;
+    } else if (withEndpoint !== (base.endpoint !== undefined)) checksumMode = withEndpoint ? 'when_required' : 'when_supported';
+    const regionEntry = reader.get('region');
+    const region = regionEntry?.value.trim() ?? base.region;
+    if (regionEntry && !/^[a-z0-9-]{1,64}$/i.test(region)) badValue(section, regionEntry, 'region', 'a region name such as us-east-1');
+    const profileEntry = reader.get('profile');
+    const profile = profileEntry ? profileEntry.value.trim() || undefined : base.profile;
+    if (profileEntry && profile !== undefined && !/^[\w.@+-]{1,128}$/.test(profile)) badValue(section, profileEntry, 'profile', 'a profile name of letters, digits and ._@+-');
+    const pathStyleDefault = reader.get('endpoint') ? withEndpoint : base.pathStyle;
+    return {
+      endpoint,
+      region,
+      pathStyle: readBoolean(reader, 'path_style', pathStyleDefault),
+      checksumMode,
+      profile,
+      partSizeBytes: Math.round(readNumber(reader, 'part_size', base.partSizeBytes / 2 ** 20, { min: 5 }) * 2 ** 20),
+      uploadConcurrency: readNumber(reader, 'upload_concurrency', base.uploadConcurrency, { min: 1, integer: true }),
+    };
+  };
+  const defaults: S3Settings = {
+    ...DEFAULT_S3_SETTINGS,
+    region: env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? DEFAULT_S3_SETTINGS.region,
+    profile: env.AWS_PROFILE === '' ? undefined : env.AWS_PROFILE,
+  };
+  const common = readSection('S3', defaults);
+  const warnings = unknownKeys(doc, 'S3', S3_KEYS);
+  const perBucket = new Map<string, S3Settings>();
+  for (const section of doc.keys()) {
+    if (!section.startsWith('S3:')) continue;
+    perBucket.set(section.slice(3), readSection(section, common));
+    warnings.push(...unknownKeys(doc, section, S3_KEYS));
+  }
+  return { settingsFor: (bucket) => perBucket.get(bucket) ?? common, warnings };
+}
+
 interface Reader {
   section: string;
   get(key: string): IniValue | undefined;
   baseDir(entry: IniValue): string;
 }
 
-function readLocations(reader: Reader, key: string, fallback: Location[]): Location[] {
+function readLocations(reader: Reader, key: string, fallback: Location[], s3: S3SettingsFor): Location[] {
   const entry = reader.get(key);
   if (!entry) return fallback;
   return parseList(entry.value).map((item) => {
     try {
-      return parseLocation(item, reader.baseDir(entry));
+      return parseLocation(item, reader.baseDir(entry), s3);
     } catch (error) {
-      badValue(reader.section, entry, key, 'local paths, file://, http(s)://, ssh://[user@]host[:port]/path or git URLs',
+      badValue(reader.section, entry, key, 'local paths, file://, http(s)://, ssh://[user@]host[:port]/path, s3://bucket/prefix or git URLs',
         error instanceof Error ? error.message : String(error));
     }
   });
@@ -140,14 +218,17 @@ function unknownKeys(doc: IniDocument, section: string, known: Record<string, Ke
     });
 }
 
+/** What `autotest serve` can serve at /packages/NAME/: a folder or an S3 prefix. */
+export type ServedLocation = Extract<Location, { kind: 'local' | 's3' }>;
+
 /** The [SERVER] section: what `autotest serve` listens on and serves. */
 export interface ServerConfig {
   listenAddress: string;
   port: number;
-  /** Folder served at /packages/builtin/: builtin_dir, else the first local upload_location. */
-  builtinDir: string | undefined;
-  /** Folder served at /packages/custom/: custom_dir, else the first local custom_upload_location. */
-  customDir: string | undefined;
+  /** Served at /packages/builtin/: builtin_dir, else the first local or S3 upload_location. */
+  builtin: ServedLocation | undefined;
+  /** Served at /packages/custom/: custom_dir, else the first local or S3 custom_upload_location. */
+  custom: ServedLocation | undefined;
   /** Bearer token for uploads and deletes; none means both are refused. */
   uploadToken: string | undefined;
   maxUploadBytes: number;
@@ -158,8 +239,8 @@ export interface ServerConfig {
 export const SERVER_KEYS: Record<string, KeySpec> = {
   listen_address: { description: 'address autotest serve listens on (default 127.0.0.1)' },
   port: { description: 'port autotest serve listens on (default 8080; 0 picks a free one)' },
-  builtin_dir: { description: 'folder served at /packages/builtin/ (default: the first local upload_location)' },
-  custom_dir: { description: 'folder served at /packages/custom/ (default: the first local custom_upload_location)' },
+  builtin_dir: { description: 'folder or s3://bucket/prefix served at /packages/builtin/ (default: the first local or S3 upload_location)' },
+  custom_dir: { description: 'folder or s3://bucket/prefix served at /packages/custom/ (default: the first local or S3 custom_upload_location)' },
   upload_token: { description: 'bearer token that uploads and deletes need ($AUTOTEST_UPLOAD_TOKEN overrides; none: both refused)' },
   max_upload_size: { description: 'MB (10^6 bytes) an uploaded package may have (default 1024)' },
   log_level: { description: 'request log level: trace, debug, info (default), warn, error, fatal or silent' },
@@ -175,9 +256,19 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   const addressEntry = reader.get('listen_address');
   const listenAddress = addressEntry?.value.trim() ?? '127.0.0.1';
   if (addressEntry && !ADDRESS_RE.test(listenAddress)) badValue(section, addressEntry, 'listen_address', 'an IP address or a host name');
-  const firstLocal = (locations: Location[]): string | undefined => {
-    const found = locations.find((location) => location.kind === 'local');
-    return found?.kind === 'local' ? found.path : undefined;
+  const servable = (location: Location): location is ServedLocation => location.kind === 'local' || location.kind === 's3';
+  const served = (key: string, fallback: Location[]): ServedLocation | undefined => {
+    const entry = reader.get(key);
+    if (!entry) return fallback.find(servable);
+    const text = entry.value.trim();
+    let location: Location | undefined;
+    try {
+      location = text === '' ? undefined : parseLocation(text, reader.baseDir(entry), packages.s3);
+    } catch (error) {
+      badValue(section, entry, key, 'a folder path or s3://bucket/prefix', error instanceof Error ? error.message : String(error));
+    }
+    if (!location || !servable(location)) badValue(section, entry, key, 'a folder path or s3://bucket/prefix');
+    return location;
   };
   const tokenEntry = reader.get('upload_token');
   const token = env.AUTOTEST_UPLOAD_TOKEN ?? tokenEntry?.value.trim();
@@ -195,8 +286,8 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
       logLevel,
       listenAddress: listenAddress.replace(/^\[|\]$/g, ''),
       port,
-      builtinDir: readPath(reader, 'builtin_dir') ?? firstLocal(packages.uploadLocations),
-      customDir: readPath(reader, 'custom_dir') ?? firstLocal(packages.customUploadLocations),
+      builtin: served('builtin_dir', packages.uploadLocations),
+      custom: served('custom_dir', packages.customUploadLocations),
       uploadToken: token === '' ? undefined : token,
       maxUploadBytes: Math.round(readNumber(reader, 'max_upload_size', 1024, { min: 0.001 }) * 1e6),
     },
@@ -208,13 +299,14 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
  * Validates [PACKAGES]. `baseDirOf` tells the folder relative paths of a value are resolved
  * against: the folder of the file the value came from.
  */
-export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) => string): { packages: PackagesConfig; warnings: string[] } {
+export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) => string, env: NodeJS.ProcessEnv = process.env): { packages: PackagesConfig; warnings: string[] } {
   const section = 'PACKAGES';
   const reader = createReader(doc, section, baseDirOf);
-  const warnings = unknownKeys(doc, section, PACKAGES_KEYS);
+  const { settingsFor: s3, warnings: s3Warnings } = readS3Config(doc, baseDirOf, env);
+  const warnings = [...unknownKeys(doc, section, PACKAGES_KEYS), ...s3Warnings];
 
-  const uploadLocations = readLocations(reader, 'upload_location', []);
-  const customUploadLocations = readLocations(reader, 'custom_upload_location', []);
+  const uploadLocations = readLocations(reader, 'upload_location', [], s3);
+  const customUploadLocations = readLocations(reader, 'custom_upload_location', [], s3);
   const compressionEntry = reader.get('compression');
   let compression: Compression = 'bzip2';
   if (compressionEntry) {
@@ -227,7 +319,7 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
   if (downloadEntry && customDownloadLocation === undefined) badValue(section, downloadEntry, 'custom_download_location', 'a folder path');
 
   const packages: PackagesConfig = {
-    fetchLocations: readLocations(reader, 'fetch_location', []),
+    fetchLocations: readLocations(reader, 'fetch_location', [], s3),
     uploadLocations,
     customUploadLocations,
     customDownloadLocation: customDownloadLocation ?? path.resolve('custom_packages'),
@@ -242,11 +334,12 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
       retries: readNumber(reader, 'fetch_retries', 2, { min: 0, integer: true }),
       cooldownMs: Math.round(readNumber(reader, 'fetch_cooldown', 60, { min: 0 }) * 1000),
     },
+    s3,
   };
   for (const [key, list] of [['upload_location', uploadLocations], ['custom_upload_location', customUploadLocations]] as const) {
     const wrong = list.find((loc) => loc.kind === 'http' || loc.kind === 'git');
     const entry = reader.get(key);
-    if (wrong && entry) badValue(section, entry, key, 'local paths or ssh:// URLs (http and git locations are read-only)', `"${wrong.text}"`);
+    if (wrong && entry) badValue(section, entry, key, 'local paths, ssh:// or s3:// URLs (http and git locations are read-only)', `"${wrong.text}"`);
   }
   return { packages, warnings };
 }

@@ -20,6 +20,8 @@ export interface FetchedPackage {
   /** Bytes moved over the network (less than the size when a download resumed). */
   bytes: number;
   seconds: number;
+  /** Why each repository listed before the one that served could not (empty when the first did). */
+  passedOver: string[];
 }
 
 /** Bytes received but not yet written before the download is paused. */
@@ -126,7 +128,7 @@ export class PackageFetcher {
   }
 
   /** Walks the repositories in order; `attempt` returns a result, or throws why this one failed. */
-  private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T> {
+  private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
     const reasons: string[] = [];
     for (const repository of this.repositories) {
       const wait = this.health.coolingDown(repository.name);
@@ -138,7 +140,7 @@ export class PackageFetcher {
         const result = await attempt(repository, await this.index(repository));
         await this.health.succeeded(repository.name);
         if (typeof result === 'string') reasons.push(`${repository.name}: ${result}`);
-        else return result;
+        else return { ...result, passedOver: reasons };
       } catch (error) {
         // The package cache refusing is this machine's problem: no other repository would do better.
         if (isAutotestError(error, 'ERR_LOCATION_REFUSED')) throw error;
@@ -154,7 +156,7 @@ export class PackageFetcher {
   }
 
   /** The index entry of the first of `files` found, in repository order. */
-  async lookup(files: string[]): Promise<{ file: string; entry: IndexEntry; repository: string }> {
+  async lookup(files: string[]): Promise<{ file: string; entry: IndexEntry; repository: string; passedOver: string[] }> {
     return this.firstThatWorks(files.join(' or '), (repository, index) => {
       for (const file of files) {
         const entry = index.get(file);
@@ -173,7 +175,7 @@ export class PackageFetcher {
     });
   }
 
-  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string): Promise<FetchedPackage> {
+  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string): Promise<Omit<FetchedPackage, 'passedOver'>> {
     const started = performance.now();
     const part = `${dest}.part`;
     const partInfo = `${dest}.part.json`;

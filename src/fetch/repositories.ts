@@ -17,6 +17,8 @@ import {
   type RepositoryIndex,
 } from '../packages/index.js';
 import { readLocalIndex } from '../repositories/local.js';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { s3Client, s3Key, s3Problem } from '../s3/client.js';
 import { sshHost } from '../ssh/session.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 
@@ -272,8 +274,89 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
   };
 }
 
+/**
+ * An S3 prefix read with the SDK (signed with the SDK chain's credentials): GET with Range
+ * from the resume point. The SDK tries once; retries, cool-down and fallback are the fetcher's.
+ */
+function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
+  const name = describeLocation(location);
+  const client = s3Client(location.settings, 'fetch', { connectTimeoutMs: settings.connectTimeoutMs });
+  const stallMs = Math.min(MAX_STALL_MS, settings.timeoutMs);
+
+  const get = async (file: string, offset: number): Promise<{ stream: Readable; start: number }> => {
+    const what = `${name}/${file}`;
+    const abort = new AbortController();
+    const deadline = setTimeout(() => { abort.abort(); }, settings.timeoutMs);
+    let answer;
+    try {
+      answer = await client.send(new GetObjectCommand({
+        Bucket: location.bucket, Key: s3Key(location, file), ...(offset > 0 ? { Range: `bytes=${offset.toString()}-` } : {}),
+      }), { abortSignal: abort.signal });
+    } catch (error) {
+      clearTimeout(deadline);
+      if (abort.signal.aborted) throw new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false });
+      const problem = s3Problem(error);
+      const failure = (transient: boolean, down: boolean, extra: { notFound?: boolean; rangeRefused?: boolean } = {}): FetchFailure =>
+        new FetchFailure(`${what}: ${problem.why}`, { transient, down, ...extra });
+      switch (problem.kind) {
+        case 'notFound': throw failure(false, false, { notFound: true });
+        case 'range': throw failure(true, false, { rangeRefused: true });
+        case 'unreachable': throw failure(false, true);
+        case 'denied': case 'noBucket': case 'noCredentials': throw failure(false, true);
+        case 'transient': throw failure(true, false);
+        default: throw failure(false, false);
+      }
+    }
+    const body = answer.Body as Readable | undefined;
+    if (!body) {
+      clearTimeout(deadline);
+      throw new FetchFailure(`${what}: the S3 server sent no body`, { transient: true, down: false });
+    }
+    // Every error of the body (a cut, the deadline, a stall) reaches the reader as a FetchFailure.
+    const out = new PassThrough();
+    let stall = setTimeout(() => { body.destroy(new FetchFailure(`${what}: no data for ${(stallMs / 1000).toString()} s`, { transient: true, down: false })); }, stallMs);
+    body.on('data', () => {
+      clearTimeout(stall);
+      stall = setTimeout(() => { body.destroy(new FetchFailure(`${what}: no data for ${(stallMs / 1000).toString()} s`, { transient: true, down: false })); }, stallMs);
+    });
+    const done = (): void => {
+      clearTimeout(stall);
+      clearTimeout(deadline);
+    };
+    abort.signal.addEventListener('abort', () => { body.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false })); });
+    body.once('error', (error) => {
+      done();
+      out.destroy(classifyNetworkError(error, what));
+    });
+    body.once('end', done);
+    out.once('close', () => {
+      done();
+      if (!body.destroyed) body.destroy();
+    });
+    body.pipe(out);
+    let start = 0;
+    if (offset > 0) {
+      const range = /^bytes (\d+)-/.exec(answer.ContentRange ?? '');
+      start = range ? Number(range[1]) : 0;
+      if (range && start !== offset) {
+        out.destroy();
+        throw new FetchFailure(`${what}: the server sent another range than asked (${answer.ContentRange ?? 'none'})`, { transient: true, down: false });
+      }
+    }
+    return { stream: out, start };
+  };
+
+  return {
+    name,
+    readIndex: () => readIndexThrough(name, async (file) => (await get(file, 0)).stream),
+    open: (file, offset) => get(file, offset),
+  };
+}
+
 export function fetchRepositoryFor(location: Location, settings: FetchSettings): FetchRepository {
   switch (location.kind) {
+    case 's3':
+      return s3Repository(location, settings);
     case 'http':
       return httpRepository(location, settings);
     case 'ssh':

@@ -1,6 +1,7 @@
 import { AutotestError } from '../errors.js';
 import type { Location } from '../config/index.js';
 import { createLocalTarget } from './local.js';
+import { createS3Target } from './s3.js';
 import { createSshTarget } from './ssh.js';
 import type { UploadTarget } from './types.js';
 
@@ -14,7 +15,8 @@ export type { UploadTarget, StagedFile, IndexChange } from './types.js';
 export function createUploadTarget(location: Location): UploadTarget {
   if (location.kind === 'local') return createLocalTarget(location);
   if (location.kind === 'ssh') return createSshTarget(location);
+  if (location.kind === 's3') return createS3Target(location);
   throw new AutotestError('ERR_UNSUPPORTED', `upload location ${location.text}: ${location.kind} locations are read-only (fetch_location only)`, {
-    hint: 'upload to a local folder or an ssh://[user@]host[:port]/path location',
+    hint: 'upload to a local folder, an ssh://[user@]host[:port]/path or an s3://bucket/prefix location',
   });
 }

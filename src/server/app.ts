@@ -86,8 +86,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
 
   const repositories: ServedRepository[] = [];
-  if (server.builtinDir) repositories.push({ name: 'builtin', dir: server.builtinDir });
-  if (server.customDir) repositories.push({ name: 'custom', dir: server.customDir });
+  if (server.builtin) repositories.push({ name: 'builtin', location: server.builtin });
+  if (server.custom) repositories.push({ name: 'custom', location: server.custom });
   const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log);
   files.handler = repositoryHandler;
   app.addHook('preClose', (done) => {

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
 import { parseFileName, type IndexEntry } from '../packages/index.js';
 import { verifyLocations, type VerifyLocationReport } from '../packager/index.js';
-import { readLocalIndex } from '../repositories/index.js';
+import { createUploadTarget } from '../repositories/index.js';
 import { escapeHtml } from './html.js';
 import type { ServedRepository } from './repositories.js';
 
@@ -25,7 +25,7 @@ export interface ListedRepository {
 
 async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
   return Promise.all(repositories.map(async (repository) => {
-    const index = await readLocalIndex(repository.dir);
+    const index = await createUploadTarget(repository.location).readIndex();
     const packages = [...index.values()].map((entry: IndexEntry) => {
       const parsed = parseFileName(entry.file);
       return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };

@@ -8,12 +8,15 @@ import fresh from 'fresh';
 import rangeParser from 'range-parser';
 import type { FastifyBaseLogger } from 'fastify';
 import { escapeHtml } from './html.js';
+import type { ServedLocation } from '../config/index.js';
 import type { ServerMetrics } from './metrics.js';
+import { listS3Files, serveS3File } from './s3-proxy.js';
 
 export interface ServedRepository {
   /** URL path segment: builtin or custom. */
   name: 'builtin' | 'custom';
-  dir: string;
+  /** A folder, served from the disk, or an S3 prefix, streamed through. */
+  location: ServedLocation;
 }
 
 /** Files up to this size are answered from memory (the index files, most test packages). */
@@ -152,8 +155,10 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   let shuttingDown = false;
   const labelled = new Map<string, { requests: { inc: () => void }; duration: { observe: (value: number) => void } }>();
   for (const repository of repositories) {
-    await mkdir(repository.dir, { recursive: true });
     byName.set(repository.name, repository);
+    if (repository.location.kind !== 'local') continue;
+    const dir = repository.location.path;
+    await mkdir(dir, { recursive: true });
     const cache = new Map<string, Cached>();
     caches.set(repository.name, cache);
     const forget = (file: string | null): void => {
@@ -163,7 +168,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         cache.delete(name);
       }
     };
-    const watcher = watch(repository.dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
+    const watcher = watch(dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
     watcher.on('error', () => { forget(null); });
     watchers.push(watcher);
   }
@@ -233,11 +238,13 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const serveFile = async (request: IncomingMessage, response: ServerResponse, repository: ServedRepository, file: string): Promise<number> => {
+    if (repository.location.kind === 's3') return serveS3File(request, response, repository.location, file, contentType(file), answerError);
+    const dir = repository.location.path;
     const cache = caches.get(repository.name) ?? new Map<string, Cached>();
     const now = performance.now();
     let cached = cache.get(file);
     if (cached && now - cached.checkedAt > REVALIDATE_MS) {
-      const current = await stat(path.join(repository.dir, file)).catch(() => undefined);
+      const current = await stat(path.join(dir, file)).catch(() => undefined);
       if (current && sameFile(current, cached.stat)) cached.checkedAt = now;
       else {
         cache.delete(file);
@@ -256,7 +263,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       return span.end - span.start + 1;
     }
     // Opened before it is looked at, so what is checked is what is sent; never through a symlink.
-    const handle = await open(path.join(repository.dir, file), constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+    const handle = await open(path.join(dir, file), constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
     if (!handle) return answerError(response, 404, `${file}: not in this repository`);
     try {
       const opened = await handle.stat();
@@ -292,10 +299,12 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const serveListing = async (response: ServerResponse, repository: ServedRepository): Promise<number> => {
-    const entries = await readdir(repository.dir, { withFileTypes: true });
-    const rows = entries
-      .filter((entry) => !entry.name.startsWith('.') && entry.isFile())
-      .map((entry) => entry.name)
+    const names = repository.location.kind === 's3'
+      ? await listS3Files(repository.location)
+      : (await readdir(repository.location.path, { withFileTypes: true }))
+        .filter((entry) => !entry.name.startsWith('.') && entry.isFile())
+        .map((entry) => entry.name);
+    const rows = names
       .sort()
       .map((name) => `<li><a href="${escapeHtml(encodeURIComponent(name))}">${escapeHtml(name)}</a></li>`)
       .join('\n');

@@ -1,0 +1,108 @@
+import http from 'node:http';
+import https from 'node:https';
+import { S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import type { S3Location, S3Settings } from '../config/index.js';
+import { errnoCode } from '../errors.js';
+
+// The SDK warns on every process start that its releases after January 2027 want Node.js 22;
+// that line would land in every command's output. The switch is the SDK's own.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+export type S3Purpose = 'fetch' | 'publish';
+
+export interface S3ClientOptions {
+  /** Seconds to wait for a connection (fetch_connect_timeout). */
+  connectTimeoutMs?: number;
+}
+
+const clients = new Map<string, S3Client>();
+const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+
+/**
+ * One client per (settings, purpose): fetches retry through our own fetcher (retries,
+ * cool-down, Range resume), so their client tries once; the packager's client lets the SDK
+ * retry throttling and 5xx answers. Credentials come from the SDK's default chain only.
+ */
+export function s3Client(settings: S3Settings, purpose: S3Purpose, options: S3ClientOptions = {}): S3Client {
+  const key = JSON.stringify([settings, purpose, options.connectTimeoutMs]);
+  let client = clients.get(key);
+  if (!client) {
+    const mode = settings.checksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
+    client = new S3Client({
+      ...(settings.endpoint === undefined ? {} : { endpoint: settings.endpoint }),
+      ...(settings.profile === undefined ? {} : { profile: settings.profile }),
+      region: settings.region,
+      forcePathStyle: settings.pathStyle,
+      requestChecksumCalculation: mode,
+      responseChecksumValidation: mode,
+      maxAttempts: purpose === 'fetch' ? 1 : 4,
+      // The SDK builds its Node.js handler from these options.
+      requestHandler: { connectionTimeout: options.connectTimeoutMs ?? 10_000, httpAgent: agents.http, httpsAgent: agents.https },
+    });
+    clients.set(key, client);
+  }
+  return client;
+}
+
+/** Closes kept-alive S3 connections so a command ends when its work is done. */
+export function closeS3Connections(): void {
+  for (const client of clients.values()) client.destroy();
+  clients.clear();
+  agents.http.destroy();
+  agents.https.destroy();
+}
+
+/** The object key of a repository file. */
+export function s3Key(location: S3Location, file: string): string {
+  return location.prefix === '' ? file : `${location.prefix}/${file}`;
+}
+
+export type S3FailureKind = 'notFound' | 'noBucket' | 'denied' | 'noCredentials' | 'unreachable' | 'precondition' | 'range' | 'notModified' | 'transient' | 'other';
+
+export interface S3Problem {
+  kind: S3FailureKind;
+  /** What went wrong, for a message: never the secret, never a signature. */
+  why: string;
+  status: number | undefined;
+}
+
+const CREDENTIALS_HINT = 'check the credentials the AWS SDK finds (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, the [S3] profile) and the bucket policy';
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
+
+function statusOf(error: unknown): number | undefined {
+  if (typeof error !== 'object' || error === null || !('$metadata' in error)) return undefined;
+  const metadata = (error as { $metadata?: { httpStatusCode?: number } }).$metadata;
+  return metadata?.httpStatusCode;
+}
+
+/**
+ * Sorts an SDK error into what the caller acts on. The text is built from the error's code
+ * and status only: S3 answers can carry a StringToSign or a canonical request, and an error
+ * message is never where a credential may leak from.
+ */
+export function s3Problem(error: unknown): S3Problem {
+  const status = statusOf(error);
+  const name = error instanceof Error ? error.name : 'Error';
+  const code = errnoCode(error);
+  if (typeof code === 'string' && UNREACHABLE.has(code)) return { kind: 'unreachable', why: `cannot connect to the S3 endpoint (${code})`, status };
+  if (name === 'TimeoutError' || code === 'ETIMEDOUT' || name === 'RequestTimeout') return { kind: 'unreachable', why: 'no answer from the S3 endpoint in time', status };
+  if (name === 'CredentialsProviderError' || /credential/i.test(name)) {
+    return { kind: 'noCredentials', why: `no AWS credentials found; ${CREDENTIALS_HINT}`, status };
+  }
+  if (error instanceof S3ServiceException || status !== undefined) {
+    if (name === 'NoSuchBucket') return { kind: 'noBucket', why: 'the bucket does not exist (NoSuchBucket)', status };
+    if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) return { kind: 'notFound', why: `not found (${name}, 404)`, status };
+    if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'AccessDenied' || status === 403 || status === 401) {
+      return { kind: 'denied', why: `access denied (${name}, ${String(status ?? 403)}); ${CREDENTIALS_HINT}`, status };
+    }
+    if (name === 'PreconditionFailed' || status === 412) return { kind: 'precondition', why: 'changed meanwhile (412)', status };
+    if (name === 'InvalidRange' || status === 416) return { kind: 'range', why: 'the range asked is not satisfiable (416)', status };
+    if (status === 304) return { kind: 'notModified', why: 'not modified (304)', status };
+    if (status !== undefined && (status >= 500 || status === 429 || status === 408 || name === 'SlowDown')) {
+      return { kind: 'transient', why: `the S3 server answered ${String(status)} (${name})`, status };
+    }
+    return { kind: 'other', why: `the S3 server answered ${String(status ?? '?')} (${name})`, status };
+  }
+  if (typeof code === 'string') return { kind: 'transient', why: `connection broke off (${code})`, status };
+  return { kind: 'other', why: name === 'Error' && error instanceof Error ? error.message : name, status };
+}
