@@ -139,3 +139,51 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     });
   }
 });
+
+test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and refuses bad buckets, prefixes, endpoints and credentials in the URL without echoing them', async (t) => {
+  const dir = await tempDir(t);
+  const write = async (packages: string, s3: string): Promise<string> => {
+    const file = path.join(dir, 'global_config.ini');
+    await writeFile(file, `[PACKAGES]\n${packages}\n${s3}`);
+    return file;
+  };
+  const config = await loadConfig({
+    file: await write('upload_location: s3://lab-packages/autotest/builtin\nfetch_location: s3://archive.lab/old, s3://lab-packages\n',
+      '[S3]\nendpoint: http://rgw.lab:7480/\npart_size: 32\n[S3:archive.lab]\nendpoint: https://s3.archive.example\nchecksum_mode: when_supported\npath_style: false\n'),
+    env: {},
+  });
+  assert.deepEqual(config.warnings, []);
+  const [upload] = config.packages.uploadLocations;
+  assert.ok(upload?.kind === 's3');
+  assert.equal(upload.bucket, 'lab-packages');
+  assert.equal(upload.prefix, 'autotest/builtin');
+  assert.deepEqual(upload.settings, {
+    endpoint: 'http://rgw.lab:7480', region: 'us-east-1', pathStyle: true, checksumMode: 'when_required', profile: undefined, partSizeBytes: 32 * 2 ** 20, uploadConcurrency: 4,
+  });
+  const [archive, top] = config.packages.fetchLocations;
+  assert.ok(archive?.kind === 's3' && top?.kind === 's3');
+  assert.deepEqual({ endpoint: archive.settings.endpoint, pathStyle: archive.settings.pathStyle, checksumMode: archive.settings.checksumMode, part: archive.settings.partSizeBytes },
+    { endpoint: 'https://s3.archive.example', pathStyle: false, checksumMode: 'when_supported', part: 32 * 2 ** 20 });
+  assert.equal(top.prefix, '');
+  assert.equal(config.server.builtin?.kind, 's3', 'autotest serve serves the S3 upload location when there is no local one');
+
+  for (const [packages, s3, message] of [
+    ['upload_location: s3://AKIDEXAMPLE:wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY@lab-packages/x', '', /credentials never go in an s3:\/\/ URL/],
+    ['upload_location: s3://x/p', '', /bucket "x" is not a valid bucket name/],
+    ['upload_location: s3://lab-packages/a/../b', '', /empty, "\." or "\.\." part/],
+    ['upload_location: s3://lab-packages/a b', '', /prefix part "a b"/],
+    ['fetch_location: s3://lab-packages/a?x=1', '', /take no "\?"/],
+    ['fetch_location: s3://lab-packages', '[S3]\nendpoint: ftp://rgw.lab', /\[S3\] endpoint = "ftp:\/\/rgw\.lab".*http\(s\):\/\/host/],
+    ['fetch_location: s3://lab-packages', '[S3:lab-packages]\nchecksum_mode: always', /\[S3:lab-packages\] checksum_mode = "always".*when_required or when_supported/],
+    ['fetch_location: s3://lab-packages', '[S3]\npart_size: 1', /\[S3\] part_size = "1".*>= 5/],
+  ] as const) {
+    await assert.rejects(loadConfig({ file: await write(packages, s3), env: {} }), (error: unknown) => {
+      assert.ok(error instanceof Error);
+      assert.match(error.message, message);
+      assert.doesNotMatch(error.message, /wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY/, 'a secret in a URL is never echoed');
+      return true;
+    });
+  }
+  const unknown = await loadConfig({ file: await write('fetch_location: s3://lab-packages', '[S3]\nsecret_key: nope\n'), env: {} });
+  assert.match(unknown.warnings.join('\n'), /unknown key "secret_key" in \[S3\]/);
+});

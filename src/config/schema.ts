@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { AutotestError } from '../errors.js';
+import { AutotestError, redactSecrets } from '../errors.js';
 import { getIniValue, sectionKeys, type IniDocument, type IniValue } from './ini.js';
 import { DEFAULT_S3_SETTINGS, parseLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
 
@@ -69,7 +69,7 @@ const BOOLEANS: Record<string, boolean> = {
 
 function badValue(section: string, entry: IniValue, key: string, allowed: string, detail?: string): never {
   // A secret is never echoed back, even when it is the value at fault.
-  const found = entry.value === '' ? 'an empty value' : SECRET_KEYS.has(key) ? 'the value given' : `"${entry.value}"`;
+  const found = entry.value === '' ? 'an empty value' : SECRET_KEYS.has(key) ? 'the value given' : `"${redactSecrets(entry.value)}"`;
   throw new AutotestError(
     'ERR_CONFIG',
     `${entry.file}:${entry.line}: [${section}] ${key} = ${found}${detail ? ` (${detail})` : ''}: allowed is ${allowed}`,

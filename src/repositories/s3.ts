@@ -348,7 +348,13 @@ export function createS3Target(location: S3Location): UploadTarget {
     name,
 
     async prepare() {
-      await call('opening the bucket', () => client.send(new HeadBucketCommand({ Bucket: bucket })));
+      try {
+        await client.send(new HeadBucketCommand({ Bucket: bucket }));
+      } catch (error) {
+        const problem = s3Problem(error);
+        // HEAD answers carry no error code: a 404 on the bucket is a missing bucket.
+        throw refused(name, 'opening the bucket', problem.kind === 'notFound' ? { ...problem, kind: 'noBucket', why: 'the bucket does not exist (404)' } : problem, error);
+      }
       await call('checking conditional writes', checkConditionalWrites);
       return { created: false };
     },

@@ -1,0 +1,142 @@
+/**
+ * Benchmark, S3 (a real Ceph radosgw on loopback, memstore), ratios in one run:
+ * - `autotest packager upload --all` of the generated benchmark tree to an S3 prefix against
+ *   the same to a local folder (cold: empty location and pack cache each time);
+ * - the client's fetch of a 200 MB package (index read, sha256 verified, renamed) from
+ *   radosgw directly and through `autotest serve` in front of it, against `curl -o` of the
+ *   same object by a presigned URL.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { parseLocation, type FetchSettings, type Location, type S3Settings } from '../src/config/index.js';
+import { closeHttpConnections, PackageFetcher } from '../src/fetch/index.js';
+import { closeS3Connections } from '../src/s3/client.js';
+import { startDaemon } from '../test/fixtures/process.js';
+import { awsEnv, startRadosgw } from '../test/fixtures/radosgw.js';
+import { generate } from './tree.js';
+
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+const SIZE = 200 * 1024 * 1024;
+const UPLOAD_RUNS = 3;
+const FETCH_RUNS = 5;
+const SETTINGS: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0 };
+
+async function writeRandom(file: string, bytes: number): Promise<void> {
+  const out = createWriteStream(file);
+  for (let written = 0; written < bytes; written += 1024 * 1024) {
+    if (!out.write(randomBytes(1024 * 1024))) await new Promise<void>((resolve) => out.once('drain', () => { resolve(); }));
+  }
+  await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => { if (error) reject(error); else resolve(); }));
+}
+
+async function time(run: () => Promise<unknown> | void): Promise<number> {
+  const start = performance.now();
+  await run();
+  return (performance.now() - start) / 1000;
+}
+
+const best = (values: number[]): number => Math.min(...values);
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(path.join(tmpdir(), 'autotest-bench-s3-'));
+  const s3 = await startRadosgw();
+  Object.assign(process.env, awsEnv(s3));
+  delete process.env.AWS_PROFILE;
+  const env = { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') };
+  const settings: S3Settings = {
+    endpoint: s3.endpoint, region: s3.region, pathStyle: true, checksumMode: 'when_required', profile: undefined, partSizeBytes: 16 * 2 ** 20, uploadConcurrency: 4,
+  };
+  const s3Section = `[S3]\nendpoint: ${s3.endpoint}\npath_style: true\nchecksum_mode: when_required\n`;
+  const admin = new S3Client({
+    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  try {
+    await admin.send(new CreateBucketCommand({ Bucket: 'bench' }));
+
+    // upload --all: local folder against S3 prefix, each cold.
+    const client = path.join(work, 'client');
+    const bytes = await generate(client);
+    execFileSync('sh', ['-c', `cat $(find "${client}" -type f) > /dev/null`]);
+    const local: number[] = [];
+    const remote: number[] = [];
+    for (let i = 0; i < UPLOAD_RUNS; i += 1) {
+      const localConfig = path.join(work, `local-${i.toString()}.ini`);
+      await writeFile(localConfig, `[PACKAGES]\nupload_location: ${path.join(work, `repo-${i.toString()}`)}\nclient_dir: ${client}\nminimum_free_space: 0\n`);
+      const s3Config = path.join(work, `s3-${i.toString()}.ini`);
+      await writeFile(s3Config, `[PACKAGES]\nupload_location: s3://bench/upload-${i.toString()}\nclient_dir: ${client}\nminimum_free_space: 0\n${s3Section}`);
+      await rm(env.AUTOTEST_CACHE_DIR, { recursive: true, force: true });
+      local.push(await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', localConfig], { env, stdio: 'ignore' }); }));
+      await rm(env.AUTOTEST_CACHE_DIR, { recursive: true, force: true });
+      remote.push(await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', s3Config], { env, stdio: 'ignore' }); }));
+    }
+    console.log(`upload --all of the benchmark tree (100 packages + client, ${(bytes / 1e6).toFixed(1)} MB), cold, best of ${UPLOAD_RUNS.toString()}:`);
+    console.log(`  to a local folder               ${best(local).toFixed(2)} s`);
+    console.log(`  to radosgw (s3://)              ${best(remote).toFixed(2)} s`);
+    console.log(`  ratio S3/local: ${(best(remote) / best(local)).toFixed(2)}x`);
+
+    // A 200 MB package on S3, fetched three ways.
+    const big = path.join(work, 'kernel-200m.img');
+    await writeRandom(big, SIZE);
+    const bigConfig = path.join(work, 'big.ini');
+    await writeFile(bigConfig, `[PACKAGES]\nupload_location: s3://bench/big\nminimum_free_space: 0\n${s3Section}`);
+    const bigUpload = await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '-f', big, '--config', bigConfig], { env, stdio: 'ignore' }); });
+    await rm(big);
+    const serveConfig = path.join(work, 'serve.ini');
+    await writeFile(serveConfig, `[PACKAGES]\nupload_location: s3://bench/big\n${s3Section}[SERVER]\nlisten_address: 127.0.0.1\nlog_level: warn\n`);
+    const server = await startDaemon({
+      name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd: work, env,
+      prepare: (port) => [CLI, 'serve', '--config', serveConfig, '--port', port.toString()],
+    });
+    try {
+      const direct: Location = parseLocation('s3://bench/big', work, () => settings);
+      const servedUrl = `http://127.0.0.1:${server.port.toString()}/packages/builtin`;
+      const served: Location = { kind: 'http', url: servedUrl, text: servedUrl };
+      const presigned = await getSignedUrl(admin, new GetObjectCommand({ Bucket: 'bench', Key: 'big/kernel-200m.img' }), { expiresIn: 3600 });
+      const out = path.join(work, 'out');
+      await mkdir(out);
+      const curlOnce = (): void => { execFileSync('curl', ['-sf', '-o', path.join(out, 'curl.img'), presigned]); };
+      const fetchOnce = async (location: Location, name: string): Promise<void> => {
+        await rm(path.join(out, name), { force: true });
+        const fetcher = await PackageFetcher.create([location], SETTINGS);
+        await fetcher.fetch('kernel-200m.img', path.join(out, name));
+      };
+      curlOnce();
+      const curl: number[] = [];
+      const ours: number[] = [];
+      const through: number[] = [];
+      for (let i = 0; i < FETCH_RUNS; i += 1) {
+        await rm(path.join(out, 'curl.img'), { force: true });
+        curl.push(await time(curlOnce));
+        ours.push(await time(() => fetchOnce(direct, 'direct.img')));
+        through.push(await time(() => fetchOnce(served, 'served.img')));
+      }
+      const mb = SIZE / 1e6;
+      const line = (label: string, seconds: number): string => `  ${label.padEnd(40)} ${seconds.toFixed(3)} s  ${(mb / seconds).toFixed(0)} MB/s`;
+      console.log(`200 MiB package: upload -f to radosgw ${bigUpload.toFixed(2)} s (${(mb / bigUpload).toFixed(0)} MB/s, 16 MiB parts x 4)`);
+      console.log(`fetch of the 200 MiB package from radosgw (best of ${FETCH_RUNS.toString()}):`);
+      console.log(line('curl -o, presigned URL', best(curl)));
+      console.log(line('ours, s3:// direct (sha256 verified)', best(ours)));
+      console.log(line('ours, through autotest serve (verified)', best(through)));
+      console.log(`  ratio direct/curl: ${(best(curl) / best(ours)).toFixed(2)}x, through serve/curl: ${(best(curl) / best(through)).toFixed(2)}x (throughput)`);
+    } finally {
+      await server.stop();
+    }
+  } finally {
+    admin.destroy();
+    closeHttpConnections();
+    closeS3Connections();
+    await s3.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();
