@@ -17,6 +17,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import pLimit from 'p-limit';
 import type { S3Location } from '../config/index.js';
 import { AutotestError } from '../errors.js';
 import { isDeadTemp, isTempName, tempPathFor } from '../fs/atomic.js';
@@ -134,6 +135,8 @@ export function createS3Target(location: S3Location): UploadTarget {
   const listPrefix = location.prefix === '' ? '' : `${location.prefix}/`;
   /** ETag of each staged object, as S3 should report it. */
   const stagedEtags = new Map<string, string[]>();
+  /** The index as last read: a file it lists is replaced through a temp key, any other goes straight to its key. */
+  let indexRead: RepositoryIndex | undefined;
   /** radosgw 16 compares If-Match with the bare ETag; AWS with the quoted one. */
   let quoteEtags = true;
 
@@ -289,11 +292,13 @@ export function createS3Target(location: S3Location): UploadTarget {
       queueSize: uploadConcurrency,
       leavePartsOnError: false,
     });
-    await upload.done();
+    const done = await upload.done();
     const etags = hasher.etags();
-    const written = await call(`checking ${file}`, () => client.send(new HeadObjectCommand({ Bucket: bucket, Key: objectKey })));
-    if (!etags.includes(bareEtag(written.ETag))) {
-      throw refused(name, `uploading ${file}`, `the object's ETag ${bareEtag(written.ETag)} is not that of the bytes sent (corrupted on the way, or replaced by another packager meanwhile)`);
+    // radosgw 16 answers a completed multipart upload with an empty ETag: then ask for it.
+    let etag = bareEtag(done.ETag);
+    if (etag === '') etag = bareEtag((await call(`checking ${file}`, () => client.send(new HeadObjectCommand({ Bucket: bucket, Key: objectKey })))).ETag);
+    if (!etags.includes(etag)) {
+      throw refused(name, `uploading ${file}`, `the object's ETag ${etag} is not that of the bytes sent (corrupted on the way, or replaced by another packager meanwhile)`);
     }
     return etags;
   };
@@ -359,15 +364,19 @@ export function createS3Target(location: S3Location): UploadTarget {
       return { created: false };
     },
 
-    readIndex: async () => (await readIndexWithTag()).index,
+    async readIndex() {
+      const { index } = await readIndexWithTag();
+      indexRead = index;
+      return index;
+    },
 
     fileSize: async (file) => (await head(file))?.size,
 
     async stage(file, source) {
       const { size } = await stat(source);
-      // A new package goes straight to its key: no entry can name it yet. A replacement
-      // waits under a temp key until its old entry is out of the index (commit).
-      const existing = await head(file);
+      // A new package goes straight to its key: no entry names it. A replacement waits under
+      // a temp key until its old entry is out of the index (commit).
+      const existing = indexRead ? indexRead.has(file) : (await head(file)) !== undefined;
       if (existing && size > COPY_LIMIT_BYTES) {
         throw refused(name, `replacing ${file}`, `packages over ${(COPY_LIMIT_BYTES / 1024 ** 3).toString()} GiB cannot be replaced on S3 by this version; remove it first`);
       }
@@ -410,11 +419,13 @@ export function createS3Target(location: S3Location): UploadTarget {
       const lost: string[] = [];
       await updateIndex(async (index) => {
         lost.length = 0;
-        for (const { entry } of change.add) {
-          const now = await head(entry.file);
+        const limit = pLimit(16);
+        const heads = await Promise.all(change.add.map(({ entry }) => limit(() => head(entry.file))));
+        change.add.forEach(({ entry }, i) => {
+          const now = heads[i];
           if (now && (placed.get(entry.file) ?? []).includes(now.etag)) index.set(entry.file, entry);
           else lost.push(entry.file);
-        }
+        });
         for (const entry of change.refresh) {
           if (index.get(entry.file)?.md5 === entry.md5) index.set(entry.file, entry);
         }

@@ -13,6 +13,8 @@ export type S3Purpose = 'fetch' | 'publish';
 export interface S3ClientOptions {
   /** Seconds to wait for a connection (fetch_connect_timeout). */
   connectTimeoutMs?: number;
+  /** A download that moves no byte for this long is cut (a transient failure for the fetcher). */
+  stallTimeoutMs?: number;
 }
 
 const clients = new Map<string, S3Client>();
@@ -24,7 +26,7 @@ const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Age
  * retry throttling and 5xx answers. Credentials come from the SDK's default chain only.
  */
 export function s3Client(settings: S3Settings, purpose: S3Purpose, options: S3ClientOptions = {}): S3Client {
-  const key = JSON.stringify([settings, purpose, options.connectTimeoutMs]);
+  const key = JSON.stringify([settings, purpose, options.connectTimeoutMs, options.stallTimeoutMs]);
   let client = clients.get(key);
   if (!client) {
     const mode = settings.checksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
@@ -37,7 +39,10 @@ export function s3Client(settings: S3Settings, purpose: S3Purpose, options: S3Cl
       responseChecksumValidation: mode,
       maxAttempts: purpose === 'fetch' ? 1 : 4,
       // The SDK builds its Node.js handler from these options.
-      requestHandler: { connectionTimeout: options.connectTimeoutMs ?? 10_000, httpAgent: agents.http, httpsAgent: agents.https },
+      requestHandler: {
+        connectionTimeout: options.connectTimeoutMs ?? 10_000, socketTimeout: options.stallTimeoutMs ?? 120_000,
+        httpAgent: agents.http, httpsAgent: agents.https,
+      },
     });
     clients.set(key, client);
   }
