@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -77,15 +78,17 @@ async function listKeys(admin: S3Client, bucket: string, prefix: string): Promis
 
 /**
  * The invariant of an S3 repository: every entry of packages.checksum and packages.json names
- * an object with exactly its md5, sha256 and size, and the two files list the same packages.
+ * an object with exactly its md5, sha256 and size; after a run that was not killed, the two
+ * files also list the same packages (a kill between their writes leaves packages.checksum a
+ * step behind, with right entries, until the next run).
  */
-async function checkS3Consistency(admin: S3Client, bucket: string, prefix: string): Promise<{ checksums: Map<string, string>; problems: string[] }> {
+async function checkS3Consistency(admin: S3Client, bucket: string, prefix: string, options = { sameLists: true }): Promise<{ checksums: Map<string, string>; problems: string[] }> {
   const problems: string[] = [];
   const checksumText = (await getObject(admin, bucket, `${prefix}/packages.checksum`))?.toString('utf8') ?? '';
   const manifestText = (await getObject(admin, bucket, `${prefix}/packages.json`))?.toString('utf8');
   const checksums = parseChecksumFile(checksumText, 'packages.checksum');
   const manifest: RepositoryIndex = manifestText === undefined ? new Map<string, IndexEntry>() : parseManifest(manifestText, 'packages.json');
-  if ([...checksums.keys()].sort().join() !== [...manifest.keys()].sort().join()) problems.push('packages.checksum and packages.json list different packages');
+  if (options.sameLists && [...checksums.keys()].sort().join() !== [...manifest.keys()].sort().join()) problems.push('packages.checksum and packages.json list different packages');
   for (const [file, md5] of checksums) {
     const body = await getObject(admin, bucket, `${prefix}/${file}`);
     if (!body) {
@@ -93,8 +96,14 @@ async function checkS3Consistency(admin: S3Client, bucket: string, prefix: strin
       continue;
     }
     if (createHash('md5').update(body).digest('hex') !== md5) problems.push(`${file}: md5 differs from packages.checksum`);
-    const entry = manifest.get(file);
-    if (entry && (entry.sha256 !== createHash('sha256').update(body).digest('hex') || entry.size !== body.length)) problems.push(`${file}: sha256/size differ from packages.json`);
+  }
+  for (const entry of manifest.values()) {
+    const body = await getObject(admin, bucket, `${prefix}/${entry.file}`);
+    if (!body) {
+      problems.push(`${entry.file}: in packages.json, no object`);
+      continue;
+    }
+    if (entry.sha256 !== createHash('sha256').update(body).digest('hex') || entry.size !== body.length) problems.push(`${entry.file}: sha256/size differ from packages.json`);
   }
   return { checksums, problems };
 }
@@ -216,6 +225,31 @@ test('a 200 MB file goes up to S3 in parts, streamed: the packager peaks less th
   assert.match(head.ETag ?? '', /-25"?$/, 'a multipart ETag of 25 parts of 8 MiB');
   assert.deepEqual((await checkS3Consistency(lab.admin, 'lab-packages', 'big')).problems, []);
   await lab.admin.send(new DeleteObjectCommand({ Bucket: 'lab-packages', Key: 'big/big.img' }));
+});
+
+test('an upload to S3 killed at random moments leaves the index consistent with its objects, and the next run completes and clears the temps', async (t) => {
+  const lab = await startLab(t);
+  const dir = await tempDir(t);
+  await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
+  const clientDir = await generateTree(dir, 12, 256 * 1024);
+  const config = await writeS3Config(dir, lab, { upload_location: 's3://lab-packages/killed', client_dir: clientDir, minimum_free_space: '0' });
+  for (let trial = 0; trial < 5; trial += 1) {
+    // A changed file each time, so every trial replaces something (temp key, copy, index).
+    await writeFile(path.join(clientDir, 'tests', `t00${trial.toString()}`, 'notes.txt'), `trial ${trial.toString()}\n`);
+    const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], {
+      cwd: dir, env: { ...process.env, ...awsEnv(lab.s3), AUTOTEST_CACHE_DIR: path.join(dir, '.cache'), AUTOTEST_CONFIG: '' }, stdio: 'ignore',
+    });
+    const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
+    setTimeout(() => child.kill('SIGKILL'), 400 + Math.floor(Math.random() * 1500));
+    await closed;
+    assert.deepEqual((await checkS3Consistency(lab.admin, 'lab-packages', 'killed', { sameLists: false })).problems, [], `trial ${trial.toString()}`);
+  }
+  const last = await lab.cli(['packager', 'upload', '--all', '--config', config], dir);
+  assert.equal(last.code, 0, last.stdout + last.stderr);
+  const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'killed');
+  assert.deepEqual(problems, []);
+  assert.equal(checksums.size, 13);
+  assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'killed')).filter((key) => key.startsWith('.')), [], 'the temps of the killed runs are gone');
 });
 
 /**
@@ -367,6 +401,13 @@ test('wrong credentials, a missing bucket and an unreachable endpoint each give 
   assert.equal(rightKeys.code, 0, rightKeys.stdout + rightKeys.stderr);
   assert.match(rightKeys.stdout, /test hello: fetched .*from s3:\/\/lab-packages\/builtin/);
   assert.match(rightKeys.stderr, /passed over s3:\/\/no-such-bucket\/builtin.*the bucket does not exist \(NoSuchBucket\)/);
+
+  // A corrupt object on S3: caught by its checksum, and the next repository serves.
+  await lab.admin.send(new PutObjectCommand({ Bucket: 'lab-packages', Key: 'builtin/test-hello.tar.bz2', Body: 'not the package' }));
+  const corrupt = await lab.cli(['client', 'install', 'test', 'hello', '--config', fetchConfig, '--install-dir', path.join(dir, 'four')], dir);
+  assert.equal(corrupt.code, 0, corrupt.stdout + corrupt.stderr);
+  assert.match(corrupt.stderr, /passed over s3:\/\/lab-packages\/builtin\/test-hello\.tar\.bz2: 15 bytes, but its index gives \d+; discarded/);
+  assert.match(corrupt.stdout, /test hello: fetched .*from \//);
 
   const onlyS3 = await writeS3Config(dir, lab, { fetch_location: 's3://lab-packages/builtin', fetch_cooldown: '0' }, '', 'only.ini');
   const refused = await lab.cli(['client', 'install', 'test', 'hello', '--config', onlyS3, '--install-dir', path.join(dir, 'three')], dir, wrongSecret);

@@ -223,7 +223,11 @@ export class PackageFetcher {
         }
         const size = start + received;
         if (entry.size !== undefined && size < entry.size) {
-          throw new FetchFailure(`${repository.name}/${file}: cut short at ${size.toString()} of ${entry.size.toString()} bytes`, { transient: true, down: false });
+          // A cut connection ends the body with an error (handled above); a body that ends
+          // cleanly short is a file shorter than its index says, and asking again for the
+          // rest could only be refused (416).
+          await rm(part, { force: true });
+          throw new FetchFailure(`${repository.name}/${file}: ${size.toString()} bytes, but its index gives ${entry.size.toString()}; discarded`, { transient: false, down: false });
         }
         const found = await hash.digest();
         if (found !== wanted || (entry.size !== undefined && size !== entry.size)) {

@@ -235,7 +235,12 @@ export function createS3Target(location: S3Location): UploadTarget {
   const updateIndex = async (change: (index: RepositoryIndex) => Promise<boolean> | boolean): Promise<void> => {
     for (let attempt = 0; attempt < INDEX_TRIES; attempt++) {
       const { index, etag } = await readIndexWithTag();
-      if (!(await change(index))) return;
+      if (!(await change(index))) {
+        // Nothing to change, but a packager killed between the two writes may have left
+        // packages.checksum behind the manifest: it catches up before any object moves.
+        await syncChecksum();
+        return;
+      }
       if (await putIf(MANIFEST_FILE, formatManifest(index), etag)) {
         await syncChecksum();
         return;
