@@ -115,7 +115,9 @@ async function main(): Promise<void> {
         await fetcher.fetch('kernel-200m.img', path.join(out, name));
       };
       curlOnce();
+      const curlServed = (): void => { execFileSync('curl', ['-sf', '-o', path.join(out, 'curl-served.img'), `${servedUrl}/kernel-200m.img`]); };
       const curl: number[] = [];
+      const curlThrough: number[] = [];
       const curlSum: number[] = [];
       const ours: number[] = [];
       const through: number[] = [];
@@ -124,6 +126,8 @@ async function main(): Promise<void> {
         curl.push(await time(curlOnce));
         await rm(path.join(out, 'curl.img'), { force: true });
         curlSum.push(await time(curlVerified));
+        await rm(path.join(out, 'curl-served.img'), { force: true });
+        curlThrough.push(await time(curlServed));
         ours.push(await time(() => fetchOnce(direct, 'direct.img')));
         through.push(await time(() => fetchOnce(served, 'served.img')));
       }
@@ -133,6 +137,7 @@ async function main(): Promise<void> {
       console.log(`fetch of the 200 MiB package from radosgw (best of ${FETCH_RUNS.toString()}):`);
       console.log(line('curl -o, presigned URL', best(curl)));
       console.log(line('curl -o, presigned URL, then sha256sum', best(curlSum)));
+      console.log(line('curl -o through autotest serve', best(curlThrough)));
       console.log(line('ours, s3:// direct (sha256 verified)', best(ours)));
       console.log(line('ours, through autotest serve (verified)', best(through)));
       console.log(`  throughput ratio vs curl: direct ${(best(curl) / best(ours)).toFixed(2)}x, through serve ${(best(curl) / best(through)).toFixed(2)}x`);
