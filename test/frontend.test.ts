@@ -2,10 +2,13 @@ import assert from 'node:assert/strict';
 import { access, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { loadConfig } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { buildServer } from '../src/server/index.js';
+import { runChecked } from './fixtures/process.js';
+import { awsEnv, startRadosgw } from './fixtures/radosgw.js';
 import { copyExampleTree, ROOT, tempDir } from './helpers.js';
 
 const TOKEN = 'test-token-123456';
@@ -165,5 +168,59 @@ test('the web frontend lists, filters, uploads, deletes and checks packages in a
     await shot(page, '06-consistency');
   });
 
+  assert.deepEqual(pageErrors, []);
+});
+
+test('the web frontend uploads a custom test to an S3 custom location, lists it from there and deletes it, in a real browser', async (t) => {
+  await mkdir(SHOTS, { recursive: true });
+  const s3 = await startRadosgw();
+  t.after(() => s3.stop());
+  // This test file's own process: the server takes its keys from the SDK chain, as in a lab.
+  Object.assign(process.env, awsEnv(s3));
+  delete process.env.AWS_PROFILE;
+  const admin = new S3Client({
+    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  t.after(() => { admin.destroy(); });
+  await admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
+  const objectNames = async (): Promise<string[]> =>
+    ((await admin.send(new ListObjectsV2Command({ Bucket: 'lab-packages', Prefix: 'custom/' }))).Contents ?? []).map((object) => object.Key ?? '').sort();
+
+  const dir = await tempDir(t, 'autotest-frontend-s3-');
+  const tree = path.join(dir, 'mine');
+  await mkdir(tree);
+  await writeFile(path.join(tree, 'control'), 'export async function run() { return {}; }\n');
+  const upload = path.join(dir, CUSTOM_FILE);
+  await runChecked('tar', ['-cjf', upload, '-C', tree, '.']);
+  const file = path.join(dir, 'global_config.ini');
+  await writeFile(file, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/custom', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
+    '[S3]', `endpoint: ${s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required', '[SERVER]', `upload_token: ${TOKEN}`, ''].join('\n'));
+  const app = await buildServer({ config: await loadConfig({ file, env: {} }), logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+
+  const browser = await launch(t);
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  page.setDefaultTimeout(WAIT.timeout);
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  await page.goto(`${url}/`);
+  await page.locator('table.packages[data-repository="custom"] tr.empty').waitFor(WAIT);
+  await page.setInputFiles('#file', upload);
+  await page.fill('#token', TOKEN);
+  await page.click('#upload button[type=submit]');
+  await page.locator(row('custom', CUSTOM_FILE)).waitFor(WAIT);
+  await shot(page, '07-s3-uploaded');
+  assert.deepEqual(await objectNames(), ['custom/packages.checksum', 'custom/packages.json', `custom/${CUSTOM_FILE}`]);
+  await page.reload();
+  await page.locator(row('custom', CUSTOM_FILE)).waitFor(WAIT);
+
+  page.once('dialog', (dialog) => { void dialog.accept(); });
+  await page.click(`${row('custom', CUSTOM_FILE)} button.delete`);
+  await page.locator('table.packages[data-repository="custom"] tr.empty').waitFor(WAIT);
+  assert.deepEqual(await objectNames(), ['custom/packages.checksum', 'custom/packages.json']);
+  await shot(page, '08-s3-deleted');
   assert.deepEqual(pageErrors, []);
 });

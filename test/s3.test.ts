@@ -40,7 +40,10 @@ async function startLab(t: TestContext): Promise<Lab> {
   t.after(() => { admin.destroy(); });
   const outputs: string[] = [];
   t.after(() => {
-    for (const output of outputs) assert.ok(!output.includes(s3.secretKey), 'the S3 secret key appeared in a command output');
+    for (const output of outputs) {
+      assert.ok(!output.includes(s3.secretKey), 'the S3 secret key appeared in a command output');
+      assert.doesNotMatch(output, /Are you using a Stream|NodeVersionSupportWarning/, 'no AWS SDK warning reaches the user');
+    }
   });
   return {
     s3, admin, outputs,

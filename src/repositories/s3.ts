@@ -175,7 +175,8 @@ export function createS3Target(location: S3Location): UploadTarget {
   /** A conditional PUT: false when the object changed since `etag` was read (or exists, for a new one). */
   const putIf = async (file: string, text: string, etag: string | undefined): Promise<boolean> => {
     const send = (quoted: boolean): Promise<unknown> => client.send(new PutObjectCommand({
-      Bucket: bucket, Key: key(file), Body: text, ContentType: file.endsWith('.json') ? 'application/json' : 'text/plain; charset=utf-8',
+      // An empty index has no length the SDK can see: without the header it warns and sends chunked.
+      Bucket: bucket, Key: key(file), Body: text, ContentLength: Buffer.byteLength(text), ContentType: file.endsWith('.json') ? 'application/json' : 'text/plain; charset=utf-8',
       CacheControl: INDEX_CACHE_CONTROL,
       ...(etag === undefined ? { IfNoneMatch: '*' } : { IfMatch: quoted ? `"${etag}"` : etag }),
     }));
