@@ -175,7 +175,13 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   await mkdir(SHOTS, { recursive: true });
   const s3 = await startRadosgw();
   t.after(() => s3.stop());
-  // This test file's own process: the server takes its keys from the SDK chain, as in a lab.
+  // The server runs in this process and takes its keys from the SDK chain, as in a lab: the
+  // environment gets them for this test and is put back after it.
+  const saved = { ...process.env };
+  t.after(() => {
+    for (const key of Object.keys(process.env)) if (!(key in saved)) Reflect.deleteProperty(process.env, key);
+    Object.assign(process.env, saved);
+  });
   Object.assign(process.env, awsEnv(s3));
   delete process.env.AWS_PROFILE;
   const admin = new S3Client({

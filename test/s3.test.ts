@@ -111,16 +111,14 @@ async function checkS3Consistency(admin: S3Client, bucket: string, prefix: strin
   return { checksums, problems };
 }
 
-test('upload --all publishes the example tree to a local folder and an S3 prefix at once with the same index; replace, list, verify --repair, remove and upkeep work on S3', async (t) => {
+test('upload --all publishes the example tree to a local folder and an S3 prefix at once, with the same packages and checksums in both indexes', async (t) => {
   const lab = await startLab(t);
   const dir = await tempDir(t);
   await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
   const clientDir = await copyExampleTree(dir);
   const local = path.join(dir, 'local');
   const config = await writeS3Config(dir, lab, {
-    upload_location: `${local}, s3://lab-packages/autotest/builtin`,
-    custom_upload_location: 's3://lab-packages/autotest/custom',
-    client_dir: clientDir, minimum_free_space: '0', custom_max_age: '0',
+    upload_location: `${local}, s3://lab-packages/autotest/builtin`, client_dir: clientDir, minimum_free_space: '0',
   });
   const upload = await lab.cli(['packager', 'upload', '--all', '--config', config], dir);
   assert.equal(upload.code, 0, upload.stdout + upload.stderr);
@@ -132,6 +130,19 @@ test('upload --all publishes the example tree to a local folder and an S3 prefix
   assert.equal((await getObject(lab.admin, 'lab-packages', 'autotest/builtin/packages.checksum'))?.toString('utf8'), await readFile(path.join(local, 'packages.checksum'), 'utf8'),
     'the local and the S3 packages.checksum are the same');
   assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'autotest/builtin')).filter((key) => key.startsWith('.')), [], 'no temp or probe object is left');
+});
+
+test('on S3 a changed package is replaced, list shows the prefix, verify names a corrupt object and --repair republishes it, remove deletes one, and upkeep expires old custom files', async (t) => {
+  const lab = await startLab(t);
+  const dir = await tempDir(t);
+  await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
+  const clientDir = await copyExampleTree(dir);
+  const config = await writeS3Config(dir, lab, {
+    upload_location: 's3://lab-packages/autotest/builtin', custom_upload_location: 's3://lab-packages/autotest/custom',
+    client_dir: clientDir, minimum_free_space: '0', custom_max_age: '0',
+  });
+  const upload = await lab.cli(['packager', 'upload', '--all', '--config', config], dir);
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
 
   // A changed test replaces its object through a temp key and a server-side copy.
   await writeFile(path.join(clientDir, 'tests', 'hello', 'changed.txt'), 'a change\n');
@@ -144,7 +155,7 @@ test('upload --all publishes the example tree to a local folder and an S3 prefix
   const list = await lab.cli(['packager', 'list', '--json', '--config', config], dir);
   assert.equal(list.code, 0, list.stderr);
   const listed = JSON.parse(list.stdout) as { location: string; packages: { file: string }[] }[];
-  assert.equal(listed.find((l) => l.location.startsWith('s3://'))?.packages.length, 6);
+  assert.deepEqual(listed.map((l) => [l.location, l.packages.length]), [['s3://lab-packages/autotest/builtin', 6]]);
 
   await lab.admin.send(new PutObjectCommand({ Bucket: 'lab-packages', Key: 'autotest/builtin/test-hello.tar.bz2', Body: 'corrupt' }));
   const verify = await lab.cli(['packager', 'verify', '--config', config], dir);
@@ -188,6 +199,35 @@ test('20 concurrent single-package uploads to one S3 prefix leave 20 index entri
   const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'concurrent');
   assert.deepEqual(problems, []);
   assert.deepEqual([...checksums.keys()].sort(), names.map((name) => `test-${name}.tar.bz2`));
+});
+
+test('packagers publishing the same package with different bytes at once leave it indexed with the bytes of the object that stayed', async (t) => {
+  const lab = await startLab(t);
+  const dir = await tempDir(t);
+  await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
+  // Six trees with the same test name and different content, published at once, three rounds
+  // (the first creates the package, the next ones replace it: direct PUTs, then temp keys and copies).
+  const trees = await Promise.all(Array.from({ length: 6 }, async (_, i) => {
+    const root = path.join(dir, `tree-${i.toString()}`);
+    await mkdir(path.join(root, 'tests', 'shared'), { recursive: true });
+    return root;
+  }));
+  for (let round = 0; round < 3; round += 1) {
+    await Promise.all(trees.map((root, i) => writeFile(path.join(root, 'tests', 'shared', 'control'), `round ${round.toString()} tree ${i.toString()}\n${'x'.repeat(1000 * (i + 1))}`)));
+    const results = await Promise.all(trees.map(async (root, i) => {
+      const config = await writeS3Config(dir, lab, { upload_location: 's3://lab-packages/race', client_dir: root, minimum_free_space: '0' }, '', `race-${i.toString()}.ini`);
+      return lab.cli(['packager', 'upload', '-t', 'shared', '--config', config], dir);
+    }));
+    for (const result of results) {
+      // Each either published or says that another packager's version stayed.
+      if (result.code !== 0) assert.match(result.stdout + result.stderr, /test-shared\.tar\.bz2 was replaced or removed by another packager meanwhile[\s\S]*run the upload again if this version should win/);
+    }
+    assert.ok(results.some((result) => result.code === 0), `round ${round.toString()}: at least one packager published`);
+    const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'race');
+    assert.deepEqual(problems, [], `round ${round.toString()}`);
+    assert.deepEqual([...checksums.keys()], ['test-shared.tar.bz2']);
+  }
+  assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'race')).filter((key) => key.startsWith('.')), [], 'no temp object is left');
 });
 
 test('a 200 MB file goes up to S3 in parts, streamed: the packager peaks less than half its size above a 1 kB upload', async (t) => {

@@ -286,6 +286,8 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
     const what = `${name}/${file}`;
     const abort = new AbortController();
     const deadline = setTimeout(() => { abort.abort(); }, settings.timeoutMs);
+    // A body dropped unread must not keep the process alive until the deadline.
+    deadline.unref();
     let answer;
     try {
       answer = await client.send(new GetObjectCommand({

@@ -3,7 +3,8 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, Writable, type Readable, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { pipeline } from 'node:stream';
+import { pipeline as pipelinePromise } from 'node:stream/promises';
 import {
   AbortMultipartUploadCommand,
   CopyObjectCommand,
@@ -32,6 +33,7 @@ import {
   parseChecksumFile,
   parseManifest,
   type Digests,
+  type IndexEntry,
   type RepositoryIndex,
 } from '../packages/index.js';
 import { s3Client, s3Key, s3Problem, type S3Problem } from '../s3/client.js';
@@ -105,27 +107,31 @@ class PartHasher extends Transform {
   }
 }
 
-function refused(name: string, what: string, problem: S3Problem | string, cause?: unknown): AutotestError {
+const DEFAULT_HINT = 'check the [S3] section (endpoint, region, path_style) and the credentials; the index stays consistent, so running the command again finishes the work';
+
+function refused(name: string, what: string, problem: S3Problem | string, cause?: unknown, hint?: string): AutotestError {
   const why = typeof problem === 'string' ? problem : problem.why;
-  return new AutotestError('ERR_LOCATION_REFUSED', `upload location ${name}: ${what}: ${why}`, {
-    hint: typeof problem !== 'string' && problem.kind === 'noBucket'
+  return new AutotestError('ERR_LOCATION_REFUSED', `S3 location ${name}: ${what}: ${why}`, {
+    hint: hint ?? (typeof problem !== 'string' && problem.kind === 'noBucket'
       ? 'create the bucket first (aws s3 mb, radosgw-admin or the console) or fix the location'
-      : 'check the [S3] section (endpoint, region, path_style) and the credentials; nothing was published',
+      : DEFAULT_HINT),
     cause,
   });
 }
 
-/** Conditional writes were checked on this endpoint and prefix in this process. */
-const casChecked = new Set<string>();
+/** Conditional writes checked on an endpoint and prefix in this process: whether a bare (unquoted) If-Match is honoured too. */
+const casChecked = new Map<string, { bareIfMatch: boolean }>();
 
 /**
  * An S3 prefix as a repository. S3 has no lock, so the index is kept with conditional writes
  * instead (optimistic concurrency, see the README): packages.json is replaced only with
  * If-Match on the ETag it was read with (If-None-Match: * when new) and re-read and re-applied
  * on 412; packages.checksum follows it, derived from the manifest under the same rule. New
- * packages go straight to their key; a replacement goes to a temp key first and is copied
- * over its old version server-side once its index entry is gone, so an entry never names
- * other bytes than its own unless two packagers publish the same file at once (see commit).
+ * packages go straight to their key (If-None-Match: *); a replacement goes to a temp key
+ * first and is copied over its old version server-side once its index entry is gone. Copies
+ * and deletes cannot be conditional on radosgw 16, so two packagers writing the same file at
+ * the same moment can leave, for a moment, an entry naming the other's bytes (see commit);
+ * fetchers verify every byte, and the last writer leaves the index right.
  */
 export function createS3Target(location: S3Location): UploadTarget {
   const name = location.text;
@@ -135,6 +141,7 @@ export function createS3Target(location: S3Location): UploadTarget {
   const listPrefix = location.prefix === '' ? '' : `${location.prefix}/`;
   /** ETag of each staged object, as S3 should report it. */
   const stagedEtags = new Map<string, string[]>();
+  const casId = `${location.settings.endpoint ?? 'aws'} ${bucket} ${location.prefix}`;
   /** The index as last read: a file it lists is replaced through a temp key, any other goes straight to its key. */
   let indexRead: RepositoryIndex | undefined;
   /** radosgw 16 compares If-Match with the bare ETag; AWS with the quoted one. */
@@ -174,6 +181,8 @@ export function createS3Target(location: S3Location): UploadTarget {
 
   /** A conditional PUT: false when the object changed since `etag` was read (or exists, for a new one). */
   const putIf = async (file: string, text: string, etag: string | undefined): Promise<boolean> => {
+    // Every index write relies on conditions: checked once per process, whatever the command.
+    await checkConditionalWrites();
     const send = (quoted: boolean): Promise<unknown> => client.send(new PutObjectCommand({
       // An empty index has no length the SDK can see: without the header it warns and sends chunked.
       Bucket: bucket, Key: key(file), Body: text, ContentLength: Buffer.byteLength(text), ContentType: file.endsWith('.json') ? 'application/json' : 'text/plain; charset=utf-8',
@@ -188,8 +197,13 @@ export function createS3Target(location: S3Location): UploadTarget {
       if (problem.kind !== 'precondition') throw refused(name, `writing ${file}`, problem, error);
       if (etag === undefined) return false;
       // A 412 for an object that still has the ETag asked for: this server wants it written
-      // the other way (quoted or bare). Learnt once, then every write uses it.
+      // the other way (quoted or bare). Learnt once, then every write uses it; only a form the
+      // probe showed to be honoured is ever used.
       if ((await head(file))?.etag !== etag) return false;
+      if (quoteEtags && casChecked.get(casId)?.bareIfMatch !== true) {
+        throw refused(name, `writing ${file}`, 'the server refuses If-Match with the current ETag quoted and does not honour it bare', undefined,
+          'this S3 server cannot keep an index safe for concurrent packagers; use another server or endpoint');
+      }
       try {
         await send(!quoteEtags);
         quoteEtags = !quoteEtags;
@@ -255,8 +269,7 @@ export function createS3Target(location: S3Location): UploadTarget {
 
   /** Whether the server honours If-Match and If-None-Match on PUT; without them the index could lose entries. */
   const checkConditionalWrites = async (): Promise<void> => {
-    const id = `${location.settings.endpoint ?? 'aws'} ${bucket} ${location.prefix}`;
-    if (casChecked.has(id)) return;
+    if (casChecked.has(casId)) return;
     const probe = path.basename(tempPathFor('/.cas-probe'));
     const probeKey = key(probe);
     try {
@@ -269,42 +282,61 @@ export function createS3Target(location: S3Location): UploadTarget {
         if (problem.kind !== 'precondition') throw error;
         ignored = false;
       }
-      if (!ignored) {
+      const honoured = async (ifMatch: string): Promise<boolean> => {
         try {
-          await client.send(new PutObjectCommand({ Bucket: bucket, Key: probeKey, Body: 'probe', IfMatch: '"00000000000000000000000000000000"' }));
-          ignored = true;
+          await client.send(new PutObjectCommand({ Bucket: bucket, Key: probeKey, Body: 'probe', IfMatch: ifMatch }));
+          return false;
         } catch (error) {
           if (s3Problem(error).kind !== 'precondition') throw error;
+          return true;
         }
-      }
+      };
+      if (!ignored && !(await honoured('"00000000000000000000000000000000"'))) ignored = true;
       if (ignored) {
-        throw refused(name, 'checking conditional writes', 'this S3 server ignores If-None-Match or If-Match on PUT, so concurrent packagers could lose index entries');
+        throw refused(name, 'checking conditional writes', 'this S3 server ignores If-None-Match or If-Match on PUT, so concurrent packagers could lose index entries', undefined,
+          'use an S3 server that honours conditional PUTs (AWS since 2024, Ceph, MinIO)');
       }
+      casChecked.set(casId, { bareIfMatch: await honoured('00000000000000000000000000000000') });
     } finally {
       await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: probeKey })).catch(() => undefined);
     }
-    casChecked.add(id);
   };
 
   /** Streams a file up (multipart above part_size, at most upload_concurrency parts in memory) and checks the ETag it gets. */
-  const uploadFile = async (source: string, objectKey: string, file: string): Promise<string[]> => {
+  /**
+   * Streams a file up (multipart above part_size, at most upload_concurrency parts in memory)
+   * and checks the ETag it gets. With `onlyIfNew`, an existing object is left alone and the
+   * answer is undefined.
+   */
+  const uploadFile = async (source: string, objectKey: string, file: string, onlyIfNew: boolean): Promise<string[] | undefined> => {
     const { partSizeBytes, uploadConcurrency } = location.settings;
     const hasher = new PartHasher(partSizeBytes);
-    const body: Readable = createReadStream(source, { highWaterMark: 1024 * 1024 }).pipe(hasher);
+    const reader = createReadStream(source, { highWaterMark: 1024 * 1024 });
+    // pipeline passes a read error on to the upload (which then aborts) and closes the file either way.
+    const body: Readable = pipeline(reader, hasher, () => undefined);
     const upload = new Upload({
       client,
-      params: { Bucket: bucket, Key: objectKey, Body: body, ContentType: contentTypeOf(file) },
+      params: { Bucket: bucket, Key: objectKey, Body: body, ContentType: contentTypeOf(file), ...(onlyIfNew ? { IfNoneMatch: '*' } : {}) },
       partSize: partSizeBytes,
       queueSize: uploadConcurrency,
       leavePartsOnError: false,
     });
-    const done = await upload.done();
+    let done;
+    try {
+      done = await upload.done();
+    } catch (error) {
+      if (onlyIfNew && s3Problem(error).kind === 'precondition') return undefined;
+      throw error;
+    } finally {
+      reader.destroy();
+      hasher.destroy();
+    }
     const etags = hasher.etags();
     // radosgw 16 answers a completed multipart upload with an empty ETag: then ask for it.
     let etag = bareEtag(done.ETag);
     if (etag === '') etag = bareEtag((await call(`checking ${file}`, () => client.send(new HeadObjectCommand({ Bucket: bucket, Key: objectKey })))).ETag);
     if (!etags.includes(etag)) {
-      throw refused(name, `uploading ${file}`, `the object's ETag ${etag} is not that of the bytes sent (corrupted on the way, or replaced by another packager meanwhile)`);
+      throw refused(name, `uploading ${file}`, `the object's ETag ${etag} is not that of the bytes sent: corrupted on the way, replaced by another packager meanwhile, or a bucket with SSE-KMS/SSE-C encryption (whose ETags are not md5s, not supported)`);
     }
     return etags;
   };
@@ -313,11 +345,16 @@ export function createS3Target(location: S3Location): UploadTarget {
     for (const file of files) await call(`deleting ${file}`, () => client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key(file) })));
   };
 
-  /** Deletes a file only while it is still the object we looked at (another packager may have put a new one since). */
+  /**
+   * Deletes a file only while it is still the object looked at (`undefined`: there was none),
+   * since another packager may have put a new one there meanwhile. S3 servers without
+   * conditional deletes (radosgw 16) leave a moment between the look and the delete.
+   */
   const removeIfUnchanged = async (file: string, etag: string | undefined): Promise<boolean> => {
     const now = await head(file);
-    if (now && etag !== undefined && now.etag !== etag) return false;
-    if (now) await remove([file]);
+    if (!now) return true;
+    if (etag === undefined || now.etag !== etag) return false;
+    await remove([file]);
     return true;
   };
 
@@ -350,8 +387,48 @@ export function createS3Target(location: S3Location): UploadTarget {
     const digests = new DigestStream();
     const body = answer.Body as Readable | undefined;
     if (!body) throw refused(name, `reading ${file}`, 'the S3 server sent no body');
-    await call(`reading ${file}`, () => pipeline(body, digests, new Writable({ write: (_chunk, _encoding, done) => { done(); } })));
+    await call(`reading ${file}`, () => pipelinePromise(body, digests, new Writable({ write: (_chunk, _encoding, done) => { done(); } })));
     return { ...digests.digests(), etag: bareEtag(answer.ETag) };
+  };
+
+  /**
+   * Copies staged replacements over their old objects (server-side) and deletes the files
+   * removed, each only while it is what `before` saw; notes in `touched` what it changed.
+   * Returns the ETag of each copy.
+   */
+  const placeAndRemove = async (change: IndexChange, before: Map<string, string | undefined>, touched: Set<string>): Promise<Map<string, string>> => {
+    const copied = new Map<string, string>();
+    for (const { entry, staged } of change.add) {
+      if (staged.tempPath === key(entry.file)) continue;
+      touched.add(entry.file);
+      const answer = await call(`moving ${entry.file} into place`, () => client.send(new CopyObjectCommand({
+        Bucket: bucket, Key: key(entry.file), CopySource: `${bucket}/${staged.tempPath.split('/').map(encodeURIComponent).join('/')}`,
+        ContentType: contentTypeOf(entry.file), MetadataDirective: 'REPLACE',
+      })));
+      const tag = bareEtag(answer.CopyObjectResult?.ETag);
+      if (tag !== '') copied.set(entry.file, tag);
+      await call(`deleting the temp of ${entry.file}`, () => client.send(new DeleteObjectCommand({ Bucket: bucket, Key: staged.tempPath })));
+    }
+    for (const file of change.remove) {
+      touched.add(file);
+      await removeIfUnchanged(file, before.get(file));
+    }
+    return copied;
+  };
+
+  const discard = async (staged: StagedFile[]): Promise<void> => {
+    for (const s of staged) {
+      const etags = stagedEtags.get(s.tempPath) ?? [];
+      stagedEtags.delete(s.tempPath);
+      const file = s.tempPath.slice(listPrefix.length);
+      if (isTempName(file)) await remove([file]).catch(() => undefined);
+      // Straight to its key: removed only while it is still ours and no entry names it.
+      else {
+        const index = await readIndexWithTag().then((read) => read.index, () => undefined);
+        const now = await head(file).catch(() => undefined);
+        if (index && !index.has(file) && now && etags.includes(now.etag)) await remove([file]).catch(() => undefined);
+      }
+    }
   };
 
   return {
@@ -380,16 +457,27 @@ export function createS3Target(location: S3Location): UploadTarget {
 
     async stage(file, source) {
       const { size } = await stat(source);
-      // A new package goes straight to its key: no entry names it. A replacement waits under
-      // a temp key until its old entry is out of the index (commit).
-      const existing = indexRead ? indexRead.has(file) : (await head(file)) !== undefined;
-      if (existing && size > COPY_LIMIT_BYTES) {
-        throw refused(name, `replacing ${file}`, `packages over ${(COPY_LIMIT_BYTES / 1024 ** 3).toString()} GiB cannot be replaced on S3 by this version; remove it first`);
+      // A new package goes straight to its key, only if nothing is there (If-None-Match: *):
+      // no entry can name it. A replacement waits under a temp key until its old entry is out
+      // of the index (commit). radosgw 16 ignores the condition on a multipart completion, so
+      // for a large file the key is looked at first.
+      let existing = indexRead?.has(file) === true;
+      if (!existing && (indexRead === undefined || size > location.settings.partSizeBytes)) existing = (await head(file)) !== undefined;
+      if (!existing) {
+        const etags = await call(`uploading ${file}`, () => uploadFile(source, key(file), file, true));
+        if (etags) {
+          stagedEtags.set(key(file), etags);
+          return { file, tempPath: key(file) };
+        }
       }
-      const objectKey = existing ? key(path.basename(tempPathFor(`/${file}`))) : key(file);
-      const etags = await call(`uploading ${file}`, () => uploadFile(source, objectKey, file));
-      stagedEtags.set(objectKey, etags);
-      return { file, tempPath: objectKey };
+      if (size > COPY_LIMIT_BYTES) {
+        throw refused(name, `replacing ${file}`, `packages over ${(COPY_LIMIT_BYTES / 1024 ** 3).toString()} GiB cannot be replaced on S3 by this version`, undefined,
+          'remove it first ("autotest packager remove"), then upload it again');
+      }
+      const tempKey = key(path.basename(tempPathFor(`/${file}`)));
+      const etags = await call(`uploading ${file}`, () => uploadFile(source, tempKey, file, false));
+      stagedEtags.set(tempKey, etags ?? []);
+      return { file, tempPath: tempKey };
     },
 
     /**
@@ -400,32 +488,46 @@ export function createS3Target(location: S3Location): UploadTarget {
      */
     async commit(change: IndexChange) {
       const files = new Set([...change.add.map(({ entry }) => entry.file), ...change.remove]);
+      const left = new Map<string, IndexEntry>();
       await updateIndex((index) => {
-        let changed = false;
-        for (const file of files) changed = index.delete(file) || changed;
-        return changed;
-      });
-      const placed = new Map<string, string[]>();
-      for (const { entry, staged } of change.add) {
-        const finalKey = key(entry.file);
-        const etags = stagedEtags.get(staged.tempPath) ?? [];
-        if (staged.tempPath === finalKey) {
-          placed.set(entry.file, etags);
-          continue;
+        left.clear();
+        for (const file of files) {
+          const entry = index.get(file);
+          if (entry) left.set(file, entry);
+          index.delete(file);
         }
-        const copied = await call(`moving ${entry.file} into place`, () => client.send(new CopyObjectCommand({
-          Bucket: bucket, Key: finalKey, CopySource: `${bucket}/${staged.tempPath.split('/').map(encodeURIComponent).join('/')}`,
-          ContentType: contentTypeOf(entry.file), MetadataDirective: 'REPLACE',
-        })));
-        const copiedTag = bareEtag(copied.CopyObjectResult?.ETag);
-        placed.set(entry.file, copiedTag === '' ? etags : [copiedTag, ...etags]);
-        await call(`deleting the temp of ${entry.file}`, () => client.send(new DeleteObjectCommand({ Bucket: bucket, Key: staged.tempPath })));
+        return left.size > 0;
+      });
+      // What each file was when its entry left, to delete only that and to put the entry back
+      // if this commit stops halfway.
+      const limit = pLimit(16);
+      const looked = [...files].filter((file) => left.has(file) || change.remove.includes(file));
+      const before = new Map(await Promise.all(looked.map((file) => limit(async () => [file, (await head(file))?.etag] as const))));
+      const touched = new Set<string>(change.add.filter(({ entry, staged }) => staged.tempPath === key(entry.file)).map(({ entry }) => entry.file));
+      let copiedEtags = new Map<string, string>();
+      try {
+        copiedEtags = await placeAndRemove(change, before, touched);
+      } catch (error) {
+        await updateIndex(async (index) => {
+          let changed = false;
+          for (const [file, entry] of left) {
+            if (touched.has(file) || index.has(file)) continue;
+            const now = await head(file);
+            if (now && now.etag === before.get(file)) {
+              index.set(file, entry);
+              changed = true;
+            }
+          }
+          return changed;
+        }).catch(() => undefined);
+        throw error;
       }
-      await remove(change.remove);
+      const placed = new Map<string, string[]>();
+      for (const { entry, staged } of change.add) placed.set(entry.file, stagedEtags.get(staged.tempPath) ?? []);
+      for (const [file, etag] of copiedEtags) placed.get(file)?.unshift(etag);
       const lost: string[] = [];
       await updateIndex(async (index) => {
         lost.length = 0;
-        const limit = pLimit(16);
         const heads = await Promise.all(change.add.map(({ entry }) => limit(() => head(entry.file))));
         change.add.forEach(({ entry }, i) => {
           const now = heads[i];
@@ -438,24 +540,12 @@ export function createS3Target(location: S3Location): UploadTarget {
         return change.add.length > lost.length || change.refresh.length > 0;
       });
       if (lost.length > 0) {
-        throw refused(name, 'publishing', `${lost.join(', ')} ${lost.length === 1 ? 'was' : 'were'} replaced or removed by another packager meanwhile and ${lost.length === 1 ? 'is' : 'are'} not indexed by this one`);
+        throw refused(name, 'publishing', `${lost.join(', ')} ${lost.length === 1 ? 'was' : 'were'} replaced or removed by another packager meanwhile and ${lost.length === 1 ? 'is' : 'are'} not indexed by this one`, undefined,
+          'another packager published the same file at the same time and its version stayed; run the upload again if this version should win');
       }
     },
 
-    async discard(staged: StagedFile[]) {
-      for (const s of staged) {
-        const etags = stagedEtags.get(s.tempPath) ?? [];
-        stagedEtags.delete(s.tempPath);
-        const file = s.tempPath.slice(listPrefix.length);
-        if (isTempName(file)) await remove([file]).catch(() => undefined);
-        // Straight to its key: removed only while it is still ours and no entry names it.
-        else {
-          const index = await readIndexWithTag().then((read) => read.index, () => undefined);
-          const now = await head(file).catch(() => undefined);
-          if (index && !index.has(file) && now && etags.includes(now.etag)) await remove([file]).catch(() => undefined);
-        }
-      }
-    },
+    discard,
 
     listFiles: async () => [...(await list()).keys()],
 
@@ -470,12 +560,21 @@ export function createS3Target(location: S3Location): UploadTarget {
         .map(([file]) => file);
       await remove(dead);
       // Parts of uploads a killed packager never completed cost storage until aborted.
-      const uploads = await call('listing unfinished uploads', () => client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: listPrefix })));
-      for (const upload of uploads.Uploads ?? []) {
-        if (upload.Key === undefined || upload.UploadId === undefined || Date.now() - (upload.Initiated?.getTime() ?? Date.now()) < DEAD_UPLOAD_MS) continue;
-        await call('aborting an unfinished upload', () => client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: upload.Key, UploadId: upload.UploadId })));
-        dead.push(`${upload.Key.slice(listPrefix.length)} (unfinished upload)`);
-      }
+      let keyMarker: string | undefined;
+      let uploadIdMarker: string | undefined;
+      do {
+        const page = await call('listing unfinished uploads', () => client.send(new ListMultipartUploadsCommand({
+          Bucket: bucket, Prefix: listPrefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker,
+        })));
+        for (const upload of page.Uploads ?? []) {
+          if (upload.Key === undefined || upload.UploadId === undefined || Date.now() - (upload.Initiated?.getTime() ?? Date.now()) < DEAD_UPLOAD_MS) continue;
+          await call('aborting an unfinished upload', () => client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: upload.Key, UploadId: upload.UploadId })));
+          dead.push(`${upload.Key.slice(listPrefix.length)} (unfinished upload)`);
+        }
+        const more = page.IsTruncated === true && (page.NextKeyMarker !== keyMarker || page.NextUploadIdMarker !== uploadIdMarker);
+        keyMarker = more ? page.NextKeyMarker : undefined;
+        uploadIdMarker = more ? page.NextUploadIdMarker : undefined;
+      } while (keyMarker !== undefined);
       return dead;
     },
 
@@ -496,7 +595,9 @@ export function createS3Target(location: S3Location): UploadTarget {
         dropped.length = 0;
         for (const file of bad.keys()) {
           // Only the entry that was checked: another packager may have republished it since.
-          if (index.get(file)?.md5 !== before.get(file)?.md5) continue;
+          const now = index.get(file);
+          const then = before.get(file);
+          if (now?.md5 !== then?.md5 || now?.publishedAt !== then?.publishedAt) continue;
           index.delete(file);
           dropped.push(file);
         }

@@ -35,6 +35,8 @@ export function s3Client(settings: S3Settings, purpose: S3Purpose, options: S3Cl
       ...(settings.profile === undefined ? {} : { profile: settings.profile }),
       region: settings.region,
       forcePathStyle: settings.pathStyle,
+      // A bucket in another AWS region than `region`: follow S3's redirect instead of failing with 301.
+      followRegionRedirects: true,
       requestChecksumCalculation: mode,
       responseChecksumValidation: mode,
       maxAttempts: purpose === 'fetch' ? 1 : 4,
@@ -100,7 +102,8 @@ export function s3Problem(error: unknown): S3Problem {
     if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'AccessDenied' || status === 403 || status === 401) {
       return { kind: 'denied', why: `access denied (${name}, ${String(status ?? 403)}); ${CREDENTIALS_HINT}`, status };
     }
-    if (name === 'PreconditionFailed' || status === 412) return { kind: 'precondition', why: 'changed meanwhile (412)', status };
+    // AWS answers 409 ConditionalRequestConflict to a conditional write racing another: try again, as for 412.
+    if (name === 'PreconditionFailed' || status === 412 || name === 'ConditionalRequestConflict') return { kind: 'precondition', why: `changed meanwhile (${String(status ?? 412)})`, status };
     if (name === 'InvalidRange' || status === 416) return { kind: 'range', why: 'the range asked is not satisfiable (416)', status };
     if (status === 304) return { kind: 'notModified', why: 'not modified (304)', status };
     if (status !== undefined && (status >= 500 || status === 429 || status === 408 || name === 'SlowDown')) {

@@ -10,6 +10,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { escapeHtml } from './html.js';
 import type { ServedLocation } from '../config/index.js';
 import type { ServerMetrics } from './metrics.js';
+import { s3Problem } from '../s3/client.js';
 import { listS3Files, serveS3File } from './s3-proxy.js';
 
 export interface ServedRepository {
@@ -299,11 +300,18 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const serveListing = async (response: ServerResponse, repository: ServedRepository): Promise<number> => {
-    const names = repository.location.kind === 's3'
-      ? await listS3Files(repository.location)
-      : (await readdir(repository.location.path, { withFileTypes: true }))
+    let names: string[];
+    if (repository.location.kind === 's3') {
+      try {
+        names = await listS3Files(repository.location);
+      } catch (error) {
+        return answerError(response, 502, `/packages/${repository.name}/: the S3 repository behind this server failed: ${s3Problem(error).why}`);
+      }
+    } else {
+      names = (await readdir(repository.location.path, { withFileTypes: true }))
         .filter((entry) => !entry.name.startsWith('.') && entry.isFile())
         .map((entry) => entry.name);
+    }
     const rows = names
       .sort()
       .map((name) => `<li><a href="${escapeHtml(encodeURIComponent(name))}">${escapeHtml(name)}</a></li>`)
