@@ -28,7 +28,7 @@ export interface FetchedPackage {
 const MAX_QUEUED = 8 * 1024 * 1024;
 
 /**
- * Writes `stream` into `handle` from `position` on, hashing each chunk as it arrives. One
+ * Writes `stream` into `handle` from `position` on, hashing each chunk once it is written. One
  * write is under way at a time and takes every chunk that arrived meanwhile (writev), so the
  * disk sees few large writes. Unlike an async iterator, which drops what is buffered when the
  * stream fails, every chunk that arrived before a cut is written before this returns or
@@ -49,6 +49,8 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     writing = handle.writev(buffers, position + written).then(() => {
       written += bytes;
       writing = undefined;
+      // Hashed once on disk, in order: the digest always covers exactly the bytes written.
+      for (const buffer of buffers) hash.take(buffer);
       if (stream.isPaused()) stream.resume();
       flush();
     }, (error: unknown) => {
@@ -58,7 +60,6 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     });
   };
   stream.on('data', (chunk: Buffer) => {
-    hash.update(chunk);
     queued.push(chunk);
     queuedBytes += chunk.length;
     if (queuedBytes > MAX_QUEUED) stream.pause();

@@ -17,8 +17,7 @@ import {
   type RepositoryIndex,
 } from '../packages/index.js';
 import { readLocalIndex } from '../repositories/local.js';
-import { GetObjectCommand } from '@aws-sdk/client-s3';
-import { s3Client, s3Key, s3Problem } from '../s3/client.js';
+import { loadS3Sdk, s3Client, s3Key, s3Problem } from '../s3/client.js';
 import { sshHost } from '../ssh/session.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 
@@ -280,7 +279,6 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
  */
 function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
-  const client = s3Client(location.settings, 'fetch', { connectTimeoutMs: settings.connectTimeoutMs, stallTimeoutMs: Math.min(MAX_STALL_MS, settings.timeoutMs) });
 
   const get = async (file: string, offset: number): Promise<{ stream: Readable; start: number }> => {
     const what = `${name}/${file}`;
@@ -290,6 +288,9 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
     deadline.unref();
     let answer;
     try {
+      const [{ GetObjectCommand }, client] = await Promise.all([
+        loadS3Sdk(), s3Client(location.settings, 'fetch', { connectTimeoutMs: settings.connectTimeoutMs, stallTimeoutMs: Math.min(MAX_STALL_MS, settings.timeoutMs) }),
+      ]);
       answer = await client.send(new GetObjectCommand({
         Bucket: location.bucket, Key: s3Key(location, file), ...(offset > 0 ? { Range: `bytes=${offset.toString()}-` } : {}),
       }), { abortSignal: abort.signal });

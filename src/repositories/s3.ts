@@ -133,10 +133,10 @@ const casChecked = new Map<string, { bareIfMatch: boolean }>();
  * the same moment can leave, for a moment, an entry naming the other's bytes (see commit);
  * fetchers verify every byte, and the last writer leaves the index right.
  */
-export function createS3Target(location: S3Location): UploadTarget {
+export async function createS3Target(location: S3Location): Promise<UploadTarget> {
   const name = location.text;
   const { bucket } = location;
-  const client: S3Client = s3Client(location.settings, 'publish');
+  const client: S3Client = await s3Client(location.settings, 'publish');
   const key = (file: string): string => s3Key(location, file);
   const listPrefix = location.prefix === '' ? '' : `${location.prefix}/`;
   /** ETag of each staged object, as S3 should report it. */

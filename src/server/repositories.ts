@@ -11,7 +11,9 @@ import { escapeHtml } from './html.js';
 import type { ServedLocation } from '../config/index.js';
 import type { ServerMetrics } from './metrics.js';
 import { s3Problem } from '../s3/client.js';
-import { listS3Files, serveS3File } from './s3-proxy.js';
+
+/** The S3 proxy and with it the AWS SDK, loaded only by a server that serves an S3 prefix. */
+const s3Proxy = (): Promise<typeof import('./s3-proxy.js')> => import('./s3-proxy.js');
 
 export interface ServedRepository {
   /** URL path segment: builtin or custom. */
@@ -239,7 +241,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const serveFile = async (request: IncomingMessage, response: ServerResponse, repository: ServedRepository, file: string): Promise<number> => {
-    if (repository.location.kind === 's3') return serveS3File(request, response, repository.location, file, contentType(file), answerError);
+    if (repository.location.kind === 's3') return (await s3Proxy()).serveS3File(request, response, repository.location, file, contentType(file), answerError);
     const dir = repository.location.path;
     const cache = caches.get(repository.name) ?? new Map<string, Cached>();
     const now = performance.now();
@@ -303,7 +305,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     let names: string[];
     if (repository.location.kind === 's3') {
       try {
-        names = await listS3Files(repository.location);
+        names = await (await s3Proxy()).listS3Files(repository.location);
       } catch (error) {
         return answerError(response, 502, `/packages/${repository.name}/: the S3 repository behind this server failed: ${s3Problem(error).why}`);
       }

@@ -19,7 +19,7 @@ export async function serveS3File(
   request: IncomingMessage, response: ServerResponse, location: S3Location, file: string,
   contentType: string, answerError: AnswerError,
 ): Promise<number> {
-  const client = s3Client(location.settings, 'publish');
+  const client = await s3Client(location.settings, 'publish');
   const key = s3Key(location, file);
   const rangeHeader = request.headers.range;
   const ifRange = request.headers['if-range'];
@@ -108,7 +108,7 @@ export async function serveS3File(
 
 /** The plain file names of an S3 repository, for its listing page (no dotfiles, no deeper keys). */
 export async function listS3Files(location: S3Location): Promise<string[]> {
-  const client = s3Client(location.settings, 'publish');
+  const client = await s3Client(location.settings, 'publish');
   const prefix = location.prefix === '' ? '' : `${location.prefix}/`;
   const names: string[] = [];
   let token: string | undefined;
