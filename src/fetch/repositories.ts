@@ -17,7 +17,8 @@ import {
   type RepositoryIndex,
 } from '../packages/index.js';
 import { readLocalIndex } from '../repositories/local.js';
-import { loadS3Sdk, s3Client, s3Key, s3Problem } from '../s3/client.js';
+import { s3Problem } from '../s3/client.js';
+import { signGet } from '../s3/sign.js';
 import { sshHost } from '../ssh/session.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 
@@ -87,16 +88,28 @@ export function closeHttpConnections(): void {
   agents.https.destroy();
 }
 
-function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
-  const name = describeLocation(location);
-  const base = location.url;
+/** What a GET answered other than 200/206, for the scheme to turn into a FetchFailure. */
+type RefusedAnswer = (status: number, body: string, what: string) => FetchFailure;
 
-  /** One GET with a connect timeout, a stall timeout and, for a body, an overall deadline. */
-  const get = (file: string, offset: number): Promise<IncomingMessage> => new Promise((resolve, reject) => {
-    const url = new URL(`${base}/${encodeURIComponent(file)}`);
-    const what = `${name}/${file}`;
+/** Plain HTTP: 404/410 not found, 416 a refused range, 5xx/429/408 transient, anything else final. */
+const httpRefusal: RefusedAnswer = (status, _body, what) => {
+  if (status === 404 || status === 410) return notFound(what);
+  if (status === 416) return new FetchFailure(`${what}: the server refused the range asked (416)`, { transient: true, down: false, rangeRefused: true });
+  if (status >= 500 || status === 429 || status === 408) return new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: true, down: false });
+  return new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: false, down: false });
+};
+
+/** Error answers are read up to this much (an S3 error document names its code). */
+const ERROR_BODY_LIMIT = 16 * 1024;
+
+/**
+ * One GET with a connect timeout, a stall timeout and, for a body, an overall deadline; the
+ * response when it is 200 or 206, else the FetchFailure `refusal` makes of it.
+ */
+function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>, what: string, settings: FetchSettings, refusal: RefusedAnswer): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
     const client = url.protocol === 'https:' ? https : http;
-    const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity' };
+    const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity', ...extraHeaders };
     if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
     const request = client.get(url, { headers, agent: url.protocol === 'https:' ? agents.https : agents.http });
     const connectTimer = setTimeout(() => {
@@ -130,28 +143,40 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
         resolve(response);
         return;
       }
-      response.resume();
-      if (status === 404 || status === 410) reject(notFound(what));
-      else if (status === 416) reject(new FetchFailure(`${what}: the server refused the range asked (416)`, { transient: true, down: false, rangeRefused: true }));
-      else if (status >= 500 || status === 429 || status === 408) reject(new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: true, down: false }));
-      else reject(new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: false, down: false }));
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => {
+        if (body.length < ERROR_BODY_LIMIT) body += chunk;
+      });
+      response.on('error', () => undefined);
+      response.on('end', () => { reject(refusal(status, body, what)); });
+      response.on('close', () => { reject(refusal(status, body, what)); });
     });
   });
+}
 
+/** A 200 or 206 answer as the bytes from `offset` on (a server that ignores ranges starts at 0). */
+function openedFrom(response: IncomingMessage, offset: number, what: string): Opened {
+  if (response.statusCode === 206) {
+    const range = /^bytes (\d+)-/.exec(response.headers['content-range'] ?? '');
+    if (!range || Number(range[1]) !== offset) {
+      response.destroy();
+      throw new FetchFailure(`${what}: the server sent another range than asked (${response.headers['content-range'] ?? 'none'})`, { transient: true, down: false });
+    }
+    return { stream: response, start: offset };
+  }
+  return { stream: response, start: 0 };
+}
+
+function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
+  const name = describeLocation(location);
+  const get = (file: string, offset: number): Promise<IncomingMessage> =>
+    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, settings, httpRefusal);
   return {
     name,
     readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
     async open(file, offset) {
-      const response = await get(file, offset);
-      if (response.statusCode === 206) {
-        const range = /^bytes (\d+)-/.exec(response.headers['content-range'] ?? '');
-        if (!range || Number(range[1]) !== offset) {
-          response.destroy();
-          throw new FetchFailure(`${name}/${file}: the server sent another range than asked (${response.headers['content-range'] ?? 'none'})`, { transient: true, down: false });
-        }
-        return { stream: response, start: offset };
-      }
-      return { stream: response, start: 0 };
+      return openedFrom(await get(file, offset), offset, `${name}/${file}`);
     },
   };
 }
@@ -274,66 +299,46 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
 }
 
 /**
- * An S3 prefix read with the SDK (signed with the SDK chain's credentials): GET with Range
- * from the resume point. The SDK tries once; retries, cool-down and fallback are the fetcher's.
+ * An S3 error answer as a FetchFailure: the code of its XML document (NoSuchKey, NoSuchBucket,
+ * AccessDenied, SignatureDoesNotMatch...) says whether the next repository should be tried
+ * and the repository cooled down.
+ */
+const s3Refusal: RefusedAnswer = (status, body, what) => {
+  const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1] ?? (status === 404 ? 'NotFound' : 'Error');
+  const problem = s3Problem(Object.assign(new Error(code), { name: code, $metadata: { httpStatusCode: status }, $fault: status >= 500 ? 'server' : 'client' }));
+  const failure = (transient: boolean, down: boolean, extra: { notFound?: boolean; rangeRefused?: boolean } = {}): FetchFailure =>
+    new FetchFailure(`${what}: ${problem.why}`, { transient, down, ...extra });
+  switch (problem.kind) {
+    case 'notFound': return failure(false, false, { notFound: true });
+    case 'range': return failure(true, false, { rangeRefused: true });
+    case 'denied': case 'noBucket': case 'noCredentials': case 'unreachable': return failure(false, true);
+    case 'transient': return failure(true, false);
+    default: return failure(false, false);
+  }
+};
+
+/**
+ * An S3 prefix read with signed GETs (SigV4, the SDK's signer and credential chain) over the
+ * same HTTP code as any repository: keep-alive, timeouts, Range from the resume point.
  */
 function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
-
-  const get = async (file: string, offset: number): Promise<{ stream: Readable; start: number }> => {
+  const get = async (file: string, offset: number): Promise<IncomingMessage> => {
     const what = `${name}/${file}`;
-    const abort = new AbortController();
-    const deadline = setTimeout(() => { abort.abort(); }, settings.timeoutMs);
-    // A body dropped unread must not keep the process alive until the deadline.
-    deadline.unref();
-    let answer;
+    let signed;
     try {
-      const [{ GetObjectCommand }, client] = await Promise.all([
-        loadS3Sdk(), s3Client(location.settings, 'fetch', { connectTimeoutMs: settings.connectTimeoutMs, stallTimeoutMs: Math.min(MAX_STALL_MS, settings.timeoutMs) }),
-      ]);
-      answer = await client.send(new GetObjectCommand({
-        Bucket: location.bucket, Key: s3Key(location, file), ...(offset > 0 ? { Range: `bytes=${offset.toString()}-` } : {}),
-      }), { abortSignal: abort.signal });
+      signed = await signGet(location, file);
     } catch (error) {
-      clearTimeout(deadline);
-      if (abort.signal.aborted) throw new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false });
-      const problem = s3Problem(error);
-      const failure = (transient: boolean, down: boolean, extra: { notFound?: boolean; rangeRefused?: boolean } = {}): FetchFailure =>
-        new FetchFailure(`${what}: ${problem.why}`, { transient, down, ...extra });
-      switch (problem.kind) {
-        case 'notFound': throw failure(false, false, { notFound: true });
-        case 'range': throw failure(true, false, { rangeRefused: true });
-        case 'unreachable': throw failure(false, true);
-        case 'denied': case 'noBucket': case 'noCredentials': throw failure(false, true);
-        case 'transient': throw failure(true, false);
-        default: throw failure(false, false);
-      }
+      throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: true });
     }
-    const body = answer.Body as Readable | undefined;
-    if (!body) {
-      clearTimeout(deadline);
-      throw new FetchFailure(`${what}: the S3 server sent no body`, { transient: true, down: false });
-    }
-    // The body goes to the reader as it is (no extra stream: that halved the throughput). A
-    // stall is the client's socketTimeout; the deadline destroys it with a FetchFailure.
-    abort.signal.addEventListener('abort', () => { body.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false })); });
-    body.once('close', () => { clearTimeout(deadline); });
-    let start = 0;
-    if (offset > 0) {
-      const range = /^bytes (\d+)-/.exec(answer.ContentRange ?? '');
-      start = range ? Number(range[1]) : 0;
-      if (range && start !== offset) {
-        body.destroy();
-        throw new FetchFailure(`${what}: the server sent another range than asked (${answer.ContentRange ?? 'none'})`, { transient: true, down: false });
-      }
-    }
-    return { stream: body, start };
+    return httpGet(signed.url, offset, signed.headers, what, settings, s3Refusal);
   };
-
   return {
     name,
-    readIndex: () => readIndexThrough(name, async (file) => (await get(file, 0)).stream),
-    open: (file, offset) => get(file, offset),
+    readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
+    async open(file, offset) {
+      return openedFrom(await get(file, offset), offset, `${name}/${file}`);
+    },
   };
 }
 
