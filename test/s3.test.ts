@@ -29,6 +29,8 @@ interface Lab {
   admin: S3Client;
   outputs: string[];
   cli(args: string[], cwd: string, env?: NodeJS.ProcessEnv): Promise<CliResult>;
+  /** Starts `autotest serve --config CONFIG` with the lab's keys; returns its address (http://127.0.0.1:PORT). */
+  serve(config: string, cwd: string): Promise<string>;
 }
 
 async function startLab(t: TestContext): Promise<Lab> {
@@ -53,6 +55,18 @@ async function startLab(t: TestContext): Promise<Lab> {
       const result = await runCli(args, { cwd, env: awsEnv(s3, env) });
       outputs.push(result.stdout, result.stderr);
       return result;
+    },
+    async serve(config, cwd) {
+      const server = await startDaemon({
+        name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd,
+        env: { ...process.env, ...awsEnv(s3), AUTOTEST_CACHE_DIR: path.join(cwd, '.serve-cache') },
+        prepare: (port) => [CLI, 'serve', '--config', config, '--port', port.toString()],
+      });
+      t.after(async () => {
+        await server.stop();
+        outputs.push(server.output());
+      });
+      return `http://127.0.0.1:${server.port.toString()}`;
     },
   };
 }
@@ -403,16 +417,7 @@ test('a client, and the bundled client runtime with no node_modules, installs fr
   // Through autotest serve, which streams the prefix at /packages/builtin/ (with Range).
   const serveConfig = path.join(dir, 'serve.ini');
   await writeFile(serveConfig, `[PACKAGES]\nupload_location: ${prefix}\n[S3]\nendpoint: ${lab.s3.endpoint}\npath_style: true\nchecksum_mode: when_required\n[SERVER]\nlisten_address: 127.0.0.1\n`);
-  const server = await startDaemon({
-    name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd: dir,
-    env: { ...process.env, ...awsEnv(lab.s3), AUTOTEST_CACHE_DIR: path.join(dir, '.serve-cache') },
-    prepare: (port) => [CLI, 'serve', '--config', serveConfig, '--port', port.toString()],
-  });
-  t.after(async () => {
-    await server.stop();
-    lab.outputs.push(server.output());
-  });
-  const base = `http://127.0.0.1:${server.port.toString()}/packages/builtin`;
+  const base = `${await lab.serve(serveConfig, dir)}/packages/builtin`;
   const viaServe = await writeS3Config(dir, lab, { fetch_location: base }, '', 'via-serve.ini');
   const installServed = await lab.cli(['client', 'install', 'test', 't000', '--config', viaServe, '--install-dir', path.join(dir, 'served')], dir, { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined });
   assert.equal(installServed.code, 0, installServed.stdout + installServed.stderr);
@@ -504,16 +509,7 @@ test('the frontend lists, serves, takes uploads to and deletes from an S3 custom
   await writeFile(config, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/custom', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
     '[S3]', `endpoint: ${lab.s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required',
     '[SERVER]', 'listen_address: 127.0.0.1', 'upload_token: s3-upload-token-123', ''].join('\n'));
-  const server = await startDaemon({
-    name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd: dir,
-    env: { ...process.env, ...awsEnv(lab.s3), AUTOTEST_CACHE_DIR: path.join(dir, '.cache') },
-    prepare: (port) => [CLI, 'serve', '--config', config, '--port', port.toString()],
-  });
-  t.after(async () => {
-    await server.stop();
-    lab.outputs.push(server.output());
-  });
-  const site = `http://127.0.0.1:${server.port.toString()}`;
+  const site = await lab.serve(config, dir);
   const tree = path.join(dir, 'mine');
   await mkdir(tree);
   await writeFile(path.join(tree, 'control'), 'job.run_test("mine")\n');
