@@ -432,6 +432,15 @@ test('a client, and the bundled client runtime with no node_modules, installs fr
   const notModified = await fetch(`${base}/test-t000.tar.bz2`, { headers: { 'if-none-match': whole.headers.get('etag') ?? '' } });
   assert.equal(notModified.status, 304);
   assert.equal((await fetch(`${base}/test-nope.tar.bz2`)).status, 404);
+  const head = await fetch(`${base}/test-t000.tar.bz2`, { method: 'HEAD' });
+  assert.equal(head.status, 200);
+  assert.equal(head.headers.get('content-length'), published.toString());
+  const etag = whole.headers.get('etag') ?? '';
+  assert.equal((await fetch(`${base}/test-t000.tar.bz2`, { headers: { range: 'bytes=10-19', 'if-range': etag } })).status, 206, 'If-Range with the current ETag: the range');
+  const stale = await fetch(`${base}/test-t000.tar.bz2`, { headers: { range: 'bytes=10-19', 'if-range': '"0123456789abcdef0123456789abcdef"' } });
+  assert.equal(stale.status, 200, 'If-Range with another ETag: the whole file');
+  assert.equal(Buffer.from(await stale.arrayBuffer()).length, published);
+  assert.equal((await fetch(`${base}/test-t000.tar.bz2`, { headers: { range: `bytes=${published.toString()}-` } })).status, 416);
   assert.match(await (await fetch(`${base}/`)).text(), /test-t000\.tar\.bz2/);
 
   // A cut in the middle of the S3 body: the fetcher asks for the rest only.

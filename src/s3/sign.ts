@@ -51,12 +51,12 @@ export function objectUrl(location: S3Location, file: string): URL {
   return new URL(`${base.protocol}//${location.bucket}.${base.host}${basePath}/${keyPath}`);
 }
 
-/** Signs a GET of `file` (the payload is empty: UNSIGNED-PAYLOAD, as S3 allows for reads). */
-export async function signGet(location: S3Location, file: string): Promise<SignedGet> {
+/** Signs a GET (or HEAD) of `file`; the payload is empty: UNSIGNED-PAYLOAD, as S3 allows for reads. */
+export async function signGet(location: S3Location, file: string, method: 'GET' | 'HEAD' = 'GET'): Promise<SignedGet> {
   const url = objectUrl(location, file);
   const signer = await signerFor(location.settings);
   const signed = await signer.sign({
-    method: 'GET',
+    method,
     protocol: url.protocol,
     hostname: url.hostname,
     ...(url.port === '' ? {} : { port: Number(url.port) }),

@@ -8,6 +8,7 @@ import { cacheDir } from '../packager/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
 import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
+import { closeS3ProxyConnections } from './s3-proxy.js';
 import { registerUploads } from './uploads.js';
 
 export interface ServerOptions {
@@ -96,6 +97,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
   app.addHook('onClose', (_instance, done) => {
     repositoryHandler.close();
+    closeS3ProxyConnections();
     logDestination?.flushSync();
     done();
   });

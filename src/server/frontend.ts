@@ -5,6 +5,7 @@ import { verifyLocations, type VerifyLocationReport } from '../packager/index.js
 import { createUploadTarget } from '../repositories/index.js';
 import { escapeHtml } from './html.js';
 import type { ServedRepository } from './repositories.js';
+import { readS3Index } from './s3-proxy.js';
 
 const VERIFY_REUSE_MS = 2000;
 
@@ -25,7 +26,8 @@ export interface ListedRepository {
 
 async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
   return Promise.all(repositories.map(async (repository) => {
-    const index = await createUploadTarget(repository.location).readIndex();
+    // S3 through signed GETs: a server that only reads S3 never loads the full SDK (see loadS3Sdk).
+    const index = repository.location.kind === 's3' ? await readS3Index(repository.location) : await createUploadTarget(repository.location).readIndex();
     const packages = [...index.values()].map((entry: IndexEntry) => {
       const parsed = parseFileName(entry.file);
       return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };

@@ -10,10 +10,9 @@ import type { FastifyBaseLogger } from 'fastify';
 import { escapeHtml } from './html.js';
 import type { ServedLocation } from '../config/index.js';
 import type { ServerMetrics } from './metrics.js';
+import { isAutotestError } from '../errors.js';
 import { s3Problem } from '../s3/client.js';
-
-/** The S3 proxy and with it the AWS SDK, loaded only by a server that serves an S3 prefix. */
-const s3Proxy = (): Promise<typeof import('./s3-proxy.js')> => import('./s3-proxy.js');
+import { listS3Files, serveS3File } from './s3-proxy.js';
 
 export interface ServedRepository {
   /** URL path segment: builtin or custom. */
@@ -241,7 +240,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const serveFile = async (request: IncomingMessage, response: ServerResponse, repository: ServedRepository, file: string): Promise<number> => {
-    if (repository.location.kind === 's3') return (await s3Proxy()).serveS3File(request, response, repository.location, file, contentType(file), answerError);
+    if (repository.location.kind === 's3') return serveS3File(request, response, repository.location, file, contentType(file), answerError);
     const dir = repository.location.path;
     const cache = caches.get(repository.name) ?? new Map<string, Cached>();
     const now = performance.now();
@@ -305,9 +304,10 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     let names: string[];
     if (repository.location.kind === 's3') {
       try {
-        names = await (await s3Proxy()).listS3Files(repository.location);
+        names = await listS3Files(repository.location);
       } catch (error) {
-        return answerError(response, 502, `/packages/${repository.name}/: the S3 repository behind this server failed: ${s3Problem(error).why}`);
+        const why = isAutotestError(error) ? error.message : s3Problem(error).why;
+        return answerError(response, 502, `/packages/${repository.name}/: the S3 repository behind this server failed: ${why}`);
       }
     } else {
       names = (await readdir(repository.location.path, { withFileTypes: true }))

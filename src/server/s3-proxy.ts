@@ -1,16 +1,55 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
 import { pipeline } from 'node:stream/promises';
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, type GetObjectCommandOutput } from '@aws-sdk/client-s3';
-import type { S3Location } from '../config/index.js';
-import { s3Client, s3Key, s3Problem } from '../s3/client.js';
+import type { FetchSettings, S3Location } from '../config/index.js';
+import { fetchRepositoryFor } from '../fetch/index.js';
+import type { RepositoryIndex } from '../packages/index.js';
+import { s3Problem } from '../s3/client.js';
+import { signGet } from '../s3/sign.js';
 
 type AnswerError = (response: ServerResponse, status: number, message: string, extra?: Record<string, string>) => number;
 
 const SINGLE_RANGE_RE = /^bytes=(?:\d+-\d*|-\d+)$/;
+/** An S3 answer that moves no byte for this long is cut. */
+const UPSTREAM_IDLE_MS = 60_000;
+const ERROR_BODY_LIMIT = 16 * 1024;
+const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+/** Index reads for listings and the frontend: one try, the fetcher's timeouts. */
+const INDEX_READ: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 60_000, retries: 0, cooldownMs: 0 };
+
+/** Closes the kept-alive connections to S3 (server shutdown). */
+export function closeS3ProxyConnections(): void {
+  agents.http.destroy();
+  agents.https.destroy();
+}
+
+/** One signed request to S3 for `file`; resolves with S3's answer, whatever its status. */
+async function upstream(location: S3Location, file: string, method: 'GET' | 'HEAD', headers: Record<string, string>): Promise<IncomingMessage> {
+  const signed = await signGet(location, file, method);
+  const client = signed.url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const request = client.request(signed.url, {
+      method, headers: { ...signed.headers, ...headers }, agent: signed.url.protocol === 'https:' ? agents.https : agents.http,
+    });
+    request.setTimeout(UPSTREAM_IDLE_MS, () => { request.destroy(new Error(`no answer from S3 for ${String(UPSTREAM_IDLE_MS / 1000)} s`)); });
+    request.on('error', reject);
+    request.on('response', resolve);
+    request.end();
+  });
+}
+
+async function errorCode(answer: IncomingMessage): Promise<string> {
+  let body = '';
+  answer.setEncoding('utf8');
+  for await (const chunk of answer) {
+    if (body.length < ERROR_BODY_LIMIT) body += chunk as string;
+  }
+  return /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1] ?? (answer.statusCode === 404 ? 'NotFound' : 'Error');
+}
 
 /**
- * Answers GET/HEAD of one file of an S3 repository by streaming the object through: Range,
+ * Answers GET/HEAD of one file of an S3 repository by streaming the object through, with a
+ * signed request per answer (the client's signer, not the full SDK: see loadS3Sdk). Range,
  * If-None-Match and If-Modified-Since go to S3 as they came; If-Range with a strong ETag
  * becomes a ranged GET with If-Match (a 412 then means "send it whole"); any other If-Range
  * gets the whole file, as RFC 9110 allows. Returns the body bytes sent.
@@ -19,8 +58,7 @@ export async function serveS3File(
   request: IncomingMessage, response: ServerResponse, location: S3Location, file: string,
   contentType: string, answerError: AnswerError,
 ): Promise<number> {
-  const client = await s3Client(location.settings, 'publish');
-  const key = s3Key(location, file);
+  const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
   const rangeHeader = request.headers.range;
   const ifRange = request.headers['if-range'];
   let range = typeof rangeHeader === 'string' && SINGLE_RANGE_RE.test(rangeHeader) ? rangeHeader : undefined;
@@ -29,96 +67,74 @@ export async function serveS3File(
     if (typeof ifRange === 'string' && ifRange.startsWith('"')) ifMatch = ifRange;
     else range = undefined;
   }
+  const conditions: Record<string, string> = {};
   const ifNoneMatch = request.headers['if-none-match'];
   const since = request.headers['if-modified-since'];
-  const sinceDate = typeof since === 'string' && ifNoneMatch === undefined ? new Date(since) : undefined;
-  const conditions = {
-    ...(typeof ifNoneMatch === 'string' ? { IfNoneMatch: ifNoneMatch } : {}),
-    ...(sinceDate && !Number.isNaN(sinceDate.getTime()) ? { IfModifiedSince: sinceDate } : {}),
-  };
-  const common = { 'accept-ranges': 'bytes', 'content-type': contentType, 'x-content-type-options': 'nosniff' };
+  if (typeof ifNoneMatch === 'string') conditions['if-none-match'] = ifNoneMatch;
+  else if (typeof since === 'string' && !Number.isNaN(new Date(since).getTime())) conditions['if-modified-since'] = since;
+  const ranged = range === undefined ? {} : { range, ...(ifMatch === undefined ? {} : { 'if-match': ifMatch }) };
 
-  const failed = async (error: unknown): Promise<number> => {
-    const problem = s3Problem(error);
-    if (problem.kind === 'notModified') {
-      response.writeHead(304, common);
-      response.end();
-      return 0;
-    }
-    if (problem.kind === 'notFound') return answerError(response, 404, `${file}: not in this repository`);
-    if (problem.kind === 'range') {
-      const size = await client.send(new HeadObjectCommand({ Bucket: location.bucket, Key: key })).then((h) => h.ContentLength, () => undefined);
-      return answerError(response, 416, `${file}: range not satisfiable`, size === undefined ? {} : { 'content-range': `bytes */${size.toString()}` });
-    }
-    return answerError(response, 502, `${file}: the S3 repository behind this server failed: ${problem.why}`);
-  };
-
-  if (request.method === 'HEAD') {
-    try {
-      const head = await client.send(new HeadObjectCommand({ Bucket: location.bucket, Key: key, ...conditions }));
-      response.writeHead(200, {
-        ...common, 'content-length': head.ContentLength ?? 0, ...(head.ETag ? { etag: head.ETag } : {}),
-        ...(head.LastModified ? { 'last-modified': head.LastModified.toUTCString() } : {}),
-      });
-      response.end();
-      return 0;
-    } catch (error) {
-      return failed(error);
-    }
-  }
-
-  const get = (withRange: boolean): Promise<GetObjectCommandOutput> => client.send(new GetObjectCommand({
-    Bucket: location.bucket, Key: key, ...conditions,
-    ...(withRange && range !== undefined ? { Range: range, ...(ifMatch ? { IfMatch: ifMatch } : {}) } : {}),
-  }));
-  let answer;
+  let answer: IncomingMessage;
   try {
-    try {
-      answer = await get(true);
-    } catch (error) {
-      // If-Range did not match: the whole file, fresh.
-      if (ifMatch === undefined || s3Problem(error).kind !== 'precondition') throw error;
-      answer = await get(false);
+    answer = await upstream(location, file, method, { ...conditions, ...ranged });
+    // If-Range did not match: the whole file, fresh.
+    if (answer.statusCode === 412 && ifMatch !== undefined) {
+      answer.resume();
+      answer = await upstream(location, file, method, conditions);
     }
   } catch (error) {
-    return failed(error);
+    return answerError(response, 502, `${file}: the S3 repository behind this server failed: ${s3Problem(error).why}`);
   }
-  const body = answer.Body as Readable | undefined;
-  const length = answer.ContentLength ?? 0;
-  response.writeHead(answer.ContentRange ? 206 : 200, {
-    ...common, 'content-length': length,
-    ...(answer.ContentRange ? { 'content-range': answer.ContentRange } : {}),
-    ...(answer.ETag ? { etag: answer.ETag } : {}),
-    ...(answer.LastModified ? { 'last-modified': answer.LastModified.toUTCString() } : {}),
-  });
-  if (!body) {
-    response.end();
-    return 0;
+  const status = answer.statusCode ?? 502;
+  const headers: Record<string, string | number> = { 'accept-ranges': 'bytes', 'content-type': contentType, 'x-content-type-options': 'nosniff' };
+  for (const name of ['content-length', 'content-range', 'etag', 'last-modified']) {
+    const value = answer.headers[name];
+    if (typeof value === 'string') headers[name] = value;
   }
-  let sent = 0;
-  body.on('data', (chunk: Buffer) => { sent += chunk.length; });
-  try {
-    await pipeline(body, response);
-  } catch {
-    // S3 cut the body or the client left: never pretend the body was complete.
-    response.destroy();
+  if (status === 200 || status === 206 || status === 304) {
+    response.writeHead(status, headers);
+    if (status === 304 || method === 'HEAD') {
+      answer.resume();
+      response.end();
+      return 0;
+    }
+    let sent = 0;
+    answer.on('data', (chunk: Buffer) => { sent += chunk.length; });
+    try {
+      await pipeline(answer, response);
+    } catch {
+      // S3 cut the body or the client left: never pretend the body was complete.
+      response.destroy();
+    }
+    return sent;
   }
-  return sent;
+  const code = method === 'HEAD' ? (status === 404 ? 'NotFound' : 'Error') : await errorCode(answer);
+  const problem = s3Problem(Object.assign(new Error(code), { name: code, $metadata: { httpStatusCode: status }, $fault: 'client' }));
+  if (problem.kind === 'notFound') return answerError(response, 404, `${file}: not in this repository`);
+  if (problem.kind === 'range') {
+    const head = await upstream(location, file, 'HEAD', {}).catch(() => undefined);
+    head?.resume();
+    const size = head?.statusCode === 200 ? head.headers['content-length'] : undefined;
+    return answerError(response, 416, `${file}: range not satisfiable`, size === undefined ? {} : { 'content-range': `bytes */${size}` });
+  }
+  return answerError(response, 502, `${file}: the S3 repository behind this server failed: ${problem.why}`);
 }
 
-/** The plain file names of an S3 repository, for its listing page (no dotfiles, no deeper keys). */
+/** The index of an S3 repository read with signed GETs; empty when it has none yet. */
+export async function readS3Index(location: S3Location): Promise<RepositoryIndex> {
+  try {
+    return await fetchRepositoryFor(location, INDEX_READ).readIndex();
+  } catch (error) {
+    if (error instanceof Error && / has no packages\.checksum$/.test(error.message)) return new Map();
+    throw error;
+  }
+}
+
+/** The files an S3 repository's listing shows: those of its index, and the index files. */
 export async function listS3Files(location: S3Location): Promise<string[]> {
-  const client = await s3Client(location.settings, 'publish');
-  const prefix = location.prefix === '' ? '' : `${location.prefix}/`;
-  const names: string[] = [];
-  let token: string | undefined;
-  do {
-    const page = await client.send(new ListObjectsV2Command({ Bucket: location.bucket, Prefix: prefix, Delimiter: '/', ContinuationToken: token }));
-    for (const object of page.Contents ?? []) {
-      const name = (object.Key ?? '').slice(prefix.length);
-      if (name !== '' && !name.startsWith('.') && !name.includes('/')) names.push(name);
-    }
-    token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
-  } while (token !== undefined);
-  return names;
+  const index = await readS3Index(location);
+  if (index.size === 0) return [];
+  // packages.json is there when the index has its sha256s (an Autotest-only index has md5s alone).
+  const withManifest = [...index.values()].some((entry) => entry.sha256 !== undefined);
+  return [...index.keys(), 'packages.checksum', ...(withManifest ? ['packages.json'] : [])];
 }
