@@ -17,7 +17,7 @@ import {
   type RepositoryIndex,
 } from '../packages/index.js';
 import { readLocalIndex } from '../repositories/local.js';
-import { s3Problem } from '../s3/client.js';
+import { s3AnswerProblem, s3Problem } from '../s3/client.js';
 import { signGet } from '../s3/sign.js';
 import { sshHost } from '../ssh/session.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
@@ -304,8 +304,7 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
  * and the repository cooled down.
  */
 const s3Refusal: RefusedAnswer = (status, body, what) => {
-  const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1] ?? (status === 404 ? 'NotFound' : 'Error');
-  const problem = s3Problem(Object.assign(new Error(code), { name: code, $metadata: { httpStatusCode: status }, $fault: status >= 500 ? 'server' : 'client' }));
+  const problem = s3AnswerProblem(status, body);
   const failure = (transient: boolean, down: boolean, extra: { notFound?: boolean; rangeRefused?: boolean } = {}): FetchFailure =>
     new FetchFailure(`${what}: ${problem.why}`, { transient, down, ...extra });
   switch (problem.kind) {

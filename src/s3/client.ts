@@ -127,3 +127,9 @@ export function s3Problem(error: unknown): S3Problem {
   if (typeof code === 'string') return { kind: 'transient', why: `connection broke off (${code})`, status };
   return { kind: 'other', why: name === 'Error' && error instanceof Error ? error.message : name, status };
 }
+
+/** What an S3 error answer means, from its status and the <Code> of its XML document (empty for HEAD). */
+export function s3AnswerProblem(status: number, body: string): S3Problem {
+  const code = /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1] ?? (status === 404 ? 'NotFound' : 'Error');
+  return s3Problem(Object.assign(new Error(code), { name: code, $metadata: { httpStatusCode: status }, $fault: status >= 500 ? 'server' : 'client' }));
+}

@@ -4,7 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import type { FetchSettings, S3Location } from '../config/index.js';
 import { fetchRepositoryFor } from '../fetch/index.js';
 import type { RepositoryIndex } from '../packages/index.js';
-import { s3Problem } from '../s3/client.js';
+import { s3AnswerProblem, s3Problem } from '../s3/client.js';
 import { signGet } from '../s3/sign.js';
 
 type AnswerError = (response: ServerResponse, status: number, message: string, extra?: Record<string, string>) => number;
@@ -38,13 +38,13 @@ async function upstream(location: S3Location, file: string, method: 'GET' | 'HEA
   });
 }
 
-async function errorCode(answer: IncomingMessage): Promise<string> {
+async function errorBody(answer: IncomingMessage): Promise<string> {
   let body = '';
   answer.setEncoding('utf8');
   for await (const chunk of answer) {
     if (body.length < ERROR_BODY_LIMIT) body += chunk as string;
   }
-  return /<Code>([A-Za-z0-9.]{1,64})<\/Code>/.exec(body)?.[1] ?? (answer.statusCode === 404 ? 'NotFound' : 'Error');
+  return body;
 }
 
 /**
@@ -108,8 +108,7 @@ export async function serveS3File(
     }
     return sent;
   }
-  const code = method === 'HEAD' ? (status === 404 ? 'NotFound' : 'Error') : await errorCode(answer);
-  const problem = s3Problem(Object.assign(new Error(code), { name: code, $metadata: { httpStatusCode: status }, $fault: 'client' }));
+  const problem = s3AnswerProblem(status, method === 'HEAD' ? '' : await errorBody(answer));
   if (problem.kind === 'notFound') return answerError(response, 404, `${file}: not in this repository`);
   if (problem.kind === 'range') {
     const head = await upstream(location, file, 'HEAD', {}).catch(() => undefined);
