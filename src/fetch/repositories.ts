@@ -82,6 +82,11 @@ async function readIndexThrough(name: string, open: (file: string) => Promise<Re
 
 const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 
+/** The kept-alive agent for a URL, shared by every repository read of the process (and the server's S3 proxy). */
+export function agentFor(url: URL): http.Agent {
+  return url.protocol === 'https:' ? agents.https : agents.http;
+}
+
 /** Closes the kept-alive connections, so a command ends as soon as its work is done. */
 export function closeHttpConnections(): void {
   agents.http.destroy();
@@ -102,6 +107,20 @@ const httpRefusal: RefusedAnswer = (status, _body, what) => {
 /** Error answers are read up to this much (an S3 error document names its code). */
 const ERROR_BODY_LIMIT = 16 * 1024;
 
+/** The start of an error answer's body (all of it is consumed); what arrived when it breaks off. */
+export async function errorBody(response: IncomingMessage): Promise<string> {
+  let body = '';
+  response.setEncoding('utf8');
+  try {
+    for await (const chunk of response) {
+      if (body.length < ERROR_BODY_LIMIT) body += chunk as string;
+    }
+  } catch {
+    // A broken-off error answer still has its status.
+  }
+  return body;
+}
+
 /**
  * One GET with a connect timeout, a stall timeout and, for a body, an overall deadline; the
  * response when it is 200 or 206, else the FetchFailure `refusal` makes of it.
@@ -111,7 +130,7 @@ function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>,
     const client = url.protocol === 'https:' ? https : http;
     const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity', ...extraHeaders };
     if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
-    const request = client.get(url, { headers, agent: url.protocol === 'https:' ? agents.https : agents.http });
+    const request = client.get(url, { headers, agent: agentFor(url) });
     const connectTimer = setTimeout(() => {
       request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true }));
     }, settings.connectTimeoutMs);
@@ -143,14 +162,7 @@ function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>,
         resolve(response);
         return;
       }
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => {
-        if (body.length < ERROR_BODY_LIMIT) body += chunk;
-      });
-      response.on('error', () => undefined);
-      response.on('end', () => { reject(refusal(status, body, what)); });
-      response.on('close', () => { reject(refusal(status, body, what)); });
+      void errorBody(response).then((body) => { reject(refusal(status, body, what)); });
     });
   });
 }
@@ -318,7 +330,7 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
 
 /**
  * An S3 prefix read with signed GETs (SigV4, the SDK's signer and credential chain) over the
- * same HTTP code as any repository: keep-alive, timeouts, Range from the resume point.
+ * same HTTP code as the other repositories: keep-alive, timeouts, Range from the resume point.
  */
 function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);

@@ -174,7 +174,7 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
     decompressor.output.destroy();
     current?.destroy(stop);
     extract.destroy(stop);
-    // Only once nothing writes into dest any more can it be removed whole.
+    // Only once nothing writes into dest anymore can it be removed whole.
     await consuming.catch(() => undefined);
     await rm(dest, { recursive: true, force: true });
     if (isAutotestError(error)) throw error;

@@ -136,13 +136,13 @@ const casChecked = new Map<string, { bareIfMatch: boolean }>();
 export async function createS3Target(location: S3Location): Promise<UploadTarget> {
   const name = location.text;
   const { bucket } = location;
-  const client: S3Client = await s3Client(location.settings, 'publish');
+  const client: S3Client = await s3Client(location.settings);
   const key = (file: string): string => s3Key(location, file);
   const listPrefix = location.prefix === '' ? '' : `${location.prefix}/`;
   /** ETag of each staged object, as S3 should report it. */
   const stagedEtags = new Map<string, string[]>();
   const casId = `${location.settings.endpoint ?? 'aws'} ${bucket} ${location.prefix}`;
-  /** The index as last read: a file it lists is replaced through a temp key, any other goes straight to its key. */
+  /** The index as last read: a file it lists is replaced through a temp key, the others go straight to their key. */
   let indexRead: RepositoryIndex | undefined;
   /** radosgw 16 compares If-Match with the bare ETag; AWS with the quoted one. */
   let quoteEtags = true;
@@ -252,7 +252,7 @@ export async function createS3Target(location: S3Location): Promise<UploadTarget
       const { index, etag } = await readIndexWithTag();
       if (!(await change(index))) {
         // Nothing to change, but a packager killed between the two writes may have left
-        // packages.checksum behind the manifest: it catches up before any object moves.
+        // packages.checksum behind the manifest: it catches up before an object moves.
         await syncChecksum();
         return;
       }

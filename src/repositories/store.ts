@@ -79,7 +79,7 @@ async function writeStoreIndex(store: RepositoryStore, index: RepositoryIndex, a
   await store.writeText(CHECKSUM_FILE, formatChecksumFile(index));
 }
 
-/** An upload target that keeps the index rules on any store. */
+/** An upload target that keeps the index rules on whatever store it is given. */
 export function targetFromStore(store: RepositoryStore): UploadTarget {
   return {
     location: store.location,

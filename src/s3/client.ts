@@ -8,15 +8,6 @@ import { errnoCode } from '../errors.js';
 // that line would land in every command's output. The switch is the SDK's own.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
-export type S3Purpose = 'fetch' | 'publish';
-
-export interface S3ClientOptions {
-  /** Seconds to wait for a connection (fetch_connect_timeout). */
-  connectTimeoutMs?: number;
-  /** A download that moves no byte for this long is cut (a transient failure for the fetcher). */
-  stallTimeoutMs?: number;
-}
-
 /**
  * The SDK, loaded on first use only: merely loading @aws-sdk/client-s3 made every other
  * download of the process (HTTP from nginx) a third slower here (0.9x of curl's throughput
@@ -32,12 +23,12 @@ const clients = new Map<string, S3Client>();
 const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 
 /**
- * One client per (settings, purpose): fetches retry through our own fetcher (retries,
- * cool-down, Range resume), so their client tries once; the packager's client lets the SDK
- * retry throttling and 5xx answers. Credentials come from the SDK's default chain only.
+ * One client per settings, for the packager and the uploads (fetches are signed GETs, see
+ * sign.ts): the SDK retries throttling and 5xx answers. Credentials come from the SDK's
+ * default chain only.
  */
-export async function s3Client(settings: S3Settings, purpose: S3Purpose, options: S3ClientOptions = {}): Promise<S3Client> {
-  const key = JSON.stringify([settings, purpose, options.connectTimeoutMs, options.stallTimeoutMs]);
+export async function s3Client(settings: S3Settings): Promise<S3Client> {
+  const key = JSON.stringify(settings);
   let client = clients.get(key);
   if (!client) {
     const { S3Client } = await loadS3Sdk();
@@ -51,10 +42,10 @@ export async function s3Client(settings: S3Settings, purpose: S3Purpose, options
       followRegionRedirects: true,
       requestChecksumCalculation: mode,
       responseChecksumValidation: mode,
-      maxAttempts: purpose === 'fetch' ? 1 : 4,
+      maxAttempts: 4,
       // The SDK builds its Node.js handler from these options.
       requestHandler: {
-        connectionTimeout: options.connectTimeoutMs ?? 10_000, socketTimeout: options.stallTimeoutMs ?? 120_000,
+        connectionTimeout: 10_000, socketTimeout: 120_000,
         httpAgent: agents.http, httpsAgent: agents.https,
       },
     });

@@ -4,11 +4,11 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import type { Config } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
+import { closeHttpConnections } from '../fetch/index.js';
 import { cacheDir } from '../packager/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
 import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
-import { closeS3ProxyConnections } from './s3-proxy.js';
 import { registerUploads } from './uploads.js';
 
 export interface ServerOptions {
@@ -97,7 +97,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
   app.addHook('onClose', (_instance, done) => {
     repositoryHandler.close();
-    closeS3ProxyConnections();
+    closeHttpConnections();
     logDestination?.flushSync();
     done();
   });

@@ -2,7 +2,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
 import { pipeline } from 'node:stream/promises';
 import type { FetchSettings, S3Location } from '../config/index.js';
-import { fetchRepositoryFor } from '../fetch/index.js';
+import { agentFor, errorBody, fetchRepositoryFor } from '../fetch/index.js';
 import type { RepositoryIndex } from '../packages/index.js';
 import { s3AnswerProblem, s3Problem } from '../s3/client.js';
 import { signGet } from '../s3/sign.js';
@@ -12,16 +12,8 @@ type AnswerError = (response: ServerResponse, status: number, message: string, e
 const SINGLE_RANGE_RE = /^bytes=(?:\d+-\d*|-\d+)$/;
 /** An S3 answer that moves no byte for this long is cut. */
 const UPSTREAM_IDLE_MS = 60_000;
-const ERROR_BODY_LIMIT = 16 * 1024;
-const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 /** Index reads for listings and the frontend: one try, the fetcher's timeouts. */
 const INDEX_READ: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 60_000, retries: 0, cooldownMs: 0 };
-
-/** Closes the kept-alive connections to S3 (server shutdown). */
-export function closeS3ProxyConnections(): void {
-  agents.http.destroy();
-  agents.https.destroy();
-}
 
 /** One signed request to S3 for `file`; resolves with S3's answer, whatever its status. */
 async function upstream(location: S3Location, file: string, method: 'GET' | 'HEAD', headers: Record<string, string>): Promise<IncomingMessage> {
@@ -29,7 +21,7 @@ async function upstream(location: S3Location, file: string, method: 'GET' | 'HEA
   const client = signed.url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
     const request = client.request(signed.url, {
-      method, headers: { ...signed.headers, ...headers }, agent: signed.url.protocol === 'https:' ? agents.https : agents.http,
+      method, headers: { ...signed.headers, ...headers }, agent: agentFor(signed.url),
     });
     request.setTimeout(UPSTREAM_IDLE_MS, () => { request.destroy(new Error(`no answer from S3 for ${String(UPSTREAM_IDLE_MS / 1000)} s`)); });
     request.on('error', reject);
@@ -38,20 +30,11 @@ async function upstream(location: S3Location, file: string, method: 'GET' | 'HEA
   });
 }
 
-async function errorBody(answer: IncomingMessage): Promise<string> {
-  let body = '';
-  answer.setEncoding('utf8');
-  for await (const chunk of answer) {
-    if (body.length < ERROR_BODY_LIMIT) body += chunk as string;
-  }
-  return body;
-}
-
 /**
  * Answers GET/HEAD of one file of an S3 repository by streaming the object through, with a
  * signed request per answer (the client's signer, not the full SDK: see loadS3Sdk). Range,
  * If-None-Match and If-Modified-Since go to S3 as they came; If-Range with a strong ETag
- * becomes a ranged GET with If-Match (a 412 then means "send it whole"); any other If-Range
+ * becomes a ranged GET with If-Match (a 412 then means "send it whole"); every other If-Range
  * gets the whole file, as RFC 9110 allows. Returns the body bytes sent.
  */
 export async function serveS3File(
