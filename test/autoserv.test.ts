@@ -17,7 +17,7 @@ interface Lab {
 }
 
 /** Three namespace hosts with their own sshd, and the repository served by nginx on the host side of each link. */
-async function lab(t: TestContext, count: number, extra: Record<string, string> = {}): Promise<Lab> {
+async function lab(t: TestContext, count: number, extra: Record<string, string> = {}, startup?: string): Promise<Lab> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
   for (const [file, text] of Object.entries(extra)) {
@@ -30,7 +30,7 @@ async function lab(t: TestContext, count: number, extra: Record<string, string> 
   for (let i = 0; i < count; i += 1) {
     const ns = await createNamespaceHost(20 + i);
     t.after(() => ns.destroy());
-    const sshd = await startSshd({ netns: ns.name });
+    const sshd = await startSshd({ netns: ns.name, startup });
     t.after(() => sshd.stop());
     const nginx = await startNginx({ root: dir, listenAddress: ns.hostSideAddress, extraLocations: `location /packages/ { alias ${path.join(dir, 'www')}/; }` });
     t.after(() => nginx.stop());
@@ -82,8 +82,9 @@ test('autoserv runs the example job on three namespace hosts at once: the client
   }
 });
 
-test('a host whose repositories are unreachable still completes the job: the client by copy, the tests served by autoserv over the SSH channel, and the summary says so', async (t) => {
-  const { dir, hosts, sshConfig } = await lab(t, 1);
+test('a host whose repositories are unreachable still completes the job: the client by copy, the tests served by autoserv over the SSH channel, and the summary says so, though its start-up files print a banner', async (t) => {
+  // The banner shares stdout with the copy, the channel and the results stream, and must corrupt none.
+  const { dir, hosts, sshConfig } = await lab(t, 1, {}, 'echo "*** lab host: authorised use only ***"\n');
   const host = hosts[0];
   assert.ok(host);
   // A port on the host's own link where nothing listens: the repository refuses.

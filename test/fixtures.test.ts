@@ -46,8 +46,8 @@ test('a test sshd accepts the throwaway key and runs a command', async (t) => {
   assert.equal(result.stderr, '');
 
   // Plain `ssh -F`, as the product calls it, also gets in; a stranger's key does not.
-  const viaConfig = await sshRun(server.configFile, server.alias, ['id', '-un']);
-  assert.equal(viaConfig.stdout.trim(), server.user);
+  const viaConfig = await sshRun(server.configFile, server.alias, ['sh', '-c', 'printf "%s %s" "$LOGNAME" "$(id -u)"']);
+  assert.equal(viaConfig.stdout, `${server.user} 0`, 'logged in as the fixture account, a root alias');
   const denied = await runChecked('ssh', [
     '-F', '/dev/null', '-i', '/dev/null', '-p', String(server.port), '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes',
     '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
@@ -60,6 +60,17 @@ test('a test sshd accepts the throwaway key and runs a command', async (t) => {
   assert.ok(!alive(server.pid));
   await assert.rejects(stat(server.dir));
   assert.ok(await refuses(server.address, server.port));
+});
+
+test('a test ssh host runs no start-up file of any account, unless the test gives it one', async (t) => {
+  const [quiet, chatty] = await Promise.all([startSshd(), startSshd({ startup: 'echo "Welcome to lab host 7"\n' })]);
+  t.after(() => Promise.all([quiet.stop(), chatty.stop()]));
+  const probe = ['sh', '-c', 'printf "[%s]" "$HOME"'];
+  const plain = await quiet.run(probe);
+  assert.equal(plain.stdout, '[/var/lib/autotest-fx]', 'a home of its own, not /root with its ~/.bashrc');
+  assert.equal(plain.stderr, '');
+  const noisy = await chatty.run(probe);
+  assert.equal(noisy.stdout, 'Welcome to lab host 7\n[/var/lib/autotest-fx-startup]', 'the given start-up text comes first on stdout');
 });
 
 test('one ssh config reaches several test sshds, over scp and sftp too', async (t) => {

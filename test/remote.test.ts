@@ -10,7 +10,7 @@ import { startSshd, type SshServer } from './fixtures/sshd.js';
 import { CLI, checkConsistency, copyExampleTree, generateTree, md5sumCheck, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
 /** A test sshd on loopback; the CLI reaches it through AUTOTEST_SSH_CONFIG. */
-async function sshServer(t: TestContext, options: { netns?: string } = {}): Promise<SshServer> {
+async function sshServer(t: TestContext, options: { netns?: string; startup?: string } = {}): Promise<SshServer> {
   const server = await startSshd(options);
   t.after(() => server.stop());
   return server;
@@ -252,4 +252,32 @@ test('installs from an SSH fetch location and from a git repository with a branc
   assert.equal(viaGit.code, 0, viaGit.stderr);
   assert.equal((JSON.parse(viaGit.stdout) as { repository: string; action: string }[])[0]?.action, 'fetched');
   assert.equal(await exists(path.join(dir, 'c2', 'profilers', 'vmstat')), true);
+});
+
+test('text printed by an SSH account\'s start-up files is never taken for data: upload, list, verify and install over SSH stay intact, and a start-up file that exits is named as the cause', async (t) => {
+  // What lab accounts do: a banner on stdout, a notice on stderr, for every command.
+  const chatty = await sshServer(t, { startup: 'echo "Welcome to lab host 7 (managed by Puppet)"\nprintf "no newline at the end"\necho "pyenv: rehash skipped" >&2\n' });
+  const dir = await tempDir(t);
+  const remoteDir = path.join(dir, 'remote');
+  const config = await writeConfig(dir, { upload_location: `ssh://${chatty.alias}${remoteDir}`, client_dir: await copyExampleTree(dir), minimum_free_space: '0' });
+  const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, chatty);
+  assert.equal(upload.code, 0, upload.stderr);
+  assert.match(await md5sumCheck(remoteDir), /test-dbench\.tar\.bz2: OK/);
+  assert.deepEqual((await checkConsistency(remoteDir)).problems, []);
+  assert.doesNotMatch(await readFile(path.join(remoteDir, 'packages.checksum'), 'utf8'), /Welcome/);
+  const verify = await cli(['packager', 'verify', '--config', config], dir, chatty);
+  assert.equal(verify.code, 0, verify.stdout + verify.stderr);
+  const list = await cli(['packager', 'list', '--config', config, '--json'], dir, chatty);
+  assert.equal(list.code, 0, list.stderr);
+  assert.equal((JSON.parse(list.stdout) as { packages: unknown[] }[])[0]?.packages.length, 6);
+  const install = await cli(['client', 'install', 'test', 'dbench', '-r', `ssh://${chatty.alias}${remoteDir}`, '--config', config, '--install-dir', path.join(dir, 'c1'), '--json'], dir, chatty);
+  assert.equal(install.code, 0, install.stderr);
+  assert.equal((JSON.parse(install.stdout) as { action: string }[])[0]?.action, 'fetched');
+
+  const broken = await sshServer(t, { startup: 'echo "This account is disabled."\nexit 1\n' });
+  const brokenConfig = await writeConfig(dir, { upload_location: `ssh://${broken.alias}${path.join(dir, 'other')}`, client_dir: path.join(dir, 'client'), minimum_free_space: '0' }, 'broken.ini');
+  const refused = await cli(['packager', 'upload', '-t', 'hello', '--config', brokenConfig], dir, broken);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /never started .*start-up files printed "This account is disabled\."/);
+  assert.match(refused.stderr, /start-up file \(~\/\.bashrc, ~\/\.profile\)/);
 });

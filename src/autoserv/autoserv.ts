@@ -6,6 +6,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Location } from '../config/index.js';
 import { describeError } from '../errors.js';
+import { whenClosed } from '../ssh/session.js';
 import { CLIENT_PACKAGE_NAME, checkName, packEntries } from '../packages/index.js';
 import { CHANNEL_REQUEST_PREFIX } from '../client/channel.js';
 import type { Writable } from 'node:stream';
@@ -142,9 +143,9 @@ export async function answerPackageRequest(payload: string, clientDir: string, w
 }
 
 /** Streams the job's stdout lines to onLine, answers channel requests; resolves with the whole output. */
-function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number, channel: { clientDir: string; work: string } | undefined): Promise<{ code: number; stdout: string; stderr: string }> {
+async function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number, channel: { clientDir: string; work: string } | undefined): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = await host.spawn(argv);
   return new Promise((resolve, reject) => {
-    const child = host.spawn(argv);
     child.stdin?.on('error', () => undefined);
     if (!channel) child.stdin?.end();
     let answering = Promise.resolve();
@@ -169,14 +170,14 @@ function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => 
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { if (stderr.length < 8192) stderr += chunk; });
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', (error) => { clearTimeout(timer); reject(error); });
-    child.on('close', (code) => {
+    void whenClosed(child).then(({ code }) => {
       clearTimeout(timer);
       child.stdin?.destroy();
       if (pending !== '') {
         stdout += pending;
         onLine(pending);
       }
-      resolve({ code: code ?? 128, stdout, stderr: stderr.trim() });
+      resolve({ code, stdout, stderr: stderr.trim() });
     });
   });
 }
@@ -211,7 +212,7 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
       summary.setup.seconds += report.transfers.reduce((sum, t) => sum + t.seconds, 0);
     } else summary.error = `the job ended without a report (exit code ${job.code.toString()})${job.stderr ? `: ${job.stderr}` : ''}`;
     // The results come back whole: a tar stream of the host's results folder.
-    const copy = host.spawn(['tar', '-C', remoteResults, '-cf', '-', '.']);
+    const copy = await host.spawn(['tar', '-C', remoteResults, '-cf', '-', '.']);
     copy.stdin?.end();
     const untar = spawn('tar', ['-xf', '-', '-C', hostResults], { stdio: ['pipe', 'ignore', 'ignore'] });
     copy.stdout?.pipe(untar.stdin);

@@ -1,13 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { AutotestError } from '../errors.js';
-import { sshHost, type SshHost } from '../ssh/session.js';
+import { sshHost, whenClosed, type SshHost } from '../ssh/session.js';
 
 /** A machine autoserv drives: this one (no SSH) or one reached over OpenSSH. */
 export interface TestHost {
   name: string;
-  /** Starts `argv` on the host; the caller owns the child. */
-  spawn(argv: readonly string[]): ChildProcess;
+  /** Starts `argv` on the host; the caller owns the child, whose end whenClosed(child) gives. */
+  spawn(argv: readonly string[]): Promise<ChildProcess>;
   /** Runs `argv` to the end; rejects with what it printed when it fails and `allowCodes` does not list the code. */
   run(argv: readonly string[], options?: { input?: string | Buffer | Readable; timeoutMs?: number; allowCodes?: readonly number[] }): Promise<{ code: number; stdout: string; stderr: string }>;
 }
@@ -37,9 +37,9 @@ function collect(child: ChildProcess, input: string | Buffer | Readable | undefi
     else if (child.stdin) input.pipe(child.stdin);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', (error) => { clearTimeout(timer); reject(error); });
-    child.on('close', (code) => {
+    void whenClosed(child).then(({ code }) => {
       clearTimeout(timer);
-      resolve({ code: code ?? 128, stdout, stderr: stderr.trim() });
+      resolve({ code, stdout, stderr: stderr.trim() });
     });
   });
 }
@@ -56,7 +56,7 @@ export function createHost(text: string): TestHost {
   if (parsed === 'localhost') {
     return {
       name: 'localhost',
-      spawn: (argv) => spawn(argv[0] ?? 'true', argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] }),
+      spawn: (argv) => Promise.resolve(spawn(argv[0] ?? 'true', argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })),
       async run(argv, options = {}) {
         const child = spawn(argv[0] ?? 'true', argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
         return checked('localhost', argv, await collect(child, options.input, options.timeoutMs ?? 600_000), options.allowCodes);
@@ -68,7 +68,7 @@ export function createHost(text: string): TestHost {
     name: text,
     spawn: (argv) => ssh.spawn(argv),
     async run(argv, options = {}) {
-      const result = await collect(ssh.spawn(argv), options.input, options.timeoutMs ?? 600_000);
+      const result = await collect(await ssh.spawn(argv, options.timeoutMs), options.input, options.timeoutMs ?? 600_000);
       if (result.code === 255) throw new AutotestError('ERR_SSH_CONNECT', `ssh ${text}: cannot connect${result.stderr ? `: ${result.stderr}` : ''}`);
       return checked(text, argv, result, options.allowCodes);
     },

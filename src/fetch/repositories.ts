@@ -7,7 +7,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import type { FetchSettings, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { errnoCode } from '../errors.js';
+import { errnoCode, isAutotestError } from '../errors.js';
 import {
   CHECKSUM_FILE,
   MANIFEST_FILE,
@@ -19,7 +19,7 @@ import {
 import { readLocalIndex } from '../repositories/local.js';
 import { s3AnswerProblem, s3Problem } from '../s3/client.js';
 import { signGet } from '../s3/sign.js';
-import { sshHost } from '../ssh/session.js';
+import { sshHost, whenClosed } from '../ssh/session.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 
 /** The bytes of a package from `start` on (a server that ignores ranges starts at 0). */
@@ -209,7 +209,7 @@ function watchProcess(child: ChildProcess, output: PassThrough, what: string, ti
     if (child.exitCode === null) child.kill('SIGKILL');
   });
   child.on('error', (error) => output.destroy(classifyNetworkError(error, what)));
-  child.on('close', (code) => {
+  void whenClosed(child).then(({ code }) => {
     clearTimeout(timer);
     if (code === 0) {
       if (endOnSuccess) output.end();
@@ -228,13 +228,18 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
   const inDir = (file: string): string => path.posix.join(location.path, file);
   const stream = (file: string, offset: number): Readable => {
     // tail -c +N starts at byte N (1-based): the resume point.
-    const child = host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)]);
-    child.stdin?.end();
     const out = new PassThrough();
-    // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
-    // is an error, never a short or empty file.
-    child.stdout?.pipe(out, { end: false });
-    watchProcess(child, out, `${name}/${file}`, settings.timeoutMs, true);
+    const what = `${name}/${file}`;
+    host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], settings.timeoutMs).then((child) => {
+      child.stdin?.end();
+      // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
+      // is an error, never a short or empty file.
+      child.stdout?.pipe(out, { end: false });
+      watchProcess(child, out, what, settings.timeoutMs, true);
+    }, (error: unknown) => {
+      const connect = isAutotestError(error, 'ERR_SSH_CONNECT');
+      out.destroy(new FetchFailure(`${what}: ${error instanceof Error ? error.message : String(error)}`, { transient: !connect, down: connect, cause: error }));
+    });
     return out;
   };
   return {

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { AutotestError, describeError } from '../errors.js';
+import { whenClosed } from '../ssh/session.js';
 
 export const LOCK_NAME = '.packages.lock';
 
@@ -45,7 +46,7 @@ function waitLocked(holder: ChildProcess, where: string): Promise<void> {
     holder.on('error', (error) => {
       fail(describeError(error));
     });
-    holder.on('close', (code) => {
+    void whenClosed(holder).then(({ code }) => {
       if (code === CONFLICT_EXIT) fail('still held by another writer when the wait ran out');
       else fail(`the lock holder exited (code ${String(code)})${stderr ? `: ${stderr.trim()}` : ''}`);
     });
@@ -58,10 +59,7 @@ function waitLocked(holder: ChildProcess, where: string): Promise<void> {
  */
 export async function withHeldLock<T>(holder: ChildProcess, where: string, work: (assertHeld: () => void) => Promise<T>): Promise<T> {
   holder.stdin?.on('error', () => undefined);
-  const closed = new Promise<void>((resolve) => {
-    if (holder.exitCode !== null || holder.signalCode !== null) resolve();
-    else holder.on('close', () => { resolve(); });
-  });
+  const closed = whenClosed(holder);
   try {
     await waitLocked(holder, where);
   } catch (error) {

@@ -159,7 +159,7 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
       return dead;
     },
 
-    withLock: (work) => withHeldLock(host.spawn(flockCommand(inDir(LOCK_NAME))), name, work),
+    withLock: async (work) => withHeldLock(await host.spawn(flockCommand(inDir(LOCK_NAME))), name, work),
   };
   return store;
 }

@@ -56,6 +56,86 @@ function commonOptions(env: NodeJS.ProcessEnv): string[] {
   return options;
 }
 
+/**
+ * Printed by the remote command line just before the command itself. The login shell runs the
+ * account's start-up files first (bash sources ~/.bashrc for every command sshd starts), and
+ * whatever they print lands on the same stdout; everything before this marker is theirs and
+ * is never taken for data.
+ */
+const DATA_MARKER = 'autotest-ssh-data-begins\n';
+const DATA_MARKER_BYTES = Buffer.from(DATA_MARKER);
+/** Start-up text kept for error messages; more of it is read and dropped. */
+const STARTUP_TEXT_KEPT = 2048;
+
+/** What came before the command's own output on an SSH channel. */
+export interface StartupText {
+  /** The text the login shell's start-up files printed (the first 2 KiB of it). */
+  text: string;
+  /** False when the channel ended before the command started (a start-up file that exits). */
+  started: boolean;
+}
+
+const startupTexts = new WeakMap<ChildProcess, Promise<StartupText>>();
+
+/**
+ * Reads `stdout` up to and including the marker and gives the command's own bytes back to the
+ * stream (unshift), so whoever consumes it next sees only them, in order, and the child's
+ * 'close' still comes after its last byte.
+ */
+function skipStartupText(stdout: Readable): Promise<StartupText> {
+  return new Promise((resolve) => {
+    let seen: Buffer = Buffer.alloc(0);
+    let text = '';
+    const finish = (result: StartupText): void => {
+      stdout.off('readable', onReadable);
+      stdout.off('end', onEnd);
+      stdout.off('error', onEnd);
+      resolve(result);
+    };
+    const keep = (bytes: Buffer): void => {
+      if (text.length < STARTUP_TEXT_KEPT) text += bytes.toString('utf8').slice(0, STARTUP_TEXT_KEPT - text.length);
+    };
+    function onReadable(): void {
+      for (let chunk = stdout.read() as Buffer | null; chunk !== null; chunk = stdout.read() as Buffer | null) {
+        seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+        const at = seen.indexOf(DATA_MARKER_BYTES);
+        if (at >= 0) {
+          keep(seen.subarray(0, at));
+          const rest = seen.subarray(at + DATA_MARKER_BYTES.length);
+          finish({ text: text.trim(), started: true });
+          if (rest.length > 0) stdout.unshift(rest);
+          return;
+        }
+        // Keep only what could be the start of a marker split across chunks.
+        const cut = Math.max(0, seen.length - DATA_MARKER_BYTES.length + 1);
+        keep(seen.subarray(0, cut));
+        seen = seen.subarray(cut);
+      }
+    }
+    function onEnd(): void {
+      keep(seen);
+      finish({ text: text.trim(), started: false });
+    }
+    stdout.on('readable', onReadable);
+    stdout.on('end', onEnd);
+    stdout.on('error', onEnd);
+  });
+}
+
+/** What the host's start-up files printed before `child`'s command, once its stdout has started. */
+export function startupTextOf(child: ChildProcess): Promise<StartupText> {
+  return startupTexts.get(child) ?? Promise.resolve({ text: '', started: true });
+}
+
+/** The likely cause of a failure on a channel whose start-up files printed or exited. */
+export function describeStartupText(host: string, startup: StartupText): string {
+  if (startup.started && startup.text === '') return '';
+  const printed = startup.text === '' ? '' : `; its login shell's start-up files printed ${JSON.stringify(startup.text.slice(0, 200))}`;
+  return startup.started
+    ? `${printed} (left out of the data)`
+    : `; the command never started on ${host}${printed}: a start-up file (~/.bashrc, ~/.profile) of the SSH account exits or fails before the command runs`;
+}
+
 export function describeEndpoint(endpoint: SshEndpoint): string {
   return `${endpoint.user ? `${endpoint.user}@` : ''}${endpoint.host}${endpoint.port ? `:${endpoint.port.toString()}` : ''}`;
 }
@@ -87,14 +167,48 @@ export class SshHost {
     return this.connecting;
   }
 
-  /** Starts `argv` on the host; the caller owns the child and its streams. */
-  spawn(argv: readonly string[]): ChildProcess {
-    return spawn('ssh', [...this.sshArgs(), shellCommand(argv)], { stdio: ['pipe', 'pipe', 'pipe'], env: this.env });
+  /**
+   * Starts `argv` on the host; the caller owns the child and its streams. Resolves once the
+   * command has started, with its stdout holding only the command's own output (what the
+   * account's start-up files printed is in startupTextOf(child)); rejects, naming the likely
+   * cause, when it never starts: ssh cannot connect, or a start-up file exits or hangs.
+   * Wait for the child's end with whenClosed(child): it may be over before this resolves.
+   */
+  async spawn(argv: readonly string[], startTimeoutMs = 120_000): Promise<ChildProcess> {
+    // `;` and printf work in every login shell an account may have (sh, bash, zsh, csh, fish).
+    const line = `printf '%s' ${shellCommand([DATA_MARKER])}; exec ${shellCommand(argv)}`;
+    const child = spawn('ssh', [...this.sshArgs(), line], { stdio: ['pipe', 'pipe', 'pipe'], env: this.env });
+    const closed = whenClosed(child);
+    // Held from the start, so a missing ssh binary is reported below instead of thrown.
+    const failed = new Promise<Error>((resolve) => child.on('error', resolve));
+    const startup = skipStartupText(child.stdout);
+    startupTexts.set(child, startup);
+    let timer: NodeJS.Timeout | undefined;
+    const first = await Promise.race([
+      startup,
+      failed,
+      new Promise<'timeout'>((resolve) => { timer = setTimeout(() => { resolve('timeout'); }, startTimeoutMs); }),
+    ]).finally(() => { clearTimeout(timer); });
+    if (first === 'timeout' || first instanceof Error) {
+      child.kill('SIGKILL');
+      if (first instanceof Error) {
+        throw new AutotestError('ERR_SSH', `cannot run ssh to ${this.name}: ${describeError(first)}`, {
+          hint: 'install OpenSSH (apt-get install openssh-client)', cause: first,
+        });
+      }
+      throw new AutotestError('ERR_SSH', `ssh ${this.name}: "${argv[0] ?? ''}" did not start within ${(startTimeoutMs / 1000).toString()} s`, {
+        hint: 'the login is stuck: check the network, and the SSH account\'s start-up files (~/.bashrc, ~/.profile), which run before every command',
+      });
+    }
+    if (first.started) return child;
+    const { code } = await closed;
+    const stderr = readBuffered(child.stderr);
+    throw sshFailure(this.name, argv, { code, stderr }, first);
   }
 
   /** Runs `argv` on the host and collects its output; a failure names the host and what ssh said. */
   async run(argv: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-    const child = this.spawn(argv);
+    const child = await this.spawn(argv, options.timeoutMs);
     const chunks: Buffer[] = [];
     let size = 0;
     let stderr = '';
@@ -122,16 +236,7 @@ export class SshHost {
       state.timedOut = true;
       child.kill('SIGKILL');
     }, options.timeoutMs ?? 120_000);
-    const code = await new Promise<number>((resolve, reject) => {
-      child.on('error', reject);
-      child.on('close', (exitCode, signal) => {
-        resolve(exitCode ?? (signal ? 128 : 1));
-      });
-    }).catch((error: unknown) => {
-      throw new AutotestError('ERR_SSH', `cannot run ssh to ${this.name}: ${describeError(error)}`, {
-        hint: 'install OpenSSH (apt-get install openssh-client)', cause: error,
-      });
-    }).finally(() => {
+    const { code } = await whenClosed(child).finally(() => {
       clearTimeout(timer);
     });
     if (input !== undefined && typeof input !== 'string' && !Buffer.isBuffer(input)) {
@@ -146,18 +251,51 @@ export class SshHost {
     if (size > STDOUT_LIMIT) throw new AutotestError('ERR_SSH', `ssh ${this.name}: the answer was larger than ${STDOUT_LIMIT.toString()} bytes`);
     const result = { code, stdout: Buffer.concat(chunks), stderr: stderr.trim() };
     if (code === 0 || options.allowCodes?.includes(code)) return result;
-    throw sshFailure(this.name, argv, result);
+    throw sshFailure(this.name, argv, result, await startupTextOf(child));
   }
 }
 
+const closings = new WeakMap<ChildProcess, Promise<{ code: number; signal: NodeJS.Signals | null }>>();
+
+/**
+ * The child's end (exit code, 128 when killed by a signal), however late it is asked for: the
+ * listener is put on at the first call, and SshHost.spawn makes that call as it starts the child.
+ */
+export function whenClosed(child: ChildProcess): Promise<{ code: number; signal: NodeJS.Signals | null }> {
+  let closing = closings.get(child);
+  if (!closing) {
+    closing = new Promise((resolve) => {
+      child.on('close', (exitCode, signal) => {
+        resolve({ code: exitCode ?? (signal ? 128 : 1), signal });
+      });
+    });
+    closings.set(child, closing);
+  }
+  return closing;
+}
+
+/** What a stream that nobody read holds, as text (its first 8 KiB). */
+function readBuffered(stream: Readable): string {
+  let text = '';
+  for (let chunk = stream.read() as Buffer | null; chunk !== null && text.length < STDERR_LIMIT; chunk = stream.read() as Buffer | null) {
+    text += chunk.toString('utf8');
+  }
+  return text.slice(0, STDERR_LIMIT).trim();
+}
+
 /** ssh exits 255 for its own failures (cannot connect, refused key); anything else is the command's. */
-export function sshFailure(name: string, argv: readonly string[], result: { code: number; stderr: string }): AutotestError {
+export function sshFailure(name: string, argv: readonly string[], result: { code: number; stderr: string }, startup: StartupText = { text: '', started: true }): AutotestError {
   if (result.code === 255) {
     return new AutotestError('ERR_SSH_CONNECT', `ssh ${name}: cannot connect${result.stderr ? `: ${result.stderr}` : ''}`, {
       hint: 'check the host, that keyless (key-based, BatchMode) login works with "ssh HOST true", and ~/.ssh/config',
     });
   }
-  return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`, {
+  if (!startup.started) {
+    return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" exited with code ${result.code.toString()}${describeStartupText(name, startup)}${result.stderr ? `: ${result.stderr}` : ''}`, {
+      hint: 'make the account\'s start-up files print nothing and return early for non-interactive shells (for bash: [ -z "$PS1" ] && return at the top of ~/.bashrc)',
+    });
+  }
+  return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${describeStartupText(name, startup)}${result.stderr ? `: ${result.stderr}` : ''}`, {
     hint: 'check the folder and its permissions on the host, and that sh, coreutils and flock are installed there',
   });
 }
