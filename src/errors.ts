@@ -63,15 +63,44 @@ export function describeError(error: unknown): string {
 
 const SECRET_QUERY_KEYS = /([?&](?:token|access_token|auth|password|passwd|secret|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token)=)[^&#\s]*/gi;
 
+/** Schemes whose URL user part is often a token (`https://TOKEN@host`): hidden whole. */
+const TOKEN_USER_SCHEMES: ReadonlySet<string> = new Set(['http', 'https', 'git', 'git+https', 's3']);
+const SCHEME_CHAR = /[a-z0-9+.-]/i;
+/** Longest scheme looked for before "://"; real ones are short, and the bound keeps the scan linear. */
+const MAX_SCHEME_LENGTH = 32;
+
+/** `authority` (the text between "://" and the next "/" or space) with its secrets hidden. */
+function redactAuthority(scheme: string, authority: string): string {
+  const at = authority.lastIndexOf('@');
+  if (at < 0) return authority;
+  const userinfo = authority.slice(0, at);
+  const colon = userinfo.indexOf(':');
+  if (colon >= 0) return `${userinfo.slice(0, colon)}:***${authority.slice(at)}`;
+  return TOKEN_USER_SCHEMES.has(scheme.toLowerCase()) ? `***${authority.slice(at)}` : authority;
+}
+
 /**
  * Hides credentials in URLs wherever they appear in a text: the password of
  * `scheme://user:password@host` (even one holding "@"), the whole user part of web and git
  * URLs (where a token often stands as the user), and secret query parameters. SSH user
- * names stay: they are not secrets and say which account was used.
+ * names stay: they are not secrets and say which account was used. One pass over the text
+ * (every error line goes through here, and a location may be very long).
  */
 export function redactSecrets(text: string): string {
-  return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/[^/\s:@]*):[^/\s]*@/gi, '$1:***@')
-    .replace(/((?:https?|git|git\+https|s3):\/\/)[^/\s:@]+@/gi, '$1***@')
-    .replace(SECRET_QUERY_KEYS, '$1***');
+  let shown = '';
+  let copied = 0;
+  for (let mark = text.indexOf('://'); mark >= 0; mark = text.indexOf('://', mark + 3)) {
+    let start = mark;
+    while (start > 0 && mark - start < MAX_SCHEME_LENGTH && SCHEME_CHAR.test(text.charAt(start - 1))) start -= 1;
+    while (start < mark && !/[a-z]/i.test(text.charAt(start))) start += 1;
+    if (start === mark) continue;
+    const from = mark + 3;
+    let end = from;
+    while (end < text.length && text.charAt(end) !== '/' && !/\s/.test(text.charAt(end))) end += 1;
+    shown += text.slice(copied, from) + redactAuthority(text.slice(start, mark), text.slice(from, end));
+    copied = end;
+    mark = Math.max(mark, end - 3);
+  }
+  shown += text.slice(copied);
+  return shown.replace(SECRET_QUERY_KEYS, '$1***');
 }

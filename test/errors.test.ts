@@ -14,3 +14,18 @@ test('hides passwords, tokens standing as URL users and secret query values, but
   assert.match(shown, /ssh:\/\/root@host\/var\/www/);
   assert.match(shown, /name=a/);
 });
+
+test('hides secrets in several URLs of one line, each by its own scheme, and leaves text without URLs as it was', () => {
+  const shown = redactSecrets('from s3://KEY:SECRET@bucket/p and git+https://tok@h/r.git, then ssh://user:pw@h:22/x; plain text: a:b@c');
+  assert.equal(shown, 'from s3://KEY:***@bucket/p and git+https://***@h/r.git, then ssh://user:***@h:22/x; plain text: a:b@c');
+  assert.equal(redactSecrets('no url here, just words: x@y'), 'no url here, just words: x@y');
+});
+
+test('hides secrets in very long texts in one pass: 100,000 characters of "a://" pieces and of scheme letters', () => {
+  // Each once took seconds (a regular expression trying every start position); a linear pass
+  // reads them in milliseconds. Asserted by the outcome, not by a timing.
+  const pieces = 'a://'.repeat(25_000);
+  assert.equal(redactSecrets(pieces), pieces);
+  const letters = `${'x'.repeat(100_000)}://u:p@h/`;
+  assert.equal(redactSecrets(letters), `${'x'.repeat(100_000)}://u:***@h/`);
+});
