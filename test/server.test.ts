@@ -11,7 +11,8 @@ import { uploadPackages } from '../src/packager/index.js';
 import { buildServer } from '../src/server/index.js';
 import { startNginx } from './fixtures/nginx.js';
 import { startSshd } from './fixtures/sshd.js';
-import { CLI, checkConsistency, copyExampleTree, tempDir } from './helpers.js';
+import { MAX_PACKAGE_NAME_LENGTH } from '../src/packages/index.js';
+import { CLI, checkConsistency, copyExampleTree, runCli, tempDir } from './helpers.js';
 
 const TOKEN = 'test-token-0123456789';
 
@@ -193,6 +194,34 @@ test('uploads need the token: without one or with a wrong one the answer is 401 
   assert.equal(await exists(path.join(site.custom, 'test-mine.tar.bz2')), false);
   assert.deepEqual(await readdir(site.custom), []);
   assert.equal(await exists(site.staging), false);
+});
+
+test('a package name as long as the index can hold uploads and deletes through the API, one character more is refused naming the limit, and the packager refuses it before writing', async (t) => {
+  const site = await startSite(t);
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const longest = `test-${'n'.repeat(MAX_PACKAGE_NAME_LENGTH)}.tar.bz2`;
+  const body = await readFile(await customTarball(site, 'long.tar.bz2'));
+  const put = await request(site.url, `/api/custom/${longest}`, { method: 'PUT', headers: auth, body });
+  assert.equal(put.status, 200, put.body.toString());
+  assert.deepEqual((await checkConsistency(site.custom)).problems, []);
+  const listed = await request(site.url, '/api/packages');
+  assert.match(listed.body.toString(), new RegExp(longest.replaceAll('.', '\\.')));
+  assert.equal((await request(site.url, `/api/custom/${longest}`, { method: 'DELETE', headers: auth })).status, 200);
+  assert.equal(await exists(path.join(site.custom, longest)), false);
+
+  const tooLong = `test-${'n'.repeat(MAX_PACKAGE_NAME_LENGTH + 1)}.tar.bz2`;
+  const refused = await request(site.url, `/api/custom/${tooLong}`, { method: 'PUT', headers: auth, body });
+  assert.equal(refused.status, 400);
+  assert.match(refused.body.toString(), new RegExp(`at most ${MAX_PACKAGE_NAME_LENGTH.toString()}`));
+
+  const name = 'n'.repeat(MAX_PACKAGE_NAME_LENGTH + 1);
+  await mkdir(path.join(site.clientDir, 'tests', name));
+  await writeFile(path.join(site.clientDir, 'tests', name, 'control'), 'x');
+  const before = await readFile(path.join(site.builtin, 'packages.checksum'), 'utf8');
+  const packager = await runCli(['packager', 'upload', '-t', name, '--config', path.join(site.dir, 'global_config.ini')], { cwd: site.dir });
+  assert.notEqual(packager.code, 0);
+  assert.match(packager.stderr, new RegExp(`at most ${MAX_PACKAGE_NAME_LENGTH.toString()} are allowed`));
+  assert.equal(await readFile(path.join(site.builtin, 'packages.checksum'), 'utf8'), before, 'the index is untouched');
 });
 
 test('an oversized upload is refused with 413, an unsafe archive names its entry, a bad checksum or name is refused, and nothing is stored', async (t) => {

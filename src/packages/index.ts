@@ -1,4 +1,4 @@
-export { checkName, checkFileName, RESERVED_FILE_NAMES, checkType, packageFileName, parseFileName, parseNameList, PACKAGE_TYPES, CLIENT_PACKAGE_NAME, EXTENSIONS } from './names.js';
+export { checkName, checkFileName, MAX_FILE_NAME_LENGTH, MAX_PACKAGE_NAME_LENGTH, RESERVED_FILE_NAMES, checkType, packageFileName, parseFileName, parseNameList, PACKAGE_TYPES, CLIENT_PACKAGE_NAME, EXTENSIONS } from './names.js';
 export type { PackageType, ParsedFileName } from './names.js';
 export { fileEntry, walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
 export type { TreeEntry, ExcludeRule } from './tree.js';

@@ -14,13 +14,19 @@ export const EXTENSIONS: Record<Compression, string> = {
 };
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
-const MAX_NAME_LENGTH = 200;
+/** The one length limit: a repository file name, as every index reader checks it. */
+export const MAX_FILE_NAME_LENGTH = 200;
+/**
+ * A package name leaves room for its longest type and extension (`profiler-NAME.tar.bz2`),
+ * so every name the packager takes gives a file name the index can hold.
+ */
+export const MAX_PACKAGE_NAME_LENGTH = MAX_FILE_NAME_LENGTH - 'profiler-'.length - Math.max(...Object.values(EXTENSIONS).map((ext) => ext.length));
 
 /** Refuses anything that is not `[A-Za-z0-9][A-Za-z0-9._+-]*`: no `/`, no `..`, no leading dot. */
-export function checkName(name: string, what = 'package name'): string {
+export function checkName(name: string, what = 'package name', maxLength = MAX_PACKAGE_NAME_LENGTH): string {
   const shown = JSON.stringify(name);
   if (name === '') throw badName(`${what} is empty`);
-  if (name.length > MAX_NAME_LENGTH) throw badName(`${what} ${shown.slice(0, 40)}… is longer than ${MAX_NAME_LENGTH} characters`);
+  if (name.length > maxLength) throw badName(`${what} ${shown.slice(0, 40)}… is ${name.length.toString()} characters long; at most ${maxLength.toString()} are allowed`);
   if (name.includes('..')) throw badName(`${what} ${shown} contains ".."`);
   if (!NAME_RE.test(name)) {
     throw badName(`${what} ${shown} is not allowed: it must start with a letter or digit and hold only letters, digits, ".", "_", "+" and "-"`);
@@ -46,7 +52,7 @@ export const RESERVED_FILE_NAMES: ReadonlySet<string> = new Set(['packages.check
 
 /** A repository file name: a checked name that is not one of the index files. */
 export function checkFileName(file: string): string {
-  checkName(file, 'file name');
+  checkName(file, 'file name', MAX_FILE_NAME_LENGTH);
   if (RESERVED_FILE_NAMES.has(file)) {
     throw new AutotestError('ERR_BAD_NAME', `file name "${file}" is reserved for the repository index`, {
       hint: 'rename the file before publishing it',

@@ -5,6 +5,7 @@ import { pino } from 'pino';
 import type { Config } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
 import { closeHttpConnections } from '../fetch/index.js';
+import { MAX_FILE_NAME_LENGTH } from '../packages/index.js';
 import { cacheDir } from '../packager/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
@@ -57,6 +58,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     },
     // Idle keep-alive connections close at shutdown; running downloads finish first.
     forceCloseConnections: 'idle',
+    // Every file name the index can hold fits in /api/custom/:file, even percent-encoded whole.
+    routerOptions: { maxParamLength: MAX_FILE_NAME_LENGTH * 3 },
     // One access line per request (onResponse below) instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
