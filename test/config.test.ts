@@ -59,6 +59,10 @@ test('refuses a bad value with file, line, section, key and what is allowed', as
     [{ fetch_location: 'ftp://repo/x' }, /fetch_location .*unknown scheme/],
     [{ fetch_location: 'ssh://root@bad;host/x' }, /fetch_location .*not a valid/],
     [{ compression: 'rar' }, /compression = "rar": allowed is bzip2, gzip, zstd/],
+    // Beyond what a Node.js timer holds: it would fire at once and fail every fetch.
+    [{ fetch_timeout: '3000000' }, /\[PACKAGES\] fetch_timeout = "3000000": allowed is a number >= 0\.01 and <= 2147483/],
+    [{ fetch_connect_timeout: '1e9' }, /fetch_connect_timeout = "1e9": allowed is .* <= 2147483/],
+    [{ fetch_cooldown: '99999999' }, /fetch_cooldown = "99999999": allowed is .* <= 2147483/],
   ];
   for (const [keys, message] of cases) {
     const file = await writeConfig(dir, keys);

@@ -177,16 +177,24 @@ function readLocations(reader: Reader, key: string, fallback: Location[], s3: S3
   });
 }
 
-function readNumber(reader: Reader, key: string, fallback: number, opts: { min: number; integer?: boolean }): number {
+/** The longest time a Node.js timer holds (2^31 - 1 ms, about 24.8 days); longer ones fire at once. */
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
+function readNumber(reader: Reader, key: string, fallback: number, opts: { min: number; max?: number; integer?: boolean }): number {
   const entry = reader.get(key);
   if (!entry) return fallback;
   const text = entry.value.trim();
   const n = Number(text);
-  const allowed = `${opts.integer ? 'an integer' : 'a number'} >= ${opts.min}`;
-  if (text === '' || !Number.isFinite(n) || n < opts.min || (opts.integer === true && !Number.isInteger(n))) {
+  const allowed = `${opts.integer ? 'an integer' : 'a number'} >= ${opts.min}${opts.max === undefined ? '' : ` and <= ${opts.max}`}`;
+  if (text === '' || !Number.isFinite(n) || n < opts.min || (opts.max !== undefined && n > opts.max) || (opts.integer === true && !Number.isInteger(n))) {
     badValue(reader.section, entry, key, allowed);
   }
   return n;
+}
+
+/** A duration in seconds that becomes a timer: bounded by what a timer can hold. */
+function readMilliseconds(reader: Reader, key: string, fallbackSeconds: number, minSeconds: number): number {
+  return Math.round(readNumber(reader, key, fallbackSeconds, { min: minSeconds, max: MAX_TIMER_SECONDS }) * 1000);
 }
 
 function readBoolean(reader: Reader, key: string, fallback: boolean): boolean {
@@ -329,10 +337,10 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
     clientDir: readPath(reader, 'client_dir'),
     compression,
     fetch: {
-      connectTimeoutMs: Math.round(readNumber(reader, 'fetch_connect_timeout', 5, { min: 0.01 }) * 1000),
-      timeoutMs: Math.round(readNumber(reader, 'fetch_timeout', 600, { min: 0.01 }) * 1000),
+      connectTimeoutMs: readMilliseconds(reader, 'fetch_connect_timeout', 5, 0.01),
+      timeoutMs: readMilliseconds(reader, 'fetch_timeout', 600, 0.01),
       retries: readNumber(reader, 'fetch_retries', 2, { min: 0, integer: true }),
-      cooldownMs: Math.round(readNumber(reader, 'fetch_cooldown', 60, { min: 0 }) * 1000),
+      cooldownMs: readMilliseconds(reader, 'fetch_cooldown', 60, 0),
     },
     s3,
   };
