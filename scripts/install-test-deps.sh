@@ -22,6 +22,10 @@ have git git
 have nsenter util-linux
 have ip iproute2
 have curl curl
+# Autotest's HTTP fetcher probes a repository's base URL with wget (test/server.test.ts).
+have wget wget
+# Archives as other tools make them (test/fixtures/archives.ts): Python's tarfile.
+have python3 python3
 # A real S3-compatible server (Ceph radosgw) for the S3 tests.
 have radosgw radosgw
 have ceph-mon ceph

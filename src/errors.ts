@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'ERR_PACK'
   | 'ERR_UNSAFE_ARCHIVE'
   | 'ERR_CORRUPT_ARCHIVE'
+  | 'ERR_BAD_ARCHIVE'
   | 'ERR_BAD_INDEX'
   | 'ERR_LOCATION_REFUSED'
   | 'ERR_NO_SPACE'

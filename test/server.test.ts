@@ -153,6 +153,49 @@ test('no URL, however encoded, serves a file outside the served folders', async 
   }
 });
 
+test('a folder URL without its slash answers 301 to the folder, keeping the query, for GET and HEAD; files, missing paths and other hosts are not redirected', async (t) => {
+  const site = await startSite(t);
+  const get = await request(site.url, '/packages/builtin');
+  assert.equal(get.status, 301);
+  assert.equal(get.headers.location, '/packages/builtin/');
+  const head = await request(site.url, '/packages/custom?C=M;O=A', { method: 'HEAD' });
+  assert.equal(head.status, 301);
+  assert.equal(head.headers.location, '/packages/custom/?C=M;O=A');
+  assert.equal(head.body.length, 0);
+
+  assert.equal((await request(site.url, '/packages/builtin/test-dbench.tar.bz2')).status, 200, 'a file stays a file');
+  for (const notAFolder of ['/packages/builtin/test-dbench.tar.bz2/', '/packages/builtin/nosuch', '/packages/nosuch', '/packages/builtinx']) {
+    const answer = await request(site.url, notAFolder);
+    assert.equal(answer.status, 404, notAFolder);
+    assert.equal(answer.headers.location, undefined, notAFolder);
+  }
+  const elsewhere = ['//evil.example', '//evil.example/packages/builtin', '/packages//evil.example', '/packages/builtin//evil.example',
+    '/\\evil.example/packages/builtin', '/packages/builtin/..//evil.example', '/%2F%2Fevil.example/packages/builtin', '/packages/builtin?//evil.example'];
+  for (const attempt of elsewhere) {
+    const location = (await request(site.url, attempt)).headers.location;
+    if (location === undefined) continue;
+    assert.ok(location.startsWith('/packages/') && !location.startsWith('//'), `${attempt} redirected to ${location}`);
+  }
+});
+
+test("wget probing /packages/builtin without a slash, as Autotest's HTTP fetcher does, succeeds", async (t) => {
+  const site = await startSite(t);
+  const out = path.join(site.dir, 'probe');
+  // Exactly the probe of Autotest's HttpFetcher, at the seed's fetch_location.
+  const url = `${site.url.replace(/\/$/, '')}/packages/builtin`;
+  const probe = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const child = spawn('wget', ['--connect-timeout=15', '-nv', url, '-O', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => { resolve({ code, stderr }); });
+  });
+  assert.equal(probe.code, 0, probe.stderr);
+  const listing = await readFile(out, 'utf8');
+  assert.match(listing, /Index of \/packages\/builtin\//);
+  assert.match(listing, /href="test-dbench\.tar\.bz2"/);
+});
+
 test('the client installs packages from this server and from nginx serving the same folders', async (t) => {
   const site = await startSite(t);
   // As the README's nginx example: /packages/ aliased to the folder that holds builtin/ and custom/.

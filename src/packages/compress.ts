@@ -52,7 +52,11 @@ async function firstTool(commands: readonly string[]): Promise<string | undefine
 // the same whatever the number of threads, so tarballs stay reproducible.
 const BZIP2_TOOLS = ['lbzip2', 'pbzip2', 'bzip2'] as const;
 
-function spawnFilter(command: string, args: string[], what: string): Filter {
+/**
+ * Runs `command` as a filter. A failure to start is the tool's (ERR_TOOL); a failure once
+ * running is `failed(why)`: for a decompressor that means the data was bad.
+ */
+function spawnFilter(command: string, args: string[], what: string, failed: (why: string) => AutotestError): Filter {
   const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8');
@@ -67,7 +71,7 @@ function spawnFilter(command: string, args: string[], what: string): Filter {
       if (code === 0) resolve();
       else {
         const why = signal ? `killed by ${signal}` : `exit code ${code}`;
-        reject(new AutotestError('ERR_TOOL', `${command} failed to ${what} (${why})${stderr ? `: ${stderr.trim()}` : ''}`));
+        reject(failed(`${command} failed to ${what} (${why})${stderr ? `: ${stderr.trim()}` : ''}`));
       }
     });
   });
@@ -94,25 +98,31 @@ async function requireTool(commands: readonly string[], compression: Compression
   return tool;
 }
 
+const toolFailed = (why: string): AutotestError => new AutotestError('ERR_TOOL', why);
+
 export async function createCompressor(compression: Compression): Promise<Filter> {
   switch (compression) {
     case 'gzip':
       return zlibFilter(createGzip({ level: 6 }), 'zlib-gzip');
     case 'bzip2':
-      return spawnFilter(await requireTool(BZIP2_TOOLS, compression), ['-9', '-c'], 'compress');
+      return spawnFilter(await requireTool(BZIP2_TOOLS, compression), ['-9', '-c'], 'compress', toolFailed);
     case 'zstd':
-      return spawnFilter(await requireTool(['zstd'], compression), ['-q', '-c', '-T0', '-10'], 'compress');
+      return spawnFilter(await requireTool(['zstd'], compression), ['-q', '-c', '-T0', '-10'], 'compress', toolFailed);
   }
 }
 
-export async function createDecompressor(compression: Compression): Promise<Filter> {
+/** A decompressor for `source` (named in its errors): a bad stream is ERR_CORRUPT_ARCHIVE. */
+export async function createDecompressor(compression: Compression, source: string): Promise<Filter> {
+  const corrupt = (why: string): AutotestError => new AutotestError('ERR_CORRUPT_ARCHIVE', `${source}: cannot decompress: ${why}`, {
+    hint: 'the tarball is damaged or truncated; fetch it again',
+  });
   switch (compression) {
     case 'gzip':
       return zlibFilter(createGunzip(), 'zlib-gunzip');
     case 'bzip2':
-      return spawnFilter(await requireTool(BZIP2_TOOLS, compression), ['-d', '-c'], 'decompress');
+      return spawnFilter(await requireTool(BZIP2_TOOLS, compression), ['-d', '-c'], 'decompress', corrupt);
     case 'zstd':
-      return spawnFilter(await requireTool(['zstd'], compression), ['-q', '-d', '-c'], 'decompress');
+      return spawnFilter(await requireTool(['zstd'], compression), ['-q', '-d', '-c'], 'decompress', corrupt);
   }
 }
 

@@ -1,8 +1,8 @@
 import { createReadStream } from 'node:fs';
-import { link, lstat, mkdir, open, realpath, rm, symlink, unlink } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, realpath, rm, symlink, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import tar from 'tar-stream';
+import tar, { type Header } from 'tar-stream';
 import { AutotestError, describeError, errnoCode, isAutotestError } from '../errors.js';
 import { createDecompressor, sniffCompression } from './compress.js';
 import { linkStaysInside } from './tree.js';
@@ -10,6 +10,13 @@ import { linkStaysInside } from './tree.js';
 function unsafe(archive: string, entry: string, why: string): AutotestError {
   return new AutotestError('ERR_UNSAFE_ARCHIVE', `${archive}: entry ${JSON.stringify(entry)} refused: ${why}`, {
     hint: 'the archive was not written by this packager or was tampered with; nothing was installed',
+  });
+}
+
+/** An entry that cannot be written as given, though nothing about it is unsafe: say so, not "damaged". */
+function conflict(archive: string, entry: string, why: string): AutotestError {
+  return new AutotestError('ERR_BAD_ARCHIVE', `${archive}: entry ${JSON.stringify(entry)} refused: ${why}`, {
+    hint: 'two entries of the archive claim the same path in different kinds; rebuild the archive; nothing was installed',
   });
 }
 
@@ -33,22 +40,52 @@ async function readHead(file: string): Promise<Buffer> {
   }
 }
 
-/** Throws when any folder on the way from `root` to `rel`'s parent is a symlink. */
-async function checkParents(archive: string, root: string, rel: string, entryName: string): Promise<void> {
-  const parts = rel.split('/').slice(0, -1);
-  let current = root;
-  for (const part of parts) {
-    current = path.join(current, part);
-    const st = await lstat(current);
-    if (!st.isDirectory()) throw unsafe(archive, entryName, `"${path.relative(root, current)}" on its path is not a folder (a symlink?)`);
+/**
+ * The folders of one extraction: each is checked (or made) once, so the cost of an entry does
+ * not grow with its depth. Missing parents are made (0755) as GNU tar makes them, because many
+ * tools write no folder entries; a parent that exists as a symlink or a file is refused. A
+ * folder once known stays one: no later entry may replace a folder (see clearTarget).
+ */
+class FolderSet {
+  private readonly known = new Set<string>(['']);
+
+  constructor(private readonly archive: string, private readonly root: string) {}
+
+  /** Makes sure every folder on the way from the root to `rel`'s parent is a real folder. */
+  async parentsOf(rel: string, entryName: string): Promise<void> {
+    const slash = rel.lastIndexOf('/');
+    if (slash < 0 || this.known.has(rel.slice(0, slash))) return;
+    const missing: string[] = [];
+    for (let folder = rel.slice(0, slash); !this.known.has(folder); folder = folder.slice(0, Math.max(0, folder.lastIndexOf('/')))) {
+      missing.push(folder);
+    }
+    for (const folder of missing.reverse()) await this.ensure(folder, entryName, 0o755);
+  }
+
+  /** `rel` as a real folder: made with `mode`, or an existing folder (never a symlink to one). */
+  async ensure(rel: string, entryName: string, mode: number): Promise<void> {
+    const target = path.join(this.root, rel);
+    try {
+      await mkdir(target, { mode });
+    } catch (error) {
+      if (errnoCode(error) !== 'EEXIST') throw error;
+      const st = await lstat(target);
+      if (st.isSymbolicLink()) throw unsafe(this.archive, entryName, `"${rel}" on its path is a symlink, and nothing is written through a link`);
+      if (!st.isDirectory()) throw conflict(this.archive, entryName, `"${rel}" on its path is a file of the archive, not a folder`);
+    }
+    this.known.add(rel);
+  }
+
+  has(rel: string): boolean {
+    return this.known.has(rel);
   }
 }
 
 /** Makes room for an entry: an earlier file or link of the same name is replaced, never followed. */
-async function clearTarget(target: string): Promise<void> {
+async function clearTarget(archive: string, entryName: string, target: string): Promise<void> {
   try {
     const st = await lstat(target);
-    if (st.isDirectory()) throw new Error(`"${target}" is already a folder`);
+    if (st.isDirectory()) throw conflict(archive, entryName, 'a folder of that name came earlier in the archive');
     await unlink(target);
   } catch (error) {
     if (errnoCode(error) !== 'ENOENT') throw error;
@@ -77,85 +114,24 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
   // tool leaves no empty folder behind.
   let decompressor;
   try {
-    decompressor = await createDecompressor(compression);
+    decompressor = await createDecompressor(compression, archive);
   } catch (error) {
     await rm(dest, { recursive: true, force: true });
     throw error;
   }
   const root = await realpath(dest);
   const result: ExtractResult = { files: 0, bytes: 0 };
+  const folders = new FolderSet(archive, root);
   const extract = tar.extract();
 
   let current: { destroy: (error?: Error) => unknown } | undefined;
   const consume = async (): Promise<void> => {
     for await (const entry of extract) {
       current = entry;
-      const header = entry.header;
-      const rel = checkEntryPath(archive, header.name);
-      const target = path.join(root, rel);
-      if (rel === '') {
-        if (header.type !== 'directory') throw unsafe(archive, header.name, 'names the install folder itself');
-        entry.resume();
-        continue;
-      }
-      await checkParents(archive, root, rel, header.name);
-      const mode = header.mode & 0o755;
-      switch (header.type) {
-        case 'directory': {
-          try {
-            await mkdir(target, { mode: mode | 0o700 });
-          } catch (error) {
-            if (errnoCode(error) !== 'EEXIST' || !(await lstat(target)).isDirectory()) throw error;
-          }
-          entry.resume();
-          break;
-        }
-        case 'file':
-        case 'contiguous-file': {
-          if (limits.maxBytes !== undefined && result.bytes + header.size > limits.maxBytes) {
-            throw unsafe(archive, header.name, `unpacks to more than ${limits.maxBytes.toString()} bytes`);
-          }
-          await clearTarget(target);
-          const handle = await open(target, 'wx', mode);
-          try {
-            for await (const chunk of entry) await handle.write(chunk as Buffer);
-          } finally {
-            await handle.close();
-          }
-          result.files += 1;
-          result.bytes += header.size;
-          break;
-        }
-        case 'symlink': {
-          const linkname = header.linkname;
-          if (!linkStaysInside(rel, linkname)) throw unsafe(archive, header.name, `symlink to "${linkname}" points outside the install folder`);
-          await clearTarget(target);
-          await symlink(linkname, target);
-          entry.resume();
-          break;
-        }
-        case 'link': {
-          const linkname = header.linkname;
-          if (linkname.startsWith('/') || linkname.split('/').includes('..')) {
-            throw unsafe(archive, header.name, `hardlink to "${linkname}" leaves the install folder`);
-          }
-          const linkRel = checkEntryPath(archive, linkname);
-          const source = path.join(root, linkRel);
-          let st;
-          try {
-            st = await lstat(source);
-          } catch {
-            throw unsafe(archive, header.name, `hardlink to "${header.linkname}", which is not an earlier file of the archive`);
-          }
-          if (!st.isFile()) throw unsafe(archive, header.name, `hardlink to "${header.linkname}", which is not a regular file`);
-          await checkParents(archive, root, linkRel, header.name);
-          await clearTarget(target);
-          await link(source, target);
-          entry.resume();
-          break;
-        }
-        default:
-          throw unsafe(archive, header.name, `${header.type} entries (devices, FIFOs) are not allowed`);
+      try {
+        await writeEntry({ archive, root, folders, limits, result }, entry.header, entry);
+      } catch (error) {
+        throw entryFailure(archive, dest, entry.header.name, error);
       }
     }
   };
@@ -178,17 +154,105 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
     await consuming.catch(() => undefined);
     await rm(dest, { recursive: true, force: true });
     if (isAutotestError(error)) throw error;
-    const code = errnoCode(error);
-    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EROFS' || code === 'EPERM') {
-      throw new AutotestError('ERR_LOCATION_REFUSED', `${dest}: cannot write the extracted package (${code})`, {
-        hint: code === 'ENOSPC' || code === 'EDQUOT' ? 'free some space there and install again' : 'check the permissions of the install folder',
-        cause: error,
-      });
-    }
+    // What is left comes from reading the archive: the decompressor's stream or the tar
+    // parser (a bad header checksum, data that ends before the archive does).
     throw new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: cannot extract: ${describeError(error)}`, {
       hint: 'the tarball is damaged or truncated; fetch it again',
       cause: error,
     });
   }
   return result;
+}
+
+const WRITE_REFUSED = new Set(['ENOSPC', 'EDQUOT', 'EACCES', 'EROFS', 'EPERM']);
+
+/** A failure while writing one entry, with its true cause: the install folder's, or the entry's. */
+function entryFailure(archive: string, dest: string, entryName: string, error: unknown): AutotestError {
+  if (isAutotestError(error)) return error;
+  const code = errnoCode(error);
+  if (code !== undefined && WRITE_REFUSED.has(code)) {
+    return new AutotestError('ERR_LOCATION_REFUSED', `${dest}: cannot write the extracted package (${code})`, {
+      hint: code === 'ENOSPC' || code === 'EDQUOT' ? 'free some space there and install again' : 'check the permissions of the install folder',
+      cause: error,
+    });
+  }
+  return new AutotestError('ERR_BAD_ARCHIVE', `${archive}: entry ${JSON.stringify(entryName)} cannot be written: ${describeError(error)}`, {
+    hint: 'this filesystem cannot hold the entry as the archive gives it; rebuild the archive',
+    cause: error,
+  });
+}
+
+interface Extraction {
+  archive: string;
+  root: string;
+  folders: FolderSet;
+  limits: { maxBytes?: number };
+  result: ExtractResult;
+}
+
+/** Writes one entry under the rules of extractTarball. */
+async function writeEntry(x: Extraction, header: Header, body: AsyncIterable<unknown> & { resume(): unknown }): Promise<void> {
+  const { archive, root, folders, result } = x;
+  const rel = checkEntryPath(archive, header.name);
+  const target = path.join(root, rel);
+  if (rel === '') {
+    if (header.type !== 'directory') throw unsafe(archive, header.name, 'names the install folder itself');
+    body.resume();
+    return;
+  }
+  await folders.parentsOf(rel, header.name);
+  const mode = header.mode & 0o755;
+  switch (header.type) {
+    case 'directory': {
+      // A folder made earlier as a parent gets its own entry's mode now, as GNU tar does.
+      if (folders.has(rel)) await chmod(target, mode | 0o700);
+      else await folders.ensure(rel, header.name, mode | 0o700);
+      body.resume();
+      return;
+    }
+    case 'file':
+    case 'contiguous-file': {
+      const size = header.size;
+      if (x.limits.maxBytes !== undefined && result.bytes + size > x.limits.maxBytes) {
+        throw unsafe(archive, header.name, `unpacks to more than ${x.limits.maxBytes.toString()} bytes`);
+      }
+      await clearTarget(archive, header.name, target);
+      const handle = await open(target, 'wx', mode);
+      try {
+        for await (const chunk of body) await handle.write(chunk as Buffer);
+      } finally {
+        await handle.close();
+      }
+      result.files += 1;
+      result.bytes += size;
+      return;
+    }
+    case 'symlink': {
+      const linkname = header.linkname;
+      if (!linkStaysInside(rel, linkname)) throw unsafe(archive, header.name, `symlink to "${linkname}" points outside the install folder`);
+      await clearTarget(archive, header.name, target);
+      await symlink(linkname, target);
+      body.resume();
+      return;
+    }
+    case 'link': {
+      const linkname = header.linkname;
+      if (linkname.startsWith('/') || linkname.split('/').includes('..')) {
+        throw unsafe(archive, header.name, `hardlink to "${linkname}" leaves the install folder`);
+      }
+      const linkRel = checkEntryPath(archive, linkname);
+      const source = path.join(root, linkRel);
+      // The source's folders were all made by this extraction when the source was written.
+      const slash = linkRel.lastIndexOf('/');
+      const st = folders.has(slash < 0 ? '' : linkRel.slice(0, slash)) ? await lstat(source).catch(() => undefined) : undefined;
+      if (!st) throw unsafe(archive, header.name, `hardlink to "${linkname}", which is not an earlier file of the archive`);
+      if (!st.isFile()) throw unsafe(archive, header.name, `hardlink to "${linkname}", which is not a regular file`);
+      await clearTarget(archive, header.name, target);
+      await link(source, target);
+      body.resume();
+      return;
+    }
+    default:
+      throw unsafe(archive, header.name, `${header.type} entries (devices, FIFOs) are not allowed`);
+  }
 }

@@ -325,21 +325,37 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     return body.length;
   };
 
+  /**
+   * A folder's URL without its slash answers 301 to the slash, as Apache and nginx do:
+   * Autotest's HTTP fetcher probes the base URL of fetch_location (written without a slash in
+   * the seed) and skips a repository whose probe fails. The Location is built from the
+   * repository's own name, never from the request's path, so it cannot point elsewhere.
+   */
+  const redirectToFolder = (request: IncomingMessage, response: ServerResponse, repository: ServedRepository, query: string): number => {
+    const location = `/packages/${repository.name}/${query}`;
+    const body = `<!doctype html><html><head><title>301 Moved Permanently</title></head><body><a href="${escapeHtml(location)}">${escapeHtml(location)}</a></body></html>`;
+    response.writeHead(301, { location, 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+    response.end(request.method === 'HEAD' ? undefined : body);
+    return request.method === 'HEAD' ? 0 : body.length;
+  };
+
   return {
     handle(request, response) {
       if (request.method !== 'GET' && request.method !== 'HEAD') return false;
       const url = request.url ?? '';
-      const match = /^\/packages\/(builtin|custom)\/([^/?#]*)(?:\?[^#]*)?$/.exec(url);
+      const match = /^\/packages\/(builtin|custom)(?:\/([^/?#]*))?(\?[^#]*)?$/.exec(url);
       const repository = match ? byName.get(match[1] ?? '') : undefined;
       if (!match || !repository) return false;
-      const encoded = match[2] ?? '';
-      const file = encoded === '' ? '' : fileNameFrom(encoded);
+      const encoded = match[2];
+      const file = encoded === undefined || encoded === '' ? '' : fileNameFrom(encoded);
       if (file === undefined) return false;
       const started = performance.now();
       if (shuttingDown) response.setHeader('connection', 'close');
       const given = request.headers['x-request-id'];
       response.setHeader('x-request-id', typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID());
-      const answer = file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
+      // Settled as a promise so that a header Node refuses is answered 500, never thrown out of handle().
+      const answer = encoded === undefined ? Promise.resolve().then(() => redirectToFolder(request, response, repository, match[3] ?? ''))
+        : file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
       answer.then((bytes) => { finish(request, response, started, repository.name, bytes); }, (error: unknown) => {
         log.error({ err: { message: error instanceof Error ? error.message : String(error) }, url }, 'serving a repository file failed');
         if (!response.headersSent) answerError(response, 500, 'internal error; see the server log');

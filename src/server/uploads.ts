@@ -73,7 +73,7 @@ function errorAnswer(error: unknown, limit: number): { status: number; body: unk
   if (isAutotestError(error)) {
     const status = error.message === tooLarge(limit).message ? 413
       : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
-        : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
+        : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
           : 500;
     return { status, body: { error: error.code, message: error.message, hint: error.hint } };
   }
