@@ -25,7 +25,8 @@ have curl curl
 # Autotest's HTTP fetcher probes a repository's base URL with wget (test/server.test.ts).
 have wget wget
 # Archives as other tools make them (test/fixtures/archives.ts): Python's tarfile.
-have python3 python3
+# Debian's python3 by its path: a pyenv shim on PATH is not the distribution's.
+[ -x /usr/bin/python3 ] || need+=(python3)
 # A real S3-compatible server (Ceph radosgw) for the S3 tests.
 have radosgw radosgw
 have ceph-mon ceph
