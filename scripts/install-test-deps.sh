@@ -22,6 +22,9 @@ have git git
 have nsenter util-linux
 have ip iproute2
 have curl curl
+# The autoserv install script on hosts falls back to wget; the HTTPS tests make their lab CA with openssl.
+have wget wget
+have openssl openssl
 # A real S3-compatible server (Ceph radosgw) for the S3 tests.
 have radosgw radosgw
 have ceph-mon ceph
