@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, readFile, readdir, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { startNginx, type NginxServer } from './fixtures/nginx.js';
@@ -16,7 +16,7 @@ interface TlsLab {
 }
 
 /** The example tree published to dir/www/builtin, served by nginx over HTTPS with `ssl_verify_client on`. */
-async function tlsLab(t: TestContext): Promise<TlsLab> {
+async function tlsLab(t: TestContext, extraLocations?: string): Promise<TlsLab> {
   const dir = await tempDir(t);
   const ca = await createTestCa(await tempDir(t, 'autotest-ca-'));
   const clientDir = await copyExampleTree(dir);
@@ -24,7 +24,7 @@ async function tlsLab(t: TestContext): Promise<TlsLab> {
   await mkdir(builtin, { recursive: true });
   const publish = await runCli(['packager', 'upload', '--all', '--config', await writeConfig(dir, { upload_location: builtin, client_dir: clientDir, minimum_free_space: '0' }, 'publish.ini')], { cwd: dir });
   assert.equal(publish.code, 0, publish.stderr);
-  const nginx = await startNginx({ root: path.join(dir, 'www'), tls: { cert: ca.serverCert, key: ca.serverKey, clientCa: ca.caFile } });
+  const nginx = await startNginx({ root: path.join(dir, 'www'), tls: { cert: ca.serverCert, key: ca.serverKey, clientCa: ca.caFile }, extraLocations });
   t.after(() => nginx.stop());
   return { dir, ca, nginx, url: `${nginx.url}/builtin` };
 }
@@ -76,16 +76,42 @@ test('an s3:// repository behind an https endpoint of the lab CA is fetched with
   const lab = await tlsLab(t);
   // nginx stands in for the endpoint: path-style GETs of /BUCKET/KEY are files under www (it ignores the signature).
   await symlink(path.join(lab.dir, 'www', 'builtin'), path.join(lab.dir, 'www', 'lab-bucket'));
-  const config = path.join(lab.dir, 's3.ini');
-  await writeFile(config, [
-    '[PACKAGES]', 'fetch_location: s3://lab-bucket', `fetch_ca_file: ${lab.ca.caFile}`, `fetch_client_cert: ${lab.ca.clientCert}`, `fetch_client_key: ${lab.ca.clientKey}`,
-    '[S3]', `endpoint: ${lab.nginx.url}`, '',
-  ].join('\n'));
-  const env = { AWS_ACCESS_KEY_ID: 'lab', AWS_SECRET_ACCESS_KEY: 'lab-secret', AWS_EC2_METADATA_DISABLED: 'true', AWS_SHARED_CREDENTIALS_FILE: path.join(lab.dir, 'none'), AWS_CONFIG_FILE: path.join(lab.dir, 'none') };
-  const result = await install(lab, config, 'install', env);
+  const result = await install(lab, await writeS3Config(lab, 's3://lab-bucket'), 'install', s3Env(lab));
   assert.equal(result.code, 0, result.stdout + result.stderr);
   assert.match(result.stdout, /test sleeptest: fetched \(test-sleeptest\.tar\.bz2 from s3:\/\/lab-bucket/);
   assert.ok((await servedPaths(lab.nginx)).includes('/lab-bucket/test-sleeptest.tar.bz2'));
+});
+
+/** A config whose fetch_location is `locations`, with the lab's TLS files and its nginx as the S3 endpoint. */
+async function writeS3Config(lab: TlsLab, locations: string, extra: string[] = []): Promise<string> {
+  const config = path.join(lab.dir, 's3.ini');
+  await writeFile(config, [
+    '[PACKAGES]', `fetch_location: ${locations}`, `fetch_ca_file: ${lab.ca.caFile}`, `fetch_client_cert: ${lab.ca.clientCert}`, `fetch_client_key: ${lab.ca.clientKey}`, ...extra,
+    '[S3]', `endpoint: ${lab.nginx.url}`, '',
+  ].join('\n'));
+  return config;
+}
+
+/** Keys to sign with (nginx does not check them), and no other credential source. */
+function s3Env(lab: TlsLab): NodeJS.ProcessEnv {
+  return { AWS_ACCESS_KEY_ID: 'lab', AWS_SECRET_ACCESS_KEY: 'lab-secret', AWS_EC2_METADATA_DISABLED: 'true', AWS_SHARED_CREDENTIALS_FILE: path.join(lab.dir, 'none'), AWS_CONFIG_FILE: path.join(lab.dir, 'none') };
+}
+
+test('S3 AccessDenied and NoSuchBucket answers pass over to the next repository but do not skip those buckets on the next install', async (t) => {
+  const lab = await tlsLab(t, [
+    "location /denied-bucket/ { return 403 '<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>'; }",
+    "location /missing-bucket/ { return 404 '<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code></Error>'; }",
+  ].join('\n'));
+  const config = await writeS3Config(lab, `s3://denied-bucket, s3://missing-bucket, ${path.join(lab.dir, 'www', 'builtin')}`, ['fetch_cooldown: 60']);
+  // Both installs use one install folder, so one package cache and its record of repository health.
+  for (const run of ['first', 'second']) {
+    const result = await install(lab, config, 'install', s3Env(lab));
+    assert.equal(result.code, 0, `${run}: ${result.stdout}${result.stderr}`);
+    assert.match(result.stderr, /passed over s3:\/\/denied-bucket\S*: access denied \(AccessDenied, 403\)/);
+    assert.match(result.stderr, /passed over s3:\/\/missing-bucket\S*: the bucket does not exist \(NoSuchBucket\)/);
+    assert.doesNotMatch(result.stderr, /skipped for/);
+    await rm(path.join(lab.dir, 'install', 'tests'), { recursive: true });
+  }
 });
 
 interface HostSummary {
