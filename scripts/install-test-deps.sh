@@ -22,11 +22,13 @@ have git git
 have nsenter util-linux
 have ip iproute2
 have curl curl
-# Autotest's HTTP fetcher probes a repository's base URL with wget (test/server.test.ts).
+# Autotest's HTTP fetcher probes a repository's base URL with wget (test/server.test.ts); the
+# autoserv install script on hosts falls back to it. The HTTPS tests make their lab CA with openssl.
 have wget wget
 # Archives as other tools make them (test/fixtures/archives.ts): Python's tarfile.
 # Debian's python3 by its path: a pyenv shim on PATH is not the distribution's.
 [ -x /usr/bin/python3 ] || need+=(python3)
+have openssl openssl
 # A real S3-compatible server (Ceph radosgw) for the S3 tests.
 have radosgw radosgw
 have ceph-mon ceph

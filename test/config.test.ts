@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS, SERVER_KEYS, S3_KEYS } from '../src/config/index.js';
 import { isAutotestError } from '../src/errors.js';
 import { ROOT, tempDir, writeConfig } from './helpers.js';
+import { createTestCa } from './fixtures/tls.js';
 
 test('reads the ConfigParser dialect: ":" and "=", case-insensitive keys, comments, continuation lines, interpolation', () => {
   const doc = parseIni([
@@ -191,4 +192,33 @@ test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and r
   }
   const unknown = await loadConfig({ file: await write('fetch_location: s3://lab-packages', '[S3]\nsecret_key: nope\n'), env: {} });
   assert.match(unknown.warnings.join('\n'), /unknown key "secret_key" in \[S3\]/);
+});
+
+test('reads fetch_ca_file, fetch_client_cert and fetch_client_key once at load, and refuses a missing, non-PEM or mismatched file naming the config file, line and key', async (t) => {
+  const dir = await tempDir(t);
+  const ca = await createTestCa(dir);
+  const other = await createTestCa(await tempDir(t));
+  const good = await writeConfig(dir, { fetch_ca_file: 'ca.pem', fetch_client_cert: ca.clientCert, fetch_client_key: ca.clientKey }, 'good.ini');
+  const tls = (await loadConfig({ file: good })).packages.fetch.tls;
+  assert.equal(tls?.ca?.file, ca.caFile, 'a relative path is read from the config file\'s folder');
+  assert.equal(tls.ca.pem, await readFile(ca.caFile, 'utf8'));
+  assert.equal(tls.clientKey?.pem, await readFile(ca.clientKey, 'utf8'));
+  assert.equal((await loadConfig({ file: await writeConfig(dir, { fetch_ca_file: '' }, 'empty.ini') })).packages.fetch.tls, undefined, 'an empty value means none');
+
+  await writeFile(path.join(dir, 'junk.pem'), 'not a certificate\n');
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ fetch_ca_file: path.join(dir, 'missing.pem') }, /bad\.ini:2: \[PACKAGES\] fetch_ca_file = .*missing\.pem: cannot read it \(ENOENT\)/],
+    [{ fetch_ca_file: path.join(dir, 'junk.pem') }, /bad\.ini:2: \[PACKAGES\] fetch_ca_file = .*junk\.pem: not a PEM file/],
+    [{ fetch_ca_file: ca.caFile, fetch_client_cert: ca.clientKey, fetch_client_key: ca.clientKey }, /\[PACKAGES\] fetch_client_cert = .*client\.key: holds no certificate/],
+    [{ fetch_client_cert: ca.clientCert, fetch_client_key: other.clientKey }, /bad\.ini:3: \[PACKAGES\] fetch_client_key = .*client\.key: is not the key of fetch_client_cert/],
+    [{ fetch_client_cert: ca.clientCert }, /bad\.ini:2: \[PACKAGES\] fetch_client_cert = .*fetch_client_key is not set.*allowed is a file path, together with fetch_client_key/],
+  ];
+  for (const [keys, message] of cases) {
+    const file = await writeConfig(dir, keys, 'bad.ini');
+    await assert.rejects(loadConfig({ file }), (error: unknown) => isAutotestError(error, 'ERR_CONFIG') && message.test(error.message), JSON.stringify(keys));
+  }
+  // autoserv passes the client certificate's paths on to its hosts and never reads the key itself.
+  const onHosts = await writeConfig(dir, { fetch_client_cert: '/etc/lab/host.pem', fetch_client_key: '/etc/lab/host.key' }, 'hosts.ini');
+  const passedOn = (await loadConfig({ file: onHosts, readClientCertificate: false })).packages.fetch.tls;
+  assert.deepEqual([passedOn?.clientCert?.file, passedOn?.clientKey?.file, passedOn?.clientKey?.pem], ['/etc/lab/host.pem', '/etc/lab/host.key', undefined]);
 });

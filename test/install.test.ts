@@ -51,7 +51,7 @@ interface FaultServer {
 }
 
 /** Our own HTTP server in front of a repository folder, misbehaving on purpose for package files. */
-async function faultServer(t: TestContext, dir: string, fault: Fault | undefined): Promise<FaultServer> {
+async function faultServer(t: TestContext, dir: string, fault: Fault | undefined, port = 0): Promise<FaultServer> {
   const requests: FaultServer['requests'] = [];
   const server = http.createServer((request, response) => {
     const file = decodeURIComponent((request.url ?? '/').replace(/^\/repo\//, ''));
@@ -67,12 +67,23 @@ async function faultServer(t: TestContext, dir: string, fault: Fault | undefined
       response.writeHead(404).end();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await listen(t, server, port);
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, requests };
+}
+
+async function listen(t: TestContext, server: http.Server, port: number): Promise<void> {
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => {
     server.closeAllConnections();
     server.close(() => { resolve(); });
   }));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, requests };
+}
+
+/** A server that takes every connection and request and never answers: a stalled repository. */
+async function silentServer(t: TestContext): Promise<string> {
+  const server = http.createServer(() => undefined);
+  await listen(t, server, 0);
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -183,21 +194,46 @@ test('a download cut half way resumes from where it stopped on the next try, ask
   await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
 });
 
-test('when every repository fails, one error names each repository and why, and an unreachable one is skipped while it cools down', async (t) => {
+test('when every repository fails, one error names each repository and why, and a refused connection, a 404 and a missing folder do not skip the repository on the next run', async (t) => {
   const repo = await publishExample(t);
   const refused = httpLocation(`http://127.0.0.1:${(await freePort()).toString()}/repo`);
   const server = await faultServer(t, path.join(repo.dir, 'repo'), (_f, _r, response) => { response.writeHead(404).end(); });
   const missing = local(path.join(repo.dir, 'nowhere'));
   const options = { locations: [refused, httpLocation(server.url), missing], settings: { ...FAST, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
-  await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) => {
-    assert.ok(isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED'));
-    assert.match(error.message, new RegExp(`${refused.text.replace(/[.]/g, '\\.')}.*cannot connect \\(ECONNREFUSED\\)`));
-    assert.match(error.message, /not found \(404\)/);
-    assert.match(error.message, /nowhere: cannot read its index|nowhere: has no packages\.checksum/);
-    return true;
-  });
-  await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) =>
-    isAutotestError(error) && /skipped for \d+ s more/.test(error.message));
+  for (const run of ['first', 'second']) {
+    await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) => {
+      assert.ok(isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED'));
+      assert.match(error.message, new RegExp(`${refused.text.replace(/[.]/g, '\\.')}.*cannot connect \\(ECONNREFUSED\\)`), run);
+      assert.match(error.message, /not found \(404\)/);
+      assert.match(error.message, /nowhere: cannot read its index|nowhere: has no packages\.checksum/);
+      assert.doesNotMatch(error.message, /skipped for/, `${run} run: every repository was tried`);
+      return true;
+    });
+  }
+});
+
+test('a repository refused on one install serves the next install as soon as it is started, with no cool-down in between', async (t) => {
+  const repo = await publishExample(t);
+  const port = await freePort();
+  const location = httpLocation(`http://127.0.0.1:${port.toString()}/repo`);
+  const options = { locations: [location], settings: { ...FAST, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
+  await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /ECONNREFUSED/.test(error.message));
+  await faultServer(t, path.join(repo.dir, 'repo'), undefined, port);
+  const [record] = await installPackages('test', ['dbench'], options);
+  assert.equal(record?.repository, location.text);
+  assert.deepEqual(record.passedOver, []);
+});
+
+test('a repository that accepts the connection but stalls is skipped by the next install while it cools down, and the next repository serves both', async (t) => {
+  const repo = await publishExample(t);
+  const stalling = await silentServer(t);
+  const options = { locations: [httpLocation(stalling), local(path.join(repo.dir, 'repo'))], settings: { ...FAST, retries: 0, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
+  const [first] = await installPackages('test', ['dbench'], options);
+  assert.equal(first?.repository, path.join(repo.dir, 'repo'));
+  assert.match(first.passedOver.join('\n'), /no data for \d+ s|not complete within/);
+  await rm(path.join(repo.dir, 'install', 'tests'), { recursive: true });
+  const [second] = await installPackages('test', ['dbench'], options);
+  assert.match(second?.passedOver.join('\n') ?? '', /skipped for \d+ s more \(fetch_cooldown\) after: .*(no data for|not complete within)/);
 });
 
 test('a package that is in no index is an error naming the package, never a silent success', async (t) => {

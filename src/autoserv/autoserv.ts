@@ -4,7 +4,8 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import type { Location } from '../config/index.js';
+import { rootCertificates } from 'node:tls';
+import type { FetchTls, Location } from '../config/index.js';
 import { describeError } from '../errors.js';
 import { whenClosed } from '../ssh/session.js';
 import { CLIENT_PACKAGE_NAME, checkName, packEntries } from '../packages/index.js';
@@ -30,6 +31,11 @@ export interface AutoservOptions {
   servePackages?: boolean;
   /** 'auto' (default): packaging, else a light copy, else the full tree; 'full copy': the full tree only, as Autotest without packaging. */
   clientInstall?: 'auto' | 'full copy';
+  /**
+   * fetch_ca_file (its text, sent to each host) and fetch_client_cert/fetch_client_key (paths
+   * on the hosts: labs provision host certificates themselves; a private key is never copied).
+   */
+  tls?: FetchTls;
 }
 
 export type ClientInstallWay = 'packaging' | 'light copy' | 'full copy';
@@ -46,13 +52,28 @@ export interface HostSummary {
 }
 
 /*
- * Run on the host by sh with positional arguments only: $1 the host folder, then the
- * repository URLs. Fetches packages.checksum and client-autotest.tar.bz2 with curl (or
- * wget), checks the md5, unpacks beside the old client and swaps it in.
+ * Run on the host by sh with positional arguments only: $1 the host folder, $2 the CA bundle
+ * to trust for https (or empty), $3 and $4 the host's client certificate and key (or empty),
+ * then the repository URLs. Fetches packages.checksum and client-autotest.tar.bz2 with curl
+ * (or wget), checks the md5, unpacks beside the old client and swaps it in. Inside get(),
+ * "set --" builds the tool's arguments as a list, so no path is ever split or expanded.
  */
-const INSTALL_BY_PACKAGING = `dir=$1; shift
+const INSTALL_BY_PACKAGING = `dir=$1; ca=$2; cert=$3; key=$4; shift 4
 mkdir -p "$dir" || exit 10
-get() { if command -v curl >/dev/null 2>&1; then curl -fsS --connect-timeout 5 --max-time 300 -o "$2" "$1"; else wget -q -T 30 -O "$2" "$1"; fi; }
+get() {
+  url=$1; out=$2
+  if command -v curl >/dev/null 2>&1; then
+    set -- -fsS --connect-timeout 5 --max-time 300 -o "$out"
+    if [ -n "$ca" ]; then set -- "$@" --cacert "$ca"; fi
+    if [ -n "$cert" ]; then set -- "$@" --cert "$cert" --key "$key"; fi
+    curl "$@" "$url"
+  else
+    set -- -q -T 30 -O "$out"
+    if [ -n "$ca" ]; then set -- "$@" --ca-certificate="$ca"; fi
+    if [ -n "$cert" ]; then set -- "$@" --certificate="$cert" --private-key="$key"; fi
+    wget "$@" "$url"
+  fi
+}
 why=""
 for base in "$@"; do
   if ! get "$base/packages.checksum" "$dir/.index.tmp"; then why="$why; $base: cannot fetch packages.checksum"; continue; fi
@@ -78,13 +99,41 @@ rm -rf "$dir/client" && mv "$dir/.client.new" "$dir/client"`;
 
 const sh = (script: string, args: string[]): string[] => ['sh', '-c', script, 'sh', ...args];
 
-async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, work: string): Promise<void> {
+/** Where the CA bundle autoserv sends goes on each host. */
+const hostCaFile = (hostDir: string): string => path.posix.join(hostDir, 'fetch-ca.pem');
+
+/**
+ * Sends fetch_ca_file to the host with the system's roots (Node's list) in front: curl's
+ * --cacert and wget's --ca-certificate replace the host's store rather than add to it.
+ * Returns its path on the host, or '' when there is no fetch_ca_file.
+ */
+async function sendCaBundle(host: TestHost, hostDir: string, tls: FetchTls | undefined): Promise<string> {
+  const ca = tls?.ca?.pem;
+  if (ca === undefined) return '';
+  const file = hostCaFile(hostDir);
+  await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2"', 'sh', hostDir, file], { input: `${[...rootCertificates, ca.trim()].join('\n')}\n` });
+  return file;
+}
+
+/** The client job's config on the host: the repositories and the TLS files, in the ConfigParser dialect. */
+function hostConfig(options: AutoservOptions, caFile: string): string {
+  // '%' starts an interpolation in ConfigParser; paths and URLs have no line breaks (config checks refuse them).
+  const value = (text: string): string => text.replaceAll('%', '%%');
+  const lines = ['[PACKAGES]', `fetch_location: ${options.locations.map((l) => value(l.text)).join(', ')}`];
+  if (caFile !== '') lines.push(`fetch_ca_file: ${value(caFile)}`);
+  const { clientCert, clientKey } = options.tls ?? {};
+  if (clientCert && clientKey) lines.push(`fetch_client_cert: ${value(clientCert.file)}`, `fetch_client_key: ${value(clientKey.file)}`);
+  return `${lines.join('\n')}\n`;
+}
+
+async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, work: string, caFile: string): Promise<void> {
   const started = performance.now();
   const urls = options.locations.filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http').map((l) => l.url);
   const ways = options.clientInstall === 'full copy' ? (['full copy'] as const) : (['light copy', 'full copy'] as const);
   if (options.clientInstall === 'full copy') summary.why.push('packaging: not asked for (--client-install full)');
   else if (urls.length > 0) {
-    const answer = await host.run(sh(INSTALL_BY_PACKAGING, [options.hostDir, ...urls]), { allowCodes: [3, 10], timeoutMs: 600_000 });
+    const tlsArgs = [caFile, options.tls?.clientCert?.file ?? '', options.tls?.clientKey?.file ?? ''];
+    const answer = await host.run(sh(INSTALL_BY_PACKAGING, [options.hostDir, ...tlsArgs, ...urls]), { allowCodes: [3, 10], timeoutMs: 600_000 });
     if (answer.code === 0) {
       summary.clientInstall = 'packaging';
       summary.setup.bytes += Number(answer.stdout.trim().split(' ')[1] ?? 0);
@@ -191,12 +240,13 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
   const work = await mkdtemp(path.join(tmpdir(), 'autotest-autoserv-'));
   try {
     const host = createHost(text);
-    await installClient(host, options, summary, work);
+    const caFile = await sendCaBundle(host, options.hostDir, options.tls);
+    await installClient(host, options, summary, work, caFile);
     const remoteResults = path.posix.join(options.hostDir, 'results', jobId);
     const control = path.posix.join(options.hostDir, `control-${jobId}.mjs`);
     const ini = path.posix.join(options.hostDir, `client-${jobId}.ini`);
     await host.run(['sh', '-c', 'cat > "$1"', 'sh', control], { input: await readFile(options.control) });
-    await host.run(['sh', '-c', 'cat > "$1"', 'sh', ini], { input: `[PACKAGES]\nfetch_location: ${options.locations.map((l) => l.text.replaceAll('%', '%%')).join(', ')}\n` });
+    await host.run(['sh', '-c', 'cat > "$1"', 'sh', ini], { input: hostConfig(options, caFile) });
     const job = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
       '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json', ...(options.servePackages === false ? [] : ['--autoserv-channel'])],
     (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000, options.servePackages === false ? undefined : { clientDir: options.clientDir, work });

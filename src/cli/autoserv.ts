@@ -32,13 +32,15 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
       const hostDir = flags.hostDir ?? '/var/tmp/autotest';
       if (flags.clientInstall !== 'auto' && flags.clientInstall !== 'full') throw new AutotestError('ERR_USAGE', `--client-install ${flags.clientInstall}: auto or full`);
       if (!path.posix.isAbsolute(hostDir) || /[\0-\x1f]/.test(hostDir)) throw new AutotestError('ERR_USAGE', `--host-dir ${hostDir}: must be an absolute path`);
-      const config = await loadConfig({ file: flags.config });
+      // fetch_client_cert and fetch_client_key name files on the hosts: passed on, not read here.
+      const config = await loadConfig({ file: flags.config, readClientCertificate: false });
       for (const warning of config.warnings) output.err(`warning: ${warning}`);
       const summaries = await runAutoserv({
         hosts, control: path.resolve(control), resultsDir: path.resolve(flags.results ?? path.join('results', 'autoserv')),
         locations: config.packages.fetchLocations, clientDir: chooseClientDir(flags, config), hostDir,
         clientInstall: flags.clientInstall === 'full' ? 'full copy' : 'auto',
         servePackages: config.packages.servePackagesFromAutoserv,
+        tls: config.packages.fetch.tls,
         onLine: (host, line) => { if (!line.startsWith('{') && !line.startsWith(' ') && !line.startsWith('}')) output.out(`[${host}] ${line}`); },
       });
       for (const s of summaries) {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { AutotestError, errnoCode } from '../errors.js';
 import { overlayIni, parseIni, type IniDocument } from './ini.js';
 import { readPackagesConfig, readServerConfig, type Config } from './schema.js';
+import { readTlsFiles } from './tls.js';
 
 /** The environment variable that names the global config file when --config is not given. */
 export const CONFIG_ENV = 'AUTOTEST_CONFIG';
@@ -40,6 +41,11 @@ export interface LoadConfigOptions {
   file?: string | undefined;
   env?: NodeJS.ProcessEnv;
   cwd?: string;
+  /**
+   * False for autoserv: fetch_client_cert and fetch_client_key name files on its hosts, which
+   * are passed on and not read here (default true).
+   */
+  readClientCertificate?: boolean;
 }
 
 /** Where the config comes from: --config, then $AUTOTEST_CONFIG, then the embedded default. */
@@ -72,6 +78,7 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
   }
   const baseDirOf = (from: string): string => (from === EMBEDDED_SOURCE ? cwd : path.dirname(from));
   const { packages, warnings } = readPackagesConfig(doc, baseDirOf, options.env ?? process.env);
+  packages.fetch.tls = await readTlsFiles(packages.fetch.tls, { readClientCertificate: options.readClientCertificate ?? true });
   const { server, warnings: serverWarnings } = readServerConfig(doc, baseDirOf, packages, options.env ?? process.env);
   return { source, packages, server, warnings: [...warnings, ...serverWarnings] };
 }

@@ -31,6 +31,26 @@ export interface FetchSettings {
   retries: number;
   /** How long a repository that keeps failing is skipped. */
   cooldownMs: number;
+  /** fetch_ca_file, fetch_client_cert, fetch_client_key; none: the system's CAs alone, no client certificate. */
+  tls?: FetchTls;
+}
+
+/** A PEM file named by a config key, and its text once read (see readTlsFiles). */
+export interface PemFile {
+  file: string;
+  /** Where the key was set, for messages: `FILE:LINE: [PACKAGES] KEY`. */
+  setAt: string;
+  /** Undefined until read, and never read for a client certificate that names a file on autoserv's hosts. */
+  pem: string | undefined;
+}
+
+/** TLS for https:// repositories and S3 endpoints. */
+export interface FetchTls {
+  /** Trusted in addition to the system's CAs. */
+  ca: PemFile | undefined;
+  /** Presented to servers that verify clients: both or neither. */
+  clientCert: PemFile | undefined;
+  clientKey: PemFile | undefined;
 }
 
 export interface Config {
@@ -59,7 +79,10 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   fetch_connect_timeout: { description: 'seconds to wait for a repository to accept a connection (default 5)' },
   fetch_timeout: { description: 'seconds a package download from one repository may take in all (default 600)' },
   fetch_retries: { description: 'further tries on a transient failure such as a reset or a 5xx (default 2; never on 404)' },
-  fetch_cooldown: { description: 'seconds a repository that keeps failing is skipped (default 60)' },
+  fetch_cooldown: { description: 'seconds a repository that failed slowly (connect timeout, stall) is skipped (default 60); instant failures never skip it' },
+  fetch_ca_file: { description: 'PEM bundle of CAs trusted for https:// repositories and S3 endpoints, besides the system\'s (default: none)' },
+  fetch_client_cert: { description: 'PEM client certificate for servers that verify clients; with fetch_client_key (default: none)' },
+  fetch_client_key: { description: 'PEM private key (unencrypted) of fetch_client_cert (default: none)' },
 };
 
 const BOOLEANS: Record<string, boolean> = {
@@ -213,6 +236,28 @@ function readPath(reader: Reader, key: string): string | undefined {
   return path.resolve(reader.baseDir(entry), text.startsWith('file://') ? new URL(text).pathname : text);
 }
 
+/** A file named by `key`, or undefined when the key is absent or empty. */
+function readFileKey(reader: Reader, key: string): PemFile | undefined {
+  const entry = reader.get(key);
+  const text = entry?.value.trim() ?? '';
+  if (!entry || text === '') return undefined;
+  if (/[\0-\x1f]/.test(text)) badValue(reader.section, entry, key, 'a file path');
+  return {
+    file: path.resolve(reader.baseDir(entry), text.startsWith('file://') ? new URL(text).pathname : text),
+    setAt: `${entry.file}:${entry.line.toString()}: [${reader.section}] ${key}`,
+    pem: undefined,
+  };
+}
+
+function readFetchTls(reader: Reader): FetchTls | undefined {
+  const tls: FetchTls = { ca: readFileKey(reader, 'fetch_ca_file'), clientCert: readFileKey(reader, 'fetch_client_cert'), clientKey: readFileKey(reader, 'fetch_client_key') };
+  for (const [key, other, set, otherSet] of [['fetch_client_cert', 'fetch_client_key', tls.clientCert, tls.clientKey], ['fetch_client_key', 'fetch_client_cert', tls.clientKey, tls.clientCert]] as const) {
+    const entry = reader.get(key);
+    if (set && !otherSet && entry) badValue(reader.section, entry, key, `a file path, together with ${other}`, `${other} is not set`);
+  }
+  return tls.ca || tls.clientCert ? tls : undefined;
+}
+
 function createReader(doc: IniDocument, section: string, baseDirOf: (file: string) => string): Reader {
   return { section, get: (key) => getIniValue(doc, section, key), baseDir: (entry) => baseDirOf(entry.file) };
 }
@@ -341,6 +386,7 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
       timeoutMs: readMilliseconds(reader, 'fetch_timeout', 600, 0.01),
       retries: readNumber(reader, 'fetch_retries', 2, { min: 0, integer: true }),
       cooldownMs: readMilliseconds(reader, 'fetch_cooldown', 60, 0),
+      tls: readFetchTls(reader),
     },
     s3,
   };

@@ -92,8 +92,8 @@ function backoffMs(attempt: number): number {
  * Fetches packages from the repositories of fetch_location, in their order: per repository a
  * connect timeout, a deadline, retries with backoff on transient failures, resume of a cut
  * download, and verification against that repository's index before the file is renamed to
- * its name. A repository that cannot be reached cools down; when all fail, one error lists
- * every repository tried and why.
+ * its name. A repository that fails slowly (connect timeout, stall) cools down; when all
+ * fail, one error lists every repository tried and why.
  */
 export class PackageFetcher {
   private readonly repositories: FetchRepository[];
@@ -131,6 +131,7 @@ export class PackageFetcher {
   /** Walks the repositories in order; `attempt` returns a result, or throws why this one failed. */
   private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
     const reasons: string[] = [];
+    const hints = new Set<string>();
     for (const repository of this.repositories) {
       const wait = this.health.coolingDown(repository.name);
       if (wait > 0) {
@@ -147,12 +148,16 @@ export class PackageFetcher {
         if (isAutotestError(error, 'ERR_LOCATION_REFUSED')) throw error;
         const failure = classifyNetworkError(error, repository.name);
         const reason = error instanceof AutotestError ? error.message : failure.message;
+        // Only a slow failure is remembered: an instant one costs little to meet again, and
+        // is often a setting (a CA, a started server) being fixed right now.
         if (failure.down) await this.health.failed(repository.name, reason);
-        reasons.push(reason);
+        const hint = error instanceof AutotestError ? error.hint : failure.hint;
+        if (hint !== undefined) hints.add(hint);
+        reasons.push(hint === undefined ? reason : `${reason} (${hint})`);
       }
     }
     throw new AutotestError('ERR_ALL_REPOSITORIES_FAILED', `cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
-      hint: 'check fetch_location and that the package was published ("autotest packager list")',
+      hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
     });
   }
 
@@ -263,7 +268,9 @@ export class PackageFetcher {
           });
         }
         if (!failure.transient || attempt >= this.settings.retries) {
-          throw new FetchFailure(`${failure.message}${attempt > 0 ? ` (after ${(attempt + 1).toString()} tries)` : ''}`, { transient: false, down: failure.down, cause: error });
+          throw new FetchFailure(`${failure.message}${attempt > 0 ? ` (after ${(attempt + 1).toString()} tries)` : ''}`, {
+            transient: false, down: failure.down, hint: failure.hint, cause: error,
+          });
         }
         await sleep(backoffMs(attempt));
       }

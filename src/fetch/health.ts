@@ -10,9 +10,10 @@ interface Standing {
 }
 
 /**
- * Which repositories are unreachable just now. A repository that could not be reached is
+ * Which repositories are slow to fail just now. A repository that timed out or stalled is
  * skipped until its cool-down ends, so every later package does not pay its timeout again.
  * Kept in the package cache, so separate installs on one machine share what they learnt.
+ * The fetcher records only slow failures here (see FetchFailure.down).
  */
 export class RepositoryHealth {
   private readonly standings = new Map<string, Standing>();

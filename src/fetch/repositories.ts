@@ -2,12 +2,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
+import { rootCertificates } from 'node:tls';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
-import type { FetchSettings, Location } from '../config/index.js';
+import type { FetchSettings, FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { errnoCode, isAutotestError } from '../errors.js';
+import { describeError, errnoCode } from '../errors.js';
 import {
   CHECKSUM_FILE,
   MANIFEST_FILE,
@@ -80,17 +81,45 @@ async function readIndexThrough(name: string, open: (file: string) => Promise<Re
   return indexFrom(name, checksums, manifest);
 }
 
-const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+const httpAgent = new http.Agent({ keepAlive: true });
+/** One HTTPS agent per set of TLS files (in practice one per process); '' is the system's CAs alone. */
+const httpsAgents = new Map<string, https.Agent>();
 
-/** The kept-alive agent for a URL, shared by every repository read of the process (and the server's S3 proxy). */
-export function agentFor(url: URL): http.Agent {
-  return url.protocol === 'https:' ? agents.https : agents.http;
+function httpsAgent(tls: FetchTls | undefined): https.Agent {
+  const ca = tls?.ca?.pem;
+  const cert = tls?.clientCert?.pem;
+  const key = tls?.clientKey?.pem;
+  if ((tls?.ca && ca === undefined) || (tls?.clientCert && (cert === undefined || key === undefined))) {
+    throw new Error('fetch TLS files used before readTlsFiles read them');
+  }
+  const id = ca === undefined && cert === undefined ? '' : JSON.stringify([ca, cert, key]);
+  let agent = httpsAgents.get(id);
+  if (!agent) {
+    // `ca` replaces Node's list: the system's roots go in with the lab's CA so public
+    // repositories (and AWS) stay trusted.
+    agent = new https.Agent({
+      keepAlive: true,
+      ...(ca === undefined ? {} : { ca: [...rootCertificates, ca] }),
+      ...(cert === undefined || key === undefined ? {} : { cert, key }),
+    });
+    httpsAgents.set(id, agent);
+  }
+  return agent;
+}
+
+/**
+ * The kept-alive agent for a URL, shared by every repository read of the process (and the
+ * server's S3 proxy); an https one trusts fetch_ca_file and presents fetch_client_cert.
+ */
+export function agentFor(url: URL, tls?: FetchTls): http.Agent {
+  return url.protocol === 'https:' ? httpsAgent(tls) : httpAgent;
 }
 
 /** Closes the kept-alive connections, so a command ends as soon as its work is done. */
 export function closeHttpConnections(): void {
-  agents.http.destroy();
-  agents.https.destroy();
+  httpAgent.destroy();
+  for (const agent of httpsAgents.values()) agent.destroy();
+  httpsAgents.clear();
 }
 
 /** What a GET answered other than 200/206, for the scheme to turn into a FetchFailure. */
@@ -130,12 +159,12 @@ function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>,
     const client = url.protocol === 'https:' ? https : http;
     const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity', ...extraHeaders };
     if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
-    const request = client.get(url, { headers, agent: agentFor(url) });
+    const request = client.get(url, { headers, agent: agentFor(url, settings.tls) });
     const connectTimer = setTimeout(() => {
       request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true }));
     }, settings.connectTimeoutMs);
     const deadline = setTimeout(() => {
-      request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false }));
+      request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true }));
     }, settings.timeoutMs);
     request.on('socket', (socket) => {
       // A kept-alive socket is connected already; only a new one gets a listener.
@@ -143,7 +172,7 @@ function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>,
       else socket.once('connect', () => { clearTimeout(connectTimer); });
     });
     request.setTimeout(Math.min(MAX_STALL_MS, settings.timeoutMs), () => {
-      request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: false }));
+      request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: true }));
     });
     request.on('close', () => {
       clearTimeout(connectTimer);
@@ -180,10 +209,18 @@ function openedFrom(response: IncomingMessage, offset: number, what: string): Op
   return { stream: response, start: 0 };
 }
 
+/** nginx and Apache answer 400 or 403 over a finished handshake when a client certificate is missing or not trusted. */
+const httpsRefusal: RefusedAnswer = (status, body, what) => {
+  const failure = httpRefusal(status, body, what);
+  if (status !== 400 && status !== 403) return failure;
+  return new FetchFailure(failure.message, { transient: false, down: false, hint: 'if the server verifies client certificates, set fetch_client_cert and fetch_client_key ([PACKAGES])' });
+};
+
 function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
+  const refusal = location.url.startsWith('https:') ? httpsRefusal : httpRefusal;
   const get = (file: string, offset: number): Promise<IncomingMessage> =>
-    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, settings, httpRefusal);
+    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, settings, refusal);
   return {
     name,
     readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
@@ -194,7 +231,9 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
 }
 
 /** Ends `output` with an error when the process behind it fails. */
-function watchProcess(child: ChildProcess, output: PassThrough, what: string, timeoutMs: number, endOnSuccess = false): void {
+function watchProcess(child: ChildProcess, output: PassThrough, what: string, settings: FetchSettings, endOnSuccess = false): void {
+  const { timeoutMs } = settings;
+  const started = performance.now();
   let stderr = '';
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (chunk: string) => {
@@ -202,7 +241,7 @@ function watchProcess(child: ChildProcess, output: PassThrough, what: string, ti
   });
   const timer = setTimeout(() => {
     child.kill('SIGKILL');
-    output.destroy(new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: false }));
+    output.destroy(new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true }));
   }, timeoutMs);
   output.on('close', () => {
     clearTimeout(timer);
@@ -216,7 +255,13 @@ function watchProcess(child: ChildProcess, output: PassThrough, what: string, ti
       return;
     }
     const why = stderr.trim();
-    if (code === 255) output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: true }));
+    if (code === 255) {
+      // ssh exits 255 for a refused connection, a refused key and a timeout alike; only the
+      // time it took tells the slow failure (cool-down) from the instant ones, without
+      // reading its words.
+      const slow = performance.now() - started >= settings.connectTimeoutMs;
+      output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: slow }));
+    }
     else if (/No such file|did not match any files|not found/i.test(why)) output.destroy(notFound(what));
     else output.destroy(new FetchFailure(`${what}: ${why || `exit code ${String(code)}`}`, { transient: true, down: false }));
   });
@@ -230,15 +275,18 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
     // tail -c +N starts at byte N (1-based): the resume point.
     const out = new PassThrough();
     const what = `${name}/${file}`;
+    const started = performance.now();
     host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], settings.timeoutMs).then((child) => {
       child.stdin?.end();
       // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
       // is an error, never a short or empty file.
       child.stdout?.pipe(out, { end: false });
-      watchProcess(child, out, what, settings.timeoutMs, true);
+      watchProcess(child, out, what, settings, true);
     }, (error: unknown) => {
-      const connect = isAutotestError(error, 'ERR_SSH_CONNECT');
-      out.destroy(new FetchFailure(`${what}: ${error instanceof Error ? error.message : String(error)}`, { transient: !connect, down: connect, cause: error }));
+      // The command never started: ssh could not connect or log in, or the account's start-up
+      // files stopped it. As in watchProcess, only the time it took tells a slow failure.
+      const slow = performance.now() - started >= settings.connectTimeoutMs;
+      out.destroy(new FetchFailure(`${what}: ${describeError(error)}`, { transient: false, down: slow, cause: error }));
     });
     return out;
   };
@@ -255,7 +303,7 @@ function localRepository(location: Extract<Location, { kind: 'local' }>): FetchR
     name,
     async readIndex() {
       const index = await readLocalIndex(location.path).catch((error: unknown) => {
-        throw new FetchFailure(`${name}: cannot read its index (${errnoCode(error) ?? String(error)})`, { transient: false, down: true, cause: error });
+        throw new FetchFailure(`${name}: cannot read its index (${errnoCode(error) ?? String(error)})`, { transient: false, down: false, cause: error });
       });
       if (index.size === 0) throw new FetchFailure(`${name}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
       return index;
@@ -281,7 +329,7 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
     const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', file], { stdio: ['ignore', 'pipe', 'pipe'] });
     const extract = tar.extract();
     const out = new PassThrough();
-    watchProcess(child, out, what, settings.timeoutMs);
+    watchProcess(child, out, what, settings);
     out.once('error', reject);
     child.stdout.pipe(extract);
     let found = false;
@@ -327,7 +375,9 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
   switch (problem.kind) {
     case 'notFound': return failure(false, false, { notFound: true });
     case 'range': return failure(true, false, { rangeRefused: true });
-    case 'denied': case 'noBucket': case 'noCredentials': case 'unreachable': return failure(false, true);
+    // Answers, so they came back at once: the next repository, but no cool-down.
+    case 'denied': case 'noBucket': case 'noCredentials': return failure(false, false);
+    case 'unreachable': return failure(false, true);
     case 'transient': return failure(true, false);
     default: return failure(false, false);
   }
@@ -345,7 +395,8 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
     try {
       signed = await signGet(location, file);
     } catch (error) {
-      throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: true });
+      // No credentials found: a setting to fix, not a server to wait for.
+      throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: false, cause: error });
     }
     return httpGet(signed.url, offset, signed.headers, what, settings, s3Refusal);
   };
