@@ -196,6 +196,26 @@ test("wget probing /packages/builtin without a slash, as Autotest's HTTP fetcher
   assert.match(listing, /href="test-dbench\.tar\.bz2"/);
 });
 
+test('a suffix range longer than the file gets the whole file and a range of another unit is ignored, as nginx answers them', async (t) => {
+  const site = await startSite(t);
+  const nginx = await startNginx({ root: site.dir, extraLocations: `location /packages/ { alias ${path.join(site.dir, 'www')}/; }` });
+  t.after(() => nginx.stop());
+  const file = '/packages/builtin/test-dbench.tar.bz2';
+  const bytes = await readFile(path.join(site.builtin, 'test-dbench.tar.bz2'));
+  for (const base of [site.url, nginx.url]) {
+    const suffix = await request(base, file, { headers: { range: 'bytes=-100000000' } });
+    assert.equal(suffix.status, 206, base);
+    assert.equal(suffix.headers['content-range'], `bytes 0-${(bytes.length - 1).toString()}/${bytes.length.toString()}`, base);
+    assert.deepEqual(suffix.body, bytes, base);
+    const tail = await request(base, file, { headers: { range: 'bytes=-10' } });
+    assert.deepEqual(tail.body, bytes.subarray(-10), base);
+    const items = await request(base, file, { headers: { range: 'items=0-1' } });
+    assert.equal(items.status, 200, base);
+    assert.equal(items.headers['content-range'], undefined, base);
+    assert.deepEqual(items.body, bytes, base);
+  }
+});
+
 test('the client installs packages from this server and from nginx serving the same folders', async (t) => {
   const site = await startSite(t);
   // As the README's nginx example: /packages/ aliased to the folder that holds builtin/ and custom/.

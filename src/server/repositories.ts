@@ -70,6 +70,15 @@ function fileNameFrom(encoded: string): string | undefined {
   return name;
 }
 
+/**
+ * `bytes=-N` with N at least the file's size asks for the whole file (RFC 9110 §14.1.1: "the
+ * entire representation is used"); range-parser would call it unsatisfiable.
+ */
+function wholeForLongSuffix(header: string, size: number): string {
+  const suffix = /^\s*bytes\s*=\s*-\s*(\d+)\s*$/i.exec(header)?.[1];
+  return suffix !== undefined && size > 0 && Number(suffix) >= size ? `bytes=0-${(size - 1).toString()}` : header;
+}
+
 function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.dev === b.dev;
 }
@@ -224,8 +233,9 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     const rangeHeader = request.headers.range;
     const ifRange = request.headers['if-range'];
     const rangeApplies = rangeHeader !== undefined && (ifRange === undefined || (typeof ifRange === 'string' && !ifRange.startsWith('W/') && (ifRange === tag || ifRange === modified)));
-    if (rangeApplies) {
-      const ranges = rangeParser(stat.size, rangeHeader, { combine: true });
+    // A unit other than bytes is ignored (RFC 9110 §14.2): the whole file, 200.
+    if (rangeApplies && /^\s*bytes\s*=/i.test(rangeHeader)) {
+      const ranges = rangeParser(stat.size, wholeForLongSuffix(rangeHeader, stat.size), { combine: true });
       if (ranges === -1) return answerError(response, 416, `${file}: range not satisfiable`, { 'content-range': `bytes */${stat.size.toString()}` });
       // A malformed header (-2) or several ranges: the whole file, as RFC 9110 allows.
       if (ranges !== -2 && ranges.length === 1 && ranges[0]) {
