@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFile, readdir, stat, writeFile, mkdir, access } from 'node:fs/promises';
+import { once } from 'node:events';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { installPackages } from '../src/client/install.js';
@@ -10,6 +12,7 @@ import { loadConfig, type Location } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { buildServer } from '../src/server/index.js';
 import { startNginx } from './fixtures/nginx.js';
+import { startDaemon } from './fixtures/process.js';
 import { startSshd } from './fixtures/sshd.js';
 import { MAX_PACKAGE_NAME_LENGTH } from '../src/packages/index.js';
 import { CLI, checkConsistency, copyExampleTree, runCli, tempDir } from './helpers.js';
@@ -408,6 +411,69 @@ test('200 concurrent downloads of a large package get correct bytes while the se
   assert.ok(peakKb > 0 && peakKb < 300 * 1024, `peak RSS ${(peakKb / 1024).toFixed(0)} MB`);
   console.log(`peak RSS with 200 downloads: ${(peakKb / 1024).toFixed(0)} MB`);
   assert.equal((await stat(path.join(www, 'kernel-16m.img'))).size, big.length);
+});
+
+/** Sends one raw request on `socket` and resolves with the response head. */
+function rawRequest(socket: net.Socket, requestPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let head = '';
+    const onData = (chunk: Buffer): void => {
+      head += chunk.toString('latin1');
+      const end = head.indexOf('\r\n\r\n');
+      if (end >= 0) {
+        socket.off('data', onData);
+        resolve(head.slice(0, end));
+      }
+    };
+    socket.on('data', onData);
+    socket.once('error', reject);
+    socket.write(`GET ${requestPath} HTTP/1.1\r\nHost: test\r\n\r\n`);
+  });
+}
+
+test('a server out of file descriptors answers 503 with Retry-After, never "not found", counts it in /metrics, and serves the file once descriptors are free', async (t) => {
+  const dir = await tempDir(t);
+  const www = path.join(dir, 'builtin');
+  await mkdir(www, { recursive: true });
+  // Larger than what the server keeps in memory: every request opens the file.
+  const body = Buffer.alloc(1024 * 1024, 7);
+  await writeFile(path.join(www, 'kernel.img'), body);
+  await writeFile(path.join(dir, 'global_config.ini'), `[PACKAGES]\nupload_location: ${www}\ncustom_upload_location: ${path.join(dir, 'custom')}\n`);
+  // The server at a low descriptor limit (prlimit, util-linux); about 22 are in use at rest.
+  const server = await startDaemon({
+    name: 'autotest serve with 48 descriptors', command: '/usr/bin/prlimit', host: '127.0.0.1', cwd: dir,
+    prepare: (port) => ['--nofile=48:48', process.execPath, CLI, 'serve', '--config', path.join(dir, 'global_config.ini'), '--port', port.toString()],
+  });
+  t.after(() => server.stop());
+  const connect = async (): Promise<net.Socket> => {
+    const socket = net.connect(server.port, '127.0.0.1');
+    await once(socket, 'connect');
+    return socket;
+  };
+  const asker = await connect();
+  const held: net.Socket[] = [];
+  t.after(() => { for (const socket of [asker, ...held]) socket.destroy(); });
+  // Bounded: 60 connections take every descriptor the server has left (it accepts about 26).
+  for (let i = 0; i < 60; i += 1) held.push(await connect());
+  // Until the server holds all its descriptors (prlimit execs node: same pid); bounded: 50 tries.
+  for (let i = 0; i < 50 && (await readdir(`/proc/${server.pid.toString()}/fd`)).length < 47; i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const head = await rawRequest(asker, '/packages/builtin/kernel.img');
+  assert.match(head, /^HTTP\/1\.1 503 /, head);
+  assert.match(head, /\r\nretry-after: 1\r\n/i);
+  for (const socket of held) socket.destroy();
+  asker.destroy();
+  // The descriptors come back as the server sees the connections close (bounded: 50 tries).
+  let answer: Answer | undefined;
+  for (let i = 0; i < 50 && answer?.status !== 200; i += 1) {
+    answer = await request(`http://127.0.0.1:${server.port.toString()}`, '/packages/builtin/kernel.img').catch(() => undefined);
+    if (answer?.status !== 200) await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal(answer?.status, 200);
+  assert.deepEqual(answer.body, body);
+  const metrics = await request(`http://127.0.0.1:${server.port.toString()}`, '/metrics');
+  assert.match(metrics.body.toString(), /autotest_errors_total\{kind="unavailable"\} [1-9]/);
 });
 
 test('a replaced packages.checksum is served at once, never the old one from memory', async (t) => {

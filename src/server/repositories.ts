@@ -10,7 +10,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { escapeHtml } from './html.js';
 import type { ServedLocation } from '../config/index.js';
 import type { ServerMetrics } from './metrics.js';
-import { isAutotestError } from '../errors.js';
+import { describeError, errnoCode, isAutotestError } from '../errors.js';
 import { s3Problem } from '../s3/client.js';
 import { listS3Files, serveS3File } from './s3-proxy.js';
 
@@ -78,6 +78,11 @@ function wholeForLongSuffix(header: string, size: number): string {
   const suffix = /^\s*bytes\s*=\s*-\s*(\d+)\s*$/i.exec(header)?.[1];
   return suffix !== undefined && size > 0 && Number(suffix) >= size ? `bytes=0-${(size - 1).toString()}` : header;
 }
+
+/** open() failures that mean the file is not there (a symlink counts: it is never served). */
+const NOT_THERE = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
+/** open() failures of the server's own state, gone when load drops. */
+const OUT_OF_RESOURCES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN']);
 
 function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.dev === b.dev;
@@ -199,7 +204,8 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     children.requests.inc();
     children.duration.observe((performance.now() - started) / 1000);
     metrics.bytesSent.inc(bytes);
-    if (response.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
+    if (response.statusCode === 503) metrics.errors.inc({ kind: 'unavailable' });
+    else if (response.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
     else if (response.statusCode >= 400) metrics.errors.inc({ kind: response.statusCode === 404 ? 'not_found' : 'client' });
     if (LOGGED_LEVELS.has(log.level)) {
       log.info({ reqId: response.getHeader('x-request-id'), req: { method: request.method, url: request.url }, res: { statusCode: response.statusCode }, bytes, responseTime: performance.now() - started }, 'request completed');
@@ -207,7 +213,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const answerError = (response: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): number => {
-    const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : 'ERR_SERVER', message });
+    const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : status === 503 ? 'ERR_UNAVAILABLE' : 'ERR_SERVER', message });
     response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extra });
     response.end(body);
     return body.length;
@@ -275,8 +281,17 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       return span.end - span.start + 1;
     }
     // Opened before it is looked at, so what is checked is what is sent; never through a symlink.
-    const handle = await open(path.join(dir, file), constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
-    if (!handle) return answerError(response, 404, `${file}: not in this repository`);
+    let handle;
+    try {
+      handle = await open(path.join(dir, file), constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (error) {
+      const code = errnoCode(error) ?? '';
+      if (NOT_THERE.has(code)) return answerError(response, 404, `${file}: not in this repository`);
+      // Out of descriptors or memory is this server's state, not the file's: a client that
+      // took it for "not found" would never ask again.
+      if (OUT_OF_RESOURCES.has(code)) return answerError(response, 503, `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
+      return answerError(response, 500, `${file}: cannot open it (${code || describeError(error)})`);
+    }
     try {
       const opened = await handle.stat();
       if (!opened.isFile()) return answerError(response, 404, `${file}: not in this repository`);
