@@ -476,6 +476,31 @@ test('a server out of file descriptors answers 503 with Retry-After, never "not 
   assert.match(metrics.body.toString(), /autotest_errors_total\{kind="unavailable"\} [1-9]/);
 });
 
+test('/api/consistency without the token answers the last check with its time and starts no new one within a minute; with the token a fresh check runs, one at a time for all who ask', async (t) => {
+  const site = await startSite(t);
+  interface Check { checkedAt: string; locations: { location: string; problems: { kind: string; file: string }[] }[] }
+  const consistency = async (headers: Record<string, string> = {}): Promise<Check> => {
+    const answer = await request(site.url, '/api/consistency', { headers });
+    assert.equal(answer.status, 200, answer.body.toString());
+    return JSON.parse(answer.body.toString()) as Check;
+  };
+  const problemsOf = (check: Check): string[] => check.locations.flatMap((l) => l.problems.map((p) => `${p.kind} ${p.file}`));
+  const first = await consistency();
+  assert.deepEqual(problemsOf(first), []);
+  assert.ok(!Number.isNaN(Date.parse(first.checkedAt)));
+  await writeFile(path.join(site.builtin, 'test-dbench.tar.bz2'), 'changed behind the server');
+  const again = await Promise.all(Array.from({ length: 5 }, () => consistency()));
+  for (const check of again) assert.deepEqual(check, first, 'the last result, with its time, and no new check');
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const fresh = await Promise.all(Array.from({ length: 5 }, () => consistency(auth)));
+  const found = problemsOf(fresh[0] ?? first);
+  assert.equal(found.length, 1, found.join('; '));
+  assert.match(found[0] ?? '', /test-dbench\.tar\.bz2/);
+  assert.equal(new Set(fresh.map((c) => c.checkedAt)).size, 1, 'requests that came together shared one check');
+  assert.notEqual(fresh[0]?.checkedAt, first.checkedAt);
+  assert.deepEqual(await consistency(), fresh[0], 'later requests without the token get the fresh result');
+});
+
 test('a replaced packages.checksum is served at once, never the old one from memory', async (t) => {
   const site = await startSite(t);
   const first = await request(site.url, '/packages/builtin/packages.checksum');

@@ -112,7 +112,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   registerFrontend(app, {
     repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
     compression: packages.compression, minimumFreeBytes: packages.minimumFreeSpaceBytes,
-    uploadsEnabled: server.uploadToken !== undefined,
+    uploadsEnabled: server.uploadToken !== undefined, token: server.uploadToken,
   });
   app.get('/healthz', () => ({ status: 'ok' }));
   app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));

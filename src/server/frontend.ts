@@ -1,13 +1,24 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
 import { parseFileName, type IndexEntry } from '../packages/index.js';
 import { verifyLocations, type VerifyLocationReport } from '../packager/index.js';
 import { createUploadTarget } from '../repositories/index.js';
+import { hasToken } from './auth.js';
 import { escapeHtml } from './html.js';
 import type { ServedRepository } from './repositories.js';
 import { readS3Index } from './s3-proxy.js';
 
-const VERIFY_REUSE_MS = 2000;
+/**
+ * A check reads (and on S3 downloads) every upload location whole: a request without the token
+ * gets the last result at once, and starts a new check in the background at most this often.
+ */
+const CHECK_MIN_INTERVAL_MS = 60_000;
+
+/** One consistency check of every upload location, and when it ended. */
+export interface ConsistencyCheck {
+  checkedAt: string;
+  locations: VerifyLocationReport[];
+}
 
 export interface FrontendSettings {
   repositories: ServedRepository[];
@@ -16,6 +27,8 @@ export interface FrontendSettings {
   compression: Compression;
   minimumFreeBytes: number;
   uploadsEnabled: boolean;
+  /** With it, a request forces a fresh consistency check. */
+  token: string | undefined;
 }
 
 export interface ListedRepository {
@@ -129,8 +142,8 @@ for (const button of document.querySelectorAll('button.delete')) {
 }
 `;
 
-function consistencyPage(reports: VerifyLocationReport[]): string {
-  const sections = reports.map((report) => {
+function consistencyPage(check: ConsistencyCheck): string {
+  const sections = check.locations.map((report) => {
     const state = report.error ? `<span class="bad">unreachable: ${escapeHtml(report.error.message)}</span>`
       : report.problems.length === 0 ? `<span class="good">consistent</span> (${report.entries.toString()} indexed)`
         : `<span class="bad">${report.problems.length.toString()} problem(s)</span> (${report.entries.toString()} indexed)`;
@@ -139,29 +152,40 @@ function consistencyPage(reports: VerifyLocationReport[]): string {
 ${rows ? `<table><thead><tr><th>Problem</th><th>File</th><th>Detail</th></tr></thead><tbody>${rows}</tbody></table>` : ''}</section>`;
   }).join('\n');
   return page('Consistency of the upload locations', `<h1>Consistency of the upload locations</h1>
-<p>Each upload location checked against its index (<code>autotest packager verify</code>); <code>verify --repair</code> fixes drift.</p>
+<p>Each upload location checked against its index (<code>autotest packager verify</code>); <code>verify --repair</code> fixes drift.
+Checked at <time class="checked-at" datetime="${escapeHtml(check.checkedAt)}">${escapeHtml(check.checkedAt)}</time>; a new check runs at most once a minute, or at once for a request with the upload token.</p>
 ${sections}`);
 }
 
 /** The web frontend: the packages page, the consistency view, and their JSON. */
 export function registerFrontend(app: FastifyInstance, settings: FrontendSettings): void {
-  // Checking every location (some over SSH) is work: one check serves the requests of a few seconds.
-  let last: { at: number; reports: Promise<VerifyLocationReport[]> } | undefined;
-  const verify = (): Promise<VerifyLocationReport[]> => {
-    if (!last || performance.now() - last.at > VERIFY_REUSE_MS) {
-      last = {
-        at: performance.now(),
-        reports: verifyLocations({
-          locations: settings.checkedLocations, repair: false, clientDir: undefined,
-          compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes,
-        }),
-      };
+  let last: ConsistencyCheck | undefined;
+  let running: Promise<ConsistencyCheck> | undefined;
+  let startedAt = -Infinity;
+  // One check at a time: whoever asks while one runs waits for that one.
+  const startCheck = (): Promise<ConsistencyCheck> => {
+    startedAt = performance.now();
+    running ??= verifyLocations({
+      locations: settings.checkedLocations, repair: false, clientDir: undefined,
+      compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes,
+    }).then((locations) => {
+      last = { checkedAt: new Date().toISOString(), locations };
+      return last;
+    }).finally(() => { running = undefined; });
+    return running;
+  };
+  const consistency = (request: FastifyRequest): Promise<ConsistencyCheck> => {
+    if (hasToken(settings.token, request)) return running ?? startCheck();
+    if (!last) return running ?? startCheck();
+    if (!running && performance.now() - startedAt >= CHECK_MIN_INTERVAL_MS) {
+      // A failed background check leaves the last result standing; the next one tries again.
+      startCheck().catch(() => undefined);
     }
-    return last.reports;
+    return Promise.resolve(last);
   };
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(packagesPage(await listRepositories(settings.repositories), settings.uploadsEnabled)));
   app.get('/api/packages', async () => listRepositories(settings.repositories));
-  app.get('/consistency', async (_request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await verify())));
-  app.get('/api/consistency', async () => verify());
+  app.get('/consistency', async (request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await consistency(request))));
+  app.get('/api/consistency', async (request) => consistency(request));
   app.get('/favicon.ico', async (_request, reply) => reply.code(204).send());
 }
