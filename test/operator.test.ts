@@ -1,0 +1,72 @@
+/**
+ * What an operator meets first, following the README: starting and stopping the server,
+ * the example config, the command line's output and exit codes.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { test } from 'node:test';
+import { EXAMPLE_CLIENT, ROOT, runCli, tempDir } from './helpers.js';
+
+/** Resolves with the first match of `pattern` in what `child` prints on stdout, or rejects when the process exits first. */
+function waitForOutput(child: ReturnType<typeof spawn>, pattern: RegExp): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      seen += chunk;
+      const match = pattern.exec(seen);
+      if (match) resolve(match);
+    });
+    child.on('exit', (code, signal) => {
+      reject(new Error(`exited (${String(code)}, ${String(signal)}) before printing ${String(pattern)}:\n${seen}`));
+    });
+  });
+}
+
+function refusesConnections(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', () => {
+      resolve(true);
+    });
+  });
+}
+
+test('SIGTERM to the pid of npm start stops the server gracefully and frees its port', async (t) => {
+  const dir = await tempDir(t);
+  const config = path.join(dir, 'global_config.ini');
+  await writeFile(config, `[PACKAGES]\nupload_location: ${path.join(dir, 'builtin')}\ncustom_upload_location: ${path.join(dir, 'custom')}\n[SERVER]\nport: 0\n`);
+  // --ignore-scripts leaves out the prestart build: the test runs from the build already made.
+  const npm = spawn('npm', ['start', '--ignore-scripts', '--', '--config', config, '--client-dir', EXAMPLE_CLIENT], {
+    cwd: ROOT, env: { ...process.env, AUTOTEST_CONFIG: '', AUTOTEST_UPLOAD_TOKEN: '' }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => { npm.kill('SIGKILL'); });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    npm.on('exit', (code, signal) => { resolve({ code, signal }); });
+  });
+  const match = await waitForOutput(npm, /at http:\/\/127\.0\.0\.1:(\d+)\/packages\/builtin\//);
+  const port = Number(match[1]);
+  assert.equal(await refusesConnections(port), false, 'the server listens');
+  npm.kill('SIGTERM');
+  assert.deepEqual(await exited, { code: 0, signal: null });
+  assert.equal(await refusesConnections(port), true, 'nothing holds the port any more');
+});
+
+test('a server started on a port another process holds fails with a hint to stop that one or choose --port', async (t) => {
+  const dir = await tempDir(t);
+  const holder = net.createServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  t.after(() => { holder.close(); });
+  const address = holder.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  const result = await runCli(['serve', '--port', port.toString()], { cwd: dir });
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(result.stderr, new RegExp(`error: cannot listen on 127\\.0\\.0\\.1:${port.toString()}: the port is in use \\[ERR_LISTEN\\]`));
+  assert.match(result.stderr, /hint: .*another server.*--port/);
+});
