@@ -70,10 +70,26 @@ test('warns about unknown keys and uses the embedded default without a file', as
   const dir = await tempDir(t);
   const file = await writeConfig(dir, { upload_location: '/x', uplaod_location: '/y' });
   const config = await loadConfig({ file });
-  assert.match(config.warnings.join('\n'), /unknown key "uplaod_location"/);
+  assert.match(config.warnings.join('\n'), /unknown key "uplaod_location" in \[PACKAGES\] is ignored \(did you mean "upload_location"\?\)/);
   const embedded = await loadConfig({ cwd: dir, env: {} });
   assert.equal(embedded.source, EMBEDDED_SOURCE);
   assert.equal(embedded.packages.uploadLocations[0]?.kind === 'local' && embedded.packages.uploadLocations[0].path, path.join(dir, 'var/packages/builtin'));
+});
+
+test('a misspelt section or key is named with the closest known one, while the other sections of an Autotest config pass silently', async (t) => {
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'global_config.ini');
+  await writeFile(file, [
+    '[AUTOTEST_WEB]', 'host: localhost', '[SCHEDULER]', 'notify_email: x@example.com',
+    '[PACKAGE]', 'upload_location: /x', '[server]', 'port: 9000', '[SERVER]', 'prot: 9000', 'zzzz: 1', '',
+  ].join('\n'));
+  const { warnings } = await loadConfig({ file, env: {} });
+  assert.deepEqual(warnings, [
+    `${file}:6: unknown section [PACKAGE] is ignored, with its 1 key(s) (did you mean [PACKAGES]? section names are case-sensitive)`,
+    `${file}:8: unknown section [server] is ignored, with its 1 key(s) (did you mean [SERVER]? section names are case-sensitive)`,
+    `${file}:10: unknown key "prot" in [SERVER] is ignored (did you mean "port"?)`,
+    `${file}:11: unknown key "zzzz" in [SERVER] is ignored (known: ${Object.keys(SERVER_KEYS).join(', ')})`,
+  ]);
 });
 
 test('takes the config file from the environment when --config is not given, and says when it is missing', async (t) => {

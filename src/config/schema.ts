@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { AutotestError, redactSecrets } from '../errors.js';
 import { getIniValue, sectionKeys, type IniDocument, type IniValue } from './ini.js';
+import { closestMatch } from './suggest.js';
 import { DEFAULT_S3_SETTINGS, parseLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
 
 export type Compression = 'bzip2' | 'gzip' | 'zstd';
@@ -214,7 +215,9 @@ function unknownKeys(doc: IniDocument, section: string, known: Record<string, Ke
     .filter((key) => !(key in known))
     .map((key) => {
       const entry = doc.get(section)?.get(key);
-      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [${section}] is ignored (known: ${Object.keys(known).join(', ')})`;
+      const near = closestMatch(key, Object.keys(known));
+      const help = near === undefined ? `known: ${Object.keys(known).join(', ')}` : `did you mean "${near}"?`;
+      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [${section}] is ignored (${help})`;
     });
 }
 
