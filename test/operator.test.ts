@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { EXAMPLE_CLIENT, ROOT, runCli, tempDir } from './helpers.js';
 
 /** Resolves with the first match of `pattern` in what `child` prints on stdout, or rejects when the process exits first. */
@@ -69,4 +69,49 @@ test('a server started on a port another process holds fails with a hint to stop
   assert.equal(result.code, 1, result.stderr);
   assert.match(result.stderr, new RegExp(`error: cannot listen on 127\\.0\\.0\\.1:${port.toString()}: the port is in use \\[ERR_LISTEN\\]`));
   assert.match(result.stderr, /hint: .*another server.*--port/);
+});
+
+const EXAMPLE_CONTROL = path.join(ROOT, 'example', 'jobs', 'example.control.mjs');
+
+/** A working folder whose embedded-default repository (var/packages/builtin) holds the example tree. */
+async function publishedExample(t: TestContext): Promise<string> {
+  const dir = await tempDir(t);
+  const upload = await runCli(['packager', 'upload', '--all'], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stderr);
+  return dir;
+}
+
+test('client run --json prints one JSON document on stdout and its status lines on stderr', async (t) => {
+  const dir = await publishedExample(t);
+  const result = await runCli(['client', 'run', EXAMPLE_CONTROL, '--json', '--results', path.join(dir, 'results')], { cwd: dir });
+  assert.equal(result.code, 0, result.stderr);
+  const report = JSON.parse(result.stdout) as { status: string; tests: unknown[] };
+  assert.equal(report.status, 'GOOD');
+  assert.match(result.stderr, /^START\t/m);
+  assert.match(result.stderr, /^END GOOD\t/m);
+});
+
+test('autoserv on localhost keeps the previous run as HOST.1, reads the job report, and leaves no control or config file in the host folder', async (t) => {
+  const dir = await publishedExample(t);
+  const hostDir = path.join(dir, 'host');
+  for (const run of [1, 2]) {
+    const result = await runCli(['autoserv', '-m', 'localhost', '--host-dir', hostDir, EXAMPLE_CONTROL], { cwd: dir });
+    assert.equal(result.code, 0, `run ${run.toString()}: ${result.stdout}${result.stderr}`);
+    assert.match(result.stdout, /^\[localhost\] START\t/m, 'status lines are streamed');
+    assert.match(result.stdout, /^localhost: client by light copy .*job GOOD; sleeptest GOOD/m);
+  }
+  const results = path.join(dir, 'results', 'autoserv');
+  assert.deepEqual((await readdir(results)).sort(), ['localhost', 'localhost.1', 'summary.json']);
+  for (const run of ['localhost', 'localhost.1']) assert.match(await readFile(path.join(results, run, 'status.log'), 'utf8'), /END GOOD/);
+  assert.deepEqual((await readdir(hostDir)).filter((name) => /^(control|client)-.*\.(mjs|ini)$/.test(name)), []);
+});
+
+test('autoserv with a control file that does not exist fails before it touches any host, and says control files are ES modules', async (t) => {
+  const dir = await tempDir(t);
+  const hostDir = path.join(dir, 'host');
+  const result = await runCli(['autoserv', '-m', 'localhost', '--host-dir', hostDir, path.join(dir, 'control')], { cwd: dir });
+  assert.equal(result.code, 2);
+  assert.match(result.stderr, /error: control file .*control: no such file \[ERR_USAGE\]/);
+  assert.match(result.stderr, /hint: .*ES module control file.*Python control files are not run/);
+  await assert.rejects(readdir(hostDir), /ENOENT/);
 });

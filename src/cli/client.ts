@@ -62,7 +62,8 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
       installDir: chooseInstallDir(flags.installDir),
       ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
     },
-    onStatus: (line) => { output.out(line); },
+    // With --json, standard output holds the one JSON document: status lines go beside it.
+    onStatus: (line) => { if (flags.json === true) output.err(line); else output.out(line); },
     ...(flags.autoservChannel === true ? { channel: createChannelClient(process.stdin, process.stdout, config.packages.fetch.timeoutMs) } : {}),
   });
   // The channel's input stays open until autoserv sees the job end: let go of it now.
