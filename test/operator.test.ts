@@ -8,7 +8,7 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { EXAMPLE_CLIENT, ROOT, runCli, tempDir } from './helpers.js';
+import { EXAMPLE_CLIENT, ROOT, generateTree, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
 /** Resolves with the first match of `pattern` in what `child` prints on stdout, or rejects when the process exits first. */
 function waitForOutput(child: ReturnType<typeof spawn>, pattern: RegExp): Promise<RegExpExecArray> {
@@ -114,4 +114,24 @@ test('autoserv with a control file that does not exist fails before it touches a
   assert.match(result.stderr, /error: control file .*control: no such file \[ERR_USAGE\]/);
   assert.match(result.stderr, /hint: .*ES module control file.*Python control files are not run/);
   await assert.rejects(readdir(hostDir), /ENOENT/);
+});
+
+test('installing a custom test from a builtin + custom layout warns only about a repository that failed, not one that lacks it', async (t) => {
+  const dir = await publishedExample(t);
+  const custom = path.join(dir, 'var', 'packages', 'custom');
+  const tree = await generateTree(dir, 1, 1000);
+  const upload = await runCli(['packager', 'upload', '-t', 't000', '--client-dir', tree, '--config', await writeConfig(dir, { upload_location: custom }, 'custom.ini')], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stderr);
+  const builtin = path.join(dir, 'var', 'packages', 'builtin');
+  const install = async (name: string, fetch: string): Promise<CliResult> => {
+    const config = await writeConfig(dir, { fetch_location: fetch, fetch_retries: '0' }, name);
+    return runCli(['client', 'install', 'test', 't000', '--install-dir', path.join(dir, `install-${name}`), '--config', config], { cwd: dir });
+  };
+  const [quiet, dead] = await Promise.all([install('quiet.ini', `${builtin}, ${custom}`), install('dead.ini', `http://127.0.0.1:1/packages/builtin, ${builtin}, ${custom}`)]);
+  assert.equal(quiet.code, 0, quiet.stderr);
+  assert.equal(quiet.stderr, '');
+  assert.match(quiet.stdout, /test t000: fetched \(test-t000\.tar\.bz2 from .*custom/);
+  assert.equal(dead.code, 0, dead.stderr);
+  assert.match(dead.stderr, /warning: test t000: passed over http:\/\/127\.0\.0\.1:1\/packages\/builtin/);
+  assert.doesNotMatch(dead.stderr, /not in its index/);
 });

@@ -20,7 +20,11 @@ export interface FetchedPackage {
   /** Bytes moved over the network (less than the size when a download resumed). */
   bytes: number;
   seconds: number;
-  /** Why each repository listed before the one that served could not (empty when the first did). */
+  /**
+   * Why each repository listed before the one that served failed (empty when none did). One
+   * that simply lacks the package is not named: builtin and custom repositories side by side
+   * each lack the other's packages, and that is no cause for a warning.
+   */
   passedOver: string[];
 }
 
@@ -131,17 +135,20 @@ export class PackageFetcher {
   /** Walks the repositories in order; `attempt` returns a result, or throws why this one failed. */
   private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
     const reasons: string[] = [];
+    const failures: string[] = [];
     for (const repository of this.repositories) {
       const wait = this.health.coolingDown(repository.name);
       if (wait > 0) {
-        reasons.push(`${repository.name}: skipped for ${Math.ceil(wait / 1000).toString()} s more (fetch_cooldown) after: ${this.health.lastFailure(repository.name)}`);
+        const reason = `${repository.name}: skipped for ${Math.ceil(wait / 1000).toString()} s more (fetch_cooldown) after: ${this.health.lastFailure(repository.name)}`;
+        reasons.push(reason);
+        failures.push(reason);
         continue;
       }
       try {
         const result = await attempt(repository, await this.index(repository));
         await this.health.succeeded(repository.name);
         if (typeof result === 'string') reasons.push(`${repository.name}: ${result}`);
-        else return { ...result, passedOver: reasons };
+        else return { ...result, passedOver: failures };
       } catch (error) {
         // The package cache refusing is this machine's problem: no other repository would do better.
         if (isAutotestError(error, 'ERR_LOCATION_REFUSED')) throw error;
@@ -149,6 +156,7 @@ export class PackageFetcher {
         const reason = error instanceof AutotestError ? error.message : failure.message;
         if (failure.down) await this.health.failed(repository.name, reason);
         reasons.push(reason);
+        failures.push(reason);
       }
     }
     throw new AutotestError('ERR_ALL_REPOSITORIES_FAILED', `cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
