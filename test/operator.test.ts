@@ -135,3 +135,25 @@ test('installing a custom test from a builtin + custom layout warns only about a
   assert.match(dead.stderr, /warning: test t000: passed over http:\/\/127\.0\.0\.1:1\/packages\/builtin/);
   assert.doesNotMatch(dead.stderr, /not in its index/);
 });
+
+test('packager list and verify cover custom_upload_location besides upload_location, saying which is which', async (t) => {
+  const dir = await publishedExample(t);
+  const builtin = path.join(dir, 'var', 'packages', 'builtin');
+  const custom = path.join(dir, 'var', 'packages', 'custom');
+  const tree = await generateTree(dir, 1, 1000);
+  const upload = await runCli(['packager', 'upload', '-t', 't000', '--client-dir', tree, '-r', custom, '--config', await writeConfig(dir, {}, 'none.ini')], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stderr);
+  const config = await writeConfig(dir, { upload_location: builtin, custom_upload_location: custom });
+  const listed = await runCli(['packager', 'list', '--json', '--config', config], { cwd: dir });
+  assert.equal(listed.code, 0, listed.stderr);
+  const reports = JSON.parse(listed.stdout) as { role: string; location: string; packages: { file: string }[] }[];
+  assert.deepEqual(reports.map((r) => [r.role, r.location, r.packages.length]), [['upload_location', builtin, 6], ['custom_upload_location', custom, 1]]);
+  const text = await runCli(['packager', 'list', '--config', config], { cwd: dir });
+  assert.match(text.stdout, new RegExp(`^${custom} \\(custom_upload_location\\): 1 package$`, 'm'));
+
+  await writeFile(path.join(custom, 'test-t000.tar.bz2'), 'corrupt');
+  const verify = await runCli(['packager', 'verify', '--config', config], { cwd: dir });
+  assert.equal(verify.code, 1);
+  assert.match(verify.stdout, new RegExp(`^${builtin} \\(upload_location\\): 6 indexed, consistent$`, 'm'));
+  assert.match(verify.stdout, new RegExp(`^${custom} \\(custom_upload_location\\): 1 indexed, 1 problem\\n  mismatch: test-t000\\.tar\\.bz2`, 'm'));
+});
