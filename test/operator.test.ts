@@ -157,3 +157,24 @@ test('packager list and verify cover custom_upload_location besides upload_locat
   assert.match(verify.stdout, new RegExp(`^${builtin} \\(upload_location\\): 6 indexed, consistent$`, 'm'));
   assert.match(verify.stdout, new RegExp(`^${custom} \\(custom_upload_location\\): 1 indexed, 1 problem\\n  mismatch: test-t000\\.tar\\.bz2`, 'm'));
 });
+
+test('autotest --version prints "autotest VERSION"', async (t) => {
+  const dir = await tempDir(t);
+  const { version } = JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const result = await runCli(['--version'], { cwd: dir });
+  assert.equal(result.code, 0);
+  assert.equal(result.stdout, `autotest ${version}\n`);
+});
+
+test('packager remove of a package that is in no location exits 1 and says so; upload counts 1 package, not 1 packages', async (t) => {
+  const dir = await tempDir(t);
+  const tree = await generateTree(dir, 1, 1000);
+  const upload = await runCli(['packager', 'upload', '-t', 't000', '--client-dir', tree], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stderr);
+  assert.match(upload.stdout, /^1 package, 1 to pack, 1 location$/m);
+  const result = await runCli(['packager', 'remove', '-t', 't000,nosuchtest'], { cwd: dir });
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(result.stdout, /removed 1, not there 1/);
+  assert.match(result.stderr, /^failed: test-nosuchtest\.tar\.bz2: in none of the 1 location \(nothing removed\)$/m);
+  assert.doesNotMatch(result.stderr, /test-t000/);
+});

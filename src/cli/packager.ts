@@ -176,7 +176,11 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
       else printOperation(output, report, 'remove');
-      return report.ok ? EXIT_OK : EXIT_FAILED;
+      // A name found nowhere is most likely misspelt: that is no success, even if nothing failed.
+      const nowhere = files.filter((file) => report.locations.every((l) => !l.error && !l.removed.includes(file)));
+      for (const file of nowhere) output.err(`failed: ${file}: in none of the ${countOf(report.locations.length, 'location')} (nothing removed)`);
+      if (nowhere.length > 0) output.err('  hint: check the name with "autotest packager list"; a custom package is removed with -r CUSTOM_LOCATION or from the frontend');
+      return report.ok && nowhere.length === 0 ? EXIT_OK : EXIT_FAILED;
     }
   }
 }

@@ -1,5 +1,5 @@
 import type { PackagerEvent } from '../packager/index.js';
-import { formatBytes, type Output } from './output.js';
+import { countOf, formatBytes, type Output } from './output.js';
 
 /**
  * Turns packager events into output: on a terminal one status line redrawn in place, with
@@ -32,7 +32,7 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
     switch (event.type) {
       case 'plan':
         total = event.toPack;
-        if (!output.isTTY) output.out(`${event.packages} packages, ${event.toPack} to pack, ${event.locations} location(s)`);
+        if (!output.isTTY) output.out(`${countOf(event.packages, 'package')}, ${event.toPack.toString()} to pack, ${countOf(event.locations, 'location')}`);
         draw();
         break;
       case 'packed':
