@@ -8,6 +8,7 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { run, type RunResult } from './fixtures/process.js';
 import { EXAMPLE_CLIENT, ROOT, generateTree, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
 /** Resolves with the first match of `pattern` in what `child` prints on stdout, or rejects when the process exits first. */
@@ -177,4 +178,18 @@ test('packager remove of a package that is in no location exits 1 and says so; u
   assert.match(result.stdout, /removed 1, not there 1/);
   assert.match(result.stderr, /^failed: test-nosuchtest\.tar\.bz2: in none of the 1 location \(nothing removed\)$/m);
   assert.doesNotMatch(result.stderr, /test-t000/);
+});
+
+test('the systemd unit etc/autotest-serve.service passes systemd-analyze verify and runs autotest serve', async (t) => {
+  const unit = path.join(ROOT, 'etc', 'autotest-serve.service');
+  let result: RunResult;
+  try {
+    result = await run('systemd-analyze', ['verify', unit]);
+  } catch (error) {
+    t.skip(`systemd-analyze cannot run here: ${String(error)}`);
+    return;
+  }
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stderr, '');
+  assert.match(await readFile(unit, 'utf8'), /^ExecStart=\S*node \S+\/dist\/src\/cli\/main\.js serve$/m);
 });
