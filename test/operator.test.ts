@@ -8,6 +8,7 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { describeDownload } from '../src/cli/progress.js';
 import { run, type RunResult } from './fixtures/process.js';
 import { EXAMPLE_CLIENT, ROOT, generateTree, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
@@ -192,4 +193,11 @@ test('the systemd unit etc/autotest-serve.service passes systemd-analyze verify 
   assert.equal(result.code, 0, result.stderr);
   assert.equal(result.stderr, '');
   assert.match(await readFile(unit, 'utf8'), /^ExecStart=\S*node \S+\/dist\/src\/cli\/main\.js serve$/m);
+});
+
+test("a download's status line says which package, from which repository, how far and how fast", () => {
+  const MiB = 1024 * 1024;
+  assert.equal(describeDownload({ file: 'test-big.tar.bz2', repository: 'http://lab/packages/builtin', bytes: 3 * MiB, size: 12 * MiB }, 2),
+    'test-big.tar.bz2 from http://lab/packages/builtin: 3.0 MiB of 12.0 MiB (25%), 1.5 MiB/s');
+  assert.equal(describeDownload({ file: 'kernel.img', repository: '/srv/packages', bytes: 512, size: undefined }, 0), 'kernel.img from /srv/packages: 512 B');
 });

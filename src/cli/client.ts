@@ -6,6 +6,7 @@ import { runJob } from '../client/job.js';
 import { createChannelClient } from '../client/channel.js';
 import { checkType, parseNameList } from '../packages/index.js';
 import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { createDownloadProgress } from './progress.js';
 
 interface ClientFlags {
   config?: string;
@@ -27,12 +28,14 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
+  const progress = createDownloadProgress(output);
   const records = await installPackages(type, names.flatMap((n) => parseNameList(n, type)), {
     locations: [...extra, ...config.packages.fetchLocations],
     settings: config.packages.fetch,
     installDir: chooseInstallDir(flags.installDir),
     ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
-  });
+    onProgress: progress.onProgress,
+  }).finally(progress.finish);
   if (flags.json === true) output.out(JSON.stringify(records, null, 2));
   else {
     for (const r of records) {

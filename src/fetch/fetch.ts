@@ -28,6 +28,14 @@ export interface FetchedPackage {
   passedOver: string[];
 }
 
+/** How far a download is: bytes of `file` in the package cache so far (a resumed part counts), of `size` when the index gives it. */
+export interface DownloadProgress {
+  file: string;
+  repository: string;
+  bytes: number;
+  size: number | undefined;
+}
+
 /** Bytes received but not yet written before the download is paused. */
 const MAX_QUEUED = 8 * 1024 * 1024;
 
@@ -38,7 +46,7 @@ const MAX_QUEUED = 8 * 1024 * 1024;
  * stream fails, every chunk that arrived before a cut is written before this returns or
  * reports: a resume then starts after it. Returns the bytes written and what stopped it, if anything.
  */
-async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester): Promise<{ written: number; error: Error | undefined }> {
+async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, onWritten: (written: number) => void): Promise<{ written: number; error: Error | undefined }> {
   let queued: Buffer[] = [];
   let queuedBytes = 0;
   let written = 0;
@@ -53,6 +61,7 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     writing = handle.writev(buffers, position + written).then(() => {
       written += bytes;
       writing = undefined;
+      onWritten(written);
       // Hashed once on disk, in order: the digest always covers exactly the bytes written.
       for (const buffer of buffers) hash.take(buffer);
       if (stream.isPaused()) stream.resume();
@@ -176,15 +185,15 @@ export class PackageFetcher {
   }
 
   /** Fetches `file` to `dest` (a path in the package cache), verified. */
-  async fetch(file: string, dest: string): Promise<FetchedPackage> {
+  async fetch(file: string, dest: string, onProgress?: (progress: DownloadProgress) => void): Promise<FetchedPackage> {
     return this.firstThatWorks(file, async (repository, index) => {
       const entry = index.get(file);
       if (!entry) return `${file} is not in its index`;
-      return this.download(repository, file, entry, dest);
+      return this.download(repository, file, entry, dest, onProgress);
     });
   }
 
-  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string): Promise<Omit<FetchedPackage, 'passedOver'>> {
+  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string, onProgress?: (progress: DownloadProgress) => void): Promise<Omit<FetchedPackage, 'passedOver'>> {
     const started = performance.now();
     const part = `${dest}.part`;
     const partInfo = `${dest}.part.json`;
@@ -222,7 +231,10 @@ export class PackageFetcher {
             ({ hash, wanted, algorithm } = hashFor(entry));
           }
           start = opened.start;
-          const result = await consume(opened.stream, handle, start, hash);
+          const at = start;
+          const result = await consume(opened.stream, handle, start, hash, (written) => {
+            onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size });
+          });
           received = result.written;
           moved += result.written;
           if (result.error !== undefined) throw result.error;
