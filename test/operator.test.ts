@@ -9,6 +9,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { describeDownload } from '../src/cli/progress.js';
+import { loadConfig } from '../src/config/index.js';
+import { buildServer } from '../src/server/index.js';
 import { run, type RunResult } from './fixtures/process.js';
 import { EXAMPLE_CLIENT, ROOT, generateTree, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
@@ -200,4 +202,19 @@ test("a download's status line says which package, from which repository, how fa
   assert.equal(describeDownload({ file: 'test-big.tar.bz2', repository: 'http://lab/packages/builtin', bytes: 3 * MiB, size: 12 * MiB }, 2),
     'test-big.tar.bz2 from http://lab/packages/builtin: 3.0 MiB of 12.0 MiB (25%), 1.5 MiB/s');
   assert.equal(describeDownload({ file: 'kernel.img', repository: '/srv/packages', bytes: 512, size: undefined }, 0), 'kernel.img from /srv/packages: 512 B');
+});
+
+test('the packages page shows each repository with its totals and publication dates to the second', async (t) => {
+  const dir = await publishedExample(t);
+  const config = await loadConfig({ file: await writeConfig(dir, { upload_location: path.join(dir, 'var', 'packages', 'builtin'), custom_upload_location: path.join(dir, 'var', 'packages', 'custom') }), env: {} });
+  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'server-cache') });
+  t.after(() => app.close());
+  const page = (await app.inject({ url: '/' })).body;
+  assert.match(page, /<h2 id="repo-builtin">[^\n]*\n<p class="totals">6 packages, \d+\.\d KiB<\/p>/);
+  assert.match(page, /<h2 id="repo-custom">[^\n]*\n<p class="totals">0 packages, 0 B<\/p>/);
+  const dates = [...page.matchAll(/<time datetime="([^"]+)" title="[^"]+">([^<]+)<\/time>/g)];
+  assert.equal(dates.length, 6);
+  for (const [, instant, shown] of dates) {
+    assert.equal(shown, `${(instant ?? '').slice(0, 10)} ${(instant ?? '').slice(11, 19)} UTC`, 'to the second, no milliseconds');
+  }
 });
