@@ -5,7 +5,7 @@ import { installPackages } from '../client/install.js';
 import { runJob } from '../client/job.js';
 import { createChannelClient } from '../client/channel.js';
 import { checkType, parseNameList } from '../packages/index.js';
-import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { countOf, EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createDownloadProgress } from './progress.js';
 
 interface ClientFlags {
@@ -72,7 +72,7 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
   // The channel's input stays open until autoserv sees the job end: let go of it now.
   if (flags.autoservChannel === true) process.stdin.destroy();
   if (flags.json === true) output.out(JSON.stringify(report, null, 2));
-  else output.out(`job ${report.status}: ${report.tests.length.toString()} test(s), ${report.totals.packages.toString()} package(s) fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
+  else output.out(`job ${report.status}: ${countOf(report.tests.length, 'test')}, ${countOf(report.totals.packages, 'package')} fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
   return report.status === 'GOOD' ? EXIT_OK : EXIT_FAILED;
 }
 

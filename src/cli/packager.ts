@@ -131,7 +131,7 @@ async function upkeep(flags: PackagerFlags, config: Config, output: Output): Pro
         if (report.error.hint) output.err(`  hint: ${report.error.hint}`);
         continue;
       }
-      output.out(`${report.location}: removed ${report.removed.length.toString()} file(s) older than ${config.packages.customMaxAgeDays.toString()} days`);
+      output.out(`${report.location}: removed ${countOf(report.removed.length, 'file')} older than ${config.packages.customMaxAgeDays.toString()} days`);
       for (const file of report.removed) output.out(`  ${file}`);
     }
   }
