@@ -25,6 +25,7 @@ export type ErrorCode =
   | 'ERR_SSH_CONNECT'
   | 'ERR_FETCH'
   | 'ERR_ALL_REPOSITORIES_FAILED'
+  | 'ERR_LISTEN'
   | 'ERR_USAGE';
 
 export interface AutotestErrorOptions {

@@ -75,10 +75,26 @@ test('warns about unknown keys and uses the embedded default without a file', as
   const dir = await tempDir(t);
   const file = await writeConfig(dir, { upload_location: '/x', uplaod_location: '/y' });
   const config = await loadConfig({ file });
-  assert.match(config.warnings.join('\n'), /unknown key "uplaod_location"/);
+  assert.match(config.warnings.join('\n'), /unknown key "uplaod_location" in \[PACKAGES\] is ignored \(did you mean "upload_location"\?\)/);
   const embedded = await loadConfig({ cwd: dir, env: {} });
   assert.equal(embedded.source, EMBEDDED_SOURCE);
   assert.equal(embedded.packages.uploadLocations[0]?.kind === 'local' && embedded.packages.uploadLocations[0].path, path.join(dir, 'var/packages/builtin'));
+});
+
+test('a misspelt section or key is named with the closest known one, while the other sections of an Autotest config pass silently', async (t) => {
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'global_config.ini');
+  await writeFile(file, [
+    '[AUTOTEST_WEB]', 'host: localhost', '[SCHEDULER]', 'notify_email: x@example.com',
+    '[PACKAGE]', 'upload_location: /x', '[server]', 'port: 9000', '[SERVER]', 'prot: 9000', 'zzzz: 1', '',
+  ].join('\n'));
+  const { warnings } = await loadConfig({ file, env: {} });
+  assert.deepEqual(warnings, [
+    `${file}:6: unknown section [PACKAGE] is ignored, with its 1 key(s) (did you mean [PACKAGES]? section names are case-sensitive)`,
+    `${file}:8: unknown section [server] is ignored, with its 1 key(s) (did you mean [SERVER]? section names are case-sensitive)`,
+    `${file}:10: unknown key "prot" in [SERVER] is ignored (did you mean "port"?)`,
+    `${file}:11: unknown key "zzzz" in [SERVER] is ignored (known: ${Object.keys(SERVER_KEYS).join(', ')})`,
+  ]);
 });
 
 test('takes the config file from the environment when --config is not given, and says when it is missing', async (t) => {
@@ -90,11 +106,12 @@ test('takes the config file from the environment when --config is not given, and
   await assert.rejects(loadConfig({ file: path.join(dir, 'nope.ini') }), /config file .*nope\.ini does not exist/);
 });
 
-test('the example config in etc/ lists every key and loads without warnings', async () => {
+test('the example config in etc/ lists every key, is refused while its upload_token is the placeholder, and loads without warnings once it is set', async () => {
   const file = path.join(ROOT, 'etc', 'global_config.example.ini');
   const text = await readFile(file, 'utf8');
   for (const key of [...Object.keys(PACKAGES_KEYS), ...Object.keys(SERVER_KEYS), ...Object.keys(S3_KEYS)]) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
-  const config = await loadConfig({ file });
+  await assert.rejects(loadConfig({ file, env: {} }), /\[SERVER\] upload_token = the value given \(the example config's placeholder\)/);
+  const config = await loadConfig({ file, env: { AUTOTEST_UPLOAD_TOKEN: 'a-real-secret-of-32-characters!!' } });
   assert.deepEqual(config.warnings, []);
   assert.equal(config.packages.fetchLocations.length, 4);
   assert.equal(config.packages.uploadLocations[0]?.kind === 'local' && config.packages.uploadLocations[0].path, '/usr/local/autotest/packages/builtin');
@@ -133,9 +150,15 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
   });
   const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });
   assert.equal(fromEnv.server.uploadToken, 'from-the-env-456');
+  await assert.rejects(loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'change-me-to-a-long-random-string' } }),
+    /\$AUTOTEST_UPLOAD_TOKEN: the example config's placeholder/);
+  await assert.rejects(loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'short-secret' } }), /\$AUTOTEST_UPLOAD_TOKEN: 12 characters/);
   for (const [line, message] of [
     ['port: 70000', /\[SERVER\] port = "70000"/], ['port: http', /\[SERVER\] port/], ['log_level: loud', /log_level = "loud".*trace, debug, info/],
-    ['upload_token: short', /\[SERVER\] upload_token = the value given.*at least 8 characters/], ['listen_address: a b', /listen_address/],
+    ['upload_token: short', /\[SERVER\] upload_token = the value given \(5 characters\).*at least 16 characters/],
+    ['upload_token: fifteen-chars-x', /upload_token = the value given \(15 characters\)/],
+    ['upload_token: change-me-to-a-long-random-string', /upload_token = the value given \(the example config's placeholder\)/],
+    ['listen_address: a b', /listen_address/],
   ] as const) {
     await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
       assert.ok(error instanceof Error);

@@ -182,7 +182,7 @@ test('on S3 a changed package is replaced, list shows the prefix, verify names a
   const list = await lab.cli(['packager', 'list', '--json', '--config', config], dir);
   assert.equal(list.code, 0, list.stderr);
   const listed = JSON.parse(list.stdout) as { location: string; packages: { file: string }[] }[];
-  assert.deepEqual(listed.map((l) => [l.location, l.packages.length]), [['s3://lab-packages/autotest/builtin', 6]]);
+  assert.deepEqual(listed.map((l) => [l.location, l.packages.length]), [['s3://lab-packages/autotest/builtin', 6], ['s3://lab-packages/autotest/custom', 0]]);
 
   await lab.admin.send(new PutObjectCommand({ Bucket: 'lab-packages', Key: 'autotest/builtin/test-hello.tar.bz2', Body: 'corrupt' }));
   const verify = await lab.cli(['packager', 'verify', '--config', config], dir);

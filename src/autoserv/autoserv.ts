@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { rootCertificates } from 'node:tls';
 import type { FetchTls, Location } from '../config/index.js';
-import { describeError } from '../errors.js';
+import { AutotestError, describeError, errnoCode } from '../errors.js';
 import { whenClosed } from '../ssh/session.js';
 import { CLIENT_PACKAGE_NAME, checkName, packEntries } from '../packages/index.js';
 import { CHANNEL_REQUEST_PREFIX } from '../client/channel.js';
@@ -36,6 +36,8 @@ export interface AutoservOptions {
    * on the hosts: labs provision host certificates themselves; a private key is never copied).
    */
   tls?: FetchTls;
+  /** false: a new run replaces RESULTS/HOST; else (default) the previous one is kept as RESULTS/HOST.N. */
+  keepPrevious?: boolean;
 }
 
 export type ClientInstallWay = 'packaging' | 'light copy' | 'full copy';
@@ -49,6 +51,9 @@ export interface HostSummary {
   tests: { name: string; status: string }[];
   setup: { bytes: number; seconds: number };
   error: string | undefined;
+  /** Where this run's results are, and where the previous run's were moved to (none when there was none, or it was replaced). */
+  results: string;
+  previousResults: string | undefined;
 }
 
 /*
@@ -191,7 +196,11 @@ export async function answerPackageRequest(payload: string, clientDir: string, w
   }
 }
 
-/** Streams the job's stdout lines to onLine, answers channel requests; resolves with the whole output. */
+/**
+ * Runs the job: its standard output is the JSON report (and the channel's requests, answered
+ * here), its standard error the status lines and warnings, streamed to onLine. Resolves with
+ * the report's text and the tail of standard error.
+ */
 async function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number, channel: { clientDir: string; work: string } | undefined): Promise<{ code: number; stdout: string; stderr: string }> {
   const child = await host.spawn(argv);
   return new Promise((resolve, reject) => {
@@ -199,43 +208,90 @@ async function runStreaming(host: TestHost, argv: string[], onLine: (line: strin
     if (!channel) child.stdin?.end();
     let answering = Promise.resolve();
     let stdout = '';
-    let pending = '';
     let stderr = '';
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      pending += chunk;
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
-      for (const line of lines) {
-        if (channel && child.stdin && line.startsWith(CHANNEL_REQUEST_PREFIX)) {
-          const stdin = child.stdin;
-          const payload = line.slice(CHANNEL_REQUEST_PREFIX.length);
-          answering = answering.then(() => answerPackageRequest(payload, channel.clientDir, channel.work, stdin));
-          continue;
-        }
-        stdout += `${line}\n`;
-        onLine(line);
+    const stdoutLines = splitLines((line) => {
+      if (channel && child.stdin && line.startsWith(CHANNEL_REQUEST_PREFIX)) {
+        const stdin = child.stdin;
+        const payload = line.slice(CHANNEL_REQUEST_PREFIX.length);
+        answering = answering.then(() => answerPackageRequest(payload, channel.clientDir, channel.work, stdin));
+        return;
       }
+      stdout += `${line}\n`;
     });
-    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { if (stderr.length < 8192) stderr += chunk; });
+    const stderrLines = splitLines((line) => {
+      stderr = `${stderr}${line}\n`.slice(-8192);
+      onLine(line);
+    });
+    child.stdout?.setEncoding('utf8').on('data', stdoutLines.take);
+    child.stderr?.setEncoding('utf8').on('data', stderrLines.take);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', (error) => { clearTimeout(timer); reject(error); });
     void whenClosed(child).then(({ code }) => {
       clearTimeout(timer);
       child.stdin?.destroy();
-      if (pending !== '') {
-        stdout += pending;
-        onLine(pending);
-      }
+      stdoutLines.end();
+      stderrLines.end();
       resolve({ code, stdout, stderr: stderr.trim() });
     });
   });
 }
 
-async function runOnHost(text: string, shared: AutoservOptions, jobId: string): Promise<HostSummary> {
+function splitLines(onLine: (line: string) => void): { take: (chunk: string) => void; end: () => void } {
+  let pending = '';
+  return {
+    take: (chunk) => {
+      pending += chunk;
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) onLine(line);
+    },
+    end: () => {
+      if (pending !== '') onLine(pending);
+      pending = '';
+    },
+  };
+}
+
+interface JobReportText {
+  status: string;
+  tests: { name: string; status: string }[];
+  transfers: { seconds: number }[];
+  totals: { bytes: number };
+}
+
+/** The job's report: its whole standard output (a client from before status lines went to stderr printed them first). */
+function readReport(stdout: string): JobReportText | undefined {
+  // Not found, indexOf's -1 makes 0: the whole output, which then does not parse.
+  const start = stdout.startsWith('{') ? 0 : stdout.indexOf('\n{\n') + 1;
+  try {
+    return JSON.parse(stdout.slice(start)) as JobReportText;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Moves `dir` aside to the first free `dir.N`; returns where, or undefined when there was nothing. */
+async function keepAside(dir: string): Promise<string | undefined> {
+  if (!(await stat(dir).catch(() => undefined))) return undefined;
+  for (let n = 1; ; n += 1) {
+    const aside = `${dir}.${n.toString()}`;
+    if (await stat(aside).catch(() => undefined)) continue;
+    await rename(dir, aside);
+    return aside;
+  }
+}
+
+async function runOnHost(text: string, shared: AutoservOptions, job: { id: string; control: Buffer }): Promise<HostSummary> {
+  const jobId = job.id;
   // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
   const options = { ...shared, hostDir: shared.hostDir.replaceAll('{host}', text.replace(/[^A-Za-z0-9._-]/g, '_')) };
-  const summary: HostSummary = { host: text, clientInstall: 'failed', why: [], status: 'ABORT', tests: [], setup: { bytes: 0, seconds: 0 }, error: undefined };
   const hostResults = path.join(options.resultsDir, text.replace(/[^A-Za-z0-9._@-]/g, '_'));
+  let previousResults: string | undefined;
+  if (options.keepPrevious === false) await rm(hostResults, { recursive: true, force: true });
+  else previousResults = await keepAside(hostResults);
+  const summary: HostSummary = {
+    host: text, clientInstall: 'failed', why: [], status: 'ABORT', tests: [], setup: { bytes: 0, seconds: 0 }, error: undefined, results: hostResults, previousResults,
+  };
   await mkdir(hostResults, { recursive: true });
   const work = await mkdtemp(path.join(tmpdir(), 'autotest-autoserv-'));
   try {
@@ -245,22 +301,21 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
     const remoteResults = path.posix.join(options.hostDir, 'results', jobId);
     const control = path.posix.join(options.hostDir, `control-${jobId}.mjs`);
     const ini = path.posix.join(options.hostDir, `client-${jobId}.ini`);
-    await host.run(['sh', '-c', 'cat > "$1"', 'sh', control], { input: await readFile(options.control) });
+    await host.run(['sh', '-c', 'cat > "$1"', 'sh', control], { input: job.control });
     await host.run(['sh', '-c', 'cat > "$1"', 'sh', ini], { input: hostConfig(options, caFile) });
-    const job = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
+    const run = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
       '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json', ...(options.servePackages === false ? [] : ['--autoserv-channel'])],
     (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000, options.servePackages === false ? undefined : { clientDir: options.clientDir, work });
-    const jsonStart = job.stdout.indexOf('\n{\n');
-    const report = jsonStart >= 0
-      ? JSON.parse(job.stdout.slice(jsonStart + 1)) as { status: string; tests: { name: string; status: string }[]; transfers: { seconds: number }[]; totals: { bytes: number } }
-      : undefined;
+    // The job's control file and config are its own: they go with it.
+    await host.run(['rm', '-f', control, ini]).catch(() => undefined);
+    const report = readReport(run.stdout);
     if (report) {
       summary.status = report.status;
       summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
       // Setup: putting the client there, then getting (or checking) every package the job named.
       summary.setup.bytes += report.totals.bytes;
       summary.setup.seconds += report.transfers.reduce((sum, t) => sum + t.seconds, 0);
-    } else summary.error = `the job ended without a report (exit code ${job.code.toString()})${job.stderr ? `: ${job.stderr}` : ''}`;
+    } else summary.error = `the job ended without a report (exit code ${run.code.toString()})${run.stderr ? `: ${run.stderr}` : ''}`;
     // The results come back whole: a tar stream of the host's results folder.
     const copy = await host.spawn(['tar', '-C', remoteResults, '-cf', '-', '.']);
     copy.stdin?.end();
@@ -276,6 +331,18 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
   return summary;
 }
 
+async function readControl(file: string): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (error) {
+    const code = errnoCode(error);
+    throw new AutotestError('ERR_USAGE', `control file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder, not a file' : describeError(error)}`, {
+      hint: 'give the path of an ES module control file, such as example/jobs/example.control.mjs (Autotest\'s Python control files are not run)',
+      cause: error,
+    });
+  }
+}
+
 /**
  * `autoserv -m HOSTS CONTROL`: on every host at once, puts the client there (through
  * packaging, else a light copy, else the full tree; saying which and why), runs the control
@@ -284,8 +351,10 @@ async function runOnHost(text: string, shared: AutoservOptions, jobId: string): 
  */
 export async function runAutoserv(options: AutoservOptions): Promise<HostSummary[]> {
   const jobId = `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(3).toString('hex')}`;
+  // Read before any host is touched: a wrong path must not cost a client install on every host.
+  const control = await readControl(options.control);
   await mkdir(options.resultsDir, { recursive: true });
-  const summaries = await Promise.all(options.hosts.map((host) => runOnHost(host, options, jobId)));
+  const summaries = await Promise.all(options.hosts.map((host) => runOnHost(host, options, { id: jobId, control })));
   await writeFile(path.join(options.resultsDir, 'summary.json'), `${JSON.stringify(summaries, null, 2)}\n`);
   return summaries;
 }

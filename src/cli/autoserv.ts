@@ -13,6 +13,8 @@ interface AutoservFlags {
   clientDir?: string;
   hostDir?: string;
   clientInstall: string;
+  /** --overwrite: replace RESULTS/HOST instead of keeping the previous run beside it. */
+  overwrite?: boolean;
 }
 
 export function autoservCommand(output: Output, setExit: (code: number) => void): Command {
@@ -25,6 +27,7 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
     .option('--client-dir <path>', 'the client tree copied when packaging fails (default: client_dir, else the example tree)')
     .option('--client-install <way>', 'auto (packaging, else a light copy, else the full tree) or full (the full tree, as without packaging)', 'auto')
     .option('--host-dir <path>', 'folder on each host for the client, its package cache and results (default: /var/tmp/autotest)')
+    .option('--overwrite', 'replace the previous results of a host (default: keep them as RESULTS/HOST.N)')
     .action(async (control: string, flags: AutoservFlags) => {
       const hosts = flags.machines.split(',').map((h) => h.trim()).filter((h) => h !== '');
       if (hosts.length === 0) throw new AutotestError('ERR_USAGE', '-m names no host');
@@ -41,11 +44,13 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
         clientInstall: flags.clientInstall === 'full' ? 'full copy' : 'auto',
         servePackages: config.packages.servePackagesFromAutoserv,
         tls: config.packages.fetch.tls,
-        onLine: (host, line) => { if (!line.startsWith('{') && !line.startsWith(' ') && !line.startsWith('}')) output.out(`[${host}] ${line}`); },
+        keepPrevious: flags.overwrite !== true,
+        onLine: (host, line) => { output.out(`[${host}] ${line}`); },
       });
       for (const s of summaries) {
         output.out(`${s.host}: client by ${s.clientInstall}${s.why.length > 0 ? ` (${s.why.join('; ')})` : ''}; job ${s.status}; `
           + `${s.tests.map((t) => `${t.name} ${t.status}`).join(', ') || 'no tests'}; setup ${formatBytes(s.setup.bytes)} moved${s.error ? `; error: ${s.error}` : ''}`);
+        output.out(`  results in ${s.results}${s.previousResults === undefined ? '' : ` (the previous run's moved to ${s.previousResults})`}`);
       }
       setExit(summaries.every((s) => s.status === 'GOOD') ? EXIT_OK : EXIT_FAILED);
     });

@@ -5,7 +5,8 @@ import { installPackages } from '../client/install.js';
 import { runJob } from '../client/job.js';
 import { createChannelClient } from '../client/channel.js';
 import { checkType, parseNameList } from '../packages/index.js';
-import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { countOf, EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { createDownloadProgress } from './progress.js';
 
 interface ClientFlags {
   config?: string;
@@ -27,12 +28,14 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
+  const progress = createDownloadProgress(output);
   const records = await installPackages(type, names.flatMap((n) => parseNameList(n, type)), {
     locations: [...extra, ...config.packages.fetchLocations],
     settings: config.packages.fetch,
     installDir: chooseInstallDir(flags.installDir),
     ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
-  });
+    onProgress: progress.onProgress,
+  }).finally(progress.finish);
   if (flags.json === true) output.out(JSON.stringify(records, null, 2));
   else {
     for (const r of records) {
@@ -62,13 +65,14 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
       installDir: chooseInstallDir(flags.installDir),
       ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
     },
-    onStatus: (line) => { output.out(line); },
+    // With --json, standard output holds the one JSON document: status lines go beside it.
+    onStatus: (line) => { if (flags.json === true) output.err(line); else output.out(line); },
     ...(flags.autoservChannel === true ? { channel: createChannelClient(process.stdin, process.stdout, config.packages.fetch.timeoutMs) } : {}),
   });
   // The channel's input stays open until autoserv sees the job end: let go of it now.
   if (flags.autoservChannel === true) process.stdin.destroy();
   if (flags.json === true) output.out(JSON.stringify(report, null, 2));
-  else output.out(`job ${report.status}: ${report.tests.length.toString()} test(s), ${report.totals.packages.toString()} package(s) fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
+  else output.out(`job ${report.status}: ${countOf(report.tests.length, 'test')}, ${countOf(report.totals.packages, 'package')} fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
   return report.status === 'GOOD' ? EXIT_OK : EXIT_FAILED;
 }
 

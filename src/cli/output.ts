@@ -30,6 +30,11 @@ export function printError(output: Output, error: unknown): number {
   return EXIT_FAILED;
 }
 
+/** "1 package", "3 packages". */
+export function countOf(count: number, noun: string): string {
+  return `${count.toString()} ${noun}${count === 1 ? '' : 's'}`;
+}
+
 export function formatBytes(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];

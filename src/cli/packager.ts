@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { loadConfig, parseLocation, type Config, type Location } from '../config/index.js';
+import { describeLocation, loadConfig, parseLocation, type Config, type Location } from '../config/index.js';
 import { AutotestError } from '../errors.js';
 import { parseNameList } from '../packages/index.js';
 import {
@@ -14,7 +14,7 @@ import {
   type OperationReport,
   type Selection,
 } from '../packager/index.js';
-import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import { countOf, EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createProgress } from './progress.js';
 
 export interface PackagerFlags {
@@ -84,6 +84,35 @@ function printOperation(output: Output, report: OperationReport, verb: string): 
   }
 }
 
+/** Which key of the config (or -r) put a location in the list. */
+type LocationRole = 'upload_location' | 'custom_upload_location' | '-r';
+
+/**
+ * What list and verify look at: every location the packager writes, builtin and custom, and
+ * -r; each once, with the key it came from.
+ */
+function everyLocation(flags: PackagerFlags, config: Config): { role: LocationRole; location: Location }[] {
+  const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
+  const all = [
+    ...config.packages.uploadLocations.map((location) => ({ role: 'upload_location' as const, location })),
+    ...config.packages.customUploadLocations.map((location) => ({ role: 'custom_upload_location' as const, location })),
+    ...extra.map((location) => ({ role: '-r' as const, location })),
+  ];
+  const seen = new Set<string>();
+  const unique = all.filter(({ location }) => {
+    const key = describeLocation(location);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+  if (unique.length === 0) {
+    throw new AutotestError('ERR_USAGE', `no location: ${config.source} sets no upload_location nor custom_upload_location in [PACKAGES] and no -r was given`, {
+      hint: 'add upload_location to [PACKAGES] or pass -r LOCATION',
+    });
+  }
+  return unique;
+}
+
 /** upkeep works on custom_upload_location (and -r), never on the builtin repositories. */
 async function upkeep(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
@@ -102,7 +131,7 @@ async function upkeep(flags: PackagerFlags, config: Config, output: Output): Pro
         if (report.error.hint) output.err(`  hint: ${report.error.hint}`);
         continue;
       }
-      output.out(`${report.location}: removed ${report.removed.length.toString()} file(s) older than ${config.packages.customMaxAgeDays.toString()} days`);
+      output.out(`${report.location}: removed ${countOf(report.removed.length, 'file')} older than ${config.packages.customMaxAgeDays.toString()} days`);
       for (const file of report.removed) output.out(`  ${file}`);
     }
   }
@@ -118,9 +147,11 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
   const { compression, minimumFreeSpaceBytes } = config.packages;
   const json = flags.json === true;
   if (action === 'upkeep') return upkeep(flags, config, output);
+  if (action === 'list') return list(flags, config, output);
+  if (action === 'verify') return verify(flags, config, output);
   const locations = uploadLocations(flags, config);
 
-  switch (action as Exclude<Action, 'upkeep'>) {
+  switch (action as Exclude<Action, 'upkeep' | 'list' | 'verify'>) {
     case 'upload': {
       const jobs = flags.jobs === undefined ? undefined : Number(flags.jobs);
       if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1)) {
@@ -145,45 +176,68 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
       else printOperation(output, report, 'remove');
-      return report.ok ? EXIT_OK : EXIT_FAILED;
-    }
-    case 'list': {
-      const reports = await listLocations(locations);
-      if (json) output.out(JSON.stringify(reports, null, 2));
-      else {
-        for (const report of reports) {
-          if (report.error) {
-            output.err(`failed: ${report.location}: ${report.error.message}`);
-            continue;
-          }
-          output.out(`${report.location} (${report.packages.length} packages)`);
-          for (const p of report.packages) {
-            output.out(`  ${p.type.padEnd(8)} ${p.name.padEnd(32)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}  ${p.publishedAt ?? ''}`);
-          }
-        }
-      }
-      return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
-    }
-    case 'verify': {
-      const reports = await verifyLocations({
-        locations, repair: flags.repair === true, clientDir: chooseClientDir(flags, config), compression, minimumFreeBytes: minimumFreeSpaceBytes,
-      });
-      if (json) output.out(JSON.stringify(reports, null, 2));
-      else {
-        for (const report of reports) {
-          if (report.error) {
-            output.err(`failed: ${report.location}: ${report.error.message}`);
-            continue;
-          }
-          const state = report.problems.length === 0 ? 'consistent' : `${report.problems.length} problem(s)`;
-          output.out(`${report.location}: ${report.entries} indexed, ${state}${report.repaired.length > 0 ? `, repaired ${report.repaired.length}` : ''}`);
-          for (const p of report.problems) output.out(`  ${p.kind}: ${p.file}: ${p.detail}`);
-        }
-        if (reports.some((r) => r.problems.length > 0) && flags.repair !== true) output.err('hint: run "autotest packager verify --repair" to fix drift');
-      }
-      return reports.every((r) => !r.error && r.problems.length === 0) ? EXIT_OK : EXIT_FAILED;
+      // A name found nowhere is most likely misspelt: that is no success, even if nothing failed.
+      const nowhere = files.filter((file) => report.locations.every((l) => !l.error && !l.removed.includes(file)));
+      for (const file of nowhere) output.err(`failed: ${file}: in none of the ${countOf(report.locations.length, 'location')} (nothing removed)`);
+      if (nowhere.length > 0) output.err('  hint: check the name with "autotest packager list"; a custom package is removed with -r CUSTOM_LOCATION or from the frontend');
+      return report.ok && nowhere.length === 0 ? EXIT_OK : EXIT_FAILED;
     }
   }
+}
+
+/** listLocations and verifyLocations give one report per location. */
+function unreachable(): never {
+  throw new Error('no report for a location');
+}
+
+/** `packager list`: every location, builtin and custom, each labelled with the key it came from. */
+async function list(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+  const locations = everyLocation(flags, config);
+  const reports = await Promise.all(locations.map(async ({ role, location }) => ({ role, ...(await listLocations([location]))[0] ?? unreachable() })));
+  if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
+  else {
+    for (const report of reports) {
+      if (report.error) {
+        output.err(`failed: ${report.location} (${report.role}): ${report.error.message}`);
+        continue;
+      }
+      output.out(`${report.location} (${report.role}): ${countOf(report.packages.length, 'package')}`);
+      for (const p of report.packages) {
+        output.out(`  ${p.type.padEnd(8)} ${p.name.padEnd(32)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}  ${p.publishedAt ?? ''}`);
+      }
+    }
+  }
+  return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
+}
+
+/**
+ * `packager verify`: every location, builtin and custom. --repair publishes again from the
+ * client tree only into upload_location and -r: a custom repository's packages never came from it.
+ */
+async function verify(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+  const locations = everyLocation(flags, config);
+  const { compression, minimumFreeSpaceBytes } = config.packages;
+  const clientDir = chooseClientDir(flags, config);
+  const reports = await Promise.all(locations.map(async ({ role, location }) => {
+    const [report] = await verifyLocations({
+      locations: [location], repair: flags.repair === true, clientDir: role === 'custom_upload_location' ? undefined : clientDir, compression, minimumFreeBytes: minimumFreeSpaceBytes,
+    });
+    return { role, ...report ?? unreachable() };
+  }));
+  if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
+  else {
+    for (const report of reports) {
+      if (report.error) {
+        output.err(`failed: ${report.location} (${report.role}): ${report.error.message}`);
+        continue;
+      }
+      const state = report.problems.length === 0 ? 'consistent' : countOf(report.problems.length, 'problem');
+      output.out(`${report.location} (${report.role}): ${report.entries.toString()} indexed, ${state}${report.repaired.length > 0 ? `, repaired ${report.repaired.length.toString()}` : ''}`);
+      for (const p of report.problems) output.out(`  ${p.kind}: ${p.file}: ${p.detail}`);
+    }
+    if (reports.some((r) => r.problems.length > 0) && flags.repair !== true) output.err('hint: run "autotest packager verify --repair" to fix drift');
+  }
+  return reports.every((r) => !r.error && r.problems.length === 0) ? EXIT_OK : EXIT_FAILED;
 }
 
 export function packagerCommand(output: Output, setExit: (code: number) => void): Command {

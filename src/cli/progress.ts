@@ -1,5 +1,6 @@
+import type { DownloadProgress } from '../fetch/index.js';
 import type { PackagerEvent } from '../packager/index.js';
-import { formatBytes, type Output } from './output.js';
+import { countOf, formatBytes, type Output } from './output.js';
 
 /**
  * Turns packager events into output: on a terminal one status line redrawn in place, with
@@ -9,10 +10,13 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
   let total = 0;
   let packed = 0;
   let published = 0;
+  // Copies to send: every package to every location, less those a location already has.
+  let copies = 0;
+  let unchanged = 0;
   let drawn = false;
   const draw = (): void => {
     if (!output.isTTY) return;
-    process.stderr.write(`\r\x1b[Kpacking ${packed}/${total} · published ${published}`);
+    process.stderr.write(`\r\x1b[Kpacked ${packed.toString()} of ${total.toString()} · published ${published.toString()} of ${Math.max(published, copies - unchanged).toString()}`);
     drawn = true;
   };
   const clear = (): void => {
@@ -32,7 +36,8 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
     switch (event.type) {
       case 'plan':
         total = event.toPack;
-        if (!output.isTTY) output.out(`${event.packages} packages, ${event.toPack} to pack, ${event.locations} location(s)`);
+        copies = event.packages * event.locations;
+        if (!output.isTTY) output.out(`${countOf(event.packages, 'package')}, ${event.toPack.toString()} to pack, ${countOf(event.locations, 'location')}`);
         draw();
         break;
       case 'packed':
@@ -46,6 +51,8 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
         else line(`published ${event.file} to ${event.location}`);
         break;
       case 'unchanged':
+        unchanged += 1;
+        if (output.isTTY && copies > 0) draw();
         break;
       case 'removed':
         line(`removed ${event.file} from ${event.location}`);
@@ -62,4 +69,42 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
     }
   };
   return { onEvent, finish: clear };
+}
+
+/** One download's status line: what, from where, how far, how fast. */
+export function describeDownload(progress: DownloadProgress, seconds: number): string {
+  const of = progress.size === undefined || progress.size === 0
+    ? ''
+    : ` of ${formatBytes(progress.size)} (${Math.floor((100 * progress.bytes) / progress.size).toString()}%)`;
+  const rate = seconds > 0 ? `, ${formatBytes(progress.bytes / seconds)}/s` : '';
+  return `${progress.file} from ${progress.repository}: ${formatBytes(progress.bytes)}${of}${rate}`;
+}
+
+/** Downloads taking long enough to notice get one status line on a terminal, redrawn at most 4 times a second. */
+const FIRST_DRAW_MS = 500;
+const REDRAW_MS = 250;
+
+/**
+ * On a terminal, a status line for the download under way (the one that moved last, when
+ * several run at once); nothing otherwise, so logs keep one line per package.
+ */
+export function createDownloadProgress(output: Output): { onProgress: (progress: DownloadProgress) => void; finish: () => void } {
+  const started = new Map<string, number>();
+  let lastDraw = 0;
+  let drawn = false;
+  const onProgress = (progress: DownloadProgress): void => {
+    if (!output.isTTY) return;
+    const now = performance.now();
+    const since = started.get(progress.file) ?? now;
+    started.set(progress.file, since);
+    if (now - since < FIRST_DRAW_MS || now - lastDraw < REDRAW_MS) return;
+    lastDraw = now;
+    process.stderr.write(`\r\x1b[K${describeDownload(progress, (now - since) / 1000)}`);
+    drawn = true;
+  };
+  const finish = (): void => {
+    if (drawn) process.stderr.write('\r\x1b[K');
+    drawn = false;
+  };
+  return { onProgress, finish };
 }

@@ -10,12 +10,13 @@ type CommandFactory = (output: Output, setExit: (code: number) => void) => Comma
  * Runs a command line made of `commands`: usage errors exit 2, failures print what, where
  * and what to do, and whatever connections the run opened are closed before it returns.
  */
-export async function runProgram(description: string, commands: CommandFactory[], argv: string[]): Promise<number> {
+export async function runProgram(description: string, commands: CommandFactory[], argv: string[], version?: string): Promise<number> {
   let exitCode = 0;
   const setExit = (code: number): void => {
     exitCode = code;
   };
   const program = new Command('autotest').description(description).exitOverride().showHelpAfterError();
+  if (version !== undefined) program.version(`autotest ${version}`, '-V, --version', 'print "autotest VERSION"');
   for (const command of commands) program.addCommand(command(processOutput, setExit).exitOverride());
   try {
     await program.parseAsync(argv);

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { describeLocation, loadConfig, type Config } from '../config/index.js';
-import { AutotestError } from '../errors.js';
+import { AutotestError, errnoCode } from '../errors.js';
 import { buildServer } from '../server/index.js';
 import { EXIT_OK, type Output } from './output.js';
 
@@ -22,30 +22,63 @@ export function applyServeFlags(config: Config, flags: ServeFlags): Config {
 
 /**
  * Listens until SIGINT or SIGTERM, then closes: no new connection is taken, idle ones close,
- * downloads under way finish.
+ * downloads under way finish. The signal handlers are in place before the address is printed:
+ * whoever waits for that line to stop the server must find them there.
  */
 export async function serveUntilStopped(config: Config, output: Output): Promise<number> {
   const app: FastifyInstance = await buildServer({ config, logLevel: config.server.logLevel });
-  const address = await app.listen({ host: config.server.listenAddress, port: config.server.port });
+  let requestStop = (): void => undefined;
+  const stopRequested = new Promise<void>((resolve) => {
+    requestStop = resolve;
+  });
+  const onSignal = (): void => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    requestStop();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let address: string;
+  try {
+    address = await app.listen({ host: config.server.listenAddress, port: config.server.port });
+  } catch (error) {
+    onSignal();
+    await app.close();
+    throw listenError(error, config);
+  }
   output.out(`serving ${config.server.builtin ? describeLocation(config.server.builtin) : '(no builtin repository)'} at ${address}/packages/builtin/`);
   output.out(`serving ${config.server.custom ? describeLocation(config.server.custom) : '(no custom repository)'} at ${address}/packages/custom/`);
   output.out(`open ${address}/ in a browser (uploads ${config.server.uploadToken ? 'enabled' : 'disabled: no upload_token'})`);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      output.out('shutting down: letting running downloads finish');
-      // A download that has not finished in a minute is cut, so a stuck client cannot hold the server.
-      const deadline = setTimeout(() => { app.server.closeAllConnections(); }, SHUTDOWN_GRACE_MS);
-      void app.close().then(() => {
-        clearTimeout(deadline);
-        resolve();
-      });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  await stopRequested;
+  output.out('shutting down: letting running downloads finish');
+  // A download that has not finished in a minute is cut, so a stuck client cannot hold the server.
+  const deadline = setTimeout(() => { app.server.closeAllConnections(); }, SHUTDOWN_GRACE_MS);
+  await app.close();
+  clearTimeout(deadline);
   return EXIT_OK;
+}
+
+function listenError(error: unknown, config: Config): unknown {
+  const where = `${config.server.listenAddress}:${config.server.port.toString()}`;
+  switch (errnoCode(error)) {
+    case 'EADDRINUSE':
+      return new AutotestError('ERR_LISTEN', `cannot listen on ${where}: the port is in use`, {
+        hint: 'another server (perhaps an autotest serve or npm start still running) holds it: stop that one, or choose another port with --port or port in [SERVER]',
+        cause: error,
+      });
+    case 'EACCES':
+      return new AutotestError('ERR_LISTEN', `cannot listen on ${where}: permission denied`, {
+        hint: 'ports below 1024 need privileges: choose a port >= 1024 with --port or port in [SERVER]',
+        cause: error,
+      });
+    case 'EADDRNOTAVAIL':
+      return new AutotestError('ERR_LISTEN', `cannot listen on ${where}: no such address on this machine`, {
+        hint: 'set listen_address in [SERVER] (or --listen) to an address of this machine, or 0.0.0.0 for all',
+        cause: error,
+      });
+    default:
+      return error;
+  }
 }
 
 export function serveCommand(output: Output, setExit: (code: number) => void): Command {

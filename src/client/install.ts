@@ -5,7 +5,7 @@ import pLimit from 'p-limit';
 import { COMPRESSIONS, type FetchSettings, type Location } from '../config/index.js';
 import { errnoCode } from '../errors.js';
 import { fsyncPath } from '../fs/atomic.js';
-import { PackageFetcher } from '../fetch/index.js';
+import { PackageFetcher, type DownloadProgress } from '../fetch/index.js';
 import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType } from '../packages/index.js';
 import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
 
@@ -22,6 +22,8 @@ export interface InstallOptions {
   /** The package cache (tarballs kept between jobs); default installDir/packages. */
   cacheDir?: string;
   jobs?: number;
+  /** Sees each download's bytes as they reach the package cache. */
+  onProgress?: (progress: DownloadProgress) => void;
 }
 
 export interface InstallRecord {
@@ -123,10 +125,11 @@ export async function installPackages(type: PackageType, names: string[], option
   await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
   const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir);
   const limit = pLimit(options.jobs ?? 4);
-  return Promise.all(names.map((name) => limit(() => installOne(fetcher, options.settings, type, name, options.installDir, cacheDir))));
+  return Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
 }
 
-async function installOne(fetcher: PackageFetcher, settings: FetchSettings, type: PackageType, name: string, installDir: string, cacheDir: string): Promise<InstallRecord> {
+async function installOne(fetcher: PackageFetcher, options: InstallOptions & { cacheDir: string }, type: PackageType, name: string): Promise<InstallRecord> {
+  const { settings, installDir, cacheDir } = options;
   const started = performance.now();
   const folder = installFolder(installDir, type, name);
   const { file, entry, repository, passedOver } = await fetcher.lookup(candidateFiles(type, name));
@@ -147,7 +150,7 @@ async function installOne(fetcher: PackageFetcher, settings: FetchSettings, type
     }
     // The marker names what was really installed: the entry of the repository that served
     // the bytes, which may hold another version than the first one looked at.
-    const fetched = await fetcher.fetch(file, cached);
+    const fetched = await fetcher.fetch(file, cached, options.onProgress);
     await swapIn(cached, folder, fetched.entry.md5);
     return record('fetched', fetched.repository, fetched.bytes, fetched.entry.md5, [...new Set([...passedOver, ...fetched.passedOver])]);
   });

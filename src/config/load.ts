@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AutotestError, errnoCode } from '../errors.js';
 import { overlayIni, parseIni, type IniDocument } from './ini.js';
+import { closestMatch } from './suggest.js';
 import { readPackagesConfig, readServerConfig, type Config } from './schema.js';
 import { readTlsFiles } from './tls.js';
 
@@ -80,5 +81,27 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
   const { packages, warnings } = readPackagesConfig(doc, baseDirOf, options.env ?? process.env);
   packages.fetch.tls = await readTlsFiles(packages.fetch.tls, { readClientCertificate: options.readClientCertificate ?? true });
   const { server, warnings: serverWarnings } = readServerConfig(doc, baseDirOf, packages, options.env ?? process.env);
-  return { source, packages, server, warnings: [...warnings, ...serverWarnings] };
+  return { source, packages, server, warnings: [...misspeltSections(doc, source), ...warnings, ...serverWarnings] };
+}
+
+/** The sections read here; [S3:BUCKET] sections too. */
+const KNOWN_SECTIONS = ['PACKAGES', 'SERVER', 'S3', 'DEFAULT'];
+
+/**
+ * global_config.ini is shared with the rest of Autotest ([AUTOTEST_WEB], [SCHEDULER], ...), so
+ * a section of ours is not the only kind there: one is reported only when it is a near miss of
+ * ours (as [PACKAGE] or [packages]: ConfigParser's section names are case-sensitive), whose
+ * keys would otherwise be ignored without a word.
+ */
+function misspeltSections(doc: IniDocument, source: string): string[] {
+  const warnings: string[] = [];
+  for (const [name, section] of doc) {
+    if (KNOWN_SECTIONS.includes(name) || name.startsWith('S3:')) continue;
+    const near = closestMatch(name, KNOWN_SECTIONS);
+    if (near === undefined) continue;
+    const first = section.values().next().value;
+    const where = first === undefined ? source : `${first.file}:${first.line.toString()}`;
+    warnings.push(`${where}: unknown section [${name}] is ignored, with its ${section.size.toString()} key(s) (did you mean [${near}]? section names are case-sensitive)`);
+  }
+  return warnings;
 }

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { AutotestError, redactSecrets } from '../errors.js';
 import { getIniValue, sectionKeys, type IniDocument, type IniValue } from './ini.js';
+import { closestMatch } from './suggest.js';
 import { DEFAULT_S3_SETTINGS, parseLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
 
 export type Compression = 'bzip2' | 'gzip' | 'zstd';
@@ -267,7 +268,9 @@ function unknownKeys(doc: IniDocument, section: string, known: Record<string, Ke
     .filter((key) => !(key in known))
     .map((key) => {
       const entry = doc.get(section)?.get(key);
-      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [${section}] is ignored (known: ${Object.keys(known).join(', ')})`;
+      const near = closestMatch(key, Object.keys(known));
+      const help = near === undefined ? `known: ${Object.keys(known).join(', ')}` : `did you mean "${near}"?`;
+      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [${section}] is ignored (${help})`;
     });
 }
 
@@ -299,6 +302,19 @@ export const SERVER_KEYS: Record<string, KeySpec> = {
   log_level: { description: 'request log level: trace, debug, info (default), warn, error, fatal or silent' },
 };
 
+/** The example config's upload_token: a server that accepted it would take uploads from anyone who read the example. */
+export const PLACEHOLDER_UPLOAD_TOKEN = 'change-me-to-a-long-random-string';
+const MIN_TOKEN_LENGTH = 16;
+const TOKEN_RULE = `at least ${MIN_TOKEN_LENGTH.toString()} characters without spaces, not the example's placeholder`;
+const TOKEN_HINT = 'make one with: openssl rand -hex 24';
+
+function uploadTokenFault(token: string): string | undefined {
+  if (token === PLACEHOLDER_UPLOAD_TOKEN) return "the example config's placeholder";
+  if (token.length < MIN_TOKEN_LENGTH) return `${token.length.toString()} characters`;
+  if (/\s/.test(token)) return 'it holds a space';
+  return undefined;
+}
+
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
 const ADDRESS_RE = /^(?:[0-9.]+|\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9.-]+)$/;
@@ -325,9 +341,13 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   };
   const tokenEntry = reader.get('upload_token');
   const token = env.AUTOTEST_UPLOAD_TOKEN ?? tokenEntry?.value.trim();
-  if (tokenEntry && env.AUTOTEST_UPLOAD_TOKEN === undefined && (token === undefined || token.length < 8 || /\s/.test(token))) {
-    badValue(section, tokenEntry, 'upload_token', 'at least 8 characters without spaces');
-  }
+  const tokenFault = token === undefined || token === '' ? undefined : uploadTokenFault(token);
+  if (tokenFault !== undefined) {
+    if (env.AUTOTEST_UPLOAD_TOKEN !== undefined) {
+      throw new AutotestError('ERR_CONFIG', `$AUTOTEST_UPLOAD_TOKEN: ${tokenFault}: allowed is ${TOKEN_RULE}`, { hint: TOKEN_HINT });
+    }
+    if (tokenEntry) badValue(section, tokenEntry, 'upload_token', TOKEN_RULE, tokenFault);
+  } else if (tokenEntry && env.AUTOTEST_UPLOAD_TOKEN === undefined && token === '') badValue(section, tokenEntry, 'upload_token', TOKEN_RULE);
   const levelEntry = reader.get('log_level');
   const logLevel = levelEntry?.value.trim().toLowerCase() ?? 'info';
   if (levelEntry && !LOG_LEVELS.includes(logLevel)) badValue(section, levelEntry, 'log_level', LOG_LEVELS.join(', '));

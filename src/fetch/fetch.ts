@@ -20,8 +20,20 @@ export interface FetchedPackage {
   /** Bytes moved over the network (less than the size when a download resumed). */
   bytes: number;
   seconds: number;
-  /** Why each repository listed before the one that served could not (empty when the first did). */
+  /**
+   * Why each repository listed before the one that served failed (empty when none did). One
+   * that simply lacks the package is not named: builtin and custom repositories side by side
+   * each lack the other's packages, and that is no cause for a warning.
+   */
   passedOver: string[];
+}
+
+/** How far a download is: bytes of `file` in the package cache so far (a resumed part counts), of `size` when the index gives it. */
+export interface DownloadProgress {
+  file: string;
+  repository: string;
+  bytes: number;
+  size: number | undefined;
 }
 
 /** Bytes received but not yet written before the download is paused. */
@@ -34,7 +46,7 @@ const MAX_QUEUED = 8 * 1024 * 1024;
  * stream fails, every chunk that arrived before a cut is written before this returns or
  * reports: a resume then starts after it. Returns the bytes written and what stopped it, if anything.
  */
-async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester): Promise<{ written: number; error: Error | undefined }> {
+async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, onWritten: (written: number) => void): Promise<{ written: number; error: Error | undefined }> {
   let queued: Buffer[] = [];
   let queuedBytes = 0;
   let written = 0;
@@ -49,6 +61,7 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     writing = handle.writev(buffers, position + written).then(() => {
       written += bytes;
       writing = undefined;
+      onWritten(written);
       // Hashed once on disk, in order: the digest always covers exactly the bytes written.
       for (const buffer of buffers) hash.take(buffer);
       if (stream.isPaused()) stream.resume();
@@ -131,18 +144,21 @@ export class PackageFetcher {
   /** Walks the repositories in order; `attempt` returns a result, or throws why this one failed. */
   private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
     const reasons: string[] = [];
+    const failures: string[] = [];
     const hints = new Set<string>();
     for (const repository of this.repositories) {
       const wait = this.health.coolingDown(repository.name);
       if (wait > 0) {
-        reasons.push(`${repository.name}: skipped for ${Math.ceil(wait / 1000).toString()} s more (fetch_cooldown) after: ${this.health.lastFailure(repository.name)}`);
+        const reason = `${repository.name}: skipped for ${Math.ceil(wait / 1000).toString()} s more (fetch_cooldown) after: ${this.health.lastFailure(repository.name)}`;
+        reasons.push(reason);
+        failures.push(reason);
         continue;
       }
       try {
         const result = await attempt(repository, await this.index(repository));
         await this.health.succeeded(repository.name);
         if (typeof result === 'string') reasons.push(`${repository.name}: ${result}`);
-        else return { ...result, passedOver: reasons };
+        else return { ...result, passedOver: failures };
       } catch (error) {
         // The package cache refusing is this machine's problem: no other repository would do better.
         if (isAutotestError(error, 'ERR_LOCATION_REFUSED')) throw error;
@@ -153,7 +169,9 @@ export class PackageFetcher {
         if (failure.down) await this.health.failed(repository.name, reason);
         const hint = error instanceof AutotestError ? error.hint : failure.hint;
         if (hint !== undefined) hints.add(hint);
-        reasons.push(hint === undefined ? reason : `${reason} (${hint})`);
+        const shown = hint === undefined ? reason : `${reason} (${hint})`;
+        reasons.push(shown);
+        failures.push(shown);
       }
     }
     throw new AutotestError('ERR_ALL_REPOSITORIES_FAILED', `cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
@@ -173,15 +191,15 @@ export class PackageFetcher {
   }
 
   /** Fetches `file` to `dest` (a path in the package cache), verified. */
-  async fetch(file: string, dest: string): Promise<FetchedPackage> {
+  async fetch(file: string, dest: string, onProgress?: (progress: DownloadProgress) => void): Promise<FetchedPackage> {
     return this.firstThatWorks(file, async (repository, index) => {
       const entry = index.get(file);
       if (!entry) return `${file} is not in its index`;
-      return this.download(repository, file, entry, dest);
+      return this.download(repository, file, entry, dest, onProgress);
     });
   }
 
-  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string): Promise<Omit<FetchedPackage, 'passedOver'>> {
+  private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string, onProgress?: (progress: DownloadProgress) => void): Promise<Omit<FetchedPackage, 'passedOver'>> {
     const started = performance.now();
     const part = `${dest}.part`;
     const partInfo = `${dest}.part.json`;
@@ -219,7 +237,10 @@ export class PackageFetcher {
             ({ hash, wanted, algorithm } = hashFor(entry));
           }
           start = opened.start;
-          const result = await consume(opened.stream, handle, start, hash);
+          const at = start;
+          const result = await consume(opened.stream, handle, start, hash, (written) => {
+            onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size });
+          });
           received = result.written;
           moved += result.written;
           if (result.error !== undefined) throw result.error;

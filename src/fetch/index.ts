@@ -1,4 +1,4 @@
-export { PackageFetcher, type FetchedPackage } from './fetch.js';
+export { PackageFetcher, type DownloadProgress, type FetchedPackage } from './fetch.js';
 export { agentFor, closeHttpConnections, errorBody, fetchRepositoryFor, type FetchRepository } from './repositories.js';
 export { FetchFailure } from './errors.js';
 export { RepositoryHealth } from './health.js';

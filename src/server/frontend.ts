@@ -61,6 +61,26 @@ function formatSize(bytes: number | undefined): string {
   return `${unit === 0 ? value.toString() : value.toFixed(1)} ${units[unit] ?? 'B'}`;
 }
 
+/**
+ * A publication date as a person reads it: to the second, no milliseconds. The page shows UTC
+ * until its script rewrites it in the reader's own time zone; the exact instant stays in
+ * `datetime` and the tooltip.
+ */
+function formatDate(iso: string | undefined): string {
+  if (iso === undefined) return '';
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return escapeHtml(iso);
+  const text = `${date.toISOString().slice(0, 19).replace('T', ' ')} UTC`;
+  return `<time datetime="${escapeHtml(date.toISOString())}" title="${escapeHtml(date.toISOString())}">${text}</time>`;
+}
+
+/** "6 packages, 167.6 KiB": a repository's count and the bytes its index records. */
+function formatTotals(packages: ListedRepository['packages']): string {
+  const bytes = packages.reduce((sum, p) => sum + (p.size ?? 0), 0);
+  const unknown = packages.some((p) => p.size === undefined) ? ' (some sizes not recorded)' : '';
+  return `${packages.length.toString()} package${packages.length === 1 ? '' : 's'}, ${formatSize(bytes)}${unknown}`;
+}
+
 const STYLE = `body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;width:100%;margin-bottom:2rem}
 th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}td.num{text-align:right}code{font-size:.85em}
 .bad{color:#b00020}.good{color:#1b5e20}progress{width:20rem}nav a{margin-right:1rem}form{margin:1rem 0 2rem}`;
@@ -75,9 +95,10 @@ function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean)
     const rows = repository.packages.map((p) => `<tr data-file="${escapeHtml(p.file)}" data-search="${escapeHtml(`${p.type} ${p.name} ${p.file}`.toLowerCase())}">
 <td>${escapeHtml(p.type)}</td><td><a href="${escapeHtml(repository.url + encodeURIComponent(p.file))}">${escapeHtml(p.name)}</a></td>
 <td class="num">${escapeHtml(formatSize(p.size))}</td><td><code title="sha256 ${escapeHtml(p.sha256 ?? 'not recorded')}">${escapeHtml(p.md5)}</code></td>
-<td>${escapeHtml(p.date ?? '')}</td>
+<td>${formatDate(p.date)}</td>
 <td>${repository.name === 'custom' && uploadsEnabled ? `<button class="delete" data-file="${escapeHtml(p.file)}">Delete</button>` : ''}</td></tr>`).join('\n');
     return `<h2 id="repo-${escapeHtml(repository.name)}">${escapeHtml(repository.name)} <small><a href="${escapeHtml(repository.url)}">${escapeHtml(repository.url)}</a></small></h2>
+<p class="totals">${escapeHtml(formatTotals(repository.packages))}</p>
 <table class="packages" data-repository="${escapeHtml(repository.name)}"><thead><tr><th>Type</th><th>Name</th><th>Size</th><th>md5</th><th>Published</th><th></th></tr></thead>
 <tbody>${rows || '<tr class="empty"><td colspan="6">no packages</td></tr>'}</tbody></table>`;
   }).join('\n');
@@ -93,8 +114,13 @@ ${form}
 <script>${SCRIPT}</script>`);
 }
 
-/** The page's only script: filter, upload with progress, delete with confirmation. No build step. */
+/** The page's only script: dates in the reader's time zone, filter, upload with progress, delete with confirmation. No build step. */
 const SCRIPT = `
+const two = (n) => String(n).padStart(2, '0');
+for (const time of document.querySelectorAll('time[datetime]')) {
+  const d = new Date(time.getAttribute('datetime'));
+  time.textContent = d.getFullYear() + '-' + two(d.getMonth() + 1) + '-' + two(d.getDate()) + ' ' + two(d.getHours()) + ':' + two(d.getMinutes()) + ':' + two(d.getSeconds());
+}
 const filter = document.getElementById('filter');
 filter.addEventListener('input', () => {
   const q = filter.value.trim().toLowerCase();
