@@ -71,10 +71,11 @@ function summary(report: OperationReport): unknown {
 /** Maps the checks' errors to answers; anything else is the server's fault. */
 function errorAnswer(error: unknown, limit: number): { status: number; body: unknown } {
   if (isAutotestError(error)) {
-    const status = error.message === tooLarge(limit).message ? 413
-      : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
-        : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
-          : 500;
+    const status = error.message === tooLarge(limit).message || error.code === 'ERR_TOO_LARGE' ? 413
+      : error.code === 'ERR_NO_SPACE' ? 507
+        : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
+          : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
+            : 500;
     return { status, body: { error: error.code, message: error.message, hint: error.hint } };
   }
   throw error;
