@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'ERR_LOCATION_REFUSED'
   | 'ERR_NO_SPACE'
   | 'ERR_TOO_LARGE'
+  | 'ERR_BUSY'
   | 'ERR_LOCK'
   | 'ERR_CHECKSUM_MISMATCH'
   | 'ERR_NOT_FOUND'

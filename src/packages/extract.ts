@@ -144,7 +144,7 @@ async function noSpaceError(archive: string, dest: string, full: NoSpace, result
     `${dest}: ${what} (${full.code}) on the file system mounted at ${mount}: extracting ${archive} stopped at entry ${JSON.stringify(full.entry)} `
     + `and needed at least ${full.needed.toString()} more bytes (the rest of that entry and ${full.entriesLeft.toString()} later ${full.entriesLeft === 1 ? 'entry' : 'entries'}; `
     + `${(result.bytes + full.needed).toString()} bytes of files in all)`, {
-      hint: `free at least ${full.needed.toString()} bytes on ${mount} and install again; nothing half-extracted was kept`,
+      hint: `free at least ${full.needed.toString()} bytes on ${mount} and try again; nothing half-extracted was kept`,
       cause: full.cause,
     });
 }
