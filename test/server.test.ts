@@ -579,3 +579,13 @@ test('an uploader that goes away while its package is being checked stops the ch
   const metrics = (await request(site.url, '/metrics')).body.toString();
   assert.match(metrics, /autotest_uploads_total\{outcome="refused"\} 1/);
 });
+
+test('a package of 300 files 1,000 folders deep uploads, passes its trial extraction and is published', async (t) => {
+  const site = await startSite(t);
+  const deep = Array.from({ length: 1000 }, () => 'd').join('/');
+  const tarball = await gzipTarball(path.join(site.dir, 'deep.tar.gz'), Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })));
+  const answer = await request(site.url, '/api/custom/test-deep.tar.gz', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` }, body: tarball });
+  assert.equal(answer.status, 200, answer.body.toString());
+  assert.deepEqual(await checkConsistency(site.custom), { entries: 1, problems: [] });
+  assert.deepEqual(await stagedUploads(site.staging), []);
+});
