@@ -16,6 +16,8 @@ export type ErrorCode =
   | 'ERR_BAD_INDEX'
   | 'ERR_LOCATION_REFUSED'
   | 'ERR_NO_SPACE'
+  | 'ERR_TOO_LARGE'
+  | 'ERR_BUSY'
   | 'ERR_LOCK'
   | 'ERR_CHECKSUM_MISMATCH'
   | 'ERR_NOT_FOUND'

@@ -147,6 +147,7 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     logLevel: 'info', listenAddress: '127.0.0.1', port: 8080,
     builtin: { kind: 'local', path: `${dir}/builtin`, text: `${dir}/builtin` }, custom: { kind: 'local', path: `${dir}/custom`, text: `${dir}/custom` },
     uploadToken: undefined, maxUploadBytes: 1024e6,
+    maxUploadEntries: 100_000, maxUploadExpandedBytes: 4000e6, maxConcurrentUploads: 4,
   });
   const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });
   assert.equal(fromEnv.server.uploadToken, 'from-the-env-456');
@@ -164,6 +165,31 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
       assert.ok(error instanceof Error);
       assert.match(error.message, message);
       assert.doesNotMatch(error.message, /"short"/, 'a token is never echoed');
+      return true;
+    });
+  }
+});
+
+test('reads the upload bounds of [SERVER] and refuses bad ones naming the file, section and key', async (t) => {
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'global_config.ini');
+  const write = async (server: string): Promise<string> => {
+    await writeFile(file, `[PACKAGES]\nupload_location: ${dir}/builtin\n[SERVER]\n${server}`);
+    return file;
+  };
+  const config = await loadConfig({ file: await write('max_upload_entries: 500\nmax_upload_expanded_size: 2.5\nmax_concurrent_uploads: 2\n'), env: {} });
+  assert.deepEqual(config.warnings, []);
+  assert.deepEqual([config.server.maxUploadEntries, config.server.maxUploadExpandedBytes, config.server.maxConcurrentUploads], [500, 2_500_000, 2]);
+  for (const [line, message] of [
+    ['max_upload_entries: 0', /\[SERVER\] max_upload_entries = "0".*an integer >= 1/],
+    ['max_upload_entries: 1.5', /max_upload_entries = "1\.5".*an integer/],
+    ['max_upload_expanded_size: lots', /\[SERVER\] max_upload_expanded_size = "lots".*a number >= 0\.001/],
+    ['max_concurrent_uploads: 0', /\[SERVER\] max_concurrent_uploads = "0".*an integer >= 1 and <= 1000/],
+  ] as const) {
+    await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
+      assert.ok(error instanceof Error);
+      assert.match(error.message, message);
+      assert.ok(error.message.includes(file), error.message);
       return true;
     });
   }

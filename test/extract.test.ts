@@ -8,9 +8,9 @@ import { createGzip, gunzipSync, gzipSync } from 'node:zlib';
 import tar, { type Header } from 'tar-stream';
 import { extractTarball, packEntries, walkTree, combineRules } from '../src/packages/index.js';
 import { isAutotestError, type AutotestError, type ErrorCode } from '../src/errors.js';
-import { tempDir, EXAMPLE_CLIENT } from './helpers.js';
+import { tempDir, mountTmpfs, EXAMPLE_CLIENT } from './helpers.js';
 
-type EntrySpec = Partial<Header> & Pick<Header, 'name'> & { body?: string };
+type EntrySpec = Partial<Header> & Pick<Header, 'name'> & { body?: string | Buffer };
 
 /** Builds a hostile tar.gz by hand: the packager would never write one. */
 async function craftArchive(file: string, entries: EntrySpec[]): Promise<void> {
@@ -169,4 +169,69 @@ test('extracts a package with its nested folders, symlink and modes', async (t) 
   assert.equal(await readFile(path.join(dest, 'client.txt'), 'utf8'), await readFile(path.join(dest, 'src', 'client.txt'), 'utf8'));
   await mkdir(path.join(dir, 'again'));
   await assert.rejects(extractTarball(archive, path.join(dir, 'again')), /EEXIST/);
+});
+
+test('extracts 300 files 1,000 folders deep from a small archive, every file in place', async (t) => {
+  const dir = await tempDir(t);
+  const archive = path.join(dir, 'deep.tar.gz');
+  const deep = Array.from({ length: 1000 }, () => 'd').join('/');
+  await craftArchive(archive, Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })));
+  assert.ok((await stat(archive)).size < 64_000, 'the archive stays small: the depth is in its names, not its bytes');
+  const dest = path.join(dir, 'out');
+  assert.deepEqual(await extractTarball(archive, dest), { files: 300, bytes: 300 });
+  assert.equal((await readdir(path.join(dest, deep))).length, 300);
+  assert.equal(await readFile(path.join(dest, deep, 'f299.txt'), 'utf8'), 'x');
+});
+
+test('a full disk is called a full disk, naming its mount point and the bytes still needed, and nothing half-extracted stays', async (t) => {
+  const dir = await tempDir(t);
+  const mnt = await mountTmpfs(t, dir, '2m');
+  const sizes = [1_000_000, 1_000_000, 1_000_000, 1_000_000];
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const tree = path.join(dir, 'tree');
+  await mkdir(tree);
+  for (const [i, size] of sizes.entries()) await writeFile(path.join(tree, `f${i.toString()}.bin`), Buffer.alloc(size, i + 1));
+  const gzipped = path.join(dir, 'big.tar.gz');
+  await craftArchive(gzipped, sizes.map((size, i) => ({ name: `f${i.toString()}.bin`, body: Buffer.alloc(size, i + 1) })));
+  const bzipped = path.join(dir, 'big.tar.bz2');
+  await packEntries(await walkTree(tree, combineRules()), bzipped, 'bzip2');
+  // Twice each: the parser's own "Premature close" once lost the race to the disk's error.
+  for (const archive of [gzipped, bzipped, gzipped, bzipped]) {
+    const dest = path.join(mnt, 'tests', 'big');
+    const error = await extractTarball(archive, dest).then(() => assert.fail('extracted'), (e: unknown) => e);
+    assert.ok(isAutotestError(error, 'ERR_NO_SPACE'), String(error));
+    assert.ok(error.message.startsWith(`${dest}: the disk is full (ENOSPC) on the file system mounted at ${mnt}:`), error.message);
+    assert.ok(error.message.includes(archive), error.message);
+    const needed = Number(/needed at least (\d+) more bytes/.exec(error.message)?.[1]);
+    assert.ok(needed >= total - 2 * 1024 * 1024 && needed <= total, `${needed.toString()} bytes needed`);
+    assert.match(error.message, new RegExp(`${total.toString()} bytes of files in all`));
+    assert.match(error.hint ?? '', new RegExp(`free at least ${needed.toString()} bytes on ${mnt}`));
+    assert.doesNotMatch(`${error.message} ${error.hint ?? ''}`, /damaged|truncated|Premature/);
+    assert.deepEqual(await readdir(path.join(mnt, 'tests')), [], 'the half-extracted folder is removed');
+  }
+});
+
+test('refuses an archive with more entries or more bytes than its limits, naming the limit, and keeps nothing', async (t) => {
+  const dir = await tempDir(t);
+  const archive = path.join(dir, 'five.tar.gz');
+  await craftArchive(archive, [{ name: 'sub/', type: 'directory' }, ...Array.from({ length: 5 }, (_, i) => ({ name: `sub/f${i.toString()}`, body: '0123456789' }))]);
+  const dest = path.join(dir, 'out');
+  await assert.rejects(extractTarball(archive, dest, { maxEntries: 4, names: { maxEntries: 'max_upload_entries = 4 in [SERVER]' } }), (error: unknown) =>
+    isAutotestError(error, 'ERR_TOO_LARGE') && error.message.includes('entry "sub/f3" refused: the archive holds more than 4 entries (max_upload_entries = 4 in [SERVER])')
+    && /raise max_upload_entries/.test(error.hint ?? ''));
+  assert.equal(await exists(dest), false);
+  await assert.rejects(extractTarball(archive, dest, { maxBytes: 25 }), (error: unknown) =>
+    isAutotestError(error, 'ERR_TOO_LARGE') && error.message.includes('entry "sub/f2" refused: the archive unpacks to more than 25 bytes'));
+  assert.equal(await exists(dest), false);
+  assert.deepEqual(await extractTarball(archive, dest, { maxEntries: 6, maxBytes: 50 }), { files: 5, bytes: 50 });
+});
+
+test('an extraction whose signal is aborted throws its reason and leaves nothing', async (t) => {
+  const dir = await tempDir(t);
+  const archive = path.join(dir, 'a.tar.gz');
+  await craftArchive(archive, [{ name: 'a.txt', body: 'a' }]);
+  const controller = new AbortController();
+  controller.abort(new Error('the uploader went away'));
+  await assert.rejects(extractTarball(archive, path.join(dir, 'out'), { signal: controller.signal }), /the uploader went away/);
+  assert.equal(await exists(path.join(dir, 'out')), false);
 });

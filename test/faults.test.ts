@@ -1,23 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { appendFile, mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
+import { appendFile, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CLI, checkConsistency, copyExampleTree, execFileAsync, generateTree, runCli, tempDir, writeConfig } from './helpers.js';
-
-/** A small tmpfs of the test's own, unmounted when the test ends. */
-async function mountTmpfs(t: TestContext, dir: string, size: string, options = ''): Promise<string> {
-  const mnt = `${dir}-mnt`;
-  await mkdir(mnt);
-  await execFileAsync('mount', ['-t', 'tmpfs', '-o', `size=${size}${options}`, 'tmpfs', mnt]);
-  t.after(async () => {
-    await execFileAsync('umount', [mnt]);
-    await rmdir(mnt);
-  });
-  return mnt;
-}
+import { CLI, checkConsistency, copyExampleTree, generateTree, mountTmpfs, runCli, tempDir, writeConfig } from './helpers.js';
 
 async function listing(dir: string): Promise<string> {
   return (await readdir(dir)).sort().join(',');

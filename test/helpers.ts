@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,18 @@ export async function tempDir(t: TestContext, prefix = 'autotest-test-'): Promis
   const dir = await mkdtemp(path.join(tmpdir(), prefix));
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
+}
+
+/** A small tmpfs of the test's own beside `dir`, unmounted when the test ends. */
+export async function mountTmpfs(t: TestContext, dir: string, size: string, options = ''): Promise<string> {
+  const mnt = `${dir}-mnt`;
+  await mkdir(mnt);
+  await execFileAsync('mount', ['-t', 'tmpfs', '-o', `size=${size}${options}`, 'tmpfs', mnt]);
+  t.after(async () => {
+    await execFileAsync('umount', [mnt]);
+    await rmdir(mnt);
+  });
+  return mnt;
 }
 
 /** A private copy of the example client tree, safe to change. */

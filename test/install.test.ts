@@ -10,10 +10,11 @@ import { isAutotestError } from '../src/errors.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { digestFile } from '../src/packages/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
-import { CLI, copyExampleTree, tempDir } from './helpers.js';
+import { CLI, ROOT, copyExampleTree, tempDir } from './helpers.js';
 // A free loopback port is one where nothing listens: connections to it are refused.
 import { freePort } from './fixtures/process.js';
 import { spawn } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
 
 const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 2000, retries: 1, cooldownMs: 0 };
 const PACKAGE = 'test-dbench.tar.bz2';
@@ -389,4 +390,75 @@ test('a partial download that is already whole is verified without a request, an
   assert.equal(fetched.bytes, body.length, 'fetched again from the first byte');
   assert.deepEqual(server.requests.filter((r) => r.file === PACKAGE).map((r) => r.range), ['bytes=100-', undefined]);
   assert.deepEqual(await readFile(half), body);
+});
+
+/**
+ * Another process makes an installer's new folder beside `folder`, named as swapIn names it,
+ * with a half-written file in it, and stays alive; the test kills it (kill -9) or it is killed
+ * when the test ends.
+ */
+async function otherInstallerFolder(t: TestContext, folder: string): Promise<{ path: string; kill: () => Promise<void> }> {
+  const atomic = pathToFileURL(path.join(ROOT, 'dist/src/fs/atomic.js')).href;
+  const script = `import { tempPathFor } from ${JSON.stringify(atomic)};
+import { mkdirSync, writeFileSync } from 'node:fs';
+const fresh = tempPathFor(process.argv[1]);
+mkdirSync(fresh, { recursive: true });
+writeFileSync(fresh + '/half.txt', 'half');
+process.stdout.write(fresh + '\\n');
+process.stdin.resume();`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, folder], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
+  t.after(async () => { child.kill('SIGKILL'); await closed; });
+  const made = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+      if (out.endsWith('\n')) resolve(out.trim());
+    });
+    child.on('close', () => { reject(new Error('the helper process ended before making its folder')); });
+  });
+  return { path: made, kill: async () => { child.kill('SIGKILL'); await closed; } };
+}
+
+test('the next install of any package removes the new folder of an installer killed mid-extraction, never that of a live one', async (t) => {
+  const repo = await publishExample(t);
+  const installDir = path.join(repo.dir, 'install');
+  const tests = path.join(installDir, 'tests');
+  const killed = await otherInstallerFolder(t, path.join(tests, 'dbench'));
+  const live = await otherInstallerFolder(t, path.join(tests, 'hello'));
+  await killed.kill();
+  assert.equal(path.dirname(killed.path), tests);
+  assert.match(path.basename(killed.path), /^\.tmp\.[^.]+\.\d+\.[0-9a-f]{8}\.dbench$/, 'tagged with host and pid');
+
+  const [record] = await installPackages('test', ['sleeptest'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir });
+  assert.equal(record?.action, 'fetched');
+  assert.equal(await exists(killed.path), false, 'the dead installer\'s half folder is gone');
+  assert.equal(await readFile(path.join(live.path, 'half.txt'), 'utf8'), 'half', 'the live installer\'s folder is untouched');
+  assert.deepEqual((await readdir(tests)).sort(), [path.basename(live.path), 'sleeptest'].sort());
+});
+
+test('a package with a name as long as allowed installs on a host with a 63-character name: the tagged new folder fits NAME_MAX', async (t) => {
+  const repo = await publishExample(t);
+  const { MAX_PACKAGE_NAME_LENGTH } = await import('../src/packages/index.js');
+  const name = 'n'.repeat(MAX_PACKAGE_NAME_LENGTH);
+  await mkdir(path.join(repo.clientDir, 'tests', name));
+  await writeFile(path.join(repo.clientDir, 'tests', name, 'control'), 'job.run_test("long")\n');
+  const report = await uploadPackages({
+    clientDir: repo.clientDir, selection: { all: false, tests: [name], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(path.join(repo.dir, 'repo'))], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(repo.dir, 'cache'),
+  });
+  assert.equal(report.ok, true);
+  const installDir = path.join(repo.dir, 'install');
+  // A host name of its own, in a UTS namespace of the installer alone.
+  const result = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const child = spawn('unshare', ['--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', 'h'.repeat(63),
+      process.execPath, CLI, 'client', 'install', 'test', name, '--install-dir', installDir, '-r', path.join(repo.dir, 'repo')],
+    { cwd: repo.dir, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    child.on('error', reject);
+    child.on('close', (code) => { resolve({ code, stderr }); });
+  });
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(await readFile(path.join(installDir, 'tests', name, 'control'), 'utf8'), 'job.run_test("long")\n');
 });

@@ -15,7 +15,7 @@ import { startNginx } from './fixtures/nginx.js';
 import { startDaemon } from './fixtures/process.js';
 import { startSshd } from './fixtures/sshd.js';
 import { MAX_PACKAGE_NAME_LENGTH } from '../src/packages/index.js';
-import { CLI, checkConsistency, copyExampleTree, runCli, tempDir } from './helpers.js';
+import { CLI, checkConsistency, copyExampleTree, mountTmpfs, runCli, tempDir } from './helpers.js';
 
 const TOKEN = 'test-token-0123456789';
 
@@ -33,12 +33,12 @@ function local(p: string): Location {
 }
 
 /** Writes a config with [PACKAGES] and [SERVER], publishes the example tree, starts the server in this process. */
-async function startSite(t: TestContext, extra: { customLocations?: string; server?: Record<string, string> } = {}): Promise<Site> {
+async function startSite(t: TestContext, extra: { customLocations?: string; server?: Record<string, string>; staging?: string } = {}): Promise<Site> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
   const builtin = path.join(dir, 'www', 'builtin');
   const custom = path.join(dir, 'www', 'custom');
-  const staging = path.join(dir, 'staging');
+  const staging = extra.staging ?? path.join(dir, 'staging');
   const serverKeys = { upload_token: TOKEN, max_upload_size: '1', ...extra.server };
   await writeFile(path.join(dir, 'global_config.ini'), [
     '[PACKAGES]', `upload_location: ${builtin}`, `custom_upload_location: ${extra.customLocations ?? custom}`,
@@ -563,4 +563,140 @@ test('an upload is stored byte for byte whatever Content-Type it declares, and I
   assert.equal((await request(site.url, file, { headers: { range: 'bytes=0-9', 'if-range': strong } })).status, 206);
   assert.equal((await request(site.url, file, { headers: { range: 'bytes=0-9', 'if-range': `W/${strong}` } })).status, 200);
   assert.equal((await request(site.url, file, { headers: { range: 'bytes=0-9', 'if-range': '"old"' } })).status, 200);
+});
+
+/** A gzip tarball made by hand from `entries` (name and body), as another tool would write it. */
+async function gzipTarball(file: string, entries: { name: string; body: Buffer | string }[]): Promise<Buffer> {
+  const { default: tar } = await import('tar-stream');
+  const { createGzip } = await import('node:zlib');
+  const { pipeline } = await import('node:stream/promises');
+  const { createWriteStream } = await import('node:fs');
+  const pack = tar.pack();
+  const done = pipeline(pack, createGzip(), createWriteStream(file));
+  for (const { name, body } of entries) {
+    await new Promise<void>((resolve, reject) => {
+      pack.entry({ name, mode: 0o644 }, body, (error) => {
+        if (error) reject(error);
+        else resolve();
+      });
+    });
+  }
+  pack.finalize();
+  await done;
+  return readFile(file);
+}
+
+/** Polls `check` until it holds, at most `tries` times 50 ms apart; a bound, never a timing asserted. */
+async function waitFor(check: () => Promise<boolean>, what: string, tries = 400): Promise<void> {
+  for (let i = 0; i < tries; i += 1) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+async function stagedUploads(staging: string): Promise<string[]> {
+  return (await readdir(staging).catch(() => [])).filter((name) => name.startsWith('.upload-'));
+}
+
+test('an upload past max_upload_entries or max_upload_expanded_size is refused with 413 naming the key, and nothing is kept', async (t) => {
+  const site = await startSite(t, { server: { max_upload_entries: '10', max_upload_expanded_size: '0.5' } });
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const many = await gzipTarball(path.join(site.dir, 'many.tar.gz'), Array.from({ length: 11 }, (_, i) => ({ name: `f${i.toString()}`, body: 'x' })));
+  const crowded = await request(site.url, '/api/custom/test-many.tar.gz', { method: 'PUT', headers: auth, body: many });
+  assert.equal(crowded.status, 413, crowded.body.toString());
+  const crowdedAnswer = JSON.parse(crowded.body.toString()) as { error: string; message: string; hint: string };
+  assert.equal(crowdedAnswer.error, 'ERR_TOO_LARGE');
+  assert.match(crowdedAnswer.message, /^test-many\.tar\.gz: entry "f10" refused: the archive holds more than 10 entries \(max_upload_entries = 10 in \[SERVER\]\)$/);
+  assert.match(crowdedAnswer.hint, /raise max_upload_entries/);
+
+  const bomb = await gzipTarball(path.join(site.dir, 'bomb.tar.gz'), [{ name: 'a', body: Buffer.alloc(300_000) }, { name: 'b', body: Buffer.alloc(300_000) }]);
+  assert.ok(bomb.length < 10_000, 'a small upload');
+  const expanded = await request(site.url, '/api/custom/test-bomb.tar.gz', { method: 'PUT', headers: auth, body: bomb });
+  assert.equal(expanded.status, 413, expanded.body.toString());
+  assert.match(expanded.body.toString(), /entry \\"b\\" refused: the archive unpacks to more than 500000 bytes \(max_upload_expanded_size = 0\.5 MB in \[SERVER\]\)/);
+  assert.deepEqual(await readdir(site.custom), []);
+  assert.deepEqual(await stagedUploads(site.staging), []);
+
+  const fits = await gzipTarball(path.join(site.dir, 'fits.tar.gz'), Array.from({ length: 10 }, (_, i) => ({ name: `f${i.toString()}`, body: 'x' })));
+  assert.equal((await request(site.url, '/api/custom/test-fits.tar.gz', { method: 'PUT', headers: auth, body: fits })).status, 200);
+});
+
+test('a full staging disk during the trial extraction is 507 naming custom_download_location and the bytes still needed, never "damaged", and nothing is kept', async (t) => {
+  const mnt = await mountTmpfs(t, await tempDir(t), '2m');
+  const site = await startSite(t, { staging: mnt, server: { max_upload_size: '1' } });
+  const sizes = [900_000, 900_000, 900_000];
+  const tarball = await gzipTarball(path.join(site.dir, 'big.tar.gz'), sizes.map((size, i) => ({ name: `f${i.toString()}.bin`, body: Buffer.alloc(size, i + 1) })));
+  const answer = await request(site.url, '/api/custom/test-big.tar.gz', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` }, body: tarball });
+  assert.equal(answer.status, 507, answer.body.toString());
+  const { error, message, hint } = JSON.parse(answer.body.toString()) as { error: string; message: string; hint: string };
+  assert.equal(error, 'ERR_NO_SPACE');
+  assert.ok(message.startsWith(`custom_download_location ${mnt}: the disk is full (ENOSPC) on the file system mounted at ${mnt}: extracting test-big.tar.gz`), message);
+  const needed = Number(/needed at least (\d+) more bytes/.exec(message)?.[1]);
+  assert.ok(needed > 0 && needed <= 2_700_000, message);
+  assert.match(hint, new RegExp(`free at least ${needed.toString()} bytes on ${mnt}`));
+  assert.doesNotMatch(`${message} ${hint}`, /damaged|truncated|Premature/);
+  assert.deepEqual(await readdir(mnt), []);
+  assert.deepEqual(await readdir(site.custom), []);
+});
+
+test('one upload more than max_concurrent_uploads is answered 503 with Retry-After before its body is read, and the slot is free again once the first ends', async (t) => {
+  const site = await startSite(t, { server: { max_concurrent_uploads: '1', max_upload_size: '100' } });
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const { hostname, port } = new URL(site.url);
+  // The first upload stays open: its headers and part of its body are sent, the rest never.
+  const first = http.request({ host: hostname, port, path: '/api/custom/kernel-slow.img', method: 'PUT', agent: false,
+    headers: { ...auth, 'content-length': (10_000_000).toString() } });
+  first.on('error', () => undefined);
+  first.write(Buffer.alloc(100_000, 1));
+  await waitFor(async () => (await stagedUploads(site.staging)).length === 1, 'the first upload is being received');
+
+  const second = await request(site.url, '/api/custom/kernel-other.img', { method: 'PUT', headers: auth, body: Buffer.from('kernel') });
+  assert.equal(second.status, 503);
+  assert.equal(second.headers['retry-after'], '10');
+  const busy = JSON.parse(second.body.toString()) as { error: string; message: string };
+  assert.equal(busy.error, 'ERR_BUSY');
+  assert.match(busy.message, /checking 1 uploads already \(max_concurrent_uploads in \[SERVER\]\)/);
+
+  first.destroy();
+  await waitFor(async () => (await stagedUploads(site.staging)).length === 0, 'the cut upload is cleaned up');
+  // The slot is given back after the staging folder is gone; a refusal meanwhile is only "busy".
+  let third: Answer | undefined;
+  await waitFor(async () => {
+    third = await request(site.url, '/api/custom/kernel-other.img', { method: 'PUT', headers: auth, body: Buffer.from('kernel') });
+    return third.status !== 503;
+  }, 'the slot is free again', 40);
+  assert.equal(third?.status, 200, third?.body.toString());
+  assert.deepEqual(await readdir(site.custom).then((names) => names.filter((n) => n.startsWith('kernel'))), ['kernel-other.img']);
+});
+
+test('an uploader that goes away while its package is being checked stops the check: nothing is published and staging is cleaned', async (t) => {
+  const site = await startSite(t, { server: { max_upload_size: '20' } });
+  // Enough entries that the trial extraction is still running when the uploader leaves.
+  const tarball = await gzipTarball(path.join(site.dir, 'many.tar.gz'), Array.from({ length: 20_000 }, (_, i) => ({ name: `d${(i % 100).toString()}/f${i.toString()}`, body: '' })));
+  const { hostname, port } = new URL(site.url);
+  const req = http.request({ host: hostname, port, path: '/api/custom/test-many.tar.gz', method: 'PUT', agent: false,
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-length': tarball.length.toString() } });
+  req.on('error', () => undefined);
+  req.end(tarball);
+  await waitFor(async () => {
+    const [upload] = await stagedUploads(site.staging);
+    return upload !== undefined && exists(path.join(site.staging, upload, '.check'));
+  }, 'the trial extraction has started');
+  req.destroy();
+  await waitFor(async () => (await stagedUploads(site.staging)).length === 0, 'the check stopped and staging is cleaned');
+  assert.deepEqual(await readdir(site.custom), [], 'nothing published');
+  assert.equal(await exists(path.join(site.custom, 'packages.checksum')), false);
+  const metrics = (await request(site.url, '/metrics')).body.toString();
+  assert.match(metrics, /autotest_uploads_total\{outcome="refused"\} 1/);
+});
+
+test('a package of 300 files 1,000 folders deep uploads, passes its trial extraction and is published', async (t) => {
+  const site = await startSite(t);
+  const deep = Array.from({ length: 1000 }, () => 'd').join('/');
+  const tarball = await gzipTarball(path.join(site.dir, 'deep.tar.gz'), Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })));
+  const answer = await request(site.url, '/api/custom/test-deep.tar.gz', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` }, body: tarball });
+  assert.equal(answer.status, 200, answer.body.toString());
+  assert.deepEqual(await checkConsistency(site.custom), { entries: 1, problems: [] });
+  assert.deepEqual(await stagedUploads(site.staging), []);
 });

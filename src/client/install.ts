@@ -4,7 +4,7 @@ import path from 'node:path';
 import pLimit from 'p-limit';
 import { COMPRESSIONS, type FetchSettings, type Location } from '../config/index.js';
 import { errnoCode } from '../errors.js';
-import { fsyncPath } from '../fs/atomic.js';
+import { fsyncPath, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
 import { PackageFetcher, type DownloadProgress } from '../fetch/index.js';
 import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType } from '../packages/index.js';
 import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
@@ -56,8 +56,10 @@ async function readMarker(folder: string): Promise<string | undefined> {
 }
 
 /**
- * Puts back what a killed installer left between its two renames (the old folder moved
- * aside, the new one not yet in place) and removes its unfinished new folders.
+ * Removes the unfinished new folders of every dead installer beside `folder`, whatever
+ * package they were for (they are tagged with host and pid, so a live installer's is never
+ * touched), and puts back what a killed installer of this package left between its two
+ * renames (the old folder moved aside, the new one not yet in place).
  */
 async function recover(folder: string): Promise<void> {
   const parent = path.dirname(folder);
@@ -69,12 +71,15 @@ async function recover(folder: string): Promise<void> {
     if (errnoCode(error) === 'ENOENT') return;
     throw error;
   }
+  await removeDeadTemps(parent);
   const present = names.includes(base);
   for (const name of names) {
     if (name.startsWith(`.${base}.old.`)) {
       if (!present) await rename(path.join(parent, name), folder);
       else await rm(path.join(parent, name), { recursive: true, force: true });
     } else if (name.startsWith(`.${base}.new.`)) {
+      // Untagged new folders come from installers older than the host and pid tags; this
+      // package's lock is held, so no live installer writes one.
       await rm(path.join(parent, name), { recursive: true, force: true });
     }
   }
@@ -84,9 +89,10 @@ async function recover(folder: string): Promise<void> {
 async function swapIn(tarball: string, folder: string, md5: string): Promise<void> {
   const parent = path.dirname(folder);
   const base = path.basename(folder);
-  const tag = randomBytes(4).toString('hex');
-  const fresh = path.join(parent, `.${base}.new.${tag}`);
-  const old = path.join(parent, `.${base}.old.${tag}`);
+  // Tagged with host and pid: the next install of any package here removes it once this
+  // process is gone (killed mid-extraction), and never while it lives.
+  const fresh = tempPathFor(folder);
+  const old = path.join(parent, `.${base}.old.${randomBytes(4).toString('hex')}`);
   await mkdir(parent, { recursive: true });
   await extractTarball(tarball, fresh);
   try {

@@ -288,6 +288,12 @@ export interface ServerConfig {
   /** Bearer token for uploads and deletes; none means both are refused. */
   uploadToken: string | undefined;
   maxUploadBytes: number;
+  /** Entries (files, folders, links) an uploaded package may hold. */
+  maxUploadEntries: number;
+  /** Bytes an uploaded package may unpack to in its trial extraction. */
+  maxUploadExpandedBytes: number;
+  /** Uploads received and checked at once; one more is answered 503 with Retry-After. */
+  maxConcurrentUploads: number;
   /** pino level of the request log. */
   logLevel: string;
 }
@@ -299,6 +305,9 @@ export const SERVER_KEYS: Record<string, KeySpec> = {
   custom_dir: { description: 'folder or s3://bucket/prefix served at /packages/custom/ (default: the first local or S3 custom_upload_location)' },
   upload_token: { description: 'bearer token that uploads and deletes need ($AUTOTEST_UPLOAD_TOKEN overrides; none: both refused)' },
   max_upload_size: { description: 'MB (10^6 bytes) an uploaded package may have (default 1024)' },
+  max_upload_entries: { description: 'entries (files, folders, links) an uploaded package may hold (default 100000)' },
+  max_upload_expanded_size: { description: 'MB (10^6 bytes) an uploaded package may unpack to (default 4000)' },
+  max_concurrent_uploads: { description: 'uploads received and checked at once; more are answered 503 with Retry-After (default 4)' },
   log_level: { description: 'request log level: trace, debug, info (default), warn, error, fatal or silent' },
 };
 
@@ -363,6 +372,9 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
       custom: served('custom_dir', packages.customUploadLocations),
       uploadToken: token === '' ? undefined : token,
       maxUploadBytes: Math.round(readNumber(reader, 'max_upload_size', 1024, { min: 0.001 }) * 1e6),
+      maxUploadEntries: readNumber(reader, 'max_upload_entries', 100_000, { min: 1, integer: true }),
+      maxUploadExpandedBytes: Math.round(readNumber(reader, 'max_upload_expanded_size', 4000, { min: 0.001 }) * 1e6),
+      maxConcurrentUploads: readNumber(reader, 'max_concurrent_uploads', 4, { min: 1, max: 1000, integer: true }),
     },
     warnings: unknownKeys(doc, section, SERVER_KEYS),
   };

@@ -10,13 +10,20 @@ function hostTag(): string {
   return hostname().replace(/[^A-Za-z0-9-]/g, '_');
 }
 
+/** The longest file name Linux file systems take (NAME_MAX, bytes). */
+const NAME_MAX = 255;
+
 /**
  * A temporary name in the same folder as `target`, so the final rename is atomic. It
  * carries host and pid, so a later run can tell a dead writer's leftovers from a live one's.
+ * The tag alone makes it unique; the target's name, there for a reader, is cut to NAME_MAX
+ * (a long package name on a host with a long name would not fit otherwise).
  */
 export function tempPathFor(target: string): string {
   const tag = `${hostTag()}.${process.pid.toString()}.${randomBytes(4).toString('hex')}`;
-  return path.join(path.dirname(target), `${TEMP_PREFIX}${tag}.${path.basename(target)}`);
+  let name = `${TEMP_PREFIX}${tag}.${path.basename(target)}`;
+  while (Buffer.byteLength(name) > NAME_MAX) name = name.slice(0, -1);
+  return path.join(path.dirname(target), name);
 }
 
 export function isTempName(name: string): boolean {

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { chmod, link, lstat, mkdir, open, realpath, rm, symlink, unlink } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, realpath, rm, stat, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar, { type Header } from 'tar-stream';
@@ -97,13 +97,67 @@ export interface ExtractResult {
   bytes: number;
 }
 
+export interface ExtractLimits {
+  /** Bytes the archive's files may unpack to, all together. */
+  maxBytes?: number;
+  /** Entries of any kind (files, folders, links) the archive may hold. */
+  maxEntries?: number;
+  /** Where each limit comes from (say, "max_upload_entries = 1000 in [SERVER]"), named in a refusal. */
+  names?: { maxBytes?: string; maxEntries?: string };
+  /** Stops the extraction when aborted: nothing is kept and the signal's reason is thrown. */
+  signal?: AbortSignal;
+}
+
+function overLimit(archive: string, entry: string, what: string, name: string | undefined): AutotestError {
+  return new AutotestError('ERR_TOO_LARGE', `${archive}: entry ${JSON.stringify(entry)} refused: the archive ${what}${name === undefined ? '' : ` (${name})`}`, {
+    hint: `${name === undefined ? 'make the archive smaller' : `make the archive smaller or raise ${name.split(' ')[0] ?? name}`}; nothing was kept`,
+  });
+}
+
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+
+/** The folder where the file system that holds `dir` is mounted: what a full disk is called by. */
+async function mountPointOf(dir: string): Promise<string> {
+  let current = path.resolve(dir);
+  const { dev } = await stat(current);
+  for (let parent = path.dirname(current); parent !== current; parent = path.dirname(current)) {
+    if ((await stat(parent)).dev !== dev) break;
+    current = parent;
+  }
+  return current;
+}
+
+/** What a full disk left of an extraction: the entry it stopped at, and what the archive still wanted. */
+interface NoSpace {
+  code: string;
+  entry: string;
+  cause: unknown;
+  /** Bytes of the archive's files not written: the rest of the failed entry and every later one. */
+  needed: number;
+  entriesLeft: number;
+}
+
+async function noSpaceError(archive: string, dest: string, full: NoSpace, result: ExtractResult): Promise<AutotestError> {
+  const mount = await mountPointOf(path.dirname(dest)).catch(() => path.dirname(dest));
+  const what = full.code === 'EDQUOT' ? 'the disk quota is exceeded' : 'the disk is full';
+  return new AutotestError('ERR_NO_SPACE',
+    `${dest}: ${what} (${full.code}) on the file system mounted at ${mount}: extracting ${archive} stopped at entry ${JSON.stringify(full.entry)} `
+    + `and needed at least ${full.needed.toString()} more bytes (the rest of that entry and ${full.entriesLeft.toString()} later ${full.entriesLeft === 1 ? 'entry' : 'entries'}; `
+    + `${(result.bytes + full.needed).toString()} bytes of files in all)`, {
+      hint: `free at least ${full.needed.toString()} bytes on ${mount} and try again; nothing half-extracted was kept`,
+      cause: full.cause,
+    });
+}
+
 /**
  * Extracts a package tarball into `dest`, which must not exist yet. Refuses absolute paths,
  * "..", links leaving `dest`, hardlinks to anything but an earlier file of the archive,
  * devices and FIFOs; never takes owners from the archive and keeps only 0755 of the modes.
- * On any failure `dest` is removed whole: nothing half-extracted is left.
+ * On any failure `dest` is removed whole: nothing half-extracted is left. A full disk is
+ * reported as one, with the bytes the rest of the archive still needed.
  */
-export async function extractTarball(archive: string, dest: string, limits: { maxBytes?: number } = {}): Promise<ExtractResult> {
+export async function extractTarball(archive: string, dest: string, limits: ExtractLimits = {}): Promise<ExtractResult> {
+  limits.signal?.throwIfAborted();
   const compression = sniffCompression(await readHead(archive));
   if (!compression) {
     throw new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: not a bzip2, gzip or zstd tarball`);
@@ -121,21 +175,55 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
   }
   const root = await realpath(dest);
   const result: ExtractResult = { files: 0, bytes: 0 };
-  const folders = new FolderSet(archive, root);
+  const x: Extraction = { archive, root, folders: new FolderSet(archive, root), limits, result, written: 0 };
   const extract = tar.extract();
+  const stop = new Error('extraction stopped');
 
+  // The first failure of the writing side is the true cause: the stream errors it causes
+  // afterwards ("Premature close" once the parser is torn down) must not replace it.
+  let failure: unknown;
+  let stopping = false;
+  let full: NoSpace | undefined;
   let current: { destroy: (error?: Error) => unknown } | undefined;
   const consume = async (): Promise<void> => {
+    let entries = 0;
     for await (const entry of extract) {
       current = entry;
+      const { header } = entry;
+      if (full) {
+        // The disk is full: the rest of the archive is only read, to say how much it needed.
+        full.needed += header.size;
+        full.entriesLeft += 1;
+        entry.resume();
+        continue;
+      }
+      entries += 1;
       try {
-        await writeEntry({ archive, root, folders, limits, result }, entry.header, entry);
+        if (limits.maxEntries !== undefined && entries > limits.maxEntries) {
+          throw overLimit(archive, header.name, `holds more than ${limits.maxEntries.toString()} entries`, limits.names?.maxEntries);
+        }
+        x.written = 0;
+        await writeEntry(x, header, entry);
       } catch (error) {
-        throw entryFailure(archive, dest, entry.header.name, error);
+        if (stopping) throw error;
+        const code = errnoCode(error);
+        if (code !== undefined && NO_SPACE.has(code)) {
+          full = { code, entry: header.name, cause: error, needed: Math.max(0, header.size - x.written), entriesLeft: 0 };
+          result.bytes += x.written;
+          entry.resume();
+          // The space goes back at once, not after the rest of the archive has been read.
+          await rm(dest, { recursive: true, force: true });
+          continue;
+        }
+        failure = entryFailure(archive, dest, header.name, error);
+        throw failure;
       }
     }
+    if (full) throw stop;
   };
 
+  const abort = (): void => { extract.destroy(stop); };
+  limits.signal?.addEventListener('abort', abort, { once: true });
   const consuming = consume();
   try {
     await Promise.all([
@@ -145,7 +233,7 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
       consuming,
     ]);
   } catch (error) {
-    const stop = new Error('extraction stopped');
+    stopping = true;
     decompressor.input.destroy();
     decompressor.output.destroy();
     current?.destroy(stop);
@@ -153,6 +241,9 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
     // Only once nothing writes into dest anymore can it be removed whole.
     await consuming.catch(() => undefined);
     await rm(dest, { recursive: true, force: true });
+    if (full) throw await noSpaceError(archive, dest, full, result);
+    if (isAutotestError(failure)) throw failure;
+    if (limits.signal?.aborted) throw limits.signal.reason;
     if (isAutotestError(error)) throw error;
     // What is left comes from reading the archive: the decompressor's stream or the tar
     // parser (a bad header checksum, data that ends before the archive does).
@@ -160,19 +251,21 @@ export async function extractTarball(archive: string, dest: string, limits: { ma
       hint: 'the tarball is damaged or truncated; fetch it again',
       cause: error,
     });
+  } finally {
+    limits.signal?.removeEventListener('abort', abort);
   }
   return result;
 }
 
-const WRITE_REFUSED = new Set(['ENOSPC', 'EDQUOT', 'EACCES', 'EROFS', 'EPERM']);
+const WRITE_REFUSED = new Set(['EACCES', 'EROFS', 'EPERM']);
 
-/** A failure while writing one entry, with its true cause: the install folder's, or the entry's. */
+/** A failure while writing one entry (a full disk aside), with its true cause: the install folder's, or the entry's. */
 function entryFailure(archive: string, dest: string, entryName: string, error: unknown): AutotestError {
   if (isAutotestError(error)) return error;
   const code = errnoCode(error);
   if (code !== undefined && WRITE_REFUSED.has(code)) {
     return new AutotestError('ERR_LOCATION_REFUSED', `${dest}: cannot write the extracted package (${code})`, {
-      hint: code === 'ENOSPC' || code === 'EDQUOT' ? 'free some space there and install again' : 'check the permissions of the install folder',
+      hint: 'check the permissions of the install folder',
       cause: error,
     });
   }
@@ -186,8 +279,19 @@ interface Extraction {
   archive: string;
   root: string;
   folders: FolderSet;
-  limits: { maxBytes?: number };
+  limits: ExtractLimits;
   result: ExtractResult;
+  /** Bytes of the current entry written so far. */
+  written: number;
+}
+
+/** Writes all of `chunk`: a write may take less than it was given. */
+async function writeAll(x: Extraction, handle: FileHandle, chunk: Buffer): Promise<void> {
+  for (let offset = 0; offset < chunk.length;) {
+    const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset);
+    offset += bytesWritten;
+    x.written += bytesWritten;
+  }
 }
 
 /** Writes one entry under the rules of extractTarball. */
@@ -214,15 +318,21 @@ async function writeEntry(x: Extraction, header: Header, body: AsyncIterable<unk
     case 'contiguous-file': {
       const size = header.size;
       if (x.limits.maxBytes !== undefined && result.bytes + size > x.limits.maxBytes) {
-        throw unsafe(archive, header.name, `unpacks to more than ${x.limits.maxBytes.toString()} bytes`);
+        throw overLimit(archive, header.name, `unpacks to more than ${x.limits.maxBytes.toString()} bytes`, x.limits.names?.maxBytes);
       }
       await clearTarget(archive, header.name, target);
       const handle = await open(target, 'wx', mode);
+      // After a failed write the rest of the entry is still read (and dropped): leaving the
+      // loop early would tear the whole archive stream down with a misleading error.
+      let failed: Error | undefined;
       try {
-        for await (const chunk of body) await handle.write(chunk as Buffer);
+        for await (const chunk of body) {
+          if (failed === undefined) await writeAll(x, handle, chunk as Buffer).catch((error: unknown) => { failed = error instanceof Error ? error : new Error(String(error)); });
+        }
       } finally {
         await handle.close();
       }
+      if (failed !== undefined) throw failed;
       result.files += 1;
       result.bytes += size;
       return;

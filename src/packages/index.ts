@@ -5,6 +5,7 @@ export type { TreeEntry, ExcludeRule } from './tree.js';
 export { digestEntries, packEntries, TARBALL_MTIME } from './tarball.js';
 export type { PackResult } from './tarball.js';
 export { extractTarball, checkEntryPath } from './extract.js';
+export type { ExtractLimits, ExtractResult } from './extract.js';
 export { DigestStream, digestFile } from './digest.js';
 export type { Digests } from './digest.js';
 export {

@@ -106,6 +106,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
   registerUploads(app, {
     token: server.uploadToken, maxUploadBytes: server.maxUploadBytes, stagingDir: packages.customDownloadLocation,
+    maxUploadEntries: server.maxUploadEntries, maxUploadExpandedBytes: server.maxUploadExpandedBytes, maxConcurrentUploads: server.maxConcurrentUploads,
     locations: packages.customUploadLocations, compression: packages.compression,
     minimumFreeBytes: packages.minimumFreeSpaceBytes, cacheDir: options.cacheDir ?? cacheDir(),
   }, metrics);

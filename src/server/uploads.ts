@@ -5,7 +5,7 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
-import { AutotestError, isAutotestError } from '../errors.js';
+import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { checkFileName, DigestStream, extractTarball, parseFileName } from '../packages/index.js';
 import { BUNDLED_CLIENT_DIR, removePackages, uploadPackages, type OperationReport } from '../packager/index.js';
 import { checkToken } from './auth.js';
@@ -14,6 +14,11 @@ import type { ServerMetrics } from './metrics.js';
 export interface UploadSettings {
   token: string | undefined;
   maxUploadBytes: number;
+  /** Bounds of the trial extraction: entries, and bytes unpacked. */
+  maxUploadEntries: number;
+  maxUploadExpandedBytes: number;
+  /** Uploads received and checked at once; one more is answered 503 with Retry-After. */
+  maxConcurrentUploads: number;
   /** custom_download_location: where uploads land before they are checked. */
   stagingDir: string;
   /** custom_upload_location: where checked uploads are published. */
@@ -24,7 +29,8 @@ export interface UploadSettings {
 }
 
 const HEX = /^[0-9a-f]+$/;
-const TRIAL_EXTRACTION_FACTOR = 20;
+/** Seconds a client turned away because too many uploads are being checked should wait. */
+const BUSY_RETRY_AFTER_SECONDS = 10;
 const STALE_STAGING_MS = 3600_000;
 
 /** Staging folders of uploads that a killed server left behind. */
@@ -38,7 +44,7 @@ async function sweepStaging(dir: string): Promise<void> {
 }
 
 function tooLarge(limit: number): AutotestError {
-  return new AutotestError('ERR_USAGE', `the upload is larger than max_upload_size (${(limit / 1e6).toString()} MB)`, {
+  return new AutotestError('ERR_TOO_LARGE', `the upload is larger than max_upload_size (${(limit / 1e6).toString()} MB)`, {
     hint: 'raise max_upload_size in [SERVER] or upload a smaller file',
   });
 }
@@ -69,12 +75,14 @@ function summary(report: OperationReport): unknown {
 }
 
 /** Maps the checks' errors to answers; anything else is the server's fault. */
-function errorAnswer(error: unknown, limit: number): { status: number; body: unknown } {
+function errorAnswer(error: unknown): { status: number; body: unknown } {
   if (isAutotestError(error)) {
-    const status = error.message === tooLarge(limit).message ? 413
-      : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
-        : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
-          : 500;
+    const status = error.code === 'ERR_TOO_LARGE' ? 413
+      : error.code === 'ERR_BUSY' ? 503
+        : error.code === 'ERR_NO_SPACE' ? 507
+          : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
+            : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
+              : 500;
     return { status, body: { error: error.code, message: error.message, hint: error.hint } };
   }
   throw error;
@@ -83,8 +91,11 @@ function errorAnswer(error: unknown, limit: number): { status: number; body: unk
 /**
  * PUT /api/custom/FILE streams a custom package (test-NAME.tar.bz2 and friends, or a plain
  * file such as a kernel) into custom_download_location, checks it (name, size, checksum sent
- * in X-Checksum-Sha256 or X-Checksum-Md5, archive safety), then publishes it to every
- * custom_upload_location with the index. DELETE /api/custom/FILE removes it from them.
+ * in X-Checksum-Sha256 or X-Checksum-Md5, archive safety within max_upload_entries and
+ * max_upload_expanded_size), then publishes it to every custom_upload_location with the
+ * index. At most max_concurrent_uploads are received and checked at once; one more is
+ * answered 503 with Retry-After before its body is read. An uploader that goes away stops
+ * the checks, and nothing is published. DELETE /api/custom/FILE removes it from them.
  * Both need the bearer token; whatever fails leaves nothing behind.
  */
 export function registerUploads(app: FastifyInstance, settings: UploadSettings, metrics: ServerMetrics): void {
@@ -96,8 +107,25 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     done(null, payload);
   });
 
+  let running = 0;
   app.put<{ Params: { file: string } }>('/api/custom/:file', async (request, reply) => {
     if (!checkToken(settings.token, request, reply)) return reply;
+    if (running >= settings.maxConcurrentUploads) {
+      metrics.uploads.inc({ outcome: 'busy' });
+      const busy = new AutotestError('ERR_BUSY', `the server is checking ${settings.maxConcurrentUploads.toString()} uploads already (max_concurrent_uploads in [SERVER])`, {
+        hint: `send it again in ${BUSY_RETRY_AFTER_SECONDS.toString()} seconds (Retry-After)`,
+      });
+      const { status, body } = errorAnswer(busy);
+      return reply.code(status).header('retry-after', BUSY_RETRY_AFTER_SECONDS.toString()).header('connection', 'close').send(body);
+    }
+    running += 1;
+    // The uploader going away (the connection closed before the answer) stops the checks:
+    // nobody would learn of a publication it no longer waits for.
+    const gone = new AbortController();
+    const onClose = (): void => {
+      if (!reply.raw.writableFinished) gone.abort(new AutotestError('ERR_USAGE', 'the uploader went away before the checks ended; nothing was published'));
+    };
+    reply.raw.on('close', onClose);
     const limit = settings.maxUploadBytes;
     const declared = Number(request.headers['content-length'] ?? NaN);
     let staging: string | undefined;
@@ -132,12 +160,25 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       // A package must be an archive that extracts safely; the trial extraction is thrown away.
       // Bounded, so that a small archive that unpacks to terabytes cannot fill the disk.
       if (parsed.type !== undefined) {
-        await extractTarball(staged, path.join(staging, '.check'), { maxBytes: TRIAL_EXTRACTION_FACTOR * limit }).catch((error: unknown) => {
-          // The message names the upload, not the server's staging folder.
-          if (error instanceof AutotestError) throw new AutotestError(error.code, error.message.replaceAll(staged, file), { hint: error.hint });
+        const check = path.join(staging, '.check');
+        await extractTarball(staged, check, {
+          maxBytes: settings.maxUploadExpandedBytes,
+          maxEntries: settings.maxUploadEntries,
+          names: {
+            maxBytes: `max_upload_expanded_size = ${(settings.maxUploadExpandedBytes / 1e6).toString()} MB in [SERVER]`,
+            maxEntries: `max_upload_entries = ${settings.maxUploadEntries.toString()} in [SERVER]`,
+          },
+          signal: gone.signal,
+        }).catch((error: unknown) => {
+          // The message names the upload and custom_download_location, not the staging folder.
+          if (error instanceof AutotestError) {
+            const message = error.message.replaceAll(check, `custom_download_location ${settings.stagingDir}`).replaceAll(staged, file);
+            throw new AutotestError(error.code, message, { hint: error.hint });
+          }
           throw error;
         });
       }
+      gone.signal.throwIfAborted();
       const report = await uploadPackages({
         clientDir: BUNDLED_CLIENT_DIR,
         selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
@@ -148,13 +189,22 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       answer = { status: reportStatus(report), body: { file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
     } catch (error) {
       metrics.uploads.inc({ outcome: 'refused' });
-      if (error instanceof Error && (error as { code?: string }).code === 'ERR_STREAM_PREMATURE_CLOSE') {
+      if (gone.signal.aborted || errnoCode(error) === 'ERR_STREAM_PREMATURE_CLOSE') {
         request.log.warn('client went away during the upload; nothing kept');
         answer = { status: 400, body: { error: 'ERR_USAGE', message: 'the upload was cut off; nothing was kept' } };
-      } else answer = errorAnswer(error, limit);
+      } else if (errnoCode(error) === 'ENOSPC' || errnoCode(error) === 'EDQUOT') {
+        answer = errorAnswer(new AutotestError('ERR_NO_SPACE', `custom_download_location ${settings.stagingDir}: the disk is full while receiving ${request.params.file}`, {
+          hint: 'free some space there and send it again; nothing was kept', cause: error,
+        }));
+      } else answer = errorAnswer(error);
     } finally {
-      // Removed before the answer leaves: a client that reads it finds nothing staged.
-      if (staging) await rm(staging, { recursive: true, force: true });
+      reply.raw.off('close', onClose);
+      try {
+        // Removed before the answer leaves: a client that reads it finds nothing staged.
+        if (staging) await rm(staging, { recursive: true, force: true });
+      } finally {
+        running -= 1;
+      }
     }
     return reply.code(answer.status).send(answer.body);
   });
@@ -166,7 +216,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       const report = await removePackages({ files: [file], locations: settings.locations });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
-      const answer = errorAnswer(error, settings.maxUploadBytes);
+      const answer = errorAnswer(error);
       return await reply.code(answer.status).send(answer.body);
     }
   });
