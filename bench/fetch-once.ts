@@ -24,7 +24,7 @@ for (let run = 0; run <= (request.runs ?? 1); run += 1) {
   await rm(request.dest, { force: true });
   const cpu = process.cpuUsage();
   const started = performance.now();
-  const fetcher = await PackageFetcher.create([location], { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0 });
+  const fetcher = await PackageFetcher.create([location], { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0, maxSizeBytes: 1e10 });
   await fetcher.fetch(request.file, request.dest);
   const seconds = (performance.now() - started) / 1000;
   const used = process.cpuUsage(cpu);

@@ -21,7 +21,7 @@ const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/c
 const EXAMPLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../example/client');
 const SIZE = 200 * 1024 * 1024;
 const RUNS = 5;
-const SETTINGS: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0 };
+const SETTINGS: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0, maxSizeBytes: 1e10 };
 
 async function writeRandom(file: string, bytes: number): Promise<void> {
   const out = createWriteStream(file);

@@ -10,13 +10,13 @@ import { isAutotestError } from '../src/errors.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { digestFile } from '../src/packages/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
-import { CLI, ROOT, copyExampleTree, tempDir } from './helpers.js';
+import { CLI, ROOT, copyExampleTree, mountTmpfs, tempDir } from './helpers.js';
 // A free loopback port is one where nothing listens: connections to it are refused.
 import { freePort } from './fixtures/process.js';
 import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 
-const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 2000, retries: 1, cooldownMs: 0 };
+const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 2000, retries: 1, cooldownMs: 0, maxSizeBytes: 1e9 };
 const PACKAGE = 'test-dbench.tar.bz2';
 
 interface Repo {
@@ -158,6 +158,87 @@ for (const [name, fault] of FAULTS) {
       'only the verified tarball is in the cache');
   });
 }
+
+/** A mirror's answer: the package, then bytes without end (bounded here at 64 MB), as a broken proxy sends. */
+const endlessBody: Fault = (_file, _request, response, body) => {
+  response.writeHead(200);
+  response.write(body);
+  const junk = Buffer.alloc(64 * 1024, 0x5a);
+  let sent = 0;
+  const more = (): void => {
+    while (sent < 64 * 1024 * 1024 && !response.destroyed) {
+      sent += junk.length;
+      if (!response.write(junk)) {
+        response.once('drain', more);
+        return;
+      }
+    }
+    response.end();
+  };
+  more();
+};
+
+/** The cache folder's leftovers of a fetch: partial downloads and their notes. */
+async function partsIn(installDir: string): Promise<string[]> {
+  return (await readdir(path.join(installDir, 'packages')).catch(() => [])).filter((n) => n.includes('.part'));
+}
+
+test('a mirror that sends a body longer than the index gives is cut at that size and passed over, and leaves no .part behind', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const mirror = await faultServer(t, repoDir, endlessBody);
+  const installDir = path.join(repo.dir, 'install');
+  const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url), local(repoDir)], settings: FAST, installDir });
+  assert.equal(record?.repository, repoDir);
+  assert.match(record.passedOver.join('\n'), /sends more than the \d+ bytes its index gives; cut and discarded/);
+  assert.deepEqual(await partsIn(installDir), []);
+  await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
+});
+
+test('from an Autotest repository (no sizes in its index) a download stops at fetch_max_size, or at the free space of a small package cache, which is left clean', async (t) => {
+  const repo = await publishExample(t);
+  // packages.checksum alone, as Autotest's packager writes it.
+  const autotestRepo = path.join(repo.dir, 'autotest-repo');
+  await mkdir(autotestRepo);
+  for (const name of ['packages.checksum', PACKAGE]) await cp(path.join(repo.dir, 'repo', name), path.join(autotestRepo, name));
+  const mirror = await faultServer(t, autotestRepo, endlessBody);
+  const installDir = path.join(repo.dir, 'install');
+  await assert.rejects(
+    installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url)], settings: { ...FAST, timeoutMs: 20_000, maxSizeBytes: 4 * 1024 * 1024 }, installDir }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /larger than fetch_max_size \(4194304 bytes\)/.test(error.message),
+  );
+  assert.deepEqual(await partsIn(installDir), []);
+
+  // A package cache on a 2 MB file system: the body stops at its free space, never at ENOSPC.
+  const small = await mountTmpfs(t, repo.dir, '2m');
+  await assert.rejects(
+    installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url)], settings: { ...FAST, timeoutMs: 20_000 }, installDir: small }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /bytes free in the package cache/.test(error.message),
+  );
+  assert.deepEqual(await partsIn(small), [], 'nothing of the failed fetch is left in the cache');
+  // The cache still takes a good package afterwards.
+  const [record] = await installPackages('test', ['dbench'], { locations: [local(autotestRepo)], settings: FAST, installDir: small });
+  assert.equal(record?.action, 'fetched');
+});
+
+test('fetch_timeout is one budget for a package from one repository: a mirror trickling a byte a second gets one try, not one per retry', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const mirror = await faultServer(t, repoDir, (_file, _request, response, body) => {
+    response.writeHead(200, { 'content-length': body.length });
+    let at = 0;
+    const timer = setInterval(() => {
+      if (response.destroyed || at >= body.length) clearInterval(timer);
+      else response.write(body.subarray(at, (at += 1)));
+    }, 1000);
+    response.on('close', () => { clearInterval(timer); });
+  });
+  const installDir = path.join(repo.dir, 'install');
+  const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url), local(repoDir)], settings: { ...FAST, timeoutMs: 2500, retries: 2 }, installDir });
+  assert.equal(record?.repository, repoDir);
+  assert.match(record.passedOver.join('\n'), /not complete within 2\.5 s \(fetch_timeout/);
+  assert.equal(mirror.requests.filter((r) => r.file === PACKAGE).length, 1, 'no retry once the budget is spent');
+});
 
 test('a download cut half way resumes from where it stopped on the next try, asking only for the missing bytes', async (t) => {
   const repo = await publishExample(t);

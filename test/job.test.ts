@@ -8,7 +8,7 @@ import type { Location } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { copyExampleTree, execFileAsync, ROOT, tempDir } from './helpers.js';
 
-const SETTINGS = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0 };
+const SETTINGS = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0, maxSizeBytes: 1e9 };
 
 function local(p: string): Location {
   return { kind: 'local', path: p, text: p };

@@ -224,7 +224,7 @@ test('the client installs packages from this server and from nginx serving the s
   // As the README's nginx example: /packages/ aliased to the folder that holds builtin/ and custom/.
   const nginx = await startNginx({ root: site.dir, extraLocations: `location /packages/ { alias ${path.join(site.dir, 'www')}/; autoindex on; }` });
   t.after(() => nginx.stop());
-  const settings = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0 };
+  const settings = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0, maxSizeBytes: 1e9 };
   for (const [name, base] of [['ours', site.url], ['nginx', nginx.url]] as const) {
     const url = `${base.replace(/\/$/, '')}/packages/builtin`;
     const records = await installPackages('test', ['sleeptest', 'dbench'], {

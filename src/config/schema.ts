@@ -32,6 +32,8 @@ export interface FetchSettings {
   retries: number;
   /** How long a repository that keeps failing is skipped. */
   cooldownMs: number;
+  /** Largest download when the index gives no size (an Autotest-only packages.checksum). */
+  maxSizeBytes: number;
   /** fetch_ca_file, fetch_client_cert, fetch_client_key; none: the system's CAs alone, no client certificate. */
   tls?: FetchTls;
 }
@@ -80,6 +82,7 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   fetch_connect_timeout: { description: 'seconds to wait for a repository to accept a connection (default 5)' },
   fetch_timeout: { description: 'seconds a package download from one repository may take in all (default 600)' },
   fetch_retries: { description: 'further tries on a transient failure such as a reset or a 5xx (default 2; never on 404)' },
+  fetch_max_size: { description: 'GB (10^9 bytes) a download may reach when the index gives no size (Autotest\'s packages.checksum alone; default 10)' },
   fetch_cooldown: { description: 'seconds a repository that failed slowly (connect timeout, stall) is skipped (default 60); instant failures never skip it' },
   fetch_ca_file: { description: 'PEM bundle of CAs trusted for https:// repositories and S3 endpoints, besides the system\'s (default: none)' },
   fetch_client_cert: { description: 'PEM client certificate for servers that verify clients; with fetch_client_key (default: none)' },
@@ -418,6 +421,7 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
       timeoutMs: readMilliseconds(reader, 'fetch_timeout', 600, 0.01),
       retries: readNumber(reader, 'fetch_retries', 2, { min: 0, integer: true }),
       cooldownMs: readMilliseconds(reader, 'fetch_cooldown', 60, 0),
+      maxSizeBytes: Math.round(readNumber(reader, 'fetch_max_size', 10, { min: 0.000001 }) * 1e9),
       tls: readFetchTls(reader),
     },
     s3,

@@ -15,13 +15,16 @@ export class FetchFailure extends AutotestError {
   readonly notFound: boolean;
   /** The repository refused a Range request (416): the kept partial download is of no use there. */
   readonly rangeRefused: boolean;
+  /** The body went past the size it may have: what was received is not the package. */
+  readonly tooLong: boolean;
 
-  constructor(message: string, options: { transient: boolean; down: boolean; notFound?: boolean; rangeRefused?: boolean; hint?: string; cause?: unknown }) {
+  constructor(message: string, options: { transient: boolean; down: boolean; notFound?: boolean; rangeRefused?: boolean; tooLong?: boolean; hint?: string; cause?: unknown }) {
     super('ERR_FETCH', message, { cause: options.cause, hint: options.hint });
     this.transient = options.transient;
     this.down = options.down;
     this.notFound = options.notFound ?? false;
     this.rangeRefused = options.rangeRefused ?? false;
+    this.tooLong = options.tooLong ?? false;
   }
 }
 

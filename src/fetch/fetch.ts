@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -46,7 +46,7 @@ const MAX_QUEUED = 8 * 1024 * 1024;
  * stream fails, every chunk that arrived before a cut is written before this returns or
  * reports: a resume then starts after it. Returns the bytes written and what stopped it, if anything.
  */
-async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, onWritten: (written: number) => void): Promise<{ written: number; error: Error | undefined }> {
+async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, bound: { bytes: number; tooLong: () => Error; onWritten: (written: number) => void }): Promise<{ written: number; error: Error | undefined }> {
   let queued: Buffer[] = [];
   let queuedBytes = 0;
   let written = 0;
@@ -61,7 +61,7 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     writing = handle.writev(buffers, position + written).then(() => {
       written += bytes;
       writing = undefined;
-      onWritten(written);
+      bound.onWritten(written);
       // Hashed once on disk, in order: the digest always covers exactly the bytes written.
       for (const buffer of buffers) hash.take(buffer);
       if (stream.isPaused()) stream.resume();
@@ -73,6 +73,13 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     });
   };
   stream.on('data', (chunk: Buffer) => {
+    if (failed) return;
+    if (written + queuedBytes + chunk.length > bound.bytes) {
+      // Cut at once, and nothing past the bound is written: the part never outgrows it.
+      failed = bound.tooLong();
+      stream.destroy(failed);
+      return;
+    }
     queued.push(chunk);
     queuedBytes += chunk.length;
     if (queuedBytes > MAX_QUEUED) stream.pause();
@@ -199,8 +206,28 @@ export class PackageFetcher {
     });
   }
 
+  /**
+   * How far a download may go: the size the index gives; without one, fetch_max_size and what
+   * the package cache has free (a mirror sending an endless body never fills the disk).
+   */
+  private async sizeBound(entry: IndexEntry, cacheDir: string, offset: number, what: string): Promise<{ bytes: number; tooLong: () => FetchFailure }> {
+    const cut = (why: string) => (): FetchFailure => new FetchFailure(`${what}: ${why}; cut and discarded`, { transient: false, down: false, tooLong: true });
+    if (entry.size !== undefined) return { bytes: entry.size, tooLong: cut(`sends more than the ${entry.size.toString()} bytes its index gives`) };
+    const fs = await statfs(cacheDir);
+    const free = offset + fs.bavail * fs.bsize;
+    if (free < this.settings.maxSizeBytes) return { bytes: free, tooLong: cut(`larger than the ${free.toString()} bytes free in the package cache ${cacheDir}`) };
+    return { bytes: this.settings.maxSizeBytes, tooLong: cut(`larger than fetch_max_size (${this.settings.maxSizeBytes.toString()} bytes) and its index gives no size`) };
+  }
+
   private async download(repository: FetchRepository, file: string, entry: IndexEntry, dest: string, onProgress?: (progress: DownloadProgress) => void): Promise<Omit<FetchedPackage, 'passedOver'>> {
     const started = performance.now();
+    // fetch_timeout is one budget for this package from this repository: every try, every pause.
+    const deadline = started + this.settings.timeoutMs;
+    const what = `${repository.name}/${file}`;
+    const overBudget = (tries: number): FetchFailure => new FetchFailure(
+      `${what}: not complete within ${(this.settings.timeoutMs / 1000).toString()} s (fetch_timeout, ${tries.toString()} ${tries === 1 ? 'try' : 'tries'})`,
+      { transient: false, down: true },
+    );
     const part = `${dest}.part`;
     const partInfo = `${dest}.part.json`;
     const identity = JSON.stringify({ md5: entry.md5, sha256: entry.sha256 ?? null, size: entry.size ?? null });
@@ -225,26 +252,34 @@ export class PackageFetcher {
           for await (const chunk of createReadStream(part, { end: offset - 1 })) hash.update(chunk as Buffer);
         }
         await writeFile(part, '', { flag: 'a', mode: 0o644 });
+        const bound = await this.sizeBound(entry, path.dirname(dest), offset, what);
+        const remaining = deadline - performance.now();
+        if (remaining <= 0) throw overBudget(attempt);
         const handle = await open(part, 'r+');
         let received = 0;
+        let budgetTimer: NodeJS.Timeout | undefined;
         try {
           // A part that is already whole (a run killed just before its rename) needs no request.
           const opened = entry.size !== undefined && offset === entry.size && offset > 0
             ? { stream: Readable.from([]), start: offset }
-            : await repository.open(file, offset);
+            : await repository.open(file, offset, remaining);
           if (opened.start !== offset) {
             hash.dispose();
             ({ hash, wanted, algorithm } = hashFor(entry));
           }
           start = opened.start;
+          budgetTimer = setTimeout(() => { opened.stream.destroy(overBudget(attempt + 1)); }, Math.max(0, deadline - performance.now()));
           const at = start;
-          const result = await consume(opened.stream, handle, start, hash, (written) => {
-            onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size });
+          const result = await consume(opened.stream, handle, start, hash, {
+            bytes: bound.bytes - start,
+            tooLong: bound.tooLong,
+            onWritten: (written) => { onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size }); },
           });
           received = result.written;
           moved += result.written;
           if (result.error !== undefined) throw result.error;
         } finally {
+          clearTimeout(budgetTimer);
           // Whatever happened, the part file holds exactly the bytes received, in order.
           await handle.truncate(start + received).finally(() => handle.close());
         }
@@ -274,7 +309,12 @@ export class PackageFetcher {
         return { file, entry, repository: repository.name, bytes: moved, seconds: (performance.now() - started) / 1000 };
       } catch (error) {
         hash.dispose();
-        const failure = classifyNetworkError(error, `${repository.name}/${file}`);
+        const failure = classifyNetworkError(error, what);
+        if (failure.tooLong) {
+          // Bytes that are not the package: nothing of them is kept to resume from.
+          await Promise.all([rm(part, { force: true }), rm(partInfo, { force: true })]);
+          throw failure;
+        }
         if (failure.rangeRefused && !restartedClean) {
           // The server will not resume this part: start again from the first byte.
           restartedClean = true;
@@ -284,6 +324,8 @@ export class PackageFetcher {
         }
         const code = errnoCode(error);
         if (code === 'ENOSPC' || code === 'EROFS' || code === 'EACCES') {
+          // A full cache is left as it was found: what this fetch wrote goes.
+          await Promise.all([rm(part, { force: true }), rm(partInfo, { force: true })]);
           throw new AutotestError('ERR_LOCATION_REFUSED', `package cache ${path.dirname(dest)}: cannot write ${file} (${code})`, {
             hint: 'free some space or fix the permissions of the package cache', cause: error,
           });
@@ -293,7 +335,9 @@ export class PackageFetcher {
             transient: false, down: failure.down, hint: failure.hint, cause: error,
           });
         }
-        await sleep(backoffMs(attempt));
+        const pause = backoffMs(attempt);
+        if (performance.now() + pause >= deadline) throw overBudget(attempt + 1);
+        await sleep(pause);
       }
     }
   }

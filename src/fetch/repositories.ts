@@ -34,7 +34,8 @@ export interface FetchRepository {
   /** For messages: the location without secrets. */
   name: string;
   readIndex(): Promise<RepositoryIndex>;
-  open(file: string, offset: number): Promise<Opened>;
+  /** The bytes of `file` from `offset` on, all of them within `timeoutMs` (what is left of fetch_timeout). */
+  open(file: string, offset: number, timeoutMs: number): Promise<Opened>;
 }
 
 const INDEX_LIMIT = 32 * 1024 * 1024;
@@ -219,13 +220,13 @@ const httpsRefusal: RefusedAnswer = (status, body, what) => {
 function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
   const refusal = location.url.startsWith('https:') ? httpsRefusal : httpRefusal;
-  const get = (file: string, offset: number): Promise<IncomingMessage> =>
-    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, settings, refusal);
+  const get = (file: string, offset: number, timeoutMs = settings.timeoutMs): Promise<IncomingMessage> =>
+    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, { ...settings, timeoutMs }, refusal);
   return {
     name,
     readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
-    async open(file, offset) {
-      return openedFrom(await get(file, offset), offset, `${name}/${file}`);
+    async open(file, offset, timeoutMs) {
+      return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
     },
   };
 }
@@ -271,17 +272,17 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
   const name = describeLocation(location);
   const host = sshHost(location);
   const inDir = (file: string): string => path.posix.join(location.path, file);
-  const stream = (file: string, offset: number): Readable => {
+  const stream = (file: string, offset: number, timeoutMs = settings.timeoutMs): Readable => {
     // tail -c +N starts at byte N (1-based): the resume point.
     const out = new PassThrough();
     const what = `${name}/${file}`;
     const started = performance.now();
-    host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], settings.timeoutMs).then((child) => {
+    host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], timeoutMs).then((child) => {
       child.stdin?.end();
       // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
       // is an error, never a short or empty file.
       child.stdout?.pipe(out, { end: false });
-      watchProcess(child, out, what, settings, true);
+      watchProcess(child, out, what, { ...settings, timeoutMs }, true);
     }, (error: unknown) => {
       // The command never started: ssh could not connect or log in, or the account's start-up
       // files stopped it. As in watchProcess, only the time it took tells a slow failure.
@@ -293,7 +294,7 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
   return {
     name,
     readIndex: () => readIndexThrough(name, (file) => Promise.resolve(stream(file, 0))),
-    open: (file, offset) => Promise.resolve({ stream: stream(file, offset), start: offset }),
+    open: (file, offset, timeoutMs) => Promise.resolve({ stream: stream(file, offset, timeoutMs), start: offset }),
   };
 }
 
@@ -324,12 +325,12 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
   const name = describeLocation(location);
   const ref = location.branch ?? 'HEAD';
   /** `git archive --remote` answers with a tar holding the one file; its body is the package. */
-  const stream = (file: string): Promise<Readable> => new Promise((resolve, reject) => {
+  const stream = (file: string, timeoutMs = settings.timeoutMs): Promise<Readable> => new Promise((resolve, reject) => {
     const what = `${name}/${file}`;
     const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', file], { stdio: ['ignore', 'pipe', 'pipe'] });
     const extract = tar.extract();
     const out = new PassThrough();
-    watchProcess(child, out, what, settings);
+    watchProcess(child, out, what, { ...settings, timeoutMs });
     out.once('error', reject);
     child.stdout.pipe(extract);
     let found = false;
@@ -357,9 +358,9 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
   });
   return {
     name,
-    readIndex: () => readIndexThrough(name, stream),
+    readIndex: () => readIndexThrough(name, (file) => stream(file)),
     // git archive cannot start in the middle: every try starts at 0.
-    open: async (file) => ({ stream: await stream(file), start: 0 }),
+    open: async (file, _offset, timeoutMs) => ({ stream: await stream(file, timeoutMs), start: 0 }),
   };
 }
 
@@ -389,7 +390,7 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
  */
 function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
-  const get = async (file: string, offset: number): Promise<IncomingMessage> => {
+  const get = async (file: string, offset: number, timeoutMs = settings.timeoutMs): Promise<IncomingMessage> => {
     const what = `${name}/${file}`;
     let signed;
     try {
@@ -398,13 +399,13 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
       // No credentials found: a setting to fix, not a server to wait for.
       throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: false, cause: error });
     }
-    return httpGet(signed.url, offset, signed.headers, what, settings, s3Refusal);
+    return httpGet(signed.url, offset, signed.headers, what, { ...settings, timeoutMs }, s3Refusal);
   };
   return {
     name,
     readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
-    async open(file, offset) {
-      return openedFrom(await get(file, offset), offset, `${name}/${file}`);
+    async open(file, offset, timeoutMs) {
+      return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
     },
   };
 }

@@ -13,7 +13,7 @@ const SINGLE_RANGE_RE = /^bytes=(?:\d+-\d*|-\d+)$/;
 /** An S3 answer that moves no byte for this long is cut. */
 const UPSTREAM_IDLE_MS = 60_000;
 /** Index reads for listings and the frontend: one try, the fetcher's timeouts. */
-const INDEX_READ: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 60_000, retries: 0, cooldownMs: 0 };
+const INDEX_READ: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 60_000, retries: 0, cooldownMs: 0, maxSizeBytes: 1e9 };
 
 /** One signed request to S3 for `file`; resolves with S3's answer, whatever its status. */
 async function upstream(location: S3Location, file: string, method: 'GET' | 'HEAD', headers: Record<string, string>): Promise<IncomingMessage> {
