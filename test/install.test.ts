@@ -10,7 +10,7 @@ import { isAutotestError } from '../src/errors.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { digestFile } from '../src/packages/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
-import { CLI, ROOT, copyExampleTree, mountTmpfs, tempDir } from './helpers.js';
+import { CLI, ROOT, copyExampleTree, mountTmpfs, runCli, tempDir } from './helpers.js';
 // A free loopback port is one where nothing listens: connections to it are refused.
 import { freePort } from './fixtures/process.js';
 import { spawn } from 'node:child_process';
@@ -238,6 +238,47 @@ test('fetch_timeout is one budget for a package from one repository: a mirror tr
   assert.equal(record?.repository, repoDir);
   assert.match(record.passedOver.join('\n'), /not complete within 2\.5 s \(fetch_timeout/);
   assert.equal(mirror.requests.filter((r) => r.file === PACKAGE).length, 1, 'no retry once the budget is spent');
+});
+
+test('an index with a malformed line, a name too long and a file listed twice with two checksums still serves its good entries, each bad line named as a warning, and verify --repair rewrites it clean', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const checksum = path.join(repoDir, 'packages.checksum');
+  const good = await readFile(checksum, 'utf8');
+  const dep = /^[0-9a-f]{32} {2}dep-libaio\.tar\.bz2$/m.exec(good)?.[0] ?? '';
+  assert.notEqual(dep, '');
+  await writeFile(checksum, `${good}this is not an md5sum line\n${'0'.repeat(32)}  test-${'x'.repeat(250)}.tar.bz2\n${'1'.repeat(32)}  dep-libaio.tar.bz2\n`);
+  // The manifest agrees with none of that: what it lists alone is kept, checked by its sha256.
+  await rm(path.join(repoDir, 'packages.json'));
+  const config = path.join(repo.dir, 'global_config.ini');
+  await writeFile(config, `[PACKAGES]\nfetch_location: ${repoDir}\nupload_location: ${repoDir}\nminimum_free_space: 0\nclient_dir: ${repo.clientDir}\n`);
+  const install = await runCli(['client', 'install', 'test', 'dbench', '--config', config, '--install-dir', path.join(repo.dir, 'install')], { cwd: repo.dir });
+  assert.equal(install.code, 0, install.stderr);
+  assert.match(install.stderr, /packages\.checksum:\d+: not an md5sum line, left out/);
+  assert.match(install.stderr, /packages\.checksum:\d+: file name refused, left out: .*at most 200/);
+  assert.match(install.stderr, /dep-libaio\.tar\.bz2 is listed again with another checksum; it is left out/);
+  const ambiguous = await runCli(['client', 'install', 'dep', 'libaio', '--config', config, '--install-dir', path.join(repo.dir, 'install')], { cwd: repo.dir });
+  assert.equal(ambiguous.code, 1, 'an entry listed with two checksums is not believed');
+
+  const verify = await runCli(['packager', 'verify', '--config', config], { cwd: repo.dir });
+  assert.equal(verify.code, 1);
+  assert.match(verify.stdout, /not an md5sum line/);
+  const repair = await runCli(['packager', 'verify', '--repair', '--config', config], { cwd: repo.dir });
+  assert.equal(repair.code, 0, repair.stdout + repair.stderr);
+  const repaired = await readFile(checksum, 'utf8');
+  assert.doesNotMatch(repaired, /not an md5sum line|x{250}|^1{32}/m);
+  assert.match(repaired, new RegExp(dep.replaceAll('.', '\\.')), 'the republished dep is listed once, with its right checksum');
+});
+
+test('a packages.json that does not parse leaves packages.checksum (md5) to decide, with a warning naming it', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  await writeFile(path.join(repoDir, 'packages.json'), '{"version": 1, "packages": {');
+  const warnings: string[] = [];
+  const [record] = await installPackages('test', ['dbench'], { locations: [local(repoDir)], settings: FAST, installDir: path.join(repo.dir, 'install'), onWarning: (m) => warnings.push(m) });
+  assert.equal(record?.action, 'fetched');
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+  assert.match(warnings[0] ?? '', /packages\.json: not valid JSON .*; using packages\.checksum alone \(md5\)/);
 });
 
 test('a download cut half way resumes from where it stopped on the next try, asking only for the missing bytes', async (t) => {

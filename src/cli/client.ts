@@ -23,6 +23,16 @@ export function chooseInstallDir(flag: string | undefined, env: NodeJS.ProcessEn
   return path.resolve(flag ?? env.AUTOTEST_INSTALL_DIR ?? path.join('var', 'client'));
 }
 
+/** Prints each index warning once per command, however many packages met it. */
+function warnOnce(output: Output): (message: string) => void {
+  const said = new Set<string>();
+  return (message) => {
+    if (said.has(message)) return;
+    said.add(message);
+    output.err(`warning: ${message}`);
+  };
+}
+
 async function runInstall(typeText: string, names: string[], flags: ClientFlags, output: Output): Promise<number> {
   const type = checkType(typeText);
   const config = await loadConfig({ file: flags.config });
@@ -35,6 +45,7 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
     installDir: chooseInstallDir(flags.installDir),
     ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
     onProgress: progress.onProgress,
+    onWarning: warnOnce(output),
   }).finally(progress.finish);
   if (flags.json === true) output.out(JSON.stringify(records, null, 2));
   else {
@@ -64,6 +75,7 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
       settings: config.packages.fetch,
       installDir: chooseInstallDir(flags.installDir),
       ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
+      onWarning: warnOnce(output),
     },
     // With --json, standard output holds the one JSON document: status lines go beside it.
     onStatus: (line) => { if (flags.json === true) output.err(line); else output.out(line); },

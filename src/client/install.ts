@@ -24,6 +24,8 @@ export interface InstallOptions {
   jobs?: number;
   /** Sees each download's bytes as they reach the package cache. */
   onProgress?: (progress: DownloadProgress) => void;
+  /** Hears what was wrong in a repository's index that was used all the same. */
+  onWarning?: (message: string) => void;
 }
 
 export interface InstallRecord {
@@ -129,7 +131,7 @@ export async function installPackages(type: PackageType, names: string[], option
   for (const name of names) checkName(name);
   const cacheDir = options.cacheDir ?? path.join(options.installDir, 'packages');
   await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
-  const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir);
+  const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir, options.onWarning);
   const limit = pLimit(options.jobs ?? 4);
   return Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
 }

@@ -6,7 +6,7 @@ import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FetchSettings, Location } from '../config/index.js';
 import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
-import type { IndexEntry, RepositoryIndex } from '../packages/index.js';
+import { indexProblems, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
@@ -119,17 +119,18 @@ export class PackageFetcher {
   private readonly repositories: FetchRepository[];
   private readonly indexes = new Map<FetchRepository, Promise<RepositoryIndex>>();
 
-  private constructor(locations: Location[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth) {
+  private constructor(locations: Location[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth, private readonly onWarning: (message: string) => void) {
     this.repositories = locations.map((location) => fetchRepositoryFor(location, settings));
   }
 
-  static async create(locations: Location[], settings: FetchSettings, stateDir?: string): Promise<PackageFetcher> {
+  /** `onWarning` hears what was wrong in an index that was used all the same (a malformed line left out). */
+  static async create(locations: Location[], settings: FetchSettings, stateDir?: string, onWarning: (message: string) => void = () => undefined): Promise<PackageFetcher> {
     if (locations.length === 0) {
       throw new AutotestError('ERR_CONFIG', 'no repository to fetch from: fetch_location is empty', {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
       });
     }
-    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir));
+    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir), onWarning);
   }
 
   get names(): string[] {
@@ -141,7 +142,10 @@ export class PackageFetcher {
     let index = this.indexes.get(repository);
     if (!index) {
       // A failure is kept too: one fetcher never pays the same timeout twice.
-      index = repository.readIndex();
+      index = repository.readIndex().then((read) => {
+        for (const problem of indexProblems(read)) this.onWarning(problem);
+        return read;
+      });
       this.indexes.set(repository, index);
       index.catch(() => undefined);
     }

@@ -12,9 +12,8 @@ import { describeError, errnoCode } from '../errors.js';
 import {
   CHECKSUM_FILE,
   MANIFEST_FILE,
-  mergeIndex,
   parseChecksumFile,
-  parseManifest,
+  readIndexFiles,
   type RepositoryIndex,
 } from '../packages/index.js';
 import { readLocalIndex } from '../repositories/local.js';
@@ -50,8 +49,7 @@ function indexFrom(name: string, checksums: string | undefined, manifest: string
   if (checksums === undefined) {
     throw new FetchFailure(`${name}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
   }
-  return mergeIndex(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`),
-    manifest === undefined ? undefined : parseManifest(manifest, `${name}/${MANIFEST_FILE}`));
+  return readIndexFiles(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`), manifest, (file) => `${name}/${file}`);
 }
 
 async function readAll(stream: Readable, what: string): Promise<string> {

@@ -1,14 +1,15 @@
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isTempName } from '../fs/atomic.js';
-import { CHECKSUM_FILE, MANIFEST_FILE, parseFileName, type PackageType } from '../packages/index.js';
+import { CHECKSUM_FILE, indexProblems, MANIFEST_FILE, parseFileName, type PackageType } from '../packages/index.js';
 import { createUploadTarget, LOCK_NAME, matchesEntry } from '../repositories/index.js';
 import { isAutotestError } from '../errors.js';
 import { selectSources, type Selection } from './client-tree.js';
 import { toFailure } from './failure.js';
 import { uploadPackages } from './upload.js';
 
-export type ProblemKind = 'missing' | 'mismatch' | 'unindexed' | 'leftover-temp';
+/** 'index': a line or entry of the index that could not be read (left out until --repair rewrites it). */
+export type ProblemKind = 'missing' | 'mismatch' | 'unindexed' | 'leftover-temp' | 'index';
 
 export interface Problem {
   file: string;
@@ -41,6 +42,7 @@ async function inspect(location: Location): Promise<VerifyLocationReport> {
   const report: VerifyLocationReport = { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: undefined };
   const index = await target.readIndex();
   report.entries = index.size;
+  for (const problem of indexProblems(index)) report.problems.push({ file: problem.includes(MANIFEST_FILE) ? MANIFEST_FILE : CHECKSUM_FILE, kind: 'index', detail: problem });
   for (const entry of index.values()) {
     if ((await target.fileSize(entry.file)) === undefined) {
       report.problems.push({ file: entry.file, kind: 'missing', detail: 'listed in the index, no such file' });
@@ -119,10 +121,11 @@ export async function verifyLocations(options: VerifyOptions): Promise<VerifyLoc
       const target = createUploadTarget(location);
       report.repaired.push(...await target.cleanTemps());
       const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
-      if (bad.length > 0) report.repaired.push(...await target.purge(bad));
+      // purge rewrites the index under its lock, which also drops the lines it could not read.
+      if (bad.length > 0 || report.problems.some((p) => p.kind === 'index')) report.repaired.push(...await target.purge(bad));
       let failure: VerifyLocationReport['error'];
       if (options.clientDir !== undefined) {
-        const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp').map((p) => p.file);
+        const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp' && p.kind !== 'index').map((p) => p.file);
         const selection = await producible(options.clientDir, candidates, options.compression);
         if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
           const upload = await uploadPackages({

@@ -29,23 +29,57 @@ function badIndex(where: string, why: string): AutotestError {
   });
 }
 
-/** Reads packages.checksum as md5sum writes it: `<md5>  <file>` (or ` *<file>`), one per line. */
+/**
+ * What was wrong in an index that was read all the same: each bad line or entry is left out
+ * with a problem, so one malformed line never makes a repository's good entries unusable.
+ */
+const problemsOf = new WeakMap<ReadonlyMap<string, unknown>, string[]>();
+
+/** The problems met while reading `index` (empty for a clean one). */
+export function indexProblems(index: ReadonlyMap<string, unknown>): readonly string[] {
+  return problemsOf.get(index) ?? [];
+}
+
+function withProblems<T extends ReadonlyMap<string, unknown>>(index: T, problems: readonly string[]): T {
+  if (problems.length > 0) problemsOf.set(index, [...problems]);
+  return index;
+}
+
+/**
+ * Reads packages.checksum as md5sum writes it: `<md5>  <file>` (or ` *<file>`), one per line.
+ * A malformed line, a refused name, or a file listed twice with different checksums (which
+ * one is right cannot be known) is left out and named in indexProblems().
+ */
 export function parseChecksumFile(text: string, where: string): Map<string, string> {
   const result = new Map<string, string>();
+  const problems: string[] = [];
+  const ambiguous = new Set<string>();
   for (const [index, line] of text.split('\n').entries()) {
     if (line.trim() === '') continue;
+    const at = `${where}:${(index + 1).toString()}`;
     const match = /^(?<md5>[0-9a-fA-F]{32}) [ *](?<file>.+)$/.exec(line);
     const file = match?.groups?.file;
-    const md5 = match?.groups?.md5;
-    if (!file || !md5) throw badIndex(`${where}:${index + 1}`, `not an md5sum line: ${JSON.stringify(line.slice(0, 80))}`);
+    const md5 = match?.groups?.md5?.toLowerCase();
+    if (!file || !md5) {
+      problems.push(`${at}: not an md5sum line, left out: ${JSON.stringify(line.slice(0, 80))}`);
+      continue;
+    }
     try {
       parseFileName(file);
     } catch (error) {
-      throw badIndex(`${where}:${index + 1}`, `file name refused: ${error instanceof Error ? error.message : String(error)}`);
+      problems.push(`${at}: file name refused, left out: ${error instanceof Error ? error.message : String(error)}`);
+      continue;
     }
-    result.set(file, md5.toLowerCase());
+    const earlier = result.get(file);
+    if (ambiguous.has(file) || (earlier !== undefined && earlier !== md5)) {
+      if (!ambiguous.has(file)) problems.push(`${at}: ${file} is listed again with another checksum; it is left out`);
+      ambiguous.add(file);
+      result.delete(file);
+      continue;
+    }
+    result.set(file, md5);
   }
-  return result;
+  return withProblems(result, problems);
 }
 
 function byName(index: RepositoryIndex): IndexEntry[] {
@@ -78,9 +112,18 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
     throw badIndex(where, `expected {"version": ${MANIFEST_VERSION}, "packages": {...}}`);
   }
   const index: RepositoryIndex = new Map();
+  const problems: string[] = [];
   for (const [file, raw] of Object.entries(data.packages)) {
-    parseFileName(file);
-    if (!isRecord(raw) || typeof raw.md5 !== 'string' || !MD5_RE.test(raw.md5)) throw badIndex(where, `entry "${file}" has no valid md5`);
+    try {
+      parseFileName(file);
+    } catch (error) {
+      problems.push(`${where}: file name refused, left out: ${error instanceof Error ? error.message : String(error)}`);
+      continue;
+    }
+    if (!isRecord(raw) || typeof raw.md5 !== 'string' || !MD5_RE.test(raw.md5)) {
+      problems.push(`${where}: entry "${file}" has no valid md5, left out`);
+      continue;
+    }
     const sha256 = typeof raw.sha256 === 'string' && SHA256_RE.test(raw.sha256) ? raw.sha256 : undefined;
     const size = typeof raw.size === 'number' && Number.isSafeInteger(raw.size) && raw.size >= 0 ? raw.size : undefined;
     index.set(file, {
@@ -92,7 +135,7 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
       publishedAt: typeof raw.publishedAt === 'string' ? raw.publishedAt : undefined,
     });
   }
-  return index;
+  return withProblems(index, problems);
 }
 
 /**
@@ -103,8 +146,12 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
  * first) and is kept: its file was in place before either index was written.
  */
 export function mergeIndex(checksums: Map<string, string> | undefined, manifest: RepositoryIndex | undefined): RepositoryIndex {
-  const merged: RepositoryIndex = new Map();
-  if (!checksums) return new Map(manifest ?? []);
+  const problems = [...(checksums ? indexProblems(checksums) : []), ...(manifest ? indexProblems(manifest) : [])];
+  const merged: RepositoryIndex = withProblems(new Map<string, IndexEntry>(), problems);
+  if (!checksums) {
+    for (const [file, entry] of manifest ?? []) merged.set(file, entry);
+    return merged;
+  }
   for (const [file, md5] of checksums) {
     const rich = manifest?.get(file);
     merged.set(file, rich && rich.md5 === md5 ? rich : { file, md5 });
@@ -113,6 +160,27 @@ export function mergeIndex(checksums: Map<string, string> | undefined, manifest:
     if (!merged.has(file)) merged.set(file, entry);
   }
   return merged;
+}
+
+/**
+ * One repository's index from its packages.checksum (parsed) and the text of its manifest
+ * (either may be missing). A manifest
+ * that cannot be read at all leaves packages.checksum (md5) to decide, with a problem saying
+ * so; signed indexes, which must not fall back, are read elsewhere.
+ */
+export function readIndexFiles(checksums: Map<string, string> | undefined, manifestText: string | undefined, where: (file: string) => string): RepositoryIndex {
+  let manifest: RepositoryIndex | undefined;
+  const problems: string[] = [];
+  if (manifestText !== undefined) {
+    try {
+      manifest = parseManifest(manifestText, where(MANIFEST_FILE));
+    } catch (error) {
+      if (!(error instanceof AutotestError) || error.code !== 'ERR_BAD_INDEX' || checksums === undefined) throw error;
+      problems.push(`${error.message}; using ${CHECKSUM_FILE} alone (md5)`);
+    }
+  }
+  const merged = mergeIndex(checksums, manifest);
+  return withProblems(merged, [...problems, ...indexProblems(merged)]);
 }
 
 /** Whether `digests` are what `entry` promises: sha256 where the manifest has it, md5 otherwise. */

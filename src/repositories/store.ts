@@ -7,9 +7,8 @@ import {
   formatChecksumFile,
   formatManifest,
   matchesEntry,
-  mergeIndex,
   parseChecksumFile,
-  parseManifest,
+  readIndexFiles,
   type Digests,
   type RepositoryIndex,
 } from '../packages/index.js';
@@ -58,7 +57,7 @@ export async function readStoreIndex(store: RepositoryStore): Promise<Repository
   const manifestText = await store.readText(MANIFEST_FILE);
   const where = (file: string): string => `${store.name}/${file}`;
   const checksums = checksumText === undefined ? undefined : parseChecksumFile(checksumText, where(CHECKSUM_FILE));
-  const merged = mergeIndex(checksums, manifestText === undefined ? undefined : parseManifest(manifestText, where(MANIFEST_FILE)));
+  const merged = readIndexFiles(checksums, manifestText, where);
   if (checksums) {
     // A manifest-only entry is kept only while its file is there with its size: an older
     // packager that rewrites packages.checksum alone may have removed it since.
