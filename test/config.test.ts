@@ -17,6 +17,17 @@ test('reads the ConfigParser dialect: ":" and "=", case-insensitive keys, commen
   assert.equal(getIniValue(doc, 'PACKAGES', 'percent')?.value, '100%');
 });
 
+test('refuses interpolation that would build a value of exponential size, naming the file, line and key', () => {
+  // Each level repeats the one below ten times: 10^9 characters at the last one.
+  const lines = ['[PACKAGES]', 'l0 = xxxxxxxxxx'];
+  for (let i = 1; i <= 9; i += 1) lines.push(`l${i.toString()} = ${`%(l${(i - 1).toString()})s`.repeat(10)}`);
+  lines.push('fetch_location = %(l9)s');
+  const doc = parseIni(lines.join('\n'), 'laughs.ini');
+  assert.throws(() => getIniValue(doc, 'PACKAGES', 'fetch_location'), (error: unknown) =>
+    isAutotestError(error, 'ERR_CONFIG') && /laughs\.ini:12.*"fetch_location" in \[PACKAGES\] makes a value longer than 1048576 characters/.test(error.message));
+  assert.equal(getIniValue(doc, 'PACKAGES', 'l3')?.value.length, 10_000, 'a value within the bound is built whole');
+});
+
 test('names the file and line of a line it cannot read', () => {
   assert.throws(() => parseIni('[PACKAGES]\nthis line has no delimiter\n', '/etc/g.ini'), /\/etc\/g\.ini:2: cannot read/);
   assert.throws(() => parseIni('key: value\n', '/etc/g.ini'), /\/etc\/g\.ini:1: .*before any \[SECTION\]/);

@@ -97,6 +97,8 @@ export function overlayIni(base: IniDocument, over: IniDocument): IniDocument {
 }
 
 const MAX_INTERPOLATION_DEPTH = 10;
+/** Longest value interpolation may build: far beyond any real location list or path. */
+const MAX_INTERPOLATED_LENGTH = 1024 * 1024;
 
 /**
  * The value of `key` in `sectionName` with ConfigParser's basic interpolation applied:
@@ -107,6 +109,9 @@ export function getIniValue(doc: IniDocument, sectionName: string, key: string):
     doc.get(sectionName)?.get(name) ?? doc.get(DEFAULT_SECTION)?.get(name);
   const found = lookup(key);
   if (!found) return undefined;
+  // References that each repeat another many times grow a value exponentially with depth
+  // ("billion laughs"): every character interpolation produces counts against one bound.
+  let produced = 0;
   const expand = (value: string, depth: number): string => {
     if (depth > MAX_INTERPOLATION_DEPTH) {
       fail(found.file, found.line, `interpolation of "${key}" in [${sectionName}] nests too deep (a loop?)`);
@@ -118,7 +123,12 @@ export function getIniValue(doc: IniDocument, sectionName: string, key: string):
       }
       const ref = lookup(name.toLowerCase());
       if (!ref) fail(found.file, found.line, `"${key}" refers to "%(${name})s", which is not set in [${sectionName}]`);
-      return expand(ref.value, depth + 1);
+      const expanded = expand(ref.value, depth + 1);
+      produced += expanded.length;
+      if (produced > MAX_INTERPOLATED_LENGTH) {
+        fail(found.file, found.line, `interpolation of "${key}" in [${sectionName}] makes a value longer than ${MAX_INTERPOLATED_LENGTH.toString()} characters`);
+      }
+      return expanded;
     });
   };
   return { ...found, value: expand(found.value, 0) };
