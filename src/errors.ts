@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'ERR_NO_SPACE'
   | 'ERR_TOO_LARGE'
   | 'ERR_BUSY'
+  | 'ERR_TOO_SLOW'
   | 'ERR_LOCK'
   | 'ERR_CHECKSUM_MISMATCH'
   | 'ERR_NOT_FOUND'

@@ -501,6 +501,53 @@ test('/api/consistency without the token answers the last check with its time an
   assert.deepEqual(await consistency(), fresh[0], 'later requests without the token get the fresh result');
 });
 
+test('an upload that trickles below upload_min_rate is cut with 408, its staging removed, and the server goes on; a body sent to a route that takes none is not read to its end', async (t) => {
+  const site = await startSite(t, { server: { upload_min_rate: '1', upload_rate_window: '1' } });
+  const { port } = new URL(site.url);
+  // A token holder sending one byte every 200 ms: 5 bytes a second, below 1 KB/s. Bounded: at most 100 bytes.
+  const slow = net.connect(Number(port), '127.0.0.1');
+  await once(slow, 'connect');
+  t.after(() => { slow.destroy(); });
+  // Writes after the server has cut it fail with EPIPE: that is the cut.
+  slow.on('error', () => undefined);
+  slow.write(`PUT /api/custom/test-slow.tar.bz2 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 100000\r\n\r\n`);
+  let head = '';
+  slow.on('data', (chunk: Buffer) => { head += chunk.toString('latin1'); });
+  for (let i = 0; i < 100 && head === '' && !slow.destroyed; i += 1) {
+    slow.write('x');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  assert.match(head, /^HTTP\/1\.1 408 /);
+  assert.match(head, /upload_min_rate/);
+  assert.equal(await exists(path.join(site.custom, 'test-slow.tar.bz2')), false);
+  assert.deepEqual(await readdir(site.staging).catch(() => []), [], 'its staging is removed');
+
+  // 64 MB announced to /healthz, which takes no body: answered, then the connection is closed
+  // by the server long before the body could have been read.
+  const pusher = net.connect(Number(port), '127.0.0.1');
+  await once(pusher, 'connect');
+  t.after(() => { pusher.destroy(); });
+  pusher.on('error', () => undefined);
+  let answer = '';
+  pusher.on('data', (chunk: Buffer) => { answer += chunk.toString('latin1'); });
+  // Plain listeners: events.once would reject on the EPIPE that the server's close causes.
+  const closed = new Promise<void>((resolve) => { pusher.once('close', () => { resolve(); }); });
+  pusher.write('POST /healthz HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n');
+  let sent = 0;
+  const chunk = Buffer.alloc(64 * 1024);
+  // Bounded: at most the announced 64 MB; the server's close ends the loop long before.
+  while (!pusher.destroyed && !pusher.writableEnded && sent < 64 * 1024 * 1024) {
+    if (!pusher.write(chunk)) await Promise.race([new Promise((resolve) => { pusher.once('drain', resolve); }), closed]);
+    sent += chunk.length;
+  }
+  await closed;
+  assert.match(answer, /^HTTP\/1\.1 (404|405|400|415) /, answer.slice(0, 80));
+  assert.match(answer, /connection: close/i);
+  assert.ok(sent < 64 * 1024 * 1024, `the server closed after ${sent.toString()} of 67108864 bytes`);
+  // And it still serves.
+  assert.equal((await request(site.url, '/healthz')).status, 200);
+});
+
 test('a replaced packages.checksum is served at once, never the old one from memory', async (t) => {
   const site = await startSite(t);
   const first = await request(site.url, '/packages/builtin/packages.checksum');

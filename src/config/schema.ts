@@ -297,6 +297,8 @@ export interface ServerConfig {
   maxUploadExpandedBytes: number;
   /** Uploads received and checked at once; one more is answered 503 with Retry-After. */
   maxConcurrentUploads: number;
+  /** An upload that receives fewer than minBytesPerSecond x windowMs / 1000 bytes in any window is cut. */
+  uploadMinRate: { bytesPerSecond: number; windowMs: number };
   /** pino level of the request log. */
   logLevel: string;
 }
@@ -311,6 +313,8 @@ export const SERVER_KEYS: Record<string, KeySpec> = {
   max_upload_entries: { description: 'entries (files, folders, links) an uploaded package may hold (default 100000)' },
   max_upload_expanded_size: { description: 'MB (10^6 bytes) an uploaded package may unpack to (default 4000)' },
   max_concurrent_uploads: { description: 'uploads received and checked at once; more are answered 503 with Retry-After (default 4)' },
+  upload_min_rate: { description: 'KB/s (1000 bytes) an upload must average over every upload_rate_window, else it is cut (default 1)' },
+  upload_rate_window: { description: 'seconds over which upload_min_rate is measured (default 60)' },
   log_level: { description: 'request log level: trace, debug, info (default), warn, error, fatal or silent' },
 };
 
@@ -378,6 +382,10 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
       maxUploadEntries: readNumber(reader, 'max_upload_entries', 100_000, { min: 1, integer: true }),
       maxUploadExpandedBytes: Math.round(readNumber(reader, 'max_upload_expanded_size', 4000, { min: 0.001 }) * 1e6),
       maxConcurrentUploads: readNumber(reader, 'max_concurrent_uploads', 4, { min: 1, max: 1000, integer: true }),
+      uploadMinRate: {
+        bytesPerSecond: Math.round(readNumber(reader, 'upload_min_rate', 1, { min: 0 }) * 1000),
+        windowMs: readMilliseconds(reader, 'upload_rate_window', 60, 1),
+      },
     },
     warnings: unknownKeys(doc, section, SERVER_KEYS),
   };

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage } from 'node:http';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import type { Config } from '../config/index.js';
@@ -26,6 +26,16 @@ export interface ServerOptions {
  * repository folders at /packages/builtin/ and /packages/custom/, custom uploads and deletes,
  * the frontend, /healthz and /metrics.
  */
+function carriesBody(request: IncomingMessage): boolean {
+  const length = request.headers['content-length'];
+  return request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** The one route that reads a request body: an upload. */
+function takesBody(request: IncomingMessage): boolean {
+  return request.method === 'PUT' && (request.url ?? '').startsWith('/api/custom/');
+}
+
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
   const { packages, server } = options.config;
   const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
@@ -34,6 +44,9 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   const app = Fastify({
     serverFactory: (handler) => {
       const server = createServer((request, response) => {
+        // A body sent where none is taken is never read to its end (Node would drain it to keep
+        // the connection alive): the connection closes once the answer is out.
+        if (carriesBody(request) && !takesBody(request)) response.shouldKeepAlive = false;
         if (!files.handler?.handle(request, response)) handler(request, response);
       });
       // With its own server Fastify sets no timeouts: a client that stops reading is cut
@@ -106,7 +119,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
   registerUploads(app, {
     token: server.uploadToken, maxUploadBytes: server.maxUploadBytes, stagingDir: packages.customDownloadLocation,
-    maxUploadEntries: server.maxUploadEntries, maxUploadExpandedBytes: server.maxUploadExpandedBytes, maxConcurrentUploads: server.maxConcurrentUploads,
+    maxUploadEntries: server.maxUploadEntries, maxUploadExpandedBytes: server.maxUploadExpandedBytes, maxConcurrentUploads: server.maxConcurrentUploads, minRate: server.uploadMinRate,
     locations: packages.customUploadLocations, compression: packages.compression,
     minimumFreeBytes: packages.minimumFreeSpaceBytes, cacheDir: options.cacheDir ?? cacheDir(),
   }, metrics);

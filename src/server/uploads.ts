@@ -19,6 +19,8 @@ export interface UploadSettings {
   maxUploadExpandedBytes: number;
   /** Uploads received and checked at once; one more is answered 503 with Retry-After. */
   maxConcurrentUploads: number;
+  /** An upload slower than this over a window is cut (upload_min_rate, upload_rate_window). */
+  minRate: { bytesPerSecond: number; windowMs: number };
   /** custom_download_location: where uploads land before they are checked. */
   stagingDir: string;
   /** custom_upload_location: where checked uploads are published. */
@@ -62,6 +64,39 @@ function limitBytes(limit: number): Transform {
   return stream;
 }
 
+/**
+ * Passes bytes on while they come at least at `bytesPerSecond` on average over every window;
+ * a body slower than that (a client trickling a byte now and then) is cut with ERR_TOO_SLOW.
+ */
+function minimumRate({ bytesPerSecond, windowMs }: { bytesPerSecond: number; windowMs: number }): Transform {
+  let inWindow = 0;
+  const timer = bytesPerSecond > 0
+    ? setInterval(() => {
+      if (inWindow < (bytesPerSecond * windowMs) / 1000) {
+        stream.destroy(new AutotestError('ERR_TOO_SLOW', `the upload sent ${inWindow.toString()} bytes in ${(windowMs / 1000).toString()} s, less than upload_min_rate (${(bytesPerSecond / 1000).toString()} KB/s in [SERVER]); cut`, {
+          hint: 'send it again over a faster link, or lower upload_min_rate',
+        }));
+      }
+      inWindow = 0;
+    }, windowMs)
+    : undefined;
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      inWindow += chunk.length;
+      callback(null, chunk);
+    },
+    flush(callback) {
+      clearInterval(timer);
+      callback();
+    },
+    destroy(error, callback) {
+      clearInterval(timer);
+      callback(error);
+    },
+  });
+  return stream;
+}
+
 function reportStatus(report: OperationReport): number {
   return report.ok ? 200 : 502;
 }
@@ -79,6 +114,7 @@ function errorAnswer(error: unknown): { status: number; body: unknown } {
   if (isAutotestError(error)) {
     const status = error.code === 'ERR_TOO_LARGE' ? 413
       : error.code === 'ERR_BUSY' ? 503
+        : error.code === 'ERR_TOO_SLOW' ? 408
         : error.code === 'ERR_NO_SPACE' ? 507
           : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
             : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
@@ -149,7 +185,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       staging = await mkdtemp(path.join(settings.stagingDir, '.upload-'));
       const staged = path.join(staging, file);
       const digest = new DigestStream();
-      await pipeline(request.body as Readable, limitBytes(limit), digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
+      await pipeline(request.body as Readable, minimumRate(settings.minRate), limitBytes(limit), digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
       const digests = digest.digests();
       metrics.uploadBytes.inc(digests.size);
       if ((typeof sha256 === 'string' && sha256 !== digests.sha256) || (typeof md5 === 'string' && md5 !== digests.md5)) {
@@ -189,7 +225,11 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       answer = { status: reportStatus(report), body: { file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
     } catch (error) {
       metrics.uploads.inc({ outcome: 'refused' });
-      if (gone.signal.aborted || errnoCode(error) === 'ERR_STREAM_PREMATURE_CLOSE') {
+      if (isAutotestError(error, 'ERR_TOO_SLOW')) {
+        request.log.warn({ file: request.params.file }, error.message);
+        reply.header('connection', 'close');
+        answer = errorAnswer(error);
+      } else if (gone.signal.aborted || errnoCode(error) === 'ERR_STREAM_PREMATURE_CLOSE') {
         request.log.warn('client went away during the upload; nothing kept');
         answer = { status: 400, body: { error: 'ERR_USAGE', message: 'the upload was cut off; nothing was kept' } };
       } else if (errnoCode(error) === 'ENOSPC' || errnoCode(error) === 'EDQUOT') {
