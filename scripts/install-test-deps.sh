@@ -29,6 +29,8 @@ have wget wget
 # Debian's python3 by its path: a pyenv shim on PATH is not the distribution's.
 [ -x /usr/bin/python3 ] || need+=(python3)
 have openssl openssl
+# The systemd unit in etc/ is checked with systemd-analyze verify (test/operator.test.ts).
+have systemd-analyze systemd
 # A real S3-compatible server (Ceph radosgw) for the S3 tests.
 have radosgw radosgw
 have ceph-mon ceph
