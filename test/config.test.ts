@@ -35,14 +35,16 @@ test('lets shadow_config.ini override global_config.ini key by key', async (t) =
 test('parses every [PACKAGES] key with its units, lists and defaults', async (t) => {
   const dir = await tempDir(t);
   const file = await writeConfig(dir, {
-    fetch_location: 'http://repo/packages/builtin, ssh://root@repo:2222/var/www/p, file:///srv/p, git://repo/p.git:main, ,',
+    fetch_location: 'http://repo/packages/builtin, ssh://root@repo:2222/var/www/p, file:///srv/p, git://repo/p.git:main, ,, http://f1/b | http://f2/b',
     upload_location: 'rel/builtin, ssh://repo/var/www/builtin',
     minimum_free_space: '2.5',
     serve_packages_from_autoserv: 'off',
     compression: 'gzip',
   });
   const { packages } = await loadConfig({ file, cwd: '/' });
-  assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git']);
+  assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git', 'group']);
+  const group = packages.fetchLocations[4];
+  assert.deepEqual(group?.kind === 'group' && group.members.map((m) => m.text), ['http://f1/b', 'http://f2/b']);
   assert.deepEqual(packages.uploadLocations[0], { kind: 'local', path: path.join(dir, 'rel/builtin'), text: 'rel/builtin' });
   assert.equal(packages.minimumFreeSpaceBytes, 2.5e9);
   assert.equal(packages.servePackagesFromAutoserv, false);
@@ -59,6 +61,8 @@ test('refuses a bad value with file, line, section, key and what is allowed', as
     [{ upload_location: 'http://repo/x' }, /upload_location .*http and git locations are read-only/],
     [{ fetch_location: 'ftp://repo/x' }, /fetch_location .*unknown scheme/],
     [{ fetch_location: 'ssh://root@bad;host/x' }, /fetch_location .*not a valid/],
+    [{ fetch_location: 'http://f1/b | | http://f2/b' }, /\[PACKAGES\] fetch_location = .*a "\|" group has an empty member/],
+    [{ fetch_location: 'http://f1/b | ftp://f2/b' }, /\[PACKAGES\] fetch_location = .*ftp:\/\/f2\/b.*unknown scheme/],
     [{ compression: 'rar' }, /compression = "rar": allowed is bzip2, gzip, zstd/],
     // Beyond what a Node.js timer holds: it would fire at once and fail every fetch.
     [{ fetch_timeout: '3000000' }, /\[PACKAGES\] fetch_timeout = "3000000": allowed is a number >= 0\.01 and <= 2147483/],

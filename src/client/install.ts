@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pLimit from 'p-limit';
-import { COMPRESSIONS, type FetchSettings, type Location } from '../config/index.js';
+import { COMPRESSIONS, type FetchLocation, type FetchSettings } from '../config/index.js';
 import { errnoCode } from '../errors.js';
 import { fsyncPath, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
 import { PackageFetcher, type DownloadProgress } from '../fetch/index.js';
@@ -15,7 +15,7 @@ export const MARKER_FILE = '.checksum';
 const TYPE_FOLDERS: Record<PackageType, string> = { client: '', test: 'tests', dep: 'deps', profiler: 'profilers' };
 
 export interface InstallOptions {
-  locations: Location[];
+  locations: FetchLocation[];
   settings: FetchSettings;
   /** The client's install folder: tests/, deps/, profilers/ and client/ go under it. */
   installDir: string;
