@@ -40,8 +40,11 @@ test('parses every [PACKAGES] key with its units, lists and defaults', async (t)
     minimum_free_space: '2.5',
     serve_packages_from_autoserv: 'off',
     compression: 'gzip',
+    client_cache_size: '2.5',
   });
   const { packages } = await loadConfig({ file, cwd: '/' });
+  assert.equal(packages.clientCacheSizeBytes, 2.5e9);
+  assert.equal((await loadConfig({ cwd: dir, env: {} })).packages.clientCacheSizeBytes, 0, 'unbounded by default');
   assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git', 'group']);
   const group = packages.fetchLocations[4];
   assert.deepEqual(group?.kind === 'group' && group.members.map((m) => m.text), ['http://f1/b', 'http://f2/b']);
@@ -64,6 +67,7 @@ test('refuses a bad value with file, line, section, key and what is allowed', as
     [{ fetch_location: 'http://f1/b | | http://f2/b' }, /\[PACKAGES\] fetch_location = .*a "\|" group has an empty member/],
     [{ fetch_location: 'http://f1/b | ftp://f2/b' }, /\[PACKAGES\] fetch_location = .*ftp:\/\/f2\/b.*unknown scheme/],
     [{ compression: 'rar' }, /compression = "rar": allowed is bzip2, gzip, zstd/],
+    [{ client_cache_size: '-1' }, /\[PACKAGES\] client_cache_size = "-1": allowed is a number >= 0/],
     // Beyond what a Node.js timer holds: it would fire at once and fail every fetch.
     [{ fetch_timeout: '3000000' }, /\[PACKAGES\] fetch_timeout = "3000000": allowed is a number >= 0\.01 and <= 2147483/],
     [{ fetch_connect_timeout: '1e9' }, /fetch_connect_timeout = "1e9": allowed is .* <= 2147483/],

@@ -1,13 +1,17 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { access, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { parseFetchLocation, type FetchLocation, type FetchSettings, type Location } from '../src/config/index.js';
 import { installPackages } from '../src/client/install.js';
+import { packageLockPath } from '../src/client/cache.js';
+import { isAutotestError } from '../src/errors.js';
+import { spawnLocalFlock, withHeldLock } from '../src/repositories/lock.js';
 import { orderForPackage } from '../src/fetch/index.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { runAutoserv } from '../src/autoserv/index.js';
-import { copyExampleTree, generateTree, ROOT, tempDir } from './helpers.js';
+import { copyExampleTree, generateTree, ROOT, runCli, tempDir, writeConfig } from './helpers.js';
 import { startNginx, type NginxServer } from './fixtures/nginx.js';
 
 const SETTINGS: FetchSettings = { connectTimeoutMs: 2000, timeoutMs: 20_000, retries: 1, cooldownMs: 0, maxSizeBytes: 1e9 };
@@ -55,6 +59,8 @@ async function servedBy(fronts: NginxServer[]): Promise<Map<string, string[]>> {
   }
   return served;
 }
+
+const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
 
 const firstChoice = (locations: FetchLocation[], file: string): string => {
   const [first] = orderForPackage(locations, file);
@@ -124,4 +130,83 @@ test('autoserv\'s hosts get the client package and the job\'s packages through a
   const [, next] = orderForPackage(locations, 'client-autotest.tar.bz2');
   const after = await servedBy(fronts.filter((front) => front !== clientFront));
   assert.equal(after.get('client-autotest.tar.bz2')?.at(-1), next?.kind === 'http' ? next.url : '', 'the client package comes from its next choice');
+});
+
+/** Runs `work` while holding a package's lock, as another install of it would. */
+async function whileLocked<T>(lockPath: string, work: () => Promise<T>): Promise<T> {
+  let release = (): void => undefined;
+  const done = new Promise<void>((resolve) => { release = resolve; });
+  let locked = (): void => undefined;
+  const held = new Promise<void>((resolve) => { locked = resolve; });
+  const holding = withHeldLock(spawnLocalFlock(lockPath), 'another install', async () => { locked(); await done; });
+  await held;
+  try {
+    return await work();
+  } finally {
+    release();
+    await holding;
+  }
+}
+
+/** A listener that accepts and records every connection, and answers none. */
+async function connectionRecorder(t: TestContext): Promise<{ url: string; connections: () => number }> {
+  let count = 0;
+  const server = net.createServer((socket) => { count += 1; socket.destroy(); });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => { resolve(); })));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, connections: () => count };
+}
+
+test('offline, packages come from the install folder or the package cache, verified against the entry stored with them, no connection is opened, and every missing package is named', async (t) => {
+  const site = await publishGenerated(t, 'example');
+  const installDir = path.join(site.dir, 'machine');
+  const repo: Location = { kind: 'local', path: site.repo, text: site.repo };
+  await installPackages('test', ['dbench', 'sleeptest'], { locations: [repo], settings: SETTINGS, installDir });
+  const recorder = await connectionRecorder(t);
+  const offline = { locations: [parseFetchLocation(recorder.url, '/')], settings: SETTINGS, installDir, offline: true };
+
+  await rm(path.join(installDir, 'tests', 'sleeptest'), { recursive: true });
+  const records = await installPackages('test', ['dbench', 'sleeptest'], offline);
+  assert.deepEqual(records.map((r) => [r.name, r.action]), [['dbench', 'up-to-date'], ['sleeptest', 'from-cache']]);
+  assert.ok(await stat(path.join(installDir, 'tests', 'sleeptest', 'sleeptest.mjs')));
+
+  await rm(path.join(installDir, 'tests', 'dbench'), { recursive: true });
+  await writeFile(path.join(installDir, 'packages', 'test-dbench.tar.bz2'), 'not the package');
+  await assert.rejects(installPackages('test', ['dbench', 'sleeptest', 'nosuchtest', 'other'], offline), (error: unknown) => {
+    assert.ok(isAutotestError(error, 'ERR_OFFLINE_MISSING'));
+    assert.match(error.message, /3 package\(s\) cannot be installed/);
+    assert.match(error.message, /test dbench: test-dbench\.tar\.bz2 is not in the package cache, or fails its checksum/);
+    assert.match(error.message, /test nosuchtest: neither installed nor cached/);
+    assert.match(error.message, /test other: neither installed nor cached/);
+    assert.doesNotMatch(error.message, /sleeptest/);
+    return true;
+  });
+  assert.equal(await exists(path.join(installDir, 'tests', 'dbench')), false, 'a package failing its checksum is not installed');
+
+  const config = await writeConfig(site.dir, { fetch_location: recorder.url });
+  const cli = await runCli(['client', 'install', '--offline', '--config', config, '--install-dir', installDir, 'test', 'sleeptest,nosuchtest'], { cwd: site.dir });
+  assert.notEqual(cli.code, 0);
+  assert.match(cli.stderr, /test nosuchtest: neither installed nor cached/);
+  assert.equal(recorder.connections(), 0, 'no connection at all');
+});
+
+test('client_cache_size trims the package cache by least recent use after an install, passing over a tarball another install holds and never touching installed packages', async (t) => {
+  const site = await publishGenerated(t, 7);
+  const installDir = path.join(site.dir, 'machine');
+  const cacheDir = path.join(installDir, 'packages');
+  const repo: Location = { kind: 'local', path: site.repo, text: site.repo };
+  const names = NAMES.slice(0, 7);
+  await installPackages('test', names.slice(0, 6), { locations: [repo], settings: SETTINGS, installDir });
+  // Last used in name order, long ago: t000 is the least recently used.
+  const base = Date.now() / 1000 - 1000;
+  for (const [i, name] of names.slice(0, 6).entries()) await utimes(path.join(cacheDir, fileOf(name)), base + i, base + i);
+  const sizeOf = async (name: string): Promise<number> => (await stat(path.join(site.repo, fileOf(name)))).size;
+  const limit = (await sizeOf('t000')) + (await sizeOf('t005')) + (await sizeOf('t006'));
+
+  // Another install of t000 under way: it holds that package's lock.
+  await whileLocked(packageLockPath(cacheDir, 'test', 't000'), () =>
+    installPackages('test', ['t006'], { locations: [repo], settings: SETTINGS, installDir, cacheSizeBytes: limit }));
+  const cached = (await readdir(cacheDir)).filter((file) => file.endsWith('.tar.bz2')).sort();
+  assert.deepEqual(cached, [fileOf('t000'), fileOf('t005'), fileOf('t006')]);
+  for (const name of names) assert.ok(await exists(path.join(installDir, 'tests', name, '.checksum')), `${name} stays installed`);
 });

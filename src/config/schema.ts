@@ -18,6 +18,8 @@ export interface PackagesConfig {
   minimumFreeSpaceBytes: number;
   servePackagesFromAutoserv: boolean;
   clientDir: string | undefined;
+  /** client_cache_size: the client's package cache is trimmed to this by least recent use; 0: unbounded. */
+  clientCacheSizeBytes: number;
   compression: Compression;
   fetch: FetchSettings;
   /** The [S3] settings of a bucket (with its [S3:BUCKET] overrides). */
@@ -79,6 +81,7 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   minimum_free_space: { description: 'GB (10^9 bytes) an upload location must have free (default 1)' },
   serve_packages_from_autoserv: { description: 'true/false: autoserv serves packages no repository has (default true)' },
   client_dir: { description: 'the client tree the packager packs (default: the bundled example tree)' },
+  client_cache_size: { description: 'GB (10^9 bytes) the client\'s package cache is trimmed to after each install, least recently used first, never a tarball in use (default 0: unbounded)' },
   compression: { description: 'bzip2 (default), gzip or zstd' },
   fetch_connect_timeout: { description: 'seconds to wait for a repository to accept a connection (default 5)' },
   fetch_timeout: { description: 'seconds a package download from one repository may take in all (default 600)' },
@@ -421,6 +424,7 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
     minimumFreeSpaceBytes: Math.round(readNumber(reader, 'minimum_free_space', 1, { min: 0 }) * 1e9),
     servePackagesFromAutoserv: readBoolean(reader, 'serve_packages_from_autoserv', true),
     clientDir: readPath(reader, 'client_dir'),
+    clientCacheSizeBytes: Math.round(readNumber(reader, 'client_cache_size', 0, { min: 0 }) * 1e9),
     compression,
     fetch: {
       connectTimeoutMs: readMilliseconds(reader, 'fetch_connect_timeout', 5, 0.01),
