@@ -28,6 +28,7 @@ export type ErrorCode =
   | 'ERR_SSH_CONNECT'
   | 'ERR_FETCH'
   | 'ERR_ALL_REPOSITORIES_FAILED'
+  | 'ERR_OFFLINE_MISSING'
   | 'ERR_LISTEN'
   | 'ERR_USAGE';
 

@@ -46,14 +46,19 @@ test('lets shadow_config.ini override global_config.ini key by key', async (t) =
 test('parses every [PACKAGES] key with its units, lists and defaults', async (t) => {
   const dir = await tempDir(t);
   const file = await writeConfig(dir, {
-    fetch_location: 'http://repo/packages/builtin, ssh://root@repo:2222/var/www/p, file:///srv/p, git://repo/p.git:main, ,',
+    fetch_location: 'http://repo/packages/builtin, ssh://root@repo:2222/var/www/p, file:///srv/p, git://repo/p.git:main, ,, http://f1/b | http://f2/b',
     upload_location: 'rel/builtin, ssh://repo/var/www/builtin',
     minimum_free_space: '2.5',
     serve_packages_from_autoserv: 'off',
     compression: 'gzip',
+    client_cache_size: '2.5',
   });
   const { packages } = await loadConfig({ file, cwd: '/' });
-  assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git']);
+  assert.equal(packages.clientCacheSizeBytes, 2.5e9);
+  assert.equal((await loadConfig({ cwd: dir, env: {} })).packages.clientCacheSizeBytes, 0, 'unbounded by default');
+  assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git', 'group']);
+  const group = packages.fetchLocations[4];
+  assert.deepEqual(group?.kind === 'group' && group.members.map((m) => m.text), ['http://f1/b', 'http://f2/b']);
   assert.deepEqual(packages.uploadLocations[0], { kind: 'local', path: path.join(dir, 'rel/builtin'), text: 'rel/builtin' });
   assert.equal(packages.minimumFreeSpaceBytes, 2.5e9);
   assert.equal(packages.servePackagesFromAutoserv, false);
@@ -70,7 +75,10 @@ test('refuses a bad value with file, line, section, key and what is allowed', as
     [{ upload_location: 'http://repo/x' }, /upload_location .*http and git locations are read-only/],
     [{ fetch_location: 'ftp://repo/x' }, /fetch_location .*unknown scheme/],
     [{ fetch_location: 'ssh://root@bad;host/x' }, /fetch_location .*not a valid/],
+    [{ fetch_location: 'http://f1/b | | http://f2/b' }, /\[PACKAGES\] fetch_location = .*a "\|" group has an empty member/],
+    [{ fetch_location: 'http://f1/b | ftp://f2/b' }, /\[PACKAGES\] fetch_location = .*ftp:\/\/f2\/b.*unknown scheme/],
     [{ compression: 'rar' }, /compression = "rar": allowed is bzip2, gzip, zstd/],
+    [{ client_cache_size: '-1' }, /\[PACKAGES\] client_cache_size = "-1": allowed is a number >= 0/],
     // Beyond what a Node.js timer holds: it would fire at once and fail every fetch.
     [{ fetch_timeout: '3000000' }, /\[PACKAGES\] fetch_timeout = "3000000": allowed is a number >= 0\.01 and <= 2147483/],
     [{ fetch_connect_timeout: '1e9' }, /fetch_connect_timeout = "1e9": allowed is .* <= 2147483/],

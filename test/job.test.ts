@@ -127,3 +127,43 @@ test('the client package carries the client runtime: unpacked alone, with Node.j
   assert.equal(report.totals.packages, 4);
   assert.match(await readFile(path.join(machine, 'results', 'status.log'), 'utf8'), /^END GOOD\t----/m);
 });
+
+test('a control file\'s declared packages are fetched ahead, before its first test, and transfers.json says which were and how long the job waited', async (t) => {
+  const { dir, repo } = await publish(t);
+  const installDir = path.join(dir, 'client');
+  const declared = ['deps/libaio', 'profilers/vmstat', 'tests/sleeptest'].map((folder) => path.join(installDir, folder, '.checksum'));
+  const control = path.join(dir, 'ahead.control.mjs');
+  await writeFile(control, [
+    "import { existsSync } from 'node:fs';",
+    "import { writeFile } from 'node:fs/promises';",
+    "export const packages = { tests: ['sleeptest'], deps: ['libaio'], profilers: ['vmstat'] };",
+    'export default async (job) => {',
+    `  const present = ${JSON.stringify(declared)}.filter((file) => existsSync(file));`,
+    "  await writeFile(`${job.resultsDir}/present-at-start.json`, JSON.stringify(present));",
+    "  await job.setupDep(['libaio']);",
+    "  await job.profilers.add('vmstat');",
+    "  await job.runTest('sleeptest', { seconds: 1 });",
+    "  await job.runTest('dbench', { seconds: 1 });",
+    '};',
+    '',
+  ].join('\n'));
+  const resultsDir = path.join(dir, 'results');
+  const report = await runJob({ control, resultsDir, install: { locations: [local(repo)], settings: SETTINGS, installDir } });
+  assert.equal(report.status, 'GOOD');
+  assert.deepEqual(JSON.parse(await readFile(path.join(resultsDir, 'present-at-start.json'), 'utf8')), declared, 'every declared package was installed before the job\'s first step');
+  const record = JSON.parse(await readFile(path.join(resultsDir, 'transfers.json'), 'utf8')) as { transfers: { file: string; action: string; ahead: boolean }[]; waitSeconds: number };
+  assert.deepEqual(record.transfers.map((r) => [r.file, r.action, r.ahead]).sort(), [
+    ['dep-libaio.tar.bz2', 'fetched', true], ['profiler-vmstat.tar.bz2', 'fetched', true], ['test-dbench.tar.bz2', 'fetched', false], ['test-sleeptest.tar.bz2', 'fetched', true],
+  ], 'each package once; the undeclared one on demand');
+  assert.equal(typeof record.waitSeconds, 'number');
+  assert.ok(record.waitSeconds > 0 && record.waitSeconds <= report.totals.seconds, 'the wait is part of the job\'s time');
+});
+
+test('a control file whose packages export is malformed aborts the job with the reason', async (t) => {
+  const { dir, repo } = await publish(t);
+  const control = path.join(dir, 'bad.control.mjs');
+  await writeFile(control, "export const packages = { tests: 'sleeptest', extra: [] };\nexport default async () => {};\n");
+  const report = await runJob({ control, resultsDir: path.join(dir, 'results'), install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') } });
+  assert.equal(report.status, 'ABORT');
+  assert.match(await readFile(path.join(dir, 'results', 'status.log'), 'utf8'), /export const packages has an unknown key "extra"/);
+});

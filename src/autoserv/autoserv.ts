@@ -5,10 +5,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { rootCertificates } from 'node:tls';
-import type { FetchTls, Location } from '../config/index.js';
+import type { FetchLocation, FetchTls, Location } from '../config/index.js';
+import { orderForPackage } from '../fetch/rendezvous.js';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
 import { whenClosed } from '../ssh/session.js';
-import { CLIENT_PACKAGE_NAME, checkName, packEntries } from '../packages/index.js';
+import { CLIENT_PACKAGE_NAME, checkName, packageFileName, packEntries } from '../packages/index.js';
 import { CHANNEL_REQUEST_PREFIX } from '../client/channel.js';
 import type { Writable } from 'node:stream';
 import { packageEntries, selectSources } from '../packager/client-tree.js';
@@ -19,7 +20,7 @@ export interface AutoservOptions {
   control: string;
   resultsDir: string;
   /** fetch_location: what the hosts fetch from (http(s) ones also for the client package). */
-  locations: Location[];
+  locations: FetchLocation[];
   /** autoserv's own client tree, for the copy ways. */
   clientDir: string;
   /** Folder on each host that holds the client, its package cache and the job's results; "{host}" is replaced by the host's name. */
@@ -133,7 +134,10 @@ function hostConfig(options: AutoservOptions, caFile: string): string {
 
 async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, work: string, caFile: string): Promise<void> {
   const started = performance.now();
-  const urls = options.locations.filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http').map((l) => l.url);
+  // In the order the client itself would take for the client package, groups ranked for it:
+  // every host asks the same front first, as the jobs' clients do for their packages.
+  const urls = orderForPackage(options.locations, packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2'))
+    .filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http').map((l) => l.url);
   const ways = options.clientInstall === 'full copy' ? (['full copy'] as const) : (['light copy', 'full copy'] as const);
   if (options.clientInstall === 'full copy') summary.why.push('packaging: not asked for (--client-install full)');
   else if (urls.length > 0) {

@@ -14,6 +14,7 @@ interface ClientFlags {
   cacheDir?: string;
   repository?: string[];
   json?: boolean;
+  offline?: boolean;
 }
 
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
@@ -44,6 +45,8 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
     settings: config.packages.fetch,
     installDir: chooseInstallDir(flags.installDir),
     ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
+    offline: flags.offline === true,
+    cacheSizeBytes: config.packages.clientCacheSizeBytes,
     onProgress: progress.onProgress,
     onWarning: warnOnce(output),
   }).finally(progress.finish);
@@ -76,6 +79,8 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
       installDir: chooseInstallDir(flags.installDir),
       ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
       onWarning: warnOnce(output),
+      offline: flags.offline === true,
+      cacheSizeBytes: config.packages.clientCacheSizeBytes,
     },
     // With --json, standard output holds the one JSON document: status lines go beside it.
     onStatus: (line) => { if (flags.json === true) output.err(line); else output.out(line); },
@@ -100,6 +105,7 @@ export function clientCommand(output: Output, setExit: (code: number) => void): 
     .option('-r, --repository <location>', 'a repository tried before fetch_location; repeatable', collect)
     .option('--json', 'print the job report as JSON at the end')
     .option('--autoserv-channel', 'run under autoserv: ask it, over standard input and output, for packages no repository has')
+    .option('--offline', 'use only what is installed or in the package cache; open no connection; fail naming every missing package')
     .exitOverride()
     .action(async (control: string, flags: RunFlags) => {
       setExit(await runControl(control, flags, output));
@@ -112,6 +118,7 @@ export function clientCommand(output: Output, setExit: (code: number) => void): 
     .option('--install-dir <path>', 'the client install folder (default: $AUTOTEST_INSTALL_DIR, else var/client)')
     .option('--cache-dir <path>', 'the package cache (default: INSTALL_DIR/packages)')
     .option('-r, --repository <location>', 'a repository tried before fetch_location; repeatable', collect)
+    .option('--offline', 'use only what is installed or in the package cache; open no connection; fail naming every missing package')
     .option('--json', 'print the result as JSON')
     .exitOverride()
     .action(async (type: string, names: string[], flags: ClientFlags) => {

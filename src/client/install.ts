@@ -2,12 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pLimit from 'p-limit';
-import { COMPRESSIONS, type FetchSettings, type Location } from '../config/index.js';
-import { errnoCode } from '../errors.js';
+import { COMPRESSIONS, type FetchLocation, type FetchSettings } from '../config/index.js';
+import { AutotestError, errnoCode } from '../errors.js';
 import { fsyncPath, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
 import { PackageFetcher, type DownloadProgress } from '../fetch/index.js';
 import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType } from '../packages/index.js';
 import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
+import { packageLockPath, readStoredEntry, storeEntry, touchCached, trimCache } from './cache.js';
 
 /** The marker an installed package folder carries: the md5 of the tarball it came from. */
 export const MARKER_FILE = '.checksum';
@@ -15,7 +16,7 @@ export const MARKER_FILE = '.checksum';
 const TYPE_FOLDERS: Record<PackageType, string> = { client: '', test: 'tests', dep: 'deps', profiler: 'profilers' };
 
 export interface InstallOptions {
-  locations: Location[];
+  locations: FetchLocation[];
   settings: FetchSettings;
   /** The client's install folder: tests/, deps/, profilers/ and client/ go under it. */
   installDir: string;
@@ -26,6 +27,10 @@ export interface InstallOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Hears what was wrong in a repository's index that was used all the same. */
   onWarning?: (message: string) => void;
+  /** Only what is installed or cached, verified against the entry stored with it: no connection at all. */
+  offline?: boolean;
+  /** client_cache_size: the package cache is trimmed to this after each install; undefined or 0: unbounded. */
+  cacheSizeBytes?: number;
 }
 
 export interface InstallRecord {
@@ -125,15 +130,26 @@ function candidateFiles(type: PackageType, name: string): string[] {
  * Installs packages on this machine: each is looked up in the repositories, skipped when its
  * folder's marker matches the index, else fetched into the cache (skipped when the cached
  * tarball matches) and swapped in whole. A per-package lock across processes makes
- * concurrent installs of one package do the work once.
+ * concurrent installs of one package do the work once. Offline, only what is installed or
+ * cached is used. Then the cache is trimmed to client_cache_size.
  */
 export async function installPackages(type: PackageType, names: string[], options: InstallOptions): Promise<InstallRecord[]> {
   for (const name of names) checkName(name);
   const cacheDir = options.cacheDir ?? path.join(options.installDir, 'packages');
   await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
-  const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir, options.onWarning);
   const limit = pLimit(options.jobs ?? 4);
-  return Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
+  let records: InstallRecord[];
+  if (options.offline === true) records = await installOffline(type, names, { ...options, cacheDir });
+  else {
+    const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir, options.onWarning);
+    records = await Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
+  }
+  if (options.cacheSizeBytes !== undefined && options.cacheSizeBytes > 0) await trimCache(cacheDir, options.cacheSizeBytes);
+  return records;
+}
+
+function lockedPackage<T>(cacheDir: string, type: PackageType, name: string, waitSeconds: number, work: () => Promise<T>): Promise<T> {
+  return withHeldLock(spawnLocalFlock(packageLockPath(cacheDir, type, name), waitSeconds), `package cache ${cacheDir}`, work);
 }
 
 async function installOne(fetcher: PackageFetcher, options: InstallOptions & { cacheDir: string }, type: PackageType, name: string): Promise<InstallRecord> {
@@ -143,25 +159,70 @@ async function installOne(fetcher: PackageFetcher, options: InstallOptions & { c
   const { file, entry, repository, passedOver } = await fetcher.lookup(candidateFiles(type, name));
   // One lock per installed folder, whatever file name a repository gives the package; a
   // waiter may wait as long as a download may take.
-  const lockPath = path.join(cacheDir, '.locks', `${type}-${name}.lock`);
   const waitSeconds = Math.ceil((2 * settings.timeoutMs) / 1000) + 60;
-  return withHeldLock(spawnLocalFlock(lockPath, waitSeconds), `package cache ${cacheDir}`, async () => {
-    const record = (action: InstallRecord['action'], source: string, bytes: number, md5: string, passed = passedOver): InstallRecord => ({
-      type, name, file, folder, action, md5, repository: source, bytes, seconds: (performance.now() - started) / 1000, passedOver: passed,
+  return lockedPackage(cacheDir, type, name, waitSeconds, async () => {
+    const record = (action: InstallRecord['action'], source: string, bytes: number, used: IndexEntry, passed = passedOver): InstallRecord => ({
+      type, name, file: used.file, folder, action, md5: used.md5, repository: source, bytes, seconds: (performance.now() - started) / 1000, passedOver: passed,
     });
     await recover(folder);
-    if ((await readMarker(folder)) === entry.md5) return record('up-to-date', repository, 0, entry.md5);
     const cached = path.join(cacheDir, file);
+    if ((await readMarker(folder)) === entry.md5) {
+      await storeEntry(cacheDir, type, name, entry);
+      await touchCached(cached);
+      return record('up-to-date', repository, 0, entry);
+    }
     if (await cachedMatches(cached, entry)) {
       await swapIn(cached, folder, entry.md5);
-      return record('from-cache', cacheDir, 0, entry.md5);
+      await storeEntry(cacheDir, type, name, entry);
+      await touchCached(cached);
+      return record('from-cache', cacheDir, 0, entry);
     }
     // The marker names what was really installed: the entry of the repository that served
     // the bytes, which may hold another version than the first one looked at.
     const fetched = await fetcher.fetch(file, cached, options.onProgress);
     await swapIn(cached, folder, fetched.entry.md5);
-    return record('fetched', fetched.repository, fetched.bytes, fetched.entry.md5, [...new Set([...passedOver, ...fetched.passedOver])]);
+    await storeEntry(cacheDir, type, name, fetched.entry);
+    return record('fetched', fetched.repository, fetched.bytes, fetched.entry, [...new Set([...passedOver, ...fetched.passedOver])]);
   });
+}
+
+/** What an offline install found for one package, or why it has nothing. */
+type OfflineOutcome = { record: InstallRecord } | { missing: string };
+
+/**
+ * Offline: a package is usable when its folder's marker matches the entry stored at its last
+ * install (or there is no stored entry, only the marker), or when its cached tarball matches
+ * that entry. Every package is looked at before failing, so the error names all that are missing.
+ */
+async function installOffline(type: PackageType, names: string[], options: InstallOptions & { cacheDir: string }): Promise<InstallRecord[]> {
+  const { cacheDir, installDir } = options;
+  const outcomes = await Promise.all(names.map((name) => lockedPackage(cacheDir, type, name, Math.ceil((2 * options.settings.timeoutMs) / 1000) + 60, async (): Promise<OfflineOutcome> => {
+    const started = performance.now();
+    const folder = installFolder(installDir, type, name);
+    await recover(folder);
+    const entry = await readStoredEntry(cacheDir, type, name);
+    const marker = await readMarker(folder);
+    const record = (action: InstallRecord['action'], file: string, md5: string, repository: string): OfflineOutcome => ({
+      record: { type, name, file, folder, action, md5, repository, bytes: 0, seconds: (performance.now() - started) / 1000, passedOver: [] },
+    });
+    if (marker !== undefined && (entry === undefined || entry.md5 === marker)) {
+      if (entry) await touchCached(path.join(cacheDir, entry.file));
+      return record('up-to-date', entry?.file ?? packageFileName(type, name, 'bzip2'), marker, folder);
+    }
+    if (!entry) return { missing: `${type} ${name}: neither installed nor cached` };
+    const cached = path.join(cacheDir, entry.file);
+    if (!(await cachedMatches(cached, entry))) return { missing: `${type} ${name}: ${entry.file} is not in the package cache, or fails its checksum` };
+    await swapIn(cached, folder, entry.md5);
+    await touchCached(cached);
+    return record('from-cache', entry.file, entry.md5, cacheDir);
+  })));
+  const missing = outcomes.flatMap((outcome) => ('missing' in outcome ? [outcome.missing] : []));
+  if (missing.length > 0) {
+    throw new AutotestError('ERR_OFFLINE_MISSING', `offline, ${missing.length.toString()} package(s) cannot be installed from ${installDir} or the package cache ${cacheDir}:\n${missing.map((m) => `  - ${m}`).join('\n')}`, {
+      hint: 'install them once with a connection (without --offline), then run offline',
+    });
+  }
+  return outcomes.flatMap((outcome) => ('record' in outcome ? [outcome.record] : []));
 }
 
 async function cachedMatches(cached: string, entry: IndexEntry): Promise<boolean> {
@@ -182,7 +243,7 @@ export async function installFromTarball(type: PackageType, name: string, tarbal
   const cacheDir = options.cacheDir ?? path.join(options.installDir, 'packages');
   await mkdir(path.join(cacheDir, '.locks'), { recursive: true });
   const folder = installFolder(options.installDir, type, name);
-  await withHeldLock(spawnLocalFlock(path.join(cacheDir, '.locks', `${type}-${name}.lock`)), `package cache ${cacheDir}`, async () => {
+  await lockedPackage(cacheDir, type, name, 300, async () => {
     await recover(folder);
     await swapIn(tarball, folder, md5);
   });

@@ -3,6 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import pLimit from 'p-limit';
 import { AutotestError, describeError, isAutotestError } from '../errors.js';
 import { checkName, type PackageType } from '../packages/index.js';
 import { installFolder, installFromTarball, installPackages, type InstallOptions, type InstallRecord } from './install.js';
@@ -30,13 +31,49 @@ export interface TestResult {
   seconds: number;
 }
 
-export type TransferRecord = Pick<InstallRecord, 'type' | 'name' | 'file' | 'action' | 'repository' | 'bytes' | 'seconds'>;
+export type TransferRecord = Pick<InstallRecord, 'type' | 'name' | 'file' | 'action' | 'repository' | 'bytes' | 'seconds'> & {
+  /** Got before the first test because the control file declared it (export const packages). */
+  ahead: boolean;
+};
 
 export interface JobReport {
   status: Status;
   tests: TestResult[];
   transfers: TransferRecord[];
-  totals: { bytes: number; seconds: number; packages: number };
+  /** waitSeconds: how long the job stood waiting on packages (the fetch ahead, then each on-demand install). */
+  totals: { bytes: number; seconds: number; packages: number; waitSeconds: number };
+}
+
+/** How many declared packages are fetched at once before the first test. */
+const AHEAD_CONCURRENCY = 4;
+
+/** What a control file may declare it needs: `export const packages = { tests, deps, profilers }`. */
+export interface DeclaredPackages {
+  test: string[];
+  dep: string[];
+  profiler: string[];
+}
+
+/** Reads a control file's `packages` export; a malformed one is the control file's error. */
+export function readDeclaredPackages(value: unknown, control: string): DeclaredPackages {
+  const declared: DeclaredPackages = { test: [], dep: [], profiler: [] };
+  if (value === undefined) return declared;
+  const bad = (why: string): never => {
+    throw new AutotestError('ERR_USAGE', `${control}: export const packages ${why}`, {
+      hint: 'declare it as export const packages = { tests: [\'name\'], deps: [], profilers: [] }',
+    });
+  };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) bad('is not an object');
+  const record = value as Record<string, unknown>;
+  for (const key of Object.keys(record)) if (!['tests', 'deps', 'profilers'].includes(key)) bad(`has an unknown key "${key}" (tests, deps, profilers)`);
+  for (const [key, type] of [['tests', 'test'], ['deps', 'dep'], ['profilers', 'profiler']] as const) {
+    const list = record[key];
+    if (list === undefined) continue;
+    const names: unknown[] = Array.isArray(list) ? list : [list];
+    if (!Array.isArray(list) || !names.every((item): item is string => typeof item === 'string')) bad(`${key} is not a list of names`);
+    declared[type] = [...new Set(names.map((name) => checkName(String(name), type)))];
+  }
+  return declared;
 }
 
 /** What a test, dep or profiler module may export. */
@@ -98,30 +135,65 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
   const subdirs = new Map<string, number>();
   const activeProfilers = new Map<string, PackageModule>();
 
-  const fromRepositories = async (type: PackageType, name: string): Promise<string> => {
+  let waitSeconds = 0;
+  const fromRepositories = async (type: PackageType, name: string, ahead: boolean): Promise<string> => {
     const [record] = await installPackages(type, [name], options.install);
     if (!record) throw new AutotestError('ERR_NOT_FOUND', `${type} ${name} was not installed`);
-    transfers.push({ type, name, file: record.file, action: record.action, repository: record.repository, bytes: record.bytes, seconds: record.seconds });
+    transfers.push({ type, name, file: record.file, action: record.action, repository: record.repository, bytes: record.bytes, seconds: record.seconds, ahead });
     return record.md5;
   };
-  const fromAutoserv = async (type: PackageType, name: string, channel: ChannelClient): Promise<string> => {
+  const fromAutoserv = async (type: PackageType, name: string, channel: ChannelClient, ahead: boolean): Promise<string> => {
     const cacheDir = options.install.cacheDir ?? path.join(options.install.installDir, 'packages');
     await mkdir(cacheDir, { recursive: true });
     const answer = await channel.fetch(type, name, cacheDir);
     await installFromTarball(type, name, answer.file, answer.md5, options.install);
-    transfers.push({ type, name, file: path.basename(answer.file), action: 'fetched', repository: 'autoserv', bytes: answer.bytes, seconds: answer.seconds });
+    transfers.push({ type, name, file: path.basename(answer.file), action: 'fetched', repository: 'autoserv', bytes: answer.bytes, seconds: answer.seconds, ahead });
     return answer.md5;
+  };
+  const obtain = async (type: PackageType, name: string, ahead: boolean): Promise<string> => {
+    try {
+      return await fromRepositories(type, name, ahead);
+    } catch (error) {
+      // No repository has it: autoserv packs it from its own tree, when it serves packages.
+      if (!options.channel || !isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED')) throw error;
+      return fromAutoserv(type, name, options.channel, ahead);
+    }
+  };
+  /** Packages fetched ahead, by "type name": their md5, so the step that needs one does not ask again. */
+  const fetchedAhead = new Map<string, string>();
+  const fetchAhead = async (declared: DeclaredPackages): Promise<void> => {
+    const started = performance.now();
+    const limit = pLimit(AHEAD_CONCURRENCY);
+    const wanted = (['dep', 'profiler', 'test'] as const).flatMap((type) => declared[type].map((name) => ({ type, name })));
+    const failures = await Promise.all(wanted.map(({ type, name }) => limit(async () => {
+      try {
+        fetchedAhead.set(`${type} ${name}`, await obtain(type, name, true));
+        return undefined;
+      } catch (error) {
+        return { type, name, error };
+      }
+    })));
+    waitSeconds += (performance.now() - started) / 1000;
+    const missing = failures.flatMap((failure) => (failure === undefined ? [] : [failure]));
+    // Offline, a declared package that is not here is known missing now: say all of them at
+    // once rather than one per step. Online, a failed one is tried again when a step needs it.
+    if (options.install.offline === true && missing.length > 0) {
+      throw new AutotestError('ERR_OFFLINE_MISSING', `offline, declared packages are missing:\n${missing.map((m) => `  - ${m.type} ${m.name}: ${describeError(m.error)}`).join('\n')}`, {
+        hint: 'install them once with a connection (without --offline), then run offline',
+      });
+    }
   };
 
   const install = async (type: PackageType, name: string): Promise<PackageModule> => {
     checkName(name, type);
-    let md5: string;
-    try {
-      md5 = await fromRepositories(type, name);
-    } catch (error) {
-      // No repository has it: autoserv packs it from its own tree, when it serves packages.
-      if (!options.channel || !isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED')) throw error;
-      md5 = await fromAutoserv(type, name, options.channel);
+    let md5 = fetchedAhead.get(`${type} ${name}`);
+    if (md5 === undefined) {
+      const started = performance.now();
+      try {
+        md5 = await obtain(type, name, false);
+      } finally {
+        waitSeconds += (performance.now() - started) / 1000;
+      }
     }
     const file = path.join(installFolder(options.install.installDir, type, name), `${name}.mjs`);
     // The marker's checksum in the URL: a new version of the package is a new module.
@@ -216,8 +288,9 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
   let jobStatus: Status = 'GOOD';
   let jobMessage = '';
   try {
-    const control = (await import(pathToFileURL(path.resolve(options.control)).href)) as { default?: unknown };
+    const control = (await import(pathToFileURL(path.resolve(options.control)).href)) as { default?: unknown; packages?: unknown };
     if (typeof control.default !== 'function') throw new AutotestError('ERR_USAGE', `${options.control}: the control file has no default export function`);
+    await fetchAhead(readDeclaredPackages(control.packages, options.control));
     await (control.default as (job: Job) => unknown)(job);
   } catch (error) {
     jobStatus = 'ABORT';
@@ -234,9 +307,10 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
       bytes: transfers.reduce((sum, t) => sum + t.bytes, 0),
       seconds: (performance.now() - started) / 1000,
       packages: transfers.filter((t) => t.action === 'fetched').length,
+      waitSeconds,
     },
   };
-  await writeFile(path.join(options.resultsDir, 'transfers.json'), `${JSON.stringify({ transfers, totals: report.totals }, null, 2)}\n`);
+  await writeFile(path.join(options.resultsDir, 'transfers.json'), `${JSON.stringify({ transfers, totals: report.totals, waitSeconds }, null, 2)}\n`);
   await writeFile(path.join(options.resultsDir, 'job.json'), `${JSON.stringify(report, null, 2)}\n`);
   return report;
 }

@@ -153,3 +153,45 @@ export function parseLocation(raw: string, baseDir: string, s3SettingsFor: S3Set
 export function describeLocation(location: Location): string {
   return location.kind === 'local' ? location.path : redactSecrets(location.text);
 }
+
+/**
+ * A `|` group of fetch_location: its members are tried in an order of their own for each
+ * package (rendezvous hashing of the package's file name), so that every machine asks the
+ * same member first for the same package and the members share the packages between them.
+ */
+export interface LocationGroup {
+  kind: 'group';
+  members: Location[];
+  text: string;
+}
+
+/** One item of fetch_location: a repository, or a group of them. */
+export type FetchLocation = Location | LocationGroup;
+
+/**
+ * The key a group member is hashed by: its URL without a trailing slash, so that
+ * `http://f1/builtin` and `http://f1/builtin/` rank alike on every machine.
+ */
+export function memberKey(location: Location): string {
+  return (location.kind === 'http' ? location.url : location.text.trim()).replace(/\/+$/, '');
+}
+
+/** Reads one comma-separated item of fetch_location: `a | b | c` is a group, anything else one location. */
+export function parseFetchLocation(raw: string, baseDir: string, s3SettingsFor: S3SettingsFor = () => DEFAULT_S3_SETTINGS): FetchLocation {
+  const parts = raw.split('|').map((part) => part.trim());
+  if (parts.length === 1) return parseLocation(raw, baseDir, s3SettingsFor);
+  if (parts.some((part) => part === '')) refuse(raw, 'a "|" group has an empty member');
+  const members = parts.map((part) => parseLocation(part, baseDir, s3SettingsFor));
+  const seen = new Set<string>();
+  for (const member of members) {
+    const key = memberKey(member);
+    if (seen.has(key)) refuse(raw, `"${redactSecrets(key)}" is twice in the same "|" group`);
+    seen.add(key);
+  }
+  return { kind: 'group', members, text: members.map((member) => member.text).join(' | ') };
+}
+
+/** The repositories of fetch_location in the order written, every group's members in place. */
+export function flattenFetchLocations(locations: readonly FetchLocation[]): Location[] {
+  return locations.flatMap((location) => (location.kind === 'group' ? location.members : [location]));
+}

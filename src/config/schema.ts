@@ -2,14 +2,15 @@ import path from 'node:path';
 import { AutotestError, redactSecrets } from '../errors.js';
 import { getIniValue, sectionKeys, type IniDocument, type IniValue } from './ini.js';
 import { closestMatch } from './suggest.js';
-import { DEFAULT_S3_SETTINGS, parseLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
+import { DEFAULT_S3_SETTINGS, parseFetchLocation, parseLocation, type FetchLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
 
 export type Compression = 'bzip2' | 'gzip' | 'zstd';
 export const COMPRESSIONS: readonly Compression[] = ['bzip2', 'gzip', 'zstd'];
 
 /** The [PACKAGES] section, validated and typed. */
 export interface PackagesConfig {
-  fetchLocations: Location[];
+  /** In order; a `|` group's members are ordered per package (see fetch/rendezvous.ts). */
+  fetchLocations: FetchLocation[];
   uploadLocations: Location[];
   customUploadLocations: Location[];
   customDownloadLocation: string;
@@ -17,6 +18,8 @@ export interface PackagesConfig {
   minimumFreeSpaceBytes: number;
   servePackagesFromAutoserv: boolean;
   clientDir: string | undefined;
+  /** client_cache_size: the client's package cache is trimmed to this by least recent use; 0: unbounded. */
+  clientCacheSizeBytes: number;
   compression: Compression;
   fetch: FetchSettings;
   /** The [S3] settings of a bucket (with its [S3:BUCKET] overrides). */
@@ -70,7 +73,7 @@ interface KeySpec {
 
 /** Every key of [PACKAGES], with what it allows; the README and example config say the same. */
 export const PACKAGES_KEYS: Record<string, KeySpec> = {
-  fetch_location: { description: 'comma-separated repositories clients fetch from, first tried first (local, http(s)://, ssh://, s3://, git)' },
+  fetch_location: { description: 'comma-separated repositories clients fetch from, first tried first (local, http(s)://, ssh://, s3://, git); members joined by "|" form a group whose order is chosen per package by rendezvous hashing, so the group shares the packages' },
   upload_location: { description: 'comma-separated local paths, ssh:// or s3://bucket/prefix URLs the packager writes to' },
   custom_upload_location: { description: 'comma-separated locations for custom tests and kernels' },
   custom_download_location: { description: 'local staging folder for frontend uploads' },
@@ -78,6 +81,7 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   minimum_free_space: { description: 'GB (10^9 bytes) an upload location must have free (default 1)' },
   serve_packages_from_autoserv: { description: 'true/false: autoserv serves packages no repository has (default true)' },
   client_dir: { description: 'the client tree the packager packs (default: the bundled example tree)' },
+  client_cache_size: { description: 'GB (10^9 bytes) the client\'s package cache is trimmed to after each install, least recently used first, never a tarball in use (default 0: unbounded)' },
   compression: { description: 'bzip2 (default), gzip or zstd' },
   fetch_connect_timeout: { description: 'seconds to wait for a repository to accept a connection (default 5)' },
   fetch_timeout: { description: 'seconds a package download from one repository may take in all (default 600)' },
@@ -192,14 +196,18 @@ interface Reader {
 }
 
 function readLocations(reader: Reader, key: string, fallback: Location[], s3: S3SettingsFor): Location[] {
+  return readLocationItems(reader, key, fallback, (item, baseDir) => parseLocation(item, baseDir, s3),
+    'local paths, file://, http(s)://, ssh://[user@]host[:port]/path, s3://bucket/prefix or git URLs');
+}
+
+function readLocationItems<T>(reader: Reader, key: string, fallback: T[], parse: (item: string, baseDir: string) => T, allowed: string): T[] {
   const entry = reader.get(key);
   if (!entry) return fallback;
   return parseList(entry.value).map((item) => {
     try {
-      return parseLocation(item, reader.baseDir(entry), s3);
+      return parse(item, reader.baseDir(entry));
     } catch (error) {
-      badValue(reader.section, entry, key, 'local paths, file://, http(s)://, ssh://[user@]host[:port]/path, s3://bucket/prefix or git URLs',
-        error instanceof Error ? error.message : String(error));
+      badValue(reader.section, entry, key, allowed, error instanceof Error ? error.message : String(error));
     }
   });
 }
@@ -415,7 +423,8 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
   if (downloadEntry && customDownloadLocation === undefined) badValue(section, downloadEntry, 'custom_download_location', 'a folder path');
 
   const packages: PackagesConfig = {
-    fetchLocations: readLocations(reader, 'fetch_location', [], s3),
+    fetchLocations: readLocationItems(reader, 'fetch_location', [], (item, baseDir) => parseFetchLocation(item, baseDir, s3),
+      'local paths, file://, http(s)://, ssh://[user@]host[:port]/path, s3://bucket/prefix or git URLs, one by one or joined by "|" in groups'),
     uploadLocations,
     customUploadLocations,
     customDownloadLocation: customDownloadLocation ?? path.resolve('custom_packages'),
@@ -423,6 +432,7 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
     minimumFreeSpaceBytes: Math.round(readNumber(reader, 'minimum_free_space', 1, { min: 0 }) * 1e9),
     servePackagesFromAutoserv: readBoolean(reader, 'serve_packages_from_autoserv', true),
     clientDir: readPath(reader, 'client_dir'),
+    clientCacheSizeBytes: Math.round(readNumber(reader, 'client_cache_size', 0, { min: 0 }) * 1e9),
     compression,
     fetch: {
       connectTimeoutMs: readMilliseconds(reader, 'fetch_connect_timeout', 5, 0.01),

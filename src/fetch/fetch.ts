@@ -4,13 +4,14 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { FetchSettings, Location } from '../config/index.js';
+import { flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { indexProblems, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
 import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
+import { orderForPackage } from './rendezvous.js';
 
 export interface FetchedPackage {
   file: string;
@@ -109,22 +110,23 @@ function backoffMs(attempt: number): number {
 }
 
 /**
- * Fetches packages from the repositories of fetch_location, in their order: per repository a
+ * Fetches packages from the repositories of fetch_location, in their order (a `|` group's
+ * members in the order rendezvous hashing gives each package): per repository a
  * connect timeout, a deadline, retries with backoff on transient failures, resume of a cut
  * download, and verification against that repository's index before the file is renamed to
  * its name. A repository that fails slowly (connect timeout, stall) cools down; when all
  * fail, one error lists every repository tried and why.
  */
 export class PackageFetcher {
-  private readonly repositories: FetchRepository[];
+  private readonly repositories = new Map<Location, FetchRepository>();
   private readonly indexes = new Map<FetchRepository, Promise<RepositoryIndex>>();
 
-  private constructor(locations: Location[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth, private readonly onWarning: (message: string) => void) {
-    this.repositories = locations.map((location) => fetchRepositoryFor(location, settings));
+  private constructor(private readonly locations: FetchLocation[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth, private readonly onWarning: (message: string) => void) {
+    for (const location of flattenFetchLocations(locations)) this.repositories.set(location, fetchRepositoryFor(location, settings));
   }
 
   /** `onWarning` hears what was wrong in an index that was used all the same (a malformed line left out). */
-  static async create(locations: Location[], settings: FetchSettings, stateDir?: string, onWarning: (message: string) => void = () => undefined): Promise<PackageFetcher> {
+  static async create(locations: FetchLocation[], settings: FetchSettings, stateDir?: string, onWarning: (message: string) => void = () => undefined): Promise<PackageFetcher> {
     if (locations.length === 0) {
       throw new AutotestError('ERR_CONFIG', 'no repository to fetch from: fetch_location is empty', {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
@@ -134,7 +136,12 @@ export class PackageFetcher {
   }
 
   get names(): string[] {
-    return this.repositories.map((repository) => repository.name);
+    return [...this.repositories.values()].map((repository) => repository.name);
+  }
+
+  /** The repositories in the order to try for `file`. */
+  private orderFor(file: string): FetchRepository[] {
+    return orderForPackage(this.locations, file).flatMap((location) => this.repositories.get(location) ?? []);
   }
 
   /** The repository's index, read once per fetcher. */
@@ -152,12 +159,12 @@ export class PackageFetcher {
     return index;
   }
 
-  /** Walks the repositories in order; `attempt` returns a result, or throws why this one failed. */
-  private async firstThatWorks<T>(what: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
+  /** Walks the repositories in `file`'s order; `attempt` returns a result, or throws why this one failed. */
+  private async firstThatWorks<T>(what: string, file: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
     const reasons: string[] = [];
     const failures: string[] = [];
     const hints = new Set<string>();
-    for (const repository of this.repositories) {
+    for (const repository of this.orderFor(file)) {
       const wait = this.health.coolingDown(repository.name);
       if (wait > 0) {
         const reason = `${repository.name}: skipped for ${Math.ceil(wait / 1000).toString()} s more (fetch_cooldown) after: ${this.health.lastFailure(repository.name)}`;
@@ -190,9 +197,9 @@ export class PackageFetcher {
     });
   }
 
-  /** The index entry of the first of `files` found, in repository order. */
+  /** The index entry of the first of `files` found, in the repository order of the first of them (the name Autotest gives the package). */
   async lookup(files: string[]): Promise<{ file: string; entry: IndexEntry; repository: string; passedOver: string[] }> {
-    return this.firstThatWorks(files.join(' or '), (repository, index) => {
+    return this.firstThatWorks(files.join(' or '), files[0] ?? '', (repository, index) => {
       for (const file of files) {
         const entry = index.get(file);
         if (entry) return Promise.resolve({ file, entry, repository: repository.name });
@@ -203,7 +210,7 @@ export class PackageFetcher {
 
   /** Fetches `file` to `dest` (a path in the package cache), verified. */
   async fetch(file: string, dest: string, onProgress?: (progress: DownloadProgress) => void): Promise<FetchedPackage> {
-    return this.firstThatWorks(file, async (repository, index) => {
+    return this.firstThatWorks(file, file, async (repository, index) => {
       const entry = index.get(file);
       if (!entry) return `${file} is not in its index`;
       return this.download(repository, file, entry, dest, onProgress);

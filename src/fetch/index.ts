@@ -2,3 +2,4 @@ export { PackageFetcher, type DownloadProgress, type FetchedPackage } from './fe
 export { agentFor, closeHttpConnections, errorBody, fetchRepositoryFor, type FetchRepository } from './repositories.js';
 export { FetchFailure } from './errors.js';
 export { RepositoryHealth } from './health.js';
+export { orderForPackage, rankMembers, rendezvousScore } from './rendezvous.js';
