@@ -67,13 +67,16 @@ export function describeError(error: unknown): string {
   return String(error);
 }
 
-const SECRET_QUERY_KEYS = /([?&](?:token|access_token|auth|password|passwd|secret|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token)=)[^&#\s]*/gi;
+/** Query keys that hold secrets, by how they end: token, private_token, api_key, X-Amz-Signature... */
+const SECRET_QUERY_KEYS = /([?&][\w.-]*(?:token|key|auth|password|passwd|secret|sig|signature|credential)=)[^&#\s]*/gi;
 
 /** Schemes whose URL user part is often a token (`https://TOKEN@host`): hidden whole. */
 const TOKEN_USER_SCHEMES: ReadonlySet<string> = new Set(['http', 'https', 'git', 'git+https', 's3']);
 const SCHEME_CHAR = /[a-z0-9+.-]/i;
 /** Longest scheme looked for before "://"; real ones are short, and the bound keeps the scan linear. */
 const MAX_SCHEME_LENGTH = 32;
+/** How far past a "/" a password's "@" is looked for. */
+const MAX_PASSWORD_LENGTH = 256;
 
 /** `authority` (the text between "://" and the next "/" or space) with its secrets hidden. */
 function redactAuthority(scheme: string, authority: string): string {
@@ -82,7 +85,8 @@ function redactAuthority(scheme: string, authority: string): string {
   const userinfo = authority.slice(0, at);
   const colon = userinfo.indexOf(':');
   if (colon >= 0) return `${userinfo.slice(0, colon)}:***${authority.slice(at)}`;
-  return TOKEN_USER_SCHEMES.has(scheme.toLowerCase()) ? `***${authority.slice(at)}` : authority;
+  // Also "proxyhttps" and friends: a scheme that ends as a web one is read as one.
+  return TOKEN_USER_SCHEMES.has(scheme.toLowerCase()) || /(?:https?|git|s3)$/i.test(scheme) ? `***${authority.slice(at)}` : authority;
 }
 
 /**
@@ -103,6 +107,19 @@ export function redactSecrets(text: string): string {
     const from = mark + 3;
     let end = from;
     while (end < text.length && text.charAt(end) !== '/' && !/\s/.test(text.charAt(end))) end += 1;
+    // "user:pa/ss@host": a password with a raw "/" (not a valid URL, but a secret all the same)
+    // ends at the "@" further on, when what stands before the "/" is not host:port.
+    const colon = text.indexOf(':', from);
+    if (text.charAt(end) === '/' && colon >= from && colon < end && !/^\d*$/.test(text.slice(colon + 1, end))) {
+      // Looked for a short way only, so that the whole pass stays linear.
+      const limit = Math.min(text.length, end + MAX_PASSWORD_LENGTH);
+      let next = end;
+      while (next < limit && !/\s/.test(text.charAt(next)) && text.charAt(next) !== '@') next += 1;
+      if (text.charAt(next) === '@') {
+        while (next < text.length && text.charAt(next) !== '/' && !/\s/.test(text.charAt(next))) next += 1;
+        end = next;
+      }
+    }
     shown += text.slice(copied, from) + redactAuthority(text.slice(start, mark), text.slice(from, end));
     copied = end;
     mark = Math.max(mark, end - 3);

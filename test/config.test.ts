@@ -179,6 +179,10 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     ['upload_token: short', /\[SERVER\] upload_token = the value given \(5 characters\).*at least 16 characters/],
     ['upload_token: fifteen-chars-x', /upload_token = the value given \(15 characters\)/],
     ['upload_token: change-me-to-a-long-random-string', /upload_token = the value given \(the example config's placeholder\)/],
+    ['upload_token: "change-me-to-a-long-random-string"', /upload_token = the value given \(the example config's placeholder\)/],
+    ["upload_token: 'CHANGE-ME-TO-A-LONG-RANDOM-STRING'", /upload_token = the value given \(the example config's placeholder\)/],
+    ['upload_token: "a-quoted-secret-token-1234"', /upload_token = the value given \(it starts with a quote/],
+    ['upload_token: aaaaaaaaaaaaaaaaaaaa', /upload_token = the value given \(it repeats fewer than 4 different characters\)/],
     ['listen_address: a b', /listen_address/],
   ] as const) {
     await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {

@@ -26,6 +26,21 @@ test('hides secrets in very long texts in one pass: 100,000 characters of "a://"
   // reads them in milliseconds. Asserted by the outcome, not by a timing.
   const pieces = 'a://'.repeat(25_000);
   assert.equal(redactSecrets(pieces), pieces);
+  const passwords = 'a://b:c/'.repeat(12_500);
+  assert.equal(redactSecrets(passwords), passwords);
   const letters = `${'x'.repeat(100_000)}://u:p@h/`;
   assert.equal(redactSecrets(letters), `${'x'.repeat(100_000)}://u:***@h/`);
+});
+
+test('hides query secrets by how their key ends, a password holding a raw "/", and a token user under a scheme that ends as a web one', () => {
+  const shown = redactSecrets([
+    'https://gitlab.example/api?private_token=glpat-SECRET1&page=2',
+    'https://host/p?api_key=SECRET2',
+    'https://user:pa/ss@host/path',
+    'proxyhttps://SECRET4@host/x',
+    'https://registry.example:8080/@scope/pkg',
+  ].join(' '));
+  for (const secret of ['SECRET1', 'SECRET2', 'ss@host', 'SECRET4']) assert.equal(shown.includes(secret), false, `${secret} in ${shown}`);
+  assert.match(shown, /page=2/);
+  assert.match(shown, /https:\/\/registry\.example:8080\/@scope\/pkg/, 'a port and a path with "@" are left as they are');
 });

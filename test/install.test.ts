@@ -270,6 +270,39 @@ test('an index with a malformed line, a name too long and a file listed twice wi
   assert.match(repaired, new RegExp(dep.replaceAll('.', '\\.')), 'the republished dep is listed once, with its right checksum');
 });
 
+test('a junk index gives at most 20 problems and how many more, and one with no readable entry (an HTML page) is a failed repository, not one that lacks the package', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const good = await readFile(path.join(repoDir, 'packages.checksum'), 'utf8');
+  await writeFile(path.join(repoDir, 'packages.checksum'), `${good}${'junk\n'.repeat(1000)}`);
+  const warnings: string[] = [];
+  const [record] = await installPackages('test', ['dbench'], { locations: [local(repoDir)], settings: FAST, installDir: path.join(repo.dir, 'install'), onWarning: (m) => warnings.push(m) });
+  assert.equal(record?.action, 'fetched');
+  assert.equal(warnings.length, 21);
+  assert.equal(warnings[20], 'and 980 more problems');
+
+  const page = await faultServer(t, path.join(repo.dir, 'www'), undefined);
+  await mkdir(path.join(repo.dir, 'www'));
+  await writeFile(path.join(repo.dir, 'www', 'packages.checksum'), '<html><body>Welcome to nginx!</body></html>\n');
+  const [second] = await installPackages('test', ['dbench'], { locations: [httpLocation(page.url), local(repoDir)], settings: FAST, installDir: path.join(repo.dir, 'install2') });
+  assert.equal(second?.repository, repoDir);
+  assert.match(second.passedOver.join('\n'), /packages\.checksum has no readable entry \(.*not an md5sum line/);
+});
+
+test('a mirror that sends every byte the index gives and then stalls is not waited for: the package is verified and installed from it', async (t) => {
+  const repo = await publishExample(t);
+  const repoDir = path.join(repo.dir, 'repo');
+  const mirror = await faultServer(t, repoDir, (_file, _request, response, body) => {
+    // Announces more than it sends, then holds the connection open.
+    response.writeHead(200, { 'content-length': body.length + 10 });
+    response.write(body);
+  });
+  const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url)], settings: { ...FAST, timeoutMs: 60_000 }, installDir: path.join(repo.dir, 'install') });
+  assert.equal(record?.repository, mirror.url);
+  assert.deepEqual(record.passedOver, []);
+  await assertInstalled(path.join(repo.dir, 'install', 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
+});
+
 test('a packages.json that does not parse leaves packages.checksum (md5) to decide, with a warning naming it', async (t) => {
   const repo = await publishExample(t);
   const repoDir = path.join(repo.dir, 'repo');

@@ -329,13 +329,16 @@ export const SERVER_KEYS: Record<string, KeySpec> = {
 /** The example config's upload_token: a server that accepted it would take uploads from anyone who read the example. */
 export const PLACEHOLDER_UPLOAD_TOKEN = 'change-me-to-a-long-random-string';
 const MIN_TOKEN_LENGTH = 16;
-const TOKEN_RULE = `at least ${MIN_TOKEN_LENGTH.toString()} characters without spaces, not the example's placeholder`;
+const TOKEN_RULE = `at least ${MIN_TOKEN_LENGTH.toString()} characters without spaces or quotes, of at least 4 different ones, not the example's placeholder`;
 const TOKEN_HINT = 'make one with: openssl rand -hex 24';
 
 function uploadTokenFault(token: string): string | undefined {
-  if (token === PLACEHOLDER_UPLOAD_TOKEN) return "the example config's placeholder";
+  // Quoted or in capitals it is still the placeholder (ConfigParser keeps quotes in a value).
+  if (token.replace(/^(["'])(.*)\1$/, '$2').toLowerCase() === PLACEHOLDER_UPLOAD_TOKEN) return "the example config's placeholder";
+  if (/^["']/.test(token)) return 'it starts with a quote, which ConfigParser keeps as part of the token';
   if (token.length < MIN_TOKEN_LENGTH) return `${token.length.toString()} characters`;
   if (/\s/.test(token)) return 'it holds a space';
+  if (new Set(token).size < 4) return 'it repeats fewer than 4 different characters';
   return undefined;
 }
 

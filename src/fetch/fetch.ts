@@ -47,7 +47,9 @@ const MAX_QUEUED = 8 * 1024 * 1024;
  * stream fails, every chunk that arrived before a cut is written before this returns or
  * reports: a resume then starts after it. Returns the bytes written and what stopped it, if anything.
  */
-async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, bound: { bytes: number; tooLong: () => Error; onWritten: (written: number) => void }): Promise<{ written: number; error: Error | undefined }> {
+async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, bound: { bytes: number; exact: boolean; tooLong: () => Error; onWritten: (written: number) => void }): Promise<{ written: number; error: Error | undefined }> {
+  // Set from the data handler: an object, so that the check after `await` reads it afresh.
+  const body = { complete: false };
   let queued: Buffer[] = [];
   let queuedBytes = 0;
   let written = 0;
@@ -83,14 +85,19 @@ async function consume(stream: Readable, handle: FileHandle, position: number, h
     }
     queued.push(chunk);
     queuedBytes += chunk.length;
-    if (queuedBytes > MAX_QUEUED) stream.pause();
+    if (bound.exact && written + queuedBytes === bound.bytes) {
+      // Every byte the index gives is here: the body's end is not waited for (a mirror that
+      // then stalls would cost a timeout); verification says whether they are right.
+      body.complete = true;
+      stream.destroy();
+    } else if (queuedBytes > MAX_QUEUED) stream.pause();
     flush();
   });
   let error: Error | undefined;
   try {
     await finished(stream);
   } catch (streamError) {
-    error = streamError instanceof Error ? streamError : new Error(String(streamError));
+    if (!body.complete) error = streamError instanceof Error ? streamError : new Error(String(streamError));
   }
   while (writing) {
     await writing;
@@ -283,6 +290,7 @@ export class PackageFetcher {
           const at = start;
           const result = await consume(opened.stream, handle, start, hash, {
             bytes: bound.bytes - start,
+            exact: entry.size !== undefined,
             tooLong: bound.tooLong,
             onWritten: (written) => { onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size }); },
           });

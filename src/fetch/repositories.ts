@@ -12,6 +12,7 @@ import { describeError, errnoCode } from '../errors.js';
 import {
   CHECKSUM_FILE,
   MANIFEST_FILE,
+  indexProblems,
   parseChecksumFile,
   readIndexFiles,
   type RepositoryIndex,
@@ -49,7 +50,13 @@ function indexFrom(name: string, checksums: string | undefined, manifest: string
   if (checksums === undefined) {
     throw new FetchFailure(`${name}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
   }
-  return readIndexFiles(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`), manifest, (file) => `${name}/${file}`);
+  const index = readIndexFiles(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`), manifest, (file) => `${name}/${file}`);
+  const problems = indexProblems(index);
+  if (index.size === 0 && problems.length > 0) {
+    // Not a repository that lacks the package: one that answers something else (an HTML page, junk).
+    throw new FetchFailure(`${name}: its ${CHECKSUM_FILE} has no readable entry (${problems[0] ?? ''})`, { transient: false, down: false });
+  }
+  return index;
 }
 
 async function readAll(stream: Readable, what: string): Promise<string> {
@@ -276,6 +283,11 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
     const what = `${name}/${file}`;
     const started = performance.now();
     host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], timeoutMs).then((child) => {
+      // Given up on while ssh was logging in (the budget ran out): nobody reads this any more.
+      if (out.destroyed) {
+        child.kill('SIGKILL');
+        return;
+      }
       child.stdin?.end();
       // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
       // is an error, never a short or empty file.

@@ -33,17 +33,41 @@ function badIndex(where: string, why: string): AutotestError {
  * What was wrong in an index that was read all the same: each bad line or entry is left out
  * with a problem, so one malformed line never makes a repository's good entries unusable.
  */
-const problemsOf = new WeakMap<ReadonlyMap<string, unknown>, string[]>();
+const problemsOf = new WeakMap<ReadonlyMap<string, unknown>, { kept: string[]; total: number }>();
 
-/** The problems met while reading `index` (empty for a clean one). */
+/** Problems kept per index: a file of junk must not become a flood of warnings on every install. */
+const PROBLEMS_KEPT = 20;
+
+/** The problems met while reading `index` (empty for a clean one): the first 20, then how many more. */
 export function indexProblems(index: ReadonlyMap<string, unknown>): readonly string[] {
-  return problemsOf.get(index) ?? [];
+  const problems = problemsOf.get(index);
+  if (!problems) return [];
+  const more = problems.total - problems.kept.length;
+  return more > 0 ? [...problems.kept, `and ${more.toString()} more problems`] : problems.kept;
 }
 
-function withProblems<T extends ReadonlyMap<string, unknown>>(index: T, problems: readonly string[]): T {
-  if (problems.length > 0) problemsOf.set(index, [...problems]);
-  return index;
+/** Collects problems while reading, keeping the first few and counting the rest. */
+function createProblems(): { note(problem: string): void; attach<T extends ReadonlyMap<string, unknown>>(index: T, ...from: ReadonlyMap<string, unknown>[]): T } {
+  const kept: string[] = [];
+  let total = 0;
+  return {
+    note(problem) {
+      total += 1;
+      if (kept.length < PROBLEMS_KEPT) kept.push(problem);
+    },
+    attach(index, ...from) {
+      for (const source of from) {
+        const known = problemsOf.get(source);
+        if (!known) continue;
+        kept.push(...known.kept);
+        total += known.total;
+      }
+      if (total > 0) problemsOf.set(index, { kept: kept.slice(0, PROBLEMS_KEPT), total });
+      return index;
+    },
+  };
 }
+
 
 /**
  * Reads packages.checksum as md5sum writes it: `<md5>  <file>` (or ` *<file>`), one per line.
@@ -52,7 +76,7 @@ function withProblems<T extends ReadonlyMap<string, unknown>>(index: T, problems
  */
 export function parseChecksumFile(text: string, where: string): Map<string, string> {
   const result = new Map<string, string>();
-  const problems: string[] = [];
+  const problems = createProblems();
   const ambiguous = new Set<string>();
   for (const [index, line] of text.split('\n').entries()) {
     if (line.trim() === '') continue;
@@ -61,25 +85,25 @@ export function parseChecksumFile(text: string, where: string): Map<string, stri
     const file = match?.groups?.file;
     const md5 = match?.groups?.md5?.toLowerCase();
     if (!file || !md5) {
-      problems.push(`${at}: not an md5sum line, left out: ${JSON.stringify(line.slice(0, 80))}`);
+      problems.note(`${at}: not an md5sum line, left out: ${JSON.stringify(line.slice(0, 80))}`);
       continue;
     }
     try {
       parseFileName(file);
     } catch (error) {
-      problems.push(`${at}: file name refused, left out: ${error instanceof Error ? error.message : String(error)}`);
+      problems.note(`${at}: file name refused, left out: ${error instanceof Error ? error.message : String(error)}`);
       continue;
     }
     const earlier = result.get(file);
     if (ambiguous.has(file) || (earlier !== undefined && earlier !== md5)) {
-      if (!ambiguous.has(file)) problems.push(`${at}: ${file} is listed again with another checksum; it is left out`);
+      if (!ambiguous.has(file)) problems.note(`${at}: ${file} is listed again with another checksum; it is left out`);
       ambiguous.add(file);
       result.delete(file);
       continue;
     }
     result.set(file, md5);
   }
-  return withProblems(result, problems);
+  return problems.attach(result);
 }
 
 function byName(index: RepositoryIndex): IndexEntry[] {
@@ -112,16 +136,16 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
     throw badIndex(where, `expected {"version": ${MANIFEST_VERSION}, "packages": {...}}`);
   }
   const index: RepositoryIndex = new Map();
-  const problems: string[] = [];
+  const problems = createProblems();
   for (const [file, raw] of Object.entries(data.packages)) {
     try {
       parseFileName(file);
     } catch (error) {
-      problems.push(`${where}: file name refused, left out: ${error instanceof Error ? error.message : String(error)}`);
+      problems.note(`${where}: file name refused, left out: ${error instanceof Error ? error.message : String(error)}`);
       continue;
     }
     if (!isRecord(raw) || typeof raw.md5 !== 'string' || !MD5_RE.test(raw.md5)) {
-      problems.push(`${where}: entry "${file}" has no valid md5, left out`);
+      problems.note(`${where}: entry "${file}" has no valid md5, left out`);
       continue;
     }
     const sha256 = typeof raw.sha256 === 'string' && SHA256_RE.test(raw.sha256) ? raw.sha256 : undefined;
@@ -135,7 +159,7 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
       publishedAt: typeof raw.publishedAt === 'string' ? raw.publishedAt : undefined,
     });
   }
-  return withProblems(index, problems);
+  return problems.attach(index);
 }
 
 /**
@@ -146,8 +170,7 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
  * first) and is kept: its file was in place before either index was written.
  */
 export function mergeIndex(checksums: Map<string, string> | undefined, manifest: RepositoryIndex | undefined): RepositoryIndex {
-  const problems = [...(checksums ? indexProblems(checksums) : []), ...(manifest ? indexProblems(manifest) : [])];
-  const merged: RepositoryIndex = withProblems(new Map<string, IndexEntry>(), problems);
+  const merged: RepositoryIndex = createProblems().attach(new Map<string, IndexEntry>(), ...(checksums ? [checksums] : []), ...(manifest ? [manifest] : []));
   if (!checksums) {
     for (const [file, entry] of manifest ?? []) merged.set(file, entry);
     return merged;
@@ -170,17 +193,17 @@ export function mergeIndex(checksums: Map<string, string> | undefined, manifest:
  */
 export function readIndexFiles(checksums: Map<string, string> | undefined, manifestText: string | undefined, where: (file: string) => string): RepositoryIndex {
   let manifest: RepositoryIndex | undefined;
-  const problems: string[] = [];
+  const problems = createProblems();
   if (manifestText !== undefined) {
     try {
       manifest = parseManifest(manifestText, where(MANIFEST_FILE));
     } catch (error) {
       if (!(error instanceof AutotestError) || error.code !== 'ERR_BAD_INDEX' || checksums === undefined) throw error;
-      problems.push(`${error.message}; using ${CHECKSUM_FILE} alone (md5)`);
+      problems.note(`${error.message}; using ${CHECKSUM_FILE} alone (md5)`);
     }
   }
   const merged = mergeIndex(checksums, manifest);
-  return withProblems(merged, [...problems, ...indexProblems(merged)]);
+  return problems.attach(merged, merged);
 }
 
 /** Whether `digests` are what `entry` promises: sha256 where the manifest has it, md5 otherwise. */

@@ -31,11 +31,6 @@ function carriesBody(request: IncomingMessage): boolean {
   return request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
-/** The one route that reads a request body: an upload. */
-function takesBody(request: IncomingMessage): boolean {
-  return request.method === 'PUT' && (request.url ?? '').startsWith('/api/custom/');
-}
-
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
   const { packages, server } = options.config;
   const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
@@ -44,9 +39,11 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   const app = Fastify({
     serverFactory: (handler) => {
       const server = createServer((request, response) => {
-        // A body sent where none is taken is never read to its end (Node would drain it to keep
-        // the connection alive): the connection closes once the answer is out.
-        if (carriesBody(request) && !takesBody(request)) response.shouldKeepAlive = false;
+        // A request with a body closes its connection once answered. An answer that leaves the
+        // body unread (no route takes one, a 404 or 414, an upload refused before its body)
+        // would otherwise make Node read the rest to keep the connection, however long a
+        // stranger makes it; uploads, the one route that takes a body, are rare and large.
+        if (carriesBody(request)) response.shouldKeepAlive = false;
         if (!files.handler?.handle(request, response)) handler(request, response);
       });
       // With its own server Fastify sets no timeouts: a client that stops reading is cut

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -57,13 +58,18 @@ function commonOptions(env: NodeJS.ProcessEnv): string[] {
 }
 
 /**
- * Printed by the remote command line just before the command itself. The login shell runs the
- * account's start-up files first (bash sources ~/.bashrc for every command sshd starts), and
- * whatever they print lands on the same stdout; everything before this marker is theirs and
- * is never taken for data.
+ * The remote command line prints a marker just before the command itself. The login shell runs
+ * the account's start-up files first (bash sources ~/.bashrc for every command sshd starts),
+ * and whatever they print lands on the same stdout; everything before the marker is theirs and
+ * is never taken for data. The marker holds a nonce of this call and printf assembles it, so
+ * its bytes never stand in the command line: start-up text that echoes the command (a forced
+ * command wrapper, $BASH_EXECUTION_STRING) cannot fake it. No literal newline either: csh
+ * refuses one inside quotes.
  */
-const DATA_MARKER = 'autotest-ssh-data-begins\n';
-const DATA_MARKER_BYTES = Buffer.from(DATA_MARKER);
+function dataMarker(): { printf: string; bytes: Buffer } {
+  const nonce = randomBytes(12).toString('hex');
+  return { printf: `printf 'autotest-%s-data\\n' ${nonce}`, bytes: Buffer.from(`autotest-${nonce}-data\n`) };
+}
 /** Start-up text kept for error messages; more of it is read and dropped. */
 const STARTUP_TEXT_KEPT = 2048;
 
@@ -82,7 +88,7 @@ const startupTexts = new WeakMap<ChildProcess, Promise<StartupText>>();
  * stream (unshift), so whoever consumes it next sees only them, in order, and the child's
  * 'close' still comes after its last byte.
  */
-function skipStartupText(stdout: Readable): Promise<StartupText> {
+function skipStartupText(stdout: Readable, marker: Buffer): Promise<StartupText> {
   return new Promise((resolve) => {
     let seen: Buffer = Buffer.alloc(0);
     let text = '';
@@ -98,16 +104,16 @@ function skipStartupText(stdout: Readable): Promise<StartupText> {
     function onReadable(): void {
       for (let chunk = stdout.read() as Buffer | null; chunk !== null; chunk = stdout.read() as Buffer | null) {
         seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
-        const at = seen.indexOf(DATA_MARKER_BYTES);
+        const at = seen.indexOf(marker);
         if (at >= 0) {
           keep(seen.subarray(0, at));
-          const rest = seen.subarray(at + DATA_MARKER_BYTES.length);
+          const rest = seen.subarray(at + marker.length);
           finish({ text: text.trim(), started: true });
           if (rest.length > 0) stdout.unshift(rest);
           return;
         }
         // Keep only what could be the start of a marker split across chunks.
-        const cut = Math.max(0, seen.length - DATA_MARKER_BYTES.length + 1);
+        const cut = Math.max(0, seen.length - marker.length + 1);
         keep(seen.subarray(0, cut));
         seen = seen.subarray(cut);
       }
@@ -176,19 +182,30 @@ export class SshHost {
    */
   async spawn(argv: readonly string[], startTimeoutMs = 120_000): Promise<ChildProcess> {
     // `;` and printf work in every login shell an account may have (sh, bash, zsh, csh, fish).
-    const line = `printf '%s' ${shellCommand([DATA_MARKER])}; exec ${shellCommand(argv)}`;
+    const marker = dataMarker();
+    const line = `${marker.printf}; exec ${shellCommand(argv)}`;
     const child = spawn('ssh', [...this.sshArgs(), line], { stdio: ['pipe', 'pipe', 'pipe'], env: this.env });
     const closed = whenClosed(child);
+    // Read from the start: start-up files that write a lot on stderr would otherwise fill the
+    // pipe and stall the login. The first 8 KiB before the command starts go into errors.
+    let startupStderr = '';
+    let starting = true;
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (starting && startupStderr.length < STDERR_LIMIT) startupStderr += chunk.toString('utf8');
+    });
     // Held from the start, so a missing ssh binary is reported below instead of thrown.
     const failed = new Promise<Error>((resolve) => child.on('error', resolve));
-    const startup = skipStartupText(child.stdout);
+    const startup = skipStartupText(child.stdout, marker.bytes);
     startupTexts.set(child, startup);
     let timer: NodeJS.Timeout | undefined;
     const first = await Promise.race([
       startup,
       failed,
       new Promise<'timeout'>((resolve) => { timer = setTimeout(() => { resolve('timeout'); }, startTimeoutMs); }),
-    ]).finally(() => { clearTimeout(timer); });
+    ]).finally(() => {
+      clearTimeout(timer);
+      starting = false;
+    });
     if (first === 'timeout' || first instanceof Error) {
       child.kill('SIGKILL');
       if (first instanceof Error) {
@@ -202,13 +219,15 @@ export class SshHost {
     }
     if (first.started) return child;
     const { code } = await closed;
-    const stderr = readBuffered(child.stderr);
-    throw sshFailure(this.name, argv, { code, stderr }, first);
+    throw sshFailure(this.name, argv, { code, stderr: startupStderr.slice(0, STDERR_LIMIT).trim() }, first);
   }
 
   /** Runs `argv` on the host and collects its output; a failure names the host and what ssh said. */
   async run(argv: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-    const child = await this.spawn(argv, options.timeoutMs);
+    // One deadline for the login and the command together.
+    const timeoutMs = options.timeoutMs ?? 120_000;
+    const deadline = performance.now() + timeoutMs;
+    const child = await this.spawn(argv, timeoutMs);
     const chunks: Buffer[] = [];
     let size = 0;
     let stderr = '';
@@ -235,7 +254,7 @@ export class SshHost {
     const timer = setTimeout(() => {
       state.timedOut = true;
       child.kill('SIGKILL');
-    }, options.timeoutMs ?? 120_000);
+    }, Math.max(0, deadline - performance.now()));
     const { code } = await whenClosed(child).finally(() => {
       clearTimeout(timer);
     });
@@ -272,15 +291,6 @@ export function whenClosed(child: ChildProcess): Promise<{ code: number; signal:
     closings.set(child, closing);
   }
   return closing;
-}
-
-/** What a stream that nobody read holds, as text (its first 8 KiB). */
-function readBuffered(stream: Readable): string {
-  let text = '';
-  for (let chunk = stream.read() as Buffer | null; chunk !== null && text.length < STDERR_LIMIT; chunk = stream.read() as Buffer | null) {
-    text += chunk.toString('utf8');
-  }
-  return text.slice(0, STDERR_LIMIT).trim();
 }
 
 /** ssh exits 255 for its own failures (cannot connect, refused key); anything else is the command's. */
