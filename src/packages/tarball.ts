@@ -35,8 +35,8 @@ export async function digestEntries(entries: TreeEntry[]): Promise<string> {
  * tarball's digests and the source digest in the same pass: no byte is read twice. On any
  * failure `dest` is removed.
  */
-export async function packEntries(entries: TreeEntry[], dest: string, compression: Compression): Promise<PackResult> {
-  const compressor = await createCompressor(compression);
+export async function packEntries(entries: TreeEntry[], dest: string, compression: Compression, options: { threads?: number } = {}): Promise<PackResult> {
+  const compressor = await createCompressor(compression, options);
   const source = createHash('sha256');
   const digest = new DigestStream();
   const writing = pipeline(compressor.output, digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
