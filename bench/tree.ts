@@ -127,8 +127,8 @@ async function sourceTree(w: Writer, base: string, count: number, depth: number,
 export async function generate(root: string, options: { files?: number } = {}): Promise<TreeShape> {
   const w = createWriter(root);
   const rand = random(42);
-  // The base shape has about 5,800 small files; a larger count adds them to the source trees.
-  const scale = Math.max(1, (options.files ?? 6000) / 6000);
+  // About 1,050 files are fixed and 4,950 scale with the source trees: a larger count grows those.
+  const scale = Math.max(1, ((options.files ?? 6000) - 1050) / 4950);
   const small = (n: number): number => Math.round(n * scale);
   let seed = 1;
 
