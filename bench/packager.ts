@@ -1,87 +1,135 @@
 /**
- * Benchmark: `autotest packager upload --all` against the pipeline Autotest's packager amounts
- * to (serial `tar -cjf` per package, `md5sum * > packages.checksum`, `cp` to the location),
- * on a generated tree of 100 packages and about 70 MB (text and incompressible data), in
- * the same run. Prints times and the ratios; the targets are cold <= 0.3, unchanged <= 0.05.
+ * Benchmark: `autotest packager upload --all` against, from the same run:
+ * - the reference: the pipeline Autotest's packager amounts to (serial `tar -cjf` per
+ *   package, `md5sum * > packages.checksum`, `cp` to the location);
+ * - the floor: the whole tree as one `tar -c` stream through the parallel bzip2 on every
+ *   core (no per-package work, no checksums, no copy);
+ * - for the unchanged re-run, a `find TREE -printf '%s %T@\n'` walk of the same tree.
+ *
+ * The tree is generated with the shape of a real Autotest client tree (bench/tree.ts), or
+ * is a lab's own: `npm run bench -- --client-dir PATH`. `--files N` generates a tree of
+ * about N files; `--runs N` repeats every measure (best of N is reported).
+ * Targets: cold <= 1.3x the floor and <= 0.30x the reference; unchanged <= 0.03x the
+ * reference and <= 3x the find walk; peak RSS < 300 MB.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { generate } from './tree.js';
+import { parseArgs } from 'node:util';
+import { generate, type TreeShape } from './tree.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+const CORES = availableParallelism();
+
 function seconds(run: () => void): number {
   const start = process.hrtime.bigint();
   run();
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
+function hasTool(tool: string): boolean {
+  return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
+}
+
+/** The package folders of a client tree, as Autotest's packager finds them. */
+function packageFolders(client: string): { type: string; name: string; dir: string }[] {
+  const found: { type: string; name: string; dir: string }[] = [];
+  for (const [folder, type] of [['tests', 'test'], ['site_tests', 'test'], ['deps', 'dep'], ['profilers', 'profiler']] as const) {
+    const base = path.join(client, folder);
+    if (!existsSync(base)) continue;
+    const names = execFileSync('find', [base, '-mindepth', '1', '-maxdepth', '1', '-type', 'd', '-printf', '%f\\n'], { encoding: 'utf8' });
+    for (const name of names.split('\n').filter(Boolean).sort()) found.push({ type, name, dir: path.join(base, name) });
+  }
+  return found;
+}
+
 function reference(client: string, out: string, location: string): void {
   execFileSync('mkdir', ['-p', out, location]);
-  const client_excludes = ['--exclude=./tests/*', '--exclude=./deps/*', '--exclude=./profilers/*'];
-  for (const folder of ['tests', 'deps', 'profilers']) {
-    const type = folder === 'tests' ? 'test' : folder === 'deps' ? 'dep' : 'profiler';
-    for (const name of execFileSync('ls', [path.join(client, folder)], { encoding: 'utf8' }).split('\n').filter(Boolean)) {
-      execFileSync('tar', ['-cjf', path.join(out, `${type}-${name}.tar.bz2`), '-C', path.join(client, folder, name), '.']);
-    }
+  for (const { type, name, dir } of packageFolders(client)) {
+    execFileSync('tar', ['-cjf', path.join(out, `${type}-${name}.tar.bz2`), '-C', dir, '.']);
   }
-  execFileSync('tar', ['-cjf', path.join(out, 'client-autotest.tar.bz2'), ...client_excludes, '-C', client, '.']);
+  const excludes = ['--exclude=./tests/*', '--exclude=./site_tests/*', '--exclude=./deps/*', '--exclude=./profilers/*/*'];
+  execFileSync('tar', ['-cjf', path.join(out, 'client-autotest.tar.bz2'), ...excludes, '-C', client, '.']);
   execFileSync('sh', ['-c', 'md5sum *.tar.bz2 > packages.checksum'], { cwd: out });
   execFileSync('sh', ['-c', 'cp -- * "$1"/', 'sh', location], { cwd: out });
 }
 
+/** The best parallel bzip2 present, on every core. */
+function floorCommand(): string {
+  if (hasTool('lbzip2')) return `lbzip2 -9 -n ${CORES}`;
+  if (hasTool('pbzip2')) return `pbzip2 -9 -p${CORES}`;
+  return 'bzip2 -9';
+}
+
 async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { 'client-dir': { type: 'string' }, files: { type: 'string' }, runs: { type: 'string' } } });
   const work = await mkdtemp(path.join(tmpdir(), 'autotest-bench-'));
   try {
-    const client = path.join(work, 'client');
-    const bytes = await generate(client);
+    let client: string;
+    let shape: TreeShape | undefined;
+    if (values['client-dir'] !== undefined) client = path.resolve(values['client-dir']);
+    else {
+      client = path.join(work, 'client');
+      shape = await generate(client, values.files !== undefined ? { files: Number(values.files) } : {});
+    }
+    const runs = Number(values.runs ?? 3);
     const config = path.join(work, 'global_config.ini');
     const location = path.join(work, 'repo');
     await writeFile(config, `[PACKAGES]\nupload_location: ${location}\nclient_dir: ${client}\nminimum_free_space: 0\n`);
     const env = { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') };
+    const rssFile = path.join(work, 'rss');
+    const timeTool = existsSync('/usr/bin/time');
+    const rss: number[] = [];
     const ours = (): void => {
-      execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], { env, stdio: 'ignore' });
+      const args = [process.execPath, CLI, 'packager', 'upload', '--all', '--config', config];
+      // GNU time reports the largest resident set of the process and of any child it waited for.
+      if (timeTool) execFileSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, ...args], { env, stdio: 'ignore' });
+      else execFileSync(args[0] ?? 'node', args.slice(1), { env, stdio: 'ignore' });
     };
-    // Warm the page cache for both sides alike.
-    execFileSync('sh', ['-c', `cat $(find "${client}" -type f) > /dev/null`]);
+    const readRss = async (): Promise<void> => {
+      if (timeTool) rss.push(Number((await readFile(rssFile, 'utf8')).trim().split('\n').pop()) / 1024);
+    };
+    // Warm the page cache for every side alike.
+    execFileSync('sh', ['-c', 'find "$1" -type f -exec cat {} + > /dev/null', 'sh', client]);
+    const floorTool = floorCommand();
 
-    const gzipConfig = path.join(work, 'gzip.ini');
-    await writeFile(gzipConfig, `[PACKAGES]\nupload_location: ${location}-gz\nclient_dir: ${client}\nminimum_free_space: 0\ncompression: gzip\n`);
-    const oursGzip = (): void => {
-      execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', gzipConfig], { env, stdio: 'ignore' });
-    };
-    // The floor on this machine: the whole tree as one stream through the parallel compressor.
-    const floor = seconds(() => {
-      execFileSync('sh', ['-c', 'tar -cf - -C "$1" . | lbzip2 -9 > /dev/null', 'sh', client]);
-    });
-    const runs = 3;
-    const gz: number[] = [];
     const ref: number[] = [];
+    const floor: number[] = [];
     const cold: number[] = [];
     const warm: number[] = [];
+    const walk: number[] = [];
     for (let i = 0; i < runs; i += 1) {
       await rm(path.join(work, 'ref'), { recursive: true, force: true });
-      ref.push(seconds(() => {
-        reference(client, path.join(work, 'ref', 'out'), path.join(work, 'ref', 'location'));
-      }));
+      ref.push(seconds(() => { reference(client, path.join(work, 'ref', 'out'), path.join(work, 'ref', 'location')); }));
+      floor.push(seconds(() => { execFileSync('sh', ['-c', `tar -cf - -C "$1" . | ${floorTool} > /dev/null`, 'sh', client]); }));
       await rm(location, { recursive: true, force: true });
       await rm(path.join(work, 'cache'), { recursive: true, force: true });
       cold.push(seconds(ours));
+      await readRss();
       warm.push(seconds(ours));
-      await rm(`${location}-gz`, { recursive: true, force: true });
-      await rm(path.join(work, 'cache'), { recursive: true, force: true });
-      gz.push(seconds(oursGzip));
+      await readRss();
+      walk.push(seconds(() => { execFileSync('sh', ['-c', 'find "$1" -printf \'%s %T@\\n\' > /dev/null', 'sh', client]); }));
     }
     const best = (xs: number[]): number => Math.min(...xs);
-    const refBest = best(ref);
-    console.log(`tree: 100 packages + client, ${(bytes / 1e6).toFixed(1)} MB (half text, half incompressible)`);
-    console.log(`reference (serial tar -cjf + md5sum + cp): ${refBest.toFixed(2)} s   (best of ${runs})`);
-    console.log(`autotest upload --all, cold:             ${best(cold).toFixed(2)} s   ratio ${(best(cold) / refBest).toFixed(3)}  (target <= 0.3)`);
-    console.log(`autotest upload --all, cold, gzip:       ${best(gz).toFixed(2)} s   ratio ${(best(gz) / refBest).toFixed(3)}  (for comparison: compression = gzip)`);
-    console.log(`floor: one tar stream | lbzip2:          ${floor.toFixed(2)} s   ratio ${(floor / refBest).toFixed(3)}  (no per-package work, no checksums, no copy)`);
-    console.log(`autotest upload --all, unchanged re-run: ${best(warm).toFixed(2)} s   ratio ${(best(warm) / refBest).toFixed(3)}  (target <= 0.05)`);
+    const all = (xs: number[]): string => xs.map((x) => x.toFixed(2)).join(' ');
+    const r = best(ref);
+    const f = best(floor);
+    const c = best(cold);
+    const w = best(warm);
+    const k = best(walk);
+    const describe = shape
+      ? `generated like a real Autotest client tree: ${shape.files} files, ${(shape.bytes / 1e6).toFixed(1)} MB, ${shape.packages} packages`
+      : client;
+    console.log(`tree: ${describe}; ${CORES} cores; best of ${runs} (every run in brackets)`);
+    console.log(`reference (serial tar -cjf + md5sum + cp):  ${r.toFixed(2)} s  [${all(ref)}]`);
+    console.log(`floor (tar -c | ${floorTool}):${' '.repeat(Math.max(1, 25 - floorTool.length))}${f.toFixed(2)} s  [${all(floor)}]  ${(f / r).toFixed(3)}x reference`);
+    console.log(`upload --all, cold:                         ${c.toFixed(2)} s  [${all(cold)}]  ${(c / r).toFixed(3)}x reference (target <= 0.30), ${(c / f).toFixed(2)}x floor (target <= 1.3)`);
+    console.log(`upload --all, unchanged re-run:             ${w.toFixed(3)} s  [${all(warm)}]  ${(w / r).toFixed(4)}x reference (target <= 0.03), ${(w / k).toFixed(2)}x find walk (target <= 3)`);
+    console.log(`find -printf '%s %T@' walk:                 ${k.toFixed(3)} s  [${all(walk)}]`);
+    if (rss.length > 0) console.log(`peak RSS of upload --all (largest process): ${Math.max(...rss).toFixed(0)} MB (target < 300)`);
   } finally {
     await rm(work, { recursive: true, force: true });
   }

@@ -64,7 +64,7 @@ async function main(): Promise<void> {
 
     // upload --all: local folder against S3 prefix, each cold.
     const client = path.join(work, 'client');
-    const bytes = await generate(client);
+    const { bytes } = await generate(client);
     execFileSync('sh', ['-c', `cat $(find "${client}" -type f) > /dev/null`]);
     const local: number[] = [];
     const remote: number[] = [];
@@ -78,7 +78,7 @@ async function main(): Promise<void> {
       await rm(env.AUTOTEST_CACHE_DIR, { recursive: true, force: true });
       remote.push(await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', s3Config], { env, stdio: 'ignore' }); }));
     }
-    console.log(`upload --all of the benchmark tree (100 packages + client, ${(bytes / 1e6).toFixed(1)} MB), cold, best of ${UPLOAD_RUNS.toString()}:`);
+    console.log(`upload --all of the benchmark tree (134 packages + client, ${(bytes / 1e6).toFixed(1)} MB), cold, best of ${UPLOAD_RUNS.toString()}:`);
     console.log(`  to a local folder               ${best(local).toFixed(2)} s`);
     console.log(`  to radosgw (s3://)              ${best(remote).toFixed(2)} s`);
     console.log(`  ratio S3/local: ${(best(remote) / best(local)).toFixed(2)}x`);

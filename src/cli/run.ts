@@ -4,7 +4,7 @@ import { closeS3Connections } from '../s3/client.js';
 import { closeSshConnections } from '../ssh/session.js';
 import { EXIT_USAGE, printError, processOutput, type Output } from './output.js';
 
-type CommandFactory = (output: Output, setExit: (code: number) => void) => Command;
+export type CommandFactory = (output: Output, setExit: (code: number) => void) => Command;
 
 /**
  * Runs a command line made of `commands`: usage errors exit 2, failures print what, where

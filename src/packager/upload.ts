@@ -49,7 +49,21 @@ async function holds(live: LiveTarget, file: string, sourceDigest: string | unde
  */
 const CLOCK_TICK_MS = 100;
 
-async function packSource(source: PackageSource, dest: string, compression: Compression): Promise<{ record: PackRecord }> {
+/** A package folder as walked in the plan: its entries, when the walk began, and its bytes. */
+interface Walked {
+  entries: TreeEntry[];
+  startedMs: number;
+  bytes: number;
+}
+
+async function walkSource(source: PackageSource): Promise<Walked | undefined> {
+  if (source.type === 'file') return undefined;
+  const startedMs = Date.now();
+  const entries = await packageEntries(source);
+  return { entries, startedMs, bytes: entries.reduce((sum, entry) => sum + entry.size, 0) };
+}
+
+async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, options: { compression: Compression; threads: number }): Promise<{ record: PackRecord }> {
   if (source.type === 'file') {
     // Plain files are published as they are, from one copy hashed on the way in, so that
     // a file rewritten meanwhile cannot be published under another file's checksum.
@@ -58,10 +72,11 @@ async function packSource(source: PackageSource, dest: string, compression: Comp
     const digests = digest.digests();
     return { record: { fingerprint: '', sourceDigest: digests.sha256, ...digests } };
   }
-  const startedMs = Date.now();
-  const entries = await packageEntries(source);
-  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
-  const result = await packEntries(entries, dest, compression);
+  // The plan's walk is reused: a file changed since then fails its package (its size) or is
+  // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
+  const { entries, startedMs } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0 };
+  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${options.compression}`);
+  const result = await packEntries(entries, dest, options.compression, { threads: options.threads });
   return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
 }
 
@@ -74,12 +89,11 @@ function isRacy(entries: TreeEntry[], walkStartedMs: number): boolean {
  * without packing again: by the fingerprint alone, or, for a tree that changed too close to
  * its last pack to trust its file times, by reading its content once (no compression).
  */
-async function currentDigest(source: PackageSource, state: PackState, compression: Compression): Promise<string | undefined> {
-  if (source.type === 'file') return undefined;
+async function currentDigest(source: PackageSource, walked: Walked | undefined, state: PackState, compression: Compression): Promise<string | undefined> {
+  if (source.type === 'file' || !walked) return undefined;
   const record = state.get(source.fileName);
   if (!record) return undefined;
-  const startedMs = Date.now();
-  const entries = await packageEntries(source);
+  const { entries, startedMs } = walked;
   const fingerprint = treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
   if (record.fingerprint !== '') return fingerprint === record.fingerprint ? record.sourceDigest : undefined;
   if (await digestEntries(entries) !== record.sourceDigest) return undefined;
@@ -94,8 +108,10 @@ async function currentDigest(source: PackageSource, state: PackState, compressio
  */
 export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
-  // Twice the cores: while one job waits on its compressor process or the disk, another packs.
-  const jobs = options.jobs ?? Math.max(4, 2 * availableParallelism());
+  // One package per core, each compressed on one thread (see threadsFor): the tar stream is
+  // built on the main thread at many times the compressor's speed, so the cores stay busy.
+  const cores = availableParallelism();
+  const jobs = options.jobs ?? cores;
   const sources = await selectSources(options.clientDir, options.selection, options.compression);
   const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
   const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
@@ -118,9 +134,12 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
 
   const limit = pLimit(jobs);
   const known = new Map<string, string | undefined>();
+  const walks = new Map<string, Walked>();
   await Promise.all(sources.map((source) => limit(async () => {
     try {
-      known.set(source.fileName, await currentDigest(source, state, options.compression));
+      const walked = await walkSource(source);
+      if (walked) walks.set(source.fileName, walked);
+      known.set(source.fileName, await currentDigest(source, walked, state, options.compression));
     } catch {
       known.set(source.fileName, undefined);
     }
@@ -138,6 +157,12 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
     } else toPack.push(source);
   }
   emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
+  // Largest first, so that the last package to finish is a small one.
+  const bytesOf = (source: PackageSource): number => walks.get(source.fileName)?.bytes ?? 0;
+  toPack.sort((a, b) => bytesOf(b) - bytesOf(a));
+  const totalBytes = toPack.reduce((sum, source) => sum + bytesOf(source), 0);
+  // A package holding a core's share of the work or more would finish alone: it gets every core.
+  const threadsFor = (source: PackageSource): number => (bytesOf(source) * cores >= totalBytes ? cores : 1);
 
   if (live.length > 0 && toPack.length > 0) {
     const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
@@ -151,7 +176,7 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
         const packed = path.join(staging, source.fileName);
         let record: PackRecord;
         try {
-          ({ record } = await packSource(source, packed, options.compression));
+          ({ record } = await packSource(source, walks.get(source.fileName), packed, { compression: options.compression, threads: threadsFor(source) }));
         } catch (error) {
           const failure = toFailure(error);
           report.failedPackages.push({ file: source.fileName, ...failure });

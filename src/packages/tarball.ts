@@ -1,17 +1,14 @@
-import { createReadStream } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { Writable } from 'node:stream';
+import { open, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import tar, { type Header, type Pack } from 'tar-stream';
-import { AutotestError, describeError } from '../errors.js';
 import type { Compression } from '../config/index.js';
 import { createCompressor } from './compress.js';
-import { DigestStream, Sha256Stream, type Digests } from './digest.js';
+import { DigestStream, type Digests } from './digest.js';
+import { tarChunks } from './tar-writer.js';
 import type { TreeEntry } from './tree.js';
 
-/** Every entry gets this mtime (2000-01-01), so the same tree gives the same bytes. */
-export const TARBALL_MTIME = new Date('2000-01-01T00:00:00Z');
+export { TARBALL_MTIME } from './tar-writer.js';
 
 export interface PackResult extends Digests {
   /** sha256 of the uncompressed tar stream: the package's content, whatever the compressor. */
@@ -19,63 +16,18 @@ export interface PackResult extends Digests {
   tool: string;
 }
 
-function headerFor(entry: TreeEntry): Partial<Header> & Pick<Header, 'name'> {
-  const common = { name: entry.path, mode: entry.mode, mtime: TARBALL_MTIME, uid: 0, gid: 0, uname: 'root', gname: 'root' };
-  switch (entry.kind) {
-    case 'dir':
-      return { ...common, type: 'directory' };
-    case 'symlink':
-      return { ...common, type: 'symlink', linkname: entry.linkTarget ?? '' };
-    case 'file':
-      return { ...common, type: 'file', size: entry.size };
-  }
-}
-
-/** Writes the entries into a tar-stream packer, one after the other, then finalizes it. */
-async function feed(pack: Pack, entries: TreeEntry[]): Promise<void> {
-  for (const entry of entries) {
-    if (entry.kind !== 'file') {
-      await new Promise<void>((resolve, reject) => {
-        pack.entry(headerFor(entry), (error) => {
-          if (error) reject(error);
-          else resolve();
-        });
-      });
-      continue;
-    }
-    await new Promise<void>((resolve, reject) => {
-      const sink = pack.entry(headerFor(entry), (error) => {
-        if (error) {
-          reject(new AutotestError('ERR_PACK', `${entry.absPath}: changed while being packed (${error.message})`, {
-            hint: 'run the packager again once nothing writes to the client tree',
-            cause: error,
-          }));
-        } else resolve();
-      });
-      const source = createReadStream(entry.absPath);
-      source.on('error', (error) => {
-        sink.destroy(error);
-        reject(error);
-      });
-      source.pipe(sink);
-    });
-  }
-  pack.finalize();
-}
-
 /**
  * The source digest of `entries` (sha256 of their uncompressed tar stream) without writing
  * anything: reads every file once, compresses nothing.
  */
 export async function digestEntries(entries: TreeEntry[]): Promise<string> {
-  const pack = tar.pack();
-  const source = new Sha256Stream();
-  const feeding = feed(pack, entries).catch((error: unknown) => {
-    pack.destroy(error instanceof Error ? error : new Error(describeError(error)));
-    throw error;
-  });
-  await Promise.all([feeding, pipeline(pack, source, new Writable({ write: (_chunk, _encoding, next) => { next(); } }))]);
-  return source.hex();
+  const hash = createHash('sha256');
+  for (const chunk of tarChunks(entries)) {
+    hash.update(chunk);
+    // Between chunks, let the rest of the process (other packages, their pipes) run.
+    await new Promise<void>((resolve) => { setImmediate(resolve); });
+  }
+  return hash.digest('hex');
 }
 
 /**
@@ -83,22 +35,24 @@ export async function digestEntries(entries: TreeEntry[]): Promise<string> {
  * tarball's digests and the source digest in the same pass: no byte is read twice. On any
  * failure `dest` is removed.
  */
-export async function packEntries(entries: TreeEntry[], dest: string, compression: Compression): Promise<PackResult> {
-  const pack = tar.pack();
-  const source = new Sha256Stream();
-  const compressor = await createCompressor(compression);
+export async function packEntries(entries: TreeEntry[], dest: string, compression: Compression, options: { threads?: number } = {}): Promise<PackResult> {
+  const compressor = await createCompressor(compression, options);
+  const source = createHash('sha256');
   const digest = new DigestStream();
-  const feeding = feed(pack, entries).catch((error: unknown) => {
-    pack.destroy(error instanceof Error ? error : new Error(describeError(error)));
-    throw error;
-  });
+  const writing = pipeline(compressor.output, digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
+  const feeding = (async () => {
+    const input = compressor.input;
+    for (const chunk of tarChunks(entries)) {
+      source.update(chunk);
+      if (!input.write(chunk)) {
+        // The compressor's own failure ends the wait too, through `done` or the output.
+        await Promise.race([new Promise((resolve) => input.once('drain', resolve)), compressor.done, writing]);
+      }
+    }
+    input.end();
+  })();
   try {
-    await Promise.all([
-      feeding,
-      pipeline(pack, source, compressor.input),
-      pipeline(compressor.output, digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 })),
-      compressor.done,
-    ]);
+    await Promise.all([feeding, writing, compressor.done]);
     const handle = await open(dest, 'r');
     try {
       await handle.sync();
@@ -107,8 +61,9 @@ export async function packEntries(entries: TreeEntry[], dest: string, compressio
     }
   } catch (error) {
     compressor.input.destroy();
+    await Promise.allSettled([feeding, writing, compressor.done]);
     await rm(dest, { force: true });
     throw error;
   }
-  return { ...digest.digests(), sourceDigest: source.hex(), tool: compressor.tool };
+  return { ...digest.digests(), sourceDigest: source.digest('hex'), tool: compressor.tool };
 }

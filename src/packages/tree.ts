@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
+import { lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import picomatch from 'picomatch';
 import { AutotestError, errnoCode } from '../errors.js';
@@ -56,6 +57,14 @@ function byteOrder(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
+const ASCII = /^[\x00-\x7f]*$/;
+
+/** Names in byte order of their UTF-8 form; for ASCII names (nearly all) that is code-unit order. */
+function sortNames(names: string[]): string[] {
+  if (names.every((name) => ASCII.test(name))) return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return names.sort(byteOrder);
+}
+
 /**
  * Whether a symlink at `relPath` pointing to `target` stays inside the package. A textual
  * check is not enough: with `s -> .`, the target `s/..` looks inside but leads out. So
@@ -87,27 +96,33 @@ export async function fileEntry(abs: string, rel: string): Promise<TreeEntry> {
  * Lists a package folder in tarball order (byte order of paths, folders before their
  * contents), leaving out what `exclude` names. Only files, folders and symlinks that stay
  * inside the package can be packed; anything else is an error naming the entry.
+ *
+ * The walk is synchronous: it is the whole cost of an unchanged re-run, and a thread-pool
+ * round trip per lstat costs more than the lstat itself (the walk then runs at about the
+ * speed of `find -printf`); a package folder is walked in one go.
  */
-export async function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[]> {
+export function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[]> {
   const entries: TreeEntry[] = [];
-  const visit = async (relDir: string): Promise<void> => {
-    const names = (await readdir(path.join(root, relDir))).sort(byteOrder);
+  // path.join on every entry costs as much as its lstat; rel never holds '.', '..' or '//'.
+  const base = root.endsWith('/') ? root : `${root}/`;
+  const visit = (relDir: string): void => {
+    const names = sortNames(readdirSync(relDir === '' ? root : `${base}${relDir}`));
     for (const name of names) {
       const rel = relDir === '' ? name : `${relDir}/${name}`;
-      const abs = path.join(root, rel);
-      const st = await lstat(abs, { bigint: true });
+      const abs = `${base}${rel}`;
+      const st = lstatSync(abs, { bigint: true });
       const isDir = st.isDirectory();
       if (exclude(rel, isDir)) continue;
       const statKey = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
       const changedMs = Number(st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1e6;
       if (isDir) {
         entries.push({ path: rel, absPath: abs, kind: 'dir', mode: 0o755, size: 0, linkTarget: undefined, statKey, changedMs });
-        await visit(rel);
+        visit(rel);
       } else if (st.isFile()) {
         const mode = (st.mode & 0o111n) !== 0n ? 0o755 : 0o644;
         entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: Number(st.size), linkTarget: undefined, statKey, changedMs });
       } else if (st.isSymbolicLink()) {
-        const target = await readlink(abs);
+        const target = readlinkSync(abs);
         if (!linkStaysInside(rel, target)) {
           throw new AutotestError('ERR_PACK', `${abs}: symlink to "${target}" points outside its package`, {
             hint: 'packages are installed on other machines: replace the link by the file, or point it inside the package folder',
@@ -121,8 +136,11 @@ export async function walkTree(root: string, exclude: ExcludeRule): Promise<Tree
       }
     }
   };
-  await visit('');
-  return entries;
+  // A throw inside the executor becomes the rejection.
+  return new Promise((resolve) => {
+    visit('');
+    resolve(entries);
+  });
 }
 
 /**
