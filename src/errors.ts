@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'ERR_BUSY'
   | 'ERR_LOCK'
   | 'ERR_CHECKSUM_MISMATCH'
+  | 'ERR_SIGNATURE'
   | 'ERR_NOT_FOUND'
   | 'ERR_UNSUPPORTED'
   | 'ERR_TOOL'

@@ -11,6 +11,8 @@ import { classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
 import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
+import { openSerialMemory } from './serials.js';
+import type { IndexTrust } from '../signing/index.js';
 
 export interface FetchedPackage {
   file: string;
@@ -119,7 +121,7 @@ export class PackageFetcher {
   private readonly repositories: FetchRepository[];
   private readonly indexes = new Map<FetchRepository, Promise<RepositoryIndex>>();
 
-  private constructor(locations: Location[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth) {
+  private constructor(locations: Location[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth, private readonly trust: IndexTrust | undefined) {
     this.repositories = locations.map((location) => fetchRepositoryFor(location, settings));
   }
 
@@ -129,7 +131,12 @@ export class PackageFetcher {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
       });
     }
-    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir));
+    const { trust } = settings;
+    if (trust && !trust.keys) throw new Error('trusted_keys used before loadConfig read it');
+    // The newest serial seen from each repository lives with the package cache: a rollback is
+    // refused by every later install on this machine, not only within this one.
+    const indexTrust = trust?.keys && { keys: trust.keys, required: trust.required, memory: await openSerialMemory(stateDir) };
+    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir), indexTrust);
   }
 
   get names(): string[] {
@@ -141,7 +148,7 @@ export class PackageFetcher {
     let index = this.indexes.get(repository);
     if (!index) {
       // A failure is kept too: one fetcher never pays the same timeout twice.
-      index = repository.readIndex();
+      index = repository.readIndex(this.trust);
       this.indexes.set(repository, index);
       index.catch(() => undefined);
     }
