@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'ERR_TOO_SLOW'
   | 'ERR_LOCK'
   | 'ERR_CHECKSUM_MISMATCH'
+  | 'ERR_SIGNATURE'
   | 'ERR_NOT_FOUND'
   | 'ERR_UNSUPPORTED'
   | 'ERR_TOOL'

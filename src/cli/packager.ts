@@ -2,12 +2,14 @@ import path from 'node:path';
 import { Command, Option } from 'commander';
 import { describeLocation, loadConfig, parseLocation, type Config, type Location } from '../config/index.js';
 import { AutotestError } from '../errors.js';
+import { fingerprint, loadIndexSigning } from '../signing/index.js';
 import { parseNameList } from '../packages/index.js';
 import {
   BUNDLED_CLIENT_DIR,
   listLocations,
   removePackages,
   selectedFileNames,
+  signLocations,
   uploadPackages,
   upkeepLocations,
   verifyLocations,
@@ -32,7 +34,7 @@ export interface PackagerFlags {
   jobs?: string;
 }
 
-const ACTIONS = ['upload', 'remove', 'list', 'verify', 'upkeep'] as const;
+const ACTIONS = ['upload', 'remove', 'list', 'verify', 'upkeep', 'sign'] as const;
 type Action = (typeof ACTIONS)[number];
 
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
@@ -122,7 +124,7 @@ async function upkeep(flags: PackagerFlags, config: Config, output: Output): Pro
       hint: 'add custom_upload_location to [PACKAGES] or pass -r LOCATION',
     });
   }
-  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays);
+  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays, { signing: await loadIndexSigning(config.packages) });
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
     for (const report of reports) {
@@ -149,9 +151,11 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
   if (action === 'upkeep') return upkeep(flags, config, output);
   if (action === 'list') return list(flags, config, output);
   if (action === 'verify') return verify(flags, config, output);
+  if (action === 'sign') return sign(flags, config, output);
   const locations = uploadLocations(flags, config);
+  const signing = await loadIndexSigning(config.packages);
 
-  switch (action as Exclude<Action, 'upkeep' | 'list' | 'verify'>) {
+  switch (action as Exclude<Action, 'upkeep' | 'list' | 'verify' | 'sign'>) {
     case 'upload': {
       const jobs = flags.jobs === undefined ? undefined : Number(flags.jobs);
       if (jobs !== undefined && (!Number.isInteger(jobs) || jobs < 1)) {
@@ -160,7 +164,7 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
       const progress = createProgress(output, !json);
       const report = await uploadPackages({
         clientDir: chooseClientDir(flags, config), selection: selectionFrom(flags), locations, compression,
-        minimumFreeBytes: minimumFreeSpaceBytes, onEvent: progress.onEvent, ...(jobs === undefined ? {} : { jobs }),
+        minimumFreeBytes: minimumFreeSpaceBytes, onEvent: progress.onEvent, signing, ...(jobs === undefined ? {} : { jobs }),
       });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
@@ -172,7 +176,7 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
       if (flags.all === true) throw new AutotestError('ERR_USAGE', 'remove --all is not supported: name the packages to remove');
       if (files.length === 0) throw new AutotestError('ERR_USAGE', 'nothing to remove: name packages with -t, -d, -p, -c or -f');
       const progress = createProgress(output, !json);
-      const report = await removePackages({ files, locations, onEvent: progress.onEvent });
+      const report = await removePackages({ files, locations, onEvent: progress.onEvent, signing });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
       else printOperation(output, report, 'remove');
@@ -218,9 +222,13 @@ async function verify(flags: PackagerFlags, config: Config, output: Output): Pro
   const locations = everyLocation(flags, config);
   const { compression, minimumFreeSpaceBytes } = config.packages;
   const clientDir = chooseClientDir(flags, config);
+  const signing = await loadIndexSigning(config.packages);
+  // Signatures are checked as clients would (trusted_keys), else against the packager's own key.
+  const verifyKeys = config.packages.fetch.trust?.keys ?? (signing ? [signing.key.publicBlob] : undefined);
   const reports = await Promise.all(locations.map(async ({ role, location }) => {
     const [report] = await verifyLocations({
       locations: [location], repair: flags.repair === true, clientDir: role === 'custom_upload_location' ? undefined : clientDir, compression, minimumFreeBytes: minimumFreeSpaceBytes,
+      signing, verifyKeys,
     });
     return { role, ...report ?? unreachable() };
   }));
@@ -238,6 +246,33 @@ async function verify(flags: PackagerFlags, config: Config, output: Output): Pro
     if (reports.some((r) => r.problems.length > 0) && flags.repair !== true) output.err('hint: run "autotest packager verify --repair" to fix drift');
   }
   return reports.every((r) => !r.error && r.problems.length === 0) ? EXIT_OK : EXIT_FAILED;
+}
+
+/**
+ * `packager sign`: writes every location's index again with a new serial, signed with
+ * signing_key: after a key rotation, or to renew index_valid_days. With -r, only those locations.
+ */
+async function sign(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+  const signing = await loadIndexSigning(config.packages);
+  if (!signing) {
+    throw new AutotestError('ERR_USAGE', `nothing to sign with: ${config.source} sets no signing_key in [PACKAGES]`, {
+      hint: 'make a key with ssh-keygen -t ed25519 -N "" -f FILE and name it in signing_key',
+    });
+  }
+  const locations = flags.repository && flags.repository.length > 0
+    ? flags.repository.map((text) => parseLocation(text, process.cwd(), config.packages.s3))
+    : everyLocation(flags, config).map(({ location }) => location);
+  const reports = await signLocations(locations, signing);
+  if (flags.json === true) output.out(JSON.stringify({ key: fingerprint(signing.key.publicBlob), locations: reports }, null, 2));
+  else {
+    for (const report of reports) {
+      if (report.error) {
+        output.err(`failed: ${report.location}: ${report.error.message}`);
+        if (report.error.hint) output.err(`  hint: ${report.error.hint}`);
+      } else output.out(`${report.location}: signed serial ${String(report.serial)} with ${fingerprint(signing.key.publicBlob)}`);
+    }
+  }
+  return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
 }
 
 export function packagerCommand(output: Output, setExit: (code: number) => void): Command {

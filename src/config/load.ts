@@ -5,6 +5,7 @@ import { overlayIni, parseIni, type IniDocument } from './ini.js';
 import { closestMatch } from './suggest.js';
 import { readPackagesConfig, readServerConfig, type Config } from './schema.js';
 import { readTlsFiles } from './tls.js';
+import { readTrustedKeys, SIGNATURE_NAMESPACE } from '../signing/index.js';
 
 /** The environment variable that names the global config file when --config is not given. */
 export const CONFIG_ENV = 'AUTOTEST_CONFIG';
@@ -80,6 +81,14 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
   const baseDirOf = (from: string): string => (from === EMBEDDED_SOURCE ? cwd : path.dirname(from));
   const { packages, warnings } = readPackagesConfig(doc, baseDirOf, options.env ?? process.env);
   packages.fetch.tls = await readTlsFiles(packages.fetch.tls, { readClientCertificate: options.readClientCertificate ?? true });
+  const { trust } = packages.fetch;
+  if (trust) {
+    // Read at load, as the TLS files are: a missing or empty trusted_keys is a config error
+    // naming its key, not a refusal of every repository at the first install.
+    const trusted = await readTrustedKeys(trust.file.file, trust.file.setAt, SIGNATURE_NAMESPACE);
+    packages.fetch.trust = { ...trust, keys: trusted.keys.map((key) => key.publicBlob), text: trusted.text };
+    warnings.push(...trusted.warnings);
+  }
   const { server, warnings: serverWarnings } = readServerConfig(doc, baseDirOf, packages, options.env ?? process.env);
   return { source, packages, server, warnings: [...misspeltSections(doc, source), ...warnings, ...serverWarnings] };
 }

@@ -24,6 +24,29 @@ export interface PackagesConfig {
   fetch: FetchSettings;
   /** The [S3] settings of a bucket (with its [S3:BUCKET] overrides). */
   s3: S3SettingsFor;
+  /** signing_key: the OpenSSH ed25519 key that signs every manifest written (read by the commands that write). */
+  signingKey: ConfigFile | undefined;
+  /** index_valid_days: how long a signed manifest is believed after it was signed; none: no expiry. */
+  indexValidDays: number | undefined;
+}
+
+/** A file named by a config key. */
+export interface ConfigFile {
+  file: string;
+  /** Where the key was set, for messages: `FILE:LINE: [PACKAGES] KEY`. */
+  setAt: string;
+}
+
+/** trusted_keys and require_signature: which manifests a client believes. */
+export interface FetchTrust {
+  /** The allowed_signers file of trusted_keys. */
+  file: ConfigFile;
+  /** Without a valid signature a repository is passed over (default: on). */
+  required: boolean;
+  /** The ed25519 public key blobs of the file, read at load (see readTrustedKeysFile). */
+  keys: Buffer[] | undefined;
+  /** The file's text, which autoserv sends to its hosts. */
+  text: string | undefined;
 }
 
 /** How clients talk to each repository of fetch_location. */
@@ -39,6 +62,8 @@ export interface FetchSettings {
   maxSizeBytes: number;
   /** fetch_ca_file, fetch_client_cert, fetch_client_key; none: the system's CAs alone, no client certificate. */
   tls?: FetchTls;
+  /** trusted_keys: manifests are verified before any entry is believed; none: indexes are taken as they are. */
+  trust?: FetchTrust | undefined;
 }
 
 /** A PEM file named by a config key, and its text once read (see readTlsFiles). */
@@ -91,6 +116,10 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   fetch_ca_file: { description: 'PEM bundle of CAs trusted for https:// repositories and S3 endpoints, besides the system\'s (default: none)' },
   fetch_client_cert: { description: 'PEM client certificate for servers that verify clients; with fetch_client_key (default: none)' },
   fetch_client_key: { description: 'PEM private key (unencrypted) of fetch_client_cert (default: none)' },
+  signing_key: { description: 'OpenSSH ed25519 private key (unencrypted) that signs packages.json as packages.json.sig after every change (default: none, unsigned)' },
+  trusted_keys: { description: 'allowed_signers file of the keys whose signature clients believe, for the namespace autotest-packages (default: none)' },
+  require_signature: { description: 'true/false: a repository without a valid signature is passed over (default: true with trusted_keys; true needs trusted_keys)' },
+  index_valid_days: { description: 'days a signed manifest is believed after signing, renewed by "autotest packager sign" (default: none, no expiry)' },
 };
 
 const BOOLEANS: Record<string, boolean> = {
@@ -270,6 +299,17 @@ function readFetchTls(reader: Reader): FetchTls | undefined {
   return tls.ca || tls.clientCert ? tls : undefined;
 }
 
+function readFetchTrust(reader: Reader): FetchTrust | undefined {
+  const file = readFileKey(reader, 'trusted_keys');
+  // Empty means the default, as in the example config, so that setting trusted_keys alone turns it on.
+  const requireEntry = reader.get('require_signature');
+  const required = requireEntry?.value.trim() === '' ? file !== undefined : readBoolean(reader, 'require_signature', file !== undefined);
+  if (required && !file && requireEntry) {
+    badValue(reader.section, requireEntry, 'require_signature', 'false, or true together with trusted_keys', 'trusted_keys is not set: no signature could ever be verified');
+  }
+  return file && { file: { file: file.file, setAt: file.setAt }, required, keys: undefined, text: undefined };
+}
+
 function createReader(doc: IniDocument, section: string, baseDirOf: (file: string) => string): Reader {
   return { section, get: (key) => getIniValue(doc, section, key), baseDir: (entry) => baseDirOf(entry.file) };
 }
@@ -425,6 +465,8 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
   const customDownloadLocation = readPath(reader, 'custom_download_location');
   if (downloadEntry && customDownloadLocation === undefined) badValue(section, downloadEntry, 'custom_download_location', 'a folder path');
 
+  const signingKey = readFileKey(reader, 'signing_key');
+  const validDaysEntry = reader.get('index_valid_days');
   const packages: PackagesConfig = {
     fetchLocations: readLocationItems(reader, 'fetch_location', [], (item, baseDir) => parseFetchLocation(item, baseDir, s3),
       'local paths, file://, http(s)://, ssh://[user@]host[:port]/path, s3://bucket/prefix or git URLs, one by one or joined by "|" in groups'),
@@ -444,8 +486,11 @@ export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) =
       cooldownMs: readMilliseconds(reader, 'fetch_cooldown', 60, 0),
       maxSizeBytes: Math.round(readNumber(reader, 'fetch_max_size', 10, { min: 0.000001 }) * 1e9),
       tls: readFetchTls(reader),
+      trust: readFetchTrust(reader),
     },
     s3,
+    signingKey: signingKey && { file: signingKey.file, setAt: signingKey.setAt },
+    indexValidDays: validDaysEntry && validDaysEntry.value.trim() !== '' ? readNumber(reader, 'index_valid_days', 0, { min: 0.001 }) : undefined,
   };
   for (const [key, list] of [['upload_location', uploadLocations], ['custom_upload_location', customUploadLocations]] as const) {
     const wrong = list.find((loc) => loc.kind === 'http' || loc.kind === 'git');

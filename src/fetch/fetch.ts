@@ -12,6 +12,8 @@ import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
 import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
 import { orderForPackage } from './rendezvous.js';
+import { openSerialMemory } from './serials.js';
+import type { IndexTrust } from '../signing/index.js';
 
 export interface FetchedPackage {
   file: string;
@@ -128,7 +130,7 @@ export class PackageFetcher {
   private readonly repositories = new Map<Location, FetchRepository>();
   private readonly indexes = new Map<FetchRepository, Promise<RepositoryIndex>>();
 
-  private constructor(private readonly locations: FetchLocation[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth, private readonly onWarning: (message: string) => void) {
+  private constructor(private readonly locations: FetchLocation[], private readonly settings: FetchSettings, private readonly health: RepositoryHealth, private readonly trust: IndexTrust | undefined, private readonly onWarning: (message: string) => void) {
     for (const location of flattenFetchLocations(locations)) this.repositories.set(location, fetchRepositoryFor(location, settings));
   }
 
@@ -139,7 +141,12 @@ export class PackageFetcher {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
       });
     }
-    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir), onWarning);
+    const { trust } = settings;
+    if (trust && !trust.keys) throw new Error('trusted_keys used before loadConfig read it');
+    // The newest serial seen from each repository lives with the package cache: a rollback is
+    // refused by every later install on this machine, not only within this one.
+    const indexTrust = trust?.keys && { keys: trust.keys, required: trust.required, memory: await openSerialMemory(stateDir) };
+    return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir), indexTrust, onWarning);
   }
 
   get names(): string[] {
@@ -156,7 +163,7 @@ export class PackageFetcher {
     let index = this.indexes.get(repository);
     if (!index) {
       // A failure is kept too: one fetcher never pays the same timeout twice.
-      index = repository.readIndex().then((read) => {
+      index = repository.readIndex(this.trust).then((read) => {
         for (const problem of indexProblems(read)) this.onWarning(problem);
         return read;
       });

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { rootCertificates } from 'node:tls';
@@ -8,7 +9,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import type { FetchSettings, FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { describeError, errnoCode } from '../errors.js';
+import { describeError, errnoCode, isAutotestError } from '../errors.js';
 import {
   CHECKSUM_FILE,
   MANIFEST_FILE,
@@ -18,6 +19,7 @@ import {
   type RepositoryIndex,
 } from '../packages/index.js';
 import { readLocalIndex } from '../repositories/local.js';
+import { readVerifiedIndex, type IndexTrust } from '../signing/index.js';
 import { s3AnswerProblem, s3Problem } from '../s3/client.js';
 import { signGet } from '../s3/sign.js';
 import { sshHost, whenClosed } from '../ssh/session.js';
@@ -33,7 +35,8 @@ export interface Opened {
 export interface FetchRepository {
   /** For messages: the location without secrets. */
   name: string;
-  readIndex(): Promise<RepositoryIndex>;
+  /** The index; with `trust`, only a manifest whose signature verifies is believed (see readVerifiedIndex). */
+  readIndex(trust?: IndexTrust): Promise<RepositoryIndex>;
   /** The bytes of `file` from `offset` on, all of them within `timeoutMs` (what is left of fetch_timeout). */
   open(file: string, offset: number, timeoutMs: number): Promise<Opened>;
 }
@@ -50,7 +53,7 @@ function indexFrom(name: string, checksums: string | undefined, manifest: string
   if (checksums === undefined) {
     throw new FetchFailure(`${name}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
   }
-  const index = readIndexFiles(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`), manifest, (file) => `${name}/${file}`);
+  const { index } = readIndexFiles(parseChecksumFile(checksums, `${name}/${CHECKSUM_FILE}`), manifest, (file) => `${name}/${file}`);
   const problems = indexProblems(index);
   if (index.size === 0 && problems.length > 0) {
     // Not a repository that lacks the package: one that answers something else (an HTML page, junk).
@@ -81,8 +84,23 @@ async function optionalText(name: string, file: string, open: (file: string) => 
   }
 }
 
+/**
+ * The signed manifest's entries alone (packages.checksum is not signed, so it is not read),
+ * or undefined for an unsigned repository when signatures are not required.
+ */
+async function readTrustedIndex(name: string, read: (file: string) => Promise<string | undefined>, trust: IndexTrust): Promise<RepositoryIndex | undefined> {
+  try {
+    return (await readVerifiedIndex(name, read, trust))?.index;
+  } catch (error) {
+    if (!isAutotestError(error, 'ERR_SIGNATURE') && !isAutotestError(error, 'ERR_BAD_INDEX')) throw error;
+    throw new FetchFailure(error.message, { transient: false, down: false, hint: error.hint, cause: error });
+  }
+}
+
 /** Reads packages.checksum and packages.json (both at once) through `open`. */
-async function readIndexThrough(name: string, open: (file: string) => Promise<Readable>): Promise<RepositoryIndex> {
+async function readIndexThrough(name: string, open: (file: string) => Promise<Readable>, trust: IndexTrust | undefined): Promise<RepositoryIndex> {
+  const trusted = trust && await readTrustedIndex(name, (file) => optionalText(name, file, open), trust);
+  if (trusted) return trusted;
   const [checksums, manifest] = await Promise.all([optionalText(name, CHECKSUM_FILE, open), optionalText(name, MANIFEST_FILE, open)]);
   return indexFrom(name, checksums, manifest);
 }
@@ -229,7 +247,7 @@ function httpRepository(location: Extract<Location, { kind: 'http' }>, settings:
     httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, { ...settings, timeoutMs }, refusal);
   return {
     name,
-    readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
+    readIndex: (trust) => readIndexThrough(name, (file) => get(file, 0), trust),
     async open(file, offset, timeoutMs) {
       return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
     },
@@ -303,7 +321,7 @@ function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: F
   };
   return {
     name,
-    readIndex: () => readIndexThrough(name, (file) => Promise.resolve(stream(file, 0))),
+    readIndex: (trust) => readIndexThrough(name, (file) => Promise.resolve(stream(file, 0)), trust),
     open: (file, offset, timeoutMs) => Promise.resolve({ stream: stream(file, offset, timeoutMs), start: offset }),
   };
 }
@@ -312,7 +330,17 @@ function localRepository(location: Extract<Location, { kind: 'local' }>): FetchR
   const name = location.path;
   return {
     name,
-    async readIndex() {
+    async readIndex(trust) {
+      const readText = async (file: string): Promise<string | undefined> => {
+        try {
+          return await readFile(path.join(location.path, file), 'utf8');
+        } catch (error) {
+          if (errnoCode(error) === 'ENOENT') return undefined;
+          throw new FetchFailure(`${name}: cannot read ${file} (${errnoCode(error) ?? String(error)})`, { transient: false, down: false, cause: error });
+        }
+      };
+      const trusted = trust && await readTrustedIndex(name, readText, trust);
+      if (trusted) return trusted;
       const index = await readLocalIndex(location.path).catch((error: unknown) => {
         throw new FetchFailure(`${name}: cannot read its index (${errnoCode(error) ?? String(error)})`, { transient: false, down: false, cause: error });
       });
@@ -368,7 +396,7 @@ function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: F
   });
   return {
     name,
-    readIndex: () => readIndexThrough(name, (file) => stream(file)),
+    readIndex: (trust) => readIndexThrough(name, (file) => stream(file), trust),
     // git archive cannot start in the middle: every try starts at 0.
     open: async (file, _offset, timeoutMs) => ({ stream: await stream(file, timeoutMs), start: 0 }),
   };
@@ -413,7 +441,7 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
   };
   return {
     name,
-    readIndex: () => readIndexThrough(name, (file) => get(file, 0)),
+    readIndex: (trust) => readIndexThrough(name, (file) => get(file, 0), trust),
     async open(file, offset, timeoutMs) {
       return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
     },

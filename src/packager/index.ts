@@ -11,3 +11,5 @@ export type { PackagerEvent, OperationReport, LocationReport } from './events.js
 export { cacheDir } from './state.js';
 export { upkeepLocations } from './upkeep.js';
 export type { UpkeepReport } from './upkeep.js';
+export { signLocations } from './sign.js';
+export type { SignReport } from './sign.js';

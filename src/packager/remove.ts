@@ -1,6 +1,7 @@
 import type { Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { createUploadTarget } from '../repositories/index.js';
+import type { IndexSigning } from '../signing/index.js';
 import { emptyLocationReport, type EventSink, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
 
@@ -9,14 +10,14 @@ import { toFailure } from './failure.js';
  * no reader ever sees an entry without its file. A file a location does not hold is
  * reported as missing there, not as an error: the location is already as asked.
  */
-export async function removePackages(options: { files: string[]; locations: Location[]; onEvent?: EventSink }): Promise<OperationReport> {
+export async function removePackages(options: { files: string[]; locations: Location[]; onEvent?: EventSink; signing?: IndexSigning | undefined }): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
   const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
   await Promise.all(options.locations.map(async (location) => {
     const locationReport = emptyLocationReport(describeLocation(location));
     report.locations.push(locationReport);
     try {
-      const target = createUploadTarget(location);
+      const target = createUploadTarget(location, { signing: options.signing });
       const index = await target.readIndex();
       const present: string[] = [];
       for (const file of options.files) {

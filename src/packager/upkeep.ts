@@ -1,6 +1,7 @@
 import type { Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { createUploadTarget } from '../repositories/index.js';
+import type { IndexSigning } from '../signing/index.js';
 import { toFailure } from './failure.js';
 
 export interface UpkeepReport {
@@ -16,11 +17,11 @@ const DAY_MS = 24 * 3600 * 1000;
  * `maxAgeDays` days ago (modification time: access times are often not kept), taking them
  * out of the index first. Locations are done in parallel; one failing does not stop the rest.
  */
-export async function upkeepLocations(locations: Location[], maxAgeDays: number, now = Date.now()): Promise<UpkeepReport[]> {
-  const cutoff = now - maxAgeDays * DAY_MS;
+export async function upkeepLocations(locations: Location[], maxAgeDays: number, options: { now?: number; signing?: IndexSigning | undefined } = {}): Promise<UpkeepReport[]> {
+  const cutoff = (options.now ?? Date.now()) - maxAgeDays * DAY_MS;
   return Promise.all(locations.map(async (location) => {
     try {
-      const target = createUploadTarget(location);
+      const target = createUploadTarget(location, { signing: options.signing });
       await target.cleanTemps();
       return { location: describeLocation(location), removed: await target.expire(cutoff), error: undefined };
     } catch (error) {

@@ -8,6 +8,7 @@ import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { DigestStream, digestEntries, packEntries, treeFingerprint, type IndexEntry, type TreeEntry, type RepositoryIndex } from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
+import type { IndexSigning } from '../signing/index.js';
 import { packageEntries, selectSources, type PackageSource, type Selection } from './client-tree.js';
 import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
@@ -24,6 +25,8 @@ export interface UploadOptions {
   onEvent?: EventSink;
   /** Where the pack cache and staging folder live (default: ~/.cache/autotest). */
   cacheDir?: string;
+  /** signing_key: every index written is signed. */
+  signing?: IndexSigning | undefined;
 }
 
 interface LiveTarget {
@@ -121,7 +124,7 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
     const locationReport = emptyLocationReport(describeLocation(location));
     report.locations.push(locationReport);
     try {
-      const target = createUploadTarget(location);
+      const target = createUploadTarget(location, { signing: options.signing });
       const { created } = await target.prepare({ minimumFreeBytes: options.minimumFreeBytes, neededBytes: 0 });
       locationReport.created = created;
       await target.cleanTemps();

@@ -1,15 +1,16 @@
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isTempName } from '../fs/atomic.js';
-import { CHECKSUM_FILE, indexProblems, MANIFEST_FILE, parseFileName, type PackageType } from '../packages/index.js';
-import { createUploadTarget, LOCK_NAME, matchesEntry } from '../repositories/index.js';
+import { CHECKSUM_FILE, indexProblems, MANIFEST_FILE, SIGNATURE_FILE, parseFileName, parseManifestDocument, type PackageType } from '../packages/index.js';
+import { SIGNATURE_NAMESPACE, verifySshsig, type IndexSigning } from '../signing/index.js';
+import { createUploadTarget, LOCK_NAME, matchesEntry, type UploadTarget } from '../repositories/index.js';
 import { isAutotestError } from '../errors.js';
 import { selectSources, type Selection } from './client-tree.js';
 import { toFailure } from './failure.js';
 import { uploadPackages } from './upload.js';
 
 /** 'index': a line or entry of the index that could not be read (left out until --repair rewrites it). */
-export type ProblemKind = 'missing' | 'mismatch' | 'unindexed' | 'leftover-temp' | 'index';
+export type ProblemKind = 'missing' | 'mismatch' | 'unindexed' | 'leftover-temp' | 'index' | 'signature';
 
 export interface Problem {
   file: string;
@@ -33,12 +34,31 @@ export interface VerifyOptions {
   compression: Compression;
   minimumFreeBytes: number;
   cacheDir?: string;
+  /** signing_key: the index is written signed, and --repair signs an index whose signature is wrong. */
+  signing?: IndexSigning | undefined;
+  /**
+   * Keys the signature must verify with (trusted_keys, else the public half of signing_key);
+   * none: signatures are not checked.
+   */
+  verifyKeys?: readonly Buffer[] | undefined;
 }
 
-const INDEX_FILES = new Set([CHECKSUM_FILE, MANIFEST_FILE, LOCK_NAME]);
+const INDEX_FILES = new Set([CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE, LOCK_NAME]);
 
-async function inspect(location: Location): Promise<VerifyLocationReport> {
-  const target = createUploadTarget(location);
+/** What is wrong with a location's signature, as clients would judge it (serials aside), or undefined. */
+async function signatureProblem(target: UploadTarget, keys: readonly Buffer[], now: number): Promise<string | undefined> {
+  const { manifest, signature } = await target.readSignedPair();
+  if (manifest === undefined) return undefined;
+  if (signature === undefined) return 'the index is not signed (run "autotest packager sign")';
+  const verdict = verifySshsig(signature, Buffer.from(manifest, 'utf8'), SIGNATURE_NAMESPACE, keys);
+  if (!verdict.valid) return verdict.why;
+  const { expires } = parseManifestDocument(manifest, `${target.name}/${MANIFEST_FILE}`).header;
+  if (expires !== undefined && Date.parse(expires) <= now) return `the signed index expired at ${expires} (renew it with "autotest packager sign")`;
+  return undefined;
+}
+
+async function inspect(location: Location, options: Pick<VerifyOptions, 'signing' | 'verifyKeys'> = {}): Promise<VerifyLocationReport> {
+  const target = createUploadTarget(location, { signing: options.signing });
   const report: VerifyLocationReport = { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: undefined };
   const index = await target.readIndex();
   report.entries = index.size;
@@ -60,6 +80,10 @@ async function inspect(location: Location): Promise<VerifyLocationReport> {
     if (INDEX_FILES.has(name) || index.has(name)) continue;
     if (isTempName(name)) report.problems.push({ file: name, kind: 'leftover-temp', detail: 'temporary file of an upload' });
     else if (!name.startsWith('.')) report.problems.push({ file: name, kind: 'unindexed', detail: 'file not listed in the index' });
+  }
+  if (options.verifyKeys) {
+    const problem = await signatureProblem(target, options.verifyKeys, Date.now());
+    if (problem !== undefined) report.problems.push({ file: SIGNATURE_FILE, kind: 'signature', detail: problem });
   }
   return report;
 }
@@ -112,32 +136,37 @@ export async function verifyLocations(options: VerifyOptions): Promise<VerifyLoc
   return Promise.all(options.locations.map(async (location) => {
     let report: VerifyLocationReport;
     try {
-      report = await inspect(location);
+      report = await inspect(location, options);
     } catch (error) {
       return { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: toFailure(error) };
     }
     if (!options.repair || report.problems.length === 0) return report;
     try {
-      const target = createUploadTarget(location);
+      const target = createUploadTarget(location, { signing: options.signing });
       report.repaired.push(...await target.cleanTemps());
       const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
       // purge rewrites the index under its lock, which also drops the lines it could not read.
       if (bad.length > 0 || report.problems.some((p) => p.kind === 'index')) report.repaired.push(...await target.purge(bad));
       let failure: VerifyLocationReport['error'];
       if (options.clientDir !== undefined) {
-        const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp' && p.kind !== 'index').map((p) => p.file);
+        const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp' && p.kind !== 'index' && p.kind !== 'signature').map((p) => p.file);
         const selection = await producible(options.clientDir, candidates, options.compression);
         if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
           const upload = await uploadPackages({
             clientDir: options.clientDir, selection, locations: [location], compression: options.compression,
-            minimumFreeBytes: options.minimumFreeBytes, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
+            minimumFreeBytes: options.minimumFreeBytes, signing: options.signing, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
           });
           report.repaired.push(...(upload.locations[0]?.published ?? []));
           const failed = upload.locations[0]?.error ?? upload.failedPackages[0];
           if (failed) failure = { ...failed, message: `republishing from the client tree failed: ${failed.message}` };
         }
       }
-      const after = await inspect(location);
+      // Every index write above signed; an index nothing rewrote is signed now.
+      if (options.signing && report.problems.some((p) => p.kind === 'signature')) {
+        await target.sign();
+        report.repaired.push(SIGNATURE_FILE);
+      }
+      const after = await inspect(location, options);
       return { ...after, repaired: [...new Set(report.repaired)], error: failure };
     } catch (error) {
       return { ...report, error: toFailure(error) };

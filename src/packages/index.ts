@@ -9,6 +9,6 @@ export type { ExtractLimits, ExtractResult } from './extract.js';
 export { DigestStream, digestFile } from './digest.js';
 export type { Digests } from './digest.js';
 export {
-  CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, formatChecksumFile, parseManifest, formatManifest, mergeIndex, matchesEntry, readIndexFiles, indexProblems,
+  CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE, parseChecksumFile, formatChecksumFile, parseManifest, parseManifestDocument, formatManifest, mergeIndex, matchesEntry, readIndexFiles, indexProblems,
 } from './repository-index.js';
-export type { IndexEntry, RepositoryIndex } from './repository-index.js';
+export type { IndexEntry, ManifestHeader, RepositoryIndex } from './repository-index.js';

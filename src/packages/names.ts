@@ -48,7 +48,7 @@ export function checkType(type: string): PackageType {
 }
 
 /** Files of the repository itself: never a package, never removed or overwritten by name. */
-export const RESERVED_FILE_NAMES: ReadonlySet<string> = new Set(['packages.checksum', 'packages.json']);
+export const RESERVED_FILE_NAMES: ReadonlySet<string> = new Set(['packages.checksum', 'packages.json', 'packages.json.sig']);
 
 /** A repository file name: a checked name that is not one of the index files. */
 export function checkFileName(file: string): string {

@@ -3,6 +3,8 @@ import { parseFileName } from './names.js';
 
 export const CHECKSUM_FILE = 'packages.checksum';
 export const MANIFEST_FILE = 'packages.json';
+/** The manifest's detached SSHSIG signature (see src/signing). */
+export const SIGNATURE_FILE = 'packages.json.sig';
 const MANIFEST_VERSION = 1;
 
 /** What a repository knows of one of its files. */
@@ -115,10 +117,20 @@ export function formatChecksumFile(index: RepositoryIndex): string {
   return byName(index).map((entry) => `${entry.md5}  ${entry.file}\n`).join('');
 }
 
-export function formatManifest(index: RepositoryIndex): string {
+/**
+ * What a signed manifest says of itself: `serial` grows with every change (a client refuses
+ * one older than it has seen: rollback), `expires` (ISO 8601) bounds how long a frozen copy
+ * is believed.
+ */
+export interface ManifestHeader {
+  serial?: number | undefined;
+  expires?: string | undefined;
+}
+
+export function formatManifest(index: RepositoryIndex, header: ManifestHeader = {}): string {
   const packages: Record<string, Omit<IndexEntry, 'file'>> = {};
   for (const { file, ...rest } of byName(index)) packages[file] = rest;
-  return `${JSON.stringify({ version: MANIFEST_VERSION, packages }, null, 1)}\n`;
+  return `${JSON.stringify({ version: MANIFEST_VERSION, serial: header.serial, expires: header.expires, packages }, null, 1)}\n`;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -126,6 +138,11 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 export function parseManifest(text: string, where: string): RepositoryIndex {
+  return parseManifestDocument(text, where).index;
+}
+
+/** The manifest's entries with its header; a header field of the wrong type is an error, not a default. */
+export function parseManifestDocument(text: string, where: string): { index: RepositoryIndex; header: ManifestHeader } {
   let data: unknown;
   try {
     data = JSON.parse(text);
@@ -135,6 +152,9 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
   if (!isRecord(data) || data.version !== MANIFEST_VERSION || !isRecord(data.packages)) {
     throw badIndex(where, `expected {"version": ${MANIFEST_VERSION}, "packages": {...}}`);
   }
+  const { serial, expires } = data;
+  if (serial !== undefined && (typeof serial !== 'number' || !Number.isSafeInteger(serial) || serial < 0)) throw badIndex(where, '"serial" is not a whole number');
+  if (expires !== undefined && (typeof expires !== 'string' || Number.isNaN(Date.parse(expires)))) throw badIndex(where, '"expires" is not an ISO 8601 time');
   const index: RepositoryIndex = new Map();
   const problems = createProblems();
   for (const [file, raw] of Object.entries(data.packages)) {
@@ -159,7 +179,7 @@ export function parseManifest(text: string, where: string): RepositoryIndex {
       publishedAt: typeof raw.publishedAt === 'string' ? raw.publishedAt : undefined,
     });
   }
-  return problems.attach(index);
+  return { index: problems.attach(index), header: { serial, expires } };
 }
 
 /**
@@ -191,19 +211,19 @@ export function mergeIndex(checksums: Map<string, string> | undefined, manifest:
  * that cannot be read at all leaves packages.checksum (md5) to decide, with a problem saying
  * so; signed indexes, which must not fall back, are read elsewhere.
  */
-export function readIndexFiles(checksums: Map<string, string> | undefined, manifestText: string | undefined, where: (file: string) => string): RepositoryIndex {
-  let manifest: RepositoryIndex | undefined;
+export function readIndexFiles(checksums: Map<string, string> | undefined, manifestText: string | undefined, where: (file: string) => string): { index: RepositoryIndex; header: ManifestHeader | undefined } {
+  let manifest: { index: RepositoryIndex; header: ManifestHeader } | undefined;
   const problems = createProblems();
   if (manifestText !== undefined) {
     try {
-      manifest = parseManifest(manifestText, where(MANIFEST_FILE));
+      manifest = parseManifestDocument(manifestText, where(MANIFEST_FILE));
     } catch (error) {
       if (!(error instanceof AutotestError) || error.code !== 'ERR_BAD_INDEX' || checksums === undefined) throw error;
       problems.note(`${error.message}; using ${CHECKSUM_FILE} alone (md5)`);
     }
   }
-  const merged = mergeIndex(checksums, manifest);
-  return problems.attach(merged, merged);
+  const merged = mergeIndex(checksums, manifest?.index);
+  return { index: problems.attach(merged, merged), header: manifest?.header };
 }
 
 /** Whether `digests` are what `entry` promises: sha256 where the manifest has it, md5 otherwise. */

@@ -2,6 +2,7 @@ import { AutotestError } from '../errors.js';
 import type { Location } from '../config/index.js';
 import { createLocalTarget } from './local.js';
 import { createSshTarget } from './ssh.js';
+import type { TargetOptions } from './store.js';
 import type { UploadTarget } from './types.js';
 
 export { readLocalIndex, createLocalTarget } from './local.js';
@@ -9,12 +10,13 @@ export { fetchFromLocal } from './local-fetch.js';
 export { matchesEntry } from '../packages/index.js';
 export { withIndexLock, LOCK_NAME } from './lock.js';
 export type { UploadTarget, StagedFile, IndexChange } from './types.js';
+export type { TargetOptions } from './store.js';
 
 /** The upload target for a location, or an error naming a scheme this version cannot write to. */
-export function createUploadTarget(location: Location): UploadTarget {
-  if (location.kind === 'local') return createLocalTarget(location);
-  if (location.kind === 'ssh') return createSshTarget(location);
-  if (location.kind === 's3') return lazyTarget(location, () => import('./s3.js').then((module) => module.createS3Target(location)));
+export function createUploadTarget(location: Location, options: TargetOptions = {}): UploadTarget {
+  if (location.kind === 'local') return createLocalTarget(location, options);
+  if (location.kind === 'ssh') return createSshTarget(location, options);
+  if (location.kind === 's3') return lazyTarget(location, () => import('./s3.js').then((module) => module.createS3Target(location, options)));
   throw new AutotestError('ERR_UNSUPPORTED', `upload location ${location.text}: ${location.kind} locations are read-only (fetch_location only)`, {
     hint: 'upload to a local folder, an ssh://[user@]host[:port]/path or an s3://bucket/prefix location',
   });
@@ -41,5 +43,7 @@ function lazyTarget(location: Location, load: () => Promise<UploadTarget>): Uplo
     cleanTemps: async () => (await target()).cleanTemps(),
     purge: async (files) => (await target()).purge(files),
     expire: async (olderThanMs) => (await target()).expire(olderThanMs),
+    sign: async () => (await target()).sign(),
+    readSignedPair: async () => (await target()).readSignedPair(),
   };
 }

@@ -5,7 +5,7 @@ import type { Location } from '../config/index.js';
 import { fsyncPath, removeDeadTemps, tempPathFor, writeFileAtomic } from '../fs/atomic.js';
 import { digestFile, type RepositoryIndex } from '../packages/index.js';
 import { withIndexLock } from './lock.js';
-import { readStoreIndex, targetFromStore, type FileInfo, type RepositoryStore } from './store.js';
+import { readStoreIndex, targetFromStore, type FileInfo, type RepositoryStore, type TargetOptions } from './store.js';
 import type { StagedFile, UploadTarget } from './types.js';
 
 async function readOptional(file: string): Promise<string | undefined> {
@@ -28,8 +28,8 @@ function refused(dir: string, why: string, hint: string, cause?: unknown): Autot
 
 const GB = 1e9;
 
-export function createLocalTarget(location: Extract<Location, { kind: 'local' }>): UploadTarget {
-  return targetFromStore(createLocalStore(location));
+export function createLocalTarget(location: Extract<Location, { kind: 'local' }>, options: TargetOptions = {}): UploadTarget {
+  return targetFromStore(createLocalStore(location), options);
 }
 
 function createLocalStore(location: Extract<Location, { kind: 'local' }>): RepositoryStore {

@@ -30,14 +30,17 @@ import {
   formatManifest,
   matchesEntry,
   mergeIndex,
+  SIGNATURE_FILE,
   parseChecksumFile,
-  parseManifest,
+  parseManifestDocument,
   type Digests,
   type IndexEntry,
+  type ManifestHeader,
   type RepositoryIndex,
 } from '../packages/index.js';
 import { s3Client, s3Key, s3Problem, type S3Problem } from '../s3/client.js';
-import { isHousekeepingName, type FileInfo } from './store.js';
+import { SIGNATURE_NAMESPACE, nextManifestHeader, signManifest, verifySshsig } from '../signing/index.js';
+import { isHousekeepingName, type FileInfo, type TargetOptions } from './store.js';
 import type { IndexChange, StagedFile, UploadTarget } from './types.js';
 
 /** A multipart upload nobody completed for this long was left by a dead packager. */
@@ -133,7 +136,8 @@ const casChecked = new Map<string, { bareIfMatch: boolean }>();
  * the same moment can leave, for a moment, an entry naming the other's bytes (see commit);
  * fetchers verify every byte, and the last writer leaves the index right.
  */
-export async function createS3Target(location: S3Location): Promise<UploadTarget> {
+export async function createS3Target(location: S3Location, options: TargetOptions = {}): Promise<UploadTarget> {
+  const { signing } = options;
   const name = location.text;
   const { bucket } = location;
   const client: S3Client = await s3Client(location.settings);
@@ -217,12 +221,32 @@ export async function createS3Target(location: S3Location): Promise<UploadTarget
   };
 
   /** The index as the manifest says (the manifest is the truth here; packages.checksum follows it). */
-  const readIndexWithTag = async (): Promise<{ index: RepositoryIndex; etag: string | undefined }> => {
+  const readIndexWithTag = async (): Promise<{ index: RepositoryIndex; etag: string | undefined; header: ManifestHeader | undefined }> => {
     const [manifest, checksums] = await Promise.all([getText(MANIFEST_FILE), getText(CHECKSUM_FILE)]);
-    if (manifest) return { index: parseManifest(manifest.text, `${name}/${MANIFEST_FILE}`), etag: manifest.etag };
+    if (manifest) return { ...parseManifestDocument(manifest.text, `${name}/${MANIFEST_FILE}`), etag: manifest.etag };
     // A prefix filled by Autotest's packager (copied up with aws s3 sync): md5s only.
     const legacy = checksums === undefined ? undefined : parseChecksumFile(checksums.text, `${name}/${CHECKSUM_FILE}`);
-    return { index: mergeIndex(legacy, undefined), etag: undefined };
+    return { index: mergeIndex(legacy, undefined), etag: undefined, header: undefined };
+  };
+
+  /**
+   * packages.json.sig made to sign the manifest, under the same conditional rule as
+   * packages.checksum: the signature is read before the manifest it is made from, so a
+   * signature written never signs an older manifest than the one it replaces signed.
+   */
+  const syncSignature = async (): Promise<void> => {
+    if (!signing) return;
+    for (let attempt = 0; attempt < INDEX_TRIES; attempt++) {
+      const current = await getText(SIGNATURE_FILE);
+      const manifest = await getText(MANIFEST_FILE);
+      if (!manifest) return;
+      if (current && verifySshsig(current.text, Buffer.from(manifest.text, 'utf8'), SIGNATURE_NAMESPACE, [signing.key.publicBlob]).valid) return;
+      if (await putIf(SIGNATURE_FILE, await signManifest(manifest.text, signing.key), current?.etag)) return;
+      await sleep(Math.random() * 20 * (attempt + 1));
+    }
+    throw new AutotestError('ERR_LOCK', `upload location ${name}: ${SIGNATURE_FILE} kept changing under ${INDEX_TRIES.toString()} tries`, {
+      hint: 'many packagers are writing this prefix at once; run the upload again',
+    });
   };
 
   /** packages.checksum made to match the manifest; each writer leaves it at least as new as the manifest it saw. */
@@ -249,14 +273,16 @@ export async function createS3Target(location: S3Location): Promise<UploadTarget
    */
   const updateIndex = async (change: (index: RepositoryIndex) => Promise<boolean> | boolean): Promise<void> => {
     for (let attempt = 0; attempt < INDEX_TRIES; attempt++) {
-      const { index, etag } = await readIndexWithTag();
+      const { index, etag, header } = await readIndexWithTag();
       if (!(await change(index))) {
-        // Nothing to change, but a packager killed between the two writes may have left
-        // packages.checksum behind the manifest: it catches up before an object moves.
+        // Nothing to change, but a packager killed between the writes may have left
+        // packages.checksum or the signature behind the manifest: they catch up before an object moves.
+        await syncSignature();
         await syncChecksum();
         return;
       }
-      if (await putIf(MANIFEST_FILE, formatManifest(index), etag)) {
+      if (await putIf(MANIFEST_FILE, formatManifest(index, nextManifestHeader(header, signing?.validDays)), etag)) {
+        await syncSignature();
         await syncChecksum();
         return;
       }
@@ -620,6 +646,16 @@ export async function createS3Target(location: S3Location): Promise<UploadTarget
         if (await removeIfUnchanged(file, info.etag)) removed.push(file);
       }
       return removed.sort();
+    },
+
+    async readSignedPair() {
+      const signature = await getText(SIGNATURE_FILE);
+      return { signature: signature?.text, manifest: (await getText(MANIFEST_FILE))?.text };
+    },
+
+    async sign() {
+      await updateIndex(() => true);
+      return (await readIndexWithTag()).header?.serial ?? 0;
     },
   };
 }

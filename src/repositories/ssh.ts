@@ -6,7 +6,7 @@ import type { Location } from '../config/index.js';
 import { isDeadTemp, isTempName, tempPathFor } from '../fs/atomic.js';
 import { sshHost, type SshHost } from '../ssh/session.js';
 import { flockCommand, LOCK_NAME, withHeldLock } from './lock.js';
-import { targetFromStore, type FileInfo, type RepositoryStore } from './store.js';
+import { targetFromStore, type FileInfo, type RepositoryStore, type TargetOptions } from './store.js';
 import type { UploadTarget } from './types.js';
 
 type SshLocation = Extract<Location, { kind: 'ssh' }>;
@@ -60,8 +60,8 @@ function lines(buffer: Buffer): string[] {
   return buffer.toString('utf8').split('\n');
 }
 
-export function createSshTarget(location: SshLocation): UploadTarget {
-  return targetFromStore(createSshStore(location, sshHost(location)));
+export function createSshTarget(location: SshLocation, options: TargetOptions = {}): UploadTarget {
+  return targetFromStore(createSshStore(location, sshHost(location)), options);
 }
 
 function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {

@@ -7,11 +7,14 @@ import {
   formatChecksumFile,
   formatManifest,
   matchesEntry,
+  SIGNATURE_FILE,
   parseChecksumFile,
   readIndexFiles,
   type Digests,
+  type ManifestHeader,
   type RepositoryIndex,
 } from '../packages/index.js';
+import { nextManifestHeader, signManifest, type IndexSigning } from '../signing/index.js';
 import { LOCK_NAME } from './lock.js';
 import type { IndexChange, StagedFile, UploadTarget } from './types.js';
 
@@ -48,16 +51,22 @@ export interface RepositoryStore {
 
 /** Files of a repository folder that are not packages. */
 export function isHousekeepingName(name: string): boolean {
-  return name === CHECKSUM_FILE || name === MANIFEST_FILE || name === LOCK_NAME || isTempName(name) || name.startsWith('.write-probe');
+  return name === CHECKSUM_FILE || name === MANIFEST_FILE || name === SIGNATURE_FILE || name === LOCK_NAME || isTempName(name) || name.startsWith('.write-probe');
 }
 
 /** Reads a store's index (packages.checksum and packages.json); empty when it has none. */
 export async function readStoreIndex(store: RepositoryStore): Promise<RepositoryIndex> {
+  return (await readStoreIndexAndHeader(store)).index;
+}
+
+/** The index with the manifest's header (its serial), which the next write goes on from. */
+async function readStoreIndexAndHeader(store: RepositoryStore): Promise<{ index: RepositoryIndex; header: ManifestHeader | undefined }> {
   const checksumText = await store.readText(CHECKSUM_FILE);
   const manifestText = await store.readText(MANIFEST_FILE);
   const where = (file: string): string => `${store.name}/${file}`;
   const checksums = checksumText === undefined ? undefined : parseChecksumFile(checksumText, where(CHECKSUM_FILE));
-  const merged = readIndexFiles(checksums, manifestText, where);
+  const manifest = readIndexFiles(checksums, manifestText, where);
+  const merged = manifest.index;
   if (checksums) {
     // A manifest-only entry is kept only while its file is there with its size: an older
     // packager that rewrites packages.checksum alone may have removed it since.
@@ -67,19 +76,37 @@ export async function readStoreIndex(store: RepositoryStore): Promise<Repository
       if (size === undefined || (entry.size !== undefined && size !== entry.size)) merged.delete(entry.file);
     }
   }
-  return merged;
+  return { index: merged, header: manifest.header };
 }
 
-/** The manifest goes first: a reader of packages.checksum alone never sees an entry the manifest lacks the file for. */
-async function writeStoreIndex(store: RepositoryStore, index: RepositoryIndex, assertHeld: () => void): Promise<void> {
+/**
+ * The manifest goes first: a reader of packages.checksum alone never sees an entry the
+ * manifest lacks the file for. Its signature follows it (readers read the signature first,
+ * see readVerifiedIndex). Returns the header written, which the next write goes on from.
+ */
+async function writeStoreIndex(store: RepositoryStore, written: { index: RepositoryIndex; header: ManifestHeader | undefined }, assertHeld: () => void, signing: IndexSigning | undefined): Promise<ManifestHeader> {
+  const header = nextManifestHeader(written.header, signing?.validDays);
+  const manifest = formatManifest(written.index, header);
+  const signature = signing ? await signManifest(manifest, signing.key) : undefined;
   assertHeld();
-  await store.writeText(MANIFEST_FILE, formatManifest(index));
+  await store.writeText(MANIFEST_FILE, manifest);
+  if (signature !== undefined) {
+    assertHeld();
+    await store.writeText(SIGNATURE_FILE, signature);
+  }
   assertHeld();
-  await store.writeText(CHECKSUM_FILE, formatChecksumFile(index));
+  await store.writeText(CHECKSUM_FILE, formatChecksumFile(written.index));
+  return header;
+}
+
+export interface TargetOptions {
+  /** signing_key: every manifest written is signed (packages.json.sig). */
+  signing?: IndexSigning | undefined;
 }
 
 /** An upload target that keeps the index rules on whatever store it is given. */
-export function targetFromStore(store: RepositoryStore): UploadTarget {
+export function targetFromStore(store: RepositoryStore, options: TargetOptions = {}): UploadTarget {
+  const { signing } = options;
   return {
     location: store.location,
     name: store.name,
@@ -94,7 +121,8 @@ export function targetFromStore(store: RepositoryStore): UploadTarget {
 
     async commit(change: IndexChange) {
       await store.withLock(async (assertHeld) => {
-        const index = await readStoreIndex(store);
+        const read = await readStoreIndexAndHeader(store);
+        const { index } = read;
         // An entry whose file is about to be replaced leaves the index first, so that at
         // every moment each entry names a file with exactly its checksum.
         const replaced = change.add.filter(({ entry }) => index.has(entry.file));
@@ -102,7 +130,7 @@ export function targetFromStore(store: RepositoryStore): UploadTarget {
         if (replaced.length > 0 || removed.length > 0) {
           for (const { entry } of replaced) index.delete(entry.file);
           for (const file of removed) index.delete(file);
-          await writeStoreIndex(store, index, assertHeld);
+          read.header = await writeStoreIndex(store, read, assertHeld, signing);
         }
         if (change.add.length > 0) {
           assertHeld();
@@ -115,13 +143,14 @@ export function targetFromStore(store: RepositoryStore): UploadTarget {
         for (const entry of change.refresh) {
           if (index.get(entry.file)?.md5 === entry.md5) index.set(entry.file, entry);
         }
-        await writeStoreIndex(store, index, assertHeld);
+        await writeStoreIndex(store, read, assertHeld, signing);
       });
     },
 
     async purge(files) {
       return store.withLock(async (assertHeld) => {
-        const index = await readStoreIndex(store);
+        const read = await readStoreIndexAndHeader(store);
+        const { index } = read;
         // Checked again under the lock: a verify that raced an upload may have seen a
         // half-published package that is complete and right by now.
         const bad: string[] = [];
@@ -137,9 +166,21 @@ export function targetFromStore(store: RepositoryStore): UploadTarget {
           bad.push(file);
         }
         for (const file of bad) index.delete(file);
-        await writeStoreIndex(store, index, assertHeld);
+        await writeStoreIndex(store, read, assertHeld, signing);
         await store.remove(bad);
         return bad;
+      });
+    },
+
+    async readSignedPair() {
+      const signature = await store.readText(SIGNATURE_FILE);
+      return { signature, manifest: await store.readText(MANIFEST_FILE) };
+    },
+
+    async sign() {
+      return store.withLock(async (assertHeld) => {
+        const header = await writeStoreIndex(store, await readStoreIndexAndHeader(store), assertHeld, signing);
+        return header.serial ?? 0;
       });
     },
 
@@ -151,9 +192,9 @@ export function targetFromStore(store: RepositoryStore): UploadTarget {
           .sort();
         if (old.length === 0) return [];
         // Out of the index first, then off the disk: no entry ever names a missing file.
-        const index = await readStoreIndex(store);
-        for (const file of old) index.delete(file);
-        await writeStoreIndex(store, index, assertHeld);
+        const read = await readStoreIndexAndHeader(store);
+        for (const file of old) read.index.delete(file);
+        await writeStoreIndex(store, read, assertHeld, signing);
         await store.remove(old);
         return old;
       });

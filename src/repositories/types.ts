@@ -40,4 +40,11 @@ export interface UploadTarget {
   purge(files: string[]): Promise<string[]>;
   /** Deletes packages (and plain files) last modified before `olderThanMs` (epoch ms), index first; returns their names. */
   expire(olderThanMs: number): Promise<string[]>;
+  /**
+   * Writes the index again under the lock with a new serial (and expiry), signed when the
+   * target has a signing key: after a key rotation, or to renew index_valid_days. Returns the new serial.
+   */
+  sign(): Promise<number>;
+  /** The manifest and its signature as they are now, signature read first (undefined: none). */
+  readSignedPair(): Promise<{ manifest: string | undefined; signature: string | undefined }>;
 }

@@ -1,0 +1,290 @@
+import assert from 'node:assert/strict';
+import { cp, readFile, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import test, { type TestContext } from 'node:test';
+import type { FetchSettings, Location } from '../src/config/index.js';
+import { loadConfig } from '../src/config/index.js';
+import { PackageFetcher } from '../src/fetch/index.js';
+import { digestFile, formatChecksumFile, formatManifest, parseManifestDocument, type RepositoryIndex } from '../src/packages/index.js';
+import { uploadPackages } from '../src/packager/index.js';
+import { createLocalTarget } from '../src/repositories/index.js';
+import { loadIndexSigning, parseAllowedSigners, readSigningKey, SIGNATURE_NAMESPACE, signSshsig, verifySshsig, type IndexSigning } from '../src/signing/index.js';
+import { EXAMPLE_CLIENT, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
+
+const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 5000, retries: 0, cooldownMs: 0, maxSizeBytes: 1e9 };
+const KERNEL = 'kernel.img';
+
+interface Key {
+  file: string;
+  publicLine: string;
+  signing: IndexSigning;
+}
+
+/** A key made by ssh-keygen, as a lab makes its signing key. */
+async function makeKey(dir: string, name: string, validDays?: number): Promise<Key> {
+  const file = path.join(dir, name);
+  await execFileAsync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', name, '-f', file]);
+  const publicLine = (await readFile(`${file}.pub`, 'utf8')).trim();
+  return { file, publicLine, signing: { key: await readSigningKey(file, `test: ${name}`), validDays } };
+}
+
+async function allowedSigners(dir: string, keys: Key[], name = 'allowed_signers'): Promise<string> {
+  const file = path.join(dir, name);
+  await writeFile(file, keys.map((key) => `autotest ${key.publicLine}\n`).join(''));
+  return file;
+}
+
+function local(p: string): Location {
+  return { kind: 'local', path: p, text: p };
+}
+
+function trusting(keys: Key[], required = true): FetchSettings {
+  return { ...FAST, trust: { file: { file: 'allowed_signers', setAt: 'test' }, required, keys: keys.map((key) => key.signing.key.publicBlob), text: undefined } };
+}
+
+/** Publishes a plain file of `content` into `repo`, signed with `key`. */
+async function publish(dir: string, repo: string, content: string, signing: IndexSigning | undefined): Promise<void> {
+  const source = path.join(dir, KERNEL);
+  await writeFile(source, content);
+  const report = await uploadPackages({
+    clientDir: EXAMPLE_CLIENT, selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [source] },
+    locations: [local(repo)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'pack-cache'), signing,
+  });
+  assert.equal(report.ok, true, JSON.stringify(report));
+}
+
+async function serialOf(repo: string): Promise<number | undefined> {
+  return parseManifestDocument(await readFile(path.join(repo, 'packages.json'), 'utf8'), 'packages.json').header.serial;
+}
+
+/** A mirror that replaces the package and recomputes both index files, keeping the old signature. */
+async function tamper(repo: string, bytes: string): Promise<void> {
+  await writeFile(path.join(repo, KERNEL), bytes);
+  const digests = await digestFile(path.join(repo, KERNEL));
+  const { index, header } = parseManifestDocument(await readFile(path.join(repo, 'packages.json'), 'utf8'), 'packages.json');
+  const forged: RepositoryIndex = new Map(index);
+  forged.set(KERNEL, { file: KERNEL, md5: digests.md5, sha256: digests.sha256, size: digests.size });
+  await writeFile(path.join(repo, 'packages.json'), formatManifest(forged, header));
+  await writeFile(path.join(repo, 'packages.checksum'), formatChecksumFile(forged));
+}
+
+/** A plain static server in front of a folder, as nginx would be. */
+async function serve(t: TestContext, dir: string): Promise<Location> {
+  const server = http.createServer((request, response) => {
+    void readFile(path.join(dir, decodeURIComponent((request.url ?? '/').slice(1)))).then((body) => {
+      response.writeHead(200, { 'content-length': body.length }).end(body);
+    }, () => { response.writeHead(404).end(); });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => { resolve(); }); }));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}`;
+  return { kind: 'http', url, text: url };
+}
+
+async function fetchKernel(dir: string, locations: Location[], settings: FetchSettings, out = 'out'): Promise<{ content: string; repository: string; passedOver: string[] }> {
+  const fetcher = await PackageFetcher.create(locations, settings, path.join(dir, 'cache'));
+  const dest = path.join(dir, out, KERNEL);
+  const fetched = await fetcher.fetch(KERNEL, dest);
+  return { content: await readFile(dest, 'utf8'), repository: fetched.repository, passedOver: fetched.passedOver };
+}
+
+test('a signed index is what ssh-keygen -Y verify and -Y check-novalidate accept, and what ssh-keygen -Y sign writes verifies here', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'kernel one\n', key.signing);
+  const signers = await allowedSigners(dir, [key]);
+  const manifest = path.join(repo, 'packages.json');
+  const sig = path.join(repo, 'packages.json.sig');
+  const verified = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2" < "$3"', 'sh', signers, sig, manifest]);
+  assert.match(verified.stdout, /Good "autotest-packages" signature for autotest/);
+  await execFileAsync('sh', ['-c', 'ssh-keygen -Y check-novalidate -n autotest-packages -s "$1" < "$2"', 'sh', sig, manifest]);
+  assert.equal(await md5sumCheck(repo), `${KERNEL}: OK\n`, 'packages.checksum is still what md5sum reads');
+
+  const copy = path.join(dir, 'copy.json');
+  await cp(manifest, copy);
+  await execFileAsync('ssh-keygen', ['-q', '-Y', 'sign', '-f', key.file, '-n', SIGNATURE_NAMESPACE, copy]);
+  const theirs = await readFile(`${copy}.sig`, 'utf8');
+  const message = await readFile(copy);
+  assert.equal(verifySshsig(theirs, message, SIGNATURE_NAMESPACE, [key.signing.key.publicBlob]).valid, true);
+  const other = verifySshsig(theirs, message, 'git', [key.signing.key.publicBlob]);
+  assert.match(other.valid ? 'valid' : other.why, /namespace "autotest-packages", not "git"/);
+  const forged = verifySshsig(await signSshsig(message, key.signing.key, SIGNATURE_NAMESPACE), Buffer.from('{"version":1}'), SIGNATURE_NAMESPACE, [key.signing.key.publicBlob]);
+  assert.match(forged.valid ? '' : forged.why, /does not match the manifest/);
+});
+
+test('every index change writes a larger serial, and an expiry when index_valid_days is set', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer', 7);
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'kernel one\n', key.signing);
+  const first = await serialOf(repo);
+  await publish(dir, repo, 'kernel two\n', key.signing);
+  const second = await serialOf(repo);
+  assert.ok(first !== undefined && second !== undefined && second > first, `${String(first)} then ${String(second)}`);
+  const { expires } = parseManifestDocument(await readFile(path.join(repo, 'packages.json'), 'utf8'), 'x').header;
+  const days = (Date.parse(expires ?? '') - Date.now()) / 86_400_000;
+  assert.ok(days > 6.9 && days <= 7, `expires ${String(expires)}`);
+});
+
+test('parses allowed_signers with options and principals, leaving out keys for other namespaces and other key types', () => {
+  const blob = Buffer.concat([Buffer.from([0, 0, 0, 11]), Buffer.from('ssh-ed25519'), Buffer.from([0, 0, 0, 32]), Buffer.alloc(32, 7)]).toString('base64');
+  const text = [
+    '# lab keys',
+    `autotest,*@lab.example ssh-ed25519 ${blob} old key`,
+    `build namespaces="git,autotest-packages" ssh-ed25519 ${blob}`,
+    `build namespaces="git" ssh-ed25519 ${blob}`,
+    'someone ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC',
+    '',
+  ].join('\n');
+  const { keys, skipped } = parseAllowedSigners(text, SIGNATURE_NAMESPACE);
+  assert.deepEqual(keys.map((key) => key.line), [2, 3]);
+  assert.equal(skipped.length, 2);
+  assert.match(skipped.join('; '), /line 4: not allowed for the namespace autotest-packages; line 5: ssh-rsa keys are not supported/);
+});
+
+for (const scheme of ['local', 'http'] as const) {
+  test(`a tampering ${scheme} mirror (package replaced, both index files recomputed, old signature kept) is passed over and its bytes never used`, async (t) => {
+    const dir = await tempDir(t);
+    const key = await makeKey(dir, 'signer');
+    const origin = path.join(dir, 'origin');
+    await publish(dir, origin, 'the real kernel\n', key.signing);
+    const mirror = path.join(dir, 'mirror');
+    await cp(origin, mirror, { recursive: true });
+    await tamper(mirror, 'evil kernel\n');
+    const mirrorLocation = scheme === 'http' ? await serve(t, mirror) : local(mirror);
+    const got = await fetchKernel(dir, [mirrorLocation, local(origin)], trusting([key]));
+    assert.equal(got.content, 'the real kernel\n');
+    assert.equal(got.repository, origin);
+    assert.equal(got.passedOver.length, 1);
+    assert.match(got.passedOver[0] ?? '', /packages\.json\.sig is wrong: its signature by SHA256:\S+ does not match the manifest; not believed/);
+  });
+}
+
+test('a mirror that changes only packages.checksum changes nothing', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'the real kernel\n', key.signing);
+  await writeFile(path.join(repo, 'packages.checksum'), `${'0'.repeat(32)}  ${KERNEL}\n${'1'.repeat(32)}  test-evil.tar.bz2\n`);
+  const got = await fetchKernel(dir, [await serve(t, repo)], trusting([key]));
+  assert.equal(got.content, 'the real kernel\n');
+  assert.deepEqual(got.passedOver, []);
+});
+
+test('an unsigned repository is passed over when signatures are required, and read as before when they are not', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const unsigned = path.join(dir, 'unsigned');
+  await publish(dir, unsigned, 'unsigned kernel\n', undefined);
+  const signed = path.join(dir, 'signed');
+  await publish(dir, signed, 'signed kernel\n', key.signing);
+  const got = await fetchKernel(dir, [local(unsigned), local(signed)], trusting([key]));
+  assert.equal(got.content, 'signed kernel\n');
+  assert.match(got.passedOver[0] ?? '', /unsigned: has no packages\.json\.sig \(unsigned\) and require_signature is on/);
+  await assert.rejects(fetchKernel(dir, [local(unsigned)], trusting([key]), 'out2'), (error: Error & { code?: string }) => {
+    assert.equal(error.code, 'ERR_ALL_REPOSITORIES_FAILED');
+    assert.match(error.message, /unsigned: has no packages\.json\.sig/);
+    return true;
+  });
+  assert.equal((await fetchKernel(dir, [local(unsigned)], trusting([key], false), 'out3')).content, 'unsigned kernel\n');
+});
+
+test('an older signed index is refused after a newer one was seen from the same repository (rollback), by every later fetcher of the machine', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'old kernel\n', key.signing);
+  const old = path.join(dir, 'old');
+  await cp(repo, old, { recursive: true });
+  await publish(dir, repo, 'new kernel\n', key.signing);
+  assert.equal((await fetchKernel(dir, [local(repo)], trusting([key]))).content, 'new kernel\n');
+  // The repository's folder now holds the old, validly signed pair (a mirror rolled back).
+  await cp(old, repo, { recursive: true, force: true });
+  await assert.rejects(fetchKernel(dir, [local(repo)], trusting([key]), 'out2'), /has serial \d+, older than serial \d+ seen from it before \(rolled back\)/);
+});
+
+test('an expired signed index is refused, saying when it expired', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer', 0.00001);
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'kernel\n', key.signing);
+  const { expires } = parseManifestDocument(await readFile(path.join(repo, 'packages.json'), 'utf8'), 'x').header;
+  // Waited for by the clock the check uses, not by a timing assertion.
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(expires ?? '') - Date.now() + 50)));
+  await assert.rejects(fetchKernel(dir, [local(repo)], trusting([key])), new RegExp(`expired at ${(expires ?? '').replace(/[.]/g, '\\.')}`));
+});
+
+test('during a key rotation both trusted keys are believed, and a key not in trusted_keys is refused', async (t) => {
+  const dir = await tempDir(t);
+  const [oldKey, newKey, stranger] = await Promise.all([makeKey(dir, 'old'), makeKey(dir, 'new'), makeKey(dir, 'stranger')]);
+  const a = path.join(dir, 'a');
+  const b = path.join(dir, 'b');
+  const c = path.join(dir, 'c');
+  await publish(dir, a, 'from a\n', oldKey.signing);
+  await publish(dir, b, 'from b\n', newKey.signing);
+  await publish(dir, c, 'from c\n', stranger.signing);
+  const signers = await allowedSigners(dir, [oldKey, newKey]);
+  const config = await loadConfig({ file: await writeConfig(dir, { trusted_keys: signers }) });
+  const settings = config.packages.fetch;
+  assert.equal(settings.trust?.required, true, 'require_signature defaults to true with trusted_keys');
+  assert.equal((await fetchKernel(dir, [local(a)], settings, 'o1')).content, 'from a\n');
+  assert.equal((await fetchKernel(dir, [local(b)], settings, 'o2')).content, 'from b\n');
+  await assert.rejects(fetchKernel(dir, [local(c)], settings, 'o3'), /signed by a key not in trusted_keys \(SHA256:/);
+});
+
+test('a reader never takes a pair being replaced by a packager for a forgery', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'kernel\n', key.signing);
+  const target = createLocalTarget({ kind: 'local', path: repo, text: repo }, { signing: key.signing });
+  const writer = { done: false };
+  const writing = (async () => {
+    for (let i = 0; i < 40; i += 1) await target.sign();
+    writer.done = true;
+  })();
+  const failures: string[] = [];
+  let reads = 0;
+  while (!writer.done) {
+    const fetcher = await PackageFetcher.create([local(repo)], trusting([key]));
+    await fetcher.lookup([KERNEL]).catch((error: unknown) => { failures.push(String(error)); });
+    reads += 1;
+  }
+  await writing;
+  assert.ok(reads > 0);
+  assert.deepEqual(failures, []);
+});
+
+test('require_signature without trusted_keys, and an unreadable trusted_keys or signing_key, are config errors naming file, line and key', async (t) => {
+  const dir = await tempDir(t);
+  await assert.rejects(loadConfig({ file: await writeConfig(dir, { require_signature: 'true' }, 'a.ini') }),
+    /a\.ini:2: \[PACKAGES\] require_signature = "true" \(trusted_keys is not set: no signature could ever be verified\): allowed is false, or true together with trusted_keys/);
+  await assert.rejects(loadConfig({ file: await writeConfig(dir, { trusted_keys: 'missing' }, 'b.ini') }), /b\.ini:2: \[PACKAGES\] trusted_keys = .*missing: cannot read it \(ENOENT\)/);
+  await writeFile(path.join(dir, 'not-a-key'), 'hello\n');
+  const config = await loadConfig({ file: await writeConfig(dir, { signing_key: 'not-a-key' }, 'c.ini') });
+  await assert.rejects(loadIndexSigning(config.packages), /c\.ini:2: \[PACKAGES\] signing_key = .*not-a-key: not an OpenSSH private key/);
+});
+
+test('packager sign signs every upload location with a new serial, and packager verify reports an unsigned or tampered index', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'kernel\n', undefined);
+  const signers = await allowedSigners(dir, [key]);
+  const config = await writeConfig(dir, { upload_location: repo, signing_key: key.file, trusted_keys: signers });
+  const before = await runCli(['packager', 'verify', '--config', config], { cwd: dir });
+  assert.equal(before.code, 1, before.stderr);
+  assert.match(before.stdout, /signature: packages\.json\.sig: the index is not signed/);
+  const signed = await runCli(['packager', 'sign', '--config', config], { cwd: dir });
+  assert.equal(signed.code, 0, signed.stderr);
+  assert.match(signed.stdout, new RegExp(`${repo}: signed serial \\d+ with SHA256:`));
+  const after = await runCli(['packager', 'verify', '--config', config], { cwd: dir });
+  assert.equal(after.code, 0, after.stdout + after.stderr);
+  await tamper(repo, 'evil\n');
+  const tampered = await runCli(['packager', 'verify', '--config', config], { cwd: dir });
+  assert.equal(tampered.code, 1);
+  assert.match(tampered.stdout, /signature: packages\.json\.sig: its signature by SHA256:\S+ does not match the manifest/);
+});
