@@ -9,6 +9,7 @@ import { loadConfig } from '../src/config/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
 import { digestFile, formatChecksumFile, formatManifest, parseManifestDocument, type RepositoryIndex } from '../src/packages/index.js';
 import { uploadPackages } from '../src/packager/index.js';
+import { buildServer } from '../src/server/index.js';
 import { createLocalTarget } from '../src/repositories/index.js';
 import { loadIndexSigning, parseAllowedSigners, readSigningKey, SIGNATURE_NAMESPACE, signSshsig, verifySshsig, type IndexSigning } from '../src/signing/index.js';
 import { EXAMPLE_CLIENT, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
@@ -287,4 +288,29 @@ test('packager sign signs every upload location with a new serial, and packager 
   const tampered = await runCli(['packager', 'verify', '--config', config], { cwd: dir });
   assert.equal(tampered.code, 1);
   assert.match(tampered.stdout, /signature: packages\.json\.sig: its signature by SHA256:\S+ does not match the manifest/);
+});
+
+test('the server signs what it publishes from an upload or a delete with its own signing_key, as ssh-keygen -Y verify accepts', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'server_key');
+  const signers = await allowedSigners(dir, [key]);
+  const custom = path.join(dir, 'custom');
+  const token = 'server-signing-token-0123456789';
+  const config = await loadConfig({
+    file: await writeConfig(dir, { upload_location: path.join(dir, 'builtin'), custom_upload_location: custom, custom_download_location: path.join(dir, 'staging'), minimum_free_space: '0', signing_key: key.file }),
+    env: { AUTOTEST_UPLOAD_TOKEN: token },
+  });
+  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'server-cache') });
+  t.after(() => app.close());
+  const verify = async (): Promise<void> => {
+    await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, custom]);
+  };
+  const put = await app.inject({ method: 'PUT', url: '/api/custom/kernel-custom.img', headers: { authorization: `Bearer ${token}` }, payload: Buffer.from('a custom kernel') });
+  assert.equal(put.statusCode, 200, put.body);
+  await verify();
+  const first = await serialOf(custom);
+  const removed = await app.inject({ method: 'DELETE', url: '/api/custom/kernel-custom.img', headers: { authorization: `Bearer ${token}` } });
+  assert.equal(removed.statusCode, 200, removed.body);
+  await verify();
+  assert.ok((await serialOf(custom) ?? 0) > (first ?? 0), 'the delete wrote a newer signed serial');
 });

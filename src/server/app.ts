@@ -7,6 +7,7 @@ import { isAutotestError, redactSecrets } from '../errors.js';
 import { closeHttpConnections } from '../fetch/index.js';
 import { MAX_FILE_NAME_LENGTH } from '../packages/index.js';
 import { cacheDir } from '../packager/index.js';
+import { loadIndexSigning } from '../signing/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
 import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
@@ -119,6 +120,8 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     maxUploadEntries: server.maxUploadEntries, maxUploadExpandedBytes: server.maxUploadExpandedBytes, maxConcurrentUploads: server.maxConcurrentUploads, minRate: server.uploadMinRate,
     locations: packages.customUploadLocations, compression: packages.compression,
     minimumFreeBytes: packages.minimumFreeSpaceBytes, cacheDir: options.cacheDir ?? cacheDir(),
+    // The server signs what it publishes with the signing_key of its own config.
+    signing: await loadIndexSigning(packages),
   }, metrics);
   registerFrontend(app, {
     repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],

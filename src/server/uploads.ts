@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
 import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { checkFileName, DigestStream, extractTarball, parseFileName } from '../packages/index.js';
+import type { IndexSigning } from '../signing/index.js';
 import { BUNDLED_CLIENT_DIR, removePackages, uploadPackages, type OperationReport } from '../packager/index.js';
 import { checkToken } from './auth.js';
 import type { ServerMetrics } from './metrics.js';
@@ -28,6 +29,8 @@ export interface UploadSettings {
   compression: Compression;
   minimumFreeBytes: number;
   cacheDir: string;
+  /** signing_key of the server's config: every index it writes is signed. */
+  signing: IndexSigning | undefined;
 }
 
 const HEX = /^[0-9a-f]+$/;
@@ -219,7 +222,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
         clientDir: BUNDLED_CLIENT_DIR,
         selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
         locations: settings.locations, compression: settings.compression,
-        minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir,
+        minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing,
       });
       metrics.uploads.inc({ outcome: report.ok ? 'published' : 'failed' });
       answer = { status: reportStatus(report), body: { file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
@@ -253,7 +256,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     if (!checkToken(settings.token, request, reply)) return reply;
     try {
       const file = checkFileName(request.params.file);
-      const report = await removePackages({ files: [file], locations: settings.locations });
+      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
       const answer = errorAnswer(error);
