@@ -137,6 +137,11 @@ async function metric(front: string, name: string): Promise<number> {
   return [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((sum, match) => sum + Number(match[1]), 0);
 }
 
+/** Waits for a condition the server reaches on its own (an eviction runs after the answer that allowed it). */
+async function until(condition: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 500 && !(await condition()); i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
 const BIG = 'test-big.tar.bz2';
 const SMALL = 'test-small.tar.bz2';
 
@@ -267,4 +272,30 @@ test('restarts after kill -9 in the middle of a fetch with only its complete ver
   assert.equal(again.headers['x-autotest-cache'], 'hit');
   assert.ok(again.body.equals(small));
   assert.equal(upstream.gets(SMALL), 1);
+});
+
+test('evicts beyond cache_size by least recent use, but never an entry a client is still reading', async (t) => {
+  const dir = await tempDir(t);
+  const big = randomBytes(16 * 1024 * 1024);
+  const other = randomBytes(8 * 1024 * 1024);
+  const upstream = await startUpstream(t, publish({ [BIG]: big, [SMALL]: other }));
+  const front = await startFront(t, dir, upstream.url, { cache_size: '0.02' });
+  assert.equal((await get(`${front}/packages/builtin/${BIG}`)).status, 200);
+  // A client that reads the first bytes of the cached package, then stops reading.
+  const reader = await open(`${front}/packages/builtin/${BIG}`);
+  assert.equal(reader.response.headers['x-autotest-cache'], 'hit');
+  await reader.firstBytes;
+  reader.response.pause();
+  t.after(() => { reader.response.destroy(); });
+  const second = await get(`${front}/packages/builtin/${SMALL}`);
+  assert.ok(second.body.equals(other));
+  const contentDir = path.join(dir, 'front-cache', 'content');
+  const bigEntry = `sha256-${createHash('sha256').update(big).digest('hex')}`;
+  // Over the bound with both, and the least recently used one is being read: the other goes.
+  await until(async () => (await readdir(contentDir)).length === 1);
+  assert.deepEqual(await readdir(contentDir), [bigEntry]);
+  reader.response.resume();
+  assert.ok((await reader.body).equals(big));
+  assert.equal(await metric(front, 'autotest_cache_evictions_total'), 1);
+  assert.equal(await metric(front, 'autotest_cache_bytes'), big.length);
 });
