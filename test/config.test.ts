@@ -168,6 +168,7 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     uploadToken: undefined, maxUploadBytes: 1024e6,
     maxUploadEntries: 100_000, maxUploadExpandedBytes: 4000e6, maxConcurrentUploads: 4,
     uploadMinRate: { bytesPerSecond: 1000, windowMs: 60_000 },
+    cache: { dir: path.resolve('serve_cache'), sizeBytes: 10e9, indexMaxAgeMs: 60_000 },
   });
   const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });
   assert.equal(fromEnv.server.uploadToken, 'from-the-env-456');
@@ -189,6 +190,41 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
       assert.ok(error instanceof Error);
       assert.match(error.message, message);
       assert.doesNotMatch(error.message, /"short"/, 'a token is never echoed');
+      return true;
+    });
+  }
+});
+
+test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, cache_size and index_max_age, and refuses git or bad values', async (t) => {
+  const dir = await tempDir(t);
+  const file = path.join(dir, 'global_config.ini');
+  const write = async (server: string): Promise<string> => {
+    await writeFile(file, `[PACKAGES]\nupload_location: ${dir}/builtin\n[SERVER]\n${server}`);
+    return file;
+  };
+  const config = await loadConfig({
+    file: await write('builtin_dir: http://a.lab/builtin, http://b.lab/builtin | ssh://c.lab/srv/builtin\ncustom_dir: s3://lab-bucket/custom\ncache_dir: front\ncache_size: 2.5\nindex_max_age: 30\n'),
+    env: {},
+  });
+  assert.deepEqual(config.warnings, []);
+  const builtin = config.server.builtin;
+  assert.equal(builtin?.kind, 'cached');
+  assert.deepEqual(builtin.upstreams.map((location) => location.kind), ['http', 'group']);
+  // An S3 prefix alone is streamed through as before: an upload to it shows at once.
+  assert.equal(config.server.custom?.kind, 's3');
+  assert.deepEqual(config.server.cache, { dir: path.join(dir, 'front'), sizeBytes: 2.5e9, indexMaxAgeMs: 30_000 });
+  const cachedSsh = await loadConfig({ file: await write('builtin_dir: ssh://c.lab/srv/builtin\n'), env: {} });
+  assert.equal(cachedSsh.server.builtin?.kind, 'cached');
+  for (const [line, message] of [
+    ['builtin_dir: http://a.lab/b, git://g.lab/repo.git', /\[SERVER\] builtin_dir = .*"git:\/\/g\.lab\/repo\.git" is a git repository/],
+    ['custom_dir: ftp://x/y', /\[SERVER\] custom_dir = "ftp:\/\/x\/y".*unknown scheme/],
+    ['cache_size: 0', /\[SERVER\] cache_size = "0".*a number >= 0\.000001/],
+    ['index_max_age: -1', /\[SERVER\] index_max_age = "-1".*a number >= 0/],
+  ] as const) {
+    await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
+      assert.ok(error instanceof Error);
+      assert.match(error.message, message);
+      assert.ok(error.message.includes(file), error.message);
       return true;
     });
   }

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { describeLocation, loadConfig, type Config } from '../config/index.js';
-import { AutotestError, errnoCode } from '../errors.js';
+import { AutotestError, errnoCode, redactSecrets } from '../errors.js';
 import { buildServer } from '../server/index.js';
 import { EXIT_OK, type Output } from './output.js';
 
@@ -46,8 +46,11 @@ export async function serveUntilStopped(config: Config, output: Output): Promise
     await app.close();
     throw listenError(error, config);
   }
-  output.out(`serving ${config.server.builtin ? describeLocation(config.server.builtin) : '(no builtin repository)'} at ${address}/packages/builtin/`);
-  output.out(`serving ${config.server.custom ? describeLocation(config.server.custom) : '(no custom repository)'} at ${address}/packages/custom/`);
+  for (const [name, location] of [['builtin', config.server.builtin], ['custom', config.server.custom]] as const) {
+    const what = !location ? `(no ${name} repository)`
+      : location.kind === 'cached' ? `${redactSecrets(location.text)} through the cache in ${config.server.cache.dir}` : describeLocation(location);
+    output.out(`serving ${what} at ${address}/packages/${name}/`);
+  }
   output.out(`open ${address}/ in a browser (uploads ${config.server.uploadToken ? 'enabled' : 'disabled: no upload_token'})`);
   await stopRequested;
   output.out('shutting down: letting running downloads finish');

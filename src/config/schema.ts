@@ -2,7 +2,7 @@ import path from 'node:path';
 import { AutotestError, redactSecrets } from '../errors.js';
 import { getIniValue, sectionKeys, type IniDocument, type IniValue } from './ini.js';
 import { closestMatch } from './suggest.js';
-import { DEFAULT_S3_SETTINGS, parseFetchLocation, parseLocation, type FetchLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
+import { DEFAULT_S3_SETTINGS, flattenFetchLocations, parseFetchLocation, parseLocation, type FetchLocation, type Location, type S3Settings, type S3SettingsFor } from './location.js';
 
 export type Compression = 'bzip2' | 'gzip' | 'zstd';
 export const COMPRESSIONS: readonly Compression[] = ['bzip2', 'gzip', 'zstd'];
@@ -325,8 +325,21 @@ function unknownKeys(doc: IniDocument, section: string, known: Record<string, Ke
     });
 }
 
-/** What `autotest serve` can serve at /packages/NAME/: a folder or an S3 prefix. */
-export type ServedLocation = Extract<Location, { kind: 'local' | 's3' }>;
+/**
+ * Repositories served through the caching front (see server/cache.ts): every fetch scheme but
+ * git, several of them tried in order, `|` groups as in fetch_location.
+ */
+export interface CachedUpstreams {
+  kind: 'cached';
+  upstreams: FetchLocation[];
+  text: string;
+}
+
+/**
+ * What `autotest serve` can serve at /packages/NAME/: a folder, an S3 prefix streamed through
+ * (both read as they are on every request), or upstreams served through the cache.
+ */
+export type ServedLocation = Extract<Location, { kind: 'local' | 's3' }> | CachedUpstreams;
 
 /** The [SERVER] section: what `autotest serve` listens on and serves. */
 export interface ServerConfig {
@@ -349,13 +362,26 @@ export interface ServerConfig {
   uploadMinRate: { bytesPerSecond: number; windowMs: number };
   /** pino level of the request log. */
   logLevel: string;
+  /** The caching front's store, shared by every cached served folder. */
+  cache: ServerCacheConfig;
+}
+
+export interface ServerCacheConfig {
+  dir: string;
+  /** Least recently used entries go beyond this (never one being served). */
+  sizeBytes: number;
+  /** How long an upstream index is reused before it is read again. */
+  indexMaxAgeMs: number;
 }
 
 export const SERVER_KEYS: Record<string, KeySpec> = {
   listen_address: { description: 'address autotest serve listens on (default 127.0.0.1)' },
   port: { description: 'port autotest serve listens on (default 8080; 0 picks a free one)' },
-  builtin_dir: { description: 'folder or s3://bucket/prefix served at /packages/builtin/ (default: the first local or S3 upload_location)' },
-  custom_dir: { description: 'folder or s3://bucket/prefix served at /packages/custom/ (default: the first local or S3 custom_upload_location)' },
+  builtin_dir: { description: 'what is served at /packages/builtin/: a folder or s3://bucket/prefix, served as it is; or http(s)://, ssh:// upstreams, or several of any (comma list, "|" groups), served through cache_dir (default: the first local or S3 upload_location)' },
+  custom_dir: { description: 'what is served at /packages/custom/, as builtin_dir (default: the first local or S3 custom_upload_location)' },
+  cache_dir: { description: 'folder of the caching front, shared by builtin_dir and custom_dir when they name upstreams (default: serve_cache under the working folder)' },
+  cache_size: { description: 'GB (10^9 bytes) the caching front keeps, least recently used beyond it, never a file being served (default 10)' },
+  index_max_age: { description: 'seconds an upstream index is reused by the caching front before it is read again (default 60)' },
   upload_token: { description: 'bearer token that uploads and deletes need ($AUTOTEST_UPLOAD_TOKEN overrides; none: both refused)' },
   max_upload_size: { description: 'MB (10^6 bytes) an uploaded package may have (default 1024)' },
   max_upload_entries: { description: 'entries (files, folders, links) an uploaded package may hold (default 100000)' },
@@ -392,19 +418,24 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   const addressEntry = reader.get('listen_address');
   const listenAddress = addressEntry?.value.trim() ?? '127.0.0.1';
   if (addressEntry && !ADDRESS_RE.test(listenAddress)) badValue(section, addressEntry, 'listen_address', 'an IP address or a host name');
-  const servable = (location: Location): location is ServedLocation => location.kind === 'local' || location.kind === 's3';
+  const servable = (location: Location): location is Extract<Location, { kind: 'local' | 's3' }> => location.kind === 'local' || location.kind === 's3';
+  const allowed = 'a folder path or s3://bucket/prefix, or comma-separated http(s)://, ssh://, s3:// or local upstreams ("|" groups allowed; no git)';
   const served = (key: string, fallback: Location[]): ServedLocation | undefined => {
     const entry = reader.get(key);
     if (!entry) return fallback.find(servable);
-    const text = entry.value.trim();
-    let location: Location | undefined;
+    let upstreams: FetchLocation[];
     try {
-      location = text === '' ? undefined : parseLocation(text, reader.baseDir(entry), packages.s3);
+      upstreams = parseList(entry.value).map((item) => parseFetchLocation(item, reader.baseDir(entry), packages.s3));
     } catch (error) {
-      badValue(section, entry, key, 'a folder path or s3://bucket/prefix', error instanceof Error ? error.message : String(error));
+      badValue(section, entry, key, allowed, error instanceof Error ? error.message : String(error));
     }
-    if (!location || !servable(location)) badValue(section, entry, key, 'a folder path or s3://bucket/prefix');
-    return location;
+    const [only] = upstreams;
+    if (!only) badValue(section, entry, key, allowed);
+    const git = flattenFetchLocations(upstreams).find((location) => location.kind === 'git');
+    if (git) badValue(section, entry, key, allowed, `"${redactSecrets(git.text)}" is a git repository`);
+    // A folder or an S3 prefix alone is read as it is on every request: an upload shows at once.
+    if (upstreams.length === 1 && only.kind !== 'group' && servable(only)) return only;
+    return { kind: 'cached', upstreams, text: upstreams.map((location) => location.text).join(', ') };
   };
   const tokenEntry = reader.get('upload_token');
   const token = env.AUTOTEST_UPLOAD_TOKEN ?? tokenEntry?.value.trim();
@@ -424,6 +455,11 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   return {
     server: {
       logLevel,
+      cache: {
+        dir: readPath(reader, 'cache_dir') ?? path.resolve('serve_cache'),
+        sizeBytes: Math.round(readNumber(reader, 'cache_size', 10, { min: 0.000001 }) * 1e9),
+        indexMaxAgeMs: readMilliseconds(reader, 'index_max_age', 60, 0),
+      },
       listenAddress: listenAddress.replace(/^\[|\]$/g, ''),
       port,
       builtin: served('builtin_dir', packages.uploadLocations),

@@ -10,7 +10,8 @@ import { cacheDir } from '../packager/index.js';
 import { loadIndexSigning } from '../signing/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
-import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
+import type { CacheFront } from './cache.js';
+import { answerError, createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
 import { registerUploads } from './uploads.js';
 
 export interface ServerOptions {
@@ -101,8 +102,22 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
 
   const repositories: ServedRepository[] = [];
-  if (server.builtin) repositories.push({ name: 'builtin', location: server.builtin });
-  if (server.custom) repositories.push({ name: 'custom', location: server.custom });
+  let front: CacheFront | undefined;
+  for (const [name, location] of [['builtin', server.builtin], ['custom', server.custom]] as const) {
+    if (!location) continue;
+    if (location.kind !== 'cached') {
+      repositories.push({ name, location });
+      continue;
+    }
+    // One store for every served folder: a package both list is kept (and fetched) once.
+    // Loaded only for a caching front: a plain server starts with few modules (and descriptors).
+    const [{ createCacheFront }, { openCacheStore }] = await Promise.all([import('./cache.js'), import('./cache-store.js')]);
+    front ??= createCacheFront({
+      store: await openCacheStore({ dir: server.cache.dir, sizeBytes: server.cache.sizeBytes, metrics: metrics.cache, log: app.log }),
+      settings: packages.fetch, metrics: metrics.cache, log: app.log, answerError,
+    });
+    repositories.push({ name, location, cached: front.repository(name, location.upstreams, server.cache.indexMaxAgeMs) });
+  }
   const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log);
   files.handler = repositoryHandler;
   app.addHook('preClose', (done) => {
@@ -111,6 +126,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   });
   app.addHook('onClose', (_instance, done) => {
     repositoryHandler.close();
+    front?.close();
     closeHttpConnections();
     logDestination?.flushSync();
     done();

@@ -40,7 +40,8 @@ export interface ListedRepository {
 async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
   return Promise.all(repositories.map(async (repository) => {
     // S3 through signed GETs: a server that only reads S3 never loads the full SDK (see loadS3Sdk).
-    const index = repository.location.kind === 's3' ? await readS3Index(repository.location) : await createUploadTarget(repository.location).readIndex();
+    const index = 'cached' in repository ? await repository.cached.readIndex()
+      : repository.location.kind === 's3' ? await readS3Index(repository.location) : await createUploadTarget(repository.location).readIndex();
     const packages = [...index.values()].map((entry: IndexEntry) => {
       const parsed = parseFileName(entry.file);
       return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };

@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** What /metrics exposes, in one registry per server (tests build several in one process). */
 export interface ServerMetrics {
@@ -9,6 +9,24 @@ export interface ServerMetrics {
   uploadBytes: Counter;
   errors: Counter<'kind'>;
   duration: Histogram<'method' | 'route'>;
+  cache: CacheMetrics;
+}
+
+/** The caching front (server/cache.ts); by served repository where a ratio per repository is wanted. */
+export interface CacheMetrics {
+  hits: Counter<'repository'>;
+  misses: Counter<'repository'>;
+  /** Requests that joined a download already under way instead of starting one. */
+  coalesced: Counter<'repository'>;
+  upstreamBytes: Counter;
+  servedBytes: Counter;
+  evictions: Counter;
+  /** Bytes of verified entries kept. */
+  cacheBytes: Gauge;
+  /** Answers given from the last good index while every upstream failed. */
+  staleAnswers: Counter<'repository'>;
+  /** Upstream copies refused: a checksum or size that is not the index's, or a cut download. */
+  rejected: Counter<'reason'>;
 }
 
 export function createMetrics(): ServerMetrics {
@@ -25,5 +43,16 @@ export function createMetrics(): ServerMetrics {
       name: 'autotest_http_request_duration_seconds', help: 'Time to answer a request', labelNames: ['method', 'route'],
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry],
     }),
+    cache: {
+      hits: new Counter({ name: 'autotest_cache_hits_total', help: 'Package requests answered from a verified cache entry', labelNames: ['repository'], registers: [registry] }),
+      misses: new Counter({ name: 'autotest_cache_misses_total', help: 'Package requests that started an upstream download', labelNames: ['repository'], registers: [registry] }),
+      coalesced: new Counter({ name: 'autotest_cache_coalesced_total', help: 'Package requests that joined a download under way', labelNames: ['repository'], registers: [registry] }),
+      upstreamBytes: new Counter({ name: 'autotest_cache_upstream_bytes_total', help: 'Bytes fetched from upstreams', registers: [registry] }),
+      servedBytes: new Counter({ name: 'autotest_cache_served_bytes_total', help: 'Package bytes sent to clients by the caching front', registers: [registry] }),
+      evictions: new Counter({ name: 'autotest_cache_evictions_total', help: 'Entries removed to stay within cache_size', registers: [registry] }),
+      cacheBytes: new Gauge({ name: 'autotest_cache_bytes', help: 'Bytes of verified entries in cache_dir', registers: [registry] }),
+      staleAnswers: new Counter({ name: 'autotest_cache_stale_answers_total', help: 'Answers from the last good index while every upstream failed', labelNames: ['repository'], registers: [registry] }),
+      rejected: new Counter({ name: 'autotest_cache_rejected_total', help: 'Upstream copies not kept, by reason', labelNames: ['reason'], registers: [registry] }),
+    },
   };
 }

@@ -8,18 +8,18 @@ import fresh from 'fresh';
 import rangeParser from 'range-parser';
 import type { FastifyBaseLogger } from 'fastify';
 import { escapeHtml } from './html.js';
-import type { ServedLocation } from '../config/index.js';
+import type { CachedUpstreams, ServedLocation } from '../config/index.js';
+import type { CachedRepository } from './cache.js';
 import type { ServerMetrics } from './metrics.js';
 import { describeError, errnoCode, isAutotestError } from '../errors.js';
 import { s3Problem } from '../s3/client.js';
 import { listS3Files, serveS3File } from './s3-proxy.js';
 
-export interface ServedRepository {
-  /** URL path segment: builtin or custom. */
-  name: 'builtin' | 'custom';
+export type ServedRepository =
   /** A folder, served from the disk, or an S3 prefix, streamed through. */
-  location: ServedLocation;
-}
+  | { name: 'builtin' | 'custom'; location: Exclude<ServedLocation, CachedUpstreams> }
+  /** Upstreams served through the caching front. */
+  | { name: 'builtin' | 'custom'; location: CachedUpstreams; cached: CachedRepository };
 
 /** Files up to this size are answered from memory (the index files, most test packages). */
 const SMALL_FILE_BYTES = 256 * 1024;
@@ -86,6 +86,14 @@ const OUT_OF_RESOURCES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN']);
 
 function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.dev === b.dev;
+}
+
+/** An error answer as JSON; returns the body bytes sent. */
+export function answerError(response: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): number {
+  const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : status === 503 ? 'ERR_UNAVAILABLE' : status === 502 ? 'ERR_UPSTREAM' : 'ERR_SERVER', message });
+  response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extra });
+  response.end(body);
+  return body.length;
 }
 
 let streams = 0;
@@ -212,17 +220,10 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     }
   };
 
-  const answerError = (response: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): number => {
-    const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : status === 503 ? 'ERR_UNAVAILABLE' : 'ERR_SERVER', message });
-    response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extra });
-    response.end(body);
-    return body.length;
-  };
-
   /** Headers, conditional requests and Range for one file; returns the byte span to send, or undefined when answered. */
-  const prepare = (request: IncomingMessage, response: ServerResponse, file: string, stat: Stats): { start: number; end: number } | number => {
+  const prepare = (request: IncomingMessage, response: ServerResponse, file: string, stat: Stats, fixedTag?: string): { start: number; end: number } | number => {
     // Strong: inode, size and mtime to the nanosecond, so If-Range never splices two versions.
-    const tag = etag(stat, { weak: false }).replace(/"$/, `-${stat.ino.toString(36)}-${Math.round(stat.mtimeMs * 1000).toString(36)}"`);
+    const tag = fixedTag ?? etag(stat, { weak: false }).replace(/"$/, `-${stat.ino.toString(36)}-${Math.round(stat.mtimeMs * 1000).toString(36)}"`);
     const modified = stat.mtime.toUTCString();
     response.setHeader('accept-ranges', 'bytes');
     response.setHeader('etag', tag);
@@ -256,13 +257,27 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   const serveFile = async (request: IncomingMessage, response: ServerResponse, repository: ServedRepository, file: string): Promise<number> => {
+    if ('cached' in repository) {
+      const answer = await repository.cached.answer(request, response, file, contentType(file));
+      if (answer.kind === 'answered') return answer.bytes;
+      try {
+        const bytes = await serveFromDisk(request, response, answer.path, file, undefined, answer.tag);
+        metrics.cache.servedBytes.inc(bytes);
+        return bytes;
+      } finally {
+        answer.release();
+      }
+    }
     if (repository.location.kind === 's3') return serveS3File(request, response, repository.location, file, contentType(file), answerError);
-    const dir = repository.location.path;
-    const cache = caches.get(repository.name) ?? new Map<string, Cached>();
+    return serveFromDisk(request, response, path.join(repository.location.path, file), file, caches.get(repository.name));
+  };
+
+  /** One file from the disk: small ones kept in `cache` when given, the rest streamed; `fixedTag` for content whose name is its checksum. */
+  const serveFromDisk = async (request: IncomingMessage, response: ServerResponse, full: string, file: string, cache: Map<string, Cached> | undefined, fixedTag?: string): Promise<number> => {
     const now = performance.now();
-    let cached = cache.get(file);
-    if (cached && now - cached.checkedAt > REVALIDATE_MS) {
-      const current = await stat(path.join(dir, file)).catch(() => undefined);
+    let cached = cache?.get(file);
+    if (cache && cached && now - cached.checkedAt > REVALIDATE_MS) {
+      const current = await stat(full).catch(() => undefined);
       if (current && sameFile(current, cached.stat)) cached.checkedAt = now;
       else {
         cache.delete(file);
@@ -283,7 +298,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     // Opened before it is looked at, so what is checked is what is sent; never through a symlink.
     let handle;
     try {
-      handle = await open(path.join(dir, file), constants.O_RDONLY | constants.O_NOFOLLOW);
+      handle = await open(full, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (error) {
       const code = errnoCode(error) ?? '';
       if (NOT_THERE.has(code)) return answerError(response, 404, `${file}: not in this repository`);
@@ -295,7 +310,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     try {
       const opened = await handle.stat();
       if (!opened.isFile()) return answerError(response, 404, `${file}: not in this repository`);
-      if (opened.size <= SMALL_FILE_BYTES) {
+      if (cache && opened.size <= SMALL_FILE_BYTES) {
         const body = await handle.readFile();
         // Written in place meanwhile (not by our packager, which renames): answer nothing half-right.
         if (body.length !== opened.size) {
@@ -313,7 +328,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         response.end(request.method === 'HEAD' ? undefined : body.subarray(span.start, span.end + 1));
         return request.method === 'HEAD' ? 0 : span.end - span.start + 1;
       }
-      const span = prepare(request, response, file, opened);
+      const span = prepare(request, response, file, opened, fixedTag);
       if (typeof span === 'number') return span;
       if (request.method === 'HEAD' || span.end < span.start) {
         response.end();
@@ -327,7 +342,13 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
 
   const serveListing = async (response: ServerResponse, repository: ServedRepository): Promise<number> => {
     let names: string[];
-    if (repository.location.kind === 's3') {
+    if ('cached' in repository) {
+      try {
+        names = await repository.cached.files();
+      } catch (error) {
+        return answerError(response, 502, `/packages/${repository.name}/: ${describeError(error)}`);
+      }
+    } else if (repository.location.kind === 's3') {
       try {
         names = await listS3Files(repository.location);
       } catch (error) {

@@ -1,0 +1,520 @@
+import { createHash } from 'node:crypto';
+import { open, rm, readFile, mkdir, readdir, type FileHandle } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import type { FastifyBaseLogger } from 'fastify';
+import fresh from 'fresh';
+import { describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
+import { describeError, errnoCode } from '../errors.js';
+import { fetchRepositoryFor, FetchFailure, orderForPackage, RepositoryHealth, type FetchRepository } from '../fetch/index.js';
+import { writeFileAtomic } from '../fs/atomic.js';
+import { CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, readIndexFiles, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
+import type { CacheStore } from './cache-store.js';
+import type { CacheMetrics } from './metrics.js';
+
+/**
+ * The index files a front passes through as the upstream has them (byte for byte, so that a
+ * signature over them still holds); every other file it serves is a package of the index.
+ */
+export const INDEX_FILES: readonly string[] = [CHECKSUM_FILE, MANIFEST_FILE, 'packages.json.sig'];
+
+const INDEX_LIMIT = 32 * 1024 * 1024;
+const READ_CHUNK = 256 * 1024;
+export const STALE_HEADERS: Readonly<Record<string, string>> = { 'x-autotest-stale': '1', warning: '110 - "Response is Stale"' };
+
+type AnswerError = (response: ServerResponse, status: number, message: string, extra?: Record<string, string>) => number;
+
+/** How a request to a cached repository was answered, or the verified entry the caller serves from disk (with Range and conditionals). */
+export type CacheAnswer =
+  | { kind: 'answered'; bytes: number }
+  | { kind: 'entry'; path: string; tag: string; stale: boolean; release: () => void };
+
+export interface CachedRepository {
+  name: string;
+  answer(request: IncomingMessage, response: ServerResponse, file: string, contentType: string): Promise<CacheAnswer>;
+  /** The index served now (the last good one during an outage). */
+  readIndex(): Promise<RepositoryIndex>;
+  /** What a listing shows: the indexed packages and the index files the upstream has. */
+  files(): Promise<string[]>;
+}
+
+export interface CacheFront {
+  repository(name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository;
+  store: CacheStore;
+  /** Cuts every upstream download under way (their waiting answers end incomplete). */
+  close(): void;
+}
+
+export interface CacheFrontOptions {
+  store: CacheStore;
+  settings: FetchSettings;
+  metrics: CacheMetrics;
+  log: FastifyBaseLogger;
+  answerError: AnswerError;
+}
+
+interface Download {
+  key: string;
+  temp: string;
+  /** Known once an upstream answered: from the index, else the upstream's Content-Length. */
+  size: number | undefined;
+  written: number;
+  state: 'opening' | 'running' | 'done' | 'failed';
+  error: string;
+  /** The answers reading the download; each pins the entry once it is committed. */
+  readers: Set<{ release: (() => void) | undefined }>;
+  listeners: Set<() => void>;
+  abort: (() => void) | undefined;
+}
+
+interface IndexState {
+  files: Map<string, { body: Buffer; tag: string }>;
+  index: RepositoryIndex;
+  source: Location;
+  readAt: number;
+  /** Every upstream failed at the last try: this is the last good index. */
+  stale: boolean;
+}
+
+/** The key an entry is verified against and stored under. */
+function keyOf(entry: IndexEntry): string {
+  return entry.sha256 === undefined ? `md5-${entry.md5}` : `sha256-${entry.sha256}`;
+}
+
+function notify(download: Download): void {
+  const listeners = [...download.listeners];
+  download.listeners.clear();
+  for (const listener of listeners) listener();
+}
+
+/** Resolves at the download's next change, or when the answer's client leaves. */
+function nextChange(download: Download, response: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      response.off('close', done);
+      download.listeners.delete(done);
+      resolve();
+    };
+    download.listeners.add(done);
+    response.once('close', done);
+  });
+}
+
+async function readBody(stream: Readable, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream) {
+    const buffer = chunk as Buffer;
+    size += buffer.length;
+    if (size > INDEX_LIMIT) throw new FetchFailure(`${what}: larger than ${INDEX_LIMIT.toString()} bytes, not an index`, { transient: false, down: false });
+    chunks.push(buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function bodyTag(body: Buffer): string {
+  return `"i-${createHash('sha256').update(body).digest('hex').slice(0, 32)}"`;
+}
+
+function indexOf(files: Map<string, { body: Buffer }>, where: string): RepositoryIndex {
+  const checksums = files.get(CHECKSUM_FILE);
+  if (!checksums) throw new FetchFailure(`${where}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
+  return readIndexFiles(parseChecksumFile(checksums.body.toString('utf8'), `${where}/${CHECKSUM_FILE}`), files.get(MANIFEST_FILE)?.body.toString('utf8'), (file) => `${where}/${file}`).index;
+}
+
+/** Writes what the answer may have of the download, holding back its last byte until the bytes are verified. */
+async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse): Promise<number> {
+  let position = 0;
+  for (;;) {
+    if (response.destroyed) return position;
+    if (download.state === 'failed') {
+      // Never the last byte of a copy that failed: the client sees a cut body, not a wrong one.
+      response.destroy();
+      return position;
+    }
+    const done = download.state === 'done';
+    const limit = done ? download.written : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    if (position < limit) {
+      const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, limit - position));
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+      if (bytesRead === 0) {
+        response.destroy();
+        return position;
+      }
+      position += bytesRead;
+      if (!response.write(buffer.subarray(0, bytesRead))) {
+        await new Promise<void>((resolve) => {
+          const go = (): void => {
+            response.off('drain', go);
+            response.off('close', go);
+            resolve();
+          };
+          response.on('drain', go);
+          response.on('close', go);
+        });
+      }
+      continue;
+    }
+    if (done) {
+      response.end();
+      return position;
+    }
+    await nextChange(download, response);
+  }
+}
+
+export function createCacheFront(options: CacheFrontOptions): CacheFront {
+  const { store, settings, metrics, log, answerError } = options;
+  const downloads = new Map<string, Download>();
+  const healthReady = RepositoryHealth.open(settings.cooldownMs, undefined);
+
+  /** Fetches `file` into a temp file from the first candidate that has it, verifying before it commits. */
+  const run = async (download: Download, file: string, entry: IndexEntry, candidates: FetchRepository[], passOver: (name: string) => void): Promise<void> => {
+    const health = await healthReady;
+    const bound = entry.size ?? settings.maxSizeBytes;
+    const failures: string[] = [];
+    // One digest over the bytes in the order written: a resume from another try or upstream continues it.
+    const hash = createHash(entry.sha256 === undefined ? 'md5' : 'sha256');
+    /** The copy was read whole and is not the index's: no other try can mend what clients were sent. */
+    const verdict = { rejected: false };
+    let handle: FileHandle | undefined;
+    try {
+      const temp = await open(download.temp, 'wx', 0o644);
+      handle = temp;
+      for (const repository of candidates) {
+        if (health.coolingDown(repository.name) > 0) {
+          failures.push(`${repository.name}: skipped (${health.lastFailure(repository.name)})`);
+          continue;
+        }
+        for (let attempt = 0; attempt <= settings.retries; attempt += 1) {
+          try {
+            const opened = await repository.open(file, download.written, settings.timeoutMs);
+            let skip = download.written - opened.start;
+            if (download.state === 'opening') {
+              const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);
+              download.size = entry.size ?? (opened.start === 0 && Number.isInteger(length) ? length : undefined);
+              download.state = 'running';
+              notify(download);
+            }
+            download.abort = () => { opened.stream.destroy(new Error('the server is shutting down')); };
+            for await (const chunk of opened.stream) {
+              let data = chunk as Buffer;
+              if (skip > 0) {
+                // A server that ignored the range sent bytes we have.
+                if (data.length <= skip) {
+                  skip -= data.length;
+                  continue;
+                }
+                data = data.subarray(skip);
+                skip = 0;
+              }
+              if (download.written + data.length > bound) {
+                throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
+              }
+              await temp.write(data, 0, data.length, download.written);
+              hash.update(data);
+              download.written += data.length;
+              metrics.upstreamBytes.inc(data.length);
+              notify(download);
+            }
+            const wanted = entry.sha256 ?? entry.md5;
+            const found = hash.digest('hex');
+            const sizeWrong = download.size !== undefined && download.written !== download.size;
+            if (found !== wanted || sizeWrong) {
+              metrics.rejected.inc({ reason: 'checksum' });
+              verdict.rejected = true;
+              passOver(repository.name);
+              throw new FetchFailure(`${repository.name}/${file}: ${sizeWrong ? `${download.written.toString()} bytes, the index gives ${String(download.size)}` : `checksum ${found}, the index gives ${wanted}`}; not kept`, { transient: false, down: false });
+            }
+            await temp.sync();
+            await temp.close();
+            handle = undefined;
+            await store.commit(download.temp, download.key, download.written);
+            download.state = 'done';
+            for (const reader of download.readers) reader.release = store.acquire(download.key)?.release;
+            notify(download);
+            await store.trim();
+            await health.succeeded(repository.name);
+            return;
+          } catch (error) {
+            const failure = error instanceof FetchFailure ? error : new FetchFailure(`${repository.name}/${file}: ${describeError(error)}`, { transient: false, down: false, cause: error });
+            failures.push(failure.message);
+            if (failure.down) await health.failed(repository.name, failure.message);
+            // Bytes already sent to clients are wrong: this download is over, whatever the next upstream has.
+            if (failure.tooLong) {
+              metrics.rejected.inc({ reason: 'size' });
+              verdict.rejected = true;
+            }
+            if (verdict.rejected) throw failure;
+            if (!failure.transient || failure.notFound) break;
+          }
+        }
+      }
+      throw new FetchFailure(`${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`, { transient: false, down: false });
+    } catch (error) {
+      download.state = 'failed';
+      download.error = error instanceof Error ? error.message : String(error);
+      if (download.written > 0 && !verdict.rejected) metrics.rejected.inc({ reason: 'cut' });
+      log.warn({ file, err: { message: download.error } }, 'an upstream download failed; nothing was kept');
+      notify(download);
+      await handle?.close().catch(() => undefined);
+      await rm(download.temp, { force: true });
+    } finally {
+      downloads.delete(download.key);
+      download.abort = undefined;
+    }
+  };
+
+  /** Answers one request from a download under way: headers once an upstream answered, then the bytes as they arrive. */
+  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>): Promise<CacheAnswer> => {
+    while (download.state === 'opening') {
+      if (response.destroyed) return { kind: 'answered', bytes: 0 };
+      await nextChange(download, response);
+    }
+    for (;;) {
+      if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, 502, download.error) };
+      if (download.state === 'done') {
+        const entry = store.acquire(download.key);
+        if (!entry) return { kind: 'answered', bytes: answerError(response, 503, 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
+        return { kind: 'entry', path: entry.path, tag: `"${download.key}"`, stale: false, release: entry.release };
+      }
+      let handle: FileHandle;
+      try {
+        handle = await open(download.temp, 'r');
+      } catch (error) {
+        // Renamed into the store or removed meanwhile: the state says which.
+        if (errnoCode(error) === 'ENOENT') continue;
+        throw error;
+      }
+      const reader: { release: (() => void) | undefined } = { release: undefined };
+      download.readers.add(reader);
+      try {
+        response.writeHead(200, { ...headers, ...(download.size === undefined ? {} : { 'content-length': download.size.toString() }) });
+        if (request.method === 'HEAD') {
+          response.end();
+          return { kind: 'answered', bytes: 0 };
+        }
+        const bytes = await streamDownload(download, handle, response);
+        metrics.servedBytes.inc(bytes);
+        return { kind: 'answered', bytes };
+      } finally {
+        download.readers.delete(reader);
+        reader.release?.();
+        await handle.close();
+      }
+    }
+  };
+
+  const repository = (name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository => {
+    let state: IndexState | undefined;
+    let lastTry = 0;
+    let refreshing: Promise<{ state: IndexState | undefined; failure: string }> | undefined;
+    let loaded = false;
+    const others = new Map<string, Promise<RepositoryIndex | undefined>>();
+    /** Upstreams whose copy of a key failed verification since the index was read: asked last for it. */
+    const passedOver = new Map<string, Set<string>>();
+    const repositoryOf = (location: Location): FetchRepository => fetchRepositoryFor(location, settings);
+
+    const readUpstreamIndex = async (location: Location): Promise<Map<string, { body: Buffer; tag: string }>> => {
+      const upstream = repositoryOf(location);
+      const files = new Map<string, { body: Buffer; tag: string }>();
+      await Promise.all(INDEX_FILES.map(async (file) => {
+        try {
+          const opened = await upstream.open(file, 0, settings.timeoutMs);
+          const body = await readBody(opened.stream, `${upstream.name}/${file}`);
+          files.set(file, { body, tag: bodyTag(body) });
+        } catch (error) {
+          if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) return;
+          throw error;
+        }
+      }));
+      return files;
+    };
+
+    /** The last good index written by an earlier run, for an outage that starts before any upstream answered. */
+    const loadKept = async (): Promise<IndexState | undefined> => {
+      const dir = store.indexDir(name);
+      try {
+        const files = new Map<string, { body: Buffer; tag: string }>();
+        for (const file of await readdir(dir)) {
+          if (!INDEX_FILES.includes(file)) continue;
+          const body = await readFile(path.join(dir, file));
+          files.set(file, { body, tag: bodyTag(body) });
+        }
+        const [source] = flattenFetchLocations(upstreams);
+        if (!source) return undefined;
+        return { files, index: indexOf(files, dir), source, readAt: 0, stale: true };
+      } catch {
+        return undefined;
+      }
+    };
+
+    const keep = async (files: Map<string, { body: Buffer }>): Promise<void> => {
+      const dir = store.indexDir(name);
+      await mkdir(dir, { recursive: true });
+      // packages.checksum last: a kept index is read from it, so it never names what the others lack.
+      for (const file of [...INDEX_FILES].reverse()) {
+        const kept = files.get(file);
+        if (kept) await writeFileAtomic(path.join(dir, file), kept.body);
+        else await rm(path.join(dir, file), { force: true });
+      }
+    };
+
+    const refresh = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
+      const health = await healthReady;
+      const failures: string[] = [];
+      for (const location of flattenFetchLocations(upstreams)) {
+        const label = describeLocation(location);
+        if (health.coolingDown(label) > 0) {
+          failures.push(`${label}: skipped (${health.lastFailure(label)})`);
+          continue;
+        }
+        try {
+          const files = await readUpstreamIndex(location);
+          const index = indexOf(files, label);
+          if (state?.stale) log.info({ repository: name, upstream: label }, 'an upstream answered again; the index is fresh');
+          state = { files, index, source: location, readAt: Date.now(), stale: false };
+          others.clear();
+          passedOver.clear();
+          await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
+          await health.succeeded(label);
+          return { state, failure: '' };
+        } catch (error) {
+          const message = error instanceof Error ? error.message : String(error);
+          failures.push(message);
+          if (error instanceof FetchFailure && error.down) await health.failed(label, message);
+        }
+      }
+      if (!state && !loaded) {
+        loaded = true;
+        state = await loadKept();
+      }
+      if (state && !state.stale) log.warn({ repository: name, failures }, 'every upstream failed; serving the last good index and cached packages');
+      if (state) state.stale = true;
+      return { state, failure: failures.join('; ') };
+    };
+
+    const current = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
+      const now = Date.now();
+      if (state && now - (state.stale ? lastTry : state.readAt) < indexMaxAgeMs) return { state, failure: '' };
+      refreshing ??= refresh().finally(() => {
+        lastTry = Date.now();
+        refreshing = undefined;
+      });
+      return refreshing;
+    };
+
+    /** Where the bytes of `entry` may come from: the upstream whose index is served, others only when their index agrees. */
+    const candidatesFor = async (source: Location, file: string, entry: IndexEntry): Promise<FetchRepository[]> => {
+      const skipped = passedOver.get(keyOf(entry));
+      const sourceName = describeLocation(source);
+      const result: FetchRepository[] = [];
+      // One that sent a bad copy goes last: with no other, it is asked again (a publish may be under way).
+      const ordered = orderForPackage(upstreams, file);
+      const byTrust = [...ordered.filter((location) => !skipped?.has(describeLocation(location))), ...ordered.filter((location) => skipped?.has(describeLocation(location)))];
+      for (const location of byTrust) {
+        const label = describeLocation(location);
+        if (label === sourceName) {
+          result.push(repositoryOf(location));
+          continue;
+        }
+        let theirs = others.get(label);
+        if (!theirs) {
+          theirs = repositoryOf(location).readIndex().catch(() => undefined);
+          others.set(label, theirs);
+        }
+        const other = (await theirs)?.get(file);
+        if (other && other.md5 === entry.md5 && (entry.sha256 === undefined || other.sha256 === entry.sha256)) result.push(repositoryOf(location));
+      }
+      return result;
+    };
+
+    const served = async (): Promise<IndexState> => {
+      const { state: now, failure } = await current();
+      if (!now) throw new FetchFailure(`/packages/${name}/: no upstream answered (${failure})`, { transient: true, down: false });
+      return now;
+    };
+
+    return {
+      name,
+      readIndex: async () => (await served()).index,
+      async files() {
+        const now = await served();
+        return [...now.index.keys(), ...now.files.keys()];
+      },
+      async answer(request, response, file, contentType) {
+        const { state: now, failure } = await current();
+        if (!now) return { kind: 'answered', bytes: answerError(response, 502, `/packages/${name}/${file}: no upstream answered and no index is kept (${failure})`) };
+        if (now.stale) {
+          metrics.staleAnswers.inc({ repository: name });
+          for (const [header, value] of Object.entries(STALE_HEADERS)) response.setHeader(header, value);
+        }
+        const base = { 'content-type': contentType, 'x-content-type-options': 'nosniff' };
+        if (INDEX_FILES.includes(file)) {
+          const kept = now.files.get(file);
+          if (!kept) return { kind: 'answered', bytes: answerError(response, 404, `${file}: not in this repository`) };
+          response.setHeader('etag', kept.tag);
+          if (fresh(request.headers, { etag: kept.tag })) {
+            response.writeHead(304, base);
+            response.end();
+            return { kind: 'answered', bytes: 0 };
+          }
+          response.writeHead(200, { ...base, 'content-length': kept.body.length.toString() });
+          response.end(request.method === 'HEAD' ? undefined : kept.body);
+          return { kind: 'answered', bytes: request.method === 'HEAD' ? 0 : kept.body.length };
+        }
+        const entry = now.index.get(file);
+        if (!entry) return { kind: 'answered', bytes: answerError(response, 404, `${file}: not in this repository`) };
+        const key = keyOf(entry);
+        const tag = `"${key}"`;
+        const hit = store.acquire(key);
+        if (hit) {
+          metrics.hits.inc({ repository: name });
+          response.setHeader('x-autotest-cache', 'hit');
+          return { kind: 'entry', path: hit.path, tag, stale: now.stale, release: hit.release };
+        }
+        const headers = { ...base, etag: tag };
+        if (fresh(request.headers, { etag: tag })) {
+          response.writeHead(304, headers);
+          response.end();
+          return { kind: 'answered', bytes: 0 };
+        }
+        let download = downloads.get(key);
+        if (download) {
+          metrics.coalesced.inc({ repository: name });
+          response.setHeader('x-autotest-cache', 'coalesced');
+        } else {
+          if (request.method === 'HEAD') {
+            response.writeHead(200, { ...headers, ...(entry.size === undefined ? {} : { 'content-length': entry.size.toString() }) });
+            response.end();
+            return { kind: 'answered', bytes: 0 };
+          }
+          metrics.misses.inc({ repository: name });
+          response.setHeader('x-autotest-cache', 'miss');
+          const started: Download = {
+            key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '',
+            readers: new Set(), listeners: new Set(), abort: undefined,
+          };
+          downloads.set(key, started);
+          download = started;
+          const candidates = await candidatesFor(now.source, file, entry);
+          void run(started, file, entry, candidates, (upstream) => {
+            const set = passedOver.get(key) ?? new Set<string>();
+            set.add(upstream);
+            passedOver.set(key, set);
+          });
+        }
+        return follow(download, request, response, headers);
+      },
+    };
+  };
+
+  return {
+    repository,
+    store,
+    close() {
+      for (const download of downloads.values()) download.abort?.();
+    },
+  };
+}

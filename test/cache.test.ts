@@ -1,0 +1,301 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { readdir, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { loadConfig } from '../src/config/index.js';
+import { formatChecksumFile, formatManifest, type RepositoryIndex } from '../src/packages/index.js';
+import { buildServer } from '../src/server/index.js';
+import { CLI, tempDir } from './helpers.js';
+
+/** Our own upstream: counts GETs per file, and can hold a file after its first half until released. */
+interface Upstream {
+  url: string;
+  files: Map<string, Buffer>;
+  gets(file: string): number;
+  /** From now on `file` is sent in two halves; the second waits for the returned release. */
+  hold(file: string): () => void;
+  stop(): Promise<void>;
+}
+
+async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promise<Upstream> {
+  const counts = new Map<string, number>();
+  const held = new Map<string, Promise<void>>();
+  const server = http.createServer((request, response) => {
+    const file = decodeURIComponent((request.url ?? '/').slice(1));
+    counts.set(file, (counts.get(file) ?? 0) + 1);
+    const body = files.get(file);
+    if (!body) {
+      response.writeHead(404).end();
+      return;
+    }
+    response.writeHead(200, { 'content-length': body.length });
+    const gate = held.get(file);
+    if (!gate) {
+      response.end(body);
+      return;
+    }
+    const half = Math.floor(body.length / 2);
+    response.write(body.subarray(0, half));
+    void gate.then(() => response.end(body.subarray(half)));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const stop = async (): Promise<void> => {
+    if (!server.listening) return;
+    server.closeAllConnections();
+    server.close();
+    await once(server, 'close');
+  };
+  t.after(stop);
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}`,
+    files,
+    gets: (file) => counts.get(file) ?? 0,
+    hold(file) {
+      let release = (): void => undefined;
+      held.set(file, new Promise((resolve) => { release = resolve; }));
+      return () => {
+        held.delete(file);
+        release();
+      };
+    },
+    stop,
+  };
+}
+
+/** packages.checksum and packages.json for `packages`, as the packager writes them. */
+function publish(packages: Record<string, Buffer>): Map<string, Buffer> {
+  const index: RepositoryIndex = new Map();
+  for (const [file, body] of Object.entries(packages)) {
+    index.set(file, {
+      file, size: body.length,
+      md5: createHash('md5').update(body).digest('hex'),
+      sha256: createHash('sha256').update(body).digest('hex'),
+    });
+  }
+  return new Map([
+    ...Object.entries(packages),
+    ['packages.checksum', Buffer.from(formatChecksumFile(index))],
+    ['packages.json', Buffer.from(formatManifest(index))],
+  ]);
+}
+
+async function writeFrontConfig(dir: string, upstream: string, server: Record<string, string> = {}): Promise<string> {
+  const file = path.join(dir, 'global_config.ini');
+  const keys = { builtin_dir: upstream, cache_dir: path.join(dir, 'front-cache'), port: '0', log_level: 'silent', ...server };
+  await writeFile(file, ['[PACKAGES]', 'fetch_retries: 0', 'fetch_connect_timeout: 2', '[SERVER]', ...Object.entries(keys).map(([k, v]) => `${k}: ${v}`), ''].join('\n'));
+  return file;
+}
+
+/** `autotest serve` in this process, in front of `upstream`; its URL. */
+async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}): Promise<string> {
+  const config = await loadConfig({ file: await writeFrontConfig(dir, upstream, server), env: {} });
+  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'client-cache') });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+  return url;
+}
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** A GET whose answer comes back once its headers arrive; `body` settles when it ends, and rejects when it is cut. */
+function open(url: string): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
+  return new Promise((resolve, reject) => {
+    http.get(url, { agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      const firstBytes = once(response, 'data').then(() => undefined);
+      const body = new Promise<Buffer>((done, fail) => {
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => { done(Buffer.concat(chunks)); });
+        response.on('error', fail);
+        response.on('aborted', () => { fail(new Error('cut')); });
+      });
+      // The first chunk is also seen by the collector: both listeners get it.
+      void firstBytes.catch(() => undefined);
+      void body.catch(() => undefined);
+      resolve({ response, firstBytes, body });
+    }).on('error', reject);
+  });
+}
+
+async function get(url: string): Promise<Answer> {
+  const { response, body } = await open(url);
+  return { status: response.statusCode ?? 0, headers: response.headers, body: await body };
+}
+
+async function metric(front: string, name: string): Promise<number> {
+  const text = (await get(`${front}/metrics`)).body.toString('utf8');
+  return [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((sum, match) => sum + Number(match[1]), 0);
+}
+
+/** Waits for a condition the server reaches on its own (an eviction runs after the answer that allowed it). */
+async function until(condition: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 500 && !(await condition()); i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+const BIG = 'test-big.tar.bz2';
+const SMALL = 'test-small.tar.bz2';
+
+test('streams one upstream fetch to 50 concurrent clients: each gets its first bytes before the upstream ends, and all get the verified package', async (t) => {
+  const dir = await tempDir(t);
+  const body = randomBytes(4 * 1024 * 1024);
+  const upstream = await startUpstream(t, publish({ [BIG]: body }));
+  const front = await startFront(t, dir, upstream.url);
+  const release = upstream.hold(BIG);
+  const clients = await Promise.all(Array.from({ length: 50 }, () => open(`${front}/packages/builtin/${BIG}`)));
+  // The upstream still holds its second half: what the clients have came while it was under way.
+  await Promise.all(clients.map((client) => client.firstBytes));
+  release();
+  const bodies = await Promise.all(clients.map((client) => client.body));
+  for (const received of bodies) assert.ok(received.equals(body));
+  assert.equal(upstream.gets(BIG), 1);
+  assert.equal(await metric(front, 'autotest_cache_misses_total'), 1);
+  assert.equal(await metric(front, 'autotest_cache_coalesced_total'), 49);
+  assert.equal(await metric(front, 'autotest_cache_upstream_bytes_total'), body.length);
+  const again = await get(`${front}/packages/builtin/${BIG}`);
+  assert.equal(again.headers['x-autotest-cache'], 'hit');
+  assert.ok(again.body.equals(body));
+  assert.equal(upstream.gets(BIG), 1);
+});
+
+test('passes the upstream index files through byte for byte, packages.json.sig included, and answers 404 for files the index does not name', async (t) => {
+  const dir = await tempDir(t);
+  const files = publish({ [SMALL]: randomBytes(1000) });
+  files.set('packages.json.sig', Buffer.from('-----BEGIN SSH SIGNATURE-----\nxyz\n-----END SSH SIGNATURE-----\n'));
+  files.set('stray.txt', Buffer.from('not indexed'));
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url);
+  for (const file of ['packages.checksum', 'packages.json', 'packages.json.sig']) {
+    const answer = await get(`${front}/packages/builtin/${file}`);
+    assert.equal(answer.status, 200, file);
+    assert.ok(answer.body.equals(files.get(file) ?? Buffer.alloc(0)), file);
+  }
+  const stray = await get(`${front}/packages/builtin/stray.txt`);
+  assert.equal(stray.status, 404);
+  assert.match(stray.body.toString(), /stray\.txt: not in this repository/);
+  assert.equal(upstream.gets('stray.txt'), 0);
+});
+
+test('keeps nothing of a corrupt upstream copy: every waiting client gets a cut body, and the next request fetches again', async (t) => {
+  const dir = await tempDir(t);
+  const body = randomBytes(2 * 1024 * 1024);
+  const files = publish({ [BIG]: body });
+  const corrupt = Buffer.from(body);
+  corrupt[corrupt.length - 1] = (corrupt[corrupt.length - 1] ?? 0) ^ 0xff;
+  files.set(BIG, corrupt);
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url);
+  const release = upstream.hold(BIG);
+  const clients = await Promise.all(Array.from({ length: 5 }, () => open(`${front}/packages/builtin/${BIG}`)));
+  await Promise.all(clients.map((client) => client.firstBytes));
+  release();
+  for (const client of clients) await assert.rejects(client.body);
+  assert.deepEqual((await readdir(path.join(dir, 'front-cache', 'content'))).filter((name) => !name.startsWith('.')), []);
+  assert.equal(await metric(front, 'autotest_cache_rejected_total'), 1);
+  files.set(BIG, body);
+  const fixed = await get(`${front}/packages/builtin/${BIG}`);
+  assert.equal(fixed.status, 200);
+  assert.ok(fixed.body.equals(body));
+  assert.equal(upstream.gets(BIG), 2);
+});
+
+test('serves the last good index and cached packages, marked stale, when every upstream is down', async (t) => {
+  const dir = await tempDir(t);
+  const files = publish({ [SMALL]: randomBytes(1000) });
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url, { index_max_age: '0' });
+  assert.equal((await get(`${front}/packages/builtin/${SMALL}`)).status, 200);
+  await upstream.stop();
+  const index = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.equal(index.status, 200);
+  assert.equal(index.headers['x-autotest-stale'], '1');
+  assert.match(index.headers.warning ?? '', /^110 /);
+  assert.ok(index.body.equals(files.get('packages.checksum') ?? Buffer.alloc(0)));
+  const cached = await get(`${front}/packages/builtin/${SMALL}`);
+  assert.equal(cached.status, 200);
+  assert.equal(cached.headers['x-autotest-stale'], '1');
+  assert.ok(cached.body.equals(files.get(SMALL) ?? Buffer.alloc(0)));
+  assert.equal(await metric(front, 'autotest_cache_stale_answers_total'), 2);
+});
+
+test('sees a new publish once index_max_age has passed', async (t) => {
+  const dir = await tempDir(t);
+  const files = publish({ [SMALL]: randomBytes(1000) });
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url, { index_max_age: '0' });
+  assert.equal((await get(`${front}/packages/builtin/${BIG}`)).status, 404);
+  const body = randomBytes(3000);
+  for (const [file, content] of publish({ [SMALL]: files.get(SMALL) ?? Buffer.alloc(0), [BIG]: body })) files.set(file, content);
+  const answer = await get(`${front}/packages/builtin/${BIG}`);
+  assert.equal(answer.status, 200);
+  assert.ok(answer.body.equals(body));
+});
+
+test('restarts after kill -9 in the middle of a fetch with only its complete verified entries, the unfinished download removed', async (t) => {
+  const dir = await tempDir(t);
+  const small = randomBytes(1000);
+  const upstream = await startUpstream(t, publish({ [SMALL]: small, [BIG]: randomBytes(2 * 1024 * 1024) }));
+  const config = await writeFrontConfig(dir, upstream.url);
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.after(() => { child.kill('SIGKILL'); });
+  let printed = '';
+  child.stdout.setEncoding('utf8');
+  const front = await new Promise<string>((resolve) => {
+    child.stdout.on('data', (chunk: string) => {
+      printed += chunk;
+      const address = /at (http:\/\/\S+?)\/packages\/builtin\//.exec(printed)?.[1];
+      if (address !== undefined) resolve(address);
+    });
+  });
+  assert.equal((await get(`${front}/packages/builtin/${SMALL}`)).status, 200);
+  upstream.hold(BIG);
+  const client = await open(`${front}/packages/builtin/${BIG}`);
+  await client.firstBytes;
+  const contentDir = path.join(dir, 'front-cache', 'content');
+  assert.equal((await readdir(contentDir)).filter((name) => name.startsWith('.tmp.')).length, 1);
+  child.kill('SIGKILL');
+  await once(child, 'exit');
+  await assert.rejects(client.body);
+
+  const restarted = await startFront(t, dir, upstream.url);
+  assert.deepEqual(await readdir(contentDir), [`sha256-${createHash('sha256').update(small).digest('hex')}`]);
+  const again = await get(`${restarted}/packages/builtin/${SMALL}`);
+  assert.equal(again.headers['x-autotest-cache'], 'hit');
+  assert.ok(again.body.equals(small));
+  assert.equal(upstream.gets(SMALL), 1);
+});
+
+test('evicts beyond cache_size by least recent use, but never an entry a client is still reading', async (t) => {
+  const dir = await tempDir(t);
+  const big = randomBytes(16 * 1024 * 1024);
+  const other = randomBytes(8 * 1024 * 1024);
+  const upstream = await startUpstream(t, publish({ [BIG]: big, [SMALL]: other }));
+  const front = await startFront(t, dir, upstream.url, { cache_size: '0.02' });
+  assert.equal((await get(`${front}/packages/builtin/${BIG}`)).status, 200);
+  // A client that reads the first bytes of the cached package, then stops reading.
+  const reader = await open(`${front}/packages/builtin/${BIG}`);
+  assert.equal(reader.response.headers['x-autotest-cache'], 'hit');
+  await reader.firstBytes;
+  reader.response.pause();
+  t.after(() => { reader.response.destroy(); });
+  const second = await get(`${front}/packages/builtin/${SMALL}`);
+  assert.ok(second.body.equals(other));
+  const contentDir = path.join(dir, 'front-cache', 'content');
+  const bigEntry = `sha256-${createHash('sha256').update(big).digest('hex')}`;
+  // Over the bound with both, and the least recently used one is being read: the other goes.
+  await until(async () => (await readdir(contentDir)).length === 1);
+  assert.deepEqual(await readdir(contentDir), [bigEntry]);
+  reader.response.resume();
+  assert.ok((await reader.body).equals(big));
+  assert.equal(await metric(front, 'autotest_cache_evictions_total'), 1);
+  assert.equal(await metric(front, 'autotest_cache_bytes'), big.length);
+});
