@@ -7,6 +7,20 @@ import { isAutotestError } from '../src/errors.js';
 import { ROOT, tempDir, writeConfig } from './helpers.js';
 import { createTestCa } from './fixtures/tls.js';
 
+/** Each `[line, message]`: the config `write(line)` makes is refused with an error matching `message` (and `also`). */
+async function assertRefused(write: (line: string) => Promise<string>, cases: readonly (readonly [string, RegExp])[], also: (message: string) => void = () => undefined): Promise<void> {
+  for (const [line, message] of cases) {
+    const file = await write(`${line}\n`);
+    await assert.rejects(loadConfig({ file, env: {} }), (error: unknown) => {
+      assert.ok(error instanceof Error);
+      assert.match(error.message, message);
+      assert.ok(error.message.includes(file), error.message);
+      also(error.message);
+      return true;
+    });
+  }
+}
+
 test('reads the ConfigParser dialect: ":" and "=", case-insensitive keys, comments, continuation lines, interpolation', () => {
   const doc = parseIni([
     '# comment', '[DEFAULT]', 'base = /srv', '[PACKAGES]', 'Upload_Location: %(base)s/builtin ; inline comment',
@@ -175,7 +189,7 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
   await assert.rejects(loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'change-me-to-a-long-random-string' } }),
     /\$AUTOTEST_UPLOAD_TOKEN: the example config's placeholder/);
   await assert.rejects(loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'short-secret' } }), /\$AUTOTEST_UPLOAD_TOKEN: 12 characters/);
-  for (const [line, message] of [
+  await assertRefused(write, [
     ['port: 70000', /\[SERVER\] port = "70000"/], ['port: http', /\[SERVER\] port/], ['log_level: loud', /log_level = "loud".*trace, debug, info/],
     ['upload_token: short', /\[SERVER\] upload_token = the value given \(5 characters\).*at least 16 characters/],
     ['upload_token: fifteen-chars-x', /upload_token = the value given \(15 characters\)/],
@@ -185,14 +199,7 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     ['upload_token: "a-quoted-secret-token-1234"', /upload_token = the value given \(it starts with a quote/],
     ['upload_token: aaaaaaaaaaaaaaaaaaaa', /upload_token = the value given \(it repeats fewer than 4 different characters\)/],
     ['listen_address: a b', /listen_address/],
-  ] as const) {
-    await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
-      assert.ok(error instanceof Error);
-      assert.match(error.message, message);
-      assert.doesNotMatch(error.message, /"short"/, 'a token is never echoed');
-      return true;
-    });
-  }
+  ] as const, (message) => { assert.doesNotMatch(message, /"short"/, 'a token is never echoed'); });
 });
 
 test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, cache_size and index_max_age, and refuses git or bad values', async (t) => {
@@ -215,19 +222,12 @@ test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, c
   assert.deepEqual(config.server.cache, { dir: path.join(dir, 'front'), sizeBytes: 2.5e9, indexMaxAgeMs: 30_000 });
   const cachedSsh = await loadConfig({ file: await write('builtin_dir: ssh://c.lab/srv/builtin\n'), env: {} });
   assert.equal(cachedSsh.server.builtin?.kind, 'cached');
-  for (const [line, message] of [
+  await assertRefused(write, [
     ['builtin_dir: http://a.lab/b, git://g.lab/repo.git', /\[SERVER\] builtin_dir = .*"git:\/\/g\.lab\/repo\.git" is a git repository/],
     ['custom_dir: ftp://x/y', /\[SERVER\] custom_dir = "ftp:\/\/x\/y".*unknown scheme/],
     ['cache_size: 0', /\[SERVER\] cache_size = "0".*a number >= 0\.000001/],
     ['index_max_age: -1', /\[SERVER\] index_max_age = "-1".*a number >= 0/],
-  ] as const) {
-    await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
-      assert.ok(error instanceof Error);
-      assert.match(error.message, message);
-      assert.ok(error.message.includes(file), error.message);
-      return true;
-    });
-  }
+  ] as const);
 });
 
 test('reads the upload bounds of [SERVER] and refuses bad ones naming the file, section and key', async (t) => {
@@ -240,19 +240,12 @@ test('reads the upload bounds of [SERVER] and refuses bad ones naming the file, 
   const config = await loadConfig({ file: await write('max_upload_entries: 500\nmax_upload_expanded_size: 2.5\nmax_concurrent_uploads: 2\n'), env: {} });
   assert.deepEqual(config.warnings, []);
   assert.deepEqual([config.server.maxUploadEntries, config.server.maxUploadExpandedBytes, config.server.maxConcurrentUploads], [500, 2_500_000, 2]);
-  for (const [line, message] of [
+  await assertRefused(write, [
     ['max_upload_entries: 0', /\[SERVER\] max_upload_entries = "0".*an integer >= 1/],
     ['max_upload_entries: 1.5', /max_upload_entries = "1\.5".*an integer/],
     ['max_upload_expanded_size: lots', /\[SERVER\] max_upload_expanded_size = "lots".*a number >= 0\.001/],
     ['max_concurrent_uploads: 0', /\[SERVER\] max_concurrent_uploads = "0".*an integer >= 1 and <= 1000/],
-  ] as const) {
-    await assert.rejects(loadConfig({ file: await write(`${line}\n`), env: {} }), (error: unknown) => {
-      assert.ok(error instanceof Error);
-      assert.match(error.message, message);
-      assert.ok(error.message.includes(file), error.message);
-      return true;
-    });
-  }
+  ] as const);
 });
 
 test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and refuses bad buckets, prefixes, endpoints and credentials in the URL without echoing them', async (t) => {
