@@ -182,7 +182,7 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     uploadToken: undefined, maxUploadBytes: 1024e6,
     maxUploadEntries: 100_000, maxUploadExpandedBytes: 4000e6, maxConcurrentUploads: 4,
     uploadMinRate: { bytesPerSecond: 1000, windowMs: 60_000 },
-    cache: { dir: path.resolve('serve_cache'), sizeBytes: 10e9, indexMaxAgeMs: 60_000 },
+    cache: { dir: path.resolve('var', 'serve_cache'), sizeBytes: 10e9, indexMaxAgeMs: 60_000 },
   });
   const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });
   assert.equal(fromEnv.server.uploadToken, 'from-the-env-456');

@@ -379,7 +379,7 @@ export const SERVER_KEYS: Record<string, KeySpec> = {
   port: { description: 'port autotest serve listens on (default 8080; 0 picks a free one)' },
   builtin_dir: { description: 'what is served at /packages/builtin/: a folder or s3://bucket/prefix, served as it is; or http(s)://, ssh:// upstreams, or several of any (comma list, "|" groups), served through cache_dir (default: the first local or S3 upload_location)' },
   custom_dir: { description: 'what is served at /packages/custom/, as builtin_dir (default: the first local or S3 custom_upload_location)' },
-  cache_dir: { description: 'folder of the caching front, shared by builtin_dir and custom_dir when they name upstreams (default: serve_cache under the working folder)' },
+  cache_dir: { description: 'folder of the caching front, shared by builtin_dir and custom_dir when they name upstreams (default: var/serve_cache under the working folder, beside the default repositories)' },
   cache_size: { description: 'GB (10^9 bytes) the caching front keeps, least recently used beyond it, never a file being served (default 10)' },
   index_max_age: { description: 'seconds an upstream index is reused by the caching front before it is read again (default 60)' },
   upload_token: { description: 'bearer token that uploads and deletes need ($AUTOTEST_UPLOAD_TOKEN overrides; none: both refused)' },
@@ -456,7 +456,7 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
     server: {
       logLevel,
       cache: {
-        dir: readPath(reader, 'cache_dir') ?? path.resolve('serve_cache'),
+        dir: readPath(reader, 'cache_dir') ?? path.resolve('var', 'serve_cache'),
         sizeBytes: Math.round(readNumber(reader, 'cache_size', 10, { min: 0.000001 }) * 1e9),
         indexMaxAgeMs: readMilliseconds(reader, 'index_max_age', 60, 0),
       },
