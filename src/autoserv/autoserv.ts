@@ -246,7 +246,7 @@ interface JobReportText {
   status: string;
   tests: { name: string; status: string }[];
   transfers: { seconds: number }[];
-  totals: { bytes: number };
+  totals: { bytes: number; waitSeconds?: number };
 }
 
 /** The job's report: its whole standard output (a client from before status lines went to stderr printed them first). */
@@ -336,7 +336,8 @@ async function runOnHost(text: string, shared: AutoservOptions, run: RunShared):
       summary.status = report.status;
       summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
       summary.setup.bytes += report.totals.bytes;
-      summary.setup.seconds += report.transfers.reduce((sum, t) => sum + t.seconds, 0);
+      // The job's own wall time waiting on packages (those fetched ahead overlap); a client from before waitSeconds: their sum.
+      summary.setup.seconds += report.totals.waitSeconds ?? report.transfers.reduce((sum, t) => sum + t.seconds, 0);
     } else summary.error = `the job ended without a report (exit code ${outcome.code.toString()})${outcome.stderr ? `: ${outcome.stderr}` : ''}`;
   } catch (error) {
     summary.error = describeError(error);
