@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { createNamespaceHost, type NamespaceHost } from './fixtures/netns.js';
@@ -46,6 +47,36 @@ async function lab(t: TestContext, count: number, extra: Record<string, string> 
   return { dir, hosts, sshConfig, config };
 }
 
+/**
+ * A folder holding an `ssh` that logs every invocation (its destination, one line, to
+ * $AUTOTEST_TEST_SSH_LOG) and runs the real one: put first on PATH, it counts the commands
+ * autoserv sends. `ssh -O exit` (closing a master connection) runs no command and is not logged.
+ */
+async function countingSsh(dir: string): Promise<{ env: NodeJS.ProcessEnv; commandsTo: (alias: string) => Promise<number> }> {
+  const bin = path.join(dir, 'counting-bin');
+  await mkdir(bin, { recursive: true });
+  const log = path.join(dir, 'ssh-commands.log');
+  // One line per command: the destination, the word after ssh's "--".
+  await writeFile(path.join(bin, 'ssh'), [
+    '#!/bin/sh',
+    'host=; after=; exit_only=',
+    'for a in "$@"; do',
+    '  if [ -n "$after" ] && [ -z "$host" ]; then host=$a; fi',
+    '  if [ "$a" = "--" ]; then after=1; fi',
+    '  if [ "$a" = "-O" ]; then exit_only=1; fi',
+    'done',
+    'if [ -z "$exit_only" ]; then printf \'%s\\n\' "$host" >> "$AUTOTEST_TEST_SSH_LOG"; fi',
+    'exec "$AUTOTEST_TEST_REAL_SSH" "$@"',
+    '',
+  ].join('\n'));
+  await chmod(path.join(bin, 'ssh'), 0o755);
+  const realSsh = (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'ssh')).find((file) => existsSync(file)) ?? '/usr/bin/ssh';
+  return {
+    env: { PATH: `${bin}:${process.env.PATH ?? ''}`, AUTOTEST_TEST_SSH_LOG: log, AUTOTEST_TEST_REAL_SSH: realSsh },
+    commandsTo: async (alias) => (await readFile(log, 'utf8').catch(() => '')).split('\n').filter((line) => line === alias).length,
+  };
+}
+
 interface Summary {
   host: string;
   clientInstall: string;
@@ -55,13 +86,14 @@ interface Summary {
   setup: { bytes: number };
 }
 
-test('autoserv runs the example job on three namespace hosts at once: the client through packaging, exactly the packages needed, results back; the second run moves no package bytes', async (t) => {
+test('autoserv runs the example job on three namespace hosts at once: the client through packaging, exactly the packages needed, results back; the second run moves no package bytes and costs each warm host one SSH command, the job itself', async (t) => {
   const { dir, hosts, sshConfig, config } = await lab(t, 3);
   const machines = hosts.map((h) => h.sshd.alias).join(',');
   const control = path.join(ROOT, 'example', 'jobs', 'example.control.mjs');
-  const env = { AUTOTEST_SSH_CONFIG: sshConfig };
-  const first = await runCli(['autoserv', '-m', machines, '-r', path.join(dir, 'results-1'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control], { cwd: dir, env });
-  assert.equal(first.code, 0, first.stdout + first.stderr);
+  const first = await countingSsh(path.join(dir, 'first'));
+  const result = await runCli(['autoserv', '-m', machines, '-r', path.join(dir, 'results-1'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control],
+    { cwd: dir, env: { AUTOTEST_SSH_CONFIG: sshConfig, ...first.env } });
+  assert.equal(result.code, 0, result.stdout + result.stderr);
   const summaries = JSON.parse(await readFile(path.join(dir, 'results-1', 'summary.json'), 'utf8')) as Summary[];
   assert.equal(summaries.length, 3);
   for (const summary of summaries) {
@@ -71,15 +103,23 @@ test('autoserv runs the example job on three namespace hosts at once: the client
     const transfers = JSON.parse(await readFile(path.join(dir, 'results-1', summary.host, 'transfers.json'), 'utf8')) as { transfers: { file: string; action: string }[] };
     assert.deepEqual(transfers.transfers.map((r) => r.file).sort(), ['dep-libaio.tar.bz2', 'profiler-vmstat.tar.bz2', 'test-dbench.tar.bz2', 'test-sleeptest.tar.bz2']);
     assert.match(await readFile(path.join(dir, 'results-1', summary.host, 'status.log'), 'utf8'), /^END GOOD\t----/m);
-    assert.match(first.stdout, new RegExp(`\\[${summary.host}\\] \\tSTART\\tsleeptest`), 'status lines are streamed');
+    assert.match(result.stdout, new RegExp(`\\[${summary.host}\\] \\tSTART\\tsleeptest`), 'status lines are streamed');
+    // Cold: the check that finds no client, the install, the job.
+    assert.equal(await first.commandsTo(summary.host), 3, `${summary.host}: SSH commands of a cold run`);
   }
-  const second = await runCli(['autoserv', '-m', machines, '-r', path.join(dir, 'results-2'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control], { cwd: dir, env });
+  const warm = await countingSsh(path.join(dir, 'second'));
+  const second = await runCli(['autoserv', '-m', machines, '-r', path.join(dir, 'results-2'), '--config', config, '--host-dir', path.join(dir, 'hosts', '{host}'), control],
+    { cwd: dir, env: { AUTOTEST_SSH_CONFIG: sshConfig, ...warm.env } });
   assert.equal(second.code, 0, second.stdout + second.stderr);
   for (const summary of JSON.parse(await readFile(path.join(dir, 'results-2', 'summary.json'), 'utf8')) as Summary[]) {
+    assert.equal(summary.clientInstall, 'packaging', summary.host);
     assert.equal(summary.setup.bytes, 0, `${summary.host} moved no bytes`);
     const transfers = JSON.parse(await readFile(path.join(dir, 'results-2', summary.host, 'transfers.json'), 'utf8')) as { totals: { bytes: number } };
     assert.equal(transfers.totals.bytes, 0);
+    assert.match(await readFile(path.join(dir, 'results-2', summary.host, 'status.log'), 'utf8'), /^END GOOD\t----/m, 'the results came back');
+    assert.equal(await warm.commandsTo(summary.host), 1, `${summary.host}: SSH commands of a warm run`);
   }
+  assert.deepEqual((await readdir(path.join(dir, 'hosts', hosts[0]?.sshd.alias ?? ''))).filter((name) => /^(control|client)-/.test(name)), [], 'no control file or config left on the host');
 });
 
 test('a host whose repositories are unreachable still completes the job: the client by copy, the tests served by autoserv over the SSH channel, and the summary says so, though its start-up files print a banner', async (t) => {

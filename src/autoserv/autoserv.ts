@@ -1,19 +1,18 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { rootCertificates } from 'node:tls';
 import type { FetchLocation, FetchTls, Location } from '../config/index.js';
 import { orderForPackage } from '../fetch/rendezvous.js';
+import { fetchRepositoryFor } from '../fetch/repositories.js';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
-import { whenClosed } from '../ssh/session.js';
 import { CLIENT_PACKAGE_NAME, checkName, packageFileName, packEntries } from '../packages/index.js';
-import { CHANNEL_REQUEST_PREFIX } from '../client/channel.js';
 import type { Writable } from 'node:stream';
 import { packageEntries, selectSources } from '../packager/client-tree.js';
 import { createHost, type TestHost } from './host.js';
+import { CONTROL_ARGUMENT_LIMIT, hostControlFile, runJobCommand, type JobCommand, type JobOutcome } from './job-command.js';
 
 export interface AutoservOptions {
   hosts: string[];
@@ -98,9 +97,14 @@ for base in "$@"; do
 done
 echo "\${why#; }" >&2; exit 3`;
 
+/*
+ * $1 the host folder, $2 the md5 of the tarball on standard input: written as the client's
+ * .checksum, so that the next job finds this copy warm when autoserv sends the same one.
+ */
 const UNPACK_COPY = `dir=$1
 mkdir -p "$dir" && rm -rf "$dir/.client.new" && mkdir -p "$dir/.client.new" || exit 10
 tar -xzf - -C "$dir/.client.new" || exit 11
+echo "$2" > "$dir/.client.new/.checksum" || exit 10
 rm -rf "$dir/client" && mv "$dir/.client.new" "$dir/client"`;
 
 const sh = (script: string, args: string[]): string[] => ['sh', '-c', script, 'sh', ...args];
@@ -109,16 +113,20 @@ const sh = (script: string, args: string[]): string[] => ['sh', '-c', script, 's
 const hostCaFile = (hostDir: string): string => path.posix.join(hostDir, 'fetch-ca.pem');
 
 /**
- * Sends fetch_ca_file to the host with the system's roots (Node's list) in front: curl's
- * --cacert and wget's --ca-certificate replace the host's store rather than add to it.
- * Returns its path on the host, or '' when there is no fetch_ca_file.
+ * fetch_ca_file with the system's roots (Node's list) in front: curl's --cacert and wget's
+ * --ca-certificate replace the host's store rather than add to it. Its md5 lets the job
+ * command see that a host already holds this very bundle.
  */
-async function sendCaBundle(host: TestHost, hostDir: string, tls: FetchTls | undefined): Promise<string> {
+function caBundle(tls: FetchTls | undefined): { text: string; md5: string } | undefined {
   const ca = tls?.ca?.pem;
-  if (ca === undefined) return '';
-  const file = hostCaFile(hostDir);
-  await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2"', 'sh', hostDir, file], { input: `${[...rootCertificates, ca.trim()].join('\n')}\n` });
-  return file;
+  if (ca === undefined) return undefined;
+  const text = `${[...rootCertificates, ca.trim()].join('\n')}\n`;
+  return { text, md5: createHash('md5').update(text).digest('hex') };
+}
+
+/** Sends the CA bundle to the host: temp name, then rename, so a bundle there is whole. */
+async function sendCaBundle(host: TestHost, hostDir: string, bundle: { text: string }): Promise<void> {
+  await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2.tmp" && mv "$2.tmp" "$2"', 'sh', hostDir, hostCaFile(hostDir)], { input: bundle.text });
 }
 
 /** The client job's config on the host: the repositories and the TLS files, in the ConfigParser dialect. */
@@ -132,12 +140,50 @@ function hostConfig(options: AutoservOptions, caFile: string): string {
   return `${lines.join('\n')}\n`;
 }
 
-async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, work: string, caFile: string): Promise<void> {
-  const started = performance.now();
-  // In the order the client itself would take for the client package, groups ranked for it:
-  // every host asks the same front first, as the jobs' clients do for their packages.
-  const urls = orderForPackage(options.locations, packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2'))
-    .filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http').map((l) => l.url);
+/** The http(s) repositories in the order the client itself takes for the client package: every host asks the same front first. */
+function clientPackageUrls(locations: readonly FetchLocation[]): Extract<Location, { kind: 'http' }>[] {
+  return orderForPackage(locations, packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2'))
+    .filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http');
+}
+
+/**
+ * The client package's md5 in the first of those repositories that lists it, read once per
+ * run: a host whose client carries it is warm. Undefined when none answers (a host then goes
+ * the cold way, which says why).
+ */
+async function readClientMd5(options: AutoservOptions): Promise<string | undefined> {
+  const file = packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2');
+  const settings = { connectTimeoutMs: 5000, timeoutMs: 30_000, retries: 0, cooldownMs: 0, maxSizeBytes: 0, ...(options.tls ? { tls: options.tls } : {}) };
+  for (const location of clientPackageUrls(options.locations)) {
+    const entry = await fetchRepositoryFor(location, settings).readIndex().then((index) => index.get(file), () => undefined);
+    if (entry) return entry.md5;
+  }
+  return undefined;
+}
+
+type CopyWay = Exclude<ClientInstallWay, 'packaging'>;
+
+/** The client trees autoserv copies, each packed at most once per run whatever the number of hosts. */
+function createClientCopies(clientDir: string, work: string): (way: CopyWay) => Promise<{ file: string; md5: string; size: number }> {
+  const packed = new Map<CopyWay, Promise<{ file: string; md5: string; size: number }>>();
+  return (way) => {
+    let copy = packed.get(way);
+    if (!copy) {
+      const file = path.join(work, `client-${way === 'light copy' ? 'light' : 'full'}.tar.gz`);
+      const source = { type: 'client' as const, name: CLIENT_PACKAGE_NAME, root: clientDir, fileName: 'client.tar.gz' };
+      copy = packageEntries(source, { fullTree: way === 'full copy' })
+        .then((entries) => packEntries(entries, file, 'gzip'))
+        .then((result) => ({ file, md5: result.md5, size: result.size }));
+      packed.set(way, copy);
+    }
+    return copy;
+  };
+}
+
+/** Puts the client on the host the cold way: through packaging, else a light copy, else the full tree; says which and why. */
+async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, run: RunShared): Promise<void> {
+  const caFile = run.ca === undefined ? '' : hostCaFile(options.hostDir);
+  const urls = clientPackageUrls(options.locations).map((l) => l.url);
   const ways = options.clientInstall === 'full copy' ? (['full copy'] as const) : (['light copy', 'full copy'] as const);
   if (options.clientInstall === 'full copy') summary.why.push('packaging: not asked for (--client-install full)');
   else if (urls.length > 0) {
@@ -146,20 +192,16 @@ async function installClient(host: TestHost, options: AutoservOptions, summary: 
     if (answer.code === 0) {
       summary.clientInstall = 'packaging';
       summary.setup.bytes += Number(answer.stdout.trim().split(' ')[1] ?? 0);
-      summary.setup.seconds += (performance.now() - started) / 1000;
       return;
     }
     summary.why.push(`packaging: ${answer.stderr || `exit code ${answer.code.toString()}`}`);
   } else summary.why.push('packaging: no http(s) repository in fetch_location');
   for (const way of ways) {
     try {
-      const tarball = path.join(work, `client-${way === 'light copy' ? 'light' : 'full'}.tar.gz`);
-      const source = { type: 'client' as const, name: CLIENT_PACKAGE_NAME, root: options.clientDir, fileName: 'client.tar.gz' };
-      await packEntries(await packageEntries(source, { fullTree: way === 'full copy' }), tarball, 'gzip');
-      await host.run(sh(UNPACK_COPY, [options.hostDir]), { input: createReadStream(tarball), timeoutMs: 600_000 });
+      const copy = await run.copies(way);
+      await host.run(sh(UNPACK_COPY, [options.hostDir, copy.md5]), { input: createReadStream(copy.file), timeoutMs: 600_000 });
       summary.clientInstall = way;
-      summary.setup.bytes += (await stat(tarball)).size;
-      summary.setup.seconds += (performance.now() - started) / 1000;
+      summary.setup.bytes += copy.size;
       return;
     } catch (error) {
       summary.why.push(`${way}: ${describeError(error)}`);
@@ -200,67 +242,11 @@ export async function answerPackageRequest(payload: string, clientDir: string, w
   }
 }
 
-/**
- * Runs the job: its standard output is the JSON report (and the channel's requests, answered
- * here), its standard error the status lines and warnings, streamed to onLine. Resolves with
- * the report's text and the tail of standard error.
- */
-async function runStreaming(host: TestHost, argv: string[], onLine: (line: string) => void, timeoutMs: number, channel: { clientDir: string; work: string } | undefined): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = await host.spawn(argv);
-  return new Promise((resolve, reject) => {
-    child.stdin?.on('error', () => undefined);
-    if (!channel) child.stdin?.end();
-    let answering = Promise.resolve();
-    let stdout = '';
-    let stderr = '';
-    const stdoutLines = splitLines((line) => {
-      if (channel && child.stdin && line.startsWith(CHANNEL_REQUEST_PREFIX)) {
-        const stdin = child.stdin;
-        const payload = line.slice(CHANNEL_REQUEST_PREFIX.length);
-        answering = answering.then(() => answerPackageRequest(payload, channel.clientDir, channel.work, stdin));
-        return;
-      }
-      stdout += `${line}\n`;
-    });
-    const stderrLines = splitLines((line) => {
-      stderr = `${stderr}${line}\n`.slice(-8192);
-      onLine(line);
-    });
-    child.stdout?.setEncoding('utf8').on('data', stdoutLines.take);
-    child.stderr?.setEncoding('utf8').on('data', stderrLines.take);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (error) => { clearTimeout(timer); reject(error); });
-    void whenClosed(child).then(({ code }) => {
-      clearTimeout(timer);
-      child.stdin?.destroy();
-      stdoutLines.end();
-      stderrLines.end();
-      resolve({ code, stdout, stderr: stderr.trim() });
-    });
-  });
-}
-
-function splitLines(onLine: (line: string) => void): { take: (chunk: string) => void; end: () => void } {
-  let pending = '';
-  return {
-    take: (chunk) => {
-      pending += chunk;
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
-      for (const line of lines) onLine(line);
-    },
-    end: () => {
-      if (pending !== '') onLine(pending);
-      pending = '';
-    },
-  };
-}
-
 interface JobReportText {
   status: string;
   tests: { name: string; status: string }[];
   transfers: { seconds: number }[];
-  totals: { bytes: number };
+  totals: { bytes: number; waitSeconds?: number };
 }
 
 /** The job's report: its whole standard output (a client from before status lines went to stderr printed them first). */
@@ -285,8 +271,19 @@ async function keepAside(dir: string): Promise<string | undefined> {
   }
 }
 
-async function runOnHost(text: string, shared: AutoservOptions, job: { id: string; control: Buffer }): Promise<HostSummary> {
-  const jobId = job.id;
+/** What every host of a run shares: the job, what a warm host's client must carry, the packed copies. */
+interface RunShared {
+  jobId: string;
+  control: Buffer;
+  /** The md5 a warm host's client/.checksum holds, and the way that put it there. */
+  warm: Promise<{ md5: string; way: ClientInstallWay } | undefined>;
+  ca: { text: string; md5: string } | undefined;
+  copies: ReturnType<typeof createClientCopies>;
+  work: string;
+}
+
+async function runOnHost(text: string, shared: AutoservOptions, run: RunShared): Promise<HostSummary> {
+  const started = performance.now();
   // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
   const options = { ...shared, hostDir: shared.hostDir.replaceAll('{host}', text.replace(/[^A-Za-z0-9._-]/g, '_')) };
   const hostResults = path.join(options.resultsDir, text.replace(/[^A-Za-z0-9._@-]/g, '_'));
@@ -297,35 +294,51 @@ async function runOnHost(text: string, shared: AutoservOptions, job: { id: strin
     host: text, clientInstall: 'failed', why: [], status: 'ABORT', tests: [], setup: { bytes: 0, seconds: 0 }, error: undefined, results: hostResults, previousResults,
   };
   await mkdir(hostResults, { recursive: true });
-  const work = await mkdtemp(path.join(tmpdir(), 'autotest-autoserv-'));
+  const work = await mkdtemp(path.join(run.work, 'host-'));
   try {
     const host = createHost(text);
-    const caFile = await sendCaBundle(host, options.hostDir, options.tls);
-    await installClient(host, options, summary, work, caFile);
-    const remoteResults = path.posix.join(options.hostDir, 'results', jobId);
-    const control = path.posix.join(options.hostDir, `control-${jobId}.mjs`);
-    const ini = path.posix.join(options.hostDir, `client-${jobId}.ini`);
-    await host.run(['sh', '-c', 'cat > "$1"', 'sh', control], { input: job.control });
-    await host.run(['sh', '-c', 'cat > "$1"', 'sh', ini], { input: hostConfig(options, caFile) });
-    const run = await runStreaming(host, ['node', path.posix.join(options.hostDir, 'client', 'bin', 'autotest-client.mjs'), 'client', 'run', control,
-      '--config', ini, '--install-dir', options.hostDir, '--results', remoteResults, '--json', ...(options.servePackages === false ? [] : ['--autoserv-channel'])],
-    (line) => options.onLine?.(text, line), options.jobTimeoutMs ?? 3_600_000, options.servePackages === false ? undefined : { clientDir: options.clientDir, work });
-    // The job's control file and config are its own: they go with it.
-    await host.run(['rm', '-f', control, ini]).catch(() => undefined);
-    const report = readReport(run.stdout);
+    const caFile = run.ca === undefined ? '' : hostCaFile(options.hostDir);
+    let control: Buffer | undefined = run.control;
+    if (run.control.toString('base64').length > CONTROL_ARGUMENT_LIMIT) {
+      await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2"', 'sh', options.hostDir, hostControlFile(options.hostDir, run.jobId)], { input: run.control });
+      control = undefined;
+    }
+    const servePackages = options.servePackages !== false;
+    const warm = await run.warm;
+    const command: JobCommand = {
+      hostDir: options.hostDir,
+      jobId: run.jobId,
+      clientMd5: warm?.md5,
+      ca: run.ca === undefined ? undefined : { file: caFile, md5: run.ca.md5 },
+      control,
+      ini: hostConfig(options, caFile),
+      answer: servePackages ? (payload, stdin) => answerPackageRequest(payload, options.clientDir, work, stdin) : undefined,
+      resultsDir: hostResults,
+      onLine: (line) => options.onLine?.(text, line),
+      timeoutMs: options.jobTimeoutMs ?? 3_600_000,
+    };
+    // Warm: one command, the job itself. Cold (or no checksum to check against): install, then the job.
+    let outcome: JobOutcome = { kind: 'stale' };
+    if (warm) {
+      outcome = await runJobCommand(host, command);
+      if (outcome.kind === 'ran') summary.clientInstall = warm.way;
+    }
+    if (outcome.kind === 'stale') {
+      if (run.ca) await sendCaBundle(host, options.hostDir, run.ca);
+      await installClient(host, options, summary, run);
+      outcome = await runJobCommand(host, { ...command, clientMd5: undefined });
+      if (outcome.kind === 'stale') throw new AutotestError('ERR_SSH', `${text}: the CA bundle sent to ${caFile} is not there or not whole`);
+    }
+    // Setup: from the start to the job's start on the host (client check or install, control file and config), then getting (or checking) every package the job named.
+    summary.setup.seconds = ((outcome.readyAt ?? performance.now()) - started) / 1000;
+    const report = readReport(outcome.report);
     if (report) {
       summary.status = report.status;
       summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
-      // Setup: putting the client there, then getting (or checking) every package the job named.
       summary.setup.bytes += report.totals.bytes;
-      summary.setup.seconds += report.transfers.reduce((sum, t) => sum + t.seconds, 0);
-    } else summary.error = `the job ended without a report (exit code ${run.code.toString()})${run.stderr ? `: ${run.stderr}` : ''}`;
-    // The results come back whole: a tar stream of the host's results folder.
-    const copy = await host.spawn(['tar', '-C', remoteResults, '-cf', '-', '.']);
-    copy.stdin?.end();
-    const untar = spawn('tar', ['-xf', '-', '-C', hostResults], { stdio: ['pipe', 'ignore', 'ignore'] });
-    copy.stdout?.pipe(untar.stdin);
-    await new Promise<void>((resolve) => { untar.on('close', () => { resolve(); }); });
+      // The job's own wall time waiting on packages (those fetched ahead overlap); a client from before waitSeconds: their sum.
+      summary.setup.seconds += report.totals.waitSeconds ?? report.transfers.reduce((sum, t) => sum + t.seconds, 0);
+    } else summary.error = `the job ended without a report (exit code ${outcome.code.toString()})${outcome.stderr ? `: ${outcome.stderr}` : ''}`;
   } catch (error) {
     summary.error = describeError(error);
   } finally {
@@ -358,7 +371,18 @@ export async function runAutoserv(options: AutoservOptions): Promise<HostSummary
   // Read before any host is touched: a wrong path must not cost a client install on every host.
   const control = await readControl(options.control);
   await mkdir(options.resultsDir, { recursive: true });
-  const summaries = await Promise.all(options.hosts.map((host) => runOnHost(host, options, { id: jobId, control })));
-  await writeFile(path.join(options.resultsDir, 'summary.json'), `${JSON.stringify(summaries, null, 2)}\n`);
-  return summaries;
+  const work = await mkdtemp(path.join(tmpdir(), 'autotest-autoserv-'));
+  try {
+    const copies = createClientCopies(options.clientDir, work);
+    // What a warm host's client carries: the repositories' client package, or the tree copied without packaging.
+    const warm = options.clientInstall === 'full copy'
+      ? copies('full copy').then((copy) => ({ md5: copy.md5, way: 'full copy' as const }), () => undefined)
+      : readClientMd5(options).then((md5) => (md5 === undefined ? undefined : { md5, way: 'packaging' as const }));
+    const shared: RunShared = { jobId, control, warm, ca: caBundle(options.tls), copies, work };
+    const summaries = await Promise.all(options.hosts.map((host) => runOnHost(host, options, shared)));
+    await writeFile(path.join(options.resultsDir, 'summary.json'), `${JSON.stringify(summaries, null, 2)}\n`);
+    return summaries;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
 }
