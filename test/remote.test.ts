@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { access, mkdir, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises';
+import { access, chmod, mkdir, readFile, readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { makeGitRepository, startGitDaemon } from './fixtures/git.js';
 import { createNamespaceHost } from './fixtures/netns.js';
 import { startNginx } from './fixtures/nginx.js';
+import { run } from './fixtures/process.js';
 import { startSshd, type SshServer } from './fixtures/sshd.js';
 import { CLI, checkConsistency, copyExampleTree, generateTree, md5sumCheck, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
@@ -280,4 +281,56 @@ test('text printed by an SSH account\'s start-up files is never taken for data: 
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, /never started .*start-up files printed "This account is disabled\."/);
   assert.match(refused.stderr, /start-up file \(~\/\.bashrc, ~\/\.profile\)/);
+});
+
+/** What `ssh -O check` says of the master behind `socket`: its pid, or undefined when none runs. */
+async function masterPid(server: SshServer, socket: string): Promise<number | undefined> {
+  const check = await run('ssh', ['-F', server.configFile, '-o', `ControlPath=${socket}`, '-O', 'check', server.alias]);
+  const pid = /Master running \(pid=(\d+)\)/.exec(check.stderr)?.[1];
+  return check.code === 0 && pid !== undefined ? Number(pid) : undefined;
+}
+
+test('a run leaves its SSH master connection in a private per-user folder for the next run to reuse, and it dies with its server; AUTOTEST_SSH_CONTROL_PERSIST=0 leaves none, and a folder others can reach is refused', async (t) => {
+  const server = await sshServer(t);
+  const dir = await tempDir(t, 'at-');
+  const remoteDir = path.join(dir, 'remote');
+  const config = await writeConfig(dir, { upload_location: `ssh://${server.alias}${remoteDir}`, client_dir: await copyExampleTree(dir), minimum_free_space: '0' });
+  // XDG_RUNTIME_DIR of the test's own, so no other test's masters are in the folder.
+  const withRuntime = (runtime: string, env: NodeJS.ProcessEnv = {}): Promise<CliResult> =>
+    runCli(['packager', 'list', '--config', config], { cwd: dir, env: { AUTOTEST_SSH_CONFIG: server.configFile, XDG_RUNTIME_DIR: runtime, ...env } });
+  assert.equal((await cli(['packager', 'upload', '--all', '--config', config], dir, server)).code, 0);
+
+  const runtime = path.join(dir, 'run');
+  await mkdir(runtime, { mode: 0o700 });
+  const first = await withRuntime(runtime);
+  assert.equal(first.code, 0, first.stderr);
+  const sockets = path.join(runtime, 'autotest-ssh');
+  assert.equal((await stat(sockets)).mode & 0o777, 0o700);
+  const names = await readdir(sockets);
+  assert.equal(names.length, 1, 'one master for the one host');
+  assert.match(names[0] ?? '', /^[0-9a-f]{40}$/, 'named by %C');
+  const socket = path.join(sockets, names[0] ?? '');
+  const pid = await masterPid(server, socket);
+  assert.ok(pid !== undefined, 'the master outlived the run');
+  assert.equal((await withRuntime(runtime)).code, 0);
+  assert.equal(await masterPid(server, socket), pid, 'the second run went through the same master');
+
+  const once = path.join(dir, 'run-once');
+  await mkdir(once, { mode: 0o700 });
+  assert.equal((await withRuntime(once, { AUTOTEST_SSH_CONTROL_PERSIST: '0' })).code, 0);
+  assert.equal(await exists(path.join(once, 'autotest-ssh')), false, 'a per-run folder instead, removed with its master');
+
+  const open = path.join(dir, 'run-open');
+  await mkdir(path.join(open, 'autotest-ssh'), { recursive: true });
+  await chmod(path.join(open, 'autotest-ssh'), 0o755);
+  const refused = await withRuntime(open);
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /refusing to keep SSH master connections in .*run-open\/autotest-ssh: .* has mode 0755: others can reach its sockets/);
+  const badValue = await withRuntime(runtime, { AUTOTEST_SSH_CONTROL_PERSIST: '5m' });
+  assert.notEqual(badValue.code, 0);
+  assert.match(badValue.stderr, /AUTOTEST_SSH_CONTROL_PERSIST must be a number of seconds, not "5m"/);
+
+  await server.stop();
+  for (let i = 0; i < 50 && await exists(socket); i += 1) await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(await exists(socket), false, 'the master went with its server, socket and all');
 });
