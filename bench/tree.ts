@@ -15,7 +15,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 /** A small deterministic PRNG (mulberry32). */
-function random(seed: number): () => number {
+export function random(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;
@@ -43,7 +43,7 @@ function vocabulary(rand: () => number): string[] {
 const VOCABULARY = vocabulary(random(7));
 
 /** Code-like text: indented lines of keywords, identifiers and numbers; bzip2 takes it to about a fifth. */
-function text(bytes: number, rand: () => number): Buffer {
+export function text(bytes: number, rand: () => number): Buffer {
   const parts: string[] = [];
   let length = 0;
   while (length < bytes) {
@@ -64,7 +64,7 @@ function text(bytes: number, rand: () => number): Buffer {
 }
 
 /** Bytes that do not compress (like a .tar.gz), deterministic: AES-CTR of zeros. */
-function compressed(bytes: number, seed: number): Buffer {
+export function compressed(bytes: number, seed: number): Buffer {
   const key = Buffer.alloc(16);
   key.writeUInt32LE(seed >>> 0, 0);
   const cipher = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
