@@ -8,14 +8,18 @@
  *
  * The tree is generated with the shape of a real Autotest client tree (bench/tree.ts), or
  * is a lab's own: `npm run bench -- --client-dir PATH`. `--files N` generates a tree of
- * about N files; `--runs N` repeats every measure (best of N is reported).
+ * about N files; `--runs N` repeats every measure (best of N is reported, every run shown);
+ * `--compare DIST` also times another build's CLI (its dist/ folder) in the same runs, so a
+ * change is measured against what it replaces under the same load.
+ * The unchanged re-run is shown with its parts: Node.js start-up (`node -e 0`) and start-up
+ * with the packager's modules loaded (`autotest packager upload --help`); the rest is the walk.
  * Targets: cold <= 1.3x the floor and <= 0.30x the reference; unchanged <= 0.03x the
  * reference and <= 3x the find walk; peak RSS < 300 MB.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -65,7 +69,8 @@ function floorCommand(): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { 'client-dir': { type: 'string' }, files: { type: 'string' }, runs: { type: 'string' } } });
+  const { values } = parseArgs({ options: { 'client-dir': { type: 'string' }, files: { type: 'string' }, runs: { type: 'string' }, compare: { type: 'string' } } });
+  const compareCli = values.compare === undefined ? undefined : path.resolve(values.compare, 'src/cli/main.js');
   const work = await mkdtemp(path.join(tmpdir(), 'autotest-bench-'));
   try {
     let client: string;
@@ -83,6 +88,12 @@ async function main(): Promise<void> {
     const rssFile = path.join(work, 'rss');
     const timeTool = existsSync('/usr/bin/time');
     const rss: number[] = [];
+    const compareConfig = path.join(work, 'compare.ini');
+    await writeFile(compareConfig, `[PACKAGES]\nupload_location: ${path.join(work, 'compare-repo')}\nclient_dir: ${client}\nminimum_free_space: 0\n`);
+    const compareEnv = { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'compare-cache') };
+    const theirs = (): void => {
+      execFileSync(process.execPath, [compareCli ?? CLI, 'packager', 'upload', '--all', '--config', compareConfig], { env: compareEnv, stdio: 'ignore' });
+    };
     const ours = (): void => {
       const args = [process.execPath, CLI, 'packager', 'upload', '--all', '--config', config];
       // GNU time reports the largest resident set of the process and of any child it waited for.
@@ -101,6 +112,11 @@ async function main(): Promise<void> {
     const cold: number[] = [];
     const warm: number[] = [];
     const walk: number[] = [];
+    const nodeStart: number[] = [];
+    const loaded: number[] = [];
+    const compareCold: number[] = [];
+    const compareWarm: number[] = [];
+    const loadBefore = loadavg();
     for (let i = 0; i < runs; i += 1) {
       await rm(path.join(work, 'ref'), { recursive: true, force: true });
       ref.push(seconds(() => { reference(client, path.join(work, 'ref', 'out'), path.join(work, 'ref', 'location')); }));
@@ -112,7 +128,16 @@ async function main(): Promise<void> {
       warm.push(seconds(ours));
       await readRss();
       walk.push(seconds(() => { execFileSync('sh', ['-c', 'find "$1" -printf \'%s %T@\\n\' > /dev/null', 'sh', client]); }));
+      nodeStart.push(seconds(() => { execFileSync(process.execPath, ['-e', '0']); }));
+      loaded.push(seconds(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--help'], { stdio: 'ignore' }); }));
+      if (compareCli !== undefined) {
+        await rm(path.join(work, 'compare-repo'), { recursive: true, force: true });
+        await rm(path.join(work, 'compare-cache'), { recursive: true, force: true });
+        compareCold.push(seconds(theirs));
+        compareWarm.push(seconds(theirs));
+      }
     }
+    const loadAfter = loadavg();
     const best = (xs: number[]): number => Math.min(...xs);
     const all = (xs: number[]): string => xs.map((x) => x.toFixed(2)).join(' ');
     const r = best(ref);
@@ -129,7 +154,18 @@ async function main(): Promise<void> {
     console.log(`upload --all, cold:                         ${c.toFixed(2)} s  [${all(cold)}]  ${(c / r).toFixed(3)}x reference (target <= 0.30), ${(c / f).toFixed(2)}x floor (target <= 1.3)`);
     console.log(`upload --all, unchanged re-run:             ${w.toFixed(3)} s  [${all(warm)}]  ${(w / r).toFixed(4)}x reference (target <= 0.03), ${(w / k).toFixed(2)}x find walk (target <= 3)`);
     console.log(`find -printf '%s %T@' walk:                 ${k.toFixed(3)} s  [${all(walk)}]`);
+    console.log(`  of which Node.js start-up (node -e 0):    ${best(nodeStart).toFixed(3)} s  [${all(nodeStart)}]`);
+    console.log(`  start-up + packager modules (--help):     ${best(loaded).toFixed(3)} s  [${all(loaded)}]`);
     if (rss.length > 0) console.log(`peak RSS of upload --all (largest process): ${Math.max(...rss).toFixed(0)} MB (target < 300)`);
+    if (compareCli !== undefined) {
+      const cc = best(compareCold);
+      const cw = best(compareWarm);
+      console.log(`compared build ${values.compare ?? ''}, same runs:`);
+      console.log(`  upload --all, cold:                       ${cc.toFixed(2)} s  [${all(compareCold)}]  ${(cc / r).toFixed(3)}x reference, ${(cc / f).toFixed(2)}x floor`);
+      console.log(`  upload --all, unchanged re-run:           ${cw.toFixed(3)} s  [${all(compareWarm)}]  ${(cw / r).toFixed(4)}x reference, ${(cw / k).toFixed(2)}x find walk`);
+    }
+    const fmt = (l: number[]): string => l.map((x) => x.toFixed(2)).join(' ');
+    console.log(`load average (1, 5, 15 min): ${fmt(loadBefore)} before, ${fmt(loadAfter)} after`);
   } finally {
     await rm(work, { recursive: true, force: true });
   }

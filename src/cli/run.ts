@@ -1,7 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { closeHttpConnections } from '../fetch/index.js';
-import { closeS3Connections } from '../s3/client.js';
-import { closeSshConnections } from '../ssh/session.js';
+import { closeConnections } from '../connections.js';
 import { EXIT_USAGE, printError, processOutput, type Output } from './output.js';
 
 export type CommandFactory = (output: Output, setExit: (code: number) => void) => Command;
@@ -26,9 +24,7 @@ export async function runProgram(description: string, commands: CommandFactory[]
     }
     return printError(processOutput, error);
   } finally {
-    closeHttpConnections();
-    closeS3Connections();
-    await closeSshConnections();
+    await closeConnections();
   }
   return exitCode;
 }

@@ -24,6 +24,7 @@ import { s3AnswerProblem, s3Problem } from '../s3/client.js';
 import { signGet } from '../s3/sign.js';
 import { sshHost, whenClosed } from '../ssh/session.js';
 import { classifyNetworkError, FetchFailure } from './errors.js';
+import { closeWhenDone } from '../connections.js';
 
 /** The bytes of a package from `start` on (a server that ignores ranges starts at 0). */
 export interface Opened {
@@ -145,6 +146,8 @@ export function closeHttpConnections(): void {
   for (const agent of httpsAgents.values()) agent.destroy();
   httpsAgents.clear();
 }
+
+closeWhenDone(closeHttpConnections);
 
 /** What a GET answered other than 200/206, for the scheme to turn into a FetchFailure. */
 type RefusedAnswer = (status: number, body: string, what: string) => FetchFailure;

@@ -82,10 +82,12 @@ async function listFolders(clientDir: string, type: Exclude<PackageType, 'client
  * packages of their own) and the client's run-time folders, but keeps profilers/'s own files.
  */
 const clientRule: ExcludeRule = (rel, isDir) => {
-  const [top, second] = rel.split('/');
-  if (second === undefined) return false;
+  // Asked of every entry of the client's walk: no split, no array.
+  const slash = rel.indexOf('/');
+  if (slash === -1) return false;
+  const top = rel.slice(0, slash);
   if (top === 'tests' || top === 'site_tests' || top === 'deps' || top === 'results' || top === 'tmp' || top === 'packages') return true;
-  return top === 'profilers' && isDir && rel.split('/').length === 2;
+  return top === 'profilers' && isDir && !rel.includes('/', slash + 1);
 };
 
 export async function excludeRuleFor(source: PackageSource): Promise<ExcludeRule> {
@@ -122,7 +124,9 @@ export async function packageEntries(source: PackageSource, options: { fullTree?
   for (const entry of runtime) {
     if (taken.has(entry.path)) throw new AutotestError('ERR_PACK', `${path.join(source.root, entry.path)}: the client tree may not hold this file: the packager puts the client runtime there`);
   }
-  const bin = entries.some((entry) => entry.path === 'bin' && entry.kind === 'dir') ? [] : [{ ...(runtime[0] as TreeEntry), path: 'bin', kind: 'dir' as const, mode: 0o755, size: 0 }];
+  const bin = entries.some((entry) => entry.path === 'bin' && entry.kind === 'dir') ? [] : [{
+    path: 'bin', absPath: path.join(source.root, 'bin'), kind: 'dir' as const, mode: 0o755, size: 0, linkTarget: undefined, dev: 0, ino: 0, mtimeMs: 0, ctimeMs: 0,
+  }];
   return [...entries, ...bin, ...runtime];
 }
 

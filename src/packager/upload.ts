@@ -6,7 +6,10 @@ import path from 'node:path';
 import pLimit from 'p-limit';
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { DigestStream, digestEntries, packEntries, treeFingerprint, type IndexEntry, type TreeEntry, type RepositoryIndex } from '../packages/index.js';
+import { isAutotestError } from '../errors.js';
+import {
+  DigestStream, createCompressorPool, digestEntries, packEntries, treeFingerprint, type CompressorPool, type IndexEntry, type TreeEntry, type RepositoryIndex,
+} from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
 import { packageEntries, selectSources, type PackageSource, type Selection } from './client-tree.js';
@@ -66,7 +69,20 @@ async function walkSource(source: PackageSource): Promise<Walked | undefined> {
   return { entries, startedMs, bytes: entries.reduce((sum, entry) => sum + entry.size, 0) };
 }
 
-async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, options: { compression: Compression; threads: number }): Promise<{ record: PackRecord }> {
+/**
+ * A package up to this size goes through the compressor pool (its tar stream staged in a
+ * file); a larger one streams into a compressor of its own, whose start costs nothing next
+ * to its compression and which spares the staging folder a copy of its whole tar stream.
+ */
+const POOLED_MAX_BYTES = 32 * 1024 * 1024;
+
+interface PackPlan {
+  compression: Compression;
+  threads: number;
+  pool: CompressorPool | undefined;
+}
+
+async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, options: PackPlan): Promise<{ record: PackRecord }> {
   if (source.type === 'file') {
     // Plain files are published as they are, from one copy hashed on the way in, so that
     // a file rewritten meanwhile cannot be published under another file's checksum.
@@ -79,12 +95,13 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
   // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
   const { entries, startedMs } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0 };
   const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${options.compression}`);
-  const result = await packEntries(entries, dest, options.compression, { threads: options.threads });
+  const pool = options.threads === 1 && entries.reduce((sum, entry) => sum + entry.size, 0) <= POOLED_MAX_BYTES ? options.pool : undefined;
+  const result = await packEntries(entries, dest, options.compression, { threads: options.threads, pool });
   return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
 }
 
 function isRacy(entries: TreeEntry[], walkStartedMs: number): boolean {
-  return entries.some((entry) => entry.changedMs >= walkStartedMs - CLOCK_TICK_MS);
+  return entries.some((entry) => Math.max(entry.mtimeMs, entry.ctimeMs) >= walkStartedMs - CLOCK_TICK_MS);
 }
 
 /**
@@ -137,12 +154,19 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
 
   const limit = pLimit(jobs);
   const known = new Map<string, string | undefined>();
+  // Only the walks of packages known to have changed are kept for packing: holding every
+  // entry of an unchanged tree would only feed the garbage collector.
   const walks = new Map<string, Walked>();
+  const sizes = new Map<string, number>();
   await Promise.all(sources.map((source) => limit(async () => {
     try {
       const walked = await walkSource(source);
-      if (walked) walks.set(source.fileName, walked);
-      known.set(source.fileName, await currentDigest(source, walked, state, options.compression));
+      const digest = await currentDigest(source, walked, state, options.compression);
+      known.set(source.fileName, digest);
+      if (walked) {
+        sizes.set(source.fileName, walked.bytes);
+        if (digest === undefined) walks.set(source.fileName, walked);
+      }
     } catch {
       known.set(source.fileName, undefined);
     }
@@ -161,7 +185,7 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
   }
   emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
   // Largest first, so that the last package to finish is a small one.
-  const bytesOf = (source: PackageSource): number => walks.get(source.fileName)?.bytes ?? 0;
+  const bytesOf = (source: PackageSource): number => sizes.get(source.fileName) ?? 0;
   toPack.sort((a, b) => bytesOf(b) - bytesOf(a));
   const totalBytes = toPack.reduce((sum, source) => sum + bytesOf(source), 0);
   // A package holding a core's share of the work or more would finish alone: it gets every core.
@@ -173,13 +197,21 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
     const staging = await mkdtemp(path.join(stagingRoot, 'pack-'));
     const staged = new Map<LiveTarget, { entry: IndexEntry; staged: StagedFile }[]>(live.map((l) => [l, []]));
     const refresh = new Map<LiveTarget, IndexEntry[]>(live.map((l) => [l, []]));
+    let pool: CompressorPool | undefined;
     try {
+      // Without a compressor on PATH there is no pool: each package then fails saying so, by name.
+      if (options.compression !== 'gzip') {
+        pool = await createCompressorPool(options.compression, { size: jobs, workDir: staging }).catch((error: unknown) => {
+          if (isAutotestError(error, 'ERR_TOOL')) return undefined;
+          throw error;
+        });
+      }
       await Promise.all(toPack.map((source) => limit(async () => {
         const started = process.hrtime.bigint();
         const packed = path.join(staging, source.fileName);
         let record: PackRecord;
         try {
-          ({ record } = await packSource(source, walks.get(source.fileName), packed, { compression: options.compression, threads: threadsFor(source) }));
+          ({ record } = await packSource(source, walks.get(source.fileName), packed, { compression: options.compression, threads: threadsFor(source), pool }));
         } catch (error) {
           const failure = toFailure(error);
           report.failedPackages.push({ file: source.fileName, ...failure });
@@ -231,6 +263,7 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
         }
       }));
     } finally {
+      await pool?.close();
       await rm(staging, { recursive: true, force: true });
       await state.save().catch(() => undefined);
     }

@@ -100,23 +100,23 @@ async function requireTool(commands: readonly string[], compression: Compression
 
 const toolFailed = (why: string): AutotestError => new AutotestError('ERR_TOOL', why);
 
+/** The command line of an external compressor; `threads` caps a parallel bzip2's threads (default: all cores). */
+export async function compressorCommand(compression: Exclude<Compression, 'gzip'>, options: { threads?: number } = {}): Promise<{ command: string; args: string[] }> {
+  if (compression === 'zstd') return { command: await requireTool(['zstd'], compression), args: ['-q', '-c', '-T0', '-10'] };
+  const tool = await requireTool(BZIP2_TOOLS, compression);
+  const threads = options.threads === undefined ? [] : tool === 'lbzip2' ? [`-n${options.threads}`] : tool === 'pbzip2' ? [`-p${options.threads}`] : [];
+  return { command: tool, args: ['-9', ...threads, '-c'] };
+}
+
 /**
  * A compressor; `threads` caps a parallel bzip2's threads (default: all cores). The packager
  * runs one package per core with one thread each, and gives every core only to a package big
  * enough to be the long pole: threads beyond the cores only cost context switches.
  */
 export async function createCompressor(compression: Compression, options: { threads?: number } = {}): Promise<Filter> {
-  switch (compression) {
-    case 'gzip':
-      return zlibFilter(createGzip({ level: 6 }), 'zlib-gzip');
-    case 'bzip2': {
-      const tool = await requireTool(BZIP2_TOOLS, compression);
-      const threads = options.threads === undefined ? [] : tool === 'lbzip2' ? [`-n${options.threads}`] : tool === 'pbzip2' ? [`-p${options.threads}`] : [];
-      return spawnFilter(tool, ['-9', ...threads, '-c'], 'compress', toolFailed);
-    }
-    case 'zstd':
-      return spawnFilter(await requireTool(['zstd'], compression), ['-q', '-c', '-T0', '-10'], 'compress', toolFailed);
-  }
+  if (compression === 'gzip') return zlibFilter(createGzip({ level: 6 }), 'zlib-gzip');
+  const { command, args } = await compressorCommand(compression, options);
+  return spawnFilter(command, args, 'compress', toolFailed);
 }
 
 /** A decompressor for `source` (named in its errors): a bad stream is ERR_CORRUPT_ARCHIVE. */

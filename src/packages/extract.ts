@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { chmod, link, lstat, mkdir, open, realpath, rm, stat, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import tar, { type Header } from 'tar-stream';
+import type { Header } from 'tar-stream';
 import { AutotestError, describeError, errnoCode, isAutotestError } from '../errors.js';
 import { createDecompressor, sniffCompression } from './compress.js';
 import { linkStaysInside } from './tree.js';
@@ -162,6 +162,8 @@ export async function extractTarball(archive: string, dest: string, limits: Extr
   if (!compression) {
     throw new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: not a bzip2, gzip or zstd tarball`);
   }
+  // Loaded here: the packager, which never extracts, starts without it.
+  const { default: tar } = await import('tar-stream');
   await mkdir(path.dirname(dest), { recursive: true });
   await mkdir(dest);
   // Started only once dest is ours, so a refused dest leaves no process behind; a missing

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { lstatSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readlinkSync, type Dirent } from 'node:fs';
 import { lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import picomatch from 'picomatch';
@@ -15,10 +15,15 @@ export interface TreeEntry {
   mode: number;
   size: number;
   linkTarget: string | undefined;
-  /** Changes whenever the file may have changed: inode, size, mtime and ctime in ns. */
-  statKey: string;
-  /** Latest of mtime and ctime, in ms: a change within the same clock tick as a pack is invisible to statKey. */
-  changedMs: number;
+  /**
+   * With `size`, what changes whenever a file may have changed: device, inode, mtime and
+   * ctime (ms, to a fraction of a µs). 0 for folders and symlinks, which their names and
+   * targets describe whole: a folder's own times only say that its names changed.
+   */
+  dev: number;
+  ino: number;
+  mtimeMs: number;
+  ctimeMs: number;
 }
 
 /** Decides whether a relative path is left out; `isDir` for folders (their contents go too). */
@@ -32,9 +37,12 @@ export const PACK_EXCLUDE_FILE = '.pack_exclude';
  * package folder. A match on a folder leaves out everything under it.
  */
 export async function readPackExclude(folder: string): Promise<ExcludeRule | undefined> {
+  const file = path.join(folder, PACK_EXCLUDE_FILE);
+  // Most folders have none, and a failed open costs an error object with its stack trace.
+  if (!existsSync(file)) return undefined;
   let text: string;
   try {
-    text = await readFile(path.join(folder, PACK_EXCLUDE_FILE), 'utf8');
+    text = await readFile(file, 'utf8');
   } catch (error) {
     if (errnoCode(error) === 'ENOENT') return undefined;
     throw error;
@@ -50,19 +58,17 @@ export async function readPackExclude(folder: string): Promise<ExcludeRule | und
 
 export function combineRules(...rules: (ExcludeRule | undefined)[]): ExcludeRule {
   const present = rules.filter((rule): rule is ExcludeRule => rule !== undefined);
+  if (present.length === 0) return () => false;
+  if (present.length === 1) return present[0] as ExcludeRule;
   return (relPath, isDir) => present.some((rule) => rule(relPath, isDir));
-}
-
-function byteOrder(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
 const ASCII = /^[\x00-\x7f]*$/;
 
-/** Names in byte order of their UTF-8 form; for ASCII names (nearly all) that is code-unit order. */
-function sortNames(names: string[]): string[] {
-  if (names.every((name) => ASCII.test(name))) return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  return names.sort(byteOrder);
+/** Folder entries in byte order of their UTF-8 names; for ASCII names (nearly all) that is code-unit order. */
+function sortDirents(dirents: Dirent[]): Dirent[] {
+  if (dirents.every((dirent) => ASCII.test(dirent.name))) return dirents.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return dirents.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
 
 /**
@@ -83,12 +89,11 @@ export function linkStaysInside(relPath: string, target: string): boolean {
 
 /** The entry of one regular file packed under `rel`, wherever it lives. */
 export async function fileEntry(abs: string, rel: string): Promise<TreeEntry> {
-  const st = await lstat(abs, { bigint: true });
+  const st = await lstat(abs);
   if (!st.isFile()) throw new AutotestError('ERR_PACK', `${abs}: not a regular file`);
   return {
-    path: rel, absPath: abs, kind: 'file', mode: (st.mode & 0o111n) !== 0n ? 0o755 : 0o644, size: Number(st.size), linkTarget: undefined,
-    statKey: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`,
-    changedMs: Number(st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1e6,
+    path: rel, absPath: abs, kind: 'file', mode: (st.mode & 0o111) !== 0 ? 0o755 : 0o644, size: st.size, linkTarget: undefined,
+    dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs,
   };
 }
 
@@ -97,38 +102,40 @@ export async function fileEntry(abs: string, rel: string): Promise<TreeEntry> {
  * contents), leaving out what `exclude` names. Only files, folders and symlinks that stay
  * inside the package can be packed; anything else is an error naming the entry.
  *
- * The walk is synchronous: it is the whole cost of an unchanged re-run, and a thread-pool
- * round trip per lstat costs more than the lstat itself (the walk then runs at about the
- * speed of `find -printf`); a package folder is walked in one go.
+ * The walk is the whole cost of an unchanged re-run, so it makes the syscalls `find` makes
+ * and no more: one readdir per folder (which gives each entry's type) and one lstat per
+ * regular file (its size and times), none for folders and symlinks. It is synchronous: a
+ * thread-pool round trip per lstat costs more than the lstat itself. Number stats, not
+ * bigint ones: they cost no BigInt and Date objects per file for the garbage collector.
  */
 export function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[]> {
   const entries: TreeEntry[] = [];
   // path.join on every entry costs as much as its lstat; rel never holds '.', '..' or '//'.
   const base = root.endsWith('/') ? root : `${root}/`;
   const visit = (relDir: string): void => {
-    const names = sortNames(readdirSync(relDir === '' ? root : `${base}${relDir}`));
-    for (const name of names) {
-      const rel = relDir === '' ? name : `${relDir}/${name}`;
+    const dirents = sortDirents(readdirSync(relDir === '' ? root : `${base}${relDir}`, { withFileTypes: true }));
+    for (const dirent of dirents) {
+      const rel = relDir === '' ? dirent.name : `${relDir}/${dirent.name}`;
       const abs = `${base}${rel}`;
-      const st = lstatSync(abs, { bigint: true });
-      const isDir = st.isDirectory();
+      const isDir = dirent.isDirectory();
       if (exclude(rel, isDir)) continue;
-      const statKey = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${st.mode}`;
-      const changedMs = Number(st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1e6;
       if (isDir) {
-        entries.push({ path: rel, absPath: abs, kind: 'dir', mode: 0o755, size: 0, linkTarget: undefined, statKey, changedMs });
+        entries.push({ path: rel, absPath: abs, kind: 'dir', mode: 0o755, size: 0, linkTarget: undefined, dev: 0, ino: 0, mtimeMs: 0, ctimeMs: 0 });
         visit(rel);
-      } else if (st.isFile()) {
-        const mode = (st.mode & 0o111n) !== 0n ? 0o755 : 0o644;
-        entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: Number(st.size), linkTarget: undefined, statKey, changedMs });
-      } else if (st.isSymbolicLink()) {
+      } else if (dirent.isFile()) {
+        const st = lstatSync(abs);
+        // Replaced by something else since the readdir: the next walk sees what it is now.
+        if (!st.isFile()) throw new AutotestError('ERR_PACK', `${abs}: changed while being listed`, { hint: 'run the packager again once nothing writes to the client tree' });
+        const mode = (st.mode & 0o111) !== 0 ? 0o755 : 0o644;
+        entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: st.size, linkTarget: undefined, dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs });
+      } else if (dirent.isSymbolicLink()) {
         const target = readlinkSync(abs);
         if (!linkStaysInside(rel, target)) {
           throw new AutotestError('ERR_PACK', `${abs}: symlink to "${target}" points outside its package`, {
             hint: 'packages are installed on other machines: replace the link by the file, or point it inside the package folder',
           });
         }
-        entries.push({ path: rel, absPath: abs, kind: 'symlink', mode: 0o777, size: 0, linkTarget: target, statKey, changedMs });
+        entries.push({ path: rel, absPath: abs, kind: 'symlink', mode: 0o777, size: 0, linkTarget: target, dev: 0, ino: 0, mtimeMs: 0, ctimeMs: 0 });
       } else {
         throw new AutotestError('ERR_PACK', `${abs}: only files, folders and symlinks can be packed (this is a socket, FIFO or device)`, {
           hint: `remove it or list it in ${PACK_EXCLUDE_FILE}`,
@@ -143,14 +150,29 @@ export function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[
   });
 }
 
+const KIND_CODE = { file: 0, dir: 1, symlink: 2 } as const;
+
 /**
  * A digest of what the tree looks like on disk, without reading file contents: when it is
- * unchanged since the last pack, the package is unchanged too.
+ * unchanged since the last pack, the package is unchanged too. The paths go in as one text
+ * and the numbers as one array of doubles (an inode beyond 2^53 loses its last bits, which
+ * the times and size still cover): three hash updates per package, not one per entry.
  */
 export function treeFingerprint(entries: TreeEntry[], salt: string): string {
-  const hash = createHash('sha256').update(salt);
+  const paths = new Array<string>(entries.length);
+  const numbers = new Float64Array(entries.length * 7);
+  let i = 0;
+  let k = 0;
   for (const entry of entries) {
-    hash.update(`${entry.kind}\0${entry.path}\0${entry.mode}\0${entry.linkTarget ?? ''}\0${entry.statKey}\n`);
+    // A path never holds NUL: it separates a symlink's target.
+    paths[k++] = entry.linkTarget === undefined ? entry.path : `${entry.path}\0${entry.linkTarget}`;
+    numbers[i++] = KIND_CODE[entry.kind];
+    numbers[i++] = entry.mode;
+    numbers[i++] = entry.size;
+    numbers[i++] = entry.dev;
+    numbers[i++] = entry.ino;
+    numbers[i++] = entry.mtimeMs;
+    numbers[i++] = entry.ctimeMs;
   }
-  return hash.digest('hex');
+  return createHash('sha256').update(`${salt}\n`).update(paths.join('\n')).update(new Uint8Array(numbers.buffer)).digest('hex');
 }

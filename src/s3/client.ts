@@ -3,6 +3,7 @@ import https from 'node:https';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { S3Location, S3Settings } from '../config/index.js';
 import { errnoCode } from '../errors.js';
+import { closeWhenDone } from '../connections.js';
 
 // The SDK warns on every process start that its releases after January 2027 want Node.js 22;
 // that line would land in every command's output. The switch is the SDK's own.
@@ -61,6 +62,8 @@ export function closeS3Connections(): void {
   agents.http.destroy();
   agents.https.destroy();
 }
+
+closeWhenDone(closeS3Connections);
 
 /** The object key of a repository file. */
 export function s3Key(location: S3Location, file: string): string {

@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import { AutotestError, describeError } from '../errors.js';
 import { openControlDir, type ControlSetup } from './control.js';
 import { shellCommand } from './quote.js';
+import { closeWhenDone } from '../connections.js';
 
 export interface SshEndpoint {
   user: string | undefined;
@@ -347,6 +348,8 @@ export async function closeSshConnections(): Promise<void> {
   })));
   rmSync(dir, { recursive: true, force: true });
 }
+
+closeWhenDone(closeSshConnections);
 
 function commonOptionsFor(dir: string): string[] {
   const options: string[] = [];
