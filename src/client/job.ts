@@ -156,6 +156,8 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
     } catch (error) {
       // No repository has it: autoserv packs it from its own tree, when it serves packages.
       if (!options.channel || !isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED')) throw error;
+      // Said, so a repository refused (a bad signature, say) is not passed over in silence.
+      options.install.onWarning?.(`${type} ${name}: from autoserv, as ${error.message}`);
       return fromAutoserv(type, name, options.channel, ahead);
     }
   };
