@@ -12,7 +12,7 @@ import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
 import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
 import { orderForPackage } from './rendezvous.js';
-import { openSerialMemory } from './serials.js';
+import { openIndexTrust } from './kept-indexes.js';
 import type { IndexTrust } from '../signing/index.js';
 
 export interface FetchedPackage {
@@ -141,11 +141,7 @@ export class PackageFetcher {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
       });
     }
-    const { trust } = settings;
-    if (trust && !trust.keys) throw new Error('trusted_keys used before loadConfig read it');
-    // The newest serial seen from each repository lives with the package cache: a rollback is
-    // refused by every later install on this machine, not only within this one.
-    const indexTrust = trust?.keys && { keys: trust.keys, required: trust.required, memory: await openSerialMemory(stateDir) };
+    const indexTrust = await openIndexTrust(settings.trust, stateDir);
     return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir), indexTrust, onWarning);
   }
 

@@ -3,3 +3,4 @@ export { agentFor, closeHttpConnections, errorBody, fetchRepositoryFor, type Fet
 export { FetchFailure } from './errors.js';
 export { RepositoryHealth } from './health.js';
 export { orderForPackage, rankMembers, rendezvousScore } from './rendezvous.js';
+export { openIndexTrust, readKeptIndex } from './kept-indexes.js';
