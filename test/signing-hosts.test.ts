@@ -1,10 +1,16 @@
 import assert from 'node:assert/strict';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import test, { type TestContext } from 'node:test';
 import { digestFile, formatChecksumFile, formatManifest, parseManifestDocument } from '../src/packages/index.js';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { startNginx } from './fixtures/nginx.js';
+import { awsEnv, startRadosgw } from './fixtures/radosgw.js';
+import { startSshd } from './fixtures/sshd.js';
 import { copyExampleTree, execFileAsync, pathWithout, ROOT, runCli, tempDir, writeConfig } from './helpers.js';
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 
 const CONTROL = path.join(ROOT, 'example', 'jobs', 'example.control.mjs');
 const CLIENT = 'client-autotest.tar.bz2';
@@ -26,15 +32,40 @@ interface Summary {
   host: string;
 }
 
+/** The lab's signing key made by ssh-keygen, and an allowed_signers file trusting it. */
+async function labKey(dir: string, principal = 'autotest'): Promise<{ keyFile: string; signers: string }> {
+  const keyFile = path.join(dir, 'signing_key');
+  await execFileAsync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'lab', '-f', keyFile]);
+  const signers = path.join(dir, 'allowed_signers');
+  await writeFile(signers, `${principal} ${(await readFile(`${keyFile}.pub`, 'utf8')).trim()}\n`);
+  return { keyFile, signers };
+}
+
+/** What a lab runs to check a repository with OpenSSH alone; rejects when ssh-keygen does not accept the pair. */
+async function sshKeygenVerify(signers: string, manifest: Buffer | string, signature: Buffer | string): Promise<void> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'autotest-verify-'));
+  try {
+    await writeFile(path.join(dir, 'packages.json'), manifest);
+    await writeFile(path.join(dir, 'packages.json.sig'), signature);
+    const { stdout } = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, dir]);
+    assert.match(stdout, /Good "autotest-packages" signature/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function serialOf(manifest: Buffer | string): number {
+  const { serial } = parseManifestDocument(manifest.toString(), 'packages.json').header;
+  assert.ok(serial !== undefined, 'the manifest has a serial');
+  return serial;
+}
+
 /** A lab key made by ssh-keygen, the repository published signed with it and served by nginx. */
 async function signedLab(t: TestContext): Promise<SignedLab> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
-  const keyFile = path.join(dir, 'signing_key');
-  await execFileAsync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'lab', '-f', keyFile]);
-  const signers = path.join(dir, 'allowed_signers');
   // Another principal than "autotest": trusted_keys believes every key it lists, whatever its name.
-  await writeFile(signers, `packager@lab ${(await readFile(`${keyFile}.pub`, 'utf8')).trim()}\n`);
+  const { keyFile, signers } = await labKey(dir, 'packager@lab');
   const repo = path.join(dir, 'www', 'builtin');
   await mkdir(repo, { recursive: true });
   const nginx = await startNginx({ root: path.join(dir, 'www') });
@@ -106,4 +137,68 @@ test('a host without ssh-keygen cannot verify: packaging is refused with the rea
   assert.equal(summary.status, 'GOOD', output);
   const sources = await transferSources(lab, summary);
   assert.ok(sources.length === 1 && sources[0]?.endsWith('/builtin'), `the job fetched from the verified repository: ${sources.join(', ')}`);
+});
+
+test('an SSH location is signed on every upload and remove, as ssh-keygen -Y verify accepts, and a client with trusted_keys installs from it over SSH', async (t) => {
+  const server = await startSshd();
+  t.after(() => server.stop());
+  const dir = await tempDir(t);
+  const { keyFile, signers } = await labKey(dir);
+  const remoteDir = path.join(dir, 'remote');
+  const location = `ssh://${server.alias}${remoteDir}`;
+  const config = await writeConfig(dir, {
+    upload_location: location, fetch_location: location, client_dir: await copyExampleTree(dir), minimum_free_space: '0', signing_key: keyFile, trusted_keys: signers,
+  });
+  const env = { AUTOTEST_SSH_CONFIG: server.configFile };
+  const upload = await runCli(['packager', 'upload', '-t', 'hello,sleeptest', '--config', config], { cwd: dir, env });
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
+  const read = async (file: string): Promise<Buffer> => readFile(path.join(remoteDir, file));
+  await sshKeygenVerify(signers, await read('packages.json'), await read('packages.json.sig'));
+  const first = serialOf(await read('packages.json'));
+  const install = await runCli(['client', 'install', 'test', 'hello', '--config', config, '--install-dir', path.join(dir, 'install')], { cwd: dir, env });
+  assert.equal(install.code, 0, install.stdout + install.stderr);
+  assert.match(install.stdout, new RegExp(`test hello: fetched .*from ssh://${server.alias}`));
+  const remove = await runCli(['packager', 'remove', '-t', 'sleeptest', '--config', config], { cwd: dir, env });
+  assert.equal(remove.code, 0, remove.stdout + remove.stderr);
+  await sshKeygenVerify(signers, await read('packages.json'), await read('packages.json.sig'));
+  assert.ok(serialOf(await read('packages.json')) > first, 'the remove wrote a newer signed serial');
+});
+
+test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a client with trusted_keys installs from it, and a packages.json changed there is refused', async (t) => {
+  const s3 = await startRadosgw();
+  t.after(() => s3.stop());
+  const admin = new S3Client({
+    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  t.after(() => { admin.destroy(); });
+  await admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
+  const dir = await tempDir(t);
+  const { keyFile, signers } = await labKey(dir);
+  const location = 's3://lab-packages/autotest/builtin';
+  const config = path.join(dir, 'global_config.ini');
+  await writeFile(config, [
+    '[PACKAGES]', `upload_location: ${location}`, `fetch_location: ${location}`, `client_dir: ${await copyExampleTree(dir)}`, 'minimum_free_space: 0',
+    `signing_key: ${keyFile}`, `trusted_keys: ${signers}`, '',
+    '[S3]', `endpoint: ${s3.endpoint}`, 'region: us-east-1', 'path_style: true', 'checksum_mode: when_required', '',
+  ].join('\n'));
+  const env = awsEnv(s3);
+  const upload = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env });
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
+  const get = async (file: string): Promise<Buffer> => {
+    const answer = await admin.send(new GetObjectCommand({ Bucket: 'lab-packages', Key: `autotest/builtin/${file}` }));
+    return Buffer.from(await answer.Body?.transformToByteArray() ?? []);
+  };
+  const manifest = await get('packages.json');
+  await sshKeygenVerify(signers, manifest, await get('packages.json.sig'));
+  const install = await runCli(['client', 'install', 'test', 'hello', '--config', config, '--install-dir', path.join(dir, 'install')], { cwd: dir, env });
+  assert.equal(install.code, 0, install.stdout + install.stderr);
+  assert.match(install.stdout, /test hello: fetched .*from s3:\/\/lab-packages\/autotest\/builtin/);
+
+  // Someone with write access to the bucket but not the key: a newer serial, the old signature.
+  const forged = manifest.toString().replace(/"serial": (\d+)/, (_match, serial: string) => `"serial": ${(Number(serial) + 1).toString()}`);
+  await admin.send(new PutObjectCommand({ Bucket: 'lab-packages', Key: 'autotest/builtin/packages.json', Body: forged }));
+  const refused = await runCli(['client', 'install', 'test', 'hello', '--config', config, '--install-dir', path.join(dir, 'install2')], { cwd: dir, env });
+  assert.equal(refused.code, 1, refused.stdout);
+  assert.match(refused.stderr, /s3:\/\/lab-packages\/autotest\/builtin: packages\.json\.sig is wrong: its signature by SHA256:\S+ does not match the manifest; not believed/);
 });
