@@ -139,7 +139,7 @@ test('a host without ssh-keygen cannot verify: packaging is refused with the rea
   assert.ok(sources.length === 1 && sources[0]?.endsWith('/builtin'), `the job fetched from the verified repository: ${sources.join(', ')}`);
 });
 
-test('an SSH location is signed on every upload and remove, as ssh-keygen -Y verify accepts, and a client with trusted_keys installs from it over SSH', async (t) => {
+test('an SSH location is signed on every upload and remove, as ssh-keygen -Y verify accepts, a client with trusted_keys installs from it over SSH, and with signing_key turned off the next write removes the signature', async (t) => {
   const server = await startSshd();
   t.after(() => server.stop());
   const dir = await tempDir(t);
@@ -162,9 +162,13 @@ test('an SSH location is signed on every upload and remove, as ssh-keygen -Y ver
   assert.equal(remove.code, 0, remove.stdout + remove.stderr);
   await sshKeygenVerify(signers, await read('packages.json'), await read('packages.json.sig'));
   assert.ok(serialOf(await read('packages.json')) > first, 'the remove wrote a newer signed serial');
+  const unsigned = await writeConfig(dir, { upload_location: location, client_dir: path.join(dir, 'client'), minimum_free_space: '0' }, 'unsigned.ini');
+  const off = await runCli(['packager', 'remove', '-t', 'hello', '--config', unsigned], { cwd: dir, env });
+  assert.equal(off.code, 0, off.stdout + off.stderr);
+  await assert.rejects(read('packages.json.sig'), /ENOENT/, 'signing_key turned off: the stale signature is gone');
 });
 
-test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a client with trusted_keys installs from it, and a packages.json changed there is refused', async (t) => {
+test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a client with trusted_keys installs from it, a packages.json changed there is refused, and with signing_key turned off the next write removes the signature', async (t) => {
   const s3 = await startRadosgw();
   t.after(() => s3.stop());
   const admin = new S3Client({
@@ -201,4 +205,10 @@ test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a cli
   const refused = await runCli(['client', 'install', 'test', 'hello', '--config', config, '--install-dir', path.join(dir, 'install2')], { cwd: dir, env });
   assert.equal(refused.code, 1, refused.stdout);
   assert.match(refused.stderr, /s3:\/\/lab-packages\/autotest\/builtin: packages\.json\.sig is wrong: its signature by SHA256:\S+ does not match the manifest; not believed/);
+
+  // signing_key turned off: the next index write removes the signature it no longer matches.
+  await writeFile(config, (await readFile(config, 'utf8')).replace(/^signing_key: .*$/m, 'signing_key:'));
+  const off = await runCli(['packager', 'remove', '-t', 'hello', '--config', config], { cwd: dir, env });
+  assert.equal(off.code, 0, off.stdout + off.stderr);
+  await assert.rejects(get('packages.json.sig'), (error: Error) => error.name === 'NoSuchKey');
 });

@@ -373,3 +373,14 @@ test('offline with trusted_keys, a package whose signed index has expired since 
     return true;
   });
 });
+
+test('with signing_key turned off, the next index write removes the stale packages.json.sig: trusting clients see an unsigned repository, not a forged one', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'signed kernel\n', key.signing);
+  await publish(dir, repo, 'unsigned kernel\n', undefined);
+  await assert.rejects(readFile(path.join(repo, 'packages.json.sig')), /ENOENT/);
+  await assert.rejects(fetchKernel(dir, [local(repo)], trusting([key])), /repo: has no packages\.json\.sig \(unsigned\) and require_signature is on/);
+  assert.equal((await fetchKernel(dir, [local(repo)], trusting([key], false), 'out2')).content, 'unsigned kernel\n');
+});

@@ -1,5 +1,5 @@
 export { readSigningKey, parseOpenSshEd25519, signingKeyFrom, type SigningKey } from './openssh-key.js';
-export { signSshsig, verifySshsig, fingerprint, type SshsigVerdict } from './sshsig.js';
+export { signSshsig, verifySshsig, signerOf, fingerprint, type SshsigVerdict } from './sshsig.js';
 export { parseAllowedSigners, readTrustedKeys, type TrustedKey } from './allowed-signers.js';
 export {
   SIGNATURE_NAMESPACE, loadIndexSigning, nextManifestHeader, signManifest, readVerifiedIndex, verifyKeptIndex,
