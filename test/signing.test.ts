@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { cp, readFile, writeFile } from 'node:fs/promises';
+import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -383,4 +383,36 @@ test('with signing_key turned off, the next index write removes the stale packag
   await assert.rejects(readFile(path.join(repo, 'packages.json.sig')), /ENOENT/);
   await assert.rejects(fetchKernel(dir, [local(repo)], trusting([key])), /repo: has no packages\.json\.sig \(unsigned\) and require_signature is on/);
   assert.equal((await fetchKernel(dir, [local(repo)], trusting([key], false), 'out2')).content, 'unsigned kernel\n');
+});
+
+/** A real ssh-agent of the test's own, at its own socket, holding `keys`; killed when the test ends. */
+async function startAgent(t: TestContext, dir: string, name: string, keys: string[]): Promise<string> {
+  const socket = path.join(dir, `${name}.sock`);
+  const { stdout } = await execFileAsync('ssh-agent', ['-s', '-a', socket]);
+  const pid = Number(/SSH_AGENT_PID=(\d+)/.exec(stdout)?.[1]);
+  assert.ok(pid > 0, stdout);
+  t.after(() => { process.kill(pid); });
+  for (const key of keys) await execFileAsync('ssh-add', ['-q', key], { env: { ...process.env, SSH_AUTH_SOCK: socket } });
+  return socket;
+}
+
+test('a signing_key naming a public key signs through ssh-agent, as ssh-keygen -Y verify accepts, and an agent without that key, or none, is a config error naming the key', async (t) => {
+  const dir = await tempDir(t);
+  const [key, other] = await Promise.all([makeKey(dir, 'agent_key'), makeKey(dir, 'other_key')]);
+  const socket = await startAgent(t, dir, 'agent', [key.file]);
+  const wrongAgent = await startAgent(t, dir, 'wrong', [other.file]);
+  // Only the agent holds the private key now.
+  await rm(key.file);
+  const repo = path.join(dir, 'repo');
+  const config = await writeConfig(dir, { upload_location: repo, client_dir: EXAMPLE_CLIENT, minimum_free_space: '0', signing_key: `${key.file}.pub` });
+  const upload = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env: { SSH_AUTH_SOCK: socket } });
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
+  const signers = await allowedSigners(dir, [key]);
+  const verified = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, repo]);
+  assert.match(verified.stdout, /Good "autotest-packages" signature for autotest/);
+  for (const [env, why] of [[wrongAgent, 'a public key that ssh-agent at \\S+ does not hold \\(ssh-add the private key\\)'], ['', 'a public key, whose private key must be held by ssh-agent, but SSH_AUTH_SOCK is not set']] as const) {
+    const refused = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env: { SSH_AUTH_SOCK: env } });
+    assert.equal(refused.code, 2, refused.stdout + refused.stderr);
+    assert.match(refused.stderr, new RegExp(`\\[PACKAGES\\] signing_key = \\S+agent_key\\.pub: ${why}`));
+  }
 });
