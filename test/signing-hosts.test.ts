@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import test, { type TestContext } from 'node:test';
@@ -78,9 +78,10 @@ async function signedLab(t: TestContext): Promise<SignedLab> {
   return { dir, repo, config, keyFile, signers };
 }
 
-async function runAutoservOnLocalhost(lab: SignedLab, env: NodeJS.ProcessEnv = {}): Promise<{ summary: Summary; hostDir: string; output: string }> {
+/** autoserv runs the example job on `machine` (localhost unless said), with the lab's config. */
+async function runAutoserv(lab: SignedLab, env: NodeJS.ProcessEnv = {}, machine = 'localhost'): Promise<{ summary: Summary; hostDir: string; output: string }> {
   const hostDir = path.join(lab.dir, 'host');
-  const result = await runCli(['autoserv', '-m', 'localhost', '-r', path.join(lab.dir, 'results'), '--config', lab.config, '--host-dir', hostDir, CONTROL], { cwd: lab.dir, env });
+  const result = await runCli(['autoserv', '-m', machine, '-r', path.join(lab.dir, 'results'), '--config', lab.config, '--host-dir', hostDir, CONTROL], { cwd: lab.dir, env });
   const [summary] = JSON.parse(await readFile(path.join(lab.dir, 'results', 'summary.json'), 'utf8')) as Summary[];
   assert.ok(summary, result.stdout + result.stderr);
   return { summary, hostDir, output: result.stdout + result.stderr };
@@ -103,24 +104,32 @@ async function transferSources(lab: SignedLab, summary: Summary): Promise<string
   return [...new Set(transfers.transfers.map((r) => r.repository))];
 }
 
-test('autoserv installs the client by packaging from a signed repository once ssh-keygen on the host verifies it, and the job\'s client verifies its index with the trusted keys it was sent', async (t) => {
-  const lab = await signedLab(t);
-  const { summary, hostDir, output } = await runAutoservOnLocalhost(lab);
-  assert.equal(summary.clientInstall, 'packaging', output);
-  assert.equal(summary.status, 'GOOD', output);
-  const manifest = parseManifestDocument(await readFile(path.join(lab.repo, 'packages.json'), 'utf8'), 'packages.json');
-  assert.equal((await readFile(path.join(hostDir, 'client', '.checksum'), 'utf8')).trim(), manifest.index.get(CLIENT)?.md5);
-  const memory = JSON.parse(await readFile(path.join(hostDir, 'packages', 'repository-serials.json'), 'utf8')) as Record<string, number>;
-  assert.deepEqual(Object.values(memory), [manifest.header.serial], 'the host remembers the serial it verified');
-  assert.match(await readFile(path.join(hostDir, 'trust', 'trusted_keys'), 'utf8'), /^autotest namespaces="autotest-packages" ssh-ed25519 \S+$/m);
-  const sources = await transferSources(lab, summary);
-  assert.ok(sources.length === 1 && sources[0]?.endsWith('/builtin'), `the job's packages came from the signed repository: ${sources.join(', ')}`);
-});
+for (const over of ['localhost', 'an SSH host'] as const) {
+  test(`autoserv on ${over} installs the client by packaging from a signed repository once ssh-keygen on the host verifies it, and the job's client verifies its index with the trusted keys it was sent`, async (t) => {
+    const lab = await signedLab(t);
+    let run = (): ReturnType<typeof runAutoserv> => runAutoserv(lab);
+    if (over === 'an SSH host') {
+      const server = await startSshd();
+      t.after(() => server.stop());
+      run = () => runAutoserv(lab, { AUTOTEST_SSH_CONFIG: server.configFile }, server.alias);
+    }
+    const { summary, hostDir, output } = await run();
+    assert.equal(summary.clientInstall, 'packaging', output);
+    assert.equal(summary.status, 'GOOD', output);
+    const manifest = parseManifestDocument(await readFile(path.join(lab.repo, 'packages.json'), 'utf8'), 'packages.json');
+    assert.equal((await readFile(path.join(hostDir, 'client', '.checksum'), 'utf8')).trim(), manifest.index.get(CLIENT)?.md5);
+    const memory = JSON.parse(await readFile(path.join(hostDir, 'packages', 'repository-serials.json'), 'utf8')) as Record<string, number>;
+    assert.deepEqual(Object.values(memory), [manifest.header.serial], 'the host remembers the serial it verified');
+    assert.match(await readFile(path.join(hostDir, 'trust', 'trusted_keys'), 'utf8'), /^autotest namespaces="autotest-packages" ssh-ed25519 \S+$/m);
+    const sources = await transferSources(lab, summary);
+    assert.ok(sources.length === 1 && sources[0]?.endsWith('/builtin'), `the job's packages came from the signed repository: ${sources.join(', ')}`);
+  });
+}
 
 test('autoserv refuses a tampering repository (client replaced, both index files recomputed, old signature kept) for the client install, copies the client and says why; the job\'s client refuses it too', async (t) => {
   const lab = await signedLab(t);
   const forgedMd5 = await tamperClient(lab.repo);
-  const { summary, hostDir, output } = await runAutoservOnLocalhost(lab);
+  const { summary, hostDir, output } = await runAutoserv(lab);
   assert.equal(summary.clientInstall, 'light copy', output);
   assert.match(summary.why.join('; '), /packaging: .*\/builtin: packages\.json\.sig does not verify with trusted_keys; not believed/);
   assert.notEqual((await readFile(path.join(hostDir, 'client', '.checksum'), 'utf8').catch(() => '')).trim(), forgedMd5, 'the forged client was never installed');
@@ -129,9 +138,24 @@ test('autoserv refuses a tampering repository (client replaced, both index files
   assert.match(output, /does not match the manifest; not believed/);
 });
 
+test('autoserv refuses an older signed index than the host has verified before (rollback) for the client install, saying so', async (t) => {
+  const lab = await signedLab(t);
+  const old = path.join(lab.dir, 'old');
+  await cp(lab.repo, old, { recursive: true });
+  const signed = await runCli(['packager', 'sign', '--config', lab.config], { cwd: lab.dir });
+  assert.equal(signed.code, 0, signed.stdout + signed.stderr);
+  const first = await runAutoserv(lab);
+  assert.equal(first.summary.clientInstall, 'packaging', first.output);
+  // A mirror serving the repository as it was before the newer signed serial.
+  await cp(old, lab.repo, { recursive: true, force: true });
+  const { summary, output } = await runAutoserv(lab);
+  assert.equal(summary.clientInstall, 'light copy', output);
+  assert.match(summary.why.join('; '), /packaging: .*\/builtin: its signed packages\.json has serial \d+, older than serial \d+ seen from it before \(rolled back\); not believed/);
+});
+
 test('a host without ssh-keygen cannot verify: packaging is refused with the reason and the client copied, and the job\'s client still verifies the repository itself', async (t) => {
   const lab = await signedLab(t);
-  const { summary, output } = await runAutoservOnLocalhost(lab, { PATH: await pathWithout(lab.dir, 'ssh-keygen') });
+  const { summary, output } = await runAutoserv(lab, { PATH: await pathWithout(lab.dir, 'ssh-keygen') });
   assert.equal(summary.clientInstall, 'light copy', output);
   assert.match(summary.why.join('; '), /packaging: refused: trusted_keys is set and the host cannot verify signed repositories \(no ssh-keygen on the host\)/);
   assert.equal(summary.status, 'GOOD', output);
