@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { indexProblems, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
-import { classifyNetworkError, FetchFailure } from './errors.js';
+import { AllRepositoriesFailed, classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
 import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
@@ -202,8 +202,8 @@ export class PackageFetcher {
         failures.push(shown);
       }
     }
-    throw new AutotestError('ERR_ALL_REPOSITORIES_FAILED', `cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
-      hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
+    throw new AllRepositoriesFailed(`cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
+      failures, hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
     });
   }
 
