@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,4 +121,17 @@ export async function checkConsistency(dir: string): Promise<Consistency> {
 export async function md5sumCheck(dir: string): Promise<string> {
   const { stdout } = await execFileAsync('md5sum', ['-c', 'packages.checksum'], { cwd: dir });
   return stdout;
+}
+
+/** A folder of links to every command of /usr/bin and /bin but `missing`: a PATH for a host without it. */
+export async function pathWithout(dir: string, missing: string): Promise<string> {
+  const bin = path.join(dir, `bin-without-${missing}`);
+  await mkdir(bin);
+  for (const from of ['/usr/local/bin', '/usr/bin', '/bin']) {
+    for (const name of await readdir(from).catch(() => [])) {
+      if (name === missing) continue;
+      await symlink(path.join(from, name), path.join(bin, name)).catch(() => undefined);
+    }
+  }
+  return bin;
 }

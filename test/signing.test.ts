@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { cp, readFile, writeFile } from 'node:fs/promises';
+import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -9,6 +9,7 @@ import { loadConfig } from '../src/config/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
 import { digestFile, formatChecksumFile, formatManifest, parseManifestDocument, type RepositoryIndex } from '../src/packages/index.js';
 import { uploadPackages } from '../src/packager/index.js';
+import { installPackages } from '../src/client/install.js';
 import { buildServer } from '../src/server/index.js';
 import { createLocalTarget } from '../src/repositories/index.js';
 import { loadIndexSigning, parseAllowedSigners, readSigningKey, SIGNATURE_NAMESPACE, signSshsig, verifySshsig, type IndexSigning } from '../src/signing/index.js';
@@ -313,4 +314,105 @@ test('the server signs what it publishes from an upload or a delete with its own
   assert.equal(removed.statusCode, 200, removed.body);
   await verify();
   assert.ok((await serialOf(custom) ?? 0) > (first ?? 0), 'the delete wrote a newer signed serial');
+});
+
+interface OfflineLab {
+  dir: string;
+  signers: string;
+  install: (offline: boolean) => Promise<{ code: number | null; stdout: string; stderr: string }>;
+}
+
+/** test-hello published signed into a local repository, and `client install test hello` with trusted_keys. */
+async function offlineLab(t: TestContext, validDays?: number): Promise<OfflineLab> {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const signers = await allowedSigners(dir, [key]);
+  const repo = path.join(dir, 'repo');
+  const config = await writeConfig(dir, {
+    upload_location: repo, fetch_location: repo, client_dir: EXAMPLE_CLIENT, minimum_free_space: '0', signing_key: key.file, trusted_keys: signers,
+    ...(validDays === undefined ? {} : { index_valid_days: validDays.toString() }),
+  });
+  const published = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir });
+  assert.equal(published.code, 0, published.stderr);
+  const install = (offline: boolean): ReturnType<OfflineLab['install']> =>
+    runCli(['client', 'install', ...(offline ? ['--offline'] : []), '--config', config, '--install-dir', path.join(dir, 'install'), 'test', 'hello'], { cwd: dir });
+  return { dir, signers, install };
+}
+
+test('offline with trusted_keys, a package is used only while the signed index it was verified against is believed: a key taken out of trusted_keys refuses it', async (t) => {
+  const lab = await offlineLab(t);
+  const online = await lab.install(false);
+  assert.equal(online.code, 0, online.stderr);
+  const offline = await lab.install(true);
+  assert.equal(offline.code, 0, offline.stderr);
+  const stranger = await makeKey(lab.dir, 'stranger');
+  await writeFile(lab.signers, `autotest ${stranger.publicLine}\n`);
+  const distrusted = await lab.install(true);
+  assert.equal(distrusted.code, 1, distrusted.stdout);
+  assert.match(distrusted.stderr, /test hello: test-hello\.tar\.bz2 is in no signed index still believed \(.*repo: packages\.json\.sig is wrong: signed by a key not in trusted_keys/);
+});
+
+test('offline with trusted_keys, a package whose signed index has expired since it was verified is refused as it would be online, naming when it expired', async (t) => {
+  const dir = await tempDir(t);
+  // About 3 s: long enough for the online install to find it unexpired.
+  const key = await makeKey(dir, 'signer', 0.00003);
+  const repo = path.join(dir, 'repo');
+  const uploaded = await uploadPackages({
+    clientDir: EXAMPLE_CLIENT, selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(repo)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'pack-cache'), signing: key.signing,
+  });
+  assert.equal(uploaded.ok, true, JSON.stringify(uploaded));
+  const options = { locations: [local(repo)], settings: trusting([key]), installDir: path.join(dir, 'install') };
+  assert.equal((await installPackages('test', ['hello'], options))[0]?.action, 'fetched');
+  const { expires } = parseManifestDocument(await readFile(path.join(repo, 'packages.json'), 'utf8'), 'x').header;
+  // Waited for by the clock the check uses, not by a timing assertion.
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(expires ?? '') - Date.now() + 50)));
+  await assert.rejects(installPackages('test', ['hello'], { ...options, offline: true }), (error: Error & { code?: string }) => {
+    assert.equal(error.code, 'ERR_OFFLINE_MISSING');
+    assert.match(error.message, new RegExp(`test hello: test-hello\\.tar\\.bz2 is in no signed index still believed \\(.*its signed packages\\.json expired at ${(expires ?? '').replace(/[.]/g, '\\.')}`));
+    return true;
+  });
+});
+
+test('with signing_key turned off, the next index write removes the stale packages.json.sig: trusting clients see an unsigned repository, not a forged one', async (t) => {
+  const dir = await tempDir(t);
+  const key = await makeKey(dir, 'signer');
+  const repo = path.join(dir, 'repo');
+  await publish(dir, repo, 'signed kernel\n', key.signing);
+  await publish(dir, repo, 'unsigned kernel\n', undefined);
+  await assert.rejects(readFile(path.join(repo, 'packages.json.sig')), /ENOENT/);
+  await assert.rejects(fetchKernel(dir, [local(repo)], trusting([key])), /repo: has no packages\.json\.sig \(unsigned\) and require_signature is on/);
+  assert.equal((await fetchKernel(dir, [local(repo)], trusting([key], false), 'out2')).content, 'unsigned kernel\n');
+});
+
+/** A real ssh-agent of the test's own, at its own socket, holding `keys`; killed when the test ends. */
+async function startAgent(t: TestContext, dir: string, name: string, keys: string[]): Promise<string> {
+  const socket = path.join(dir, `${name}.sock`);
+  const { stdout } = await execFileAsync('ssh-agent', ['-s', '-a', socket]);
+  const pid = Number(/SSH_AGENT_PID=(\d+)/.exec(stdout)?.[1]);
+  assert.ok(pid > 0, stdout);
+  t.after(() => { process.kill(pid); });
+  for (const key of keys) await execFileAsync('ssh-add', ['-q', key], { env: { ...process.env, SSH_AUTH_SOCK: socket } });
+  return socket;
+}
+
+test('a signing_key naming a public key signs through ssh-agent, as ssh-keygen -Y verify accepts, and an agent without that key, or none, is a config error naming the key', async (t) => {
+  const dir = await tempDir(t);
+  const [key, other] = await Promise.all([makeKey(dir, 'agent_key'), makeKey(dir, 'other_key')]);
+  const socket = await startAgent(t, dir, 'agent', [key.file]);
+  const wrongAgent = await startAgent(t, dir, 'wrong', [other.file]);
+  // Only the agent holds the private key now.
+  await rm(key.file);
+  const repo = path.join(dir, 'repo');
+  const config = await writeConfig(dir, { upload_location: repo, client_dir: EXAMPLE_CLIENT, minimum_free_space: '0', signing_key: `${key.file}.pub` });
+  const upload = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env: { SSH_AUTH_SOCK: socket } });
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
+  const signers = await allowedSigners(dir, [key]);
+  const verified = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, repo]);
+  assert.match(verified.stdout, /Good "autotest-packages" signature for autotest/);
+  for (const [env, why] of [[wrongAgent, 'a public key that ssh-agent at \\S+ does not hold \\(ssh-add the private key\\)'], ['', 'a public key, whose private key must be held by ssh-agent, but SSH_AUTH_SOCK is not set']] as const) {
+    const refused = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env: { SSH_AUTH_SOCK: env } });
+    assert.equal(refused.code, 2, refused.stdout + refused.stderr);
+    assert.match(refused.stderr, new RegExp(`\\[PACKAGES\\] signing_key = \\S+agent_key\\.pub: ${why}`));
+  }
 });

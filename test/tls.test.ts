@@ -4,7 +4,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { startNginx, type NginxServer } from './fixtures/nginx.js';
 import { createTestCa, type TestCa } from './fixtures/tls.js';
-import { copyExampleTree, ROOT, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
+import { copyExampleTree, pathWithout, ROOT, runCli, tempDir, writeConfig, type CliResult } from './helpers.js';
 
 interface TlsLab {
   dir: string;
@@ -119,19 +119,6 @@ interface HostSummary {
   why: string[];
   status: string;
   tests: { name: string; status: string }[];
-}
-
-/** A folder of links to every command of /usr/bin and /bin but `missing`: a PATH for a host without it. */
-async function pathWithout(dir: string, missing: string): Promise<string> {
-  const bin = path.join(dir, `bin-without-${missing}`);
-  await mkdir(bin);
-  for (const from of ['/usr/local/bin', '/usr/bin', '/bin']) {
-    for (const name of await readdir(from).catch(() => [])) {
-      if (name === missing) continue;
-      await symlink(path.join(from, name), path.join(bin, name)).catch(() => undefined);
-    }
-  }
-  return bin;
 }
 
 for (const tool of ['curl', 'wget'] as const) {

@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { rootCertificates } from 'node:tls';
-import type { FetchLocation, FetchTls, Location } from '../config/index.js';
+import { describeLocation, type FetchLocation, type FetchTls, type FetchTrust, type Location } from '../config/index.js';
 import { orderForPackage } from '../fetch/rendezvous.js';
 import { fetchRepositoryFor } from '../fetch/repositories.js';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
@@ -13,6 +13,7 @@ import type { Writable } from 'node:stream';
 import { packageEntries, selectSources } from '../packager/client-tree.js';
 import { createHost, type TestHost } from './host.js';
 import { CONTROL_ARGUMENT_LIMIT, hostControlFile, runJobCommand, type JobCommand, type JobOutcome } from './job-command.js';
+import { READ_SIGNED_MANIFEST, cannotVerifyReason, hostSerialMemory, sendTrust, type HostTrust } from './host-trust.js';
 
 export interface AutoservOptions {
   hosts: string[];
@@ -36,6 +37,12 @@ export interface AutoservOptions {
    * on the hosts: labs provision host certificates themselves; a private key is never copied).
    */
   tls?: FetchTls;
+  /**
+   * trusted_keys and require_signature: sent to each host, whose client install verifies the
+   * repository's signature with ssh-keygen (refusing packaging where it cannot) and whose job
+   * client verifies every index.
+   */
+  trust?: FetchTrust | undefined;
   /** false: a new run replaces RESULTS/HOST; else (default) the previous one is kept as RESULTS/HOST.N. */
   keepPrevious?: boolean;
 }
@@ -59,11 +66,19 @@ export interface HostSummary {
 /*
  * Run on the host by sh with positional arguments only: $1 the host folder, $2 the CA bundle
  * to trust for https (or empty), $3 and $4 the host's client certificate and key (or empty),
- * then the repository URLs. Fetches packages.checksum and client-autotest.tar.bz2 with curl
- * (or wget), checks the md5, unpacks beside the old client and swaps it in. Inside get(),
- * "set --" builds the tool's arguments as a list, so no path is ever split or expanded.
+ * $5 the trusted keys file (or empty: unsigned repositories), $6 require_signature (true or
+ * false), $7 the node script that reads a verified manifest (READ_SIGNED_MANIFEST), $8 the
+ * serial memory file, then each repository's URL and its name in the serial memory. Fetches
+ * the client's checksums, then client-autotest.tar.bz2 with curl (or wget), checks it,
+ * unpacks it beside the old client and swaps it in. Inside get(), "set --" builds the tool's
+ * arguments as a list, so no path is ever split or expanded.
+ *
+ * With trusted keys, the checksums come from packages.json once `ssh-keygen -Y verify` has
+ * accepted packages.json.sig, never from packages.checksum (unsigned). The signature is read
+ * before the manifest, and a pair that does not verify is read once more before the
+ * repository is judged: a packager replacing both is never taken for a forger.
  */
-const INSTALL_BY_PACKAGING = `dir=$1; ca=$2; cert=$3; key=$4; shift 4
+const INSTALL_BY_PACKAGING = `dir=$1; ca=$2; cert=$3; key=$4; trust=$5; required=$6; js=$7; memory=$8; shift 8
 mkdir -p "$dir" || exit 10
 get() {
   url=$1; out=$2
@@ -79,20 +94,47 @@ get() {
     wget "$@" "$url"
   fi
 }
+signed() {
+  for attempt in 1 2; do
+    rm -f "$dir/.sig.tmp" "$dir/.manifest.tmp"
+    if ! get "$base/packages.json.sig" "$dir/.sig.tmp"; then
+      if [ "$required" != true ]; then return 2; fi
+      problem="cannot fetch packages.json.sig (unsigned?) and require_signature is on"
+    elif ! get "$base/packages.json" "$dir/.manifest.tmp"; then problem="cannot fetch packages.json"
+    elif ssh-keygen -Y verify -f "$trust" -I autotest -n autotest-packages -s "$dir/.sig.tmp" < "$dir/.manifest.tmp" >/dev/null 2>&1; then
+      node -e "$js" "$dir/.manifest.tmp" "$memory" "$name"; return
+    else problem="packages.json.sig does not verify with trusted_keys"
+    fi
+    if [ "$attempt" = 1 ]; then sleep 1; fi
+  done
+  echo "$problem"; return 1
+}
 why=""
-for base in "$@"; do
-  if ! get "$base/packages.checksum" "$dir/.index.tmp"; then why="$why; $base: cannot fetch packages.checksum"; continue; fi
-  sum=$(awk '$2=="client-autotest.tar.bz2" {print $1}' "$dir/.index.tmp")
-  if [ -z "$sum" ]; then why="$why; $base: no client package in its index"; continue; fi
+while [ $# -ge 2 ]; do
+  base=$1; name=$2; shift 2
+  sum=""; sha=""; size=""
+  if [ -n "$trust" ]; then
+    sums=$(signed); verdict=$?
+    # 2: no signature, which require_signature off allows; anything else but 0 (node missing too) refuses.
+    if [ "$verdict" != 0 ] && [ "$verdict" != 2 ]; then why="$why; $base: \${sums:-cannot read its signed packages.json}; not believed"; continue; fi
+    if [ "$verdict" = 0 ]; then sum=\${sums%% *}; size=\${sums##* }; sha=\${sums#* }; sha=\${sha%% *}; fi
+  fi
+  if [ -z "$sum" ]; then
+    if ! get "$base/packages.checksum" "$dir/.index.tmp"; then why="$why; $base: cannot fetch packages.checksum"; continue; fi
+    sum=$(awk '$2=="client-autotest.tar.bz2" {print $1}' "$dir/.index.tmp")
+    if [ -z "$sum" ]; then why="$why; $base: no client package in its index"; continue; fi
+  fi
   if [ -f "$dir/client/.checksum" ] && [ "$(cat "$dir/client/.checksum")" = "$sum" ]; then echo "up-to-date 0 $base"; exit 0; fi
   if ! get "$base/client-autotest.tar.bz2" "$dir/.client.tmp"; then why="$why; $base: cannot fetch the client package"; continue; fi
-  if ! echo "$sum  $dir/.client.tmp" | md5sum -c --status; then rm -f "$dir/.client.tmp"; why="$why; $base: the client package fails its checksum"; continue; fi
+  if [ -n "$sha" ]; then
+    if [ "$(wc -c < "$dir/.client.tmp")" -ne "$size" ] || ! echo "$sha  $dir/.client.tmp" | sha256sum -c --status; then rm -f "$dir/.client.tmp"; why="$why; $base: the client package fails the sha256 of its signed packages.json"; continue; fi
+  elif ! echo "$sum  $dir/.client.tmp" | md5sum -c --status; then rm -f "$dir/.client.tmp"; why="$why; $base: the client package fails its checksum"; continue; fi
   rm -rf "$dir/.client.new" && mkdir -p "$dir/.client.new"
   if ! tar -xjf "$dir/.client.tmp" -C "$dir/.client.new"; then why="$why; $base: cannot unpack the client package"; continue; fi
   echo "$sum" > "$dir/.client.new/.checksum"
   size=$(wc -c < "$dir/.client.tmp")
   rm -rf "$dir/.client.old"; if [ -d "$dir/client" ]; then mv "$dir/client" "$dir/.client.old"; fi
-  mv "$dir/.client.new" "$dir/client" && rm -rf "$dir/.client.old" "$dir/.client.tmp"
+  mv "$dir/.client.new" "$dir/client" && rm -rf "$dir/.client.old" "$dir/.client.tmp" "$dir/.sig.tmp" "$dir/.manifest.tmp"
   echo "installed $size $base"; exit 0
 done
 echo "\${why#; }" >&2; exit 3`;
@@ -129,14 +171,15 @@ async function sendCaBundle(host: TestHost, hostDir: string, bundle: { text: str
   await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2.tmp" && mv "$2.tmp" "$2"', 'sh', hostDir, hostCaFile(hostDir)], { input: bundle.text });
 }
 
-/** The client job's config on the host: the repositories and the TLS files, in the ConfigParser dialect. */
-function hostConfig(options: AutoservOptions, caFile: string): string {
+/** The client job's config on the host: the repositories, the TLS files and the trusted keys, in the ConfigParser dialect. */
+function hostConfig(options: AutoservOptions, caFile: string, trust: HostTrust | undefined): string {
   // '%' starts an interpolation in ConfigParser; paths and URLs have no line breaks (config checks refuse them).
   const value = (text: string): string => text.replaceAll('%', '%%');
   const lines = ['[PACKAGES]', `fetch_location: ${options.locations.map((l) => value(l.text)).join(', ')}`];
   if (caFile !== '') lines.push(`fetch_ca_file: ${value(caFile)}`);
   const { clientCert, clientKey } = options.tls ?? {};
   if (clientCert && clientKey) lines.push(`fetch_client_cert: ${value(clientCert.file)}`, `fetch_client_key: ${value(clientKey.file)}`);
+  if (trust) lines.push(`trusted_keys: ${value(trust.trustedKeys)}`, `require_signature: ${String(trust.required)}`);
   return `${lines.join('\n')}\n`;
 }
 
@@ -181,14 +224,17 @@ function createClientCopies(clientDir: string, work: string): (way: CopyWay) => 
 }
 
 /** Puts the client on the host the cold way: through packaging, else a light copy, else the full tree; says which and why. */
-async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, run: RunShared): Promise<void> {
+async function installClient(host: TestHost, options: AutoservOptions, summary: HostSummary, run: RunShared, trust: HostTrust | undefined): Promise<void> {
   const caFile = run.ca === undefined ? '' : hostCaFile(options.hostDir);
-  const urls = clientPackageUrls(options.locations).map((l) => l.url);
+  const repositories = clientPackageUrls(options.locations);
   const ways = options.clientInstall === 'full copy' ? (['full copy'] as const) : (['light copy', 'full copy'] as const);
   if (options.clientInstall === 'full copy') summary.why.push('packaging: not asked for (--client-install full)');
-  else if (urls.length > 0) {
+  else if (trust?.cannotVerify !== undefined) summary.why.push(`packaging: ${cannotVerifyReason(trust)}`);
+  else if (repositories.length > 0) {
     const tlsArgs = [caFile, options.tls?.clientCert?.file ?? '', options.tls?.clientKey?.file ?? ''];
-    const answer = await host.run(sh(INSTALL_BY_PACKAGING, [options.hostDir, ...tlsArgs, ...urls]), { allowCodes: [3, 10], timeoutMs: 600_000 });
+    const trustArgs = [trust?.trustedKeys ?? '', String(trust?.required ?? false), READ_SIGNED_MANIFEST, hostSerialMemory(options.hostDir)];
+    const urls = repositories.flatMap((l) => [l.url, describeLocation(l)]);
+    const answer = await host.run(sh(INSTALL_BY_PACKAGING, [options.hostDir, ...tlsArgs, ...trustArgs, ...urls]), { allowCodes: [3, 10], timeoutMs: 600_000 });
     if (answer.code === 0) {
       summary.clientInstall = 'packaging';
       summary.setup.bytes += Number(answer.stdout.trim().split(' ')[1] ?? 0);
@@ -298,20 +344,24 @@ async function runOnHost(text: string, shared: AutoservOptions, run: RunShared):
   try {
     const host = createHost(text);
     const caFile = run.ca === undefined ? '' : hostCaFile(options.hostDir);
+    // With trusted_keys, the keys go first (one command), so a warm host costs two in all.
+    const trust = await sendTrust(host, options.hostDir, options.trust);
     let control: Buffer | undefined = run.control;
     if (run.control.toString('base64').length > CONTROL_ARGUMENT_LIMIT) {
       await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2"', 'sh', options.hostDir, hostControlFile(options.hostDir, run.jobId)], { input: run.control });
       control = undefined;
     }
     const servePackages = options.servePackages !== false;
-    const warm = await run.warm;
+    // With trusted_keys the client install runs every time: the host verifies the signed index
+    // itself (and remembers its serial), which the warm check's md5 from autoserv cannot replace.
+    const warm = options.trust?.keys ? undefined : await run.warm;
     const command: JobCommand = {
       hostDir: options.hostDir,
       jobId: run.jobId,
       clientMd5: warm?.md5,
       ca: run.ca === undefined ? undefined : { file: caFile, md5: run.ca.md5 },
       control,
-      ini: hostConfig(options, caFile),
+      ini: hostConfig(options, caFile, trust),
       answer: servePackages ? (payload, stdin) => answerPackageRequest(payload, options.clientDir, work, stdin) : undefined,
       resultsDir: hostResults,
       onLine: (line) => options.onLine?.(text, line),
@@ -325,7 +375,7 @@ async function runOnHost(text: string, shared: AutoservOptions, run: RunShared):
     }
     if (outcome.kind === 'stale') {
       if (run.ca) await sendCaBundle(host, options.hostDir, run.ca);
-      await installClient(host, options, summary, run);
+      await installClient(host, options, summary, run, trust);
       outcome = await runJobCommand(host, { ...command, clientMd5: undefined });
       if (outcome.kind === 'stale') throw new AutotestError('ERR_SSH', `${text}: the CA bundle sent to ${caFile} is not there or not whole`);
     }

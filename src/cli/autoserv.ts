@@ -44,6 +44,7 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
         clientInstall: flags.clientInstall === 'full' ? 'full copy' : 'auto',
         servePackages: config.packages.servePackagesFromAutoserv,
         tls: config.packages.fetch.tls,
+        trust: config.packages.fetch.trust,
         keepPrevious: flags.overwrite !== true,
         onLine: (host, line) => { output.out(`[${host}] ${line}`); },
       });

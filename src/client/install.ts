@@ -2,12 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import pLimit from 'p-limit';
-import { COMPRESSIONS, type FetchLocation, type FetchSettings } from '../config/index.js';
-import { AutotestError, errnoCode } from '../errors.js';
+import { COMPRESSIONS, describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings } from '../config/index.js';
+import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { fsyncPath, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
-import { PackageFetcher, type DownloadProgress } from '../fetch/index.js';
-import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType } from '../packages/index.js';
+import { PackageFetcher, openIndexTrust, readKeptIndex, type DownloadProgress } from '../fetch/index.js';
+import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType, type RepositoryIndex } from '../packages/index.js';
 import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
+import { verifyKeptIndex } from '../signing/index.js';
 import { packageLockPath, readStoredEntry, storeEntry, touchCached, trimCache } from './cache.js';
 
 /** The marker an installed package folder carries: the md5 of the tarball it came from. */
@@ -196,6 +197,7 @@ type OfflineOutcome = { record: InstallRecord } | { missing: string };
  */
 async function installOffline(type: PackageType, names: string[], options: InstallOptions & { cacheDir: string }): Promise<InstallRecord[]> {
   const { cacheDir, installDir } = options;
+  const distrust = await offlineDistrust(options);
   const outcomes = await Promise.all(names.map((name) => lockedPackage(cacheDir, type, name, Math.ceil((2 * options.settings.timeoutMs) / 1000) + 60, async (): Promise<OfflineOutcome> => {
     const started = performance.now();
     const folder = installFolder(installDir, type, name);
@@ -205,6 +207,9 @@ async function installOffline(type: PackageType, names: string[], options: Insta
     const record = (action: InstallRecord['action'], file: string, md5: string, repository: string): OfflineOutcome => ({
       record: { type, name, file, folder, action, md5, repository, bytes: 0, seconds: (performance.now() - started) / 1000, passedOver: [] },
     });
+    // With signatures required, the entry itself must still be believed, as it would be online.
+    const refused = distrust && (entry ? distrust(entry) : 'installed, but not from a signed index (no entry stored with it)');
+    if (refused !== undefined) return { missing: `${type} ${name}: ${refused}` };
     if (marker !== undefined && (entry === undefined || entry.md5 === marker)) {
       if (entry) await touchCached(path.join(cacheDir, entry.file));
       return record('up-to-date', entry?.file ?? packageFileName(type, name, 'bzip2'), marker, folder);
@@ -223,6 +228,40 @@ async function installOffline(type: PackageType, names: string[], options: Insta
     });
   }
   return outcomes.flatMap((outcome) => ('record' in outcome ? [outcome.record] : []));
+}
+
+/**
+ * Offline with require_signature: the index each repository of fetch_location last verified
+ * (kept in the package cache) is judged again now, with today's trusted keys, its expiry and
+ * the newest serial seen, as online. Returns why an entry is not believed (undefined: it is),
+ * or nothing to check without required signatures.
+ */
+async function offlineDistrust(options: InstallOptions & { cacheDir: string }): Promise<((entry: IndexEntry) => string | undefined) | undefined> {
+  const trust = await openIndexTrust(options.settings.trust, options.cacheDir);
+  if (!trust?.required) return undefined;
+  const believed: RepositoryIndex[] = [];
+  const refusals: string[] = [];
+  for (const location of flattenFetchLocations(options.locations)) {
+    const name = describeLocation(location);
+    const pair = await readKeptIndex(options.cacheDir, name);
+    if (!pair) {
+      refusals.push(`${name}: no signed index verified from it yet`);
+      continue;
+    }
+    try {
+      believed.push(verifyKeptIndex(name, pair, trust).index);
+    } catch (error) {
+      if (!isAutotestError(error, 'ERR_SIGNATURE') && !isAutotestError(error, 'ERR_BAD_INDEX')) throw error;
+      refusals.push(error.message);
+    }
+  }
+  return (entry) => {
+    const listed = believed.some((index) => {
+      const signed = index.get(entry.file);
+      return signed !== undefined && signed.md5 === entry.md5 && signed.sha256 === entry.sha256;
+    });
+    return listed ? undefined : `${entry.file} is in no signed index still believed${refusals.length > 0 ? ` (${refusals.join('; ')})` : ''}`;
+  };
 }
 
 async function cachedMatches(cached: string, entry: IndexEntry): Promise<boolean> {

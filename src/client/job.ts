@@ -6,6 +6,7 @@ import { pathToFileURL } from 'node:url';
 import pLimit from 'p-limit';
 import { AutotestError, describeError, isAutotestError } from '../errors.js';
 import { checkName, type PackageType } from '../packages/index.js';
+import { AllRepositoriesFailed } from '../fetch/index.js';
 import { installFolder, installFromTarball, installPackages, type InstallOptions, type InstallRecord } from './install.js';
 import type { ChannelClient } from './channel.js';
 import { createStatusLog, type Status } from './status-log.js';
@@ -156,6 +157,11 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
     } catch (error) {
       // No repository has it: autoserv packs it from its own tree, when it serves packages.
       if (!options.channel || !isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED')) throw error;
+      // A repository that failed (a signature not believed, say) is not passed over in silence;
+      // one that lacks the package is what autoserv is there for.
+      if (error instanceof AllRepositoriesFailed) {
+        for (const failure of error.failures) options.install.onWarning?.(`${type} ${name}: passed over ${failure}; asking autoserv`);
+      }
       return fromAutoserv(type, name, options.channel, ahead);
     }
   };

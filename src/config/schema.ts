@@ -116,7 +116,7 @@ export const PACKAGES_KEYS: Record<string, KeySpec> = {
   fetch_ca_file: { description: 'PEM bundle of CAs trusted for https:// repositories and S3 endpoints, besides the system\'s (default: none)' },
   fetch_client_cert: { description: 'PEM client certificate for servers that verify clients; with fetch_client_key (default: none)' },
   fetch_client_key: { description: 'PEM private key (unencrypted) of fetch_client_cert (default: none)' },
-  signing_key: { description: 'OpenSSH ed25519 private key (unencrypted) that signs packages.json as packages.json.sig after every change (default: none, unsigned)' },
+  signing_key: { description: 'OpenSSH ed25519 private key (unencrypted) that signs packages.json as packages.json.sig after every change, or the .pub of one held by ssh-agent (SSH_AUTH_SOCK) (default: none, unsigned)' },
   trusted_keys: { description: 'allowed_signers file of the keys whose signature clients believe, for the namespace autotest-packages (default: none)' },
   require_signature: { description: 'true/false: a repository without a valid signature is passed over (default: true with trusted_keys; true needs trusted_keys)' },
   index_valid_days: { description: 'days a signed manifest is believed after signing, renewed by "autotest packager sign" (default: none, no expiry)' },

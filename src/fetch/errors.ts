@@ -1,6 +1,19 @@
 import { AutotestError, errnoCode } from '../errors.js';
 
 /**
+ * No repository could provide a package. `failures` are the repositories that failed (down,
+ * refused, corrupt, a signature not believed), leaving out those that simply lack it.
+ */
+export class AllRepositoriesFailed extends AutotestError {
+  readonly failures: readonly string[];
+
+  constructor(message: string, options: { failures: readonly string[]; hint: string }) {
+    super('ERR_ALL_REPOSITORIES_FAILED', message, { hint: options.hint });
+    this.failures = options.failures;
+  }
+}
+
+/**
  * A failure of one try at one repository. `transient` failures (a reset, a stall, a 5xx, a
  * cut body) are tried again after a pause; the others go straight to the next repository.
  * `down` says the failure was slow to come (no connection within the connect timeout, a

@@ -7,12 +7,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { indexProblems, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
-import { classifyNetworkError, FetchFailure } from './errors.js';
+import { AllRepositoriesFailed, classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
 import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
 import { orderForPackage } from './rendezvous.js';
-import { openSerialMemory } from './serials.js';
+import { openIndexTrust } from './kept-indexes.js';
 import type { IndexTrust } from '../signing/index.js';
 
 export interface FetchedPackage {
@@ -141,11 +141,7 @@ export class PackageFetcher {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
       });
     }
-    const { trust } = settings;
-    if (trust && !trust.keys) throw new Error('trusted_keys used before loadConfig read it');
-    // The newest serial seen from each repository lives with the package cache: a rollback is
-    // refused by every later install on this machine, not only within this one.
-    const indexTrust = trust?.keys && { keys: trust.keys, required: trust.required, memory: await openSerialMemory(stateDir) };
+    const indexTrust = await openIndexTrust(settings.trust, stateDir);
     return new PackageFetcher(locations, settings, await RepositoryHealth.open(settings.cooldownMs, stateDir), indexTrust, onWarning);
   }
 
@@ -206,8 +202,8 @@ export class PackageFetcher {
         failures.push(shown);
       }
     }
-    throw new AutotestError('ERR_ALL_REPOSITORIES_FAILED', `cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
-      hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
+    throw new AllRepositoriesFailed(`cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
+      failures, hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
     });
   }
 

@@ -3,7 +3,8 @@ import path from 'node:path';
 import { writeFileAtomic } from '../fs/atomic.js';
 import type { SerialMemory } from '../signing/index.js';
 
-const FILE = 'repository-serials.json';
+/** In the package cache. */
+export const SERIALS_FILE = 'repository-serials.json';
 
 async function readSerials(file: string): Promise<Map<string, number>> {
   const serials = new Map<string, number>();
@@ -27,7 +28,7 @@ async function readSerials(file: string): Promise<Map<string, number>> {
  * what the file holds, so a serial never goes back.
  */
 export async function openSerialMemory(cacheDir: string | undefined): Promise<SerialMemory> {
-  const file = cacheDir === undefined ? undefined : path.join(cacheDir, FILE);
+  const file = cacheDir === undefined ? undefined : path.join(cacheDir, SERIALS_FILE);
   const serials = file === undefined ? new Map<string, number>() : await readSerials(file);
   return {
     newest: (repository) => serials.get(repository),

@@ -39,7 +39,7 @@ import {
   type RepositoryIndex,
 } from '../packages/index.js';
 import { s3Client, s3Key, s3Problem, type S3Problem } from '../s3/client.js';
-import { SIGNATURE_NAMESPACE, nextManifestHeader, signManifest, verifySshsig } from '../signing/index.js';
+import { SIGNATURE_NAMESPACE, nextManifestHeader, signManifest, signerOf, verifySshsig } from '../signing/index.js';
 import { isHousekeepingName, type FileInfo, type TargetOptions } from './store.js';
 import type { IndexChange, StagedFile, UploadTarget } from './types.js';
 
@@ -230,12 +230,30 @@ export async function createS3Target(location: S3Location, options: TargetOption
   };
 
   /**
+   * Without signing_key: a signature that no longer signs the manifest (by the key it names)
+   * is left over from before signing_key was turned off, and would make every trusting client
+   * take the prefix for forged; it goes, only while it is still the object looked at. One
+   * that signs the manifest is another packager's of this prefix, and stays.
+   */
+  const removeStaleSignature = async (): Promise<void> => {
+    const current = await getText(SIGNATURE_FILE);
+    if (!current) return;
+    const manifest = await getText(MANIFEST_FILE);
+    const signer = signerOf(current.text);
+    if (manifest && signer && verifySshsig(current.text, Buffer.from(manifest.text, 'utf8'), SIGNATURE_NAMESPACE, [signer]).valid) return;
+    await removeIfUnchanged(SIGNATURE_FILE, current.etag);
+  };
+
+  /**
    * packages.json.sig made to sign the manifest, under the same conditional rule as
    * packages.checksum: the signature is read before the manifest it is made from, so a
    * signature written never signs an older manifest than the one it replaces signed.
    */
   const syncSignature = async (): Promise<void> => {
-    if (!signing) return;
+    if (!signing) {
+      await removeStaleSignature();
+      return;
+    }
     for (let attempt = 0; attempt < INDEX_TRIES; attempt++) {
       const current = await getText(SIGNATURE_FILE);
       const manifest = await getText(MANIFEST_FILE);

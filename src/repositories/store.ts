@@ -82,7 +82,7 @@ async function readStoreIndexAndHeader(store: RepositoryStore): Promise<{ index:
 /**
  * The manifest goes first: a reader of packages.checksum alone never sees an entry the
  * manifest lacks the file for. Its signature follows it (readers read the signature first,
- * see readVerifiedIndex). Returns the header written, which the next write goes on from.
+ * see readVerifiedIndex), or, unsigned, a stale signature is removed. Returns the header written, which the next write goes on from.
  */
 async function writeStoreIndex(store: RepositoryStore, written: { index: RepositoryIndex; header: ManifestHeader | undefined }, assertHeld: () => void, signing: IndexSigning | undefined): Promise<ManifestHeader> {
   const header = nextManifestHeader(written.header, signing?.validDays);
@@ -90,10 +90,11 @@ async function writeStoreIndex(store: RepositoryStore, written: { index: Reposit
   const signature = signing ? await signManifest(manifest, signing.key) : undefined;
   assertHeld();
   await store.writeText(MANIFEST_FILE, manifest);
-  if (signature !== undefined) {
-    assertHeld();
-    await store.writeText(SIGNATURE_FILE, signature);
-  }
+  assertHeld();
+  // Without signing_key, a signature of an earlier manifest left beside this one would make
+  // every trusting client take the repository for forged: without it, they see it unsigned.
+  if (signature === undefined) await store.remove([SIGNATURE_FILE]);
+  else await store.writeText(SIGNATURE_FILE, signature);
   assertHeld();
   await store.writeText(CHECKSUM_FILE, formatChecksumFile(written.index));
   return header;

@@ -42,11 +42,19 @@ export interface SerialMemory {
   remember(repository: string, serial: number): Promise<void>;
 }
 
+/** A manifest and its signature as read from a repository. */
+export interface SignedPair {
+  signature: string;
+  manifest: string;
+}
+
 /** What a client trusts: trusted_keys, require_signature and what it has seen before. */
 export interface IndexTrust {
   keys: readonly Buffer[];
   required: boolean;
   memory: SerialMemory | undefined;
+  /** Keeps each pair that verified, for installs without a connection (see verifyKeptIndex). */
+  keep?: ((repository: string, pair: SignedPair) => Promise<void>) | undefined;
 }
 
 export interface VerifiedIndex {
@@ -118,10 +126,22 @@ export async function readVerifiedIndex(name: string, read: (file: string) => Pr
     if ('verified' in judgement) {
       const { serial } = judgement.verified.header;
       if (serial !== undefined) await trust.memory?.remember(name, serial);
+      if (signature !== undefined && manifest !== undefined) await trust.keep?.(name, { signature, manifest });
       return judgement.verified;
     }
     const pause = REREAD_PAUSES_MS[attempt];
     if (pause === undefined || judgement.settled) throw judgement.refusal;
     await sleep(pause);
   }
+}
+
+/**
+ * Judges a pair kept from an earlier verification as if it had just been read: the trusted
+ * keys of now (a key removed since is no longer believed), its expiry against the clock of
+ * now, its serial against the newest seen. Throws the refusal, as readVerifiedIndex would.
+ */
+export function verifyKeptIndex(name: string, pair: SignedPair, trust: IndexTrust, now = Date.now()): VerifiedIndex {
+  const judgement = judge(name, pair.signature, pair.manifest, trust, now);
+  if ('verified' in judgement) return judgement.verified;
+  throw judgement.refusal;
 }

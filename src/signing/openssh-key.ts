@@ -1,6 +1,7 @@
 import { createPrivateKey, createPublicKey, sign, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
+import { agentSigningKey, parsePublicKeyLine } from './agent.js';
 import { ED25519, WireReader, ed25519Blob, ed25519FromBlob } from './wire.js';
 
 /** A key that signs: the private key stays inside `sign`. */
@@ -69,8 +70,12 @@ export function signingKeyFrom(parts: { publicKey: Buffer; seed: Buffer }): Sign
   };
 }
 
-/** signing_key read and checked, or a config error naming where it was set (`setAt`). */
-export async function readSigningKey(file: string, setAt: string): Promise<SigningKey> {
+/**
+ * signing_key read and checked, or a config error naming where it was set (`setAt`): an
+ * OpenSSH ed25519 private key, or the public key (`.pub`) of one that ssh-agent holds at
+ * `agentSocket` (SSH_AUTH_SOCK), which then signs through the agent.
+ */
+export async function readSigningKey(file: string, setAt: string, agentSocket = process.env.SSH_AUTH_SOCK): Promise<SigningKey> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -80,11 +85,21 @@ export async function readSigningKey(file: string, setAt: string): Promise<Signi
       cause: error,
     });
   }
+  let publicBlob: Buffer | undefined;
   try {
-    return signingKeyFrom(parseOpenSshEd25519(text));
+    publicBlob = parsePublicKeyLine(text);
+    if (publicBlob === undefined) return signingKeyFrom(parseOpenSshEd25519(text));
   } catch (error) {
     throw new AutotestError('ERR_CONFIG', `${setAt} = ${file}: ${describeError(error)}`, {
-      hint: 'make a key with: ssh-keygen -t ed25519 -N "" -f FILE',
+      hint: 'make a key with: ssh-keygen -t ed25519 -N "" -f FILE (or name the .pub of an ed25519 key held by ssh-agent)',
+      cause: error,
+    });
+  }
+  try {
+    return await agentSigningKey(publicBlob, agentSocket);
+  } catch (error) {
+    throw new AutotestError('ERR_CONFIG', `${setAt} = ${file}: ${describeError(error)}`, {
+      hint: 'start ssh-agent, ssh-add the private key, and run with its SSH_AUTH_SOCK in the environment',
       cause: error,
     });
   }

@@ -77,6 +77,23 @@ export function verifySshsig(armored: string, message: Buffer, namespace: string
   }
 }
 
+/**
+ * The key an armored SSHSIG signature names as its signer, undefined when it names none.
+ * Believed for nothing by itself: it says whether a signature is still its signer's of a
+ * given message (verifySshsig with that one key), that is, not left over from another one.
+ */
+export function signerOf(armored: string): Buffer | undefined {
+  const blob = unarmor(armored);
+  if (!blob?.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
+  try {
+    const reader = new WireReader(blob.subarray(MAGIC.length));
+    reader.uint32();
+    return Buffer.from(reader.string());
+  } catch {
+    return undefined;
+  }
+}
+
 /** OpenSSH's key fingerprint, as `ssh-keygen -l` shows it: SHA256:BASE64 without padding. */
 export function fingerprint(publicBlob: Buffer): string {
   return `SHA256:${createHash('sha256').update(publicBlob).digest('base64').replace(/=+$/, '')}`;
