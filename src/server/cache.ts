@@ -4,13 +4,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
-import fresh from 'fresh';
 import { describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { describeError, errnoCode } from '../errors.js';
 import { fetchRepositoryFor, FetchFailure, orderForPackage, RepositoryHealth, type FetchRepository } from '../fetch/index.js';
 import { writeFileAtomic } from '../fs/atomic.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, readIndexFiles, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
 import type { CacheStore } from './cache-store.js';
+import { isFresh } from './conditional.js';
 import type { CacheMetrics } from './metrics.js';
 
 /**
@@ -37,6 +37,11 @@ export interface CachedRepository {
   readIndex(): Promise<RepositoryIndex>;
   /** What a listing shows: the indexed packages and the index files the upstream has. */
   files(): Promise<string[]>;
+  /**
+   * Forgets the index read so far: the next request reads it again. Called when this server
+   * has just published to an upstream, so that its own change shows at once.
+   */
+  invalidate(): void;
 }
 
 export interface CacheFront {
@@ -309,7 +314,11 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const repository = (name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository => {
     let state: IndexState | undefined;
     let lastTry = 0;
-    let refreshing: Promise<{ state: IndexState | undefined; failure: string }> | undefined;
+    /** Grows at each invalidate(): a read begun before it may hold the index as it was before the publish. */
+    let generation = 0;
+    let refreshing: { generation: number; result: Promise<{ state: IndexState | undefined; failure: string }> } | undefined;
+    /** The generation of the read that set `state`: an older read ending later never replaces it. */
+    let stateGeneration = -1;
     let loaded = false;
     const others = new Map<string, Promise<RepositoryIndex | undefined>>();
     /** Upstreams whose copy of a key failed verification since the index was read: asked last for it. */
@@ -363,7 +372,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
 
     const refresh = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
       const health = await healthReady;
+      const mine = generation;
       const failures: string[] = [];
+      let empty: Location | undefined;
       for (const location of flattenFetchLocations(upstreams)) {
         const label = describeLocation(location);
         if (health.coolingDown(label) > 0) {
@@ -373,6 +384,8 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         try {
           const files = await readUpstreamIndex(location);
           const index = indexOf(files, label);
+          if (mine < stateGeneration && state) return { state, failure: '' };
+          stateGeneration = mine;
           if (state?.stale) log.info({ repository: name, upstream: label }, 'an upstream answered again; the index is fresh');
           state = { files, index, source: location, readAt: Date.now(), stale: false };
           others.clear();
@@ -383,8 +396,20 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         } catch (error) {
           const message = error instanceof Error ? error.message : String(error);
           failures.push(message);
+          if (error instanceof FetchFailure && error.notFound) empty ??= location;
           if (error instanceof FetchFailure && error.down) await health.failed(label, message);
         }
+      }
+      if (empty) {
+        // An upstream answered that it has no index (a new S3 prefix, a custom location nobody
+        // published to yet): an empty repository, not an outage. Only when no upstream has one.
+        if (mine >= stateGeneration) {
+          stateGeneration = mine;
+          state = { files: new Map(), index: new Map(), source: empty, readAt: Date.now(), stale: false };
+          others.clear();
+          passedOver.clear();
+        }
+        return { state, failure: '' };
       }
       if (!state && !loaded) {
         loaded = true;
@@ -398,11 +423,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const current = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
       const now = Date.now();
       if (state && now - (state.stale ? lastTry : state.readAt) < indexMaxAgeMs) return { state, failure: '' };
-      refreshing ??= refresh().finally(() => {
-        lastTry = Date.now();
-        refreshing = undefined;
-      });
-      return refreshing;
+      if (refreshing?.generation !== generation) {
+        const started = { generation, result: refresh() };
+        refreshing = started;
+        void started.result.finally(() => {
+          lastTry = Date.now();
+          if (refreshing === started) refreshing = undefined;
+          // Read before an invalidate(): good enough to answer with, to be read again next time.
+          if (started.generation !== generation && state) state.readAt = 0;
+        });
+      }
+      return refreshing.result;
     };
 
     /** Where the bytes of `entry` may come from: the upstream whose index is served, others only when their index agrees. */
@@ -438,6 +469,11 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
 
     return {
       name,
+      invalidate() {
+        generation += 1;
+        if (state) state.readAt = 0;
+        lastTry = 0;
+      },
       readIndex: async () => (await served()).index,
       async files() {
         const now = await served();
@@ -455,7 +491,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           const kept = now.files.get(file);
           if (!kept) return { kind: 'answered', bytes: answerError(response, 404, `${file}: not in this repository`) };
           response.setHeader('etag', kept.tag);
-          if (fresh(request.headers, { etag: kept.tag })) {
+          if (isFresh(request.headers, { etag: kept.tag })) {
             response.writeHead(304, base);
             response.end();
             return { kind: 'answered', bytes: 0 };
@@ -475,7 +511,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           return { kind: 'entry', path: hit.path, tag, stale: now.stale, release: hit.release };
         }
         const headers = { ...base, etag: tag };
-        if (fresh(request.headers, { etag: tag })) {
+        if (isFresh(request.headers, { etag: tag })) {
           response.writeHead(304, headers);
           response.end();
           return { kind: 'answered', bytes: 0 };

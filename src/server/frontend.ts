@@ -6,7 +6,6 @@ import { createUploadTarget } from '../repositories/index.js';
 import { hasToken } from './auth.js';
 import { escapeHtml } from './html.js';
 import type { ServedRepository } from './repositories.js';
-import { readS3Index } from './s3-proxy.js';
 
 /**
  * A check reads (and on S3 downloads) every upload location whole: a request without the token
@@ -39,9 +38,7 @@ export interface ListedRepository {
 
 async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
   return Promise.all(repositories.map(async (repository) => {
-    // S3 through signed GETs: a server that only reads S3 never loads the full SDK (see loadS3Sdk).
-    const index = 'cached' in repository ? await repository.cached.readIndex()
-      : repository.location.kind === 's3' ? await readS3Index(repository.location) : await createUploadTarget(repository.location).readIndex();
+    const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location).readIndex();
     const packages = [...index.values()].map((entry: IndexEntry) => {
       const parsed = parseFileName(entry.file);
       return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };
