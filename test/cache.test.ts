@@ -6,11 +6,12 @@ import { readdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config/index.js';
 import { formatChecksumFile, formatManifest, type RepositoryIndex } from '../src/packages/index.js';
 import { buildServer } from '../src/server/index.js';
-import { CLI, tempDir } from './helpers.js';
+import { CLI, mountTmpfs, tempDir } from './helpers.js';
 
 /** Our own upstream: counts GETs per file, and can hold a file after its first half until released. */
 interface Upstream {
@@ -68,8 +69,8 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
   };
 }
 
-/** packages.checksum and packages.json for `packages`, as the packager writes them. */
-function publish(packages: Record<string, Buffer>): Map<string, Buffer> {
+/** packages.checksum and packages.json for `packages`, as the packager writes them (packages.checksum alone, as Autotest's, with `md5Only`). */
+function publish(packages: Record<string, Buffer>, md5Only = false): Map<string, Buffer> {
   const index: RepositoryIndex = new Map();
   for (const [file, body] of Object.entries(packages)) {
     index.set(file, {
@@ -81,7 +82,7 @@ function publish(packages: Record<string, Buffer>): Map<string, Buffer> {
   return new Map([
     ...Object.entries(packages),
     ['packages.checksum', Buffer.from(formatChecksumFile(index))],
-    ['packages.json', Buffer.from(formatManifest(index))],
+    ...(md5Only ? [] : [['packages.json', Buffer.from(formatManifest(index))] as const]),
   ]);
 }
 
@@ -92,10 +93,16 @@ async function writeFrontConfig(dir: string, upstream: string, server: Record<st
   return file;
 }
 
-/** `autotest serve` in this process, in front of `upstream`; its URL. */
-async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}): Promise<string> {
+/** `autotest serve` in this process, in front of `upstream`; its URL. With `logs`, its log (JSON lines) goes there. */
+async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}, logs?: string[]): Promise<string> {
   const config = await loadConfig({ file: await writeFrontConfig(dir, upstream, server), env: {} });
-  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'client-cache') });
+  const logStream = logs && new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      logs.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  const app = await buildServer({ config, logLevel: logs ? 'info' : 'silent', ...(logStream ? { logStream } : {}), cacheDir: path.join(dir, 'client-cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
   return url;
@@ -298,4 +305,36 @@ test('evicts beyond cache_size by least recent use, but never an entry a client 
   assert.ok((await reader.body).equals(big));
   assert.equal(await metric(front, 'autotest_cache_evictions_total'), 1);
   assert.equal(await metric(front, 'autotest_cache_bytes'), big.length);
+});
+
+test('streams packages through, verified, with one log line and a metric, never an error page, when the disk of cache_dir is full', async (t) => {
+  const dir = await tempDir(t);
+  const disk = await mountTmpfs(t, dir, '6m');
+  // One package larger than the disk (refused before a byte is written: the index gives its
+  // size), one of no known size (packages.checksum alone) that fills it in the middle of its download.
+  const sized = randomBytes(8 * 1024 * 1024);
+  const unsized = randomBytes(7 * 1024 * 1024);
+  const sizedUpstream = await startUpstream(t, publish({ [BIG]: sized }));
+  const unsizedUpstream = await startUpstream(t, publish({ [BIG]: unsized }, true));
+  const logs: string[] = [];
+  const front = await startFront(t, dir, sizedUpstream.url, { cache_dir: path.join(disk, 'cache'), custom_dir: unsizedUpstream.url }, logs);
+
+  const first = await Promise.all(Array.from({ length: 5 }, () => get(`${front}/packages/builtin/${BIG}`)));
+  for (const answer of first) {
+    assert.equal(answer.status, 200);
+    assert.ok(answer.body.equals(sized));
+  }
+  const release = unsizedUpstream.hold(BIG);
+  const clients = await Promise.all(Array.from({ length: 5 }, () => open(`${front}/packages/custom/${BIG}`)));
+  await Promise.all(clients.map((client) => client.firstBytes));
+  release();
+  for (const client of clients) {
+    assert.equal(client.response.statusCode, 200);
+    assert.ok((await client.body).equals(unsized));
+  }
+  assert.equal(logs.filter((line) => line.includes('the disk of cache_dir is full')).length, 1, logs.join(''));
+  assert.equal(await metric(front, 'autotest_cache_disk_full'), 1);
+  assert.equal(await metric(front, 'autotest_cache_passthrough_total'), 10);
+  assert.equal(await metric(front, 'autotest_cache_bytes'), 0);
+  assert.deepEqual(await readdir(path.join(disk, 'cache', 'content')), [], 'nothing kept, no temp left');
 });

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { open, rm, readFile, mkdir, readdir, type FileHandle } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
@@ -20,6 +20,8 @@ import type { CacheMetrics } from './metrics.js';
 export const INDEX_FILES: readonly string[] = [CHECKSUM_FILE, MANIFEST_FILE, 'packages.json.sig'];
 
 const INDEX_LIMIT = 32 * 1024 * 1024;
+/** Write failures that mean the disk of cache_dir is full: the front streams through instead. */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
 const READ_CHUNK = 256 * 1024;
 export const STALE_HEADERS: Readonly<Record<string, string>> = { 'x-autotest-stale': '1', warning: '110 - "Response is Stale"' };
 
@@ -65,8 +67,13 @@ interface Download {
   /** Known once an upstream answered: from the index, else the upstream's Content-Length. */
   size: number | undefined;
   written: number;
-  state: 'opening' | 'running' | 'done' | 'failed';
+  /** 'spilled': the disk of cache_dir filled up; each answer goes on streaming from an upstream itself. */
+  state: 'opening' | 'running' | 'done' | 'failed' | 'spilled';
   error: string;
+  /** Once spilled: the digest of the `written` bytes on disk, for the answers to go on from. */
+  hash: Hash | undefined;
+  /** Where the rest comes from once spilled. */
+  source: { file: string; entry: IndexEntry; candidates: FetchRepository[] } | undefined;
   /** The answers reading the download; each pins the entry once it is committed. */
   readers: Set<{ release: (() => void) | undefined }>;
   listeners: Set<() => void>;
@@ -128,42 +135,65 @@ function indexOf(files: Map<string, { body: Buffer }>, where: string): Repositor
   return readIndexFiles(parseChecksumFile(checksums.body.toString('utf8'), `${where}/${CHECKSUM_FILE}`), files.get(MANIFEST_FILE)?.body.toString('utf8'), (file) => `${where}/${file}`).index;
 }
 
-/** Writes what the answer may have of the download, holding back its last byte until the bytes are verified. */
-async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse): Promise<number> {
+function isGone(response: ServerResponse): boolean {
+  return response.destroyed;
+}
+
+/** Resolves once `response` may take more bytes (or is gone). */
+function drained(response: ServerResponse): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const go = (): void => {
+      response.off('drain', go);
+      response.off('close', go);
+      resolve();
+    };
+    response.on('drain', go);
+    response.on('close', go);
+  });
+}
+
+/** Where an answer of a spilled download goes on from: the bytes it sent, their digest, and the one byte it holds back. */
+interface Continuation {
+  position: number;
+  hash: Hash;
+  held: Buffer | undefined;
+}
+
+/**
+ * Writes what the answer may have of the download, holding back its last byte until the bytes
+ * are verified; for a spilled download, every byte on disk but the last, which it returns held.
+ */
+async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse): Promise<{ sent: number; spilled: Continuation | undefined }> {
   let position = 0;
   for (;;) {
-    if (response.destroyed) return position;
+    if (response.destroyed) return { sent: position, spilled: undefined };
     if (download.state === 'failed') {
       // Never the last byte of a copy that failed: the client sees a cut body, not a wrong one.
       response.destroy();
-      return position;
+      return { sent: position, spilled: undefined };
     }
     const done = download.state === 'done';
-    const limit = done ? download.written : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    const spilled = download.state === 'spilled';
+    if (spilled && download.hash && position >= download.written - 1) {
+      const held = download.written > position ? Buffer.alloc(1) : undefined;
+      if (held) await handle.read(held, 0, 1, position);
+      return { sent: position, spilled: { position: download.written, hash: download.hash.copy(), held } };
+    }
+    const limit = done ? download.written : spilled ? download.written - 1 : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
     if (position < limit) {
       const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, limit - position));
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
       if (bytesRead === 0) {
         response.destroy();
-        return position;
+        return { sent: position, spilled: undefined };
       }
       position += bytesRead;
-      if (!response.write(buffer.subarray(0, bytesRead))) {
-        await new Promise<void>((resolve) => {
-          const go = (): void => {
-            response.off('drain', go);
-            response.off('close', go);
-            resolve();
-          };
-          response.on('drain', go);
-          response.on('close', go);
-        });
-      }
+      if (!response.write(buffer.subarray(0, bytesRead))) await drained(response);
       continue;
     }
     if (done) {
       response.end();
-      return position;
+      return { sent: position, spilled: undefined };
     }
     await nextChange(download, response);
   }
@@ -173,6 +203,86 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const { store, settings, metrics, log, answerError } = options;
   const downloads = new Map<string, Download>();
   const healthReady = RepositoryHealth.open(settings.cooldownMs, undefined);
+  let diskFull = false;
+  const noteDisk = (full: boolean): void => {
+    if (full === diskFull) return;
+    diskFull = full;
+    metrics.diskFull.set(full ? 1 : 0);
+    // One line at each change, not one per answer: a full disk may last.
+    if (full) log.warn('the disk of cache_dir is full: packages are streamed through from upstreams, not kept');
+    else log.info('the disk of cache_dir has room again: packages are kept again');
+  };
+
+  /**
+   * Streams `file` from the first candidate that gives it, from `from.position` on, to one
+   * answer, keeping nothing: what an answer does when cache_dir's disk is full. The digest runs
+   * over every byte sent, and the last one is held back until it matches the index.
+   */
+  const passThrough = async (response: ServerResponse, source: NonNullable<Download['source']>, headers: Record<string, string>, from: Continuation): Promise<number> => {
+    const { file, entry, candidates } = source;
+    const bound = entry.size ?? settings.maxSizeBytes;
+    const { hash } = from;
+    let { position, held } = from;
+    let sent = 0;
+    let tooLong = false;
+    const failures: string[] = [];
+    for (const repository of candidates) {
+      if (response.destroyed || tooLong || (entry.size !== undefined && position >= entry.size)) break;
+      let stream: Readable | undefined;
+      const cut = (): void => { stream?.destroy(); };
+      response.once('close', cut);
+      try {
+        const opened = await repository.open(file, position, settings.timeoutMs);
+        stream = opened.stream;
+        // The client may have left while the upstream was opened (the narrowing above cannot know).
+        if (isGone(response)) break;
+        if (!response.headersSent) response.writeHead(200, { ...headers, ...(entry.size === undefined ? {} : { 'content-length': entry.size.toString() }) });
+        let skip = position - opened.start;
+        for await (const chunk of opened.stream) {
+          let data = chunk as Buffer;
+          if (skip > 0) {
+            if (data.length <= skip) {
+              skip -= data.length;
+              continue;
+            }
+            data = data.subarray(skip);
+            skip = 0;
+          }
+          if (data.length === 0) continue;
+          if (position + data.length > bound) {
+            tooLong = true;
+            break;
+          }
+          hash.update(data);
+          position += data.length;
+          metrics.upstreamBytes.inc(data.length);
+          const out = held ? Buffer.concat([held, data.subarray(0, data.length - 1)]) : data.subarray(0, data.length - 1);
+          held = data.subarray(data.length - 1);
+          sent += out.length;
+          if (!response.write(out)) await drained(response);
+          if (isGone(response)) break;
+        }
+        if (!tooLong) break;
+      } catch (error) {
+        failures.push(describeError(error));
+      } finally {
+        response.off('close', cut);
+        stream?.destroy();
+      }
+    }
+    if (!response.headersSent) return answerError(response, 502, `${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`);
+    const whole = !tooLong && (entry.size === undefined || position === entry.size) && hash.digest('hex') === (entry.sha256 ?? entry.md5);
+    if (!whole || response.destroyed) {
+      if (!response.destroyed) metrics.rejected.inc({ reason: tooLong ? 'size' : 'checksum' });
+      // Never the last byte of a wrong or cut copy.
+      response.destroy();
+    } else {
+      response.end(held);
+      sent += held?.length ?? 0;
+    }
+    metrics.servedBytes.inc(sent);
+    return sent;
+  };
 
   /** Fetches `file` into a temp file from the first candidate that has it, verifying before it commits. */
   const run = async (download: Download, file: string, entry: IndexEntry, candidates: FetchRepository[], passOver: (name: string) => void): Promise<void> => {
@@ -185,6 +295,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const verdict = { rejected: false };
     let handle: FileHandle | undefined;
     try {
+      if (!(await store.room(entry.size ?? 0))) throw Object.assign(new Error('no room in cache_dir'), { code: 'ENOSPC' });
       const temp = await open(download.temp, 'wx', 0o644);
       handle = temp;
       for (const repository of candidates) {
@@ -217,11 +328,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
               if (download.written + data.length > bound) {
                 throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
               }
-              await temp.write(data, 0, data.length, download.written);
-              hash.update(data);
-              download.written += data.length;
               metrics.upstreamBytes.inc(data.length);
-              notify(download);
+              // A nearly full disk takes part of a write before it refuses the next: `written`
+              // counts what is on disk, so that a spilled download goes on from there.
+              for (let offset = 0; offset < data.length;) {
+                const { bytesWritten } = await temp.write(data, offset, data.length - offset, download.written);
+                if (bytesWritten === 0) throw Object.assign(new Error('the disk took no byte'), { code: 'ENOSPC' });
+                hash.update(data.subarray(offset, offset + bytesWritten));
+                offset += bytesWritten;
+                download.written += bytesWritten;
+                notify(download);
+              }
             }
             const wanted = entry.sha256 ?? entry.md5;
             const found = hash.digest('hex');
@@ -236,6 +353,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             await temp.close();
             handle = undefined;
             await store.commit(download.temp, download.key, download.written);
+            noteDisk(false);
             download.state = 'done';
             for (const reader of download.readers) reader.release = store.acquire(download.key)?.release;
             notify(download);
@@ -243,6 +361,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             await health.succeeded(repository.name);
             return;
           } catch (error) {
+            if (NO_SPACE.has(errnoCode(error) ?? '')) throw error;
             const failure = error instanceof FetchFailure ? error : new FetchFailure(`${repository.name}/${file}: ${describeError(error)}`, { transient: false, down: false, cause: error });
             failures.push(failure.message);
             if (failure.down) await health.failed(repository.name, failure.message);
@@ -258,6 +377,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       }
       throw new FetchFailure(`${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`, { transient: false, down: false });
     } catch (error) {
+      if (NO_SPACE.has(errnoCode(error) ?? '')) {
+        // Each answer goes on from what it has (the bytes on disk stay readable to the handles
+        // open on them after the temp is removed); nothing is kept.
+        noteDisk(true);
+        download.state = 'spilled';
+        download.hash = hash;
+        notify(download);
+        await handle?.close().catch(() => undefined);
+        await rm(download.temp, { force: true });
+        return;
+      }
       download.state = 'failed';
       download.error = error instanceof Error ? error.message : String(error);
       if (download.written > 0 && !verdict.rejected) metrics.rejected.inc({ reason: 'cut' });
@@ -272,13 +402,19 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   };
 
   /** Answers one request from a download under way: headers once an upstream answered, then the bytes as they arrive. */
-  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>): Promise<CacheAnswer> => {
+  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>, repositoryName: string): Promise<CacheAnswer> => {
     while (download.state === 'opening') {
       if (response.destroyed) return { kind: 'answered', bytes: 0 };
       await nextChange(download, response);
     }
     for (;;) {
       if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, 502, download.error) };
+      if (download.state === 'spilled' && download.source) {
+        metrics.passedThrough.inc({ repository: repositoryName });
+        response.setHeader('x-autotest-cache', 'pass');
+        const hash = createHash(download.source.entry.sha256 === undefined ? 'md5' : 'sha256');
+        return { kind: 'answered', bytes: await passThrough(response, download.source, headers, { position: 0, hash, held: undefined }) };
+      }
       if (download.state === 'done') {
         const entry = store.acquire(download.key);
         if (!entry) return { kind: 'answered', bytes: answerError(response, 503, 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
@@ -300,9 +436,11 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           response.end();
           return { kind: 'answered', bytes: 0 };
         }
-        const bytes = await streamDownload(download, handle, response);
-        metrics.servedBytes.inc(bytes);
-        return { kind: 'answered', bytes };
+        const { sent, spilled } = await streamDownload(download, handle, response);
+        metrics.servedBytes.inc(sent);
+        if (!spilled || !download.source) return { kind: 'answered', bytes: sent };
+        metrics.passedThrough.inc({ repository: repositoryName });
+        return { kind: 'answered', bytes: sent + await passThrough(response, download.source, headers, spilled) };
       } finally {
         download.readers.delete(reader);
         reader.release?.();
@@ -529,19 +667,20 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           metrics.misses.inc({ repository: name });
           response.setHeader('x-autotest-cache', 'miss');
           const started: Download = {
-            key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '',
+            key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '', hash: undefined, source: undefined,
             readers: new Set(), listeners: new Set(), abort: undefined,
           };
           downloads.set(key, started);
           download = started;
           const candidates = await candidatesFor(now.source, file, entry);
+          started.source = { file, entry, candidates };
           void run(started, file, entry, candidates, (upstream) => {
             const set = passedOver.get(key) ?? new Set<string>();
             set.add(upstream);
             passedOver.set(key, set);
           });
         }
-        return follow(download, request, response, headers);
+        return follow(download, request, response, headers, name);
       },
     };
   };
