@@ -18,6 +18,8 @@ interface Upstream {
   url: string;
   files: Map<string, Buffer>;
   gets(file: string): number;
+  /** GETs of `file` answered 304 to their If-None-Match. */
+  notModified(file: string): number;
   /** From now on `file` is sent in two halves; the second waits for the returned release. */
   hold(file: string): () => void;
   stop(): Promise<void>;
@@ -25,6 +27,7 @@ interface Upstream {
 
 async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promise<Upstream> {
   const counts = new Map<string, number>();
+  const unchanged = new Map<string, number>();
   const held = new Map<string, Promise<void>>();
   const server = http.createServer((request, response) => {
     const file = decodeURIComponent((request.url ?? '/').slice(1));
@@ -34,7 +37,14 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
       response.writeHead(404).end();
       return;
     }
-    response.writeHead(200, { 'content-length': body.length });
+    // An ETag as nginx and S3 give one, and If-None-Match answered as they do.
+    const etag = `"${createHash('md5').update(body).digest('hex')}"`;
+    if (request.headers['if-none-match'] === etag) {
+      unchanged.set(file, (unchanged.get(file) ?? 0) + 1);
+      response.writeHead(304, { etag }).end();
+      return;
+    }
+    response.writeHead(200, { 'content-length': body.length, etag });
     const gate = held.get(file);
     if (!gate) {
       response.end(body);
@@ -57,6 +67,7 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}`,
     files,
     gets: (file) => counts.get(file) ?? 0,
+    notModified: (file) => unchanged.get(file) ?? 0,
     hold(file) {
       let release = (): void => undefined;
       held.set(file, new Promise((resolve) => { release = resolve; }));
@@ -337,4 +348,29 @@ test('streams packages through, verified, with one log line and a metric, never 
   assert.equal(await metric(front, 'autotest_cache_passthrough_total'), 10);
   assert.equal(await metric(front, 'autotest_cache_bytes'), 0);
   assert.deepEqual(await readdir(path.join(disk, 'cache', 'content')), [], 'nothing kept, no temp left');
+});
+
+test('revalidates the index with the upstream ETag after index_max_age: an unchanged index costs a 304, a new publish is read whole', async (t) => {
+  const dir = await tempDir(t);
+  const files = publish({ [SMALL]: randomBytes(1000) });
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url, { index_max_age: '0' });
+  const first = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.ok(first.body.equals(files.get('packages.checksum') ?? Buffer.alloc(0)));
+  assert.equal(upstream.notModified('packages.checksum'), 0);
+  const again = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.ok(again.body.equals(first.body));
+  assert.equal(upstream.gets('packages.checksum'), 2);
+  assert.equal(upstream.notModified('packages.checksum'), 1, 'the second read carried the ETag and was answered 304');
+  assert.equal(upstream.notModified('packages.json'), 1);
+  assert.equal(again.headers.etag, first.headers.etag, 'the front serves the same index under the same tag');
+  assert.equal(await metric(front, 'autotest_cache_index_revalidations_total{result="unchanged"}'), 2);
+
+  const body = randomBytes(3000);
+  for (const [file, content] of publish({ [SMALL]: files.get(SMALL) ?? Buffer.alloc(0), [BIG]: body })) files.set(file, content);
+  const changed = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.ok(changed.body.equals(files.get('packages.checksum') ?? Buffer.alloc(0)));
+  assert.equal(upstream.notModified('packages.checksum'), 1);
+  assert.ok((await get(`${front}/packages/builtin/${BIG}`)).body.equals(body));
+  assert.ok(await metric(front, 'autotest_cache_index_revalidations_total{result="changed"}') >= 2);
 });

@@ -80,8 +80,15 @@ interface Download {
   abort: (() => void) | undefined;
 }
 
+/** An index file as the upstream has it; `etag` is the upstream's, to revalidate it with. */
+interface IndexFile {
+  body: Buffer;
+  tag: string;
+  etag?: string | undefined;
+}
+
 interface IndexState {
-  files: Map<string, { body: Buffer; tag: string }>;
+  files: Map<string, IndexFile>;
   index: RepositoryIndex;
   source: Location;
   readAt: number;
@@ -463,27 +470,50 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const passedOver = new Map<string, Set<string>>();
     const repositoryOf = (location: Location): FetchRepository => fetchRepositoryFor(location, settings);
 
-    const readUpstreamIndex = async (location: Location): Promise<Map<string, { body: Buffer; tag: string }>> => {
+    /**
+     * The index files of `location`; those of `previous` (read from it before) revalidated with
+     * their ETags where the scheme has them, so an unchanged index costs a 304 per file.
+     */
+    const readUpstreamIndex = async (location: Location, previous: Map<string, IndexFile> | undefined): Promise<{ files: Map<string, IndexFile>; unchanged: boolean }> => {
       const upstream = repositoryOf(location);
-      const files = new Map<string, { body: Buffer; tag: string }>();
+      const files = new Map<string, IndexFile>();
+      let unchanged = previous !== undefined;
       await Promise.all(INDEX_FILES.map(async (file) => {
+        const before = previous?.get(file);
         try {
+          if (upstream.readIfChanged) {
+            const answer = await upstream.readIfChanged(file, before?.etag, settings.timeoutMs);
+            if (before?.etag !== undefined) metrics.indexRevalidations.inc({ result: answer.unchanged ? 'unchanged' : 'changed' });
+            if (answer.unchanged && before) {
+              files.set(file, before);
+              return;
+            }
+            unchanged = false;
+            if (answer.unchanged) throw new FetchFailure(`${upstream.name}/${file}: answered 304 to a request that had no ETag`, { transient: false, down: false });
+            const body = await readBody(answer.stream, `${upstream.name}/${file}`);
+            files.set(file, { body, tag: bodyTag(body), etag: answer.etag });
+            return;
+          }
           const opened = await upstream.open(file, 0, settings.timeoutMs);
           const body = await readBody(opened.stream, `${upstream.name}/${file}`);
+          if (!before?.body.equals(body)) unchanged = false;
           files.set(file, { body, tag: bodyTag(body) });
         } catch (error) {
-          if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) return;
+          if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) {
+            if (before) unchanged = false;
+            return;
+          }
           throw error;
         }
       }));
-      return files;
+      return { files, unchanged };
     };
 
     /** The last good index written by an earlier run, for an outage that starts before any upstream answered. */
     const loadKept = async (): Promise<IndexState | undefined> => {
       const dir = store.indexDir(name);
       try {
-        const files = new Map<string, { body: Buffer; tag: string }>();
+        const files = new Map<string, IndexFile>();
         for (const file of await readdir(dir)) {
           if (!INDEX_FILES.includes(file)) continue;
           const body = await readFile(path.join(dir, file));
@@ -520,15 +550,19 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           continue;
         }
         try {
-          const files = await readUpstreamIndex(location);
-          const index = indexOf(files, label);
+          const same = state !== undefined && describeLocation(state.source) === label;
+          const { files, unchanged } = await readUpstreamIndex(location, same ? state?.files : undefined);
+          const kept = unchanged ? state?.index : undefined;
+          const index = kept ?? indexOf(files, label);
           if (mine < stateGeneration && state) return { state, failure: '' };
           stateGeneration = mine;
           if (state?.stale) log.info({ repository: name, upstream: label }, 'an upstream answered again; the index is fresh');
           state = { files, index, source: location, readAt: Date.now(), stale: false };
-          others.clear();
-          passedOver.clear();
-          await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
+          if (!kept) {
+            others.clear();
+            passedOver.clear();
+            await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
+          }
           await health.succeeded(label);
           return { state, failure: '' };
         } catch (error) {
