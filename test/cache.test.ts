@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -11,7 +11,8 @@ import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config/index.js';
 import { formatChecksumFile, formatManifest, type RepositoryIndex } from '../src/packages/index.js';
 import { buildServer } from '../src/server/index.js';
-import { CLI, mountTmpfs, tempDir } from './helpers.js';
+import { startNginx } from './fixtures/nginx.js';
+import { CLI, generateTree, mountTmpfs, runCli, tempDir, writeConfig } from './helpers.js';
 
 /** Our own upstream: counts GETs per file, and can hold a file after its first half until released. */
 interface Upstream {
@@ -373,4 +374,33 @@ test('revalidates the index with the upstream ETag after index_max_age: an uncha
   assert.equal(upstream.notModified('packages.checksum'), 1);
   assert.ok((await get(`${front}/packages/builtin/${BIG}`)).body.equals(body));
   assert.ok(await metric(front, 'autotest_cache_index_revalidations_total{result="changed"}') >= 2);
+});
+
+test('30 concurrent client installs through a front before nginx cost nginx one GET per package, and all install the same verified files', async (t) => {
+  const dir = await tempDir(t);
+  const clientDir = await generateTree(dir, 2, 2_000_000);
+  const www = path.join(dir, 'www');
+  const publishConfig = await writeConfig(dir, { upload_location: www, client_dir: clientDir, minimum_free_space: '0' }, 'publish.ini');
+  const upload = await runCli(['packager', 'upload', '-t', 't000,t001', '--config', publishConfig], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
+  const nginx = await startNginx({ root: www });
+  t.after(() => nginx.stop());
+  const front = await startFront(t, dir, nginx.url);
+  const fetchConfig = await writeConfig(dir, { fetch_location: `${front}/packages/builtin` }, 'fetch.ini');
+  const installs = await Promise.all(Array.from({ length: 30 }, async (_, i) => {
+    const machine = path.join(dir, `machine-${i.toString()}`);
+    await mkdir(machine);
+    return runCli(['client', 'install', 'test', 't000,t001', '--config', fetchConfig, '--install-dir', path.join(machine, 'client')], { cwd: machine });
+  }));
+  for (const install of installs) assert.equal(install.code, 0, install.stdout + install.stderr);
+  const wanted = await readFile(path.join(clientDir, 'tests', 't001', 'data.bin'));
+  for (let i = 0; i < 30; i += 1) {
+    assert.ok((await readFile(path.join(dir, `machine-${i.toString()}`, 'client', 'tests', 't001', 'data.bin'))).equals(wanted));
+  }
+  const log = await readFile(nginx.accessLog, 'utf8');
+  for (const file of ['test-t000.tar.bz2', 'test-t001.tar.bz2']) {
+    assert.equal(log.split('\n').filter((line) => line.includes(`"GET /${file} `)).length, 1, `${file}: one GET from nginx`);
+  }
+  assert.equal(await metric(front, 'autotest_cache_misses_total'), 2);
+  assert.equal(await metric(front, 'autotest_cache_hits_total') + await metric(front, 'autotest_cache_coalesced_total'), 58);
 });
