@@ -127,9 +127,9 @@ interface Answer {
 }
 
 /** A GET whose answer comes back once its headers arrive; `body` settles when it ends, and rejects when it is cut. */
-function open(url: string): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
+function open(url: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
   return new Promise((resolve, reject) => {
-    http.get(url, { agent: false }, (response) => {
+    http.get(url, { agent: false, headers }, (response) => {
       const chunks: Buffer[] = [];
       const firstBytes = once(response, 'data').then(() => undefined);
       const body = new Promise<Buffer>((done, fail) => {
@@ -146,8 +146,8 @@ function open(url: string): Promise<{ response: http.IncomingMessage; firstBytes
   });
 }
 
-async function get(url: string): Promise<Answer> {
-  const { response, body } = await open(url);
+async function get(url: string, headers: http.OutgoingHttpHeaders = {}): Promise<Answer> {
+  const { response, body } = await open(url, headers);
   return { status: response.statusCode ?? 0, headers: response.headers, body: await body };
 }
 
@@ -403,4 +403,31 @@ test('30 concurrent client installs through a front before nginx cost nginx one 
   }
   assert.equal(await metric(front, 'autotest_cache_misses_total'), 2);
   assert.equal(await metric(front, 'autotest_cache_hits_total') + await metric(front, 'autotest_cache_coalesced_total'), 58);
+});
+
+test('answers a Range request during the upstream download from the bytes that have arrived, and an open-ended one as they arrive', async (t) => {
+  const dir = await tempDir(t);
+  const body = randomBytes(4 * 1024 * 1024);
+  const upstream = await startUpstream(t, publish({ [BIG]: body }));
+  const front = await startFront(t, dir, upstream.url);
+  const release = upstream.hold(BIG);
+  const whole = await open(`${front}/packages/builtin/${BIG}`);
+  await whole.firstBytes;
+  // The upstream has sent its first half and holds the rest.
+  const early = await get(`${front}/packages/builtin/${BIG}`, { range: 'bytes=1000-1999' });
+  assert.equal(early.status, 206);
+  assert.equal(early.headers['content-range'], `bytes 1000-1999/${body.length.toString()}`);
+  assert.ok(early.body.equals(body.subarray(1000, 2000)));
+  const tail = await open(`${front}/packages/builtin/${BIG}`, { range: 'bytes=1048576-' });
+  assert.equal(tail.response.statusCode, 206);
+  await tail.firstBytes;
+  const otherTag = await open(`${front}/packages/builtin/${BIG}`, { range: 'bytes=0-9', 'if-range': '"sha256-0000"' });
+  assert.equal(otherTag.response.statusCode, 200, 'If-Range with another tag: the whole file');
+  assert.equal(upstream.gets(BIG), 1);
+  release();
+  assert.ok((await tail.body).equals(body.subarray(1048576)));
+  assert.ok((await otherTag.body).equals(body));
+  assert.ok((await whole.body).equals(body));
+  const unsatisfiable = await get(`${front}/packages/builtin/${BIG}`, { range: `bytes=${body.length.toString()}-` });
+  assert.equal(unsatisfiable.status, 416);
 });

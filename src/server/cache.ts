@@ -4,6 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
+import rangeParser from 'range-parser';
 import { describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { describeError, errnoCode } from '../errors.js';
 import { fetchRepositoryFor, FetchFailure, orderForPackage, RepositoryHealth, type FetchRepository } from '../fetch/index.js';
@@ -170,29 +171,37 @@ interface Continuation {
  * Writes what the answer may have of the download, holding back its last byte until the bytes
  * are verified; for a spilled download, every byte on disk but the last, which it returns held.
  */
-async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse): Promise<{ sent: number; spilled: Continuation | undefined }> {
-  let position = 0;
+async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse, span: Span): Promise<{ sent: number; spilled: Continuation | undefined }> {
+  let position = span.start;
+  const result = (spilled?: Continuation): { sent: number; spilled: Continuation | undefined } => ({ sent: position - span.start, spilled });
   for (;;) {
-    if (response.destroyed) return { sent: position, spilled: undefined };
-    if (download.state === 'failed') {
+    if (response.destroyed) return result();
+    // A range that ends before the last byte needs no verdict: the client verifies what it assembles.
+    if (position > span.end) {
+      response.end();
+      return result();
+    }
+    const spilled = download.state === 'spilled';
+    if (download.state === 'failed' || (spilled && span.end !== Infinity && position >= download.written - 1)) {
       // Never the last byte of a copy that failed: the client sees a cut body, not a wrong one.
+      // A range the disk could not hold is cut too: the client asks again, from what it has.
       response.destroy();
-      return { sent: position, spilled: undefined };
+      return result();
     }
     const done = download.state === 'done';
-    const spilled = download.state === 'spilled';
     if (spilled && download.hash && position >= download.written - 1) {
       const held = download.written > position ? Buffer.alloc(1) : undefined;
       if (held) await handle.read(held, 0, 1, position);
-      return { sent: position, spilled: { position: download.written, hash: download.hash.copy(), held } };
+      return result({ position: download.written, hash: download.hash.copy(), held });
     }
-    const limit = done ? download.written : spilled ? download.written - 1 : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    const available = done ? download.written : spilled ? download.written - 1 : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    const limit = Math.min(available, span.end + 1);
     if (position < limit) {
       const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, limit - position));
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
       if (bytesRead === 0) {
         response.destroy();
-        return { sent: position, spilled: undefined };
+        return result();
       }
       position += bytesRead;
       if (!response.write(buffer.subarray(0, bytesRead))) await drained(response);
@@ -200,10 +209,31 @@ async function streamDownload(download: Download, handle: FileHandle, response: 
     }
     if (done) {
       response.end();
-      return { sent: position, spilled: undefined };
+      return result();
     }
     await nextChange(download, response);
   }
+}
+
+/** Bytes start..end (inclusive; Infinity: to the end, whatever the size) of a download an answer sends. */
+interface Span {
+  start: number;
+  end: number;
+}
+
+/**
+ * The one range a request asks of a download of `size` bytes tagged `tag`, honouring
+ * If-Range; undefined for the whole file (no Range, another unit, several ranges, a stale
+ * If-Range), 'unsatisfiable' for a 416.
+ */
+function requestedSpan(request: IncomingMessage, size: number, tag: string): Span | 'unsatisfiable' | undefined {
+  const header = request.headers.range;
+  const ifRange = request.headers['if-range'];
+  if (header === undefined || !/^\s*bytes\s*=/i.test(header) || (ifRange !== undefined && ifRange !== tag)) return undefined;
+  const ranges = rangeParser(size, header, { combine: true });
+  if (ranges === -1) return 'unsatisfiable';
+  if (ranges === -2 || ranges.length !== 1 || !ranges[0]) return undefined;
+  return { start: ranges[0].start, end: ranges[0].end };
 }
 
 export function createCacheFront(options: CacheFrontOptions): CacheFront {
@@ -438,12 +468,18 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       const reader: { release: (() => void) | undefined } = { release: undefined };
       download.readers.add(reader);
       try {
-        response.writeHead(200, { ...headers, ...(download.size === undefined ? {} : { 'content-length': download.size.toString() }) });
+        const { size } = download;
+        // A range is answered from the bytes as they arrive, as the whole file is.
+        const span = size === undefined || request.method === 'HEAD' ? undefined : requestedSpan(request, size, headers.etag ?? '');
+        if (span === 'unsatisfiable') return { kind: 'answered', bytes: answerError(response, 416, 'range not satisfiable', { 'content-range': `bytes */${String(size)}` }) };
+        if (span) {
+          response.writeHead(206, { ...headers, 'content-range': `bytes ${span.start.toString()}-${span.end.toString()}/${String(size)}`, 'content-length': (span.end - span.start + 1).toString() });
+        } else response.writeHead(200, { ...headers, ...(size === undefined ? {} : { 'content-length': size.toString() }) });
         if (request.method === 'HEAD') {
           response.end();
           return { kind: 'answered', bytes: 0 };
         }
-        const { sent, spilled } = await streamDownload(download, handle, response);
+        const { sent, spilled } = await streamDownload(download, handle, response, span ?? { start: 0, end: Infinity });
         metrics.servedBytes.inc(sent);
         if (!spilled || !download.source) return { kind: 'answered', bytes: sent };
         metrics.passedThrough.inc({ repository: repositoryName });
@@ -682,7 +718,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           response.setHeader('x-autotest-cache', 'hit');
           return { kind: 'entry', path: hit.path, tag, stale: now.stale, release: hit.release };
         }
-        const headers = { ...base, etag: tag };
+        const headers = { ...base, etag: tag, 'accept-ranges': 'bytes' };
         if (isFresh(request.headers, { etag: tag })) {
           response.writeHead(304, headers);
           response.end();
