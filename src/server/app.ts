@@ -160,6 +160,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
     compression: packages.compression, minimumFreeBytes: packages.minimumFreeSpaceBytes,
     uploadsEnabled: server.uploadToken !== undefined, token: server.uploadToken,
+    traffic: front && (() => front.traffic()),
   });
   app.get('/healthz', () => ({ status: 'ok' }));
   app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));

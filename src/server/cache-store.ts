@@ -44,6 +44,8 @@ export interface CacheStore {
   room(bytes: number): Promise<boolean>;
   /** Index files of served repository `name` kept for outages: `dir/index/NAME/`. */
   indexDir(name: string): string;
+  /** The size of entry `key`, undefined when absent (for the frontend; nothing pinned). */
+  sizeOf(key: string): number | undefined;
   /** Entries and bytes kept (for the frontend). */
   usage(): { entries: number; bytes: number };
 }
@@ -136,6 +138,7 @@ export async function openCacheStore(options: CacheStoreOptions): Promise<CacheS
     trim: evict,
     room: (wanted) => evictUntil(async () => (await free()) >= wanted + DISK_MARGIN_BYTES),
     indexDir: (name) => path.join(options.dir, 'index', name),
+    sizeOf: (key) => entries.get(key)?.size,
     usage: () => ({ entries: entries.size, bytes }),
   };
 }

@@ -40,6 +40,8 @@ export interface CachedRepository {
   readIndex(): Promise<RepositoryIndex>;
   /** What a listing shows: the indexed packages and the index files the upstream has. */
   files(): Promise<string[]>;
+  /** What the frontend shows of this repository's cache. */
+  stats(): CacheStats;
   /**
    * Forgets the index read so far: the next request reads it again. Called when this server
    * has just published to an upstream, so that its own change shows at once.
@@ -47,9 +49,31 @@ export interface CachedRepository {
   invalidate(): void;
 }
 
+/** Package answers of one served repository since start, and what of its index is cached. */
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  coalesced: number;
+  passedThrough: number;
+  /** Cached entries of the packages its index names, and their bytes. */
+  entries: number;
+  bytes: number;
+  /** The last good index is served: every upstream failed at the last try. */
+  stale: boolean;
+}
+
+/** Bytes served and fetched upstream by the front since it started, at one moment. */
+export interface TrafficSample {
+  at: number;
+  served: number;
+  upstream: number;
+}
+
 export interface CacheFront {
   repository(name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository;
   store: CacheStore;
+  /** A sample a minute over the last hour (and the one before it, the baseline), then one taken now. */
+  traffic(): Promise<TrafficSample[]>;
   /** Cuts every upstream download under way (their waiting answers end incomplete). */
   close(): void;
 }
@@ -61,6 +85,11 @@ export interface CacheFrontOptions {
   log: FastifyBaseLogger;
   answerError: AnswerError;
 }
+
+type Counts = Pick<CacheStats, 'hits' | 'misses' | 'coalesced' | 'passedThrough'>;
+
+const TRAFFIC_SAMPLE_MS = 60_000;
+const TRAFFIC_WINDOW_MS = 3600_000;
 
 interface Download {
   key: string;
@@ -241,6 +270,18 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const downloads = new Map<string, Download>();
   const healthReady = RepositoryHealth.open(settings.cooldownMs, undefined);
   let diskFull = false;
+  const counterValue = async (counter: CacheMetrics['servedBytes']): Promise<number> => (await counter.get()).values.reduce((sum, value) => sum + value.value, 0);
+  const sampleTraffic = async (): Promise<TrafficSample> => ({ at: Date.now(), served: await counterValue(metrics.servedBytes), upstream: await counterValue(metrics.upstreamBytes) });
+  // The counters start at 0 with the server (one registry per server).
+  const samples: TrafficSample[] = [{ at: Date.now(), served: 0, upstream: 0 }];
+  const sampler = setInterval(() => {
+    void sampleTraffic().then((sample) => {
+      samples.push(sample);
+      // One sample older than the window stays: the baseline of the chart.
+      while (samples.length > 2 && (samples[1]?.at ?? 0) < sample.at - TRAFFIC_WINDOW_MS) samples.shift();
+    });
+  }, TRAFFIC_SAMPLE_MS);
+  sampler.unref();
   const noteDisk = (full: boolean): void => {
     if (full === diskFull) return;
     diskFull = full;
@@ -439,7 +480,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   };
 
   /** Answers one request from a download under way: headers once an upstream answered, then the bytes as they arrive. */
-  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>, repositoryName: string): Promise<CacheAnswer> => {
+  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>, counted: { name: string; counts: Counts }): Promise<CacheAnswer> => {
     while (download.state === 'opening') {
       if (response.destroyed) return { kind: 'answered', bytes: 0 };
       await nextChange(download, response);
@@ -447,7 +488,8 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     for (;;) {
       if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, 502, download.error) };
       if (download.state === 'spilled' && download.source) {
-        metrics.passedThrough.inc({ repository: repositoryName });
+        metrics.passedThrough.inc({ repository: counted.name });
+        counted.counts.passedThrough += 1;
         response.setHeader('x-autotest-cache', 'pass');
         const hash = createHash(download.source.entry.sha256 === undefined ? 'md5' : 'sha256');
         return { kind: 'answered', bytes: await passThrough(response, download.source, headers, { position: 0, hash, held: undefined }) };
@@ -482,7 +524,8 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         const { sent, spilled } = await streamDownload(download, handle, response, span ?? { start: 0, end: Infinity });
         metrics.servedBytes.inc(sent);
         if (!spilled || !download.source) return { kind: 'answered', bytes: sent };
-        metrics.passedThrough.inc({ repository: repositoryName });
+        metrics.passedThrough.inc({ repository: counted.name });
+        counted.counts.passedThrough += 1;
         return { kind: 'answered', bytes: sent + await passThrough(response, download.source, headers, spilled) };
       } finally {
         download.readers.delete(reader);
@@ -495,6 +538,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const repository = (name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository => {
     let state: IndexState | undefined;
     let lastTry = 0;
+    const counts: Counts = { hits: 0, misses: 0, coalesced: 0, passedThrough: 0 };
     /** Grows at each invalidate(): a read begun before it may hold the index as it was before the publish. */
     let generation = 0;
     let refreshing: { generation: number; result: Promise<{ state: IndexState | undefined; failure: string }> } | undefined;
@@ -677,6 +721,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
 
     return {
       name,
+      stats() {
+        let entries = 0;
+        let bytes = 0;
+        for (const entry of state?.index.values() ?? []) {
+          const size = store.sizeOf(keyOf(entry));
+          if (size === undefined) continue;
+          entries += 1;
+          bytes += size;
+        }
+        return { ...counts, entries, bytes, stale: state?.stale ?? false };
+      },
       invalidate() {
         generation += 1;
         if (state) state.readAt = 0;
@@ -715,6 +770,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         const hit = store.acquire(key);
         if (hit) {
           metrics.hits.inc({ repository: name });
+          counts.hits += 1;
           response.setHeader('x-autotest-cache', 'hit');
           return { kind: 'entry', path: hit.path, tag, stale: now.stale, release: hit.release };
         }
@@ -727,6 +783,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         let download = downloads.get(key);
         if (download) {
           metrics.coalesced.inc({ repository: name });
+          counts.coalesced += 1;
           response.setHeader('x-autotest-cache', 'coalesced');
         } else {
           if (request.method === 'HEAD') {
@@ -735,6 +792,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             return { kind: 'answered', bytes: 0 };
           }
           metrics.misses.inc({ repository: name });
+          counts.misses += 1;
           response.setHeader('x-autotest-cache', 'miss');
           const started: Download = {
             key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '', hash: undefined, source: undefined,
@@ -750,7 +808,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             passedOver.set(key, set);
           });
         }
-        return follow(download, request, response, headers, name);
+        return follow(download, request, response, headers, { name, counts });
       },
     };
   };
@@ -758,7 +816,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   return {
     repository,
     store,
+    traffic: async () => [...samples, await sampleTraffic()],
     close() {
+      clearInterval(sampler);
       for (const download of downloads.values()) download.abort?.();
     },
   };

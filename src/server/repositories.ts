@@ -114,7 +114,7 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
   const spare = spareBuffers.findIndex((b) => b.length === size);
   const buffer = spare >= 0 ? spareBuffers.splice(spare, 1)[0] ?? Buffer.allocUnsafe(size) : Buffer.allocUnsafe(size);
   // A client that goes away never gets its write callback: closing wakes the pump instead.
-  const state: { closed: boolean; wake: (() => void) | undefined } = { closed: false, wake: undefined };
+  const state: { closed: boolean; finished: boolean; wake: (() => void) | undefined } = { closed: false, finished: false, wake: undefined };
   const onClose = (): void => {
     state.closed = true;
     state.wake?.();
@@ -135,7 +135,10 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
           resolve();
         };
         if (position > end) {
-          response.once('finish', () => { resolve(); });
+          response.once('finish', () => {
+            state.finished = true;
+            resolve();
+          });
           response.end(chunk);
         } else response.write(chunk, done);
       });
@@ -143,7 +146,8 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
     }
     // The file shrank under us, or the client left: never pretend the body was complete.
     if (position <= end && !state.closed) response.destroy();
-    return position > end && !state.closed;
+    // A response emits 'close' after 'finish' too, before this code runs again: finished is what counts.
+    return position > end && (state.finished || !state.closed);
   } finally {
     response.off('close', onClose);
     streams -= 1;
