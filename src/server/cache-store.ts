@@ -46,8 +46,6 @@ export interface CacheStore {
   indexDir(name: string): string;
   /** The size of entry `key`, undefined when absent (for the frontend; nothing pinned). */
   sizeOf(key: string): number | undefined;
-  /** Entries and bytes kept (for the frontend). */
-  usage(): { entries: number; bytes: number };
 }
 
 export interface CacheStoreOptions {
@@ -139,6 +137,5 @@ export async function openCacheStore(options: CacheStoreOptions): Promise<CacheS
     room: (wanted) => evictUntil(async () => (await free()) >= wanted + DISK_MARGIN_BYTES),
     indexDir: (name) => path.join(options.dir, 'index', name),
     sizeOf: (key) => entries.get(key)?.size,
-    usage: () => ({ entries: entries.size, bytes }),
   };
 }
