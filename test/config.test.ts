@@ -210,7 +210,6 @@ test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, c
   const builtin = config.server.builtin;
   assert.equal(builtin?.kind, 'cached');
   assert.deepEqual(builtin.upstreams.map((location) => location.kind), ['http', 'group']);
-  // An S3 prefix alone is streamed through as before: an upload to it shows at once.
   const custom = config.server.custom;
   assert.ok(custom?.kind === 'cached', 'an S3 prefix alone is served through the cache');
   assert.deepEqual(custom.upstreams.map((location) => location.kind), ['s3']);

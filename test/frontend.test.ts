@@ -203,7 +203,7 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   await runChecked('tar', ['-cjf', upload, '-C', tree, '.']);
   const file = path.join(dir, 'global_config.ini');
   await writeFile(file, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/custom', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
-    '[S3]', `endpoint: ${s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required', '[SERVER]', `upload_token: ${TOKEN}`, ''].join('\n'));
+    '[S3]', `endpoint: ${s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required', '[SERVER]', `upload_token: ${TOKEN}`, `cache_dir: ${path.join(dir, 'front-cache')}`, ''].join('\n'));
   const app = await buildServer({ config: await loadConfig({ file, env: {} }), logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
