@@ -581,6 +581,14 @@ test('autotest serve in front of a private S3 prefix signs its requests, fetches
   assert.ok(Buffer.from(await (await fetch(url)).arrayBuffer()).equals(second));
   assert.equal(gets().length, 2);
 
+  // A second front that revalidates at every request: S3 answers its signed If-None-Match 304.
+  const revalidating = path.join(dir, 'revalidating.ini');
+  await writeFile(revalidating, (await readFile(config, 'utf8')).replace('index_max_age: 3600', `index_max_age: 0\ncache_dir: ${path.join(dir, 'second-cache')}`));
+  const revalidatingSite = await lab.serve(revalidating, dir);
+  for (let i = 0; i < 2; i += 1) assert.equal((await fetch(`${revalidatingSite}/packages/custom/packages.checksum`)).status, 200);
+  const metrics = await (await fetch(`${revalidatingSite}/metrics`)).text();
+  assert.match(metrics, /^autotest_cache_index_revalidations_total\{result="unchanged"\} [1-9]/m);
+
   const removed = await fetch(`${site}/api/custom/kernel-front.img`, { method: 'DELETE', headers: auth });
   assert.equal(removed.status, 200, await removed.text());
   const gone = await fetch(url);
