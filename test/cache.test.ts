@@ -2,21 +2,25 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config/index.js';
 import { formatChecksumFile, formatManifest, type RepositoryIndex } from '../src/packages/index.js';
 import { buildServer } from '../src/server/index.js';
-import { CLI, tempDir } from './helpers.js';
+import { startNginx } from './fixtures/nginx.js';
+import { CLI, generateTree, mountTmpfs, runCli, tempDir, writeConfig } from './helpers.js';
 
 /** Our own upstream: counts GETs per file, and can hold a file after its first half until released. */
 interface Upstream {
   url: string;
   files: Map<string, Buffer>;
   gets(file: string): number;
+  /** GETs of `file` answered 304 to their If-None-Match. */
+  notModified(file: string): number;
   /** From now on `file` is sent in two halves; the second waits for the returned release. */
   hold(file: string): () => void;
   stop(): Promise<void>;
@@ -24,6 +28,7 @@ interface Upstream {
 
 async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promise<Upstream> {
   const counts = new Map<string, number>();
+  const unchanged = new Map<string, number>();
   const held = new Map<string, Promise<void>>();
   const server = http.createServer((request, response) => {
     const file = decodeURIComponent((request.url ?? '/').slice(1));
@@ -33,7 +38,14 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
       response.writeHead(404).end();
       return;
     }
-    response.writeHead(200, { 'content-length': body.length });
+    // An ETag as nginx and S3 give one, and If-None-Match answered as they do.
+    const etag = `"${createHash('md5').update(body).digest('hex')}"`;
+    if (request.headers['if-none-match'] === etag) {
+      unchanged.set(file, (unchanged.get(file) ?? 0) + 1);
+      response.writeHead(304, { etag }).end();
+      return;
+    }
+    response.writeHead(200, { 'content-length': body.length, etag });
     const gate = held.get(file);
     if (!gate) {
       response.end(body);
@@ -56,6 +68,7 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}`,
     files,
     gets: (file) => counts.get(file) ?? 0,
+    notModified: (file) => unchanged.get(file) ?? 0,
     hold(file) {
       let release = (): void => undefined;
       held.set(file, new Promise((resolve) => { release = resolve; }));
@@ -68,8 +81,8 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
   };
 }
 
-/** packages.checksum and packages.json for `packages`, as the packager writes them. */
-function publish(packages: Record<string, Buffer>): Map<string, Buffer> {
+/** packages.checksum and packages.json for `packages`, as the packager writes them (packages.checksum alone, as Autotest's, with `md5Only`). */
+function publish(packages: Record<string, Buffer>, md5Only = false): Map<string, Buffer> {
   const index: RepositoryIndex = new Map();
   for (const [file, body] of Object.entries(packages)) {
     index.set(file, {
@@ -81,7 +94,7 @@ function publish(packages: Record<string, Buffer>): Map<string, Buffer> {
   return new Map([
     ...Object.entries(packages),
     ['packages.checksum', Buffer.from(formatChecksumFile(index))],
-    ['packages.json', Buffer.from(formatManifest(index))],
+    ...(md5Only ? [] : [['packages.json', Buffer.from(formatManifest(index))] as const]),
   ]);
 }
 
@@ -92,10 +105,16 @@ async function writeFrontConfig(dir: string, upstream: string, server: Record<st
   return file;
 }
 
-/** `autotest serve` in this process, in front of `upstream`; its URL. */
-async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}): Promise<string> {
+/** `autotest serve` in this process, in front of `upstream`; its URL. With `logs`, its log (JSON lines) goes there. */
+async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}, logs?: string[]): Promise<string> {
   const config = await loadConfig({ file: await writeFrontConfig(dir, upstream, server), env: {} });
-  const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'client-cache') });
+  const logStream = logs && new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      logs.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  const app = await buildServer({ config, logLevel: logs ? 'info' : 'silent', ...(logStream ? { logStream } : {}), cacheDir: path.join(dir, 'client-cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
   return url;
@@ -108,9 +127,9 @@ interface Answer {
 }
 
 /** A GET whose answer comes back once its headers arrive; `body` settles when it ends, and rejects when it is cut. */
-function open(url: string): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
+function open(url: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
   return new Promise((resolve, reject) => {
-    http.get(url, { agent: false }, (response) => {
+    http.get(url, { agent: false, headers }, (response) => {
       const chunks: Buffer[] = [];
       const firstBytes = once(response, 'data').then(() => undefined);
       const body = new Promise<Buffer>((done, fail) => {
@@ -127,8 +146,8 @@ function open(url: string): Promise<{ response: http.IncomingMessage; firstBytes
   });
 }
 
-async function get(url: string): Promise<Answer> {
-  const { response, body } = await open(url);
+async function get(url: string, headers: http.OutgoingHttpHeaders = {}): Promise<Answer> {
+  const { response, body } = await open(url, headers);
   return { status: response.statusCode ?? 0, headers: response.headers, body: await body };
 }
 
@@ -298,4 +317,117 @@ test('evicts beyond cache_size by least recent use, but never an entry a client 
   assert.ok((await reader.body).equals(big));
   assert.equal(await metric(front, 'autotest_cache_evictions_total'), 1);
   assert.equal(await metric(front, 'autotest_cache_bytes'), big.length);
+});
+
+test('streams packages through, verified, with one log line and a metric, never an error page, when the disk of cache_dir is full', async (t) => {
+  const dir = await tempDir(t);
+  const disk = await mountTmpfs(t, dir, '6m');
+  // One package larger than the disk (refused before a byte is written: the index gives its
+  // size), one of no known size (packages.checksum alone) that fills it in the middle of its download.
+  const sized = randomBytes(8 * 1024 * 1024);
+  const unsized = randomBytes(7 * 1024 * 1024);
+  const sizedUpstream = await startUpstream(t, publish({ [BIG]: sized }));
+  const unsizedUpstream = await startUpstream(t, publish({ [BIG]: unsized }, true));
+  const logs: string[] = [];
+  const front = await startFront(t, dir, sizedUpstream.url, { cache_dir: path.join(disk, 'cache'), custom_dir: unsizedUpstream.url }, logs);
+
+  const first = await Promise.all(Array.from({ length: 5 }, () => get(`${front}/packages/builtin/${BIG}`)));
+  for (const answer of first) {
+    assert.equal(answer.status, 200);
+    assert.ok(answer.body.equals(sized));
+  }
+  const release = unsizedUpstream.hold(BIG);
+  const clients = await Promise.all(Array.from({ length: 5 }, () => open(`${front}/packages/custom/${BIG}`)));
+  await Promise.all(clients.map((client) => client.firstBytes));
+  release();
+  for (const client of clients) {
+    assert.equal(client.response.statusCode, 200);
+    assert.ok((await client.body).equals(unsized));
+  }
+  assert.equal(logs.filter((line) => line.includes('the disk of cache_dir is full')).length, 1, logs.join(''));
+  assert.equal(await metric(front, 'autotest_cache_disk_full'), 1);
+  assert.equal(await metric(front, 'autotest_cache_passthrough_total'), 10);
+  assert.equal(await metric(front, 'autotest_cache_bytes'), 0);
+  assert.deepEqual(await readdir(path.join(disk, 'cache', 'content')), [], 'nothing kept, no temp left');
+});
+
+test('revalidates the index with the upstream ETag after index_max_age: an unchanged index costs a 304, a new publish is read whole', async (t) => {
+  const dir = await tempDir(t);
+  const files = publish({ [SMALL]: randomBytes(1000) });
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url, { index_max_age: '0' });
+  const first = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.ok(first.body.equals(files.get('packages.checksum') ?? Buffer.alloc(0)));
+  assert.equal(upstream.notModified('packages.checksum'), 0);
+  const again = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.ok(again.body.equals(first.body));
+  assert.equal(upstream.gets('packages.checksum'), 2);
+  assert.equal(upstream.notModified('packages.checksum'), 1, 'the second read carried the ETag and was answered 304');
+  assert.equal(upstream.notModified('packages.json'), 1);
+  assert.equal(again.headers.etag, first.headers.etag, 'the front serves the same index under the same tag');
+  assert.equal(await metric(front, 'autotest_cache_index_revalidations_total{result="unchanged"}'), 2);
+
+  const body = randomBytes(3000);
+  for (const [file, content] of publish({ [SMALL]: files.get(SMALL) ?? Buffer.alloc(0), [BIG]: body })) files.set(file, content);
+  const changed = await get(`${front}/packages/builtin/packages.checksum`);
+  assert.ok(changed.body.equals(files.get('packages.checksum') ?? Buffer.alloc(0)));
+  assert.equal(upstream.notModified('packages.checksum'), 1);
+  assert.ok((await get(`${front}/packages/builtin/${BIG}`)).body.equals(body));
+  assert.ok(await metric(front, 'autotest_cache_index_revalidations_total{result="changed"}') >= 2);
+});
+
+test('30 concurrent client installs through a front before nginx cost nginx one GET per package, and all install the same verified files', async (t) => {
+  const dir = await tempDir(t);
+  const clientDir = await generateTree(dir, 2, 2_000_000);
+  const www = path.join(dir, 'www');
+  const publishConfig = await writeConfig(dir, { upload_location: www, client_dir: clientDir, minimum_free_space: '0' }, 'publish.ini');
+  const upload = await runCli(['packager', 'upload', '-t', 't000,t001', '--config', publishConfig], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stdout + upload.stderr);
+  const nginx = await startNginx({ root: www });
+  t.after(() => nginx.stop());
+  const front = await startFront(t, dir, nginx.url);
+  const fetchConfig = await writeConfig(dir, { fetch_location: `${front}/packages/builtin` }, 'fetch.ini');
+  const installs = await Promise.all(Array.from({ length: 30 }, async (_, i) => {
+    const machine = path.join(dir, `machine-${i.toString()}`);
+    await mkdir(machine);
+    return runCli(['client', 'install', 'test', 't000,t001', '--config', fetchConfig, '--install-dir', path.join(machine, 'client')], { cwd: machine });
+  }));
+  for (const install of installs) assert.equal(install.code, 0, install.stdout + install.stderr);
+  const wanted = await readFile(path.join(clientDir, 'tests', 't001', 'data.bin'));
+  for (let i = 0; i < 30; i += 1) {
+    assert.ok((await readFile(path.join(dir, `machine-${i.toString()}`, 'client', 'tests', 't001', 'data.bin'))).equals(wanted));
+  }
+  const log = await readFile(nginx.accessLog, 'utf8');
+  for (const file of ['test-t000.tar.bz2', 'test-t001.tar.bz2']) {
+    assert.equal(log.split('\n').filter((line) => line.includes(`"GET /${file} `)).length, 1, `${file}: one GET from nginx`);
+  }
+  assert.equal(await metric(front, 'autotest_cache_misses_total'), 2);
+  assert.equal(await metric(front, 'autotest_cache_hits_total') + await metric(front, 'autotest_cache_coalesced_total'), 58);
+});
+
+test('answers a Range request during the upstream download from the bytes that have arrived, and an open-ended one as they arrive', async (t) => {
+  const dir = await tempDir(t);
+  const body = randomBytes(4 * 1024 * 1024);
+  const upstream = await startUpstream(t, publish({ [BIG]: body }));
+  const front = await startFront(t, dir, upstream.url);
+  const release = upstream.hold(BIG);
+  const whole = await open(`${front}/packages/builtin/${BIG}`);
+  await whole.firstBytes;
+  // The upstream has sent its first half and holds the rest.
+  const early = await get(`${front}/packages/builtin/${BIG}`, { range: 'bytes=1000-1999' });
+  assert.equal(early.status, 206);
+  assert.equal(early.headers['content-range'], `bytes 1000-1999/${body.length.toString()}`);
+  assert.ok(early.body.equals(body.subarray(1000, 2000)));
+  const tail = await open(`${front}/packages/builtin/${BIG}`, { range: 'bytes=1048576-' });
+  assert.equal(tail.response.statusCode, 206);
+  await tail.firstBytes;
+  const otherTag = await open(`${front}/packages/builtin/${BIG}`, { range: 'bytes=0-9', 'if-range': '"sha256-0000"' });
+  assert.equal(otherTag.response.statusCode, 200, 'If-Range with another tag: the whole file');
+  assert.equal(upstream.gets(BIG), 1);
+  release();
+  assert.ok((await tail.body).equals(body.subarray(1048576)));
+  assert.ok((await otherTag.body).equals(body));
+  assert.ok((await whole.body).equals(body));
+  const unsatisfiable = await get(`${front}/packages/builtin/${BIG}`, { range: `bytes=${body.length.toString()}-` });
+  assert.equal(unsatisfiable.status, 416);
 });

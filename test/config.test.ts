@@ -217,8 +217,9 @@ test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, c
   const builtin = config.server.builtin;
   assert.equal(builtin?.kind, 'cached');
   assert.deepEqual(builtin.upstreams.map((location) => location.kind), ['http', 'group']);
-  // An S3 prefix alone is streamed through as before: an upload to it shows at once.
-  assert.equal(config.server.custom?.kind, 's3');
+  const custom = config.server.custom;
+  assert.ok(custom?.kind === 'cached', 'an S3 prefix alone is served through the cache');
+  assert.deepEqual(custom.upstreams.map((location) => location.kind), ['s3']);
   assert.deepEqual(config.server.cache, { dir: path.join(dir, 'front'), sizeBytes: 2.5e9, indexMaxAgeMs: 30_000 });
   const cachedSsh = await loadConfig({ file: await write('builtin_dir: ssh://c.lab/srv/builtin\n'), env: {} });
   assert.equal(cachedSsh.server.builtin?.kind, 'cached');
@@ -273,7 +274,8 @@ test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and r
   assert.deepEqual({ endpoint: archive.settings.endpoint, pathStyle: archive.settings.pathStyle, checksumMode: archive.settings.checksumMode, part: archive.settings.partSizeBytes },
     { endpoint: 'https://s3.archive.example', pathStyle: false, checksumMode: 'when_supported', part: 32 * 2 ** 20 });
   assert.equal(top.prefix, '');
-  assert.equal(config.server.builtin?.kind, 's3', 'autotest serve serves the S3 upload location when there is no local one');
+  const served = config.server.builtin;
+  assert.ok(served?.kind === 'cached' && served.upstreams[0]?.kind === 's3', 'autotest serve serves the S3 upload location through its cache when there is no local one');
 
   for (const [packages, s3, message] of [
     ['upload_location: s3://AKIDEXAMPLE:wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY@lab-packages/x', '', /credentials never go in an s3:\/\/ URL/],

@@ -7,6 +7,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { loadConfig } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { buildServer } from '../src/server/index.js';
+import { startNginx } from './fixtures/nginx.js';
 import { runChecked } from './fixtures/process.js';
 import { awsEnv, startRadosgw } from './fixtures/radosgw.js';
 import { copyExampleTree, ROOT, tempDir } from './helpers.js';
@@ -202,7 +203,7 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   await runChecked('tar', ['-cjf', upload, '-C', tree, '.']);
   const file = path.join(dir, 'global_config.ini');
   await writeFile(file, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/custom', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
-    '[S3]', `endpoint: ${s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required', '[SERVER]', `upload_token: ${TOKEN}`, ''].join('\n'));
+    '[S3]', `endpoint: ${s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required', '[SERVER]', `upload_token: ${TOKEN}`, `cache_dir: ${path.join(dir, 'front-cache')}`, ''].join('\n'));
   const app = await buildServer({ config: await loadConfig({ file, env: {} }), logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
@@ -229,4 +230,44 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   assert.deepEqual(await objectNames(), ['custom/packages.checksum', 'custom/packages.json']);
   await shot(page, '08-s3-deleted');
   assert.deepEqual(pageErrors, []);
+});
+
+test('the web frontend shows a caching front\'s entries, hit ratio and a chart of bytes served against bytes fetched upstream, in a real browser', async (t) => {
+  await mkdir(SHOTS, { recursive: true });
+  const dir = await tempDir(t, 'autotest-frontend-');
+  const clientDir = await copyExampleTree(dir);
+  const upstreamDir = path.join(dir, 'upstream');
+  const published = await uploadPackages({
+    clientDir, selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
+    locations: [{ kind: 'local', path: upstreamDir, text: upstreamDir }], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+  });
+  assert.equal(published.ok, true);
+  const nginx = await startNginx({ root: upstreamDir });
+  t.after(() => nginx.stop());
+  const file = path.join(dir, 'global_config.ini');
+  await writeFile(file, ['[SERVER]', `builtin_dir: ${nginx.url}`, `cache_dir: ${path.join(dir, 'front-cache')}`, ''].join('\n'));
+  const app = await buildServer({ config: await loadConfig({ file, env: {} }), logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+  // One miss, then one hit: the upstream gave the package once, the front served it twice.
+  const size = (await readFile(path.join(upstreamDir, 'test-hello.tar.bz2'))).length;
+  for (const expected of ['miss', 'hit']) {
+    const answer = await fetch(`${url}/packages/builtin/test-hello.tar.bz2`);
+    assert.equal(answer.headers.get('x-autotest-cache'), expected);
+    assert.equal((await answer.arrayBuffer()).byteLength, size);
+  }
+
+  const browser = await launch(t);
+  const page = await browser.newPage();
+  await page.goto(`${url}/`, WAIT);
+  const cache = page.locator('#repo-builtin ~ .cache').first();
+  assert.equal(await cache.locator('.hit-ratio').textContent(), '50%');
+  assert.match(await cache.locator('.entries').textContent() ?? '', /^1 package, /);
+  const chart = page.locator('svg.traffic-chart');
+  assert.equal(await chart.isVisible(), true);
+  // The last point of each line: served (twice the package) stands higher than fetched (once).
+  const lastY = async (series: string): Promise<number> => Number((await chart.locator(`polyline.${series}`).getAttribute('points'))?.trim().split(' ').at(-1)?.split(',')[1]);
+  assert.ok(await lastY('served') < await lastY('upstream'), 'the served line ends above the upstream line');
+  assert.match(await page.locator('.traffic').textContent() ?? '', /50% of the bytes served came from the cache/);
+  await shot(page, 'cache-panel');
 });

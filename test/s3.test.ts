@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -540,4 +540,58 @@ test('the frontend lists, serves, takes uploads to and deletes from an S3 custom
   assert.equal((await checkS3Consistency(lab.admin, 'lab-packages', 'custom')).checksums.size, 0);
   assert.equal(await getObject(lab.admin, 'lab-packages', 'custom/test-mine.tar.bz2'), undefined);
   assert.equal((await fetch(`${site}/packages/custom/test-mine.tar.bz2`)).status, 404);
+});
+
+test('autotest serve in front of a private S3 prefix signs its requests, fetches a package once for 20 concurrent clients, and shows its own uploads and deletes at once', async (t) => {
+  const lab = await startLab(t);
+  const dir = await tempDir(t);
+  await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
+  // Every request of the front to S3 goes through the relay, which notes it.
+  const relay = await startCuttingRelay(t, new URL(lab.s3.endpoint), 'kernel-front.img', Number.POSITIVE_INFINITY);
+  const config = path.join(dir, 'serve.ini');
+  await writeFile(config, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/front', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
+    '[S3]', `endpoint: ${relay.endpoint}`, 'path_style: true', 'checksum_mode: when_required',
+    '[SERVER]', 'listen_address: 127.0.0.1', 'upload_token: s3-upload-token-123', 'index_max_age: 3600', ''].join('\n'));
+  const site = await lab.serve(config, dir);
+  const auth = { authorization: 'Bearer s3-upload-token-123' };
+  const url = `${site}/packages/custom/kernel-front.img`;
+  assert.equal((await fetch(`${site}/packages/custom/packages.checksum`)).status, 404, 'a prefix nobody published to is an empty repository');
+
+  const first = randomBytes(3 * 1024 * 1024);
+  const put = await fetch(`${site}/api/custom/kernel-front.img`, { method: 'PUT', headers: auth, body: first });
+  assert.equal(put.status, 200, await put.text());
+  // Private: S3 answers an unsigned GET 403, so what the clients get came through signed requests.
+  assert.equal((await fetch(`${lab.s3.endpoint}/lab-packages/front/kernel-front.img`)).status, 403);
+  const answers = await Promise.all(Array.from({ length: 20 }, async () => {
+    const answer = await fetch(url);
+    return { status: answer.status, cache: answer.headers.get('x-autotest-cache'), body: Buffer.from(await answer.arrayBuffer()) };
+  }));
+  for (const answer of answers) {
+    assert.equal(answer.status, 200);
+    assert.ok(answer.body.equals(first));
+  }
+  const gets = (): string[] => relay.requests.filter((request) => request.startsWith('GET ') && request.includes('kernel-front.img'));
+  assert.equal(gets().length, 1, `one S3 GET for 20 clients: ${gets().join(' | ')}`);
+  assert.deepEqual(answers.filter((answer) => answer.cache === 'miss').length, 1);
+
+  // The same name with other bytes, published through this server: served at once, index_max_age notwithstanding.
+  const second = randomBytes(1024 * 1024);
+  const replaced = await fetch(`${site}/api/custom/kernel-front.img`, { method: 'PUT', headers: auth, body: second });
+  assert.equal(replaced.status, 200, await replaced.text());
+  assert.ok(Buffer.from(await (await fetch(url)).arrayBuffer()).equals(second));
+  assert.equal(gets().length, 2);
+
+  // A second front that revalidates at every request: S3 answers its signed If-None-Match 304.
+  const revalidating = path.join(dir, 'revalidating.ini');
+  await writeFile(revalidating, (await readFile(config, 'utf8')).replace('index_max_age: 3600', `index_max_age: 0\ncache_dir: ${path.join(dir, 'second-cache')}`));
+  const revalidatingSite = await lab.serve(revalidating, dir);
+  for (let i = 0; i < 2; i += 1) assert.equal((await fetch(`${revalidatingSite}/packages/custom/packages.checksum`)).status, 200);
+  const metrics = await (await fetch(`${revalidatingSite}/metrics`)).text();
+  assert.match(metrics, /^autotest_cache_index_revalidations_total\{result="unchanged"\} [1-9]/m);
+
+  const removed = await fetch(`${site}/api/custom/kernel-front.img`, { method: 'DELETE', headers: auth });
+  assert.equal(removed.status, 200, await removed.text());
+  const gone = await fetch(url);
+  assert.equal(gone.status, 404);
+  assert.match(await gone.text(), /kernel-front\.img: not in this repository/);
 });

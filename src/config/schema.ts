@@ -336,10 +336,10 @@ export interface CachedUpstreams {
 }
 
 /**
- * What `autotest serve` can serve at /packages/NAME/: a folder, an S3 prefix streamed through
- * (both read as they are on every request), or upstreams served through the cache.
+ * What `autotest serve` can serve at /packages/NAME/: a folder, read as it is on every
+ * request, or upstreams (an S3 prefix alone among them) served through the cache.
  */
-export type ServedLocation = Extract<Location, { kind: 'local' | 's3' }> | CachedUpstreams;
+export type ServedLocation = Extract<Location, { kind: 'local' }> | CachedUpstreams;
 
 /** The [SERVER] section: what `autotest serve` listens on and serves. */
 export interface ServerConfig {
@@ -377,7 +377,7 @@ export interface ServerCacheConfig {
 export const SERVER_KEYS: Record<string, KeySpec> = {
   listen_address: { description: 'address autotest serve listens on (default 127.0.0.1)' },
   port: { description: 'port autotest serve listens on (default 8080; 0 picks a free one)' },
-  builtin_dir: { description: 'what is served at /packages/builtin/: a folder or s3://bucket/prefix, served as it is; or http(s)://, ssh:// upstreams, or several of any (comma list, "|" groups), served through cache_dir (default: the first local or S3 upload_location)' },
+  builtin_dir: { description: 'what is served at /packages/builtin/: a folder, served as it is; or s3://, http(s)://, ssh:// upstreams, or several of any (comma list, "|" groups), served through cache_dir (default: the first local or S3 upload_location)' },
   custom_dir: { description: 'what is served at /packages/custom/, as builtin_dir (default: the first local or S3 custom_upload_location)' },
   cache_dir: { description: 'folder of the caching front, shared by builtin_dir and custom_dir when they name upstreams (default: var/serve_cache under the working folder, beside the default repositories)' },
   cache_size: { description: 'GB (10^9 bytes) the caching front keeps, least recently used beyond it, never a file being served (default 10)' },
@@ -419,10 +419,18 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
   const listenAddress = addressEntry?.value.trim() ?? '127.0.0.1';
   if (addressEntry && !ADDRESS_RE.test(listenAddress)) badValue(section, addressEntry, 'listen_address', 'an IP address or a host name');
   const servable = (location: Location): location is Extract<Location, { kind: 'local' | 's3' }> => location.kind === 'local' || location.kind === 's3';
+  // A folder is read on every request; an S3 prefix goes through the cache, where each object
+  // is fetched (signed) once however many machines ask, and the server's own uploads and
+  // deletes drop its cached index (see uploads.ts).
+  const asServed = (location: Extract<Location, { kind: 'local' | 's3' }>): ServedLocation =>
+    location.kind === 'local' ? location : { kind: 'cached', upstreams: [location], text: location.text };
   const allowed = 'a folder path or s3://bucket/prefix, or comma-separated http(s)://, ssh://, s3:// or local upstreams ("|" groups allowed; no git)';
   const served = (key: string, fallback: Location[]): ServedLocation | undefined => {
     const entry = reader.get(key);
-    if (!entry) return fallback.find(servable);
+    if (!entry) {
+      const found = fallback.find(servable);
+      return found && asServed(found);
+    }
     let upstreams: FetchLocation[];
     try {
       upstreams = parseList(entry.value).map((item) => parseFetchLocation(item, reader.baseDir(entry), packages.s3));
@@ -433,8 +441,7 @@ export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => 
     if (!only) badValue(section, entry, key, allowed);
     const git = flattenFetchLocations(upstreams).find((location) => location.kind === 'git');
     if (git) badValue(section, entry, key, allowed, `"${redactSecrets(git.text)}" is a git repository`);
-    // A folder or an S3 prefix alone is read as it is on every request: an upload shows at once.
-    if (upstreams.length === 1 && only.kind !== 'group' && servable(only)) return only;
+    if (upstreams.length === 1 && only.kind !== 'group' && servable(only)) return asServed(only);
     return { kind: 'cached', upstreams, text: upstreams.map((location) => location.text).join(', ') };
   };
   const tokenEntry = reader.get('upload_token');

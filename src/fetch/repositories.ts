@@ -40,6 +40,23 @@ export interface FetchRepository {
   readIndex(trust?: IndexTrust): Promise<RepositoryIndex>;
   /** The bytes of `file` from `offset` on, all of them within `timeoutMs` (what is left of fetch_timeout). */
   open(file: string, offset: number, timeoutMs: number): Promise<Opened>;
+  /**
+   * `file` whole with its ETag, or `unchanged` when `etag` is still its ETag (If-None-Match, a
+   * 304): how the caching front revalidates an index. Only schemes with ETags (HTTP, S3) have it.
+   */
+  readIfChanged?(file: string, etag: string | undefined, timeoutMs: number): Promise<Revalidated>;
+}
+
+export type Revalidated = { unchanged: true } | { unchanged: false; stream: Readable; etag: string | undefined };
+
+/** A GET answered 200 or 304 (asked with If-None-Match) as what readIfChanged gives. */
+function revalidated(response: IncomingMessage): Revalidated {
+  if (response.statusCode === 304) {
+    response.resume();
+    return { unchanged: true };
+  }
+  const etag = response.headers.etag;
+  return { unchanged: false, stream: response, etag: typeof etag === 'string' && etag !== '' ? etag : undefined };
 }
 
 const INDEX_LIMIT = 32 * 1024 * 1024;
@@ -212,7 +229,7 @@ function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>,
     request.on('response', (response) => {
       clearTimeout(connectTimer);
       const status = response.statusCode ?? 0;
-      if (status === 200 || status === 206) {
+      if (status === 200 || status === 206 || (status === 304 && 'if-none-match' in headers)) {
         // Errors of the body (reset, stall, deadline) reach the reader as FetchFailures.
         request.on('error', (error) => response.destroy(classifyNetworkError(error, what)));
         resolve(response);
@@ -246,14 +263,15 @@ const httpsRefusal: RefusedAnswer = (status, body, what) => {
 function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
   const refusal = location.url.startsWith('https:') ? httpsRefusal : httpRefusal;
-  const get = (file: string, offset: number, timeoutMs = settings.timeoutMs): Promise<IncomingMessage> =>
-    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {}, `${name}/${file}`, { ...settings, timeoutMs }, refusal);
+  const get = (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> =>
+    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, conditions, `${name}/${file}`, { ...settings, timeoutMs }, refusal);
   return {
     name,
     readIndex: (trust) => readIndexThrough(name, (file) => get(file, 0), trust),
     async open(file, offset, timeoutMs) {
       return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
     },
+    readIfChanged: async (file, etag, timeoutMs) => revalidated(await get(file, 0, timeoutMs, etag === undefined ? {} : { 'if-none-match': etag })),
   };
 }
 
@@ -431,7 +449,7 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
  */
 function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
-  const get = async (file: string, offset: number, timeoutMs = settings.timeoutMs): Promise<IncomingMessage> => {
+  const get = async (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> => {
     const what = `${name}/${file}`;
     let signed;
     try {
@@ -440,7 +458,8 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
       // No credentials found: a setting to fix, not a server to wait for.
       throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: false, cause: error });
     }
-    return httpGet(signed.url, offset, signed.headers, what, { ...settings, timeoutMs }, s3Refusal);
+    // If-None-Match is not among the signed headers: S3 takes it unsigned.
+    return httpGet(signed.url, offset, { ...signed.headers, ...conditions }, what, { ...settings, timeoutMs }, s3Refusal);
   };
   return {
     name,
@@ -448,6 +467,7 @@ function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: Fet
     async open(file, offset, timeoutMs) {
       return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
     },
+    readIfChanged: async (file, etag, timeoutMs) => revalidated(await get(file, 0, timeoutMs, etag === undefined ? {} : { 'if-none-match': etag })),
   };
 }
 

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { pino } from 'pino';
-import type { Config } from '../config/index.js';
+import { describeLocation, flattenFetchLocations, type Config, type Location } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
 import { closeHttpConnections } from '../fetch/index.js';
 import { MAX_FILE_NAME_LENGTH } from '../packages/index.js';
@@ -31,6 +31,22 @@ export interface ServerOptions {
 function carriesBody(request: IncomingMessage): boolean {
   const length = request.headers['content-length'];
   return request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** Where a location's files are, whatever way its text was written (a trailing slash, file://). */
+function placeOf(location: Location): string {
+  if (location.kind === 's3') return `s3 ${location.settings.endpoint ?? ''} ${location.bucket}/${location.prefix}`;
+  if (location.kind === 'local') return `local ${location.path}`;
+  return describeLocation(location).replace(/\/+$/, '');
+}
+
+/** A cached repository that reads one of `locations` forgets its index: the server's own publish shows at once. */
+function invalidateCachedViews(repositories: ServedRepository[], locations: Location[]): void {
+  const changed = new Set(locations.map(placeOf));
+  for (const repository of repositories) {
+    if (!('cached' in repository)) continue;
+    if (flattenFetchLocations(repository.location.upstreams).some((upstream) => changed.has(placeOf(upstream)))) repository.cached.invalidate();
+  }
 }
 
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
@@ -138,11 +154,13 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     minimumFreeBytes: packages.minimumFreeSpaceBytes, cacheDir: options.cacheDir ?? cacheDir(),
     // The server signs what it publishes with the signing_key of its own config.
     signing: await loadIndexSigning(packages),
+    published: (locations) => { invalidateCachedViews(repositories, locations); },
   }, metrics);
   registerFrontend(app, {
     repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
     compression: packages.compression, minimumFreeBytes: packages.minimumFreeSpaceBytes,
     uploadsEnabled: server.uploadToken !== undefined, token: server.uploadToken,
+    traffic: front && (() => front.traffic()),
   });
   app.get('/healthz', () => ({ status: 'ok' }));
   app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));

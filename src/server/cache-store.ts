@@ -1,4 +1,4 @@
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
 import { isTempName, tempPathFor } from '../fs/atomic.js';
@@ -6,6 +6,9 @@ import type { CacheMetrics } from './metrics.js';
 
 /** Entries are named by the checksum they were verified against, so a name is its own proof. */
 const ENTRY_RE = /^(?:sha256-[0-9a-f]{64}|md5-[0-9a-f]{32})$/;
+
+/** Left free on the disk beyond a download's size: the index files kept and the file system's own needs. */
+const DISK_MARGIN_BYTES = 4 * 1024 * 1024;
 
 interface Entry {
   size: number;
@@ -34,10 +37,15 @@ export interface CacheStore {
   commit(temp: string, key: string, size: number): Promise<void>;
   /** Evicts least recently used entries that no answer holds until the store is within its bound. */
   trim(): Promise<void>;
+  /**
+   * Whether the disk has room for `bytes` more (and a margin): when it has not, least recently
+   * used entries that no answer holds are evicted until it has, or none is left to evict.
+   */
+  room(bytes: number): Promise<boolean>;
   /** Index files of served repository `name` kept for outages: `dir/index/NAME/`. */
   indexDir(name: string): string;
-  /** Entries and bytes kept (for the frontend). */
-  usage(): { entries: number; bytes: number };
+  /** The size of entry `key`, undefined when absent (for the frontend; nothing pinned). */
+  sizeOf(key: string): number | undefined;
 }
 
 export interface CacheStoreOptions {
@@ -72,17 +80,28 @@ export async function openCacheStore(options: CacheStoreOptions): Promise<CacheS
   }
   options.metrics.cacheBytes.set(bytes);
 
-  const evict = async (): Promise<void> => {
-    if (bytes <= options.sizeBytes) return;
+  /** Evicts unpinned entries, least recently used first, until `enough` says so. */
+  const evictUntil = async (enough: () => Promise<boolean> | boolean): Promise<boolean> => {
+    if (await enough()) return true;
     const victims = [...entries.entries()].filter(([, entry]) => entry.pins === 0).sort((a, b) => a[1].used - b[1].used);
     for (const [key, entry] of victims) {
-      if (bytes <= options.sizeBytes) break;
+      // Pinned since the list was made: an answer is reading it now.
+      if (entry.pins > 0 || entries.get(key) !== entry) continue;
       entries.delete(key);
       bytes -= entry.size;
       options.metrics.evictions.inc();
       await rm(path.join(contentDir, key), { force: true });
+      options.metrics.cacheBytes.set(bytes);
+      if (await enough()) return true;
     }
-    options.metrics.cacheBytes.set(bytes);
+    return enough();
+  };
+  const evict = async (): Promise<void> => {
+    await evictUntil(() => bytes <= options.sizeBytes);
+  };
+  const free = async (): Promise<number> => {
+    const fs = await statfs(contentDir);
+    return fs.bavail * fs.bsize;
   };
 
   return {
@@ -115,7 +134,8 @@ export async function openCacheStore(options: CacheStoreOptions): Promise<CacheS
       options.metrics.cacheBytes.set(bytes);
     },
     trim: evict,
+    room: (wanted) => evictUntil(async () => (await free()) >= wanted + DISK_MARGIN_BYTES),
     indexDir: (name) => path.join(options.dir, 'index', name),
-    usage: () => ({ entries: entries.size, bytes }),
+    sizeOf: (key) => entries.get(key)?.size,
   };
 }

@@ -1,16 +1,17 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { open, rm, readFile, mkdir, readdir, type FileHandle } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
-import fresh from 'fresh';
+import rangeParser from 'range-parser';
 import { describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { describeError, errnoCode } from '../errors.js';
 import { fetchRepositoryFor, FetchFailure, orderForPackage, RepositoryHealth, type FetchRepository } from '../fetch/index.js';
 import { writeFileAtomic } from '../fs/atomic.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, readIndexFiles, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
 import type { CacheStore } from './cache-store.js';
+import { isFresh } from './conditional.js';
 import type { CacheMetrics } from './metrics.js';
 
 /**
@@ -20,6 +21,8 @@ import type { CacheMetrics } from './metrics.js';
 export const INDEX_FILES: readonly string[] = [CHECKSUM_FILE, MANIFEST_FILE, 'packages.json.sig'];
 
 const INDEX_LIMIT = 32 * 1024 * 1024;
+/** Write failures that mean the disk of cache_dir is full: the front streams through instead. */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
 const READ_CHUNK = 256 * 1024;
 export const STALE_HEADERS: Readonly<Record<string, string>> = { 'x-autotest-stale': '1', warning: '110 - "Response is Stale"' };
 
@@ -37,11 +40,40 @@ export interface CachedRepository {
   readIndex(): Promise<RepositoryIndex>;
   /** What a listing shows: the indexed packages and the index files the upstream has. */
   files(): Promise<string[]>;
+  /** What the frontend shows of this repository's cache. */
+  stats(): CacheStats;
+  /**
+   * Forgets the index read so far: the next request reads it again. Called when this server
+   * has just published to an upstream, so that its own change shows at once.
+   */
+  invalidate(): void;
+}
+
+/** Package answers of one served repository since start, and what of its index is cached. */
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  coalesced: number;
+  passedThrough: number;
+  /** Cached entries of the packages its index names, and their bytes. */
+  entries: number;
+  bytes: number;
+  /** The last good index is served: every upstream failed at the last try. */
+  stale: boolean;
+}
+
+/** Bytes served and fetched upstream by the front since it started, at one moment. */
+export interface TrafficSample {
+  at: number;
+  served: number;
+  upstream: number;
 }
 
 export interface CacheFront {
   repository(name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository;
   store: CacheStore;
+  /** A sample a minute over the last hour (and the one before it, the baseline), then one taken now. */
+  traffic(): Promise<TrafficSample[]>;
   /** Cuts every upstream download under way (their waiting answers end incomplete). */
   close(): void;
 }
@@ -54,22 +86,39 @@ export interface CacheFrontOptions {
   answerError: AnswerError;
 }
 
+type Counts = Pick<CacheStats, 'hits' | 'misses' | 'coalesced' | 'passedThrough'>;
+
+const TRAFFIC_SAMPLE_MS = 60_000;
+const TRAFFIC_WINDOW_MS = 3600_000;
+
 interface Download {
   key: string;
   temp: string;
   /** Known once an upstream answered: from the index, else the upstream's Content-Length. */
   size: number | undefined;
   written: number;
-  state: 'opening' | 'running' | 'done' | 'failed';
+  /** 'spilled': the disk of cache_dir filled up; each answer goes on streaming from an upstream itself. */
+  state: 'opening' | 'running' | 'done' | 'failed' | 'spilled';
   error: string;
+  /** Once spilled: the digest of the `written` bytes on disk, for the answers to go on from. */
+  hash: Hash | undefined;
+  /** Where the rest comes from once spilled. */
+  source: { file: string; entry: IndexEntry; candidates: FetchRepository[] } | undefined;
   /** The answers reading the download; each pins the entry once it is committed. */
   readers: Set<{ release: (() => void) | undefined }>;
   listeners: Set<() => void>;
   abort: (() => void) | undefined;
 }
 
+/** An index file as the upstream has it; `etag` is the upstream's, to revalidate it with. */
+interface IndexFile {
+  body: Buffer;
+  tag: string;
+  etag?: string | undefined;
+}
+
 interface IndexState {
-  files: Map<string, { body: Buffer; tag: string }>;
+  files: Map<string, IndexFile>;
   index: RepositoryIndex;
   source: Location;
   readAt: number;
@@ -123,51 +172,195 @@ function indexOf(files: Map<string, { body: Buffer }>, where: string): Repositor
   return readIndexFiles(parseChecksumFile(checksums.body.toString('utf8'), `${where}/${CHECKSUM_FILE}`), files.get(MANIFEST_FILE)?.body.toString('utf8'), (file) => `${where}/${file}`).index;
 }
 
-/** Writes what the answer may have of the download, holding back its last byte until the bytes are verified. */
-async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse): Promise<number> {
-  let position = 0;
+function isGone(response: ServerResponse): boolean {
+  return response.destroyed;
+}
+
+/** Resolves once `response` may take more bytes (or is gone). */
+function drained(response: ServerResponse): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const go = (): void => {
+      response.off('drain', go);
+      response.off('close', go);
+      resolve();
+    };
+    response.on('drain', go);
+    response.on('close', go);
+  });
+}
+
+/** Where an answer of a spilled download goes on from: the bytes it sent, their digest, and the one byte it holds back. */
+interface Continuation {
+  position: number;
+  hash: Hash;
+  held: Buffer | undefined;
+}
+
+/**
+ * Writes what the answer may have of the download, holding back its last byte until the bytes
+ * are verified; for a spilled download, every byte on disk but the last, which it returns held.
+ */
+async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse, span: Span): Promise<{ sent: number; spilled: Continuation | undefined }> {
+  let position = span.start;
+  const result = (spilled?: Continuation): { sent: number; spilled: Continuation | undefined } => ({ sent: position - span.start, spilled });
   for (;;) {
-    if (response.destroyed) return position;
-    if (download.state === 'failed') {
+    if (response.destroyed) return result();
+    // A range that ends before the last byte needs no verdict: the client verifies what it assembles.
+    if (position > span.end) {
+      response.end();
+      return result();
+    }
+    const spilled = download.state === 'spilled';
+    if (download.state === 'failed' || (spilled && span.end !== Infinity && position >= download.written - 1)) {
       // Never the last byte of a copy that failed: the client sees a cut body, not a wrong one.
+      // A range the disk could not hold is cut too: the client asks again, from what it has.
       response.destroy();
-      return position;
+      return result();
     }
     const done = download.state === 'done';
-    const limit = done ? download.written : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    if (spilled && download.hash && position >= download.written - 1) {
+      const held = download.written > position ? Buffer.alloc(1) : undefined;
+      if (held) await handle.read(held, 0, 1, position);
+      return result({ position: download.written, hash: download.hash.copy(), held });
+    }
+    const available = done ? download.written : spilled ? download.written - 1 : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    const limit = Math.min(available, span.end + 1);
     if (position < limit) {
       const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, limit - position));
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
       if (bytesRead === 0) {
         response.destroy();
-        return position;
+        return result();
       }
       position += bytesRead;
-      if (!response.write(buffer.subarray(0, bytesRead))) {
-        await new Promise<void>((resolve) => {
-          const go = (): void => {
-            response.off('drain', go);
-            response.off('close', go);
-            resolve();
-          };
-          response.on('drain', go);
-          response.on('close', go);
-        });
-      }
+      if (!response.write(buffer.subarray(0, bytesRead))) await drained(response);
       continue;
     }
     if (done) {
       response.end();
-      return position;
+      return result();
     }
     await nextChange(download, response);
   }
+}
+
+/** Bytes start..end (inclusive; Infinity: to the end, whatever the size) of a download an answer sends. */
+interface Span {
+  start: number;
+  end: number;
+}
+
+/**
+ * The one range a request asks of a download of `size` bytes tagged `tag`, honouring
+ * If-Range; undefined for the whole file (no Range, another unit, several ranges, a stale
+ * If-Range), 'unsatisfiable' for a 416.
+ */
+function requestedSpan(request: IncomingMessage, size: number, tag: string): Span | 'unsatisfiable' | undefined {
+  const header = request.headers.range;
+  const ifRange = request.headers['if-range'];
+  if (header === undefined || !/^\s*bytes\s*=/i.test(header) || (ifRange !== undefined && ifRange !== tag)) return undefined;
+  const ranges = rangeParser(size, header, { combine: true });
+  if (ranges === -1) return 'unsatisfiable';
+  if (ranges === -2 || ranges.length !== 1 || !ranges[0]) return undefined;
+  return { start: ranges[0].start, end: ranges[0].end };
 }
 
 export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const { store, settings, metrics, log, answerError } = options;
   const downloads = new Map<string, Download>();
   const healthReady = RepositoryHealth.open(settings.cooldownMs, undefined);
+  let diskFull = false;
+  const counterValue = async (counter: CacheMetrics['servedBytes']): Promise<number> => (await counter.get()).values.reduce((sum, value) => sum + value.value, 0);
+  const sampleTraffic = async (): Promise<TrafficSample> => ({ at: Date.now(), served: await counterValue(metrics.servedBytes), upstream: await counterValue(metrics.upstreamBytes) });
+  // The counters start at 0 with the server (one registry per server).
+  const samples: TrafficSample[] = [{ at: Date.now(), served: 0, upstream: 0 }];
+  const sampler = setInterval(() => {
+    void sampleTraffic().then((sample) => {
+      samples.push(sample);
+      // One sample older than the window stays: the baseline of the chart.
+      while (samples.length > 2 && (samples[1]?.at ?? 0) < sample.at - TRAFFIC_WINDOW_MS) samples.shift();
+    });
+  }, TRAFFIC_SAMPLE_MS);
+  sampler.unref();
+  const noteDisk = (full: boolean): void => {
+    if (full === diskFull) return;
+    diskFull = full;
+    metrics.diskFull.set(full ? 1 : 0);
+    // One line at each change, not one per answer: a full disk may last.
+    if (full) log.warn('the disk of cache_dir is full: packages are streamed through from upstreams, not kept');
+    else log.info('the disk of cache_dir has room again: packages are kept again');
+  };
+
+  /**
+   * Streams `file` from the first candidate that gives it, from `from.position` on, to one
+   * answer, keeping nothing: what an answer does when cache_dir's disk is full. The digest runs
+   * over every byte sent, and the last one is held back until it matches the index.
+   */
+  const passThrough = async (response: ServerResponse, source: NonNullable<Download['source']>, headers: Record<string, string>, from: Continuation): Promise<number> => {
+    const { file, entry, candidates } = source;
+    const bound = entry.size ?? settings.maxSizeBytes;
+    const { hash } = from;
+    let { position, held } = from;
+    let sent = 0;
+    let tooLong = false;
+    const failures: string[] = [];
+    for (const repository of candidates) {
+      if (response.destroyed || tooLong || (entry.size !== undefined && position >= entry.size)) break;
+      let stream: Readable | undefined;
+      const cut = (): void => { stream?.destroy(); };
+      response.once('close', cut);
+      try {
+        const opened = await repository.open(file, position, settings.timeoutMs);
+        stream = opened.stream;
+        // The client may have left while the upstream was opened (the narrowing above cannot know).
+        if (isGone(response)) break;
+        if (!response.headersSent) response.writeHead(200, { ...headers, ...(entry.size === undefined ? {} : { 'content-length': entry.size.toString() }) });
+        let skip = position - opened.start;
+        for await (const chunk of opened.stream) {
+          let data = chunk as Buffer;
+          if (skip > 0) {
+            if (data.length <= skip) {
+              skip -= data.length;
+              continue;
+            }
+            data = data.subarray(skip);
+            skip = 0;
+          }
+          if (data.length === 0) continue;
+          if (position + data.length > bound) {
+            tooLong = true;
+            break;
+          }
+          hash.update(data);
+          position += data.length;
+          metrics.upstreamBytes.inc(data.length);
+          const out = held ? Buffer.concat([held, data.subarray(0, data.length - 1)]) : data.subarray(0, data.length - 1);
+          held = data.subarray(data.length - 1);
+          sent += out.length;
+          if (!response.write(out)) await drained(response);
+          if (isGone(response)) break;
+        }
+        if (!tooLong) break;
+      } catch (error) {
+        failures.push(describeError(error));
+      } finally {
+        response.off('close', cut);
+        stream?.destroy();
+      }
+    }
+    if (!response.headersSent) return answerError(response, 502, `${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`);
+    const whole = !tooLong && (entry.size === undefined || position === entry.size) && hash.digest('hex') === (entry.sha256 ?? entry.md5);
+    if (!whole || response.destroyed) {
+      if (!response.destroyed) metrics.rejected.inc({ reason: tooLong ? 'size' : 'checksum' });
+      // Never the last byte of a wrong or cut copy.
+      response.destroy();
+    } else {
+      response.end(held);
+      sent += held?.length ?? 0;
+    }
+    metrics.servedBytes.inc(sent);
+    return sent;
+  };
 
   /** Fetches `file` into a temp file from the first candidate that has it, verifying before it commits. */
   const run = async (download: Download, file: string, entry: IndexEntry, candidates: FetchRepository[], passOver: (name: string) => void): Promise<void> => {
@@ -180,6 +373,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const verdict = { rejected: false };
     let handle: FileHandle | undefined;
     try {
+      if (!(await store.room(entry.size ?? 0))) throw Object.assign(new Error('no room in cache_dir'), { code: 'ENOSPC' });
       const temp = await open(download.temp, 'wx', 0o644);
       handle = temp;
       for (const repository of candidates) {
@@ -212,11 +406,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
               if (download.written + data.length > bound) {
                 throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
               }
-              await temp.write(data, 0, data.length, download.written);
-              hash.update(data);
-              download.written += data.length;
               metrics.upstreamBytes.inc(data.length);
-              notify(download);
+              // A nearly full disk takes part of a write before it refuses the next: `written`
+              // counts what is on disk, so that a spilled download goes on from there.
+              for (let offset = 0; offset < data.length;) {
+                const { bytesWritten } = await temp.write(data, offset, data.length - offset, download.written);
+                if (bytesWritten === 0) throw Object.assign(new Error('the disk took no byte'), { code: 'ENOSPC' });
+                hash.update(data.subarray(offset, offset + bytesWritten));
+                offset += bytesWritten;
+                download.written += bytesWritten;
+                notify(download);
+              }
             }
             const wanted = entry.sha256 ?? entry.md5;
             const found = hash.digest('hex');
@@ -231,6 +431,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             await temp.close();
             handle = undefined;
             await store.commit(download.temp, download.key, download.written);
+            noteDisk(false);
             download.state = 'done';
             for (const reader of download.readers) reader.release = store.acquire(download.key)?.release;
             notify(download);
@@ -238,6 +439,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             await health.succeeded(repository.name);
             return;
           } catch (error) {
+            if (NO_SPACE.has(errnoCode(error) ?? '')) throw error;
             const failure = error instanceof FetchFailure ? error : new FetchFailure(`${repository.name}/${file}: ${describeError(error)}`, { transient: false, down: false, cause: error });
             failures.push(failure.message);
             if (failure.down) await health.failed(repository.name, failure.message);
@@ -253,6 +455,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       }
       throw new FetchFailure(`${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`, { transient: false, down: false });
     } catch (error) {
+      if (NO_SPACE.has(errnoCode(error) ?? '')) {
+        // Each answer goes on from what it has (the bytes on disk stay readable to the handles
+        // open on them after the temp is removed); nothing is kept.
+        noteDisk(true);
+        download.state = 'spilled';
+        download.hash = hash;
+        notify(download);
+        await handle?.close().catch(() => undefined);
+        await rm(download.temp, { force: true });
+        return;
+      }
       download.state = 'failed';
       download.error = error instanceof Error ? error.message : String(error);
       if (download.written > 0 && !verdict.rejected) metrics.rejected.inc({ reason: 'cut' });
@@ -267,13 +480,20 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   };
 
   /** Answers one request from a download under way: headers once an upstream answered, then the bytes as they arrive. */
-  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>): Promise<CacheAnswer> => {
+  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>, counted: { name: string; counts: Counts }): Promise<CacheAnswer> => {
     while (download.state === 'opening') {
       if (response.destroyed) return { kind: 'answered', bytes: 0 };
       await nextChange(download, response);
     }
     for (;;) {
       if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, 502, download.error) };
+      if (download.state === 'spilled' && download.source) {
+        metrics.passedThrough.inc({ repository: counted.name });
+        counted.counts.passedThrough += 1;
+        response.setHeader('x-autotest-cache', 'pass');
+        const hash = createHash(download.source.entry.sha256 === undefined ? 'md5' : 'sha256');
+        return { kind: 'answered', bytes: await passThrough(response, download.source, headers, { position: 0, hash, held: undefined }) };
+      }
       if (download.state === 'done') {
         const entry = store.acquire(download.key);
         if (!entry) return { kind: 'answered', bytes: answerError(response, 503, 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
@@ -290,14 +510,23 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       const reader: { release: (() => void) | undefined } = { release: undefined };
       download.readers.add(reader);
       try {
-        response.writeHead(200, { ...headers, ...(download.size === undefined ? {} : { 'content-length': download.size.toString() }) });
+        const { size } = download;
+        // A range is answered from the bytes as they arrive, as the whole file is.
+        const span = size === undefined || request.method === 'HEAD' ? undefined : requestedSpan(request, size, headers.etag ?? '');
+        if (span === 'unsatisfiable') return { kind: 'answered', bytes: answerError(response, 416, 'range not satisfiable', { 'content-range': `bytes */${String(size)}` }) };
+        if (span) {
+          response.writeHead(206, { ...headers, 'content-range': `bytes ${span.start.toString()}-${span.end.toString()}/${String(size)}`, 'content-length': (span.end - span.start + 1).toString() });
+        } else response.writeHead(200, { ...headers, ...(size === undefined ? {} : { 'content-length': size.toString() }) });
         if (request.method === 'HEAD') {
           response.end();
           return { kind: 'answered', bytes: 0 };
         }
-        const bytes = await streamDownload(download, handle, response);
-        metrics.servedBytes.inc(bytes);
-        return { kind: 'answered', bytes };
+        const { sent, spilled } = await streamDownload(download, handle, response, span ?? { start: 0, end: Infinity });
+        metrics.servedBytes.inc(sent);
+        if (!spilled || !download.source) return { kind: 'answered', bytes: sent };
+        metrics.passedThrough.inc({ repository: counted.name });
+        counted.counts.passedThrough += 1;
+        return { kind: 'answered', bytes: sent + await passThrough(response, download.source, headers, spilled) };
       } finally {
         download.readers.delete(reader);
         reader.release?.();
@@ -309,34 +538,62 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const repository = (name: string, upstreams: FetchLocation[], indexMaxAgeMs: number): CachedRepository => {
     let state: IndexState | undefined;
     let lastTry = 0;
-    let refreshing: Promise<{ state: IndexState | undefined; failure: string }> | undefined;
+    const counts: Counts = { hits: 0, misses: 0, coalesced: 0, passedThrough: 0 };
+    /** Grows at each invalidate(): a read begun before it may hold the index as it was before the publish. */
+    let generation = 0;
+    let refreshing: { generation: number; result: Promise<{ state: IndexState | undefined; failure: string }> } | undefined;
+    /** The generation of the read that set `state`: an older read ending later never replaces it. */
+    let stateGeneration = -1;
     let loaded = false;
     const others = new Map<string, Promise<RepositoryIndex | undefined>>();
     /** Upstreams whose copy of a key failed verification since the index was read: asked last for it. */
     const passedOver = new Map<string, Set<string>>();
     const repositoryOf = (location: Location): FetchRepository => fetchRepositoryFor(location, settings);
 
-    const readUpstreamIndex = async (location: Location): Promise<Map<string, { body: Buffer; tag: string }>> => {
+    /**
+     * The index files of `location`; those of `previous` (read from it before) revalidated with
+     * their ETags where the scheme has them, so an unchanged index costs a 304 per file.
+     */
+    const readUpstreamIndex = async (location: Location, previous: Map<string, IndexFile> | undefined): Promise<{ files: Map<string, IndexFile>; unchanged: boolean }> => {
       const upstream = repositoryOf(location);
-      const files = new Map<string, { body: Buffer; tag: string }>();
+      const files = new Map<string, IndexFile>();
+      let unchanged = previous !== undefined;
       await Promise.all(INDEX_FILES.map(async (file) => {
+        const before = previous?.get(file);
         try {
+          if (upstream.readIfChanged) {
+            const answer = await upstream.readIfChanged(file, before?.etag, settings.timeoutMs);
+            if (before?.etag !== undefined) metrics.indexRevalidations.inc({ result: answer.unchanged ? 'unchanged' : 'changed' });
+            if (answer.unchanged && before) {
+              files.set(file, before);
+              return;
+            }
+            unchanged = false;
+            if (answer.unchanged) throw new FetchFailure(`${upstream.name}/${file}: answered 304 to a request that had no ETag`, { transient: false, down: false });
+            const body = await readBody(answer.stream, `${upstream.name}/${file}`);
+            files.set(file, { body, tag: bodyTag(body), etag: answer.etag });
+            return;
+          }
           const opened = await upstream.open(file, 0, settings.timeoutMs);
           const body = await readBody(opened.stream, `${upstream.name}/${file}`);
+          if (!before?.body.equals(body)) unchanged = false;
           files.set(file, { body, tag: bodyTag(body) });
         } catch (error) {
-          if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) return;
+          if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) {
+            if (before) unchanged = false;
+            return;
+          }
           throw error;
         }
       }));
-      return files;
+      return { files, unchanged };
     };
 
     /** The last good index written by an earlier run, for an outage that starts before any upstream answered. */
     const loadKept = async (): Promise<IndexState | undefined> => {
       const dir = store.indexDir(name);
       try {
-        const files = new Map<string, { body: Buffer; tag: string }>();
+        const files = new Map<string, IndexFile>();
         for (const file of await readdir(dir)) {
           if (!INDEX_FILES.includes(file)) continue;
           const body = await readFile(path.join(dir, file));
@@ -363,7 +620,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
 
     const refresh = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
       const health = await healthReady;
+      const mine = generation;
       const failures: string[] = [];
+      let empty: Location | undefined;
       for (const location of flattenFetchLocations(upstreams)) {
         const label = describeLocation(location);
         if (health.coolingDown(label) > 0) {
@@ -371,20 +630,38 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           continue;
         }
         try {
-          const files = await readUpstreamIndex(location);
-          const index = indexOf(files, label);
+          const same = state !== undefined && describeLocation(state.source) === label;
+          const { files, unchanged } = await readUpstreamIndex(location, same ? state?.files : undefined);
+          const kept = unchanged ? state?.index : undefined;
+          const index = kept ?? indexOf(files, label);
+          if (mine < stateGeneration && state) return { state, failure: '' };
+          stateGeneration = mine;
           if (state?.stale) log.info({ repository: name, upstream: label }, 'an upstream answered again; the index is fresh');
           state = { files, index, source: location, readAt: Date.now(), stale: false };
-          others.clear();
-          passedOver.clear();
-          await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
+          if (!kept) {
+            others.clear();
+            passedOver.clear();
+            await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
+          }
           await health.succeeded(label);
           return { state, failure: '' };
         } catch (error) {
           const message = error instanceof Error ? error.message : String(error);
           failures.push(message);
+          if (error instanceof FetchFailure && error.notFound) empty ??= location;
           if (error instanceof FetchFailure && error.down) await health.failed(label, message);
         }
+      }
+      if (empty) {
+        // An upstream answered that it has no index (a new S3 prefix, a custom location nobody
+        // published to yet): an empty repository, not an outage. Only when no upstream has one.
+        if (mine >= stateGeneration) {
+          stateGeneration = mine;
+          state = { files: new Map(), index: new Map(), source: empty, readAt: Date.now(), stale: false };
+          others.clear();
+          passedOver.clear();
+        }
+        return { state, failure: '' };
       }
       if (!state && !loaded) {
         loaded = true;
@@ -398,11 +675,17 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const current = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
       const now = Date.now();
       if (state && now - (state.stale ? lastTry : state.readAt) < indexMaxAgeMs) return { state, failure: '' };
-      refreshing ??= refresh().finally(() => {
-        lastTry = Date.now();
-        refreshing = undefined;
-      });
-      return refreshing;
+      if (refreshing?.generation !== generation) {
+        const started = { generation, result: refresh() };
+        refreshing = started;
+        void started.result.finally(() => {
+          lastTry = Date.now();
+          if (refreshing === started) refreshing = undefined;
+          // Read before an invalidate(): good enough to answer with, to be read again next time.
+          if (started.generation !== generation && state) state.readAt = 0;
+        });
+      }
+      return refreshing.result;
     };
 
     /** Where the bytes of `entry` may come from: the upstream whose index is served, others only when their index agrees. */
@@ -438,6 +721,22 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
 
     return {
       name,
+      stats() {
+        let entries = 0;
+        let bytes = 0;
+        for (const entry of state?.index.values() ?? []) {
+          const size = store.sizeOf(keyOf(entry));
+          if (size === undefined) continue;
+          entries += 1;
+          bytes += size;
+        }
+        return { ...counts, entries, bytes, stale: state?.stale ?? false };
+      },
+      invalidate() {
+        generation += 1;
+        if (state) state.readAt = 0;
+        lastTry = 0;
+      },
       readIndex: async () => (await served()).index,
       async files() {
         const now = await served();
@@ -455,7 +754,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           const kept = now.files.get(file);
           if (!kept) return { kind: 'answered', bytes: answerError(response, 404, `${file}: not in this repository`) };
           response.setHeader('etag', kept.tag);
-          if (fresh(request.headers, { etag: kept.tag })) {
+          if (isFresh(request.headers, { etag: kept.tag })) {
             response.writeHead(304, base);
             response.end();
             return { kind: 'answered', bytes: 0 };
@@ -471,11 +770,12 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         const hit = store.acquire(key);
         if (hit) {
           metrics.hits.inc({ repository: name });
+          counts.hits += 1;
           response.setHeader('x-autotest-cache', 'hit');
           return { kind: 'entry', path: hit.path, tag, stale: now.stale, release: hit.release };
         }
-        const headers = { ...base, etag: tag };
-        if (fresh(request.headers, { etag: tag })) {
+        const headers = { ...base, etag: tag, 'accept-ranges': 'bytes' };
+        if (isFresh(request.headers, { etag: tag })) {
           response.writeHead(304, headers);
           response.end();
           return { kind: 'answered', bytes: 0 };
@@ -483,6 +783,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         let download = downloads.get(key);
         if (download) {
           metrics.coalesced.inc({ repository: name });
+          counts.coalesced += 1;
           response.setHeader('x-autotest-cache', 'coalesced');
         } else {
           if (request.method === 'HEAD') {
@@ -491,21 +792,23 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             return { kind: 'answered', bytes: 0 };
           }
           metrics.misses.inc({ repository: name });
+          counts.misses += 1;
           response.setHeader('x-autotest-cache', 'miss');
           const started: Download = {
-            key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '',
+            key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '', hash: undefined, source: undefined,
             readers: new Set(), listeners: new Set(), abort: undefined,
           };
           downloads.set(key, started);
           download = started;
           const candidates = await candidatesFor(now.source, file, entry);
+          started.source = { file, entry, candidates };
           void run(started, file, entry, candidates, (upstream) => {
             const set = passedOver.get(key) ?? new Set<string>();
             set.add(upstream);
             passedOver.set(key, set);
           });
         }
-        return follow(download, request, response, headers);
+        return follow(download, request, response, headers, { name, counts });
       },
     };
   };
@@ -513,7 +816,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   return {
     repository,
     store,
+    traffic: async () => [...samples, await sampleTraffic()],
     close() {
+      clearInterval(sampler);
       for (const download of downloads.values()) download.abort?.();
     },
   };

@@ -5,8 +5,8 @@ import { verifyLocations, type VerifyLocationReport } from '../packager/index.js
 import { createUploadTarget } from '../repositories/index.js';
 import { hasToken } from './auth.js';
 import { escapeHtml } from './html.js';
+import type { CacheStats, TrafficSample } from './cache.js';
 import type { ServedRepository } from './repositories.js';
-import { readS3Index } from './s3-proxy.js';
 
 /**
  * A check reads (and on S3 downloads) every upload location whole: a request without the token
@@ -29,24 +29,26 @@ export interface FrontendSettings {
   uploadsEnabled: boolean;
   /** With it, a request forces a fresh consistency check. */
   token: string | undefined;
+  /** The caching front's bytes served and fetched upstream over the last hour, when there is one. */
+  traffic: (() => Promise<TrafficSample[]>) | undefined;
 }
 
 export interface ListedRepository {
   name: string;
   url: string;
   packages: { file: string; type: string; name: string; size: number | undefined; md5: string; sha256: string | undefined; date: string | undefined }[];
+  /** For a repository served through the caching front. */
+  cache?: CacheStats;
 }
 
 async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
   return Promise.all(repositories.map(async (repository) => {
-    // S3 through signed GETs: a server that only reads S3 never loads the full SDK (see loadS3Sdk).
-    const index = 'cached' in repository ? await repository.cached.readIndex()
-      : repository.location.kind === 's3' ? await readS3Index(repository.location) : await createUploadTarget(repository.location).readIndex();
+    const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location).readIndex();
     const packages = [...index.values()].map((entry: IndexEntry) => {
       const parsed = parseFileName(entry.file);
       return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };
     });
-    return { name: repository.name, url: `/packages/${repository.name}/`, packages };
+    return { name: repository.name, url: `/packages/${repository.name}/`, packages, ...('cached' in repository ? { cache: repository.cached.stats() } : {}) };
   }));
 }
 
@@ -91,7 +93,60 @@ function page(title: string, body: string): string {
 <body><nav><a href="/">Packages</a><a href="/consistency">Consistency</a><a href="/metrics">Metrics</a></nav>${body}</body></html>`;
 }
 
-function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean): string {
+/** Answers that cost no upstream fetch (a cached entry, or a download another answer started), of all package answers. */
+function hitRatio(stats: CacheStats): string {
+  const all = stats.hits + stats.coalesced + stats.misses + stats.passedThrough;
+  return all === 0 ? 'no requests yet' : `${Math.round((100 * (stats.hits + stats.coalesced)) / all).toString()}%`;
+}
+
+function cacheSummary(stats: CacheStats): string {
+  return `<div class="cache"><p>Cache: <span class="entries">${stats.entries.toString()} package${stats.entries === 1 ? '' : 's'}, ${escapeHtml(formatSize(stats.bytes))}</span>;
+hit ratio <span class="hit-ratio">${escapeHtml(hitRatio(stats))}</span> <small>(${stats.hits.toString()} from the cache, ${stats.coalesced.toString()} joined a download under way, ${stats.misses.toString()} fetched, ${stats.passedThrough.toString()} streamed through)</small></p>
+${stats.stale ? '<p class="bad stale">Every upstream is down: the last good index and the cached packages are served.</p>' : ''}</div>`;
+}
+
+const CHART = { width: 640, height: 160, left: 70, bottom: 24 };
+
+/**
+ * Bytes served and bytes fetched upstream over the last hour, cumulated from the hour's start,
+ * as an inline SVG drawn here (no script, no library): the gap between the lines is what the
+ * cache saved the upstreams.
+ */
+function trafficChart(samples: TrafficSample[]): string {
+  const last = samples.at(-1);
+  if (!last) return '';
+  const from = last.at - 3600_000;
+  const inWindow = samples.filter((sample) => sample.at >= from);
+  const base = [...samples].reverse().find((sample) => sample.at < from) ?? inWindow[0] ?? last;
+  const points = [{ ...base, at: Math.max(base.at, from) }, ...inWindow.filter((sample) => sample !== base)];
+  const served = last.served - base.served;
+  const upstream = last.upstream - base.upstream;
+  const top = Math.max(served, upstream, 1);
+  const plotWidth = CHART.width - CHART.left - 10;
+  const plotHeight = CHART.height - CHART.bottom - 10;
+  const line = (value: (sample: TrafficSample) => number): string => points.map((sample) => {
+    const x = CHART.left + ((sample.at - from) / 3600_000) * plotWidth;
+    const y = 10 + plotHeight - (value(sample) / top) * plotHeight;
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  }).join(' ');
+  const saved = served === 0 ? '' : ` (${Math.round((100 * Math.max(0, served - upstream)) / served).toString()}% of the bytes served came from the cache)`;
+  return `<h2>Caching front: the last hour</h2>
+<p class="traffic">Served <span class="served-total">${escapeHtml(formatSize(served))}</span>, fetched upstream <span class="upstream-total">${escapeHtml(formatSize(upstream))}</span>${escapeHtml(saved)}.</p>
+<svg class="traffic-chart" role="img" aria-label="bytes served and fetched upstream over the last hour" width="${CHART.width.toString()}" height="${CHART.height.toString()}" viewBox="0 0 ${CHART.width.toString()} ${CHART.height.toString()}" xmlns="http://www.w3.org/2000/svg">
+<line x1="${CHART.left.toString()}" y1="${(10 + plotHeight).toString()}" x2="${(CHART.width - 10).toString()}" y2="${(10 + plotHeight).toString()}" stroke="#999"/>
+<line x1="${CHART.left.toString()}" y1="10" x2="${CHART.left.toString()}" y2="${(10 + plotHeight).toString()}" stroke="#999"/>
+<text x="${(CHART.left - 6).toString()}" y="16" text-anchor="end" font-size="11">${escapeHtml(formatSize(top))}</text>
+<text x="${(CHART.left - 6).toString()}" y="${(10 + plotHeight).toString()}" text-anchor="end" font-size="11">0</text>
+<text x="${CHART.left.toString()}" y="${(CHART.height - 6).toString()}" font-size="11">1 h ago</text>
+<text x="${(CHART.width - 10).toString()}" y="${(CHART.height - 6).toString()}" text-anchor="end" font-size="11">now</text>
+<polyline class="served" fill="none" stroke="#1565c0" stroke-width="2" points="${line((sample) => sample.served - base.served)}"><title>served</title></polyline>
+<polyline class="upstream" fill="none" stroke="#e65100" stroke-width="2" stroke-dasharray="5 3" points="${line((sample) => sample.upstream - base.upstream)}"><title>fetched upstream</title></polyline>
+<text x="${(CHART.left + 8).toString()}" y="24" font-size="11" fill="#1565c0">served</text>
+<text x="${(CHART.left + 60).toString()}" y="24" font-size="11" fill="#e65100">fetched upstream</text>
+</svg>`;
+}
+
+function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean, traffic: TrafficSample[] | undefined): string {
   const tables = repositories.map((repository) => {
     const rows = repository.packages.map((p) => `<tr data-file="${escapeHtml(p.file)}" data-search="${escapeHtml(`${p.type} ${p.name} ${p.file}`.toLowerCase())}">
 <td>${escapeHtml(p.type)}</td><td><a href="${escapeHtml(repository.url + encodeURIComponent(p.file))}">${escapeHtml(p.name)}</a></td>
@@ -100,6 +155,7 @@ function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean)
 <td>${repository.name === 'custom' && uploadsEnabled ? `<button class="delete" data-file="${escapeHtml(p.file)}">Delete</button>` : ''}</td></tr>`).join('\n');
     return `<h2 id="repo-${escapeHtml(repository.name)}">${escapeHtml(repository.name)} <small><a href="${escapeHtml(repository.url)}">${escapeHtml(repository.url)}</a></small></h2>
 <p class="totals">${escapeHtml(formatTotals(repository.packages))}</p>
+${repository.cache ? cacheSummary(repository.cache) : ''}
 <table class="packages" data-repository="${escapeHtml(repository.name)}"><thead><tr><th>Type</th><th>Name</th><th>Size</th><th>md5</th><th>Published</th><th></th></tr></thead>
 <tbody>${rows || '<tr class="empty"><td colspan="6">no packages</td></tr>'}</tbody></table>`;
   }).join('\n');
@@ -110,6 +166,7 @@ function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean)
     : '<p><small>Uploads are disabled: the server has no <code>upload_token</code>.</small></p>';
   return page('Autotest packages', `<h1>Autotest packages</h1>
 <p><input type="search" id="filter" placeholder="filter by type or name" autofocus></p>
+${traffic ? trafficChart(traffic) : ''}
 ${tables}
 ${form}
 <script>${SCRIPT}</script>`);
@@ -210,7 +267,10 @@ export function registerFrontend(app: FastifyInstance, settings: FrontendSetting
     }
     return Promise.resolve(last);
   };
-  app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(packagesPage(await listRepositories(settings.repositories), settings.uploadsEnabled)));
+  app.get('/', async (_request, reply) => {
+    const [repositories, traffic] = await Promise.all([listRepositories(settings.repositories), settings.traffic?.()]);
+    return reply.type('text/html; charset=utf-8').send(packagesPage(repositories, settings.uploadsEnabled, traffic));
+  });
   app.get('/api/packages', async () => listRepositories(settings.repositories));
   app.get('/consistency', async (request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await consistency(request))));
   app.get('/api/consistency', async (request) => consistency(request));

@@ -27,6 +27,12 @@ export interface CacheMetrics {
   staleAnswers: Counter<'repository'>;
   /** Upstream copies refused: a checksum or size that is not the index's, or a cut download. */
   rejected: Counter<'reason'>;
+  /** Answers streamed from an upstream without being kept, because cache_dir's disk was full. */
+  passedThrough: Counter<'repository'>;
+  /** 1 while cache_dir's disk is full (answers are streamed through), else 0. */
+  diskFull: Gauge;
+  /** Index files asked again with If-None-Match after index_max_age, by whether the upstream said unchanged (304). */
+  indexRevalidations: Counter<'result'>;
 }
 
 export function createMetrics(): ServerMetrics {
@@ -53,6 +59,9 @@ export function createMetrics(): ServerMetrics {
       cacheBytes: new Gauge({ name: 'autotest_cache_bytes', help: 'Bytes of verified entries in cache_dir', registers: [registry] }),
       staleAnswers: new Counter({ name: 'autotest_cache_stale_answers_total', help: 'Answers from the last good index while every upstream failed', labelNames: ['repository'], registers: [registry] }),
       rejected: new Counter({ name: 'autotest_cache_rejected_total', help: 'Upstream copies not kept, by reason', labelNames: ['reason'], registers: [registry] }),
+      passedThrough: new Counter({ name: 'autotest_cache_passthrough_total', help: 'Package answers streamed from an upstream without being kept (cache_dir full)', labelNames: ['repository'], registers: [registry] }),
+      indexRevalidations: new Counter({ name: 'autotest_cache_index_revalidations_total', help: 'Upstream index files asked again with If-None-Match, by result (unchanged: a 304)', labelNames: ['result'], registers: [registry] }),
+      diskFull: new Gauge({ name: 'autotest_cache_disk_full', help: '1 while the disk of cache_dir is full and answers are streamed through', registers: [registry] }),
     },
   };
 }

@@ -4,19 +4,17 @@ import { mkdir, open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import etag from 'etag';
-import fresh from 'fresh';
 import rangeParser from 'range-parser';
 import type { FastifyBaseLogger } from 'fastify';
+import { isFresh } from './conditional.js';
 import { escapeHtml } from './html.js';
 import type { CachedUpstreams, ServedLocation } from '../config/index.js';
 import type { CachedRepository } from './cache.js';
 import type { ServerMetrics } from './metrics.js';
-import { describeError, errnoCode, isAutotestError } from '../errors.js';
-import { s3Problem } from '../s3/client.js';
-import { listS3Files, serveS3File } from './s3-proxy.js';
+import { describeError, errnoCode } from '../errors.js';
 
 export type ServedRepository =
-  /** A folder, served from the disk, or an S3 prefix, streamed through. */
+  /** A folder, served from the disk. */
   | { name: 'builtin' | 'custom'; location: Exclude<ServedLocation, CachedUpstreams> }
   /** Upstreams served through the caching front. */
   | { name: 'builtin' | 'custom'; location: CachedUpstreams; cached: CachedRepository };
@@ -116,7 +114,7 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
   const spare = spareBuffers.findIndex((b) => b.length === size);
   const buffer = spare >= 0 ? spareBuffers.splice(spare, 1)[0] ?? Buffer.allocUnsafe(size) : Buffer.allocUnsafe(size);
   // A client that goes away never gets its write callback: closing wakes the pump instead.
-  const state: { closed: boolean; wake: (() => void) | undefined } = { closed: false, wake: undefined };
+  const state: { closed: boolean; finished: boolean; wake: (() => void) | undefined } = { closed: false, finished: false, wake: undefined };
   const onClose = (): void => {
     state.closed = true;
     state.wake?.();
@@ -137,7 +135,10 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
           resolve();
         };
         if (position > end) {
-          response.once('finish', () => { resolve(); });
+          response.once('finish', () => {
+            state.finished = true;
+            resolve();
+          });
           response.end(chunk);
         } else response.write(chunk, done);
       });
@@ -145,7 +146,8 @@ async function pumpFile(handle: FileHandle, response: ServerResponse, start: num
     }
     // The file shrank under us, or the client left: never pretend the body was complete.
     if (position <= end && !state.closed) response.destroy();
-    return position > end && !state.closed;
+    // A response emits 'close' after 'finish' too, before this code runs again: finished is what counts.
+    return position > end && (state.finished || !state.closed);
   } finally {
     response.off('close', onClose);
     streams -= 1;
@@ -230,7 +232,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     response.setHeader('last-modified', modified);
     response.setHeader('content-type', contentType(file));
     response.setHeader('x-content-type-options', 'nosniff');
-    if (fresh(request.headers, { etag: tag, 'last-modified': modified })) {
+    if (isFresh(request.headers, { etag: tag, 'last-modified': modified })) {
       response.statusCode = 304;
       response.end();
       return 0;
@@ -268,7 +270,6 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         answer.release();
       }
     }
-    if (repository.location.kind === 's3') return serveS3File(request, response, repository.location, file, contentType(file), answerError);
     return serveFromDisk(request, response, path.join(repository.location.path, file), file, caches.get(repository.name));
   };
 
@@ -347,13 +348,6 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         names = await repository.cached.files();
       } catch (error) {
         return answerError(response, 502, `/packages/${repository.name}/: ${describeError(error)}`);
-      }
-    } else if (repository.location.kind === 's3') {
-      try {
-        names = await listS3Files(repository.location);
-      } catch (error) {
-        const why = isAutotestError(error) ? error.message : s3Problem(error).why;
-        return answerError(response, 502, `/packages/${repository.name}/: the S3 repository behind this server failed: ${why}`);
       }
     } else {
       names = (await readdir(repository.location.path, { withFileTypes: true }))

@@ -31,6 +31,8 @@ export interface UploadSettings {
   cacheDir: string;
   /** signing_key of the server's config: every index it writes is signed. */
   signing: IndexSigning | undefined;
+  /** Told after every publish or delete was tried (whatever its outcome): a cached view of these locations is out of date. */
+  published: (locations: Location[]) => void;
 }
 
 const HEX = /^[0-9a-f]+$/;
@@ -223,7 +225,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
         selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
         locations: settings.locations, compression: settings.compression,
         minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing,
-      });
+      }).finally(() => { settings.published(settings.locations); });
       metrics.uploads.inc({ outcome: report.ok ? 'published' : 'failed' });
       answer = { status: reportStatus(report), body: { file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
     } catch (error) {
@@ -256,7 +258,8 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     if (!checkToken(settings.token, request, reply)) return reply;
     try {
       const file = checkFileName(request.params.file);
-      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing });
+      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing })
+        .finally(() => { settings.published(settings.locations); });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
       const answer = errorAnswer(error);
