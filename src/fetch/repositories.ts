@@ -80,7 +80,8 @@ function indexFrom(name: string, checksums: string | undefined, manifest: string
   return index;
 }
 
-async function readAll(stream: Readable, what: string): Promise<string> {
+/** An index file's bytes, refused past 32 MiB: no repository index comes near it. */
+export async function readIndexBody(stream: Readable, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of stream) {
@@ -89,13 +90,13 @@ async function readAll(stream: Readable, what: string): Promise<string> {
     if (size > INDEX_LIMIT) throw new FetchFailure(`${what}: larger than ${INDEX_LIMIT.toString()} bytes, not an index`, { transient: false, down: false });
     chunks.push(buffer);
   }
-  return Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks);
 }
 
 /** A text file of the repository, or undefined when it has none (404). */
 async function optionalText(name: string, file: string, open: (file: string) => Promise<Readable>): Promise<string | undefined> {
   try {
-    return await readAll(await open(file), `${name}/${file}`);
+    return (await readIndexBody(await open(file), `${name}/${file}`)).toString('utf8');
   } catch (error) {
     if (error instanceof FetchFailure && error.notFound) return undefined;
     throw error;

@@ -7,7 +7,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import rangeParser from 'range-parser';
 import { describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
 import { describeError, errnoCode } from '../errors.js';
-import { fetchRepositoryFor, FetchFailure, orderForPackage, RepositoryHealth, type FetchRepository } from '../fetch/index.js';
+import { fetchRepositoryFor, FetchFailure, orderForPackage, readIndexBody, RepositoryHealth, type FetchRepository } from '../fetch/index.js';
 import { writeFileAtomic } from '../fs/atomic.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, readIndexFiles, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
 import type { CacheStore } from './cache-store.js';
@@ -20,7 +20,6 @@ import type { CacheMetrics } from './metrics.js';
  */
 export const INDEX_FILES: readonly string[] = [CHECKSUM_FILE, MANIFEST_FILE, 'packages.json.sig'];
 
-const INDEX_LIMIT = 32 * 1024 * 1024;
 /** Write failures that mean the disk of cache_dir is full: the front streams through instead. */
 const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
 const READ_CHUNK = 256 * 1024;
@@ -148,18 +147,6 @@ function nextChange(download: Download, response: ServerResponse): Promise<void>
     download.listeners.add(done);
     response.once('close', done);
   });
-}
-
-async function readBody(stream: Readable, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of stream) {
-    const buffer = chunk as Buffer;
-    size += buffer.length;
-    if (size > INDEX_LIMIT) throw new FetchFailure(`${what}: larger than ${INDEX_LIMIT.toString()} bytes, not an index`, { transient: false, down: false });
-    chunks.push(buffer);
-  }
-  return Buffer.concat(chunks);
 }
 
 function bodyTag(body: Buffer): string {
@@ -570,12 +557,12 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             }
             unchanged = false;
             if (answer.unchanged) throw new FetchFailure(`${upstream.name}/${file}: answered 304 to a request that had no ETag`, { transient: false, down: false });
-            const body = await readBody(answer.stream, `${upstream.name}/${file}`);
+            const body = await readIndexBody(answer.stream, `${upstream.name}/${file}`);
             files.set(file, { body, tag: bodyTag(body), etag: answer.etag });
             return;
           }
           const opened = await upstream.open(file, 0, settings.timeoutMs);
-          const body = await readBody(opened.stream, `${upstream.name}/${file}`);
+          const body = await readIndexBody(opened.stream, `${upstream.name}/${file}`);
           if (!before?.body.equals(body)) unchanged = false;
           files.set(file, { body, tag: bodyTag(body) });
         } catch (error) {
