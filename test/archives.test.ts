@@ -4,7 +4,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config/index.js';
 import { buildServer } from '../src/server/index.js';
-import { ARCHIVE_SHAPES, assertSameTree, craftBzip2, writeSourceTree } from './fixtures/archives.js';
+import { ARCHIVE_SHAPES, assertSameTree, craftArchive, writeSourceTree } from './fixtures/archives.js';
 import { runCli, tempDir } from './helpers.js';
 
 const TOKEN = 'test-token-0123456789';
@@ -60,7 +60,7 @@ for (const shape of ARCHIVE_SHAPES) {
 test('an upload whose entries conflict is refused with 422 naming the entry and its true cause, not as damaged', async (t) => {
   const site = await startSite(t);
   const archive = path.join(site.dir, 'test-conflict.tar.bz2');
-  await craftBzip2(archive, [{ name: 'src', body: 'a file' }, { name: 'src/a.c', body: 'int x;\n' }]);
+  await craftArchive(archive, [{ name: 'src', body: 'a file' }, { name: 'src/a.c', body: 'int x;\n' }], 'bzip2');
   const answer = await upload(site, archive);
   assert.equal(answer.status, 422);
   assert.equal(answer.body.error, 'ERR_BAD_ARCHIVE');
@@ -71,11 +71,11 @@ test('an upload whose entries conflict is refused with 422 naming the entry and 
 test('an upload escaping through a missing folder entry is refused with 422 naming the entry, and nothing is published', async (t) => {
   const site = await startSite(t);
   const archive = path.join(site.dir, 'test-escape.tar.bz2');
-  await craftBzip2(archive, [
+  await craftArchive(archive, [
     { name: 'a/b/ok.txt', body: 'fine' },
     { name: 'a/b/up', type: 'symlink', linkname: '../../..' },
     { name: 'a/b/up/c/escaped', body: 'x' },
-  ]);
+  ], 'bzip2');
   const answer = await upload(site, archive);
   assert.equal(answer.status, 422);
   assert.equal(answer.body.error, 'ERR_UNSAFE_ARCHIVE');

@@ -1,32 +1,12 @@
 import assert from 'node:assert/strict';
-import { createWriteStream } from 'node:fs';
 import { access, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { pipeline } from 'node:stream/promises';
-import { createGzip, gunzipSync, gzipSync } from 'node:zlib';
-import tar, { type Header } from 'tar-stream';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { extractTarball, packEntries, walkTree, combineRules } from '../src/packages/index.js';
 import { isAutotestError, type AutotestError, type ErrorCode } from '../src/errors.js';
+import { craftArchive, type EntrySpec } from './fixtures/archives.js';
 import { tempDir, mountTmpfs, EXAMPLE_CLIENT } from './helpers.js';
-
-type EntrySpec = Partial<Header> & Pick<Header, 'name'> & { body?: string | Buffer };
-
-/** Builds a hostile tar.gz by hand: the packager would never write one. */
-async function craftArchive(file: string, entries: EntrySpec[]): Promise<void> {
-  const pack = tar.pack();
-  const done = pipeline(pack, createGzip(), createWriteStream(file));
-  for (const { body, ...header } of entries) {
-    await new Promise<void>((resolve, reject) => {
-      pack.entry({ mode: 0o644, ...header }, body ?? '', (error) => {
-        if (error) reject(error);
-        else resolve();
-      });
-    });
-  }
-  pack.finalize();
-  await done;
-}
 
 async function exists(p: string): Promise<boolean> {
   return access(p).then(() => true, () => false);
