@@ -149,6 +149,24 @@ function nextChange(download: Download, response: ServerResponse): Promise<void>
   });
 }
 
+/**
+ * The stream's bytes after its first `skip` (a server that ignored the range asked sends bytes
+ * already had), without empty chunks.
+ */
+async function* bytesFrom(stream: Readable, skip: number): AsyncGenerator<Buffer> {
+  let left = skip;
+  for await (const chunk of stream) {
+    const data = chunk as Buffer;
+    if (left >= data.length) {
+      left -= data.length;
+      continue;
+    }
+    const rest = left > 0 ? data.subarray(left) : data;
+    left = 0;
+    if (rest.length > 0) yield rest;
+  }
+}
+
 function bodyTag(body: Buffer): string {
   return `"i-${createHash('sha256').update(body).digest('hex').slice(0, 32)}"`;
 }
@@ -302,18 +320,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         // The client may have left while the upstream was opened (the narrowing above cannot know).
         if (isGone(response)) break;
         if (!response.headersSent) response.writeHead(200, { ...headers, ...(entry.size === undefined ? {} : { 'content-length': entry.size.toString() }) });
-        let skip = position - opened.start;
-        for await (const chunk of opened.stream) {
-          let data = chunk as Buffer;
-          if (skip > 0) {
-            if (data.length <= skip) {
-              skip -= data.length;
-              continue;
-            }
-            data = data.subarray(skip);
-            skip = 0;
-          }
-          if (data.length === 0) continue;
+        for await (const data of bytesFrom(opened.stream, position - opened.start)) {
           if (position + data.length > bound) {
             tooLong = true;
             break;
@@ -371,7 +378,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         for (let attempt = 0; attempt <= settings.retries; attempt += 1) {
           try {
             const opened = await repository.open(file, download.written, settings.timeoutMs);
-            let skip = download.written - opened.start;
+            const skip = download.written - opened.start;
             if (download.state === 'opening') {
               const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);
               download.size = entry.size ?? (opened.start === 0 && Number.isInteger(length) ? length : undefined);
@@ -379,17 +386,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
               notify(download);
             }
             download.abort = () => { opened.stream.destroy(new Error('the server is shutting down')); };
-            for await (const chunk of opened.stream) {
-              let data = chunk as Buffer;
-              if (skip > 0) {
-                // A server that ignored the range sent bytes we have.
-                if (data.length <= skip) {
-                  skip -= data.length;
-                  continue;
-                }
-                data = data.subarray(skip);
-                skip = 0;
-              }
+            for await (const data of bytesFrom(opened.stream, skip)) {
               if (download.written + data.length > bound) {
                 throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
               }
