@@ -6,6 +6,7 @@ import path from 'node:path';
 import etag from 'etag';
 import rangeParser from 'range-parser';
 import type { FastifyBaseLogger } from 'fastify';
+import { pino } from 'pino';
 import { isFresh } from './conditional.js';
 import { escapeHtml } from './html.js';
 import type { CachedUpstreams, ServedLocation } from '../config/index.js';
@@ -38,6 +39,48 @@ interface Cached {
   body: Buffer;
   stat: Stats;
   checkedAt: number;
+  /** Validators and the headers of a whole-file 200, computed once when the file is cached. */
+  tag: string;
+  modified: string;
+  headers: string[];
+}
+
+/** Strong: inode, size and mtime to the nanosecond, so If-Range never splices two versions. */
+function strongTag(stat: Stats): string {
+  return etag(stat, { weak: false }).replace(/"$/, `-${stat.ino.toString(36)}-${Math.round(stat.mtimeMs * 1000).toString(36)}"`);
+}
+
+function cacheEntry(file: string, body: Buffer, stat: Stats, checkedAt: number): Cached {
+  const tag = strongTag(stat);
+  const modified = stat.mtime.toUTCString();
+  const headers = ['accept-ranges', 'bytes', 'etag', tag, 'last-modified', modified, 'content-type', contentType(file), 'x-content-type-options', 'nosniff', 'content-length', body.length.toString()];
+  return { body, stat, checkedAt, tag, modified, headers };
+}
+
+/** Request headers that make an answer other than the whole file's 200. */
+function plainRequest(request: IncomingMessage): boolean {
+  const headers = request.headers;
+  return headers.range === undefined && headers['if-none-match'] === undefined && headers['if-modified-since'] === undefined;
+}
+
+/**
+ * The access line as pino writes it ({"level":30,"time":...,<bindings>,...,"msg":...}),
+ * assembled by hand and written to the logger's own destination: pino's serializer (and its
+ * redaction, which has nothing to redact here) was most of the cost of a cached answer.
+ * Undefined when the logger is not a plain pino one, and the caller uses log.info.
+ */
+function accessLineWriter(log: FastifyBaseLogger): ((reqId: string, method: string, url: string, status: number, bytes: number, responseTime: number) => void) | undefined {
+  const fields = log as unknown as Record<symbol, unknown>;
+  const stream = fields[pino.symbols.streamSym];
+  const bindings = fields[pino.symbols.chindingsSym];
+  const messageKey = fields[pino.symbols.messageKeySym];
+  const timeSym = fields[pino.symbols.timeSym];
+  if (typeof stream !== 'object' || stream === null || !('write' in stream) || typeof stream.write !== 'function') return undefined;
+  if (typeof bindings !== 'string' || messageKey !== 'msg' || timeSym !== pino.stdTimeFunctions.epochTime) return undefined;
+  const write = stream.write.bind(stream) as (line: string) => unknown;
+  return (reqId, method, url, status, bytes, responseTime) => {
+    write(`{"level":30,"time":${Date.now().toString()}${bindings},"reqId":${JSON.stringify(reqId)},"req":{"method":${JSON.stringify(method)},"url":${JSON.stringify(url)}},"res":{"statusCode":${status.toString()}},"bytes":${bytes.toString()},"responseTime":${responseTime.toString()},"msg":"request completed"}\n`);
+  };
 }
 
 const CONTENT_TYPES: [RegExp, string][] = [
@@ -199,7 +242,8 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     watchers.push(watcher);
   }
 
-  const finish = (request: IncomingMessage, response: ServerResponse, started: number, repository: string, bytes: number): void => {
+  const accessLine = accessLineWriter(log);
+  const finish = (request: IncomingMessage, response: ServerResponse, started: number, repository: string, bytes: number, reqId: string): void => {
     // Label sets are few (method x repository x status): their metric children are made once.
     const key = `${request.method ?? 'GET'} ${repository} ${response.statusCode.toString()}`;
     let children = labelled.get(key);
@@ -218,21 +262,21 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     else if (response.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
     else if (response.statusCode >= 400) metrics.errors.inc({ kind: response.statusCode === 404 ? 'not_found' : 'client' });
     if (LOGGED_LEVELS.has(log.level)) {
-      log.info({ reqId: response.getHeader('x-request-id'), req: { method: request.method, url: request.url }, res: { statusCode: response.statusCode }, bytes, responseTime: performance.now() - started }, 'request completed');
+      if (accessLine) accessLine(reqId, request.method ?? 'GET', request.url ?? '', response.statusCode, bytes, performance.now() - started);
+      else log.info({ reqId, req: { method: request.method, url: request.url }, res: { statusCode: response.statusCode }, bytes, responseTime: performance.now() - started }, 'request completed');
     }
   };
 
   /** Headers, conditional requests and Range for one file; returns the byte span to send, or undefined when answered. */
-  const prepare = (request: IncomingMessage, response: ServerResponse, file: string, stat: Stats, fixedTag?: string): { start: number; end: number } | number => {
-    // Strong: inode, size and mtime to the nanosecond, so If-Range never splices two versions.
-    const tag = fixedTag ?? etag(stat, { weak: false }).replace(/"$/, `-${stat.ino.toString(36)}-${Math.round(stat.mtimeMs * 1000).toString(36)}"`);
-    const modified = stat.mtime.toUTCString();
+  const prepare = (request: IncomingMessage, response: ServerResponse, file: string, stat: Stats, fixedTag?: string, fixedModified?: string): { start: number; end: number } | number => {
+    const tag = fixedTag ?? strongTag(stat);
+    const modified = fixedModified ?? stat.mtime.toUTCString();
     response.setHeader('accept-ranges', 'bytes');
     response.setHeader('etag', tag);
     response.setHeader('last-modified', modified);
     response.setHeader('content-type', contentType(file));
     response.setHeader('x-content-type-options', 'nosniff');
-    if (isFresh(request.headers, { etag: tag, 'last-modified': modified })) {
+    if ((request.headers['if-none-match'] !== undefined || request.headers['if-modified-since'] !== undefined) && isFresh(request.headers, { etag: tag, 'last-modified': modified })) {
       response.statusCode = 304;
       response.end();
       return 0;
@@ -287,7 +331,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       }
     }
     if (cached) {
-      const span = prepare(request, response, file, cached.stat);
+      const span = prepare(request, response, file, cached.stat, cached.tag, cached.modified);
       if (typeof span === 'number') return span;
       if (request.method === 'HEAD') {
         response.end();
@@ -323,8 +367,9 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
           cachedBytes = 0;
         }
         cachedBytes += body.length - (cache.get(file)?.body.length ?? 0);
-        cache.set(file, { body, stat: opened, checkedAt: performance.now() });
-        const span = prepare(request, response, file, opened);
+        const entry = cacheEntry(file, body, opened, performance.now());
+        cache.set(file, entry);
+        const span = prepare(request, response, file, opened, entry.tag, entry.modified);
         if (typeof span === 'number') return span;
         response.end(request.method === 'HEAD' ? undefined : body.subarray(span.start, span.end + 1));
         return request.method === 'HEAD' ? 0 : span.end - span.start + 1;
@@ -390,17 +435,31 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       const file = encoded === undefined || encoded === '' ? '' : fileNameFrom(encoded);
       if (file === undefined) return false;
       const started = performance.now();
-      if (shuttingDown) response.setHeader('connection', 'close');
       const given = request.headers['x-request-id'];
-      response.setHeader('x-request-id', typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID());
+      const requestId = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+      // The most asked-for files (the index) in their most usual request: a cached file checked
+      // against the disk within the last second, whole, unconditional. Answered at once, with
+      // the header block made when the file was cached.
+      if (file !== '' && !shuttingDown && plainRequest(request)) {
+        const cached = caches.get(repository.name)?.get(file);
+        if (cached && started - cached.checkedAt <= REVALIDATE_MS) {
+          response.writeHead(200, ['x-request-id', requestId, ...cached.headers]);
+          const head = request.method === 'HEAD';
+          response.end(head ? undefined : cached.body);
+          finish(request, response, started, repository.name, head ? 0 : cached.body.length, requestId);
+          return true;
+        }
+      }
+      if (shuttingDown) response.setHeader('connection', 'close');
+      response.setHeader('x-request-id', requestId);
       // Settled as a promise so that a header Node refuses is answered 500, never thrown out of handle().
       const answer = encoded === undefined ? Promise.resolve().then(() => redirectToFolder(request, response, repository, match[3] ?? ''))
         : file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
-      answer.then((bytes) => { finish(request, response, started, repository.name, bytes); }, (error: unknown) => {
+      answer.then((bytes) => { finish(request, response, started, repository.name, bytes, requestId); }, (error: unknown) => {
         log.error({ err: { message: error instanceof Error ? error.message : String(error) }, url }, 'serving a repository file failed');
         if (!response.headersSent) answerError(response, 500, 'internal error; see the server log');
         else response.destroy();
-        finish(request, response, started, repository.name, 0);
+        finish(request, response, started, repository.name, 0, requestId);
       });
       return true;
     },
