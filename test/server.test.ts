@@ -6,6 +6,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { test, type TestContext } from 'node:test';
 import { installPackages } from '../src/client/install.js';
 import { loadConfig, type Location } from '../src/config/index.js';
@@ -563,6 +564,44 @@ test('an upload that trickles below upload_min_rate is cut with 408, its staging
   }
   // And it still serves.
   assert.equal((await request(site.url, '/healthz')).status, 200);
+});
+
+test('a cached file answered at once carries the same headers and access log line as one answered the long way', async (t) => {
+  const dir = await tempDir(t);
+  const builtin = path.join(dir, 'builtin');
+  await mkdir(builtin, { recursive: true });
+  await writeFile(path.join(builtin, 'packages.checksum'), `${'0'.repeat(32)}  test-a.tar.bz2\n`);
+  await writeFile(path.join(dir, 'global_config.ini'), `[PACKAGES]\nupload_location: ${builtin}\ncustom_upload_location: ${path.join(dir, 'custom')}\n`);
+  const lines: string[] = [];
+  const logStream = new Writable({ write(chunk: Buffer, _encoding, done) { lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== '')); done(); } });
+  const config = await loadConfig({ file: path.join(dir, 'global_config.ini'), env: {} });
+  const app = await buildServer({ config, logLevel: 'info', logStream, cacheDir: path.join(dir, 'cache') });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+  const file = '/packages/builtin/packages.checksum';
+  await request(url, file);
+  // Within a second of the first, unconditional: answered at once from memory.
+  const fast = await request(url, file, { headers: { 'x-request-id': 'fast-1' } });
+  // A conditional that does not match goes the long way to the same 200.
+  const slow = await request(url, file, { headers: { 'x-request-id': 'slow-1', 'if-none-match': '"another"' } });
+  const shown = (answer: Answer): Record<string, unknown> => Object.fromEntries(Object.entries(answer.headers).filter(([name]) => !['date', 'x-request-id', 'connection', 'keep-alive'].includes(name)));
+  assert.equal(fast.status, 200);
+  assert.deepEqual(shown(fast), shown(slow));
+  assert.deepEqual(fast.body, slow.body);
+  assert.equal(fast.headers['x-request-id'], 'fast-1');
+  const logged = (id: string): Record<string, unknown> => {
+    const line = lines.find((l) => l.includes(`"reqId":"${id}"`));
+    assert.ok(line, `an access line for ${id}`);
+    const { time, responseTime, reqId, pid, hostname, ...rest } = JSON.parse(line) as Record<string, unknown>;
+    assert.equal(typeof time, 'number');
+    assert.equal(typeof responseTime, 'number');
+    assert.equal(reqId, id);
+    assert.equal(pid, process.pid);
+    assert.equal(typeof hostname, 'string');
+    return rest;
+  };
+  assert.deepEqual(logged('fast-1'), logged('slow-1'));
+  assert.deepEqual(logged('fast-1'), { level: 30, req: { method: 'GET', url: file }, res: { statusCode: 200 }, bytes: fast.body.length, msg: 'request completed' });
 });
 
 test('a replaced packages.checksum is served at once, never the old one from memory', async (t) => {
