@@ -194,22 +194,26 @@ function unreachable(): never {
   throw new Error('no report for a location');
 }
 
+/** Prints each location's report: a failure on stderr naming the location and its key, else `print`. */
+function printReports<R extends { location: string; role: string; error?: { message: string } | undefined }>(reports: readonly R[], output: Output, print: (report: R) => void): void {
+  for (const report of reports) {
+    if (report.error) output.err(`failed: ${report.location} (${report.role}): ${report.error.message}`);
+    else print(report);
+  }
+}
+
 /** `packager list`: every location, builtin and custom, each labelled with the key it came from. */
 async function list(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
   const locations = everyLocation(flags, config);
   const reports = await Promise.all(locations.map(async ({ role, location }) => ({ role, ...(await listLocations([location]))[0] ?? unreachable() })));
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
-    for (const report of reports) {
-      if (report.error) {
-        output.err(`failed: ${report.location} (${report.role}): ${report.error.message}`);
-        continue;
-      }
+    printReports(reports, output, (report) => {
       output.out(`${report.location} (${report.role}): ${countOf(report.packages.length, 'package')}`);
       for (const p of report.packages) {
         output.out(`  ${p.type.padEnd(8)} ${p.name.padEnd(32)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}  ${p.publishedAt ?? ''}`);
       }
-    }
+    });
   }
   return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
 }
@@ -234,15 +238,11 @@ async function verify(flags: PackagerFlags, config: Config, output: Output): Pro
   }));
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
-    for (const report of reports) {
-      if (report.error) {
-        output.err(`failed: ${report.location} (${report.role}): ${report.error.message}`);
-        continue;
-      }
+    printReports(reports, output, (report) => {
       const state = report.problems.length === 0 ? 'consistent' : countOf(report.problems.length, 'problem');
       output.out(`${report.location} (${report.role}): ${report.entries.toString()} indexed, ${state}${report.repaired.length > 0 ? `, repaired ${report.repaired.length.toString()}` : ''}`);
       for (const p of report.problems) output.out(`  ${p.kind}: ${p.file}: ${p.detail}`);
-    }
+    });
     if (reports.some((r) => r.problems.length > 0) && flags.repair !== true) output.err('hint: run "autotest packager verify --repair" to fix drift');
   }
   return reports.every((r) => !r.error && r.problems.length === 0) ? EXIT_OK : EXIT_FAILED;

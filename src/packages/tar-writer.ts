@@ -127,6 +127,13 @@ export function* tarChunks(entries: Iterable<TreeEntry>, chunkBytes = TAR_CHUNK_
   let buf = Buffer.allocUnsafe(chunkBytes);
   let used = 0;
   const probe = Buffer.allocUnsafe(1);
+  /** Hands out the buffer once it is full, and starts the next. */
+  function* handOutIfFull(): Generator<Buffer, void, undefined> {
+    if (used < buf.length) return;
+    yield buf;
+    buf = Buffer.allocUnsafe(chunkBytes);
+    used = 0;
+  }
   /** Copies `bytes` in, handing out every buffer that fills. */
   function* put(bytes: Buffer): Generator<Buffer, void, undefined> {
     let from = 0;
@@ -134,11 +141,7 @@ export function* tarChunks(entries: Iterable<TreeEntry>, chunkBytes = TAR_CHUNK_
       const n = bytes.copy(buf, used, from);
       used += n;
       from += n;
-      if (used === buf.length) {
-        yield buf;
-        buf = Buffer.allocUnsafe(chunkBytes);
-        used = 0;
-      }
+      yield* handOutIfFull();
     }
   }
   function* zeros(count: number): Generator<Buffer, void, undefined> {
@@ -148,21 +151,13 @@ export function* tarChunks(entries: Iterable<TreeEntry>, chunkBytes = TAR_CHUNK_
       buf.fill(0, used, used + n);
       used += n;
       left -= n;
-      if (used === buf.length) {
-        yield buf;
-        buf = Buffer.allocUnsafe(chunkBytes);
-        used = 0;
-      }
+      yield* handOutIfFull();
     }
   }
   for (const entry of entries) {
     if (buf.length - used >= BLOCK && encodeUstar(headerOf(entry), buf, used)) {
       used += BLOCK;
-      if (used === buf.length) {
-        yield buf;
-        buf = Buffer.allocUnsafe(chunkBytes);
-        used = 0;
-      }
+      yield* handOutIfFull();
     } else yield* put(headerBlocks(entry));
     if (entry.kind !== 'file') continue;
     const fd = openSync(entry.absPath, 'r');
@@ -178,11 +173,7 @@ export function* tarChunks(entries: Iterable<TreeEntry>, chunkBytes = TAR_CHUNK_
         endSeen = want > left && n === left;
         used += n;
         left -= n;
-        if (used === buf.length) {
-          yield buf;
-          buf = Buffer.allocUnsafe(chunkBytes);
-          used = 0;
-        }
+        yield* handOutIfFull();
       }
       if (!endSeen && readSync(fd, probe, 0, 1, null) !== 0) throw changed(entry, `more than the ${entry.size} bytes expected`);
     } finally {
