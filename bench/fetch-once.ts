@@ -7,7 +7,8 @@
  */
 import { rm } from 'node:fs/promises';
 import { parseLocation, type S3Settings } from '../src/config/index.js';
-import { closeHttpConnections, PackageFetcher } from '../src/fetch/index.js';
+import { PackageFetcher } from '../src/fetch/index.js';
+import { closeHttpConnections } from '../src/repositories/index.js';
 
 interface Request {
   location: string;

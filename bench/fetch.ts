@@ -13,7 +13,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { installPackages } from '../src/client/install.js';
 import type { FetchSettings, Location } from '../src/config/index.js';
-import { closeHttpConnections, PackageFetcher } from '../src/fetch/index.js';
+import { PackageFetcher } from '../src/fetch/index.js';
+import { closeHttpConnections } from '../src/repositories/index.js';
 import { startNginx } from '../test/fixtures/nginx.js';
 import { freePort } from '../test/fixtures/process.js';
 

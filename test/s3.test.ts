@@ -16,7 +16,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { parseChecksumFile, parseManifest, type IndexEntry, type RepositoryIndex } from '../src/packages/index.js';
 import { DEFAULT_S3_SETTINGS, parseLocation, type S3Settings } from '../src/config/index.js';
-import { objectUrl } from '../src/s3/sign.js';
+import { objectUrl } from '../src/repositories/s3/sign.js';
 import { freePort, runChecked, startDaemon } from './fixtures/process.js';
 import { awsEnv, startRadosgw, type Radosgw } from './fixtures/radosgw.js';
 import { CLI, ROOT, copyExampleTree, generateTree, runCli, tempDir, type CliResult } from './helpers.js';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { rootCertificates } from 'node:tls';
 import { describeLocation, type FetchLocation, type FetchTls, type FetchTrust, type Location } from '../config/index.js';
 import { orderForPackage } from '../fetch/rendezvous.js';
-import { fetchRepositoryFor } from '../fetch/repositories.js';
+import { fetchRepositoryFor } from '../repositories/index.js';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
 import { CLIENT_PACKAGE_NAME, checkName, packageFileName, packEntries } from '../packages/index.js';
 import type { Writable } from 'node:stream';

@@ -10,7 +10,7 @@ import { indexProblems, type IndexEntry, type RepositoryIndex } from '../package
 import { AllRepositoriesFailed, classifyNetworkError, FetchFailure } from './errors.js';
 import { RepositoryHealth } from './health.js';
 import { digesterFor, type Digester } from './hashing.js';
-import { fetchRepositoryFor, type FetchRepository } from './repositories.js';
+import { fetchRepositoryFor, type FetchRepository } from '../repositories/index.js';
 import { orderForPackage } from './rendezvous.js';
 import { openIndexTrust } from './kept-indexes.js';
 import type { IndexTrust } from '../signing/index.js';

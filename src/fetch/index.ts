@@ -1,5 +1,4 @@
 export { PackageFetcher, type DownloadProgress, type FetchedPackage } from './fetch.js';
-export { agentFor, closeHttpConnections, errorBody, fetchRepositoryFor, readIndexBody, type FetchRepository } from './repositories.js';
 export { AllRepositoriesFailed, FetchFailure } from './errors.js';
 export { RepositoryHealth } from './health.js';
 export { orderForPackage, rankMembers, rendezvousScore } from './rendezvous.js';

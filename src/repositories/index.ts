@@ -1,22 +1,51 @@
 import { AutotestError } from '../errors.js';
-import type { Location } from '../config/index.js';
-import { createLocalTarget } from './local.js';
-import { createSshTarget } from './ssh.js';
+import type { FetchSettings, Location } from '../config/index.js';
+import { gitRepository } from './git/read.js';
+import { httpRepository } from './http/read.js';
+import { localRepository } from './local/read.js';
+import { createLocalTarget } from './local/write.js';
+import { s3Repository } from './s3/read.js';
+import { sshRepository } from './ssh/read.js';
+import { createSshTarget } from './ssh/write.js';
 import type { TargetOptions } from './store.js';
-import type { UploadTarget } from './types.js';
+import type { FetchRepository, UploadTarget } from './types.js';
 
-export { readLocalIndex, createLocalTarget } from './local.js';
-export { fetchFromLocal } from './local-fetch.js';
+/**
+ * One folder per repository scheme (local, ssh, http, s3, git): SCHEME/read.ts is how clients
+ * and the caching front read it, SCHEME/write.ts (where the scheme can be written) is the
+ * packager's upload target. This file picks the one for a location.
+ */
+
+export { readLocalIndex, createLocalTarget } from './local/write.js';
+export { fetchFromLocal } from './local/copy.js';
+export { readIndexBody } from './read-index.js';
+export { closeHttpConnections } from './http/agents.js';
 export { matchesEntry } from '../packages/index.js';
 export { withIndexLock, LOCK_NAME } from './lock.js';
-export type { UploadTarget, StagedFile, IndexChange } from './types.js';
+export type { UploadTarget, StagedFile, IndexChange, FetchRepository, Opened, Revalidated } from './types.js';
 export type { TargetOptions } from './store.js';
+
+/** The read side of a location: how clients fetch from it. */
+export function fetchRepositoryFor(location: Location, settings: FetchSettings): FetchRepository {
+  switch (location.kind) {
+    case 's3':
+      return s3Repository(location, settings);
+    case 'http':
+      return httpRepository(location, settings);
+    case 'ssh':
+      return sshRepository(location, settings);
+    case 'local':
+      return localRepository(location);
+    case 'git':
+      return gitRepository(location, settings);
+  }
+}
 
 /** The upload target for a location, or an error naming a scheme this version cannot write to. */
 export function createUploadTarget(location: Location, options: TargetOptions = {}): UploadTarget {
   if (location.kind === 'local') return createLocalTarget(location, options);
   if (location.kind === 'ssh') return createSshTarget(location, options);
-  if (location.kind === 's3') return lazyTarget(location, () => import('./s3.js').then((module) => module.createS3Target(location, options)));
+  if (location.kind === 's3') return lazyTarget(location, () => import('./s3/write.js').then((module) => module.createS3Target(location, options)));
   throw new AutotestError('ERR_UNSUPPORTED', `upload location ${location.text}: ${location.kind} locations are read-only (fetch_location only)`, {
     hint: 'upload to a local folder, an ssh://[user@]host[:port]/path or an s3://bucket/prefix location',
   });

@@ -1,5 +1,7 @@
+import type { Readable } from 'node:stream';
 import type { Location } from '../config/index.js';
 import type { IndexEntry, RepositoryIndex } from '../packages/index.js';
+import type { IndexTrust } from '../signing/index.js';
 
 /** A file copied into a location under a temporary name, waiting for its commit. */
 export interface StagedFile {
@@ -48,3 +50,26 @@ export interface UploadTarget {
   /** The manifest and its signature as they are now, signature read first (undefined: none). */
   readSignedPair(): Promise<{ manifest: string | undefined; signature: string | undefined }>;
 }
+
+/** The bytes of a package from `start` on (a server that ignores ranges starts at 0). */
+export interface Opened {
+  stream: Readable;
+  start: number;
+}
+
+/** The read side of a repository, as clients and the caching front use it: one implementation per scheme (SCHEME/read.ts). */
+export interface FetchRepository {
+  /** For messages: the location without secrets. */
+  name: string;
+  /** The index; with `trust`, only a manifest whose signature verifies is believed (see readVerifiedIndex). */
+  readIndex(trust?: IndexTrust): Promise<RepositoryIndex>;
+  /** The bytes of `file` from `offset` on, all of them within `timeoutMs` (what is left of fetch_timeout). */
+  open(file: string, offset: number, timeoutMs: number): Promise<Opened>;
+  /**
+   * `file` whole with its ETag, or `unchanged` when `etag` is still its ETag (If-None-Match, a
+   * 304): how the caching front revalidates an index. Only schemes with ETags (HTTP, S3) have it.
+   */
+  readIfChanged?(file: string, etag: string | undefined, timeoutMs: number): Promise<Revalidated>;
+}
+
+export type Revalidated = { unchanged: true } | { unchanged: false; stream: Readable; etag: string | undefined };

@@ -4,14 +4,14 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { pino } from 'pino';
 import { describeLocation, flattenFetchLocations, type Config, type Location } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
-import { closeHttpConnections } from '../fetch/index.js';
+import { closeHttpConnections } from '../repositories/index.js';
 import { MAX_FILE_NAME_LENGTH } from '../packages/index.js';
 import { cacheDir } from '../packager/index.js';
 import { loadIndexSigning } from '../signing/index.js';
 import { registerFrontend } from './frontend.js';
 import { createMetrics } from './metrics.js';
 import type { CacheFront } from './cache.js';
-import { answerError, createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repositories.js';
+import { answerError, createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repository-handler.js';
 import { registerUploads } from './uploads.js';
 
 export interface ServerOptions {

@@ -6,7 +6,7 @@ import { createUploadTarget } from '../repositories/index.js';
 import { hasToken } from './auth.js';
 import { escapeHtml } from './html.js';
 import type { CacheStats, TrafficSample } from './cache.js';
-import type { ServedRepository } from './repositories.js';
+import type { ServedRepository } from './repository-handler.js';
 
 /**
  * A check reads (and on S3 downloads) every upload location whole: a request without the token

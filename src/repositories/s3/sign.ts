@@ -1,5 +1,5 @@
 import type { SignatureV4 } from '@smithy/signature-v4';
-import type { S3Location, S3Settings } from '../config/index.js';
+import type { S3Location, S3Settings } from '../../config/index.js';
 import { s3Key } from './client.js';
 
 /** A GET of one object, signed: the URL and the headers to send with it. */

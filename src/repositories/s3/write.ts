@@ -19,9 +19,9 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import pLimit from 'p-limit';
-import type { S3Location } from '../config/index.js';
-import { AutotestError } from '../errors.js';
-import { isDeadTemp, isTempName, tempPathFor } from '../fs/atomic.js';
+import type { S3Location } from '../../config/index.js';
+import { AutotestError } from '../../errors.js';
+import { isDeadTemp, isTempName, tempPathFor } from '../../fs/atomic.js';
 import {
   CHECKSUM_FILE,
   DigestStream,
@@ -37,11 +37,11 @@ import {
   type IndexEntry,
   type ManifestHeader,
   type RepositoryIndex,
-} from '../packages/index.js';
-import { s3Client, s3Key, s3Problem, type S3Problem } from '../s3/client.js';
-import { SIGNATURE_NAMESPACE, nextManifestHeader, signManifest, signerOf, verifySshsig } from '../signing/index.js';
-import { isHousekeepingName, type FileInfo, type TargetOptions } from './store.js';
-import type { IndexChange, StagedFile, UploadTarget } from './types.js';
+} from '../../packages/index.js';
+import { s3Client, s3Key, s3Problem, type S3Problem } from './client.js';
+import { SIGNATURE_NAMESPACE, nextManifestHeader, signManifest, signerOf, verifySshsig } from '../../signing/index.js';
+import { isHousekeepingName, type FileInfo, type TargetOptions } from '../store.js';
+import type { IndexChange, StagedFile, UploadTarget } from '../types.js';
 
 /** A multipart upload nobody completed for this long was left by a dead packager. */
 const DEAD_UPLOAD_MS = 24 * 3600 * 1000;

@@ -1,12 +1,12 @@
 import { copyFile, chmod, mkdir, open, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
-import { AutotestError, describeError, errnoCode } from '../errors.js';
-import type { Location } from '../config/index.js';
-import { fsyncPath, removeDeadTemps, tempPathFor, writeFileAtomic } from '../fs/atomic.js';
-import { digestFile, type RepositoryIndex } from '../packages/index.js';
-import { withIndexLock } from './lock.js';
-import { readStoreIndex, targetFromStore, type FileInfo, type RepositoryStore, type TargetOptions } from './store.js';
-import type { StagedFile, UploadTarget } from './types.js';
+import { AutotestError, describeError, errnoCode } from '../../errors.js';
+import type { Location } from '../../config/index.js';
+import { fsyncPath, removeDeadTemps, tempPathFor, writeFileAtomic } from '../../fs/atomic.js';
+import { digestFile, type RepositoryIndex } from '../../packages/index.js';
+import { withIndexLock } from '../lock.js';
+import { readStoreIndex, targetFromStore, type FileInfo, type RepositoryStore, type TargetOptions } from '../store.js';
+import type { StagedFile, UploadTarget } from '../types.js';
 
 async function readOptional(file: string): Promise<string | undefined> {
   try {

@@ -1,13 +1,13 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { AutotestError } from '../errors.js';
-import type { Location } from '../config/index.js';
-import { isDeadTemp, isTempName, tempPathFor } from '../fs/atomic.js';
-import { sshHost, type SshHost } from '../ssh/session.js';
-import { flockCommand, LOCK_NAME, withHeldLock } from './lock.js';
-import { targetFromStore, type FileInfo, type RepositoryStore, type TargetOptions } from './store.js';
-import type { UploadTarget } from './types.js';
+import { AutotestError } from '../../errors.js';
+import type { Location } from '../../config/index.js';
+import { isDeadTemp, isTempName, tempPathFor } from '../../fs/atomic.js';
+import { sshHost, type SshHost } from '../../ssh/session.js';
+import { flockCommand, LOCK_NAME, withHeldLock } from '../lock.js';
+import { targetFromStore, type FileInfo, type RepositoryStore, type TargetOptions } from '../store.js';
+import type { UploadTarget } from '../types.js';
 
 type SshLocation = Extract<Location, { kind: 'ssh' }>;
 

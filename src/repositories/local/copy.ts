@@ -2,10 +2,10 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { AutotestError, errnoCode } from '../errors.js';
-import { fsyncPath, tempPathFor } from '../fs/atomic.js';
-import { DigestStream, matchesEntry, type IndexEntry } from '../packages/index.js';
-import { readLocalIndex } from './local.js';
+import { AutotestError, errnoCode } from '../../errors.js';
+import { fsyncPath, tempPathFor } from '../../fs/atomic.js';
+import { DigestStream, matchesEntry, type IndexEntry } from '../../packages/index.js';
+import { readLocalIndex } from './write.js';
 
 export interface FetchResult {
   entry: IndexEntry;

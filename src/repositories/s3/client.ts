@@ -1,9 +1,9 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { S3Client } from '@aws-sdk/client-s3';
-import type { S3Location, S3Settings } from '../config/index.js';
-import { errnoCode } from '../errors.js';
-import { closeWhenDone } from '../connections.js';
+import type { S3Location, S3Settings } from '../../config/index.js';
+import { errnoCode } from '../../errors.js';
+import { closeWhenDone } from '../../connections.js';
 
 // The SDK warns on every process start that its releases after January 2027 want Node.js 22;
 // that line would land in every command's output. The switch is the SDK's own.

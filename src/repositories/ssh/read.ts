@@ -1,0 +1,45 @@
+import path from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import type { FetchSettings, Location } from '../../config/index.js';
+import { describeLocation } from '../../config/index.js';
+import { describeError } from '../../errors.js';
+import { FetchFailure } from '../../fetch/errors.js';
+import { sshHost } from '../../ssh/session.js';
+import { watchProcess } from '../process-output.js';
+import { readIndexThrough } from '../read-index.js';
+import type { FetchRepository } from '../types.js';
+
+export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings): FetchRepository {
+  const name = describeLocation(location);
+  const host = sshHost(location);
+  const inDir = (file: string): string => path.posix.join(location.path, file);
+  const stream = (file: string, offset: number, timeoutMs = settings.timeoutMs): Readable => {
+    // tail -c +N starts at byte N (1-based): the resume point.
+    const out = new PassThrough();
+    const what = `${name}/${file}`;
+    const started = performance.now();
+    host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], timeoutMs).then((child) => {
+      // Given up on while ssh was logging in (the budget ran out): nobody reads this any more.
+      if (out.destroyed) {
+        child.kill('SIGKILL');
+        return;
+      }
+      child.stdin?.end();
+      // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
+      // is an error, never a short or empty file.
+      child.stdout?.pipe(out, { end: false });
+      watchProcess(child, out, what, { ...settings, timeoutMs }, true);
+    }, (error: unknown) => {
+      // The command never started: ssh could not connect or log in, or the account's start-up
+      // files stopped it. As in watchProcess, only the time it took tells a slow failure.
+      const slow = performance.now() - started >= settings.connectTimeoutMs;
+      out.destroy(new FetchFailure(`${what}: ${describeError(error)}`, { transient: false, down: slow, cause: error }));
+    });
+    return out;
+  };
+  return {
+    name,
+    readIndex: (trust) => readIndexThrough(name, (file) => Promise.resolve(stream(file, 0)), trust),
+    open: (file, offset, timeoutMs) => Promise.resolve({ stream: stream(file, offset, timeoutMs), start: offset }),
+  };
+}
