@@ -5,8 +5,19 @@ import { classifyNetworkError, FetchFailure } from '../fetch/errors.js';
 import { whenClosed } from '../ssh/session.js';
 import { notFound } from './read-index.js';
 
-/** Ends `output` with an error when the process behind it fails. */
-export function watchProcess(child: ChildProcess, output: PassThrough, what: string, settings: FetchSettings, endOnSuccess = false): void {
+/** How a reading process reports its outcome. */
+export interface ProcessOutcome {
+  /** End `output` once the process exits 0 (else the caller ends it). */
+  endOnSuccess?: boolean;
+  /** The exit status that means "no such file" (a fixed script's own), if the command has one. */
+  notFoundExit?: number;
+}
+
+/**
+ * Ends `output` with an error when the process behind it fails. What happened is told by the
+ * exit status and the time it took; stderr is only quoted in the message, never read for meaning.
+ */
+export function watchProcess(child: ChildProcess, output: PassThrough, what: string, settings: FetchSettings, outcome: ProcessOutcome = {}): void {
   const { timeoutMs } = settings;
   const started = performance.now();
   let stderr = '';
@@ -26,7 +37,7 @@ export function watchProcess(child: ChildProcess, output: PassThrough, what: str
   void whenClosed(child).then(({ code }) => {
     clearTimeout(timer);
     if (code === 0) {
-      if (endOnSuccess) output.end();
+      if (outcome.endOnSuccess === true) output.end();
       return;
     }
     const why = stderr.trim();
@@ -37,7 +48,7 @@ export function watchProcess(child: ChildProcess, output: PassThrough, what: str
       const slow = performance.now() - started >= settings.connectTimeoutMs;
       output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: slow }));
     }
-    else if (/No such file|did not match any files|not found/i.test(why)) output.destroy(notFound(what));
+    else if (outcome.notFoundExit !== undefined && code === outcome.notFoundExit) output.destroy(notFound(what));
     else output.destroy(new FetchFailure(`${what}: ${why || `exit code ${String(code)}`}`, { transient: true, down: false }));
   });
 }

@@ -37,7 +37,7 @@ function indexFrom(name: string, checksums: string | undefined, manifest: string
 }
 
 /** An index file's bytes, refused past 32 MiB: no repository index comes near it. */
-export async function readIndexBody(stream: Readable, what: string): Promise<Buffer> {
+export async function readIndexBody(stream: AsyncIterable<unknown>, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of stream) {

@@ -9,16 +9,21 @@ import { watchProcess } from '../process-output.js';
 import { readIndexThrough } from '../read-index.js';
 import type { FetchRepository } from '../types.js';
 
+/** The exit status of READ_FROM for a file that is not there. */
+const NOT_FOUND_EXIT = 44;
+/** $1 the file, $2 the byte to start at, 1-based (tail -c +N): the resume point. */
+const READ_FROM = `[ -f "$1" ] || exit ${NOT_FOUND_EXIT.toString()}
+exec tail -c "+$2" -- "$1"`;
+
 export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
   const host = sshHost(location);
   const inDir = (file: string): string => path.posix.join(location.path, file);
   const stream = (file: string, offset: number, timeoutMs = settings.timeoutMs): Readable => {
-    // tail -c +N starts at byte N (1-based): the resume point.
     const out = new PassThrough();
     const what = `${name}/${file}`;
     const started = performance.now();
-    host.spawn(['tail', '-c', `+${(offset + 1).toString()}`, '--', inDir(file)], timeoutMs).then((child) => {
+    host.spawn(['sh', '-c', READ_FROM, 'sh', inDir(file), (offset + 1).toString()], timeoutMs).then((child) => {
       // Given up on while ssh was logging in (the budget ran out): nobody reads this any more.
       if (out.destroyed) {
         child.kill('SIGKILL');
@@ -28,7 +33,7 @@ export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, sett
       // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
       // is an error, never a short or empty file.
       child.stdout?.pipe(out, { end: false });
-      watchProcess(child, out, what, { ...settings, timeoutMs }, true);
+      watchProcess(child, out, what, { ...settings, timeoutMs }, { endOnSuccess: true, notFoundExit: NOT_FOUND_EXIT });
     }, (error: unknown) => {
       // The command never started: ssh could not connect or log in, or the account's start-up
       // files stopped it. As in watchProcess, only the time it took tells a slow failure.

@@ -29,13 +29,26 @@ echo "$created $avail"`;
 
 const READ_TEXT = `if [ -f "$1" ]; then echo present; exec cat -- "$1"; else echo absent; fi`;
 
+/** The exit status of WRITE_FILE when the copy failed on a disk with less than FULL_DISK_KB left. */
+const FULL_DISK_EXIT = 28;
+/** Free space (KiB) under which a failed copy is put down to a full disk: df's own rounding, a block or two. */
+const FULL_DISK_KB = 64;
+
 /*
  * $1 temp name, $2 final name (empty: leave it under the temp name), $3 the size expected.
+ * A copy that fails on a (nearly) full disk exits FULL_DISK_EXIT: the free space is read
+ * before the partial file is removed, while the disk is still full, so the cause is told by
+ * a number and never by the words of cat's error.
  * The size check matters: when the local side dies mid-stream, cat sees only an early end of
  * input and succeeds; a short file must never be renamed into place.
  */
 const WRITE_FILE = `umask 022
-cat > "$1" || { rm -f -- "$1"; exit 1; }
+if ! cat > "$1"; then
+  avail=$(df -P -k -- "$1" 2>/dev/null | awk 'NR==2 {print $4}')
+  rm -f -- "$1"
+  [ "\${avail:-1}" -lt ${FULL_DISK_KB.toString()} ] && exit ${FULL_DISK_EXIT.toString()}
+  exit 1
+fi
 size=$(wc -c < "$1")
 if [ "$size" -ne "$3" ]; then rm -f -- "$1"; echo "received $size of $3 bytes" >&2; exit 21; fi
 chmod 0644 -- "$1" && sync -- "$1" || { rm -f -- "$1"; exit 1; }
@@ -122,9 +135,9 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
     async stage(file, source) {
       const tempPath = tempPathFor(inDir(file));
       const { size } = await stat(source);
-      const result = await host.run(sh(WRITE_FILE, [tempPath, '', size.toString()]), { input: createReadStream(source), timeoutMs: 3_600_000, allowCodes: [1, 21] });
+      const result = await host.run(sh(WRITE_FILE, [tempPath, '', size.toString()]), { input: createReadStream(source), timeoutMs: 3_600_000, allowCodes: [1, 21, FULL_DISK_EXIT] });
       if (result.code !== 0) {
-        if (/No space left/i.test(result.stderr)) {
+        if (result.code === FULL_DISK_EXIT) {
           throw new AutotestError('ERR_NO_SPACE', `upload location ${name}: disk full while copying ${file}`, { hint: 'free some space there; nothing was published' });
         }
         throw refused(name, `cannot write ${file}${result.stderr ? `: ${result.stderr}` : ''}`, 'check the folder on the host');
