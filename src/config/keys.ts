@@ -13,7 +13,7 @@ export interface KeyDeclaration<T = unknown> {
   default: string | undefined;
   /** Said after the default in the README: what it means ("(unbounded)"), or after "none:". */
   defaultNote?: string;
-  /** Environment variables whose value, when set, is the default instead (first set wins). */
+  /** Environment variables whose value, when set and not empty, is the default instead (first set wins). */
   defaultFromEnv?: readonly string[];
   /** The default when it depends on other keys: the reader works it out, this says it for the README. */
   defaultRule?: string;
@@ -194,7 +194,7 @@ export type ConfigSection = keyof typeof CONFIG_KEYS;
 /** The declarations of a section ([S3:BUCKET] is read as [S3]), or undefined for a section not ours. */
 export function keysOfSection(section: string): Record<string, KeyDeclaration> | undefined {
   const name = section.startsWith('S3:') ? 'S3' : section;
-  return name in CONFIG_KEYS ? CONFIG_KEYS[name as ConfigSection] : undefined;
+  return Object.hasOwn(CONFIG_KEYS, name) ? CONFIG_KEYS[name as ConfigSection] : undefined;
 }
 
 /** The ini text of the embedded config: each key's `embedded` value, section by section. */

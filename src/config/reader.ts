@@ -59,7 +59,7 @@ export function createSectionReader<Keys extends Record<string, KeyDeclaration>>
   };
   const fromDefault = (name: string): unknown => {
     const declaration = declarationOf(name);
-    const variable = declaration.defaultFromEnv?.find((candidate) => options.env[candidate] !== undefined);
+    const variable = declaration.defaultFromEnv?.find((candidate) => (options.env[candidate] ?? '') !== '');
     const text = variable === undefined ? declaration.default : options.env[variable];
     if (text === undefined) return undefined;
     const context = { baseDir: process.cwd(), setAt: variable === undefined ? `(default) [${section}] ${name}` : `$${variable}`, s3: options.s3 };

@@ -42,7 +42,7 @@ export interface ConfigFile {
 export interface FetchTrust {
   /** The allowed_signers file of trusted_keys. */
   file: ConfigFile;
-  /** Without a valid signature a repository is passed over (default: on). */
+  /** require_signature: without a valid signature a repository is passed over. */
   required: boolean;
   /** The ed25519 public key blobs of the file, read at load (see readTrustedKeysFile). */
   keys: Buffer[] | undefined;
