@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, PACKAGES_KEYS, SERVER_KEYS, S3_KEYS } from '../src/config/index.js';
+import { loadConfig, parseIni, getIniValue, EMBEDDED_SOURCE, SERVER_KEYS, CONFIG_KEYS, DEFAULT_S3_SETTINGS, type ConfigSection } from '../src/config/index.js';
+import { renderKeyTable, tableMarkers } from '../src/config/docs.js';
+import { readS3Config } from '../src/config/s3-section.js';
 import { isAutotestError } from '../src/errors.js';
 import { ROOT, tempDir, writeConfig } from './helpers.js';
 import { createTestCa } from './fixtures/tls.js';
@@ -139,10 +141,55 @@ test('takes the config file from the environment when --config is not given, and
   await assert.rejects(loadConfig({ file: path.join(dir, 'nope.ini') }), /config file .*nope\.ini does not exist/);
 });
 
-test('the example config in etc/ lists every key, is refused while its upload_token is the placeholder, and loads without warnings once it is set', async () => {
+/** Each `key:` line of an ini file, set or commented out (`# key: value`), with its section. */
+function keyLines(text: string): { section: string; key: string; commented: boolean; line: number }[] {
+  let section = '';
+  return text.split('\n').flatMap((line, index) => {
+    const heading = /^\[([^\]]+)\]/.exec(line);
+    if (heading?.[1] !== undefined) section = heading[1];
+    const match = /^([#;]\s*)?([a-z][a-z0-9_]*)\s*[:=](\s|$)/.exec(line);
+    return match?.[2] === undefined ? [] : [{ section, key: match[2], commented: match[1] !== undefined, line: index + 1 }];
+  });
+}
+
+const SECTIONS = Object.keys(CONFIG_KEYS) as ConfigSection[];
+
+test('the README key tables are those written from the declarations, every key with its declared default', async () => {
+  const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+  for (const section of SECTIONS) {
+    const [begin, end] = tableMarkers(section);
+    const from = readme.indexOf(begin);
+    assert.ok(from >= 0 && readme.indexOf(end, from) > from, `README.md has the markers of the [${section}] table`);
+    const table = readme.slice(from + begin.length, readme.indexOf(end, from)).trim();
+    assert.equal(table, renderKeyTable(section), `README.md's [${section}] table is out of date: run npm run docs:config`);
+    const keys = [...table.matchAll(/^\| `([a-z0-9_]+)` \|/gm)].map((match) => match[1]);
+    assert.deepEqual(keys, Object.keys(CONFIG_KEYS[section]), `the [${section}] table has every declared key and no other`);
+  }
+});
+
+test('every key of the example config, set or commented out, is declared in the section it stands in, and every declared key is set there', async () => {
+  const text = await readFile(path.join(ROOT, 'etc', 'global_config.example.ini'), 'utf8');
+  const lines = keyLines(text).filter((entry) => entry.section !== 'DEFAULT');
+  for (const { section, key, line } of lines) {
+    const declared: Record<string, unknown> = CONFIG_KEYS[(section.startsWith('S3:') ? 'S3' : section) as ConfigSection];
+    assert.ok(Object.hasOwn(declared, key), `etc/global_config.example.ini:${line.toString()}: "${key}" is not a declared key of [${section}]`);
+  }
+  for (const section of SECTIONS) {
+    for (const key of Object.keys(CONFIG_KEYS[section])) {
+      assert.ok(lines.some((entry) => entry.section === section && entry.key === key && !entry.commented), `[${section}] ${key} is set in the example config`);
+    }
+  }
+});
+
+test('the S3 settings of a location read without a config are the declared defaults', () => {
+  const { settingsFor } = readS3Config(new Map(), () => '/', {});
+  assert.deepEqual(settingsFor('any-bucket'), DEFAULT_S3_SETTINGS);
+  const fromEnv = readS3Config(new Map(), () => '/', { AWS_REGION: 'eu-west-3', AWS_PROFILE: 'lab' }).settingsFor('any-bucket');
+  assert.deepEqual([fromEnv.region, fromEnv.profile], ['eu-west-3', 'lab']);
+});
+
+test('the example config in etc/ is refused while its upload_token is the placeholder, and loads without warnings once it is set', async () => {
   const file = path.join(ROOT, 'etc', 'global_config.example.ini');
-  const text = await readFile(file, 'utf8');
-  for (const key of [...Object.keys(PACKAGES_KEYS), ...Object.keys(SERVER_KEYS), ...Object.keys(S3_KEYS)]) assert.match(text, new RegExp(`^${key}:`, 'm'), key);
   await assert.rejects(loadConfig({ file, env: {} }), /\[SERVER\] upload_token = the value given \(the example config's placeholder\)/);
   const config = await loadConfig({ file, env: { AUTOTEST_UPLOAD_TOKEN: 'a-real-secret-of-32-characters!!' } });
   assert.deepEqual(config.warnings, []);

@@ -2,8 +2,10 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AutotestError, errnoCode } from '../errors.js';
 import { overlayIni, parseIni, type IniDocument } from './ini.js';
-import { closestMatch } from './suggest.js';
-import { readPackagesConfig, readServerConfig, type Config } from './schema.js';
+import { renderEmbeddedConfig } from './keys.js';
+import { misspeltSections } from './suggest.js';
+import { readPackagesConfig, type Config } from './schema.js';
+import { readServerConfig } from './server-section.js';
 import { readTlsFiles } from './tls.js';
 import { readTrustedKeys, SIGNATURE_NAMESPACE } from '../signing/index.js';
 
@@ -15,19 +17,7 @@ export const EMBEDDED_SOURCE = '(embedded default)';
  * With no config file: repositories are folders under the working directory, so that a
  * fresh checkout publishes and installs without any set-up.
  */
-export const EMBEDDED_DEFAULT = `[PACKAGES]
-fetch_location: var/packages/builtin, var/packages/custom
-upload_location: var/packages/builtin
-custom_upload_location: var/packages/custom
-custom_download_location: var/custom_packages
-custom_max_age: 40
-minimum_free_space: 1
-serve_packages_from_autoserv: true
-
-[SERVER]
-listen_address: 127.0.0.1
-port: 8080
-`;
+export const EMBEDDED_DEFAULT = renderEmbeddedConfig();
 
 async function readOptional(file: string): Promise<string | undefined> {
   try {
@@ -91,26 +81,4 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Confi
   }
   const { server, warnings: serverWarnings } = readServerConfig(doc, baseDirOf, packages, options.env ?? process.env);
   return { source, packages, server, warnings: [...misspeltSections(doc, source), ...warnings, ...serverWarnings] };
-}
-
-/** The sections read here; [S3:BUCKET] sections too. */
-const KNOWN_SECTIONS = ['PACKAGES', 'SERVER', 'S3', 'DEFAULT'];
-
-/**
- * global_config.ini is shared with the rest of Autotest ([AUTOTEST_WEB], [SCHEDULER], ...), so
- * a section of ours is not the only kind there: one is reported only when it is a near miss of
- * ours (as [PACKAGE] or [packages]: ConfigParser's section names are case-sensitive), whose
- * keys would otherwise be ignored without a word.
- */
-function misspeltSections(doc: IniDocument, source: string): string[] {
-  const warnings: string[] = [];
-  for (const [name, section] of doc) {
-    if (KNOWN_SECTIONS.includes(name) || name.startsWith('S3:')) continue;
-    const near = closestMatch(name, KNOWN_SECTIONS);
-    if (near === undefined) continue;
-    const first = section.values().next().value;
-    const where = first === undefined ? source : `${first.file}:${first.line.toString()}`;
-    warnings.push(`${where}: unknown section [${name}] is ignored, with its ${section.size.toString()} key(s) (did you mean [${near}]? section names are case-sensitive)`);
-  }
-  return warnings;
 }

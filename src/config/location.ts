@@ -35,6 +35,7 @@ export interface S3Location {
   settings: S3Settings;
 }
 
+/** The settings without any [S3] section or AWS variable; a test checks them against the declarations of keys.ts. */
 export const DEFAULT_S3_SETTINGS: S3Settings = {
   endpoint: undefined,
   region: 'us-east-1',

@@ -1,3 +1,6 @@
+import { sectionKeys, type IniDocument } from './ini.js';
+import { CONFIG_KEYS, keysOfSection } from './keys.js';
+
 /**
  * The closest of `known` to `word`, for "did you mean" hints: case is ignored and a swap of
  * two neighbours counts as one edit (optimal string alignment), and only a near miss is
@@ -31,4 +34,40 @@ export function editDistance(a: string, b: string): number {
     previous = current;
   }
   return previous[b.length] ?? 0;
+}
+
+/** A warning for each key of `section` not declared for it, naming the closest declared one. */
+export function unknownKeys(doc: IniDocument, section: string): string[] {
+  const keys = keysOfSection(section) ?? {};
+  const known = Object.keys(keys);
+  return sectionKeys(doc, section)
+    .filter((key) => !Object.hasOwn(keys, key))
+    .map((key) => {
+      const entry = doc.get(section)?.get(key);
+      const near = closestMatch(key, known);
+      const help = near === undefined ? `known: ${known.join(', ')}` : `did you mean "${near}"?`;
+      return `${entry?.file ?? '?'}:${entry?.line ?? 0}: unknown key "${key}" in [${section}] is ignored (${help})`;
+    });
+}
+
+/** The sections read here; [S3:BUCKET] sections too. */
+const KNOWN_SECTIONS = [...Object.keys(CONFIG_KEYS), 'DEFAULT'];
+
+/**
+ * global_config.ini is shared with the rest of Autotest ([AUTOTEST_WEB], [SCHEDULER], ...), so
+ * a section of ours is not the only kind there: one is reported only when it is a near miss of
+ * ours (as [PACKAGE] or [packages]: ConfigParser's section names are case-sensitive), whose
+ * keys would otherwise be ignored without a word.
+ */
+export function misspeltSections(doc: IniDocument, source: string): string[] {
+  const warnings: string[] = [];
+  for (const [name, section] of doc) {
+    if (KNOWN_SECTIONS.includes(name) || name.startsWith('S3:')) continue;
+    const near = closestMatch(name, KNOWN_SECTIONS);
+    if (near === undefined) continue;
+    const first = section.values().next().value;
+    const where = first === undefined ? source : `${first.file}:${first.line.toString()}`;
+    warnings.push(`${where}: unknown section [${name}] is ignored, with its ${section.size.toString()} key(s) (did you mean [${near}]? section names are case-sensitive)`);
+  }
+  return warnings;
 }

@@ -1,0 +1,2 @@
+export type Compression = 'bzip2' | 'gzip' | 'zstd';
+export const COMPRESSIONS: readonly Compression[] = ['bzip2', 'gzip', 'zstd'];
