@@ -233,6 +233,9 @@ export class IndexProtocol {
       etagsOfOurBytes.set(entry.file, [...(copyEtag === undefined ? [] : [copyEtag]), ...this.stagedEtags.get(staged.tempPath) ?? []]);
     }
     const filesLostToOthers = await this.indexOurBytes(change, etagsOfOurBytes);
+    const entriesIndexed = change.add.map(({ entry }) => entry).filter(({ file }) => !filesLostToOthers.includes(file));
+    filesLostToOthers.push(...await this.unindexDeletedMeanwhile(entriesIndexed));
+    await this.dropEntriesOfMissing(change.remove, () => true);
     if (filesLostToOthers.length > 0) {
       const one = filesLostToOthers.length === 1;
       throw refused(this.name, 'publishing', `${filesLostToOthers.join(', ')} ${one ? 'was' : 'were'} replaced or removed by another packager meanwhile and ${one ? 'is' : 'are'} not indexed by this one`, undefined,
@@ -318,6 +321,41 @@ export class IndexProtocol {
     return filesLostToOthers;
   }
 
+  /**
+   * A remover deletes without condition, after it looked at the object: when it looked
+   * after another packager placed and indexed the same file, it deletes those bytes. So each
+   * side checks after its own write: the uploader looks at its objects after indexing them,
+   * the remover at the index after deleting. Whichever comes second sees the other's write
+   * and drops the entry of the missing object, so no entry is left naming a deleted file.
+   * Returns the files of `entries` dropped.
+   */
+  private async unindexDeletedMeanwhile(entries: IndexEntry[]): Promise<string[]> {
+    const objectsNow = await Promise.all(entries.map(({ file }) => this.store.head(file)));
+    const deleted = entries.filter((_entry, i) => objectsNow[i] === undefined);
+    if (deleted.length === 0) return [];
+    const ours = new Map(deleted.map((entry) => [entry.file, entry]));
+    return this.dropEntriesOfMissing([...ours.keys()], (entry) => entry.md5 === ours.get(entry.file)?.md5 && entry.publishedAt === ours.get(entry.file)?.publishedAt);
+  }
+
+  /** Drops the entries (those `drop` picks) of `files` whose objects are missing; returns the files dropped. */
+  private async dropEntriesOfMissing(files: string[], drop: (entry: IndexEntry) => boolean): Promise<string[]> {
+    if (files.length === 0) return [];
+    const { index: indexNow } = await this.readTaggedIndex();
+    if (!files.some((file) => indexNow.has(file))) return [];
+    const dropped: string[] = [];
+    await this.updateIndex(async (index) => {
+      dropped.length = 0;
+      for (const file of files) {
+        const entry = index.get(file);
+        if (!entry || !drop(entry) || (await this.store.head(file)) !== undefined) continue;
+        index.delete(file);
+        dropped.push(file);
+      }
+      return dropped.length > 0;
+    });
+    return dropped;
+  }
+
   /** Deletes staged files that will not be committed: a temp always; one sent straight to its key only while it is still ours and no entry names it. */
   async discard(staged: StagedFile[]): Promise<void> {
     for (const { tempPath } of staged) {
@@ -379,6 +417,7 @@ export class IndexProtocol {
       return dropped.length > 0;
     });
     for (const file of dropped) await this.removeIfUnchanged(file, badFiles.get(file));
+    await this.dropEntriesOfMissing(dropped, () => true);
     return [...badFiles.keys()].filter((file) => dropped.includes(file) || !indexChecked.has(file)).sort();
   }
 
@@ -395,6 +434,7 @@ export class IndexProtocol {
     for (const [file, object] of old) {
       if (await this.removeIfUnchanged(file, object.etag)) removed.push(file);
     }
+    await this.dropEntriesOfMissing(removed, () => true);
     return removed.sort();
   }
 
