@@ -330,8 +330,8 @@ export class IndexProtocol {
    * Returns the files of `entries` dropped.
    */
   private async unindexDeletedMeanwhile(entries: IndexEntry[]): Promise<string[]> {
-    const objectsNow = await Promise.all(entries.map(({ file }) => this.store.head(file)));
-    const deleted = entries.filter((_entry, i) => objectsNow[i] === undefined);
+    const etagsNow = await this.etagsOf(entries.map(({ file }) => file));
+    const deleted = entries.filter(({ file }) => etagsNow.get(file) === undefined);
     if (deleted.length === 0) return [];
     const ours = new Map(deleted.map((entry) => [entry.file, entry]));
     return this.dropEntriesOfMissing([...ours.keys()], (entry) => entry.md5 === ours.get(entry.file)?.md5 && entry.publishedAt === ours.get(entry.file)?.publishedAt);
