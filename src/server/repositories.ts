@@ -12,7 +12,8 @@ import { escapeHtml } from './html.js';
 import type { CachedUpstreams, ServedLocation } from '../config/index.js';
 import type { CachedRepository } from './cache.js';
 import type { ServerMetrics } from './metrics.js';
-import { describeError, errnoCode } from '../errors.js';
+import { describeError, errnoCode, isAutotestError } from '../errors.js';
+import { answerError } from './error-answer.js';
 
 export type ServedRepository =
   /** A folder, served from the disk. */
@@ -127,14 +128,6 @@ const OUT_OF_RESOURCES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN']);
 
 function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.dev === b.dev;
-}
-
-/** An error answer as JSON; returns the body bytes sent. */
-export function answerError(response: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): number {
-  const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : status === 503 ? 'ERR_UNAVAILABLE' : status === 502 ? 'ERR_UPSTREAM' : 'ERR_SERVER', message });
-  response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extra });
-  response.end(body);
-  return body.length;
 }
 
 let streams = 0;
@@ -289,7 +282,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     // A unit other than bytes is ignored (RFC 9110 §14.2): the whole file, 200.
     if (rangeApplies && /^\s*bytes\s*=/i.test(rangeHeader)) {
       const ranges = rangeParser(stat.size, wholeForLongSuffix(rangeHeader, stat.size), { combine: true });
-      if (ranges === -1) return answerError(response, 416, `${file}: range not satisfiable`, { 'content-range': `bytes */${stat.size.toString()}` });
+      if (ranges === -1) return answerError(response, 'ERR_RANGE', `${file}: range not satisfiable`, { 'content-range': `bytes */${stat.size.toString()}` });
       // A malformed header (-2) or several ranges: the whole file, as RFC 9110 allows.
       if (ranges !== -2 && ranges.length === 1 && ranges[0]) {
         start = ranges[0].start;
@@ -346,15 +339,15 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       handle = await open(full, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (error) {
       const code = errnoCode(error) ?? '';
-      if (NOT_THERE.has(code)) return answerError(response, 404, `${file}: not in this repository`);
+      if (NOT_THERE.has(code)) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
       // Out of descriptors or memory is this server's state, not the file's: a client that
       // took it for "not found" would never ask again.
-      if (OUT_OF_RESOURCES.has(code)) return answerError(response, 503, `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
-      return answerError(response, 500, `${file}: cannot open it (${code || describeError(error)})`);
+      if (OUT_OF_RESOURCES.has(code)) return answerError(response, 'ERR_UNAVAILABLE', `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
+      return answerError(response, 'ERR_SERVER', `${file}: cannot open it (${code || describeError(error)})`);
     }
     try {
       const opened = await handle.stat();
-      if (!opened.isFile()) return answerError(response, 404, `${file}: not in this repository`);
+      if (!opened.isFile()) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
       if (cache && opened.size <= SMALL_FILE_BYTES) {
         const body = await handle.readFile();
         // Written in place meanwhile (not by our packager, which renames): answer nothing half-right.
@@ -392,7 +385,8 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       try {
         names = await repository.cached.files();
       } catch (error) {
-        return answerError(response, 502, `/packages/${repository.name}/: ${describeError(error)}`);
+        if (!isAutotestError(error)) throw error;
+        return answerError(response, error.code, `/packages/${repository.name}/: ${error.message}`);
       }
     } else {
       names = (await readdir(repository.location.path, { withFileTypes: true }))
@@ -457,7 +451,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         : file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
       answer.then((bytes) => { finish(request, response, started, repository.name, bytes, requestId); }, (error: unknown) => {
         log.error({ err: { message: error instanceof Error ? error.message : String(error) }, url }, 'serving a repository file failed');
-        if (!response.headersSent) answerError(response, 500, 'internal error; see the server log');
+        if (!response.headersSent) answerError(response, 'ERR_SERVER', 'internal error; see the server log');
         else response.destroy();
         finish(request, response, started, repository.name, 0, requestId);
       });
