@@ -121,6 +121,30 @@ function wholeForLongSuffix(header: string, size: number): string {
   return suffix !== undefined && size > 0 && Number(suffix) >= size ? `bytes=0-${(size - 1).toString()}` : header;
 }
 
+/**
+ * `full` opened to be served: opened before it is looked at, so what is checked is what is
+ * sent; never through a symlink. A failure is answered here, and its body bytes returned.
+ */
+async function openToServe(response: ServerResponse, full: string, file: string): Promise<FileHandle | number> {
+  try {
+    return await open(full, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (error) {
+    const code = errnoCode(error) ?? '';
+    if (NOT_THERE.has(code)) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
+    // Out of descriptors or memory is this server's state, not the file's: a client that
+    // took it for "not found" would never ask again.
+    if (OUT_OF_RESOURCES.has(code)) return answerError(response, 'ERR_UNAVAILABLE', `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
+    return answerError(response, 'ERR_SERVER', `${file}: cannot open it (${code || describeError(error)})`);
+  }
+}
+
+/** Watches `dir`: a change to a file calls `forget` with its name; one whose name is not known, or a failed watch, with null. */
+function watchFolder(dir: string, forget: (file: string | null) => void): FSWatcher {
+  const watcher = watch(dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
+  watcher.on('error', () => { forget(null); });
+  return watcher;
+}
+
 /** open() failures that mean the file is not there (a symlink counts: it is never served). */
 const NOT_THERE = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
 /** open() failures of the server's own state, gone when load drops. */
@@ -230,9 +254,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         cache.delete(name);
       }
     };
-    const watcher = watch(dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
-    watcher.on('error', () => { forget(null); });
-    watchers.push(watcher);
+    watchers.push(watchFolder(dir, forget));
   }
 
   const accessLine = accessLineWriter(log);
@@ -310,19 +332,24 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     return serveFromDisk(request, response, path.join(repository.location.path, file), file, caches.get(repository.name));
   };
 
+  /** The cached copy of `file`, checked against the disk again when its last check is over a second old; undefined once it changed. */
+  const stillCached = async (cache: Map<string, Cached>, full: string, file: string): Promise<Cached | undefined> => {
+    const now = performance.now();
+    const cached = cache.get(file);
+    if (!cached || now - cached.checkedAt <= REVALIDATE_MS) return cached;
+    const current = await stat(full).catch(() => undefined);
+    if (current && sameFile(current, cached.stat)) {
+      cached.checkedAt = now;
+      return cached;
+    }
+    cache.delete(file);
+    cachedBytes -= cached.body.length;
+    return undefined;
+  };
+
   /** One file from the disk: small ones kept in `cache` when given, the rest streamed; `fixedTag` for content whose name is its checksum. */
   const serveFromDisk = async (request: IncomingMessage, response: ServerResponse, full: string, file: string, cache: Map<string, Cached> | undefined, fixedTag?: string): Promise<number> => {
-    const now = performance.now();
-    let cached = cache?.get(file);
-    if (cache && cached && now - cached.checkedAt > REVALIDATE_MS) {
-      const current = await stat(full).catch(() => undefined);
-      if (current && sameFile(current, cached.stat)) cached.checkedAt = now;
-      else {
-        cache.delete(file);
-        cachedBytes -= cached.body.length;
-        cached = undefined;
-      }
-    }
+    const cached = cache && await stillCached(cache, full, file);
     if (cached) {
       const span = prepare(request, response, file, cached.stat, cached.tag, cached.modified);
       if (typeof span === 'number') return span;
@@ -333,18 +360,8 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       response.end(cached.body.subarray(span.start, span.end + 1));
       return span.end - span.start + 1;
     }
-    // Opened before it is looked at, so what is checked is what is sent; never through a symlink.
-    let handle;
-    try {
-      handle = await open(full, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (error) {
-      const code = errnoCode(error) ?? '';
-      if (NOT_THERE.has(code)) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
-      // Out of descriptors or memory is this server's state, not the file's: a client that
-      // took it for "not found" would never ask again.
-      if (OUT_OF_RESOURCES.has(code)) return answerError(response, 'ERR_UNAVAILABLE', `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
-      return answerError(response, 'ERR_SERVER', `${file}: cannot open it (${code || describeError(error)})`);
-    }
+    const handle = await openToServe(response, full, file);
+    if (typeof handle === 'number') return handle;
     try {
       const opened = await handle.stat();
       if (!opened.isFile()) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
