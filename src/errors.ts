@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'ERR_BAD_LOCATION'
   | 'ERR_UNKNOWN_PACKAGE'
   | 'ERR_CLIENT_TREE'
+  | 'ERR_CLIENT_INSTALL'
   | 'ERR_PACK'
   | 'ERR_UNSAFE_ARCHIVE'
   | 'ERR_CORRUPT_ARCHIVE'
@@ -19,10 +20,13 @@ export type ErrorCode =
   | 'ERR_TOO_LARGE'
   | 'ERR_BUSY'
   | 'ERR_TOO_SLOW'
+  | 'ERR_TIMEOUT'
+  | 'ERR_ABORTED'
   | 'ERR_LOCK'
   | 'ERR_CHECKSUM_MISMATCH'
   | 'ERR_SIGNATURE'
   | 'ERR_NOT_FOUND'
+  | 'ERR_RANGE'
   | 'ERR_UNSUPPORTED'
   | 'ERR_TOOL'
   | 'ERR_SSH'
@@ -31,7 +35,73 @@ export type ErrorCode =
   | 'ERR_ALL_REPOSITORIES_FAILED'
   | 'ERR_OFFLINE_MISSING'
   | 'ERR_LISTEN'
+  | 'ERR_CONTROL_FILE'
+  | 'ERR_TEST_MODULE'
+  | 'ERR_DEP_SETUP'
+  | 'ERR_BAD_REQUEST'
+  | 'ERR_UNAUTHORIZED'
+  | 'ERR_UNAVAILABLE'
+  | 'ERR_SERVER'
   | 'ERR_USAGE';
+
+/** How a failure ends a command: `usage` (exit 2) when what the user typed or configured is wrong, else `failed` (exit 1). */
+export type ExitKind = 'usage' | 'failed';
+
+/**
+ * What each code means at the faces of the program: the HTTP status a server route answers
+ * it with, and how the CLI exits. The one place either is decided; every code has both
+ * (a code missing here does not compile). Codes no route can meet still get the status
+ * that would describe them, so that nothing falls back to a guess.
+ */
+export const ERROR_CODES: Readonly<Record<ErrorCode, { status: number; exit: ExitKind }>> = {
+  ERR_CONFIG: { status: 500, exit: 'usage' },
+  ERR_BAD_NAME: { status: 400, exit: 'usage' },
+  ERR_BAD_LOCATION: { status: 500, exit: 'usage' },
+  ERR_UNKNOWN_PACKAGE: { status: 404, exit: 'failed' },
+  ERR_CLIENT_TREE: { status: 500, exit: 'failed' },
+  ERR_CLIENT_INSTALL: { status: 502, exit: 'failed' },
+  ERR_PACK: { status: 500, exit: 'failed' },
+  ERR_UNSAFE_ARCHIVE: { status: 422, exit: 'failed' },
+  ERR_CORRUPT_ARCHIVE: { status: 422, exit: 'failed' },
+  ERR_BAD_ARCHIVE: { status: 422, exit: 'failed' },
+  // An index the server reads from its own locations: the server's state, not the request's.
+  ERR_BAD_INDEX: { status: 500, exit: 'failed' },
+  ERR_LOCATION_REFUSED: { status: 502, exit: 'failed' },
+  ERR_NO_SPACE: { status: 507, exit: 'failed' },
+  ERR_TOO_LARGE: { status: 413, exit: 'failed' },
+  ERR_BUSY: { status: 503, exit: 'failed' },
+  ERR_TOO_SLOW: { status: 408, exit: 'failed' },
+  // A step, or an upstream the server waited on, that did not finish in its time.
+  ERR_TIMEOUT: { status: 504, exit: 'failed' },
+  // The other side went away before the work ended; nobody reads the answer, but logs do.
+  ERR_ABORTED: { status: 400, exit: 'failed' },
+  ERR_LOCK: { status: 409, exit: 'failed' },
+  ERR_CHECKSUM_MISMATCH: { status: 422, exit: 'failed' },
+  ERR_SIGNATURE: { status: 500, exit: 'failed' },
+  ERR_NOT_FOUND: { status: 404, exit: 'failed' },
+  ERR_RANGE: { status: 416, exit: 'failed' },
+  ERR_UNSUPPORTED: { status: 501, exit: 'failed' },
+  ERR_TOOL: { status: 500, exit: 'failed' },
+  ERR_SSH: { status: 502, exit: 'failed' },
+  ERR_SSH_CONNECT: { status: 502, exit: 'failed' },
+  ERR_FETCH: { status: 502, exit: 'failed' },
+  ERR_ALL_REPOSITORIES_FAILED: { status: 502, exit: 'failed' },
+  ERR_OFFLINE_MISSING: { status: 404, exit: 'failed' },
+  ERR_LISTEN: { status: 500, exit: 'failed' },
+  ERR_CONTROL_FILE: { status: 422, exit: 'usage' },
+  ERR_TEST_MODULE: { status: 422, exit: 'failed' },
+  ERR_DEP_SETUP: { status: 500, exit: 'failed' },
+  ERR_BAD_REQUEST: { status: 400, exit: 'failed' },
+  ERR_UNAUTHORIZED: { status: 401, exit: 'failed' },
+  ERR_UNAVAILABLE: { status: 503, exit: 'failed' },
+  ERR_SERVER: { status: 500, exit: 'failed' },
+  ERR_USAGE: { status: 400, exit: 'usage' },
+};
+
+/** The HTTP status every server route answers `code` with. */
+export function httpStatusOf(code: ErrorCode): number {
+  return ERROR_CODES[code].status;
+}
 
 export interface AutotestErrorOptions {
   hint?: string;

@@ -23,6 +23,8 @@ interface Upstream {
   notModified(file: string): number;
   /** From now on `file` is sent in two halves; the second waits for the returned release. */
   hold(file: string): () => void;
+  /** From now on a request for `file` gets no answer at all (not even headers) until the upstream stops. */
+  stall(file: string): void;
   stop(): Promise<void>;
 }
 
@@ -30,9 +32,11 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
   const counts = new Map<string, number>();
   const unchanged = new Map<string, number>();
   const held = new Map<string, Promise<void>>();
+  const stalled = new Set<string>();
   const server = http.createServer((request, response) => {
     const file = decodeURIComponent((request.url ?? '/').slice(1));
     counts.set(file, (counts.get(file) ?? 0) + 1);
+    if (stalled.has(file)) return;
     const body = files.get(file);
     if (!body) {
       response.writeHead(404).end();
@@ -77,6 +81,9 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
         release();
       };
     },
+    stall(file) {
+      stalled.add(file);
+    },
     stop,
   };
 }
@@ -98,16 +105,17 @@ function publish(packages: Record<string, Buffer>, md5Only = false): Map<string,
   ]);
 }
 
-async function writeFrontConfig(dir: string, upstream: string, server: Record<string, string> = {}): Promise<string> {
+async function writeFrontConfig(dir: string, upstream: string, server: Record<string, string> = {}, fetch: Record<string, string> = {}): Promise<string> {
   const file = path.join(dir, 'global_config.ini');
   const keys = { builtin_dir: upstream, cache_dir: path.join(dir, 'front-cache'), port: '0', log_level: 'silent', ...server };
-  await writeFile(file, ['[PACKAGES]', 'fetch_retries: 0', 'fetch_connect_timeout: 2', '[SERVER]', ...Object.entries(keys).map(([k, v]) => `${k}: ${v}`), ''].join('\n'));
+  await writeFile(file, ['[PACKAGES]', 'fetch_retries: 0', 'fetch_connect_timeout: 2', ...Object.entries(fetch).map(([k, v]) => `${k}: ${v}`), '[SERVER]', ...Object.entries(keys).map(([k, v]) => `${k}: ${v}`), ''].join('\n'));
   return file;
 }
 
-/** `autotest serve` in this process, in front of `upstream`; its URL. With `logs`, its log (JSON lines) goes there. */
-async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}, logs?: string[]): Promise<string> {
-  const config = await loadConfig({ file: await writeFrontConfig(dir, upstream, server), env: {} });
+/** `autotest serve` in this process, in front of `upstream`; its URL. With `logs`, its log (JSON lines) goes there; `fetch` adds [PACKAGES] keys. */
+async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}, logs?: string[], fetch: Record<string, string> = {}): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const config = await loadConfig({ file: await writeFrontConfig(dir, upstream, server, fetch), env: {} });
   const logStream = logs && new Writable({
     write(chunk: Buffer, _encoding, done) {
       logs.push(chunk.toString('utf8'));
@@ -430,4 +438,28 @@ test('answers a Range request during the upstream download from the bytes that h
   assert.ok((await whole.body).equals(body));
   const unsatisfiable = await get(`${front}/packages/builtin/${BIG}`, { range: `bytes=${body.length.toString()}-` });
   assert.equal(unsatisfiable.status, 416);
+});
+
+test('answers 404 for a package its index names but no upstream has, 504 when the upstream sends nothing within fetch_timeout, and 502 for the package list when no upstream answers', async (t) => {
+  const dir = await tempDir(t);
+  const files = publish({ [SMALL]: randomBytes(1000), [BIG]: randomBytes(3000) });
+  const upstream = await startUpstream(t, files);
+  const front = await startFront(t, dir, upstream.url, {}, undefined, { fetch_timeout: '0.5' });
+  files.delete(SMALL);
+  const missing = await get(`${front}/packages/builtin/${SMALL}`);
+  assert.equal(missing.status, 404, missing.body.toString());
+  assert.equal((JSON.parse(missing.body.toString()) as { error: string }).error, 'ERR_NOT_FOUND');
+  upstream.stall(BIG);
+  const slow = await get(`${front}/packages/builtin/${BIG}`);
+  assert.equal(slow.status, 504, slow.body.toString());
+  const answer = JSON.parse(slow.body.toString()) as { error: string; message: string };
+  assert.equal(answer.error, 'ERR_TIMEOUT');
+  assert.match(answer.message, /not complete within 0\.5 s \(fetch_timeout\)/);
+
+  const gone = await startUpstream(t, new Map());
+  await gone.stop();
+  const orphan = await startFront(t, path.join(dir, 'orphan'), gone.url);
+  const list = await get(`${orphan}/api/packages`);
+  assert.equal(list.status, 502, list.body.toString());
+  assert.equal((JSON.parse(list.body.toString()) as { error: string }).error, 'ERR_FETCH');
 });

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { redactSecrets } from '../src/errors.js';
+import { readFile } from 'node:fs/promises';
+import { EXIT_FAILED, EXIT_USAGE, exitCodeOf, printError } from '../src/cli/output.js';
+import { AutotestError, ERROR_CODES, httpStatusOf, redactSecrets, type ErrorCode } from '../src/errors.js';
 
 test('hides passwords, tokens standing as URL users and secret query values, but keeps SSH user names', () => {
   const text = [
@@ -43,4 +45,35 @@ test('hides query secrets by how their key ends, a password holding a raw "/", a
   for (const secret of ['SECRET1', 'SECRET2', 'ss@host', 'SECRET4']) assert.equal(shown.includes(secret), false, `${secret} in ${shown}`);
   assert.match(shown, /page=2/);
   assert.match(shown, /https:\/\/registry\.example:8080\/@scope\/pkg/, 'a port and a path with "@" are left as they are');
+});
+
+test('every error code has an HTTP status and an exit code, and the table lists exactly the declared codes', async () => {
+  const codes = Object.keys(ERROR_CODES) as ErrorCode[];
+  for (const code of codes) {
+    const status = httpStatusOf(code);
+    assert.ok(Number.isInteger(status) && status >= 400 && status <= 599, `${code}: ${status.toString()}`);
+    assert.ok([EXIT_FAILED, EXIT_USAGE].includes(exitCodeOf(code)), code);
+  }
+  // The union type and the table agree by construction; this catches a code written as a string elsewhere.
+  const source = await readFile(new URL('../../src/errors.ts', import.meta.url), 'utf8');
+  const declared = [...source.matchAll(/^ {2}\| '(ERR_\w+)'/gm)].map((match) => match[1]);
+  assert.deepEqual([...declared].sort(), [...codes].sort());
+});
+
+test('the statuses that were wrong at the HTTP boundary: not found 404, too large 413, an upstream timeout 504, an upstream failure 502, a bad request 400', () => {
+  assert.equal(httpStatusOf('ERR_NOT_FOUND'), 404);
+  assert.equal(httpStatusOf('ERR_TOO_LARGE'), 413);
+  assert.equal(httpStatusOf('ERR_TIMEOUT'), 504);
+  assert.equal(httpStatusOf('ERR_FETCH'), 502);
+  assert.equal(httpStatusOf('ERR_BAD_REQUEST'), 400);
+  assert.equal(httpStatusOf('ERR_NO_SPACE'), 507);
+});
+
+test('the CLI exits 2 for what the user typed or configured (usage, config, names, control files) and 1 for the rest, printing the code and the hint', () => {
+  const lines: string[] = [];
+  const output = { out: (line: string) => lines.push(line), err: (line: string) => lines.push(line), isTTY: false };
+  for (const code of ['ERR_USAGE', 'ERR_CONFIG', 'ERR_BAD_NAME', 'ERR_BAD_LOCATION', 'ERR_CONTROL_FILE'] as const) assert.equal(exitCodeOf(code), EXIT_USAGE, code);
+  for (const code of ['ERR_TIMEOUT', 'ERR_DEP_SETUP', 'ERR_FETCH', 'ERR_NOT_FOUND'] as const) assert.equal(exitCodeOf(code), EXIT_FAILED, code);
+  assert.equal(printError(output, new AutotestError('ERR_TIMEOUT', 'test sleeptest did not finish within 1 s', { hint: 'look at its output' })), EXIT_FAILED);
+  assert.deepEqual(lines, ['error: test sleeptest did not finish within 1 s [ERR_TIMEOUT]', 'hint: look at its output']);
 });

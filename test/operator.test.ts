@@ -115,7 +115,7 @@ test('autoserv with a control file that does not exist fails before it touches a
   const hostDir = path.join(dir, 'host');
   const result = await runCli(['autoserv', '-m', 'localhost', '--host-dir', hostDir, path.join(dir, 'control')], { cwd: dir });
   assert.equal(result.code, 2);
-  assert.match(result.stderr, /error: control file .*control: no such file \[ERR_USAGE\]/);
+  assert.match(result.stderr, /error: control file .*control: no such file \[ERR_CONTROL_FILE\]/);
   assert.match(result.stderr, /hint: .*ES module control file.*Python control files are not run/);
   await assert.rejects(readdir(hostDir), /ENOENT/);
 });

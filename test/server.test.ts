@@ -11,6 +11,8 @@ import { test, type TestContext } from 'node:test';
 import { installPackages } from '../src/client/install.js';
 import { loadConfig, type Location } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
+import type { FastifyInstance } from 'fastify';
+import { AutotestError, ERROR_CODES, type ErrorCode } from '../src/errors.js';
 import { buildServer } from '../src/server/index.js';
 import { startNginx } from './fixtures/nginx.js';
 import { startDaemon } from './fixtures/process.js';
@@ -34,7 +36,7 @@ function local(p: string): Location {
 }
 
 /** Writes a config with [PACKAGES] and [SERVER], publishes the example tree, starts the server in this process. */
-async function startSite(t: TestContext, extra: { customLocations?: string; server?: Record<string, string>; staging?: string } = {}): Promise<Site> {
+async function startSite(t: TestContext, extra: { customLocations?: string; server?: Record<string, string>; staging?: string; routes?: (app: FastifyInstance) => void } = {}): Promise<Site> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
   const builtin = path.join(dir, 'www', 'builtin');
@@ -53,6 +55,7 @@ async function startSite(t: TestContext, extra: { customLocations?: string; serv
   assert.equal(report.ok, true);
   const config = await loadConfig({ file: path.join(dir, 'global_config.ini'), env: {} });
   const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
+  extra.routes?.(app);
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
   return { dir, url, builtin, custom, staging, clientDir };
@@ -802,4 +805,26 @@ test('a package of 300 files 1,000 folders deep uploads, passes its trial extrac
   assert.equal(answer.status, 200, answer.body.toString());
   assert.deepEqual(await checkConsistency(site.custom), { entries: 1, problems: [] });
   assert.deepEqual(await stagedUploads(site.staging), []);
+});
+
+test('every route answers a failure with the status its code has in the one table (404 for ERR_NOT_FOUND, 504 for ERR_TIMEOUT, never 400 for all), and a malformed checksum header is 400 ERR_BAD_REQUEST naming it', async (t) => {
+  const site = await startSite(t, {
+    routes: (app) => {
+      app.get<{ Params: { code: string } }>('/test/fail/:code', (request) => {
+        throw new AutotestError(request.params.code as ErrorCode, `failed with ${request.params.code}`, { hint: 'a hint' });
+      });
+    },
+  });
+  for (const [code, status] of [['ERR_NOT_FOUND', 404], ['ERR_TOO_LARGE', 413], ['ERR_TIMEOUT', 504], ['ERR_FETCH', 502], ['ERR_USAGE', 400]] as const) {
+    const answer = await request(site.url, `/test/fail/${code}`);
+    assert.equal(answer.status, status, code);
+    assert.equal(ERROR_CODES[code].status, status, code);
+    assert.deepEqual(JSON.parse(answer.body.toString()), { error: code, message: `failed with ${code}`, hint: 'a hint' });
+  }
+  const malformed = await request(site.url, '/api/custom/kernel.img', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'x-checksum-md5': 'XYZ' }, body: Buffer.from('kernel') });
+  assert.equal(malformed.status, 400);
+  const body = JSON.parse(malformed.body.toString()) as { error: string; message: string };
+  assert.equal(body.error, 'ERR_BAD_REQUEST');
+  assert.match(body.message, /kernel\.img: X-Checksum-Md5 must be 32 lowercase hex digits/);
+  assert.deepEqual(await readdir(site.custom).catch(() => []), []);
 });

@@ -253,7 +253,9 @@ async function installClient(host: TestHost, options: AutoservOptions, summary: 
       summary.why.push(`${way}: ${describeError(error)}`);
     }
   }
-  throw new Error(`the client could not be installed: ${summary.why.join('; ')}`);
+  throw new AutotestError('ERR_CLIENT_INSTALL', `the client could not be installed: ${summary.why.join('; ')}`, {
+    hint: 'each way tried says why it failed; a light or full copy needs room and a writable --host-dir on the host',
+  });
 }
 
 /**
@@ -328,6 +330,27 @@ interface RunShared {
   work: string;
 }
 
+/** The control file, sent to the host ahead when it is too large for a command argument (then undefined: the job reads it there). */
+async function sendLargeControl(host: TestHost, hostDir: string, run: RunShared): Promise<Buffer | undefined> {
+  if (run.control.toString('base64').length <= CONTROL_ARGUMENT_LIMIT) return run.control;
+  await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2"', 'sh', hostDir, hostControlFile(hostDir, run.jobId)], { input: run.control });
+  return undefined;
+}
+
+/** Fills a host's summary from the job's outcome: its status, tests and setup cost, or why it left no report. */
+function noteJobOutcome(summary: HostSummary, outcome: Exclude<JobOutcome, { kind: 'stale' }>, started: number): void {
+  // Setup: from the start to the job's start on the host (client check or install, control file and config), then getting (or checking) every package the job named.
+  summary.setup.seconds = ((outcome.readyAt ?? performance.now()) - started) / 1000;
+  const report = readReport(outcome.report);
+  if (report) {
+    summary.status = report.status;
+    summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
+    summary.setup.bytes += report.totals.bytes;
+    // The job's own wall time waiting on packages (those fetched ahead overlap); a client from before waitSeconds: their sum.
+    summary.setup.seconds += report.totals.waitSeconds ?? report.transfers.reduce((sum, t) => sum + t.seconds, 0);
+  } else summary.error = `the job ended without a report (exit code ${outcome.code.toString()})${outcome.stderr ? `: ${outcome.stderr}` : ''}`;
+}
+
 async function runOnHost(text: string, shared: AutoservOptions, run: RunShared): Promise<HostSummary> {
   const started = performance.now();
   // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
@@ -346,11 +369,7 @@ async function runOnHost(text: string, shared: AutoservOptions, run: RunShared):
     const caFile = run.ca === undefined ? '' : hostCaFile(options.hostDir);
     // With trusted_keys, the keys go first (one command), so a warm host costs two in all.
     const trust = await sendTrust(host, options.hostDir, options.trust);
-    let control: Buffer | undefined = run.control;
-    if (run.control.toString('base64').length > CONTROL_ARGUMENT_LIMIT) {
-      await host.run(['sh', '-c', 'mkdir -p "$1" && cat > "$2"', 'sh', options.hostDir, hostControlFile(options.hostDir, run.jobId)], { input: run.control });
-      control = undefined;
-    }
+    const control = await sendLargeControl(host, options.hostDir, run);
     const servePackages = options.servePackages !== false;
     // With trusted_keys the client install runs every time: the host verifies the signed index
     // itself (and remembers its serial), which the warm check's md5 from autoserv cannot replace.
@@ -379,16 +398,7 @@ async function runOnHost(text: string, shared: AutoservOptions, run: RunShared):
       outcome = await runJobCommand(host, { ...command, clientMd5: undefined });
       if (outcome.kind === 'stale') throw new AutotestError('ERR_SSH', `${text}: the CA bundle sent to ${caFile} is not there or not whole`);
     }
-    // Setup: from the start to the job's start on the host (client check or install, control file and config), then getting (or checking) every package the job named.
-    summary.setup.seconds = ((outcome.readyAt ?? performance.now()) - started) / 1000;
-    const report = readReport(outcome.report);
-    if (report) {
-      summary.status = report.status;
-      summary.tests = report.tests.map((t) => ({ name: t.name, status: t.status }));
-      summary.setup.bytes += report.totals.bytes;
-      // The job's own wall time waiting on packages (those fetched ahead overlap); a client from before waitSeconds: their sum.
-      summary.setup.seconds += report.totals.waitSeconds ?? report.transfers.reduce((sum, t) => sum + t.seconds, 0);
-    } else summary.error = `the job ended without a report (exit code ${outcome.code.toString()})${outcome.stderr ? `: ${outcome.stderr}` : ''}`;
+    noteJobOutcome(summary, outcome, started);
   } catch (error) {
     summary.error = describeError(error);
   } finally {
@@ -403,7 +413,7 @@ async function readControl(file: string): Promise<Buffer> {
     return await readFile(file);
   } catch (error) {
     const code = errnoCode(error);
-    throw new AutotestError('ERR_USAGE', `control file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder, not a file' : describeError(error)}`, {
+    throw new AutotestError('ERR_CONTROL_FILE', `control file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder, not a file' : describeError(error)}`, {
       hint: 'give the path of an ES module control file, such as example/jobs/example.control.mjs (Autotest\'s Python control files are not run)',
       cause: error,
     });

@@ -1,8 +1,13 @@
-import { AutotestError, describeError, redactSecrets } from '../errors.js';
+import { AutotestError, describeError, ERROR_CODES, redactSecrets, type ErrorCode } from '../errors.js';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
 export const EXIT_USAGE = 2;
+
+/** The exit status a command that failed with `code` ends with (from ERROR_CODES). */
+export function exitCodeOf(code: ErrorCode): number {
+  return ERROR_CODES[code].exit === 'usage' ? EXIT_USAGE : EXIT_FAILED;
+}
 
 export interface Output {
   out: (line: string) => void;
@@ -21,9 +26,7 @@ export function printError(output: Output, error: unknown): number {
   if (error instanceof AutotestError) {
     output.err(`error: ${error.message} [${error.code}]`);
     if (error.hint) output.err(`hint: ${error.hint}`);
-    return error.code === 'ERR_USAGE' || error.code === 'ERR_CONFIG' || error.code === 'ERR_BAD_NAME' || error.code === 'ERR_BAD_LOCATION'
-      ? EXIT_USAGE
-      : EXIT_FAILED;
+    return exitCodeOf(error.code);
   }
   output.err(`error: ${describeError(error)}`);
   if (error instanceof Error && error.stack && process.env.AUTOTEST_DEBUG) output.err(error.stack);

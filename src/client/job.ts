@@ -60,7 +60,7 @@ export function readDeclaredPackages(value: unknown, control: string): DeclaredP
   const declared: DeclaredPackages = { test: [], dep: [], profiler: [] };
   if (value === undefined) return declared;
   const bad = (why: string): never => {
-    throw new AutotestError('ERR_USAGE', `${control}: export const packages ${why}`, {
+    throw new AutotestError('ERR_CONTROL_FILE', `${control}: export const packages ${why}`, {
       hint: 'declare it as export const packages = { tests: [\'name\'], deps: [], profilers: [] }',
     });
   };
@@ -98,7 +98,9 @@ const SEVERITY: Record<Status, number> = { GOOD: 0, TEST_NA: 0, WARN: 1, FAIL: 2
 function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new AutotestError('ERR_USAGE', `${what} did not finish within ${(ms / 1000).toString()} s`)); }, ms);
+    timer = setTimeout(() => { reject(new AutotestError('ERR_TIMEOUT', `${what} did not finish within ${(ms / 1000).toString()} s`, {
+      hint: 'its output under the results folder shows how far it got',
+    })); }, ms);
   });
   return Promise.race([work, timeout]).finally(() => { clearTimeout(timer); });
 }
@@ -249,7 +251,7 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
       let message = 'completed successfully';
       try {
         const module = await install('test', name);
-        if (typeof module.run !== 'function') throw new AutotestError('ERR_USAGE', `test ${name}: its module exports no run function`);
+        if (typeof module.run !== 'function') throw new AutotestError('ERR_TEST_MODULE', `test ${name}: its module exports no run function`);
         const running = await startProfilers(testDir);
         try {
           const answer = (await withTimeout(Promise.resolve(module.run({ ...args, resultsDir: testDir })), stepTimeout, `test ${name}`)) as { keyvals?: Record<string, unknown> } | undefined;
@@ -270,12 +272,12 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
       for (const name of Array.isArray(names) ? names : [names]) {
         try {
           const module = await install('dep', name);
-          if (typeof module.setup !== 'function') throw new AutotestError('ERR_USAGE', `dep ${name}: its module exports no setup function`);
+          if (typeof module.setup !== 'function') throw new AutotestError('ERR_TEST_MODULE', `dep ${name}: its module exports no setup function`);
           await withTimeout(Promise.resolve(module.setup({ installDir: installFolder(options.install.installDir, 'dep', name) })), stepTimeout, `dep ${name} setup`);
           await status.record('GOOD', '----', `dep.${name}`, 'set up');
         } catch (error) {
           await status.record('ERROR', '----', `dep.${name}`, describeError(error));
-          throw new AutotestError('ERR_USAGE', `dep ${name} could not be set up: ${describeError(error)}`, { cause: error });
+          throw new AutotestError('ERR_DEP_SETUP', `dep ${name} could not be set up: ${describeError(error)}`, { cause: error });
         }
       }
     },
@@ -291,33 +293,42 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
 
   const started = performance.now();
   await status.start('----', '----');
-  let jobStatus: Status = 'GOOD';
-  let jobMessage = '';
-  try {
-    const control = (await import(pathToFileURL(path.resolve(options.control)).href)) as { default?: unknown; packages?: unknown };
-    if (typeof control.default !== 'function') throw new AutotestError('ERR_USAGE', `${options.control}: the control file has no default export function`);
-    await fetchAhead(readDeclaredPackages(control.packages, options.control));
-    await (control.default as (job: Job) => unknown)(job);
-  } catch (error) {
-    jobStatus = 'ABORT';
-    jobMessage = describeError(error);
-  }
+  const controlOutcome = await runControlFile(options.control, job, fetchAhead);
+  let jobStatus = controlOutcome.status;
   for (const test of tests) if (SEVERITY[test.status] > SEVERITY[jobStatus]) jobStatus = test.status;
-  await status.end(jobStatus, '----', '----', jobMessage);
+  await status.end(jobStatus, '----', '----', controlOutcome.message);
   await status.flush();
+  return writeJobReport(options.resultsDir, { status: jobStatus, tests, transfers, started, waitSeconds });
+}
+
+/** Imports the control file and runs its default export with `job`; a failure of either aborts the job. */
+async function runControlFile(file: string, job: Job, fetchAhead: (declared: DeclaredPackages) => Promise<void>): Promise<{ status: Status; message: string }> {
+  try {
+    const control = (await import(pathToFileURL(path.resolve(file)).href)) as { default?: unknown; packages?: unknown };
+    if (typeof control.default !== 'function') throw new AutotestError('ERR_CONTROL_FILE', `${file}: the control file has no default export function`);
+    await fetchAhead(readDeclaredPackages(control.packages, file));
+    await (control.default as (job: Job) => unknown)(job);
+    return { status: 'GOOD', message: '' };
+  } catch (error) {
+    return { status: 'ABORT', message: describeError(error) };
+  }
+}
+
+/** The job's report, written as job.json and (its transfers) transfers.json in the results folder. */
+async function writeJobReport(resultsDir: string, outcome: { status: Status; tests: TestResult[]; transfers: TransferRecord[]; started: number; waitSeconds: number }): Promise<JobReport> {
+  const { tests, transfers, waitSeconds } = outcome;
   const report: JobReport = {
-    status: jobStatus,
+    status: outcome.status,
     tests,
     transfers,
     totals: {
       bytes: transfers.reduce((sum, t) => sum + t.bytes, 0),
-      seconds: (performance.now() - started) / 1000,
+      seconds: (performance.now() - outcome.started) / 1000,
       packages: transfers.filter((t) => t.action === 'fetched').length,
       waitSeconds,
     },
   };
-  await writeFile(path.join(options.resultsDir, 'transfers.json'), `${JSON.stringify({ transfers, totals: report.totals, waitSeconds }, null, 2)}\n`);
-  await writeFile(path.join(options.resultsDir, 'job.json'), `${JSON.stringify(report, null, 2)}\n`);
+  await writeFile(path.join(resultsDir, 'transfers.json'), `${JSON.stringify({ transfers, totals: report.totals, waitSeconds }, null, 2)}\n`);
+  await writeFile(path.join(resultsDir, 'job.json'), `${JSON.stringify(report, null, 2)}\n`);
   return report;
 }
-

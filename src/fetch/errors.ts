@@ -30,14 +30,17 @@ export class FetchFailure extends AutotestError {
   readonly rangeRefused: boolean;
   /** The body went past the size it may have: what was received is not the package. */
   readonly tooLong: boolean;
+  /** No connection, no data or no whole body within its time: a server in front answers 504 for it. */
+  readonly timedOut: boolean;
 
-  constructor(message: string, options: { transient: boolean; down: boolean; notFound?: boolean; rangeRefused?: boolean; tooLong?: boolean; hint?: string; cause?: unknown }) {
+  constructor(message: string, options: { transient: boolean; down: boolean; notFound?: boolean; rangeRefused?: boolean; tooLong?: boolean; timedOut?: boolean; hint?: string; cause?: unknown }) {
     super('ERR_FETCH', message, { cause: options.cause, hint: options.hint });
     this.transient = options.transient;
     this.down = options.down;
     this.notFound = options.notFound ?? false;
     this.rangeRefused = options.rangeRefused ?? false;
     this.tooLong = options.tooLong ?? false;
+    this.timedOut = options.timedOut ?? false;
   }
 }
 
@@ -68,7 +71,7 @@ export function classifyNetworkError(error: unknown, what: string): FetchFailure
   }
   if (code === 'ETIMEDOUT') {
     // The kernel gave up on a silent peer: worth another try, and slow enough to cool down after.
-    return new FetchFailure(`${what}: connection timed out (${code})`, { transient: true, down: true, cause: error });
+    return new FetchFailure(`${what}: connection timed out (${code})`, { transient: true, down: true, timedOut: true, cause: error });
   }
   if (typeof code === 'string' && isTlsCode(code)) {
     return new FetchFailure(`${what}: TLS failed (${code})`, { transient: false, down: false, hint: TLS_HINT, cause: error });

@@ -247,7 +247,7 @@ export class PackageFetcher {
     const what = `${repository.name}/${file}`;
     const overBudget = (tries: number): FetchFailure => new FetchFailure(
       `${what}: not complete within ${(this.settings.timeoutMs / 1000).toString()} s (fetch_timeout, ${tries.toString()} ${tries === 1 ? 'try' : 'tries'})`,
-      { transient: false, down: true },
+      { transient: false, down: true, timedOut: true },
     );
     const part = `${dest}.part`;
     const partInfo = `${dest}.part.json`;

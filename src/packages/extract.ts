@@ -244,19 +244,26 @@ export async function extractTarball(archive: string, dest: string, limits: Extr
     await consuming.catch(() => undefined);
     await rm(dest, { recursive: true, force: true });
     if (full) throw await noSpaceError(archive, dest, full, result);
-    if (isAutotestError(failure)) throw failure;
-    if (limits.signal?.aborted) throw limits.signal.reason;
-    if (isAutotestError(error)) throw error;
-    // What is left comes from reading the archive: the decompressor's stream or the tar
-    // parser (a bad header checksum, data that ends before the archive does).
-    throw new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: cannot extract: ${describeError(error)}`, {
-      hint: 'the tarball is damaged or truncated; fetch it again',
-      cause: error,
-    });
+    throw extractionFailure(archive, { writing: failure, reading: error }, limits.signal);
   } finally {
     limits.signal?.removeEventListener('abort', abort);
   }
   return result;
+}
+
+/**
+ * Why an extraction failed: the writing side's own failure, the caller's abort, or else the
+ * archive as read (the decompressor's stream or the tar parser: a bad header checksum, data
+ * that ends before the archive does).
+ */
+function extractionFailure(archive: string, { writing, reading: error }: { writing: unknown; reading: unknown }, signal: AbortSignal | undefined): unknown {
+  if (isAutotestError(writing)) return writing;
+  if (signal?.aborted) return signal.reason;
+  if (isAutotestError(error)) return error;
+  return new AutotestError('ERR_CORRUPT_ARCHIVE', `${archive}: cannot extract: ${describeError(error)}`, {
+    hint: 'the tarball is damaged or truncated; fetch it again',
+    cause: error,
+  });
 }
 
 const WRITE_REFUSED = new Set(['EACCES', 'EROFS', 'EPERM']);
@@ -296,9 +303,51 @@ async function writeAll(x: Extraction, handle: FileHandle, chunk: Buffer): Promi
   }
 }
 
+/** A regular file entry, within the byte bound; the rest of its body is read even after a failed write. */
+async function writeFileEntry(x: Extraction, header: Header, body: AsyncIterable<unknown>, at: { target: string; mode: number }): Promise<void> {
+  const { archive, result } = x;
+  const size = header.size;
+  if (x.limits.maxBytes !== undefined && result.bytes + size > x.limits.maxBytes) {
+    throw overLimit(archive, header.name, `unpacks to more than ${x.limits.maxBytes.toString()} bytes`, x.limits.names?.maxBytes);
+  }
+  await clearTarget(archive, header.name, at.target);
+  const handle = await open(at.target, 'wx', at.mode);
+  // After a failed write the rest of the entry is still read (and dropped): leaving the
+  // loop early would tear the whole archive stream down with a misleading error.
+  let failed: Error | undefined;
+  try {
+    for await (const chunk of body) {
+      if (failed === undefined) await writeAll(x, handle, chunk as Buffer).catch((error: unknown) => { failed = error instanceof Error ? error : new Error(String(error)); });
+    }
+  } finally {
+    await handle.close();
+  }
+  if (failed !== undefined) throw failed;
+  result.files += 1;
+  result.bytes += size;
+}
+
+/** A hardlink entry: only to an earlier regular file of the same archive. */
+async function writeHardlink(x: Extraction, header: Header, target: string): Promise<void> {
+  const { archive, root, folders } = x;
+  const linkname = header.linkname;
+  if (linkname.startsWith('/') || linkname.split('/').includes('..')) {
+    throw unsafe(archive, header.name, `hardlink to "${linkname}" leaves the install folder`);
+  }
+  const linkRel = checkEntryPath(archive, linkname);
+  const source = path.join(root, linkRel);
+  // The source's folders were all made by this extraction when the source was written.
+  const slash = linkRel.lastIndexOf('/');
+  const st = folders.has(slash < 0 ? '' : linkRel.slice(0, slash)) ? await lstat(source).catch(() => undefined) : undefined;
+  if (!st) throw unsafe(archive, header.name, `hardlink to "${linkname}", which is not an earlier file of the archive`);
+  if (!st.isFile()) throw unsafe(archive, header.name, `hardlink to "${linkname}", which is not a regular file`);
+  await clearTarget(archive, header.name, target);
+  await link(source, target);
+}
+
 /** Writes one entry under the rules of extractTarball. */
 async function writeEntry(x: Extraction, header: Header, body: AsyncIterable<unknown> & { resume(): unknown }): Promise<void> {
-  const { archive, root, folders, result } = x;
+  const { archive, root, folders } = x;
   const rel = checkEntryPath(archive, header.name);
   const target = path.join(root, rel);
   if (rel === '') {
@@ -317,28 +366,9 @@ async function writeEntry(x: Extraction, header: Header, body: AsyncIterable<unk
       return;
     }
     case 'file':
-    case 'contiguous-file': {
-      const size = header.size;
-      if (x.limits.maxBytes !== undefined && result.bytes + size > x.limits.maxBytes) {
-        throw overLimit(archive, header.name, `unpacks to more than ${x.limits.maxBytes.toString()} bytes`, x.limits.names?.maxBytes);
-      }
-      await clearTarget(archive, header.name, target);
-      const handle = await open(target, 'wx', mode);
-      // After a failed write the rest of the entry is still read (and dropped): leaving the
-      // loop early would tear the whole archive stream down with a misleading error.
-      let failed: Error | undefined;
-      try {
-        for await (const chunk of body) {
-          if (failed === undefined) await writeAll(x, handle, chunk as Buffer).catch((error: unknown) => { failed = error instanceof Error ? error : new Error(String(error)); });
-        }
-      } finally {
-        await handle.close();
-      }
-      if (failed !== undefined) throw failed;
-      result.files += 1;
-      result.bytes += size;
+    case 'contiguous-file':
+      await writeFileEntry(x, header, body, { target, mode });
       return;
-    }
     case 'symlink': {
       const linkname = header.linkname;
       if (!linkStaysInside(rel, linkname)) throw unsafe(archive, header.name, `symlink to "${linkname}" points outside the install folder`);
@@ -347,23 +377,10 @@ async function writeEntry(x: Extraction, header: Header, body: AsyncIterable<unk
       body.resume();
       return;
     }
-    case 'link': {
-      const linkname = header.linkname;
-      if (linkname.startsWith('/') || linkname.split('/').includes('..')) {
-        throw unsafe(archive, header.name, `hardlink to "${linkname}" leaves the install folder`);
-      }
-      const linkRel = checkEntryPath(archive, linkname);
-      const source = path.join(root, linkRel);
-      // The source's folders were all made by this extraction when the source was written.
-      const slash = linkRel.lastIndexOf('/');
-      const st = folders.has(slash < 0 ? '' : linkRel.slice(0, slash)) ? await lstat(source).catch(() => undefined) : undefined;
-      if (!st) throw unsafe(archive, header.name, `hardlink to "${linkname}", which is not an earlier file of the archive`);
-      if (!st.isFile()) throw unsafe(archive, header.name, `hardlink to "${linkname}", which is not a regular file`);
-      await clearTarget(archive, header.name, target);
-      await link(source, target);
+    case 'link':
+      await writeHardlink(x, header, target);
       body.resume();
       return;
-    }
     default:
       throw unsafe(archive, header.name, `${header.type} entries (devices, FIFOs) are not allowed`);
   }

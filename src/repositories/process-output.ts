@@ -27,7 +27,7 @@ export function watchProcess(child: ChildProcess, output: PassThrough, what: str
   });
   const timer = setTimeout(() => {
     child.kill('SIGKILL');
-    output.destroy(new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true }));
+    output.destroy(new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true, timedOut: true }));
   }, timeoutMs);
   output.on('close', () => {
     clearTimeout(timer);

@@ -1,17 +1,18 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
-import { pino } from 'pino';
+import { pino, type DestinationStream } from 'pino';
 import { describeLocation, flattenFetchLocations, type Config, type Location } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
+import { replyError } from './error-answer.js';
 import { closeHttpConnections } from '../repositories/index.js';
 import { MAX_FILE_NAME_LENGTH } from '../packages/index.js';
 import { cacheDir } from '../packager/index.js';
 import { loadIndexSigning } from '../signing/index.js';
 import { registerFrontend } from './frontend.js';
-import { createMetrics } from './metrics.js';
+import { createMetrics, type ServerMetrics } from './metrics.js';
 import type { CacheFront } from './cache.js';
-import { answerError, createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repository-handler.js';
+import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repository-handler.js';
 import { registerUploads } from './uploads.js';
 
 export interface ServerOptions {
@@ -49,12 +50,12 @@ function invalidateCachedViews(repositories: ServedRepository[], locations: Loca
   }
 }
 
-export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
-  const { packages, server } = options.config;
-  const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
-  // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
-  const files: { handler?: RepositoryHandler } = {};
-  const app = Fastify({
+/**
+ * The Fastify instance on its own HTTP server: repository files answered by `files` before
+ * Fastify's router, timeouts set, one JSON access line per request to `logStream`.
+ */
+function createApp(options: ServerOptions, files: { handler?: RepositoryHandler }, logStream: DestinationStream | undefined): FastifyInstance {
+  return Fastify({
     serverFactory: (handler) => {
       const server = createServer((request, response) => {
         // A request with a body closes its connection once answered. An answer that leaves the
@@ -78,7 +79,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       redact: ['req.headers.authorization'],
       // Written synchronously, so that under load a log to a slow pipe cannot queue in memory,
       // in batches of 8 KB (as nginx's buffered access log) flushed at least every second.
-      stream: options.logStream ?? logDestination,
+      stream: logStream,
     },
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
@@ -92,7 +93,10 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
   });
-  const metrics = createMetrics();
+}
+
+/** The request id header, the access line and the request metrics of every Fastify route. */
+function addAccessHooks(app: FastifyInstance, metrics: ServerMetrics): void {
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
@@ -106,16 +110,35 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     if (reply.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
     else if (reply.statusCode >= 400) metrics.errors.inc({ kind: reply.statusCode === 404 ? 'not_found' : 'client' });
   });
+}
+
+/**
+ * Every route's failures: an AutotestError with the status ERROR_CODES gives its code;
+ * Fastify's own errors (a malformed request) with theirs; anything else is a 500 whose
+ * detail goes to the log only.
+ */
+function addErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler(async (error, request, reply) => {
+    if (isAutotestError(error)) return replyError(reply, error);
     const message = redactSecrets(error instanceof Error ? error.message : String(error));
-    if (isAutotestError(error)) return reply.code(400).send({ error: error.code, message, hint: error.hint });
     const status = (error as { statusCode?: number }).statusCode ?? 500;
     // send's errors carry headers that belong to the answer, such as a 416's Content-Range.
     const headers = (error as { headers?: Record<string, string> }).headers;
     if (headers) void reply.headers(headers);
     if (status >= 500) request.log.error({ err: { message } }, 'request failed');
-    return reply.code(status).send({ error: 'ERR_SERVER', message: status >= 500 ? 'internal error; see the server log' : message });
+    return reply.code(status).send({ error: status >= 500 ? 'ERR_SERVER' : 'ERR_BAD_REQUEST', message: status >= 500 ? 'internal error; see the server log' : message });
   });
+}
+
+export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
+  const { packages, server } = options.config;
+  const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
+  // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
+  const files: { handler?: RepositoryHandler } = {};
+  const app = createApp(options, files, options.logStream ?? logDestination);
+  const metrics = createMetrics();
+  addAccessHooks(app, metrics);
+  addErrorHandler(app);
 
   const repositories: ServedRepository[] = [];
   let front: CacheFront | undefined;
@@ -130,7 +153,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     const [{ createCacheFront }, { openCacheStore }] = await Promise.all([import('./cache.js'), import('./cache-store.js')]);
     front ??= createCacheFront({
       store: await openCacheStore({ dir: server.cache.dir, sizeBytes: server.cache.sizeBytes, metrics: metrics.cache, log: app.log }),
-      settings: packages.fetch, metrics: metrics.cache, log: app.log, answerError,
+      settings: packages.fetch, metrics: metrics.cache, log: app.log,
     });
     repositories.push({ name, location, cached: front.repository(name, location.upstreams, server.cache.indexMaxAgeMs) });
   }

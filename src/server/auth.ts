@@ -1,5 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { AutotestError } from '../errors.js';
+import { replyError } from './error-answer.js';
 
 function digest(text: string): Buffer {
   return createHash('sha256').update(text).digest();
@@ -27,6 +29,8 @@ export function checkToken(expected: string | undefined, request: FastifyRequest
       : hasToken(expected, request) ? undefined : 'the token is wrong';
   if (why === undefined) return true;
   // The body is never read: the connection is closed after the answer.
-  void reply.code(401).header('connection', 'close').header('www-authenticate', 'Bearer').send({ error: 'ERR_UNAUTHORIZED', message: why });
+  void replyError(reply.header('connection', 'close').header('www-authenticate', 'Bearer'), new AutotestError('ERR_UNAUTHORIZED', why, {
+    hint: expected === undefined ? 'set upload_token in [SERVER] to enable them' : 'send the upload_token of the server\'s [SERVER] section',
+  }));
   return false;
 }

@@ -6,13 +6,14 @@ import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import rangeParser from 'range-parser';
 import { describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings, type Location } from '../config/index.js';
-import { describeError, errnoCode } from '../errors.js';
+import { AutotestError, describeError, errnoCode, isAutotestError, type ErrorCode } from '../errors.js';
 import { FetchFailure, orderForPackage, RepositoryHealth } from '../fetch/index.js';
 import { fetchRepositoryFor, readIndexBody, type FetchRepository } from '../repositories/index.js';
 import { writeFileAtomic } from '../fs/atomic.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, parseChecksumFile, readIndexFiles, type IndexEntry, type RepositoryIndex } from '../packages/index.js';
 import type { CacheStore } from './cache-store.js';
 import { isFresh } from './conditional.js';
+import { answerError } from './error-answer.js';
 import type { CacheMetrics } from './metrics.js';
 
 /**
@@ -25,8 +26,6 @@ export const INDEX_FILES: readonly string[] = [CHECKSUM_FILE, MANIFEST_FILE, 'pa
 const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
 const READ_CHUNK = 256 * 1024;
 export const STALE_HEADERS: Readonly<Record<string, string>> = { 'x-autotest-stale': '1', warning: '110 - "Response is Stale"' };
-
-type AnswerError = (response: ServerResponse, status: number, message: string, extra?: Record<string, string>) => number;
 
 /** How a request to a cached repository was answered, or the verified entry the caller serves from disk (with Range and conditionals). */
 export type CacheAnswer =
@@ -83,7 +82,6 @@ export interface CacheFrontOptions {
   settings: FetchSettings;
   metrics: CacheMetrics;
   log: FastifyBaseLogger;
-  answerError: AnswerError;
 }
 
 type Counts = Pick<CacheStats, 'hits' | 'misses' | 'coalesced' | 'passedThrough'>;
@@ -99,7 +97,8 @@ interface Download {
   written: number;
   /** 'spilled': the disk of cache_dir filled up; each answer goes on streaming from an upstream itself. */
   state: 'opening' | 'running' | 'done' | 'failed' | 'spilled';
-  error: string;
+  /** Why it failed, once 'failed': its code gives the answer's status. */
+  failure: AutotestError | undefined;
   /** Once spilled: the digest of the `written` bytes on disk, for the answers to go on from. */
   hash: Hash | undefined;
   /** Where the rest comes from once spilled. */
@@ -117,6 +116,12 @@ interface IndexFile {
   etag?: string | undefined;
 }
 
+/** The index to serve (undefined: none, not even a kept one), and what every upstream said when none answered. */
+interface IndexRead {
+  state: IndexState | undefined;
+  failure: UpstreamFailures;
+}
+
 interface IndexState {
   files: Map<string, IndexFile>;
   index: RepositoryIndex;
@@ -124,6 +129,52 @@ interface IndexState {
   readAt: number;
   /** Every upstream failed at the last try: this is the last good index. */
   stale: boolean;
+}
+
+/**
+ * What an upstream's failure means to a client of the front: it timed out (504), it has no
+ * such file (404), or it failed some other way (502).
+ */
+function upstreamCode(error: unknown): ErrorCode {
+  const code = error instanceof FetchFailure ? (error.timedOut ? 'ERR_TIMEOUT' : error.notFound ? 'ERR_NOT_FOUND' : 'ERR_FETCH')
+    : isAutotestError(error) ? error.code : 'ERR_FETCH';
+  return code === 'ERR_TIMEOUT' || code === 'ERR_NOT_FOUND' ? code : 'ERR_FETCH';
+}
+
+/** The failures of every upstream tried for one answer; the answer takes the code they share, else ERR_FETCH. */
+export class UpstreamFailures {
+  readonly messages: string[] = [];
+  private readonly codes = new Set<ErrorCode>();
+
+  /** Notes a failed try, said as `message`. */
+  add(error: unknown, message = describeError(error)): void {
+    this.messages.push(message);
+    this.codes.add(upstreamCode(error));
+  }
+
+  /** An upstream left out while it cools down after slow failures: down, as far as this answer knows. */
+  skipped(label: string, lastFailure: string): void {
+    this.messages.push(`${label}: skipped (${lastFailure})`);
+    this.codes.add('ERR_FETCH');
+  }
+
+  get text(): string {
+    return this.messages.join('; ') || 'none to try';
+  }
+
+  /** "`what` (every failure)", with the code every failure shares: all timed out is ERR_TIMEOUT, all lacked it ERR_NOT_FOUND. */
+  error(what: string): AutotestError {
+    const [only] = this.codes;
+    const code = this.codes.size === 1 && only !== undefined ? only : 'ERR_FETCH';
+    return new AutotestError(code, `${what} (${this.text})`, {
+      hint: code === 'ERR_TIMEOUT' ? 'the upstreams are slow or unreachable; raise fetch_timeout or check them' : 'check the upstreams named in fetch_location',
+    });
+  }
+}
+
+/** Write failures that mean the disk of cache_dir is full (or the store has no room): the front streams through instead. */
+function isDiskFull(error: unknown): boolean {
+  return isAutotestError(error, 'ERR_NO_SPACE') || NO_SPACE.has(errnoCode(error) ?? '');
 }
 
 /** The key an entry is verified against and stored under. */
@@ -193,6 +244,19 @@ function drained(response: ServerResponse): Promise<void> {
     response.on('drain', go);
     response.on('close', go);
   });
+}
+
+/** One upstream download under way: what it fetches, the digest of the bytes written, and whether they were found wrong. */
+interface DownloadRun {
+  download: Download;
+  file: string;
+  entry: IndexEntry;
+  /** One digest over the bytes in the order written: a resume from another try or upstream continues it. */
+  hash: Hash;
+  /** The most bytes it may have: the index's size, else fetch_max_size. */
+  bound: number;
+  /** The copy was read whole and is not the index's: no other try can mend what clients were sent. */
+  verdict: { rejected: boolean };
 }
 
 /** Where an answer of a spilled download goes on from: the bytes it sent, their digest, and the one byte it holds back. */
@@ -271,8 +335,22 @@ function requestedSpan(request: IncomingMessage, size: number, tag: string): Spa
   return { start: ranges[0].start, end: ranges[0].end };
 }
 
+/** An index file as the upstream has it (`kept`; undefined: the upstream has none), with its ETag and conditionals. */
+function answerIndexFile(request: IncomingMessage, response: ServerResponse, kept: IndexFile | undefined, file: string, headers: Record<string, string>): number {
+  if (!kept) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
+  response.setHeader('etag', kept.tag);
+  if (isFresh(request.headers, { etag: kept.tag })) {
+    response.writeHead(304, headers);
+    response.end();
+    return 0;
+  }
+  response.writeHead(200, { ...headers, 'content-length': kept.body.length.toString() });
+  response.end(request.method === 'HEAD' ? undefined : kept.body);
+  return request.method === 'HEAD' ? 0 : kept.body.length;
+}
+
 export function createCacheFront(options: CacheFrontOptions): CacheFront {
-  const { store, settings, metrics, log, answerError } = options;
+  const { store, settings, metrics, log } = options;
   const downloads = new Map<string, Download>();
   const healthReady = RepositoryHealth.open(settings.cooldownMs, undefined);
   let diskFull = false;
@@ -309,7 +387,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     let { position, held } = from;
     let sent = 0;
     let tooLong = false;
-    const failures: string[] = [];
+    const failures = new UpstreamFailures();
     for (const repository of candidates) {
       if (response.destroyed || tooLong || (entry.size !== undefined && position >= entry.size)) break;
       let stream: Readable | undefined;
@@ -337,13 +415,16 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         }
         if (!tooLong) break;
       } catch (error) {
-        failures.push(describeError(error));
+        failures.add(error);
       } finally {
         response.off('close', cut);
         stream?.destroy();
       }
     }
-    if (!response.headersSent) return answerError(response, 502, `${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`);
+    if (!response.headersSent) {
+      const failure = failures.error(`${file}: no upstream gave it`);
+      return answerError(response, failure.code, failure.message);
+    }
     const whole = !tooLong && (entry.size === undefined || position === entry.size) && hash.digest('hex') === (entry.sha256 ?? entry.md5);
     if (!whole || response.destroyed) {
       if (!response.destroyed) metrics.rejected.inc({ reason: tooLong ? 'size' : 'checksum' });
@@ -357,76 +438,103 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     return sent;
   };
 
-  /** Fetches `file` into a temp file from the first candidate that has it, verifying before it commits. */
-  const run = async (download: Download, file: string, entry: IndexEntry, candidates: FetchRepository[], passOver: (name: string) => void): Promise<void> => {
+  /** One try at one upstream: its bytes from where the download stands, appended to the temp file and to `hash`. */
+  const copyFrom = async (repository: FetchRepository, { download, file, entry, hash, bound }: DownloadRun, temp: FileHandle): Promise<void> => {
+    const opened = await repository.open(file, download.written, settings.timeoutMs);
+    const skip = download.written - opened.start;
+    if (download.state === 'opening') {
+      const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);
+      download.size = entry.size ?? (opened.start === 0 && Number.isInteger(length) ? length : undefined);
+      download.state = 'running';
+      notify(download);
+    }
+    download.abort = () => { opened.stream.destroy(new Error('the server is shutting down')); };
+    for await (const data of bytesFrom(opened.stream, skip)) {
+      if (download.written + data.length > bound) {
+        throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
+      }
+      metrics.upstreamBytes.inc(data.length);
+      // A nearly full disk takes part of a write before it refuses the next: `written`
+      // counts what is on disk, so that a spilled download goes on from there.
+      for (let offset = 0; offset < data.length;) {
+        const { bytesWritten } = await temp.write(data, offset, data.length - offset, download.written);
+        if (bytesWritten === 0) throw new AutotestError('ERR_NO_SPACE', `cache_dir: the disk took no byte of ${file}`);
+        hash.update(data.subarray(offset, offset + bytesWritten));
+        offset += bytesWritten;
+        download.written += bytesWritten;
+        notify(download);
+      }
+    }
+  };
+
+  /** Throws (and marks the copy rejected) when the bytes read whole are not the index's. */
+  const verifyCopy = ({ download, file, entry, hash, verdict }: DownloadRun, repositoryName: string): void => {
+    const wanted = entry.sha256 ?? entry.md5;
+    const found = hash.digest('hex');
+    const sizeWrong = download.size !== undefined && download.written !== download.size;
+    if (found === wanted && !sizeWrong) return;
+    metrics.rejected.inc({ reason: 'checksum' });
+    verdict.rejected = true;
+    throw new FetchFailure(`${repositoryName}/${file}: ${sizeWrong ? `${download.written.toString()} bytes, the index gives ${String(download.size)}` : `checksum ${found}, the index gives ${wanted}`}; not kept`, { transient: false, down: false });
+  };
+
+  /** The verified temp file (closed) becomes the store's entry; readers waiting on it pin it. */
+  const commitDownload = async (download: Download): Promise<void> => {
+    await store.commit(download.temp, download.key, download.written);
+    noteDisk(false);
+    download.state = 'done';
+    for (const reader of download.readers) reader.release = store.acquire(download.key)?.release;
+    notify(download);
+    await store.trim();
+  };
+
+  /** A download that cannot go on: spilled (the disk is full; each answer goes on from an upstream itself) or failed; nothing is kept. */
+  const endDownload = ({ download, file, hash, verdict }: DownloadRun, error: unknown): void => {
+    if (isDiskFull(error)) {
+      // Each answer goes on from what it has (the bytes on disk stay readable to the handles
+      // open on them after the temp is removed); nothing is kept.
+      noteDisk(true);
+      download.state = 'spilled';
+      download.hash = hash;
+    } else {
+      download.state = 'failed';
+      download.failure = isAutotestError(error) ? error : new AutotestError('ERR_FETCH', describeError(error), { cause: error });
+      if (download.written > 0 && !verdict.rejected) metrics.rejected.inc({ reason: 'cut' });
+      log.warn({ file, err: { message: download.failure.message } }, 'an upstream download failed; nothing was kept');
+    }
+    notify(download);
+  };
+
+  /** Fetches the download's file into a temp file from the first candidate that has it, verifying before it commits. */
+  const run = async (job: DownloadRun, candidates: FetchRepository[], passOver: (name: string) => void): Promise<void> => {
     const health = await healthReady;
-    const bound = entry.size ?? settings.maxSizeBytes;
-    const failures: string[] = [];
-    // One digest over the bytes in the order written: a resume from another try or upstream continues it.
-    const hash = createHash(entry.sha256 === undefined ? 'md5' : 'sha256');
-    /** The copy was read whole and is not the index's: no other try can mend what clients were sent. */
-    const verdict = { rejected: false };
+    const { download, file, entry, verdict } = job;
+    const failures = new UpstreamFailures();
     let handle: FileHandle | undefined;
     try {
-      if (!(await store.room(entry.size ?? 0))) throw Object.assign(new Error('no room in cache_dir'), { code: 'ENOSPC' });
+      if (!(await store.room(entry.size ?? 0))) throw new AutotestError('ERR_NO_SPACE', `cache_dir: no room for ${file}`);
       const temp = await open(download.temp, 'wx', 0o644);
       handle = temp;
       for (const repository of candidates) {
         if (health.coolingDown(repository.name) > 0) {
-          failures.push(`${repository.name}: skipped (${health.lastFailure(repository.name)})`);
+          failures.skipped(repository.name, health.lastFailure(repository.name));
           continue;
         }
         for (let attempt = 0; attempt <= settings.retries; attempt += 1) {
           try {
-            const opened = await repository.open(file, download.written, settings.timeoutMs);
-            const skip = download.written - opened.start;
-            if (download.state === 'opening') {
-              const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);
-              download.size = entry.size ?? (opened.start === 0 && Number.isInteger(length) ? length : undefined);
-              download.state = 'running';
-              notify(download);
-            }
-            download.abort = () => { opened.stream.destroy(new Error('the server is shutting down')); };
-            for await (const data of bytesFrom(opened.stream, skip)) {
-              if (download.written + data.length > bound) {
-                throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
-              }
-              metrics.upstreamBytes.inc(data.length);
-              // A nearly full disk takes part of a write before it refuses the next: `written`
-              // counts what is on disk, so that a spilled download goes on from there.
-              for (let offset = 0; offset < data.length;) {
-                const { bytesWritten } = await temp.write(data, offset, data.length - offset, download.written);
-                if (bytesWritten === 0) throw Object.assign(new Error('the disk took no byte'), { code: 'ENOSPC' });
-                hash.update(data.subarray(offset, offset + bytesWritten));
-                offset += bytesWritten;
-                download.written += bytesWritten;
-                notify(download);
-              }
-            }
-            const wanted = entry.sha256 ?? entry.md5;
-            const found = hash.digest('hex');
-            const sizeWrong = download.size !== undefined && download.written !== download.size;
-            if (found !== wanted || sizeWrong) {
-              metrics.rejected.inc({ reason: 'checksum' });
-              verdict.rejected = true;
-              passOver(repository.name);
-              throw new FetchFailure(`${repository.name}/${file}: ${sizeWrong ? `${download.written.toString()} bytes, the index gives ${String(download.size)}` : `checksum ${found}, the index gives ${wanted}`}; not kept`, { transient: false, down: false });
-            }
+            await copyFrom(repository, job, temp);
+            verifyCopy(job, repository.name);
             await temp.sync();
             await temp.close();
             handle = undefined;
-            await store.commit(download.temp, download.key, download.written);
-            noteDisk(false);
-            download.state = 'done';
-            for (const reader of download.readers) reader.release = store.acquire(download.key)?.release;
-            notify(download);
-            await store.trim();
+            await commitDownload(download);
             await health.succeeded(repository.name);
             return;
           } catch (error) {
-            if (NO_SPACE.has(errnoCode(error) ?? '')) throw error;
+            if (isDiskFull(error)) throw error;
+            if (verdict.rejected) passOver(repository.name);
             const failure = error instanceof FetchFailure ? error : new FetchFailure(`${repository.name}/${file}: ${describeError(error)}`, { transient: false, down: false, cause: error });
-            failures.push(failure.message);
+            failures.add(error, failure.message);
             if (failure.down) await health.failed(repository.name, failure.message);
             // Bytes already sent to clients are wrong: this download is over, whatever the next upstream has.
             if (failure.tooLong) {
@@ -438,24 +546,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           }
         }
       }
-      throw new FetchFailure(`${file}: no upstream gave it (${failures.join('; ') || 'none to try'})`, { transient: false, down: false });
+      throw failures.error(`${file}: no upstream gave it`);
     } catch (error) {
-      if (NO_SPACE.has(errnoCode(error) ?? '')) {
-        // Each answer goes on from what it has (the bytes on disk stay readable to the handles
-        // open on them after the temp is removed); nothing is kept.
-        noteDisk(true);
-        download.state = 'spilled';
-        download.hash = hash;
-        notify(download);
-        await handle?.close().catch(() => undefined);
-        await rm(download.temp, { force: true });
-        return;
-      }
-      download.state = 'failed';
-      download.error = error instanceof Error ? error.message : String(error);
-      if (download.written > 0 && !verdict.rejected) metrics.rejected.inc({ reason: 'cut' });
-      log.warn({ file, err: { message: download.error } }, 'an upstream download failed; nothing was kept');
-      notify(download);
+      endDownload(job, error);
       await handle?.close().catch(() => undefined);
       await rm(download.temp, { force: true });
     } finally {
@@ -471,7 +564,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       await nextChange(download, response);
     }
     for (;;) {
-      if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, 502, download.error) };
+      if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, download.failure?.code ?? 'ERR_FETCH', download.failure?.message ?? 'the upstream download failed') };
       if (download.state === 'spilled' && download.source) {
         metrics.passedThrough.inc({ repository: counted.name });
         counted.counts.passedThrough += 1;
@@ -481,7 +574,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       }
       if (download.state === 'done') {
         const entry = store.acquire(download.key);
-        if (!entry) return { kind: 'answered', bytes: answerError(response, 503, 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
+        if (!entry) return { kind: 'answered', bytes: answerError(response, 'ERR_UNAVAILABLE', 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
         return { kind: 'entry', path: entry.path, tag: `"${download.key}"`, stale: false, release: entry.release };
       }
       let handle: FileHandle;
@@ -498,7 +591,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         const { size } = download;
         // A range is answered from the bytes as they arrive, as the whole file is.
         const span = size === undefined || request.method === 'HEAD' ? undefined : requestedSpan(request, size, headers.etag ?? '');
-        if (span === 'unsatisfiable') return { kind: 'answered', bytes: answerError(response, 416, 'range not satisfiable', { 'content-range': `bytes */${String(size)}` }) };
+        if (span === 'unsatisfiable') return { kind: 'answered', bytes: answerError(response, 'ERR_RANGE', 'range not satisfiable', { 'content-range': `bytes */${String(size)}` }) };
         if (span) {
           response.writeHead(206, { ...headers, 'content-range': `bytes ${span.start.toString()}-${span.end.toString()}/${String(size)}`, 'content-length': (span.end - span.start + 1).toString() });
         } else response.writeHead(200, { ...headers, ...(size === undefined ? {} : { 'content-length': size.toString() }) });
@@ -526,7 +619,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const counts: Counts = { hits: 0, misses: 0, coalesced: 0, passedThrough: 0 };
     /** Grows at each invalidate(): a read begun before it may hold the index as it was before the publish. */
     let generation = 0;
-    let refreshing: { generation: number; result: Promise<{ state: IndexState | undefined; failure: string }> } | undefined;
+    let refreshing: { generation: number; result: Promise<IndexRead> } | undefined;
     /** The generation of the read that set `state`: an older read ending later never replaces it. */
     let stateGeneration = -1;
     let loaded = false;
@@ -603,15 +696,15 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       }
     };
 
-    const refresh = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
+    const refresh = async (): Promise<IndexRead> => {
       const health = await healthReady;
       const mine = generation;
-      const failures: string[] = [];
+      const failures = new UpstreamFailures();
       let empty: Location | undefined;
       for (const location of flattenFetchLocations(upstreams)) {
         const label = describeLocation(location);
         if (health.coolingDown(label) > 0) {
-          failures.push(`${label}: skipped (${health.lastFailure(label)})`);
+          failures.skipped(label, health.lastFailure(label));
           continue;
         }
         try {
@@ -619,7 +712,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           const { files, unchanged } = await readUpstreamIndex(location, same ? state?.files : undefined);
           const kept = unchanged ? state?.index : undefined;
           const index = kept ?? indexOf(files, label);
-          if (mine < stateGeneration && state) return { state, failure: '' };
+          if (mine < stateGeneration && state) return { state, failure: failures };
           stateGeneration = mine;
           if (state?.stale) log.info({ repository: name, upstream: label }, 'an upstream answered again; the index is fresh');
           state = { files, index, source: location, readAt: Date.now(), stale: false };
@@ -629,10 +722,10 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
             await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
           }
           await health.succeeded(label);
-          return { state, failure: '' };
+          return { state, failure: failures };
         } catch (error) {
-          const message = error instanceof Error ? error.message : String(error);
-          failures.push(message);
+          const message = describeError(error);
+          failures.add(error);
           if (error instanceof FetchFailure && error.notFound) empty ??= location;
           if (error instanceof FetchFailure && error.down) await health.failed(label, message);
         }
@@ -646,20 +739,20 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           others.clear();
           passedOver.clear();
         }
-        return { state, failure: '' };
+        return { state, failure: failures };
       }
       if (!state && !loaded) {
         loaded = true;
         state = await loadKept();
       }
-      if (state && !state.stale) log.warn({ repository: name, failures }, 'every upstream failed; serving the last good index and cached packages');
+      if (state && !state.stale) log.warn({ repository: name, failures: failures.messages }, 'every upstream failed; serving the last good index and cached packages');
       if (state) state.stale = true;
-      return { state, failure: failures.join('; ') };
+      return { state, failure: failures };
     };
 
-    const current = async (): Promise<{ state: IndexState | undefined; failure: string }> => {
+    const current = async (): Promise<IndexRead> => {
       const now = Date.now();
-      if (state && now - (state.stale ? lastTry : state.readAt) < indexMaxAgeMs) return { state, failure: '' };
+      if (state && now - (state.stale ? lastTry : state.readAt) < indexMaxAgeMs) return { state, failure: new UpstreamFailures() };
       if (refreshing?.generation !== generation) {
         const started = { generation, result: refresh() };
         refreshing = started;
@@ -698,9 +791,28 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       return result;
     };
 
+    /** Starts fetching `entry` from the upstreams (registered at once, so that requests meanwhile join it). */
+    const startDownload = async (source: Location, file: string, entry: IndexEntry): Promise<Download> => {
+      const key = keyOf(entry);
+      const download: Download = {
+        key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', failure: undefined, hash: undefined, source: undefined,
+        readers: new Set(), listeners: new Set(), abort: undefined,
+      };
+      downloads.set(key, download);
+      const candidates = await candidatesFor(source, file, entry);
+      download.source = { file, entry, candidates };
+      const job = { download, file, entry, hash: createHash(entry.sha256 === undefined ? 'md5' : 'sha256'), bound: entry.size ?? settings.maxSizeBytes, verdict: { rejected: false } };
+      void run(job, candidates, (upstream) => {
+        const set = passedOver.get(key) ?? new Set<string>();
+        set.add(upstream);
+        passedOver.set(key, set);
+      });
+      return download;
+    };
+
     const served = async (): Promise<IndexState> => {
       const { state: now, failure } = await current();
-      if (!now) throw new FetchFailure(`/packages/${name}/: no upstream answered (${failure})`, { transient: true, down: false });
+      if (!now) throw failure.error(`/packages/${name}/: no upstream answered`);
       return now;
     };
 
@@ -729,27 +841,18 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       },
       async answer(request, response, file, contentType) {
         const { state: now, failure } = await current();
-        if (!now) return { kind: 'answered', bytes: answerError(response, 502, `/packages/${name}/${file}: no upstream answered and no index is kept (${failure})`) };
+        if (!now) {
+          const answered = failure.error(`/packages/${name}/${file}: no upstream answered and no index is kept`);
+          return { kind: 'answered', bytes: answerError(response, answered.code, answered.message) };
+        }
         if (now.stale) {
           metrics.staleAnswers.inc({ repository: name });
           for (const [header, value] of Object.entries(STALE_HEADERS)) response.setHeader(header, value);
         }
         const base = { 'content-type': contentType, 'x-content-type-options': 'nosniff' };
-        if (INDEX_FILES.includes(file)) {
-          const kept = now.files.get(file);
-          if (!kept) return { kind: 'answered', bytes: answerError(response, 404, `${file}: not in this repository`) };
-          response.setHeader('etag', kept.tag);
-          if (isFresh(request.headers, { etag: kept.tag })) {
-            response.writeHead(304, base);
-            response.end();
-            return { kind: 'answered', bytes: 0 };
-          }
-          response.writeHead(200, { ...base, 'content-length': kept.body.length.toString() });
-          response.end(request.method === 'HEAD' ? undefined : kept.body);
-          return { kind: 'answered', bytes: request.method === 'HEAD' ? 0 : kept.body.length };
-        }
+        if (INDEX_FILES.includes(file)) return { kind: 'answered', bytes: answerIndexFile(request, response, now.files.get(file), file, base) };
         const entry = now.index.get(file);
-        if (!entry) return { kind: 'answered', bytes: answerError(response, 404, `${file}: not in this repository`) };
+        if (!entry) return { kind: 'answered', bytes: answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`) };
         const key = keyOf(entry);
         const tag = `"${key}"`;
         const hit = store.acquire(key);
@@ -779,19 +882,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           metrics.misses.inc({ repository: name });
           counts.misses += 1;
           response.setHeader('x-autotest-cache', 'miss');
-          const started: Download = {
-            key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', error: '', hash: undefined, source: undefined,
-            readers: new Set(), listeners: new Set(), abort: undefined,
-          };
-          downloads.set(key, started);
-          download = started;
-          const candidates = await candidatesFor(now.source, file, entry);
-          started.source = { file, entry, candidates };
-          void run(started, file, entry, candidates, (upstream) => {
-            const set = passedOver.get(key) ?? new Set<string>();
-            set.add(upstream);
-            passedOver.set(key, set);
-          });
+          download = await startDownload(now.source, file, entry);
         }
         return follow(download, request, response, headers, { name, counts });
       },

@@ -12,7 +12,8 @@ import { escapeHtml } from './html.js';
 import type { CachedUpstreams, ServedLocation } from '../config/index.js';
 import type { CachedRepository } from './cache.js';
 import type { ServerMetrics } from './metrics.js';
-import { describeError, errnoCode } from '../errors.js';
+import { describeError, errnoCode, isAutotestError } from '../errors.js';
+import { answerError } from './error-answer.js';
 
 export type ServedRepository =
   /** A folder, served from the disk. */
@@ -120,6 +121,30 @@ function wholeForLongSuffix(header: string, size: number): string {
   return suffix !== undefined && size > 0 && Number(suffix) >= size ? `bytes=0-${(size - 1).toString()}` : header;
 }
 
+/**
+ * `full` opened to be served: opened before it is looked at, so what is checked is what is
+ * sent; never through a symlink. A failure is answered here, and its body bytes returned.
+ */
+async function openToServe(response: ServerResponse, full: string, file: string): Promise<FileHandle | number> {
+  try {
+    return await open(full, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (error) {
+    const code = errnoCode(error) ?? '';
+    if (NOT_THERE.has(code)) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
+    // Out of descriptors or memory is this server's state, not the file's: a client that
+    // took it for "not found" would never ask again.
+    if (OUT_OF_RESOURCES.has(code)) return answerError(response, 'ERR_UNAVAILABLE', `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
+    return answerError(response, 'ERR_SERVER', `${file}: cannot open it (${code || describeError(error)})`);
+  }
+}
+
+/** Watches `dir`: a change to a file calls `forget` with its name; one whose name is not known, or a failed watch, with null. */
+function watchFolder(dir: string, forget: (file: string | null) => void): FSWatcher {
+  const watcher = watch(dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
+  watcher.on('error', () => { forget(null); });
+  return watcher;
+}
+
 /** open() failures that mean the file is not there (a symlink counts: it is never served). */
 const NOT_THERE = new Set(['ENOENT', 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG']);
 /** open() failures of the server's own state, gone when load drops. */
@@ -127,14 +152,6 @@ const OUT_OF_RESOURCES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN']);
 
 function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.dev === b.dev;
-}
-
-/** An error answer as JSON; returns the body bytes sent. */
-export function answerError(response: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): number {
-  const body = JSON.stringify({ error: status === 404 ? 'ERR_NOT_FOUND' : status === 416 ? 'ERR_RANGE' : status === 503 ? 'ERR_UNAVAILABLE' : status === 502 ? 'ERR_UPSTREAM' : 'ERR_SERVER', message });
-  response.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extra });
-  response.end(body);
-  return body.length;
 }
 
 let streams = 0;
@@ -237,9 +254,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         cache.delete(name);
       }
     };
-    const watcher = watch(dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
-    watcher.on('error', () => { forget(null); });
-    watchers.push(watcher);
+    watchers.push(watchFolder(dir, forget));
   }
 
   const accessLine = accessLineWriter(log);
@@ -289,7 +304,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     // A unit other than bytes is ignored (RFC 9110 §14.2): the whole file, 200.
     if (rangeApplies && /^\s*bytes\s*=/i.test(rangeHeader)) {
       const ranges = rangeParser(stat.size, wholeForLongSuffix(rangeHeader, stat.size), { combine: true });
-      if (ranges === -1) return answerError(response, 416, `${file}: range not satisfiable`, { 'content-range': `bytes */${stat.size.toString()}` });
+      if (ranges === -1) return answerError(response, 'ERR_RANGE', `${file}: range not satisfiable`, { 'content-range': `bytes */${stat.size.toString()}` });
       // A malformed header (-2) or several ranges: the whole file, as RFC 9110 allows.
       if (ranges !== -2 && ranges.length === 1 && ranges[0]) {
         start = ranges[0].start;
@@ -317,19 +332,24 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     return serveFromDisk(request, response, path.join(repository.location.path, file), file, caches.get(repository.name));
   };
 
+  /** The cached copy of `file`, checked against the disk again when its last check is over a second old; undefined once it changed. */
+  const stillCached = async (cache: Map<string, Cached>, full: string, file: string): Promise<Cached | undefined> => {
+    const now = performance.now();
+    const cached = cache.get(file);
+    if (!cached || now - cached.checkedAt <= REVALIDATE_MS) return cached;
+    const current = await stat(full).catch(() => undefined);
+    if (current && sameFile(current, cached.stat)) {
+      cached.checkedAt = now;
+      return cached;
+    }
+    cache.delete(file);
+    cachedBytes -= cached.body.length;
+    return undefined;
+  };
+
   /** One file from the disk: small ones kept in `cache` when given, the rest streamed; `fixedTag` for content whose name is its checksum. */
   const serveFromDisk = async (request: IncomingMessage, response: ServerResponse, full: string, file: string, cache: Map<string, Cached> | undefined, fixedTag?: string): Promise<number> => {
-    const now = performance.now();
-    let cached = cache?.get(file);
-    if (cache && cached && now - cached.checkedAt > REVALIDATE_MS) {
-      const current = await stat(full).catch(() => undefined);
-      if (current && sameFile(current, cached.stat)) cached.checkedAt = now;
-      else {
-        cache.delete(file);
-        cachedBytes -= cached.body.length;
-        cached = undefined;
-      }
-    }
+    const cached = cache && await stillCached(cache, full, file);
     if (cached) {
       const span = prepare(request, response, file, cached.stat, cached.tag, cached.modified);
       if (typeof span === 'number') return span;
@@ -340,21 +360,11 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       response.end(cached.body.subarray(span.start, span.end + 1));
       return span.end - span.start + 1;
     }
-    // Opened before it is looked at, so what is checked is what is sent; never through a symlink.
-    let handle;
-    try {
-      handle = await open(full, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (error) {
-      const code = errnoCode(error) ?? '';
-      if (NOT_THERE.has(code)) return answerError(response, 404, `${file}: not in this repository`);
-      // Out of descriptors or memory is this server's state, not the file's: a client that
-      // took it for "not found" would never ask again.
-      if (OUT_OF_RESOURCES.has(code)) return answerError(response, 503, `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
-      return answerError(response, 500, `${file}: cannot open it (${code || describeError(error)})`);
-    }
+    const handle = await openToServe(response, full, file);
+    if (typeof handle === 'number') return handle;
     try {
       const opened = await handle.stat();
-      if (!opened.isFile()) return answerError(response, 404, `${file}: not in this repository`);
+      if (!opened.isFile()) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
       if (cache && opened.size <= SMALL_FILE_BYTES) {
         const body = await handle.readFile();
         // Written in place meanwhile (not by our packager, which renames): answer nothing half-right.
@@ -392,7 +402,8 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       try {
         names = await repository.cached.files();
       } catch (error) {
-        return answerError(response, 502, `/packages/${repository.name}/: ${describeError(error)}`);
+        if (!isAutotestError(error)) throw error;
+        return answerError(response, error.code, `/packages/${repository.name}/: ${error.message}`);
       }
     } else {
       names = (await readdir(repository.location.path, { withFileTypes: true }))
@@ -457,7 +468,7 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
         : file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
       answer.then((bytes) => { finish(request, response, started, repository.name, bytes, requestId); }, (error: unknown) => {
         log.error({ err: { message: error instanceof Error ? error.message : String(error) }, url }, 'serving a repository file failed');
-        if (!response.headersSent) answerError(response, 500, 'internal error; see the server log');
+        if (!response.headersSent) answerError(response, 'ERR_SERVER', 'internal error; see the server log');
         else response.destroy();
         finish(request, response, started, repository.name, 0, requestId);
       });

@@ -3,13 +3,14 @@ import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
-import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
-import { checkFileName, DigestStream, extractTarball, parseFileName } from '../packages/index.js';
+import { AutotestError, errnoCode, httpStatusOf, isAutotestError } from '../errors.js';
+import { checkFileName, DigestStream, extractTarball, parseFileName, type Digests } from '../packages/index.js';
 import type { IndexSigning } from '../signing/index.js';
 import { BUNDLED_CLIENT_DIR, removePackages, uploadPackages, type OperationReport } from '../packager/index.js';
 import { checkToken } from './auth.js';
+import { errorBody, replyError } from './error-answer.js';
 import type { ServerMetrics } from './metrics.js';
 
 export interface UploadSettings {
@@ -102,6 +103,17 @@ function minimumRate({ bytesPerSecond, windowMs }: { bytesPerSecond: number; win
   return stream;
 }
 
+/** Publishes a checked upload to every custom_upload_location; the cached views of them are told, whatever the outcome. */
+async function publishUpload(staged: string, settings: UploadSettings): Promise<OperationReport> {
+  return uploadPackages({
+    clientDir: BUNDLED_CLIENT_DIR,
+    selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
+    locations: settings.locations, compression: settings.compression,
+    minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing,
+  }).finally(() => { settings.published(settings.locations); });
+}
+
+/** A publish or delete that failed at some location is the locations' failure: 502. */
 function reportStatus(report: OperationReport): number {
   return report.ok ? 200 : 502;
 }
@@ -114,18 +126,96 @@ function summary(report: OperationReport): unknown {
   };
 }
 
-/** Maps the checks' errors to answers; anything else is the server's fault. */
-function errorAnswer(error: unknown): { status: number; body: unknown } {
-  if (isAutotestError(error)) {
-    const status = error.code === 'ERR_TOO_LARGE' ? 413
-      : error.code === 'ERR_BUSY' ? 503
-        : error.code === 'ERR_TOO_SLOW' ? 408
-        : error.code === 'ERR_NO_SPACE' ? 507
-          : error.code === 'ERR_BAD_NAME' || error.code === 'ERR_USAGE' ? 400
-            : error.code === 'ERR_UNSAFE_ARCHIVE' || error.code === 'ERR_CORRUPT_ARCHIVE' || error.code === 'ERR_BAD_ARCHIVE' || error.code === 'ERR_CHECKSUM_MISMATCH' ? 422
-              : 500;
-    return { status, body: { error: error.code, message: error.message, hint: error.hint } };
+/** An error answer: the status ERROR_CODES gives the code, and its JSON body. */
+function errorAnswer(error: AutotestError): { status: number; body: unknown } {
+  return { status: httpStatusOf(error.code), body: errorBody(error) };
+}
+
+/** What an upload declares before its body: its file name, and the checksums it says the body has. */
+interface DeclaredUpload {
+  file: string;
+  /** The package type its name gives; undefined for a plain file (a kernel, say). */
+  type: string | undefined;
+  sha256: string | undefined;
+  md5: string | undefined;
+}
+
+/** Checks what is known before the body is read: the name, the declared size, the checksum headers. */
+function checkDeclaredUpload(request: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply, limit: number): DeclaredUpload {
+  const file = checkFileName(request.params.file);
+  const parsed = parseFileName(file);
+  if (parsed.type === 'client') throw new AutotestError('ERR_BAD_NAME', `${file}: the client package is published by the packager, not uploaded`);
+  const declared = Number(request.headers['content-length'] ?? NaN);
+  if (Number.isFinite(declared) && declared > limit) {
+    reply.header('connection', 'close');
+    throw tooLarge(limit);
   }
+  const sha256 = request.headers['x-checksum-sha256'];
+  const md5 = request.headers['x-checksum-md5'];
+  for (const [name, value, length] of [['X-Checksum-Sha256', sha256, 64], ['X-Checksum-Md5', md5, 32]] as const) {
+    if (value !== undefined && (typeof value !== 'string' || value.length !== length || !HEX.test(value))) {
+      throw new AutotestError('ERR_BAD_REQUEST', `${file}: ${name} must be ${length.toString()} lowercase hex digits`, {
+        hint: 'send the hex digest of the file as sha256sum or md5sum prints it, or leave the header out',
+      });
+    }
+  }
+  return { file, type: parsed.type, sha256: typeof sha256 === 'string' ? sha256 : undefined, md5: typeof md5 === 'string' ? md5 : undefined };
+}
+
+/** Streams the body to `staged` within the size and rate bounds; returns its digests, checked against those declared. */
+async function receiveBody(body: Readable, staged: string, upload: DeclaredUpload, settings: UploadSettings): Promise<Digests> {
+  const digest = new DigestStream();
+  await pipeline(body, minimumRate(settings.minRate), limitBytes(settings.maxUploadBytes), digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
+  const digests = digest.digests();
+  if ((upload.sha256 !== undefined && upload.sha256 !== digests.sha256) || (upload.md5 !== undefined && upload.md5 !== digests.md5)) {
+    throw new AutotestError('ERR_CHECKSUM_MISMATCH', `${upload.file}: received ${digests.size.toString()} bytes with sha256 ${digests.sha256}, not the checksum sent`, {
+      hint: 'the upload was damaged on the way; send it again',
+    });
+  }
+  return digests;
+}
+
+/**
+ * A package must be an archive that extracts safely; the trial extraction (into `staging`) is
+ * thrown away. Bounded, so that a small archive that unpacks to terabytes cannot fill the disk.
+ */
+async function trialExtract(staged: string, staging: string, upload: DeclaredUpload, settings: UploadSettings, signal: AbortSignal): Promise<void> {
+  const check = path.join(staging, '.check');
+  await extractTarball(staged, check, {
+    maxBytes: settings.maxUploadExpandedBytes,
+    maxEntries: settings.maxUploadEntries,
+    names: {
+      maxBytes: `max_upload_expanded_size = ${(settings.maxUploadExpandedBytes / 1e6).toString()} MB in [SERVER]`,
+      maxEntries: `max_upload_entries = ${settings.maxUploadEntries.toString()} in [SERVER]`,
+    },
+    signal,
+  }).catch((error: unknown) => {
+    // The message names the upload and custom_download_location, not the staging folder.
+    if (error instanceof AutotestError) {
+      const message = error.message.replaceAll(check, `custom_download_location ${settings.stagingDir}`).replaceAll(staged, upload.file);
+      throw new AutotestError(error.code, message, { hint: error.hint });
+    }
+    throw error;
+  });
+}
+
+/** The answer to an upload that failed, by its error's code; the ways a body can fail on the wire become codes first. */
+function failedUploadAnswer(error: unknown, request: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply, settings: UploadSettings, gone: AbortSignal): { status: number; body: unknown } {
+  if (isAutotestError(error, 'ERR_TOO_SLOW')) {
+    request.log.warn({ file: request.params.file }, error.message);
+    reply.header('connection', 'close');
+    return errorAnswer(error);
+  }
+  if (gone.aborted || errnoCode(error) === 'ERR_STREAM_PREMATURE_CLOSE') {
+    request.log.warn('client went away during the upload; nothing kept');
+    return errorAnswer(new AutotestError('ERR_ABORTED', 'the upload was cut off; nothing was kept', { hint: 'send it again' }));
+  }
+  if (errnoCode(error) === 'ENOSPC' || errnoCode(error) === 'EDQUOT') {
+    return errorAnswer(new AutotestError('ERR_NO_SPACE', `custom_download_location ${settings.stagingDir}: the disk is full while receiving ${request.params.file}`, {
+      hint: 'free some space there and send it again; nothing was kept', cause: error,
+    }));
+  }
+  if (isAutotestError(error)) return errorAnswer(error);
   throw error;
 }
 
@@ -164,84 +254,26 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     // nobody would learn of a publication it no longer waits for.
     const gone = new AbortController();
     const onClose = (): void => {
-      if (!reply.raw.writableFinished) gone.abort(new AutotestError('ERR_USAGE', 'the uploader went away before the checks ended; nothing was published'));
+      if (!reply.raw.writableFinished) gone.abort(new AutotestError('ERR_ABORTED', 'the uploader went away before the checks ended; nothing was published'));
     };
     reply.raw.on('close', onClose);
-    const limit = settings.maxUploadBytes;
-    const declared = Number(request.headers['content-length'] ?? NaN);
     let staging: string | undefined;
     let answer: { status: number; body: unknown };
     try {
-      const file = checkFileName(request.params.file);
-      const parsed = parseFileName(file);
-      if (parsed.type === 'client') throw new AutotestError('ERR_BAD_NAME', `${file}: the client package is published by the packager, not uploaded`);
-      if (Number.isFinite(declared) && declared > limit) {
-        reply.header('connection', 'close');
-        throw tooLarge(limit);
-      }
-      const sha256 = request.headers['x-checksum-sha256'];
-      const md5 = request.headers['x-checksum-md5'];
-      for (const [name, value, length] of [['X-Checksum-Sha256', sha256, 64], ['X-Checksum-Md5', md5, 32]] as const) {
-        if (value !== undefined && (typeof value !== 'string' || value.length !== length || !HEX.test(value))) {
-          throw new AutotestError('ERR_USAGE', `${name} must be ${length.toString()} lowercase hex digits`);
-        }
-      }
+      const upload = checkDeclaredUpload(request, reply, settings.maxUploadBytes);
       await mkdir(settings.stagingDir, { recursive: true });
       staging = await mkdtemp(path.join(settings.stagingDir, '.upload-'));
-      const staged = path.join(staging, file);
-      const digest = new DigestStream();
-      await pipeline(request.body as Readable, minimumRate(settings.minRate), limitBytes(limit), digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
-      const digests = digest.digests();
+      const staged = path.join(staging, upload.file);
+      const digests = await receiveBody(request.body as Readable, staged, upload, settings);
       metrics.uploadBytes.inc(digests.size);
-      if ((typeof sha256 === 'string' && sha256 !== digests.sha256) || (typeof md5 === 'string' && md5 !== digests.md5)) {
-        throw new AutotestError('ERR_CHECKSUM_MISMATCH', `${file}: received ${digests.size.toString()} bytes with sha256 ${digests.sha256}, not the checksum sent`, {
-          hint: 'the upload was damaged on the way; send it again',
-        });
-      }
-      // A package must be an archive that extracts safely; the trial extraction is thrown away.
-      // Bounded, so that a small archive that unpacks to terabytes cannot fill the disk.
-      if (parsed.type !== undefined) {
-        const check = path.join(staging, '.check');
-        await extractTarball(staged, check, {
-          maxBytes: settings.maxUploadExpandedBytes,
-          maxEntries: settings.maxUploadEntries,
-          names: {
-            maxBytes: `max_upload_expanded_size = ${(settings.maxUploadExpandedBytes / 1e6).toString()} MB in [SERVER]`,
-            maxEntries: `max_upload_entries = ${settings.maxUploadEntries.toString()} in [SERVER]`,
-          },
-          signal: gone.signal,
-        }).catch((error: unknown) => {
-          // The message names the upload and custom_download_location, not the staging folder.
-          if (error instanceof AutotestError) {
-            const message = error.message.replaceAll(check, `custom_download_location ${settings.stagingDir}`).replaceAll(staged, file);
-            throw new AutotestError(error.code, message, { hint: error.hint });
-          }
-          throw error;
-        });
-      }
+      if (upload.type !== undefined) await trialExtract(staged, staging, upload, settings, gone.signal);
       gone.signal.throwIfAborted();
-      const report = await uploadPackages({
-        clientDir: BUNDLED_CLIENT_DIR,
-        selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
-        locations: settings.locations, compression: settings.compression,
-        minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing,
-      }).finally(() => { settings.published(settings.locations); });
+      const report = await publishUpload(staged, settings);
       metrics.uploads.inc({ outcome: report.ok ? 'published' : 'failed' });
-      answer = { status: reportStatus(report), body: { file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
+      answer = { status: reportStatus(report), body: { file: upload.file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
     } catch (error) {
       metrics.uploads.inc({ outcome: 'refused' });
-      if (isAutotestError(error, 'ERR_TOO_SLOW')) {
-        request.log.warn({ file: request.params.file }, error.message);
-        reply.header('connection', 'close');
-        answer = errorAnswer(error);
-      } else if (gone.signal.aborted || errnoCode(error) === 'ERR_STREAM_PREMATURE_CLOSE') {
-        request.log.warn('client went away during the upload; nothing kept');
-        answer = { status: 400, body: { error: 'ERR_USAGE', message: 'the upload was cut off; nothing was kept' } };
-      } else if (errnoCode(error) === 'ENOSPC' || errnoCode(error) === 'EDQUOT') {
-        answer = errorAnswer(new AutotestError('ERR_NO_SPACE', `custom_download_location ${settings.stagingDir}: the disk is full while receiving ${request.params.file}`, {
-          hint: 'free some space there and send it again; nothing was kept', cause: error,
-        }));
-      } else answer = errorAnswer(error);
+      answer = failedUploadAnswer(error, request, reply, settings, gone.signal);
     } finally {
       reply.raw.off('close', onClose);
       try {
@@ -262,8 +294,8 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
         .finally(() => { settings.published(settings.locations); });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
-      const answer = errorAnswer(error);
-      return await reply.code(answer.status).send(answer.body);
+      if (!isAutotestError(error)) throw error;
+      return await replyError(reply, error);
     }
   });
 }

@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { AutotestError, describeError } from '../errors.js';
 import type { SigningKey } from './openssh-key.js';
 import { ED25519, WireReader, ed25519FromBlob, sshString, sshUint32 } from './wire.js';
 
@@ -92,6 +93,11 @@ export async function agentSigningKey(publicBlob: Buffer, socket: string | undef
   return {
     publicBlob,
     publicLine: `${ED25519} ${publicBlob.toString('base64')}`,
-    sign: (data) => agentSign(socket, publicBlob, data),
+    // Checked when the config was read, the agent may still fail at signing time (gone, key removed, use refused).
+    sign: (data) => agentSign(socket, publicBlob, data).catch((error: unknown) => {
+      throw new AutotestError('ERR_SIGNATURE', describeError(error), {
+        hint: 'keep ssh-agent running with the signing key added (ssh-add) until the index is signed', cause: error,
+      });
+    }),
   };
 }

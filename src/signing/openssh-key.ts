@@ -35,26 +35,22 @@ export function parseOpenSshEd25519(text: string): { publicKey: Buffer; seed: Bu
   if (start < 0 || end < start) throw new Error(`not an OpenSSH private key (no "${BEGIN}" block)`);
   const body = Buffer.from(text.slice(start + BEGIN.length, end).replace(/\s+/g, ''), 'base64');
   if (!body.subarray(0, MAGIC.length).equals(MAGIC)) throw new Error('not an openssh-key-v1 key');
+  // A read past the end throws TruncatedWire ('truncated or damaged'), which the caller words with the file.
   const reader = new WireReader(body.subarray(MAGIC.length));
-  try {
-    const cipher = reader.text();
-    const kdf = reader.text();
-    reader.string();
-    if (cipher !== 'none' || kdf !== 'none') throw new Error(`encrypted with a passphrase (${cipher}); an unattended signer needs a key without one`);
-    if (reader.uint32() !== 1) throw new Error('holds more than one key');
-    const publicKey = ed25519FromBlob(reader.string());
-    if (!publicKey) throw new Error('not an ed25519 key (make one with ssh-keygen -t ed25519)');
-    const secret = new WireReader(reader.string());
-    if (secret.uint32() !== secret.uint32()) throw new Error('damaged (check words differ)');
-    if (secret.text() !== ED25519) throw new Error('not an ed25519 key');
-    const inner = secret.string();
-    const pair = secret.string();
-    if (!inner.equals(publicKey) || pair.length !== 64 || !pair.subarray(32).equals(publicKey)) throw new Error('damaged (its public and private parts differ)');
-    return { publicKey, seed: Buffer.from(pair.subarray(0, 32)) };
-  } catch (error) {
-    if (error instanceof Error && error.message === 'truncated') throw new Error('truncated or damaged');
-    throw error;
-  }
+  const cipher = reader.text();
+  const kdf = reader.text();
+  reader.string();
+  if (cipher !== 'none' || kdf !== 'none') throw new Error(`encrypted with a passphrase (${cipher}); an unattended signer needs a key without one`);
+  if (reader.uint32() !== 1) throw new Error('holds more than one key');
+  const publicKey = ed25519FromBlob(reader.string());
+  if (!publicKey) throw new Error('not an ed25519 key (make one with ssh-keygen -t ed25519)');
+  const secret = new WireReader(reader.string());
+  if (secret.uint32() !== secret.uint32()) throw new Error('damaged (check words differ)');
+  if (secret.text() !== ED25519) throw new Error('not an ed25519 key');
+  const inner = secret.string();
+  const pair = secret.string();
+  if (!inner.equals(publicKey) || pair.length !== 64 || !pair.subarray(32).equals(publicKey)) throw new Error('damaged (its public and private parts differ)');
+  return { publicKey, seed: Buffer.from(pair.subarray(0, 32)) };
 }
 
 export function signingKeyFrom(parts: { publicKey: Buffer; seed: Buffer }): SigningKey {

@@ -13,21 +13,29 @@ export function sshUint32(value: number): Buffer {
   return buffer;
 }
 
-/** Reads SSH wire fields in order; any read past the end throws a plain Error the caller words. */
+/** A read past the end of SSH wire data: an internal error the callers wrap with what was read. */
+export class TruncatedWire extends Error {
+  constructor() {
+    super('truncated or damaged');
+    this.name = 'TruncatedWire';
+  }
+}
+
+/** Reads SSH wire fields in order; any read past the end throws TruncatedWire. */
 export class WireReader {
   private offset = 0;
 
   constructor(private readonly buffer: Buffer) {}
 
   uint32(): number {
-    if (this.offset + 4 > this.buffer.length) throw new Error('truncated');
+    if (this.offset + 4 > this.buffer.length) throw new TruncatedWire();
     const value = this.buffer.readUInt32BE(this.offset);
     this.offset += 4;
     return value;
   }
 
   bytes(length: number): Buffer {
-    if (this.offset + length > this.buffer.length) throw new Error('truncated');
+    if (this.offset + length > this.buffer.length) throw new TruncatedWire();
     const value = this.buffer.subarray(this.offset, this.offset + length);
     this.offset += length;
     return value;

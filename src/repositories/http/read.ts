@@ -59,10 +59,10 @@ export function httpGet(url: URL, offset: number, extraHeaders: Record<string, s
     if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
     const request = client.get(url, { headers, agent: agentFor(url, settings.tls) });
     const connectTimer = setTimeout(() => {
-      request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true }));
+      request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true, timedOut: true }));
     }, settings.connectTimeoutMs);
     const deadline = setTimeout(() => {
-      request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true }));
+      request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true, timedOut: true }));
     }, settings.timeoutMs);
     request.on('socket', (socket) => {
       // A kept-alive socket is connected already; only a new one gets a listener.
@@ -70,7 +70,7 @@ export function httpGet(url: URL, offset: number, extraHeaders: Record<string, s
       else socket.once('connect', () => { clearTimeout(connectTimer); });
     });
     request.setTimeout(Math.min(MAX_STALL_MS, settings.timeoutMs), () => {
-      request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: true }));
+      request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: true, timedOut: true }));
     });
     request.on('close', () => {
       clearTimeout(connectTimer);
