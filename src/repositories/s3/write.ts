@@ -140,7 +140,7 @@ export async function createS3Target(location: S3Location, options: TargetOption
   const { signing } = options;
   const name = location.text;
   const { bucket } = location;
-  const client: S3Client = await s3Client(location.settings);
+  const client: S3Client = await s3Client(location.settings, options.resources);
   const key = (file: string): string => s3Key(location, file);
   const listPrefix = location.prefix === '' ? '' : `${location.prefix}/`;
   /** ETag of each staged object, as S3 should report it. */

@@ -4,14 +4,13 @@ import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
 import { describeError } from '../../errors.js';
 import { FetchFailure } from '../../fetch/errors.js';
-import { sshHost } from '../../ssh/session.js';
+import type { SshHost } from '../../ssh/session.js';
 import { watchProcess } from '../process-output.js';
 import { readIndexThrough } from '../read-index.js';
 import type { FetchRepository } from '../types.js';
 
-export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings): FetchRepository {
+export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings, host: SshHost): FetchRepository {
   const name = describeLocation(location);
-  const host = sshHost(location);
   const inDir = (file: string): string => path.posix.join(location.path, file);
   const stream = (file: string, offset: number, timeoutMs = settings.timeoutMs): Readable => {
     // tail -c +N starts at byte N (1-based): the resume point.
