@@ -121,10 +121,7 @@ export class Download {
     // All that is slow happens before the request: once the answer is there, its bytes
     // are consumed at once, so none sits in a buffer that a cut connection would drop.
     await this.part.hashKept(offset, this.verification.hash);
-    const bound = await this.sizeBound(offset);
-    const remaining = this.deadline - this.context.clock.now();
-    if (remaining <= 0) throw this.overBudget(attempt);
-    const { start, size } = await this.receive(offset, remaining, attempt, bound);
+    const { start, size } = await this.receive(offset, attempt, await this.sizeBound(offset));
     if ((await this.verify(start, size)) === 'again') return 'again';
     await this.part.publish();
     const { file, entry, repository } = this.request;
@@ -132,8 +129,10 @@ export class Download {
   }
 
   /** Writes the answer into the part file from where it starts; the part holds exactly the bytes received, whatever happens. */
-  private async receive(offset: number, remaining: number, attempt: number, bound: { bytes: number; tooLong: () => FetchFailure }): Promise<{ start: number; size: number }> {
+  private async receive(offset: number, attempt: number, bound: { bytes: number; tooLong: () => FetchFailure }): Promise<{ start: number; size: number }> {
     const { repository, file, entry, onProgress } = this.request;
+    const remaining = this.deadline - this.context.clock.now();
+    if (remaining <= 0) throw this.overBudget(attempt);
     const handle = await this.part.openForWriting();
     const budget = new AbortController();
     let start = offset;
