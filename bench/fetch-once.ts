@@ -8,7 +8,6 @@
 import { rm } from 'node:fs/promises';
 import { parseLocation, type S3Settings } from '../src/config/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
-import { closeHttpConnections } from '../src/repositories/index.js';
 
 interface Request {
   location: string;
@@ -27,9 +26,9 @@ for (let run = 0; run <= (request.runs ?? 1); run += 1) {
   const started = performance.now();
   const fetcher = await PackageFetcher.create([location], { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0, maxSizeBytes: 1e10 });
   await fetcher.fetch(request.file, request.dest);
+  await fetcher.close();
   const seconds = (performance.now() - started) / 1000;
   const used = process.cpuUsage(cpu);
   if (run > 0 && seconds < best.seconds) best = { seconds, cpuSeconds: (used.user + used.system) / 1e6 };
 }
-closeHttpConnections();
 console.log(JSON.stringify(best));

@@ -14,7 +14,6 @@ import { fileURLToPath } from 'node:url';
 import { installPackages } from '../src/client/install.js';
 import type { FetchSettings, Location } from '../src/config/index.js';
 import { PackageFetcher } from '../src/fetch/index.js';
-import { closeHttpConnections } from '../src/repositories/index.js';
 import { startNginx } from '../test/fixtures/nginx.js';
 import { freePort } from '../test/fixtures/process.js';
 
@@ -71,6 +70,7 @@ async function main(): Promise<void> {
         ours.push(await time(async () => {
           const fetcher = await PackageFetcher.create([location], SETTINGS);
           await fetcher.fetch('kernel-200m.img', path.join(out, 'ours.img'));
+          await fetcher.close();
         }));
       }
       const curlS = Math.min(...curl);
@@ -95,7 +95,6 @@ async function main(): Promise<void> {
       console.log(`  first repository refuses        ${(median(fallback) * 1000).toFixed(1)} ms`);
       console.log(`  extra time for the refusal: ${extraMs.toFixed(1)} ms (target < 100 ms)`);
     } finally {
-      closeHttpConnections();
       await nginx.stop();
     }
   } finally {

@@ -10,7 +10,6 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runAutoserv, type HostSummary } from '../src/autoserv/index.js';
 import { loadConfig, type FetchLocation } from '../src/config/index.js';
-import { closeSshConnections } from '../src/ssh/session.js';
 import { createNamespaceHost } from '../test/fixtures/netns.js';
 import { startNginx } from '../test/fixtures/nginx.js';
 import { startSshd, writeSshConfig, type SshServer } from '../test/fixtures/sshd.js';
@@ -72,8 +71,7 @@ export async function createLab(fill: (clientDir: string) => Promise<void>): Pro
         hosts: hosts.map((h) => h.sshd.alias), control, resultsDir: path.join(work, 'results', label.replace(/[^A-Za-z0-9]+/g, '-')), locations,
         clientDir, hostDir, clientInstall,
       });
-      // As the CLI does after each run: the master connections stay for the next (ControlPersist).
-      await closeSshConnections();
+      // runAutoserv closes its own SSH hosts, as the CLI does after each run: the master connections stay for the next (ControlPersist).
       const seconds = (performance.now() - started) / 1000;
       if (summaries.some((s) => s.status !== 'GOOD')) throw new Error(`${label}: ${JSON.stringify(summaries)}`);
       // Hosts set up in parallel: the setup time of the run is the slowest host's.

@@ -16,8 +16,6 @@ import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { S3Settings } from '../src/config/index.js';
-import { closeHttpConnections } from '../src/repositories/index.js';
-import { closeS3Connections } from '../src/repositories/s3/client.js';
 import { startDaemon } from '../test/fixtures/process.js';
 import { awsEnv, startRadosgw } from '../test/fixtures/radosgw.js';
 import { generate } from './tree.js';
@@ -155,8 +153,6 @@ async function main(): Promise<void> {
     }
   } finally {
     admin.destroy();
-    closeHttpConnections();
-    closeS3Connections();
     await s3.stop();
     await rm(work, { recursive: true, force: true });
   }

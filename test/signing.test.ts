@@ -86,7 +86,7 @@ async function serve(t: TestContext, dir: string): Promise<Location> {
 }
 
 async function fetchKernel(dir: string, locations: Location[], settings: FetchSettings, out = 'out'): Promise<{ content: string; repository: string; passedOver: string[] }> {
-  const fetcher = await PackageFetcher.create(locations, settings, path.join(dir, 'cache'));
+  const fetcher = await PackageFetcher.create(locations, settings, { stateDir: path.join(dir, 'cache') });
   const dest = path.join(dir, out, KERNEL);
   const fetched = await fetcher.fetch(KERNEL, dest);
   return { content: await readFile(dest, 'utf8'), repository: fetched.repository, passedOver: fetched.passedOver };

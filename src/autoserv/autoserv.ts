@@ -7,6 +7,7 @@ import { rootCertificates } from 'node:tls';
 import { describeLocation, type FetchLocation, type FetchTls, type FetchTrust, type Location } from '../config/index.js';
 import { orderForPackage } from '../fetch/rendezvous.js';
 import { fetchRepositoryFor } from '../repositories/index.js';
+import { withResources, type Resources } from '../resources.js';
 import { AutotestError, describeError, errnoCode } from '../errors.js';
 import { CLIENT_PACKAGE_NAME, checkName, packageFileName, packEntries } from '../packages/index.js';
 import type { Writable } from 'node:stream';
@@ -43,6 +44,8 @@ export interface AutoservOptions {
    * client verifies every index.
    */
   trust?: FetchTrust | undefined;
+  /** The command's SSH masters and connections; by default the run's own, closed when it ends. */
+  resources?: Resources | undefined;
   /** false: a new run replaces RESULTS/HOST; else (default) the previous one is kept as RESULTS/HOST.N. */
   keepPrevious?: boolean;
 }
@@ -194,11 +197,11 @@ function clientPackageUrls(locations: readonly FetchLocation[]): Extract<Locatio
  * run: a host whose client carries it is warm. Undefined when none answers (a host then goes
  * the cold way, which says why).
  */
-async function readClientMd5(options: AutoservOptions): Promise<string | undefined> {
+async function readClientMd5(options: AutoservOptions & { resources: Resources }): Promise<string | undefined> {
   const file = packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2');
   const settings = { connectTimeoutMs: 5000, timeoutMs: 30_000, retries: 0, cooldownMs: 0, maxSizeBytes: 0, ...(options.tls ? { tls: options.tls } : {}) };
   for (const location of clientPackageUrls(options.locations)) {
-    const entry = await fetchRepositoryFor(location, settings).readIndex().then((index) => index.get(file), () => undefined);
+    const entry = await fetchRepositoryFor(location, settings, options.resources).readIndex().then((index) => index.get(file), () => undefined);
     if (entry) return entry.md5;
   }
   return undefined;
@@ -351,7 +354,7 @@ function noteJobOutcome(summary: HostSummary, outcome: Exclude<JobOutcome, { kin
   } else summary.error = `the job ended without a report (exit code ${outcome.code.toString()})${outcome.stderr ? `: ${outcome.stderr}` : ''}`;
 }
 
-async function runOnHost(text: string, shared: AutoservOptions, run: RunShared): Promise<HostSummary> {
+async function runOnHost(text: string, shared: AutoservOptions & { resources: Resources }, run: RunShared): Promise<HostSummary> {
   const started = performance.now();
   // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
   const options = { ...shared, hostDir: shared.hostDir.replaceAll('{host}', text.replace(/[^A-Za-z0-9._-]/g, '_')) };
@@ -365,7 +368,7 @@ async function runOnHost(text: string, shared: AutoservOptions, run: RunShared):
   await mkdir(hostResults, { recursive: true });
   const work = await mkdtemp(path.join(run.work, 'host-'));
   try {
-    const host = createHost(text);
+    const host = createHost(text, options.resources);
     const caFile = run.ca === undefined ? '' : hostCaFile(options.hostDir);
     // With trusted_keys, the keys go first (one command), so a warm host costs two in all.
     const trust = await sendTrust(host, options.hostDir, options.trust);
@@ -426,7 +429,11 @@ async function readControl(file: string): Promise<Buffer> {
  * file with the repositories, streams its status lines and brings its results back into
  * RESULTS/HOST with a summary.
  */
-export async function runAutoserv(options: AutoservOptions): Promise<HostSummary[]> {
+export function runAutoserv(options: AutoservOptions): Promise<HostSummary[]> {
+  return withResources(options.resources, (resources) => runAutoservWith({ ...options, resources }));
+}
+
+async function runAutoservWith(options: AutoservOptions & { resources: Resources }): Promise<HostSummary[]> {
   const jobId = `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(3).toString('hex')}`;
   // Read before any host is touched: a wrong path must not cost a client install on every host.
   const control = await readControl(options.control);

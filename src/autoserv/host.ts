@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { AutotestError } from '../errors.js';
+import type { Resources } from '../resources.js';
 import { sshHost, whenClosed, type SshHost } from '../ssh/session.js';
 
 /** A machine autoserv drives: this one (no SSH) or one reached over OpenSSH. */
@@ -51,7 +52,8 @@ function checked(name: string, argv: readonly string[], result: { code: number; 
   });
 }
 
-export function createHost(text: string): TestHost {
+/** `resources` keep the SSH master connection of a remote host. */
+export function createHost(text: string, resources: Resources): TestHost {
   const parsed = parseHost(text);
   if (parsed === 'localhost') {
     return {
@@ -63,7 +65,7 @@ export function createHost(text: string): TestHost {
       },
     };
   }
-  const ssh: SshHost = sshHost(parsed);
+  const ssh: SshHost = sshHost(parsed, resources);
   return {
     name: text,
     spawn: (argv) => ssh.spawn(argv),

@@ -5,6 +5,7 @@ import { loadConfig } from '../config/index.js';
 import { AutotestError } from '../errors.js';
 import { chooseClientDir } from './packager.js';
 import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
+import type { Resources } from '../resources.js';
 
 interface AutoservFlags {
   machines: string;
@@ -17,7 +18,7 @@ interface AutoservFlags {
   overwrite?: boolean;
 }
 
-export function autoservCommand(output: Output, setExit: (code: number) => void): Command {
+export function autoservCommand(output: Output, setExit: (code: number) => void, resources: Resources): Command {
   return new Command('autoserv')
     .description('run a control file on test machines: install the client through packaging, run the job, bring the results back')
     .argument('<control>', 'the client control file')
@@ -47,6 +48,7 @@ export function autoservCommand(output: Output, setExit: (code: number) => void)
         trust: config.packages.fetch.trust,
         keepPrevious: flags.overwrite !== true,
         onLine: (host, line) => { output.out(`[${host}] ${line}`); },
+        resources,
       });
       for (const s of summaries) {
         output.out(`${s.host}: client by ${s.clientInstall}${s.why.length > 0 ? ` (${s.why.join('; ')})` : ''}; job ${s.status}; `

@@ -7,6 +7,8 @@ import { createChannelClient } from '../client/channel.js';
 import { checkType, parseNameList } from '../packages/index.js';
 import { countOf, EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createDownloadProgress } from './progress.js';
+import type { Resources } from '../resources.js';
+import type { Running } from './run.js';
 
 interface ClientFlags {
   config?: string;
@@ -34,7 +36,7 @@ function warnOnce(output: Output): (message: string) => void {
   };
 }
 
-async function runInstall(typeText: string, names: string[], flags: ClientFlags, output: Output): Promise<number> {
+async function runInstall(typeText: string, names: string[], flags: ClientFlags, { output, resources }: Running): Promise<number> {
   const type = checkType(typeText);
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
@@ -49,6 +51,7 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
     cacheSizeBytes: config.packages.clientCacheSizeBytes,
     onProgress: progress.onProgress,
     onWarning: warnOnce(output),
+    resources,
   }).finally(progress.finish);
   if (flags.json === true) output.out(JSON.stringify(records, null, 2));
   else {
@@ -65,7 +68,7 @@ interface RunFlags extends ClientFlags {
   autoservChannel?: boolean;
 }
 
-async function runControl(control: string, flags: RunFlags, output: Output): Promise<number> {
+async function runControl(control: string, flags: RunFlags, { output, resources }: Running): Promise<number> {
   const config = await loadConfig({ file: flags.config });
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
@@ -81,6 +84,7 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
       onWarning: warnOnce(output),
       offline: flags.offline === true,
       cacheSizeBytes: config.packages.clientCacheSizeBytes,
+      resources,
     },
     // With --json, standard output holds the one JSON document: status lines go beside it.
     onStatus: (line) => { if (flags.json === true) output.err(line); else output.out(line); },
@@ -93,7 +97,7 @@ async function runControl(control: string, flags: RunFlags, output: Output): Pro
   return report.status === 'GOOD' ? EXIT_OK : EXIT_FAILED;
 }
 
-export function clientCommand(output: Output, setExit: (code: number) => void): Command {
+export function clientCommand(output: Output, setExit: (code: number) => void, resources: Resources): Command {
   const client = new Command('client').description('the client side: install packages from the repositories, run jobs');
   client.command('run')
     .description('run a control file: the tests, deps and profilers it names are installed on demand')
@@ -108,7 +112,7 @@ export function clientCommand(output: Output, setExit: (code: number) => void): 
     .option('--offline', 'use only what is installed or in the package cache; open no connection; fail naming every missing package')
     .exitOverride()
     .action(async (control: string, flags: RunFlags) => {
-      setExit(await runControl(control, flags, output));
+      setExit(await runControl(control, flags, { output, resources }));
     });
   client.command('install')
     .description('install packages (fetched from fetch_location in order, verified, cached)')
@@ -122,7 +126,7 @@ export function clientCommand(output: Output, setExit: (code: number) => void): 
     .option('--json', 'print the result as JSON')
     .exitOverride()
     .action(async (type: string, names: string[], flags: ClientFlags) => {
-      setExit(await runInstall(type, names, flags, output));
+      setExit(await runInstall(type, names, flags, { output, resources }));
     });
   return client;
 }

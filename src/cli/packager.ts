@@ -18,6 +18,8 @@ import {
 } from '../packager/index.js';
 import { countOf, EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createProgress } from './progress.js';
+import type { Resources } from '../resources.js';
+import type { Running } from './run.js';
 
 export interface PackagerFlags {
   config?: string;
@@ -116,7 +118,7 @@ function everyLocation(flags: PackagerFlags, config: Config): { role: LocationRo
 }
 
 /** upkeep works on custom_upload_location (and -r), never on the builtin repositories. */
-async function upkeep(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+async function upkeep(flags: PackagerFlags, config: Config, { output, resources }: Running): Promise<number> {
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
   const locations = [...config.packages.customUploadLocations, ...extra];
   if (locations.length === 0) {
@@ -124,7 +126,7 @@ async function upkeep(flags: PackagerFlags, config: Config, output: Output): Pro
       hint: 'add custom_upload_location to [PACKAGES] or pass -r LOCATION',
     });
   }
-  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays, { signing: await loadIndexSigning(config.packages) });
+  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays, { signing: await loadIndexSigning(config.packages), resources });
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
     for (const report of reports) {
@@ -140,7 +142,8 @@ async function upkeep(flags: PackagerFlags, config: Config, output: Output): Pro
   return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
 }
 
-export async function runPackager(action: string, flags: PackagerFlags, output: Output): Promise<number> {
+export async function runPackager(action: string, flags: PackagerFlags, running: Running): Promise<number> {
+  const { output, resources } = running;
   if (!(ACTIONS as readonly string[]).includes(action)) {
     throw new AutotestError('ERR_USAGE', `unknown packager action "${action}"`, { hint: `use one of: ${ACTIONS.join(', ')}` });
   }
@@ -148,10 +151,10 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const { compression, minimumFreeSpaceBytes } = config.packages;
   const json = flags.json === true;
-  if (action === 'upkeep') return upkeep(flags, config, output);
-  if (action === 'list') return list(flags, config, output);
-  if (action === 'verify') return verify(flags, config, output);
-  if (action === 'sign') return sign(flags, config, output);
+  if (action === 'upkeep') return upkeep(flags, config, running);
+  if (action === 'list') return list(flags, config, running);
+  if (action === 'verify') return verify(flags, config, running);
+  if (action === 'sign') return sign(flags, config, running);
   const locations = uploadLocations(flags, config);
   const signing = await loadIndexSigning(config.packages);
 
@@ -164,7 +167,7 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
       const progress = createProgress(output, !json);
       const report = await uploadPackages({
         clientDir: chooseClientDir(flags, config), selection: selectionFrom(flags), locations, compression,
-        minimumFreeBytes: minimumFreeSpaceBytes, onEvent: progress.onEvent, signing, ...(jobs === undefined ? {} : { jobs }),
+        minimumFreeBytes: minimumFreeSpaceBytes, onEvent: progress.onEvent, signing, resources, ...(jobs === undefined ? {} : { jobs }),
       });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
@@ -176,7 +179,7 @@ export async function runPackager(action: string, flags: PackagerFlags, output: 
       if (flags.all === true) throw new AutotestError('ERR_USAGE', 'remove --all is not supported: name the packages to remove');
       if (files.length === 0) throw new AutotestError('ERR_USAGE', 'nothing to remove: name packages with -t, -d, -p, -c or -f');
       const progress = createProgress(output, !json);
-      const report = await removePackages({ files, locations, onEvent: progress.onEvent, signing });
+      const report = await removePackages({ files, locations, onEvent: progress.onEvent, signing, resources });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
       else printOperation(output, report, 'remove');
@@ -203,9 +206,9 @@ function printReports<R extends { location: string; role: string; error?: { mess
 }
 
 /** `packager list`: every location, builtin and custom, each labelled with the key it came from. */
-async function list(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+async function list(flags: PackagerFlags, config: Config, { output, resources }: Running): Promise<number> {
   const locations = everyLocation(flags, config);
-  const reports = await Promise.all(locations.map(async ({ role, location }) => ({ role, ...(await listLocations([location]))[0] ?? unreachable() })));
+  const reports = await Promise.all(locations.map(async ({ role, location }) => ({ role, ...(await listLocations([location], resources))[0] ?? unreachable() })));
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
     printReports(reports, output, (report) => {
@@ -222,7 +225,7 @@ async function list(flags: PackagerFlags, config: Config, output: Output): Promi
  * `packager verify`: every location, builtin and custom. --repair publishes again from the
  * client tree only into upload_location and -r: a custom repository's packages never came from it.
  */
-async function verify(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+async function verify(flags: PackagerFlags, config: Config, { output, resources }: Running): Promise<number> {
   const locations = everyLocation(flags, config);
   const { compression, minimumFreeSpaceBytes } = config.packages;
   const clientDir = chooseClientDir(flags, config);
@@ -232,7 +235,7 @@ async function verify(flags: PackagerFlags, config: Config, output: Output): Pro
   const reports = await Promise.all(locations.map(async ({ role, location }) => {
     const [report] = await verifyLocations({
       locations: [location], repair: flags.repair === true, clientDir: role === 'custom_upload_location' ? undefined : clientDir, compression, minimumFreeBytes: minimumFreeSpaceBytes,
-      signing, verifyKeys,
+      signing, verifyKeys, resources,
     });
     return { role, ...report ?? unreachable() };
   }));
@@ -252,7 +255,7 @@ async function verify(flags: PackagerFlags, config: Config, output: Output): Pro
  * `packager sign`: writes every location's index again with a new serial, signed with
  * signing_key: after a key rotation, or to renew index_valid_days. With -r, only those locations.
  */
-async function sign(flags: PackagerFlags, config: Config, output: Output): Promise<number> {
+async function sign(flags: PackagerFlags, config: Config, { output, resources }: Running): Promise<number> {
   const signing = await loadIndexSigning(config.packages);
   if (!signing) {
     throw new AutotestError('ERR_USAGE', `nothing to sign with: ${config.source} sets no signing_key in [PACKAGES]`, {
@@ -262,7 +265,7 @@ async function sign(flags: PackagerFlags, config: Config, output: Output): Promi
   const locations = flags.repository && flags.repository.length > 0
     ? flags.repository.map((text) => parseLocation(text, process.cwd(), config.packages.s3))
     : everyLocation(flags, config).map(({ location }) => location);
-  const reports = await signLocations(locations, signing);
+  const reports = await signLocations(locations, signing, resources);
   if (flags.json === true) output.out(JSON.stringify({ key: fingerprint(signing.key.publicBlob), locations: reports }, null, 2));
   else {
     for (const report of reports) {
@@ -275,7 +278,7 @@ async function sign(flags: PackagerFlags, config: Config, output: Output): Promi
   return reports.every((r) => !r.error) ? EXIT_OK : EXIT_FAILED;
 }
 
-export function packagerCommand(output: Output, setExit: (code: number) => void): Command {
+export function packagerCommand(output: Output, setExit: (code: number) => void, resources: Resources): Command {
   return new Command('packager')
     .description('pack the client tree and publish it to the upload locations')
     .argument('<action>', `one of ${ACTIONS.join(', ')} (upkeep: delete custom packages older than custom_max_age)`)
@@ -292,6 +295,6 @@ export function packagerCommand(output: Output, setExit: (code: number) => void)
     .option('--json', 'print the result as JSON')
     .addOption(new Option('-j, --jobs <n>', 'packages packed at once (default: twice the number of cores)'))
     .action(async (action: string, flags: PackagerFlags) => {
-      setExit(await runPackager(action, flags, output));
+      setExit(await runPackager(action, flags, { output, resources }));
     });
 }

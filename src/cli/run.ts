@@ -1,8 +1,15 @@
 import { Command, CommanderError } from 'commander';
-import { closeConnections } from '../connections.js';
+import { Resources } from '../resources.js';
 import { EXIT_USAGE, printError, processOutput, type Output } from './output.js';
 
-export type CommandFactory = (output: Output, setExit: (code: number) => void) => Command;
+/** Where a command prints, and what it keeps open for reuse until the run ends. */
+export interface Running {
+  output: Output;
+  resources: Resources;
+}
+
+/** A command of the program; what it opens for reuse goes in `resources`, closed when the run ends. */
+export type CommandFactory = (output: Output, setExit: (code: number) => void, resources: Resources) => Command;
 
 /**
  * Runs a command line made of `commands`: usage errors exit 2, failures print what, where
@@ -13,9 +20,10 @@ export async function runProgram(description: string, commands: CommandFactory[]
   const setExit = (code: number): void => {
     exitCode = code;
   };
+  const resources = new Resources();
   const program = new Command('autotest').description(description).exitOverride().showHelpAfterError();
   if (version !== undefined) program.version(`autotest ${version}`, '-V, --version', 'print "autotest VERSION"');
-  for (const command of commands) program.addCommand(command(processOutput, setExit).exitOverride());
+  for (const command of commands) program.addCommand(command(processOutput, setExit, resources).exitOverride());
   try {
     await program.parseAsync(argv);
   } catch (error) {
@@ -24,7 +32,7 @@ export async function runProgram(description: string, commands: CommandFactory[]
     }
     return printError(processOutput, error);
   } finally {
-    await closeConnections();
+    await resources.close();
   }
   return exitCode;
 }

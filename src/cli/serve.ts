@@ -4,6 +4,8 @@ import { describeLocation, loadConfig, type Config } from '../config/index.js';
 import { AutotestError, errnoCode, redactSecrets } from '../errors.js';
 import { buildServer } from '../server/index.js';
 import { EXIT_OK, type Output } from './output.js';
+import type { Resources } from '../resources.js';
+import type { Running } from './run.js';
 
 const SHUTDOWN_GRACE_MS = 60_000;
 
@@ -25,8 +27,8 @@ export function applyServeFlags(config: Config, flags: ServeFlags): Config {
  * downloads under way finish. The signal handlers are in place before the address is printed:
  * whoever waits for that line to stop the server must find them there.
  */
-export async function serveUntilStopped(config: Config, output: Output): Promise<number> {
-  const app: FastifyInstance = await buildServer({ config, logLevel: config.server.logLevel });
+export async function serveUntilStopped(config: Config, { output, resources }: Running): Promise<number> {
+  const app: FastifyInstance = await buildServer({ config, logLevel: config.server.logLevel, resources });
   let requestStop = (): void => undefined;
   const stopRequested = new Promise<void>((resolve) => {
     requestStop = resolve;
@@ -84,7 +86,7 @@ function listenError(error: unknown, config: Config): unknown {
   }
 }
 
-export function serveCommand(output: Output, setExit: (code: number) => void): Command {
+export function serveCommand(output: Output, setExit: (code: number) => void, resources: Resources): Command {
   return new Command('serve')
     .description('serve the repositories, custom uploads and the web frontend over HTTP')
     .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
@@ -93,6 +95,6 @@ export function serveCommand(output: Output, setExit: (code: number) => void): C
     .action(async (flags: ServeFlags) => {
       const config = applyServeFlags(await loadConfig({ file: flags.config }), flags);
       for (const warning of config.warnings) output.err(`warning: ${warning}`);
-      setExit(await serveUntilStopped(config, output));
+      setExit(await serveUntilStopped(config, { output, resources }));
     });
 }

@@ -6,9 +6,12 @@ import { chooseClientDir } from './packager.js';
 import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createProgress } from './progress.js';
 import { applyServeFlags, serveUntilStopped, type ServeFlags } from './serve.js';
+import type { Resources } from '../resources.js';
+import type { Running } from './run.js';
 
 /** The main job (`npm start`): publish the client tree to the configured repositories, say what is there, then serve it. */
-export async function runStart(flags: StartFlags, output: Output): Promise<number> {
+export async function runStart(flags: StartFlags, running: Running): Promise<number> {
+  const { output, resources } = running;
   const config = applyServeFlags(await loadConfig({ file: flags.config }), flags);
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   if (config.packages.uploadLocations.length === 0) {
@@ -25,6 +28,7 @@ export async function runStart(flags: StartFlags, output: Output): Promise<numbe
     compression: config.packages.compression,
     minimumFreeBytes: config.packages.minimumFreeSpaceBytes,
     onEvent: progress.onEvent,
+    resources,
   });
   progress.finish();
   for (const location of report.locations) {
@@ -35,11 +39,11 @@ export async function runStart(flags: StartFlags, output: Output): Promise<numbe
     output.out(`repository ${location.location}: ${location.published.length} published, ${location.unchanged.length} unchanged`);
   }
   for (const failed of report.failedPackages) output.err(`failed: ${failed.file}: ${failed.message}`);
-  for (const listed of await listLocations(config.packages.uploadLocations)) {
+  for (const listed of await listLocations(config.packages.uploadLocations, resources)) {
     for (const p of listed.packages) output.out(`  ${p.file.padEnd(40)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}`);
   }
   if (!report.ok) return EXIT_FAILED;
-  return flags.serve === false ? EXIT_OK : serveUntilStopped(config, output);
+  return flags.serve === false ? EXIT_OK : serveUntilStopped(config, running);
 }
 
 interface StartFlags extends ServeFlags {
@@ -48,7 +52,7 @@ interface StartFlags extends ServeFlags {
   serve?: boolean;
 }
 
-export function startCommand(output: Output, setExit: (code: number) => void): Command {
+export function startCommand(output: Output, setExit: (code: number) => void, resources: Resources): Command {
   return new Command('start')
     .description('the main job: publish the client tree to the configured repositories, then serve them and the frontend')
     .option('--config <path>', 'global_config.ini to read')
@@ -57,6 +61,6 @@ export function startCommand(output: Output, setExit: (code: number) => void): C
     .option('--port <port>', 'port to serve on (default: port in [SERVER], else 8080)')
     .option('--no-serve', 'publish, list and stop')
     .action(async (flags: StartFlags) => {
-      setExit(await runStart(flags, output));
+      setExit(await runStart(flags, { output, resources }));
     });
 }

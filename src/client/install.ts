@@ -5,6 +5,7 @@ import pLimit from 'p-limit';
 import { COMPRESSIONS, describeLocation, flattenFetchLocations, type FetchLocation, type FetchSettings } from '../config/index.js';
 import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { fsyncPath, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
+import type { Resources } from '../resources.js';
 import { PackageFetcher, openIndexTrust, readKeptIndex, type DownloadProgress } from '../fetch/index.js';
 import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType, type RepositoryIndex } from '../packages/index.js';
 import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
@@ -32,6 +33,8 @@ export interface InstallOptions {
   offline?: boolean;
   /** client_cache_size: the package cache is trimmed to this after each install; undefined or 0: unbounded. */
   cacheSizeBytes?: number;
+  /** The command's connections and hashing thread; by default the install's own, closed when it ends. */
+  resources?: Resources | undefined;
 }
 
 export interface InstallRecord {
@@ -142,8 +145,12 @@ export async function installPackages(type: PackageType, names: string[], option
   let records: InstallRecord[];
   if (options.offline === true) records = await installOffline(type, names, { ...options, cacheDir });
   else {
-    const fetcher = await PackageFetcher.create(options.locations, options.settings, cacheDir, options.onWarning);
-    records = await Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
+    const fetcher = await PackageFetcher.create(options.locations, options.settings, { stateDir: cacheDir, onWarning: options.onWarning, resources: options.resources });
+    try {
+      records = await Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
+    } finally {
+      await fetcher.close();
+    }
   }
   if (options.cacheSizeBytes !== undefined && options.cacheSizeBytes > 0) await trimCache(cacheDir, options.cacheSizeBytes);
   return records;

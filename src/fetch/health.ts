@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from '../fs/atomic.js';
+import { systemClock } from './clock.js';
 
 interface Standing {
   failures: number;
@@ -18,10 +19,11 @@ interface Standing {
 export class RepositoryHealth {
   private readonly standings = new Map<string, Standing>();
 
-  private constructor(private readonly cooldownMs: number, private readonly file: string | undefined) {}
+  private constructor(private readonly cooldownMs: number, private readonly file: string | undefined, private readonly now: () => number) {}
 
-  static async open(cooldownMs: number, cacheDir: string | undefined): Promise<RepositoryHealth> {
-    const health = new RepositoryHealth(cooldownMs, cacheDir === undefined ? undefined : path.join(cacheDir, 'repository-health.json'));
+  /** `now` gives epoch ms: the cool-downs kept in the file are shared with other processes. */
+  static async open(cooldownMs: number, cacheDir: string | undefined, now: () => number = systemClock.now): Promise<RepositoryHealth> {
+    const health = new RepositoryHealth(cooldownMs, cacheDir === undefined ? undefined : path.join(cacheDir, 'repository-health.json'), now);
     if (health.file) {
       try {
         const data: unknown = JSON.parse(await readFile(health.file, 'utf8'));
@@ -41,7 +43,8 @@ export class RepositoryHealth {
   }
 
   /** Milliseconds the repository is still skipped for; 0 when it may be tried. */
-  coolingDown(name: string, now = Date.now()): number {
+  coolingDown(name: string): number {
+    const now = this.now();
     const standing = this.standings.get(name);
     return standing && standing.until > now ? standing.until - now : 0;
   }
@@ -52,7 +55,7 @@ export class RepositoryHealth {
 
   async failed(name: string, reason: string): Promise<void> {
     const failures = (this.standings.get(name)?.failures ?? 0) + 1;
-    this.standings.set(name, { failures, until: Date.now() + this.cooldownMs, reason });
+    this.standings.set(name, { failures, until: this.now() + this.cooldownMs, reason });
     await this.save();
   }
 

@@ -1,4 +1,4 @@
-export { PackageFetcher, type DownloadProgress, type FetchedPackage } from './fetch.js';
+export { PackageFetcher, type DownloadProgress, type FetchedPackage, type FetcherOptions } from './fetch.js';
 export { AllRepositoriesFailed, FetchFailure } from './errors.js';
 export { RepositoryHealth } from './health.js';
 export { orderForPackage, rankMembers, rendezvousScore } from './rendezvous.js';

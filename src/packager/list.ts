@@ -3,6 +3,7 @@ import { describeLocation } from '../config/index.js';
 import { parseFileName } from '../packages/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import { toFailure } from './failure.js';
+import { withResources, type Resources } from '../resources.js';
 
 export interface ListedPackage {
   file: string;
@@ -21,10 +22,15 @@ export interface ListReport {
 }
 
 /** `packager list`: what each location's index holds. */
-export async function listLocations(locations: Location[]): Promise<ListReport[]> {
+/** `resources`: the command's connections; by default the listing's own, closed when it ends. */
+export async function listLocations(locations: Location[], resources?: Resources): Promise<ListReport[]> {
+  return withResources(resources, (owned) => listWith(locations, owned));
+}
+
+function listWith(locations: Location[], resources: Resources): Promise<ListReport[]> {
   return Promise.all(locations.map(async (location) => {
     try {
-      const index = await createUploadTarget(location).readIndex();
+      const index = await createUploadTarget(location, { resources }).readIndex();
       const packages = [...index.values()].map((entry) => {
         const parsed = parseFileName(entry.file);
         return {

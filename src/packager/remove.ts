@@ -4,20 +4,34 @@ import { createUploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
 import { emptyLocationReport, type EventSink, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
+import { withResources, type Resources } from '../resources.js';
 
 /**
  * `packager remove`: each file leaves the index first, then the folder, under the lock, so
  * no reader ever sees an entry without its file. A file a location does not hold is
  * reported as missing there, not as an error: the location is already as asked.
  */
-export async function removePackages(options: { files: string[]; locations: Location[]; onEvent?: EventSink; signing?: IndexSigning | undefined }): Promise<OperationReport> {
+export interface RemoveOptions {
+  files: string[];
+  locations: Location[];
+  onEvent?: EventSink;
+  signing?: IndexSigning | undefined;
+  /** The command's connections; by default the removal's own, closed when it ends. */
+  resources?: Resources | undefined;
+}
+
+export function removePackages(options: RemoveOptions): Promise<OperationReport> {
+  return withResources(options.resources, (resources) => removeWith({ ...options, resources }));
+}
+
+async function removeWith(options: RemoveOptions & { resources: Resources }): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
   const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
   await Promise.all(options.locations.map(async (location) => {
     const locationReport = emptyLocationReport(describeLocation(location));
     report.locations.push(locationReport);
     try {
-      const target = createUploadTarget(location, { signing: options.signing });
+      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
       const index = await target.readIndex();
       const present: string[] = [];
       for (const file of options.files) {

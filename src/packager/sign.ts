@@ -3,6 +3,7 @@ import { describeLocation } from '../config/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
 import { toFailure } from './failure.js';
+import { withResources, type Resources } from '../resources.js';
 
 export interface SignReport {
   location: string;
@@ -16,10 +17,15 @@ export interface SignReport {
  * expiry), signed: after a key rotation, or to renew index_valid_days. One failing location
  * does not stop the rest.
  */
-export function signLocations(locations: Location[], signing: IndexSigning): Promise<SignReport[]> {
+/** `resources`: the command's connections; by default the signing's own, closed when it ends. */
+export function signLocations(locations: Location[], signing: IndexSigning, resources?: Resources): Promise<SignReport[]> {
+  return withResources(resources, (owned) => signWith(locations, signing, owned));
+}
+
+function signWith(locations: Location[], signing: IndexSigning, resources: Resources): Promise<SignReport[]> {
   return Promise.all(locations.map(async (location) => {
     try {
-      return { location: describeLocation(location), serial: await createUploadTarget(location, { signing }).sign(), error: undefined };
+      return { location: describeLocation(location), serial: await createUploadTarget(location, { signing, resources }).sign(), error: undefined };
     } catch (error) {
       return { location: describeLocation(location), serial: undefined, error: toFailure(error) };
     }

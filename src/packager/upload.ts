@@ -16,6 +16,7 @@ import { packageEntries, selectSources, type PackageSource, type Selection } fro
 import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
+import { withResources, type Resources } from '../resources.js';
 
 export interface UploadOptions {
   clientDir: string;
@@ -30,6 +31,8 @@ export interface UploadOptions {
   cacheDir?: string;
   /** signing_key: every index written is signed. */
   signing?: IndexSigning | undefined;
+  /** The command's connections; by default the upload's own, closed when it ends. */
+  resources?: Resources | undefined;
 }
 
 interface LiveTarget {
@@ -126,7 +129,11 @@ async function currentDigest(source: PackageSource, walked: Walked | undefined, 
  * with its index. A location that refuses is reported and the others go on; a package that
  * cannot be packed is reported and the others go on. Nothing is ever half-published.
  */
-export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
+export function uploadPackages(options: UploadOptions): Promise<OperationReport> {
+  return withResources(options.resources, (resources) => uploadWith({ ...options, resources }));
+}
+
+async function uploadWith(options: UploadOptions & { resources: Resources }): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
   // One package per core, each compressed on one thread (see threadsFor): the tar stream is
   // built on the main thread at many times the compressor's speed, so the cores stay busy.
@@ -141,7 +148,7 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
     const locationReport = emptyLocationReport(describeLocation(location));
     report.locations.push(locationReport);
     try {
-      const target = createUploadTarget(location, { signing: options.signing });
+      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
       const { created } = await target.prepare({ minimumFreeBytes: options.minimumFreeBytes, neededBytes: 0 });
       locationReport.created = created;
       await target.cleanTemps();

@@ -8,6 +8,7 @@ import { isAutotestError } from '../errors.js';
 import { selectSources, type Selection } from './client-tree.js';
 import { toFailure } from './failure.js';
 import { uploadPackages } from './upload.js';
+import { withResources, type Resources } from '../resources.js';
 
 /** 'index': a line or entry of the index that could not be read (left out until --repair rewrites it). */
 export type ProblemKind = 'missing' | 'mismatch' | 'unindexed' | 'leftover-temp' | 'index' | 'signature';
@@ -41,6 +42,8 @@ export interface VerifyOptions {
    * none: signatures are not checked.
    */
   verifyKeys?: readonly Buffer[] | undefined;
+  /** The command's connections; by default the verification's own, closed when it ends. */
+  resources?: Resources | undefined;
 }
 
 const INDEX_FILES = new Set([CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE, LOCK_NAME]);
@@ -57,8 +60,8 @@ async function signatureProblem(target: UploadTarget, keys: readonly Buffer[], n
   return undefined;
 }
 
-async function inspect(location: Location, options: Pick<VerifyOptions, 'signing' | 'verifyKeys'> = {}): Promise<VerifyLocationReport> {
-  const target = createUploadTarget(location, { signing: options.signing });
+async function inspect(location: Location, options: Pick<VerifyOptions, 'signing' | 'verifyKeys'> & { resources: Resources }): Promise<VerifyLocationReport> {
+  const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
   const report: VerifyLocationReport = { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: undefined };
   const index = await target.readIndex();
   report.entries = index.size;
@@ -132,7 +135,11 @@ function selectionFor(files: string[]): Selection {
  * produce. An unindexed file the tree cannot produce is left in place and reported: repair
  * never deletes what it cannot vouch for nor indexes what it cannot check.
  */
-export async function verifyLocations(options: VerifyOptions): Promise<VerifyLocationReport[]> {
+export function verifyLocations(options: VerifyOptions): Promise<VerifyLocationReport[]> {
+  return withResources(options.resources, (resources) => verifyWith({ ...options, resources }));
+}
+
+async function verifyWith(options: VerifyOptions & { resources: Resources }): Promise<VerifyLocationReport[]> {
   return Promise.all(options.locations.map(async (location) => {
     let report: VerifyLocationReport;
     try {
@@ -142,7 +149,7 @@ export async function verifyLocations(options: VerifyOptions): Promise<VerifyLoc
     }
     if (!options.repair || report.problems.length === 0) return report;
     try {
-      const target = createUploadTarget(location, { signing: options.signing });
+      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
       report.repaired.push(...await target.cleanTemps());
       const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
       // purge rewrites the index under its lock, which also drops the lines it could not read.
@@ -154,7 +161,7 @@ export async function verifyLocations(options: VerifyOptions): Promise<VerifyLoc
         if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
           const upload = await uploadPackages({
             clientDir: options.clientDir, selection, locations: [location], compression: options.compression,
-            minimumFreeBytes: options.minimumFreeBytes, signing: options.signing, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
+            minimumFreeBytes: options.minimumFreeBytes, signing: options.signing, resources: options.resources, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
           });
           report.repaired.push(...(upload.locations[0]?.published ?? []));
           const failed = upload.locations[0]?.error ?? upload.failedPackages[0];

@@ -9,6 +9,10 @@ import { sshRepository } from './ssh/read.js';
 import { createSshTarget } from './ssh/write.js';
 import type { TargetOptions } from './store.js';
 import type { FetchRepository, UploadTarget } from './types.js';
+import type { Resources } from '../resources.js';
+import { sshHost } from '../ssh/session.js';
+import { HTTP_AGENTS } from './http/agents.js';
+import { S3_SIGNERS } from './s3/sign.js';
 
 /**
  * One folder per repository scheme (local, ssh, http, s3, git): SCHEME/read.ts is how clients
@@ -19,21 +23,20 @@ import type { FetchRepository, UploadTarget } from './types.js';
 export { readLocalIndex, createLocalTarget } from './local/write.js';
 export { fetchFromLocal } from './local/copy.js';
 export { readIndexBody } from './read-index.js';
-export { closeHttpConnections } from './http/agents.js';
 export { matchesEntry } from '../packages/index.js';
 export { withIndexLock, LOCK_NAME } from './lock.js';
 export type { UploadTarget, StagedFile, IndexChange, FetchRepository, Opened, Revalidated } from './types.js';
 export type { TargetOptions } from './store.js';
 
-/** The read side of a location: how clients fetch from it. */
-export function fetchRepositoryFor(location: Location, settings: FetchSettings): FetchRepository {
+/** The read side of a location: how clients fetch from it, over the connections `resources` keep. */
+export function fetchRepositoryFor(location: Location, settings: FetchSettings, resources: Resources): FetchRepository {
   switch (location.kind) {
     case 's3':
-      return s3Repository(location, settings);
+      return s3Repository(location, settings, { agents: resources.get(HTTP_AGENTS), signers: resources.get(S3_SIGNERS) });
     case 'http':
-      return httpRepository(location, settings);
+      return httpRepository(location, settings, resources.get(HTTP_AGENTS));
     case 'ssh':
-      return sshRepository(location, settings);
+      return sshRepository(location, settings, sshHost(location, resources));
     case 'local':
       return localRepository(location);
     case 'git':
@@ -41,8 +44,11 @@ export function fetchRepositoryFor(location: Location, settings: FetchSettings):
   }
 }
 
-/** The upload target for a location, or an error naming a scheme this version cannot write to. */
-export function createUploadTarget(location: Location, options: TargetOptions = {}): UploadTarget {
+/**
+ * The upload target for a location, or an error naming a scheme this version cannot write to.
+ * An ssh or s3 target keeps its connections in `options.resources`.
+ */
+export function createUploadTarget(location: Location, options: TargetOptions & { resources: Resources }): UploadTarget {
   if (location.kind === 'local') return createLocalTarget(location, options);
   if (location.kind === 'ssh') return createSshTarget(location, options);
   if (location.kind === 's3') return lazyTarget(location, () => import('./s3/write.js').then((module) => module.createS3Target(location, options)));

@@ -1,3 +1,4 @@
+import type { Resources } from '../resources.js';
 import type { Location } from '../config/index.js';
 import { errnoCode, isAutotestError } from '../errors.js';
 import { isTempName } from '../fs/atomic.js';
@@ -103,6 +104,8 @@ async function writeStoreIndex(store: RepositoryStore, written: { index: Reposit
 export interface TargetOptions {
   /** signing_key: every manifest written is signed (packages.json.sig). */
   signing?: IndexSigning | undefined;
+  /** Where ssh and s3 targets keep their connections: those of the command or server (createUploadTarget requires it). */
+  resources?: Resources;
 }
 
 /** An upload target that keeps the index rules on whatever store it is given. */

@@ -5,7 +5,6 @@ import { pino, type DestinationStream } from 'pino';
 import { describeLocation, flattenFetchLocations, type Config, type Location } from '../config/index.js';
 import { isAutotestError, redactSecrets } from '../errors.js';
 import { replyError } from './error-answer.js';
-import { closeHttpConnections } from '../repositories/index.js';
 import { MAX_FILE_NAME_LENGTH } from '../packages/index.js';
 import { cacheDir } from '../packager/index.js';
 import { loadIndexSigning } from '../signing/index.js';
@@ -14,6 +13,8 @@ import { createMetrics, type ServerMetrics } from './metrics.js';
 import type { CacheFront } from './cache.js';
 import { createRepositoryHandler, type RepositoryHandler, type ServedRepository } from './repository-handler.js';
 import { registerUploads } from './uploads.js';
+import { Resources } from '../resources.js';
+import { STREAM_BUFFERS } from './stream-buffers.js';
 
 export interface ServerOptions {
   config: Config;
@@ -22,6 +23,11 @@ export interface ServerOptions {
   /** Where logs go: stdout by default. */
   logStream?: NodeJS.WritableStream;
   cacheDir?: string;
+  /**
+   * Connections, stream buffers and the like, shared with whatever else is given the same
+   * object; by default the server's own, closed when it closes.
+   */
+  resources?: Resources;
 }
 
 /**
@@ -132,6 +138,7 @@ function addErrorHandler(app: FastifyInstance): void {
 
 export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
   const { packages, server } = options.config;
+  const resources = options.resources ?? new Resources();
   const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
   // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
   const files: { handler?: RepositoryHandler } = {};
@@ -153,11 +160,11 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     const [{ createCacheFront }, { openCacheStore }] = await Promise.all([import('./cache.js'), import('./cache-store.js')]);
     front ??= createCacheFront({
       store: await openCacheStore({ dir: server.cache.dir, sizeBytes: server.cache.sizeBytes, metrics: metrics.cache, log: app.log }),
-      settings: packages.fetch, metrics: metrics.cache, log: app.log,
+      settings: packages.fetch, metrics: metrics.cache, log: app.log, resources,
     });
     repositories.push({ name, location, cached: front.repository(name, location.upstreams, server.cache.indexMaxAgeMs) });
   }
-  const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log);
+  const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log, resources.get(STREAM_BUFFERS));
   files.handler = repositoryHandler;
   app.addHook('preClose', (done) => {
     repositoryHandler.closing();
@@ -166,9 +173,12 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   app.addHook('onClose', (_instance, done) => {
     repositoryHandler.close();
     front?.close();
-    closeHttpConnections();
     logDestination?.flushSync();
-    done();
+    if (options.resources) {
+      done();
+      return;
+    }
+    resources.close().then(() => { done(); }, (error: unknown) => { done(error instanceof Error ? error : new Error(String(error))); });
   });
   registerUploads(app, {
     token: server.uploadToken, maxUploadBytes: server.maxUploadBytes, stagingDir: packages.customDownloadLocation,
@@ -178,12 +188,14 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // The server signs what it publishes with the signing_key of its own config.
     signing: await loadIndexSigning(packages),
     published: (locations) => { invalidateCachedViews(repositories, locations); },
+    resources,
   }, metrics);
   registerFrontend(app, {
     repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
     compression: packages.compression, minimumFreeBytes: packages.minimumFreeSpaceBytes,
     uploadsEnabled: server.uploadToken !== undefined, token: server.uploadToken,
     traffic: front && (() => front.traffic()),
+    resources,
   });
   app.get('/healthz', () => ({ status: 'ok' }));
   app.get('/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));

@@ -15,6 +15,7 @@ import type { CacheStore } from './cache-store.js';
 import { isFresh } from './conditional.js';
 import { answerError } from './error-answer.js';
 import type { CacheMetrics } from './metrics.js';
+import type { Resources } from '../resources.js';
 
 /**
  * The index files a front passes through as the upstream has them (byte for byte, so that a
@@ -82,6 +83,8 @@ export interface CacheFrontOptions {
   settings: FetchSettings;
   metrics: CacheMetrics;
   log: FastifyBaseLogger;
+  /** The server's connections to the upstreams. */
+  resources: Resources;
 }
 
 type Counts = Pick<CacheStats, 'hits' | 'misses' | 'coalesced' | 'passedThrough'>;
@@ -626,7 +629,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const others = new Map<string, Promise<RepositoryIndex | undefined>>();
     /** Upstreams whose copy of a key failed verification since the index was read: asked last for it. */
     const passedOver = new Map<string, Set<string>>();
-    const repositoryOf = (location: Location): FetchRepository => fetchRepositoryFor(location, settings);
+    const repositoryOf = (location: Location): FetchRepository => fetchRepositoryFor(location, settings, options.resources);
 
     /**
      * The index files of `location`; those of `previous` (read from it before) revalidated with

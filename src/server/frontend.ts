@@ -3,6 +3,7 @@ import type { Compression, Location } from '../config/index.js';
 import { parseFileName, type IndexEntry } from '../packages/index.js';
 import { verifyLocations, type VerifyLocationReport } from '../packager/index.js';
 import { createUploadTarget } from '../repositories/index.js';
+import type { Resources } from '../resources.js';
 import { hasToken } from './auth.js';
 import { escapeHtml } from './html.js';
 import type { CacheStats, TrafficSample } from './cache.js';
@@ -31,6 +32,8 @@ export interface FrontendSettings {
   token: string | undefined;
   /** The caching front's bytes served and fetched upstream over the last hour, when there is one. */
   traffic: (() => Promise<TrafficSample[]>) | undefined;
+  /** The server's connections, for ssh and s3 locations. */
+  resources: Resources;
 }
 
 export interface ListedRepository {
@@ -41,9 +44,9 @@ export interface ListedRepository {
   cache?: CacheStats;
 }
 
-async function listRepositories(repositories: ServedRepository[]): Promise<ListedRepository[]> {
+async function listRepositories(repositories: ServedRepository[], resources: Resources): Promise<ListedRepository[]> {
   return Promise.all(repositories.map(async (repository) => {
-    const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location).readIndex();
+    const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location, { resources }).readIndex();
     const packages = [...index.values()].map((entry: IndexEntry) => {
       const parsed = parseFileName(entry.file);
       return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };
@@ -251,7 +254,7 @@ export function registerFrontend(app: FastifyInstance, settings: FrontendSetting
     startedAt = performance.now();
     running ??= verifyLocations({
       locations: settings.checkedLocations, repair: false, clientDir: undefined,
-      compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes,
+      compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes, resources: settings.resources,
     }).then((locations) => {
       last = { checkedAt: new Date().toISOString(), locations };
       return last;
@@ -268,10 +271,10 @@ export function registerFrontend(app: FastifyInstance, settings: FrontendSetting
     return Promise.resolve(last);
   };
   app.get('/', async (_request, reply) => {
-    const [repositories, traffic] = await Promise.all([listRepositories(settings.repositories), settings.traffic?.()]);
+    const [repositories, traffic] = await Promise.all([listRepositories(settings.repositories, settings.resources), settings.traffic?.()]);
     return reply.type('text/html; charset=utf-8').send(packagesPage(repositories, settings.uploadsEnabled, traffic));
   });
-  app.get('/api/packages', async () => listRepositories(settings.repositories));
+  app.get('/api/packages', async () => listRepositories(settings.repositories, settings.resources));
   app.get('/consistency', async (request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await consistency(request))));
   app.get('/api/consistency', async (request) => consistency(request));
   app.get('/favicon.ico', async (_request, reply) => reply.code(204).send());

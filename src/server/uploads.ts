@@ -8,6 +8,7 @@ import type { Compression, Location } from '../config/index.js';
 import { AutotestError, errnoCode, httpStatusOf, isAutotestError } from '../errors.js';
 import { checkFileName, DigestStream, extractTarball, parseFileName, type Digests } from '../packages/index.js';
 import type { IndexSigning } from '../signing/index.js';
+import type { Resources } from '../resources.js';
 import { BUNDLED_CLIENT_DIR, removePackages, uploadPackages, type OperationReport } from '../packager/index.js';
 import { checkToken } from './auth.js';
 import { errorBody, replyError } from './error-answer.js';
@@ -34,6 +35,8 @@ export interface UploadSettings {
   signing: IndexSigning | undefined;
   /** Told after every publish or delete was tried (whatever its outcome): a cached view of these locations is out of date. */
   published: (locations: Location[]) => void;
+  /** The server's connections, for ssh and s3 locations. */
+  resources: Resources;
 }
 
 const HEX = /^[0-9a-f]+$/;
@@ -109,7 +112,7 @@ async function publishUpload(staged: string, settings: UploadSettings): Promise<
     clientDir: BUNDLED_CLIENT_DIR,
     selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
     locations: settings.locations, compression: settings.compression,
-    minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing,
+    minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing, resources: settings.resources,
   }).finally(() => { settings.published(settings.locations); });
 }
 
@@ -290,7 +293,7 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     if (!checkToken(settings.token, request, reply)) return reply;
     try {
       const file = checkFileName(request.params.file);
-      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing })
+      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing, resources: settings.resources })
         .finally(() => { settings.published(settings.locations); });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {

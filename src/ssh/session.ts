@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { AutotestError, describeError } from '../errors.js';
 import { openControlDir, type ControlSetup } from './control.js';
 import { shellCommand } from './quote.js';
-import { closeWhenDone } from '../connections.js';
+import type { ResourceKind, Resources } from '../resources.js';
 
 export interface SshEndpoint {
   user: string | undefined;
@@ -32,23 +32,13 @@ export interface RunOptions {
 const STDOUT_LIMIT = 64 * 1024 * 1024;
 const STDERR_LIMIT = 8192;
 
-let control: ControlSetup | undefined;
-const open = new Map<string, SshHost>();
-
-/** Where this process keeps its ControlMaster sockets, chosen at the first command. */
-function controlSetup(env: NodeJS.ProcessEnv): ControlSetup {
-  control ??= openControlDir(env);
-  return control;
-}
-
 /**
  * What ssh is told on every call: keyless and never prompting, one master connection per host.
  * The master outlives the run (ControlPersist), so the next run on the host skips the TCP and
  * key exchange (about 0.3 s) that reusing it saves; %C (a hash of the local host, destination,
  * port and user) keeps the socket path short and the same from one run to the next.
  */
-function commonOptions(env: NodeJS.ProcessEnv): string[] {
-  const setup = controlSetup(env);
+function commonOptions(env: NodeJS.ProcessEnv, setup: ControlSetup): string[] {
   const options: string[] = [];
   // Tests and labs with their own ssh_config point here; otherwise ssh reads ~/.ssh/config itself.
   if (env.AUTOTEST_SSH_CONFIG) options.push('-F', env.AUTOTEST_SSH_CONFIG);
@@ -162,13 +152,14 @@ export class SshHost {
   readonly name: string;
   private connecting: Promise<void> | undefined;
 
-  constructor(readonly endpoint: SshEndpoint, private readonly env: NodeJS.ProcessEnv = process.env) {
+  /** `control` says where the master sockets are: those of the SshMasters that made this host. */
+  constructor(readonly endpoint: SshEndpoint, private readonly control: (env: NodeJS.ProcessEnv) => ControlSetup, private readonly env: NodeJS.ProcessEnv = process.env) {
     this.name = describeEndpoint(endpoint);
   }
 
   /** ssh's own arguments up to and including the destination. */
   private sshArgs(): string[] {
-    return [...commonOptions(this.env), ...destination(this.endpoint)];
+    return [...commonOptions(this.env, this.control(this.env)), ...destination(this.endpoint)];
   }
 
   /** Opens the master connection once, so parallel commands all share it. */
@@ -317,39 +308,57 @@ export function sshFailure(name: string, argv: readonly string[], result: { code
   });
 }
 
-/** The shared SshHost for an endpoint, so one run keeps one connection per host. */
-export function sshHost(endpoint: SshEndpoint): SshHost {
-  const key = `${endpoint.user ?? ''}@${endpoint.host}:${endpoint.port?.toString() ?? ''}`;
-  let host = open.get(key);
-  if (!host) {
-    host = new SshHost(endpoint);
-    open.set(key, host);
-  }
-  return host;
-}
-
 /**
- * Ends this process's use of its SSH hosts. Masters in the per-user folder stay for the next
- * run and expire on their own after ControlPersist idle seconds (or die with their server);
- * those of a per-run folder (AUTOTEST_SSH_CONTROL_PERSIST=0) are closed and the folder removed.
+ * The SSH hosts of one owner (a command, a server), one per endpoint, so one run keeps one
+ * master connection per host; the socket folder is chosen at the first command.
  */
-export async function closeSshConnections(): Promise<void> {
-  const hosts = [...open.values()];
-  open.clear();
-  const setup = control;
-  control = undefined;
-  if (!setup?.perRun) return;
-  const dir = setup.dir;
-  await Promise.all(hosts.map((host) => new Promise<void>((resolve) => {
-    const child = spawn('ssh', [...commonOptionsFor(dir), '-O', 'exit', ...destination(host.endpoint)], { stdio: 'ignore' });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    child.on('error', () => { clearTimeout(timer); resolve(); });
-    child.on('close', () => { clearTimeout(timer); resolve(); });
-  })));
-  rmSync(dir, { recursive: true, force: true });
+export class SshMasters {
+  private control: ControlSetup | undefined;
+  private readonly open = new Map<string, SshHost>();
+
+  /** The shared SshHost for an endpoint. */
+  host(endpoint: SshEndpoint): SshHost {
+    const key = `${endpoint.user ?? ''}@${endpoint.host}:${endpoint.port?.toString() ?? ''}`;
+    let host = this.open.get(key);
+    if (!host) {
+      host = new SshHost(endpoint, (env) => (this.control ??= openControlDir(env)));
+      this.open.set(key, host);
+    }
+    return host;
+  }
+
+  /**
+   * Ends the use of these hosts. Masters in the per-user folder stay for the next run and
+   * expire on their own after ControlPersist idle seconds (or die with their server); those
+   * of a per-run folder (AUTOTEST_SSH_CONTROL_PERSIST=0) are closed and the folder removed.
+   */
+  async close(): Promise<void> {
+    const hosts = [...this.open.values()];
+    this.open.clear();
+    const setup = this.control;
+    this.control = undefined;
+    if (!setup?.perRun) return;
+    const dir = setup.dir;
+    await Promise.all(hosts.map((host) => new Promise<void>((resolve) => {
+      const child = spawn('ssh', [...commonOptionsFor(dir), '-O', 'exit', ...destination(host.endpoint)], { stdio: 'ignore' });
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      child.on('error', () => { clearTimeout(timer); resolve(); });
+      child.on('close', () => { clearTimeout(timer); resolve(); });
+    })));
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
-closeWhenDone(closeSshConnections);
+export const SSH_MASTERS: ResourceKind<SshMasters> = {
+  name: 'SSH master connections',
+  create: () => new SshMasters(),
+  close: (masters) => masters.close(),
+};
+
+/** The SshHost `resources` keep for an endpoint. */
+export function sshHost(endpoint: SshEndpoint, resources: Resources): SshHost {
+  return resources.get(SSH_MASTERS).host(endpoint);
+}
 
 function commonOptionsFor(dir: string): string[] {
   const options: string[] = [];

@@ -5,7 +5,7 @@ import { describeLocation } from '../../config/index.js';
 import { classifyNetworkError, FetchFailure } from '../../fetch/errors.js';
 import { notFound, readIndexThrough } from '../read-index.js';
 import type { FetchRepository, Opened, Revalidated } from '../types.js';
-import { agentFor } from './agents.js';
+import type { HttpAgents } from './agents.js';
 
 /** A GET answered 200 or 304 (asked with If-None-Match) as what readIfChanged gives. */
 export function revalidated(response: IncomingMessage): Revalidated {
@@ -48,16 +48,26 @@ export async function errorBody(response: IncomingMessage): Promise<string> {
   return body;
 }
 
+/** How httpGet asks, and whom: the file's name for messages, the agents its connections come from. */
+export interface HttpGetOptions {
+  headers: Record<string, string>;
+  what: string;
+  settings: FetchSettings;
+  refusal: RefusedAnswer;
+  agents: HttpAgents;
+}
+
 /**
  * One GET with a connect timeout, a stall timeout and, for a body, an overall deadline; the
  * response when it is 200 or 206, else the FetchFailure `refusal` makes of it.
  */
-export function httpGet(url: URL, offset: number, extraHeaders: Record<string, string>, what: string, settings: FetchSettings, refusal: RefusedAnswer): Promise<IncomingMessage> {
+export function httpGet(url: URL, offset: number, options: HttpGetOptions): Promise<IncomingMessage> {
+  const { what, settings, refusal } = options;
   return new Promise((resolve, reject) => {
     const client = url.protocol === 'https:' ? https : http;
-    const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity', ...extraHeaders };
+    const headers: Record<string, string> = { 'user-agent': 'autotest-client', 'accept-encoding': 'identity', ...options.headers };
     if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
-    const request = client.get(url, { headers, agent: agentFor(url, settings.tls) });
+    const request = client.get(url, { headers, agent: options.agents.agentFor(url, settings.tls) });
     const connectTimer = setTimeout(() => {
       request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true, timedOut: true }));
     }, settings.connectTimeoutMs);
@@ -114,11 +124,11 @@ const httpsRefusal: RefusedAnswer = (status, body, what) => {
   return new FetchFailure(failure.message, { transient: false, down: false, hint: 'if the server verifies client certificates, set fetch_client_cert and fetch_client_key ([PACKAGES])' });
 };
 
-export function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings): FetchRepository {
+export function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings, agents: HttpAgents): FetchRepository {
   const name = describeLocation(location);
   const refusal = location.url.startsWith('https:') ? httpsRefusal : httpRefusal;
   const get = (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> =>
-    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, conditions, `${name}/${file}`, { ...settings, timeoutMs }, refusal);
+    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, { headers: conditions, what: `${name}/${file}`, settings: { ...settings, timeoutMs }, refusal, agents });
   return {
     name,
     readIndex: (trust) => readIndexThrough(name, (file) => get(file, 0), trust),

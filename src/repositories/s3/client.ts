@@ -3,7 +3,7 @@ import https from 'node:https';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { S3Location, S3Settings } from '../../config/index.js';
 import { errnoCode } from '../../errors.js';
-import { closeWhenDone } from '../../connections.js';
+import type { ResourceKind, Resources } from '../../resources.js';
 
 // The SDK warns on every process start that its releases after January 2027 want Node.js 22;
 // that line would land in every command's output. The switch is the SDK's own.
@@ -20,21 +20,30 @@ export function loadS3Sdk(): Promise<typeof import('@aws-sdk/client-s3')> {
 }
 
 let sdk: Promise<typeof import('@aws-sdk/client-s3')> | undefined;
-const clients = new Map<string, S3Client>();
-const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 
 /**
- * One client per settings, for the packager and the uploads (fetches are signed GETs, see
- * sign.ts): the SDK retries throttling and 5xx answers. Credentials come from the SDK's
- * default chain only.
+ * The S3 clients of one owner (a command, a server), one per settings, for the packager and
+ * the uploads (fetches are signed GETs, see sign.ts): the SDK retries throttling and 5xx
+ * answers. Credentials come from the SDK's default chain only.
  */
-export async function s3Client(settings: S3Settings): Promise<S3Client> {
-  const key = JSON.stringify(settings);
-  let client = clients.get(key);
-  if (!client) {
+export class S3Clients {
+  private readonly clients = new Map<string, Promise<S3Client>>();
+  private readonly agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+
+  clientFor(settings: S3Settings): Promise<S3Client> {
+    const key = JSON.stringify(settings);
+    let client = this.clients.get(key);
+    if (!client) {
+      client = this.create(settings);
+      this.clients.set(key, client);
+    }
+    return client;
+  }
+
+  private async create(settings: S3Settings): Promise<S3Client> {
     const { S3Client } = await loadS3Sdk();
     const mode = settings.checksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
-    client = new S3Client({
+    return new S3Client({
       ...(settings.endpoint === undefined ? {} : { endpoint: settings.endpoint }),
       ...(settings.profile === undefined ? {} : { profile: settings.profile }),
       region: settings.region,
@@ -47,23 +56,34 @@ export async function s3Client(settings: S3Settings): Promise<S3Client> {
       // The SDK builds its Node.js handler from these options.
       requestHandler: {
         connectionTimeout: 10_000, socketTimeout: 120_000,
-        httpAgent: agents.http, httpsAgent: agents.https,
+        httpAgent: this.agents.http, httpsAgent: this.agents.https,
       },
     });
-    clients.set(key, client);
   }
-  return client;
+
+  /** Closes kept-alive S3 connections so a command ends when its work is done. */
+  async close(): Promise<void> {
+    const clients = [...this.clients.values()];
+    this.clients.clear();
+    for (const client of await Promise.allSettled(clients)) {
+      if (client.status === 'fulfilled') client.value.destroy();
+    }
+    this.agents.http.destroy();
+    this.agents.https.destroy();
+  }
 }
 
-/** Closes kept-alive S3 connections so a command ends when its work is done. */
-export function closeS3Connections(): void {
-  for (const client of clients.values()) client.destroy();
-  clients.clear();
-  agents.http.destroy();
-  agents.https.destroy();
-}
+export const S3_CLIENTS: ResourceKind<S3Clients> = {
+  name: 'S3 clients',
+  create: () => new S3Clients(),
+  close: (clients) => clients.close(),
+};
 
-closeWhenDone(closeS3Connections);
+/** The S3 client `resources` keep for `settings` (an upload target's resources: see TargetOptions). */
+export function s3Client(settings: S3Settings, resources: Resources | undefined): Promise<S3Client> {
+  if (!resources) throw new Error('an S3 client asked for without the resources of a command or server');
+  return resources.get(S3_CLIENTS).clientFor(settings);
+}
 
 /** The object key of a repository file. */
 export function s3Key(location: S3Location, file: string): string {

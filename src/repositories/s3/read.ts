@@ -6,7 +6,8 @@ import { httpGet, openedFrom, revalidated, type RefusedAnswer } from '../http/re
 import { readIndexThrough } from '../read-index.js';
 import type { FetchRepository } from '../types.js';
 import { s3AnswerProblem, s3Problem } from './client.js';
-import { signGet } from './sign.js';
+import type { HttpAgents } from '../http/agents.js';
+import { signGet, type S3Signers } from './sign.js';
 
 /**
  * An S3 error answer as a FetchFailure: the code of its XML document (NoSuchKey, NoSuchBucket,
@@ -32,19 +33,19 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
  * An S3 prefix read with signed GETs (SigV4, the SDK's signer and credential chain) over the
  * same HTTP code as the other repositories: keep-alive, timeouts, Range from the resume point.
  */
-export function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings): FetchRepository {
+export function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings, parts: { agents: HttpAgents; signers: S3Signers }): FetchRepository {
   const name = describeLocation(location);
   const get = async (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> => {
     const what = `${name}/${file}`;
     let signed;
     try {
-      signed = await signGet(location, file);
+      signed = await signGet(location, file, parts.signers);
     } catch (error) {
       // No credentials found: a setting to fix, not a server to wait for.
       throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: false, cause: error });
     }
     // If-None-Match is not among the signed headers: S3 takes it unsigned.
-    return httpGet(signed.url, offset, { ...signed.headers, ...conditions }, what, { ...settings, timeoutMs }, s3Refusal);
+    return httpGet(signed.url, offset, { headers: { ...signed.headers, ...conditions }, what, settings: { ...settings, timeoutMs }, refusal: s3Refusal, agents: parts.agents });
   };
   return {
     name,

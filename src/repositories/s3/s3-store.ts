@@ -23,6 +23,7 @@ import { s3Client, s3Key, s3Problem } from './client.js';
 import type { ConditionalStore, StoredObject, StoredText, UploadSource } from './conditional-store.js';
 import { PartHasher } from './part-hasher.js';
 import { refused } from './refused.js';
+import type { Resources } from '../../resources.js';
 
 /** A multipart upload nobody completed for this long was left by a dead packager. */
 const DEAD_UPLOAD_MS = 24 * 3600 * 1000;
@@ -44,8 +45,8 @@ function contentTypeOf(file: string): string {
 }
 
 /** The SDK client of a location's settings, and a store over its prefix. */
-export async function openS3Store(location: S3Location): Promise<S3Store> {
-  return new S3Store(location, await s3Client(location.settings));
+export async function openS3Store(location: S3Location, resources: Resources | undefined): Promise<S3Store> {
+  return new S3Store(location, await s3Client(location.settings, resources));
 }
 
 /**

@@ -4,7 +4,7 @@ import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
 import { describeError } from '../../errors.js';
 import { FetchFailure } from '../../fetch/errors.js';
-import { sshHost } from '../../ssh/session.js';
+import type { SshHost } from '../../ssh/session.js';
 import { watchProcess } from '../process-output.js';
 import { readIndexThrough } from '../read-index.js';
 import type { FetchRepository } from '../types.js';
@@ -15,9 +15,8 @@ const NOT_FOUND_EXIT = 44;
 const READ_FROM = `[ -f "$1" ] || exit ${NOT_FOUND_EXIT.toString()}
 exec tail -c "+$2" -- "$1"`;
 
-export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings): FetchRepository {
+export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, settings: FetchSettings, host: SshHost): FetchRepository {
   const name = describeLocation(location);
-  const host = sshHost(location);
   const inDir = (file: string): string => path.posix.join(location.path, file);
   const stream = (file: string, offset: number, timeoutMs = settings.timeoutMs): Readable => {
     const out = new PassThrough();

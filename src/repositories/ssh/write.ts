@@ -74,7 +74,8 @@ function lines(buffer: Buffer): string[] {
 }
 
 export function createSshTarget(location: SshLocation, options: TargetOptions = {}): UploadTarget {
-  return targetFromStore(createSshStore(location, sshHost(location)), options);
+  if (!options.resources) throw new Error('an ssh upload target made without the resources of a command or server');
+  return targetFromStore(createSshStore(location, sshHost(location, options.resources)), options);
 }
 
 function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
