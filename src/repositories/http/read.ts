@@ -129,6 +129,14 @@ export function httpRepository(location: Extract<Location, { kind: 'http' }>, se
   const refusal = location.url.startsWith('https:') ? httpsRefusal : httpRefusal;
   const get = (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> =>
     httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, { headers: conditions, what: `${name}/${file}`, settings: { ...settings, timeoutMs }, refusal, agents });
+  return repositoryOverGet(name, get);
+}
+
+/** One GET of a repository's file from `offset` on, within `timeoutMs`, with extra conditions (If-None-Match). */
+export type RepositoryGet = (file: string, offset: number, timeoutMs?: number, conditions?: Record<string, string>) => Promise<IncomingMessage>;
+
+/** A repository read over HTTP GETs (plain, or signed for S3): its index, its files from an offset, and revalidation by ETag. */
+export function repositoryOverGet(name: string, get: RepositoryGet): FetchRepository {
   return {
     name,
     readIndex: (trust) => readIndexThrough(name, (file) => get(file, 0), trust),

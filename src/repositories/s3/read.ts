@@ -1,9 +1,7 @@
-import type { IncomingMessage } from 'node:http';
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
 import { FetchFailure } from '../../fetch/errors.js';
-import { httpGet, openedFrom, revalidated, type RefusedAnswer } from '../http/read.js';
-import { readIndexThrough } from '../read-index.js';
+import { httpGet, repositoryOverGet, type RefusedAnswer, type RepositoryGet } from '../http/read.js';
 import type { FetchRepository } from '../types.js';
 import { s3AnswerProblem, s3Problem } from './client.js';
 import type { HttpAgents } from '../http/agents.js';
@@ -35,7 +33,7 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
  */
 export function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings, parts: { agents: HttpAgents; signers: S3Signers }): FetchRepository {
   const name = describeLocation(location);
-  const get = async (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> => {
+  const get: RepositoryGet = async (file, offset, timeoutMs = settings.timeoutMs, conditions = {}) => {
     const what = `${name}/${file}`;
     let signed;
     try {
@@ -47,12 +45,5 @@ export function s3Repository(location: Extract<Location, { kind: 's3' }>, settin
     // If-None-Match is not among the signed headers: S3 takes it unsigned.
     return httpGet(signed.url, offset, { headers: { ...signed.headers, ...conditions }, what, settings: { ...settings, timeoutMs }, refusal: s3Refusal, agents: parts.agents });
   };
-  return {
-    name,
-    readIndex: (trust) => readIndexThrough(name, (file) => get(file, 0), trust),
-    async open(file, offset, timeoutMs) {
-      return openedFrom(await get(file, offset, timeoutMs), offset, `${name}/${file}`);
-    },
-    readIfChanged: async (file, etag, timeoutMs) => revalidated(await get(file, 0, timeoutMs, etag === undefined ? {} : { 'if-none-match': etag })),
-  };
+  return repositoryOverGet(name, get);
 }
