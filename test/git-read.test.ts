@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
-import type { FetchSettings } from '../src/config/index.js';
+import { parseFetchLocation, type FetchSettings } from '../src/config/index.js';
 import { FetchFailure } from '../src/fetch/errors.js';
 import { gitRepository } from '../src/repositories/git/read.js';
 import type { FetchRepository } from '../src/repositories/types.js';
@@ -73,4 +73,11 @@ test('a git server that cannot be reached, or a repository with no index file, f
     assert.match(failureOf(error).message, /did not match any files/);
     return true;
   });
+});
+
+test('a git location whose branch starts with "-" is refused before git could take it for an option', () => {
+  for (const text of ['git://127.0.0.1:9/repo:-o/tmp/archive', '/srv/packages.git:--list']) {
+    assert.throws(() => parseFetchLocation(text, '/'), /branch "-.*" cannot start with "-"/);
+  }
+  assert.deepEqual(parseFetchLocation('git://127.0.0.1:9/repo:release-2', '/'), { kind: 'git', url: 'git://127.0.0.1:9/repo', branch: 'release-2', text: 'git://127.0.0.1:9/repo:release-2' });
 });
