@@ -188,6 +188,16 @@ test('the S3 settings of a location read without a config are the declared defau
   assert.deepEqual([fromEnv.region, fromEnv.profile], ['eu-west-3', 'lab']);
 });
 
+test('index_valid_days past 100 years is refused at load, not met at publish as an expiry date no Date can hold', async (t) => {
+  const dir = await tempDir(t);
+  for (const value of ['1e9', '1e300', '36526']) {
+    const file = await writeConfig(dir, { index_valid_days: value });
+    await assert.rejects(loadConfig({ file, env: {} }), new RegExp(`\\[PACKAGES\\] index_valid_days = "${value}": allowed is a number >= 0\\.001 and <= 36525`));
+  }
+  const file = await writeConfig(dir, { index_valid_days: '36525' });
+  assert.equal((await loadConfig({ file, env: {} })).packages.indexValidDays, 36525);
+});
+
 test('a malformed AWS_PROFILE or AWS_REGION stops only a config that names an s3:// location, naming the variable', async (t) => {
   const dir = await tempDir(t);
   const badEnv = { AWS_PROFILE: 'my profile', AWS_REGION: 'eu west' };
