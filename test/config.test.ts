@@ -188,6 +188,30 @@ test('the S3 settings of a location read without a config are the declared defau
   assert.deepEqual([fromEnv.region, fromEnv.profile], ['eu-west-3', 'lab']);
 });
 
+test('index_valid_days past 100 years is refused at load, not met at publish as an expiry date no Date can hold', async (t) => {
+  const dir = await tempDir(t);
+  for (const value of ['1e9', '1e300', '36526']) {
+    const file = await writeConfig(dir, { index_valid_days: value });
+    await assert.rejects(loadConfig({ file, env: {} }), new RegExp(`\\[PACKAGES\\] index_valid_days = "${value}": allowed is a number >= 0\\.001 and <= 36525`));
+  }
+  const file = await writeConfig(dir, { index_valid_days: '36525' });
+  assert.equal((await loadConfig({ file, env: {} })).packages.indexValidDays, 36525);
+});
+
+test('a malformed AWS_PROFILE or AWS_REGION stops only a config that names an s3:// location, naming the variable', async (t) => {
+  const dir = await tempDir(t);
+  const badEnv = { AWS_PROFILE: 'my profile', AWS_REGION: 'eu west' };
+  const local = await writeConfig(dir, { fetch_location: path.join(dir, 'repo'), upload_location: path.join(dir, 'repo') });
+  const config = await loadConfig({ file: local, env: badEnv });
+  assert.equal(config.packages.uploadLocations[0]?.kind, 'local');
+  const s3 = await writeConfig(dir, { upload_location: 's3://lab-packages/builtin' }, 's3.ini');
+  await assert.rejects(loadConfig({ file: s3, env: badEnv }), /\$AWS_REGION = "eu west": allowed is a region name/);
+  await assert.rejects(loadConfig({ file: s3, env: { AWS_PROFILE: 'my profile' } }), /\$AWS_PROFILE = "my profile"/);
+  const badFile = await writeConfig(dir, { fetch_location: path.join(dir, 'repo') }, 'bad.ini');
+  await writeFile(badFile, '\n[S3]\nregion: eu west\n', { flag: 'a' });
+  await assert.rejects(loadConfig({ file: badFile, env: {} }), /bad\.ini:\d+: \[S3\] region = "eu west"/);
+});
+
 test('the example config in etc/ is refused while its upload_token is the placeholder, and loads without warnings once it is set', async () => {
   const file = path.join(ROOT, 'etc', 'global_config.example.ini');
   await assert.rejects(loadConfig({ file, env: {} }), /\[SERVER\] upload_token = the value given \(the example config's placeholder\)/);

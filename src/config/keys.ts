@@ -91,7 +91,8 @@ export const PACKAGES_KEYS = {
     doc: 'OpenSSH ed25519 private key (no passphrase) that signs `packages.json` as `packages.json.sig` after every index change, or the public key (`.pub`) of one held by `ssh-agent` (`SSH_AUTH_SOCK`), which then signs (see "Signed repositories")',
   },
   index_valid_days: {
-    kind: kinds.optional(kinds.days(0.001)), default: undefined, defaultNote: 'no expiry',
+    // An expiry date must be one a Date can hold (and a manifest a reader will meet): 100 years at most.
+    kind: kinds.optional(kinds.days(0.001, 36525)), default: undefined, defaultNote: 'no expiry',
     doc: 'days a signed manifest is believed after signing (its `expires`); renewed by `autotest packager sign`',
   },
   trusted_keys: {

@@ -55,7 +55,7 @@ function numberKind(rule: NumberRule): ValueKind<number> {
 const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
 export const integer = (min: number, max?: number): ValueKind<number> => numberKind({ min, max, integer: true });
-export const days = (min: number): ValueKind<number> => numberKind({ min });
+export const days = (min: number, max?: number): ValueKind<number> => numberKind({ min, max });
 /** Read in milliseconds, bounded by what a timer can hold. */
 export const seconds = (min: number): ValueKind<number> => numberKind({ min, max: MAX_TIMER_SECONDS, scale: 1000 });
 /** GB of 10^9 bytes, read in bytes. */

@@ -112,6 +112,8 @@ function parseGit(text: string): Location | undefined {
   const branch = match?.groups?.branch;
   if (/[\s\0-\x1f]/.test(url)) refuse(text, 'a git URL cannot contain spaces or control characters');
   if (url.startsWith('-')) refuse(text, 'a git URL cannot start with "-"');
+  // git archive would take it for an option (`:-o/some/file` writes the archive there); no branch starts with one.
+  if (branch?.startsWith('-') === true) refuse(text, `branch "${branch}" cannot start with "-"`);
   return { kind: 'git', url, branch, text };
 }
 

@@ -25,12 +25,8 @@ function readS3Section(doc: IniDocument, section: string, base: S3Settings, opti
   };
 }
 
-/**
- * [S3] and its per-bucket overrides [S3:BUCKET]. Credentials are not keys here: they come
- * from the AWS SDK's chain (environment, shared credentials file, profile), never the config.
- */
-export function readS3Config(doc: IniDocument, baseDirOf: (file: string) => string, env: NodeJS.ProcessEnv): { settingsFor: S3SettingsFor; warnings: string[] } {
-  const options: ReaderOptions = { baseDirOf, s3: () => DEFAULT_S3_SETTINGS, env };
+/** [S3] and every [S3:BUCKET] over the declared defaults, which `options.env` may set. */
+function readS3Sections(doc: IniDocument, options: ReaderOptions): { common: S3Settings; perBucket: Map<string, S3Settings> } {
   const defaults = createSectionReader(new Map(), 'S3', S3_KEYS, options);
   // Without an endpoint: AWS, which wants the bucket in the host name and takes checksum trailers.
   const declared: S3Settings = {
@@ -43,12 +39,30 @@ export function readS3Config(doc: IniDocument, baseDirOf: (file: string) => stri
     uploadConcurrency: defaults.read('upload_concurrency'),
   };
   const common = readS3Section(doc, 'S3', declared, options);
-  const warnings = unknownKeys(doc, 'S3');
   const perBucket = new Map<string, S3Settings>();
   for (const section of doc.keys()) {
-    if (!section.startsWith('S3:')) continue;
-    perBucket.set(section.slice(3), readS3Section(doc, section, common, options));
-    warnings.push(...unknownKeys(doc, section));
+    if (section.startsWith('S3:')) perBucket.set(section.slice(3), readS3Section(doc, section, common, options));
   }
-  return { settingsFor: (bucket) => perBucket.get(bucket) ?? common, warnings };
+  return { common, perBucket };
+}
+
+/**
+ * [S3] and its per-bucket overrides [S3:BUCKET]. Credentials are not keys here: they come
+ * from the AWS SDK's chain (environment, shared credentials file, profile), never the config.
+ * The file's values are checked at load; the environment's (AWS_REGION, AWS_PROFILE) only
+ * once an s3:// location asks for its settings: a variable set for other tools must not stop
+ * a command that never talks to S3.
+ */
+export function readS3Config(doc: IniDocument, baseDirOf: (file: string) => string, env: NodeJS.ProcessEnv): { settingsFor: S3SettingsFor; warnings: string[] } {
+  const options = (from: NodeJS.ProcessEnv): ReaderOptions => ({ baseDirOf, s3: () => DEFAULT_S3_SETTINGS, env: from });
+  readS3Sections(doc, options({}));
+  const warnings = [...doc.keys()].filter((section) => section === 'S3' || section.startsWith('S3:')).flatMap((section) => unknownKeys(doc, section));
+  let read: ReturnType<typeof readS3Sections> | undefined;
+  return {
+    settingsFor: (bucket) => {
+      read ??= readS3Sections(doc, options(env));
+      return read.perBucket.get(bucket) ?? read.common;
+    },
+    warnings,
+  };
 }

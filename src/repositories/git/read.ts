@@ -4,12 +4,16 @@ import tar from 'tar-stream';
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
 import { FetchFailure } from '../../fetch/errors.js';
+import { CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE } from '../../packages/index.js';
+import { whenClosed } from '../../ssh/session.js';
 import { watchProcess } from '../process-output.js';
 import { notFound, readIndexBody, readIndexThrough } from '../read-index.js';
 import type { FetchRepository } from '../types.js';
 
 /** Every index file of a repository (packages.checksum, packages.json, its .sig) in one archive. */
 const INDEX_PATHSPEC = ':(glob)packages.*';
+/** The files of that archive that are read: a packages.json.bak or packages.tar the glob also brings are not. */
+const INDEX_FILES: ReadonlySet<string> = new Set([CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE]);
 
 /**
  * A git repository read with `git archive --remote`, which answers with a tar. git tells a
@@ -20,11 +24,24 @@ const INDEX_PATHSPEC = ':(glob)packages.*';
 export function gitRepository(location: Extract<Location, { kind: 'git' }>, settings: FetchSettings): FetchRepository {
   const name = describeLocation(location);
   const ref = location.branch ?? 'HEAD';
-  const archive = (pathspec: string, what: string, timeoutMs: number): { tar: tar.Extract; out: PassThrough } => {
+  /**
+   * `git archive` of `pathspec` as tar entries; `complete` is called once the tar has ended
+   * AND git has exited 0. Until then nothing is believed: git reports a server it cannot
+   * reach, and a path that matches nothing, by exiting non-zero after an empty archive, and
+   * watchProcess then fails `out` with git's words quoted.
+   */
+  const archive = (pathspec: string, what: string, timeoutMs: number, complete: () => void): { tar: tar.Extract; out: PassThrough } => {
     const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', pathspec], { stdio: ['ignore', 'pipe', 'pipe'] });
     const extract = tar.extract();
     const out = new PassThrough();
     watchProcess(child, out, what, { ...settings, timeoutMs });
+    let waitingFor = 2;
+    const oneDone = (): void => {
+      waitingFor -= 1;
+      if (waitingFor === 0 && !out.destroyed) complete();
+    };
+    void whenClosed(child).then(({ code }) => { if (code === 0) oneDone(); });
+    extract.on('finish', oneDone);
     child.stdout.pipe(extract);
     extract.on('error', (error) => out.destroy(new FetchFailure(`${what}: git sent a bad archive (${error.message})`, { transient: true, down: false })));
     return { tar: extract, out };
@@ -32,13 +49,15 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
   /** The one file's body out of its archive. */
   const stream = (file: string, timeoutMs = settings.timeoutMs): Promise<Readable> => new Promise((resolve, reject) => {
     const what = `${name}/${file}`;
-    const { tar: extract, out } = archive(file, what, timeoutMs);
-    out.once('error', reject);
     let found = false;
+    const { tar: extract, out } = archive(file, what, timeoutMs, () => {
+      if (found) out.end();
+      else out.destroy(notFound(what));
+    });
+    out.once('error', reject);
     extract.on('entry', (header, body, next) => {
       if (header.name !== file || header.type !== 'file' || found) {
-        body.resume();
-        body.on('end', next);
+        skip(body, next);
         return;
       }
       found = true;
@@ -51,32 +70,24 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
       });
       body.on('end', next);
     });
-    extract.on('finish', () => {
-      if (found) out.end();
-      else out.destroy(notFound(what));
-    });
   });
-  /** The index files the repository has, by name, read whole (each within the index bound). */
+  /** The index files the repository has, by name, read whole (each within the index bound); other packages.* files are passed over unread. */
   const indexFiles = (): Promise<Map<string, Buffer>> => new Promise((resolve, reject) => {
-    const { tar: extract, out } = archive(INDEX_PATHSPEC, `${name}/packages.*`, settings.timeoutMs);
     const files = new Map<string, Buffer>();
+    const { tar: extract, out } = archive(INDEX_PATHSPEC, `${name}/packages.*`, settings.timeoutMs, () => {
+      resolve(files);
+      out.end();
+    });
     out.once('error', reject);
     extract.on('entry', (header, body, next) => {
-      if (header.type !== 'file' || header.name.includes('/')) {
-        body.resume();
-        body.on('end', next);
+      if (header.type !== 'file' || !INDEX_FILES.has(header.name)) {
+        skip(body, next);
         return;
       }
       readIndexBody(body, `${name}/${header.name}`).then((bytes) => {
         files.set(header.name, bytes);
         next();
       }, (error: unknown) => { out.destroy(error instanceof Error ? error : new Error(String(error))); });
-    });
-    extract.on('finish', () => {
-      // The files are only believed once git exited 0 (watchProcess ends `out` then).
-      out.resume();
-      out.once('end', () => { resolve(files); });
-      out.end();
     });
   });
   return {
@@ -92,4 +103,9 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
     // git archive cannot start in the middle: every try starts at 0.
     open: async (file, _offset, timeoutMs) => ({ stream: await stream(file, timeoutMs), start: 0 }),
   };
+}
+
+function skip(body: { resume(): unknown; on(event: 'end', listener: () => void): unknown }, next: () => void): void {
+  body.resume();
+  body.on('end', next);
 }

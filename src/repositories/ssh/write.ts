@@ -38,15 +38,16 @@ const FULL_DISK_KB = 64;
  * $1 temp name, $2 final name (empty: leave it under the temp name), $3 the size expected.
  * A copy that fails on a (nearly) full disk exits FULL_DISK_EXIT: the free space is read
  * before the partial file is removed, while the disk is still full, so the cause is told by
- * a number and never by the words of cat's error.
+ * a number and never by the words of cat's error. df is asked about the folder, which is
+ * there even when the temp file could not be made; a free space it cannot tell is no full disk.
  * The size check matters: when the local side dies mid-stream, cat sees only an early end of
  * input and succeeds; a short file must never be renamed into place.
  */
 const WRITE_FILE = `umask 022
 if ! cat > "$1"; then
-  avail=$(df -P -k -- "$1" 2>/dev/null | awk 'NR==2 {print $4}')
+  avail=$(df -P -k -- "$(dirname -- "$1")" 2>/dev/null | awk 'NR==2 {print $4}')
   rm -f -- "$1"
-  [ "\${avail:-1}" -lt ${FULL_DISK_KB.toString()} ] && exit ${FULL_DISK_EXIT.toString()}
+  [ -n "$avail" ] && [ "$avail" -lt ${FULL_DISK_KB.toString()} ] && exit ${FULL_DISK_EXIT.toString()}
   exit 1
 fi
 size=$(wc -c < "$1")
