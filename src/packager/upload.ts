@@ -3,12 +3,13 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
-import pLimit from 'p-limit';
+import pLimit, { type LimitFunction } from 'p-limit';
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isAutotestError } from '../errors.js';
 import {
-  DigestStream, createCompressorPool, digestEntries, packEntries, treeFingerprint, type CompressorPool, type IndexEntry, type TreeEntry, type RepositoryIndex,
+  DigestStream, compressTarFile, createCompressorPool, digestEntries, packEntries, treeFingerprint, writeTarFile,
+  type CompressorPool, type IndexEntry, type TreeEntry, type RepositoryIndex,
 } from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -76,28 +77,46 @@ async function walkSource(source: PackageSource): Promise<Walked | undefined> {
  */
 const POOLED_MAX_BYTES = 32 * 1024 * 1024;
 
+/**
+ * Tar files written ahead of the compressors: the main thread writes the next package's tar
+ * stream while every compressor is busy, so none waits for it when it finishes.
+ */
+const TARS_AHEAD = 2;
+
 interface PackPlan {
   compression: Compression;
-  threads: number;
   pool: CompressorPool | undefined;
+  /** The compressor threads a package gets. */
+  threadsFor: (source: PackageSource) => number;
+  /** One tar stream is written at a time: they all run on the main thread. */
+  tarring: LimitFunction;
 }
 
-async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, options: PackPlan): Promise<{ record: PackRecord }> {
-  if (source.type === 'file') {
-    // Plain files are published as they are, from one copy hashed on the way in, so that
-    // a file rewritten meanwhile cannot be published under another file's checksum.
-    const digest = new DigestStream();
-    await pipeline(createReadStream(source.root), digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
-    const digests = digest.digests();
-    return { record: { fingerprint: '', sourceDigest: digests.sha256, ...digests } };
-  }
+async function copyFileSource(source: PackageSource, dest: string): Promise<PackRecord> {
+  // Plain files are published as they are, from one copy hashed on the way in, so that
+  // a file rewritten meanwhile cannot be published under another file's checksum.
+  const digest = new DigestStream();
+  await pipeline(createReadStream(source.root), digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
+  const digests = digest.digests();
+  return { fingerprint: '', sourceDigest: digests.sha256, ...digests };
+}
+
+async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, plan: PackPlan): Promise<PackRecord> {
+  if (source.type === 'file') return copyFileSource(source, dest);
   // The plan's walk is reused: a file changed since then fails its package (its size) or is
   // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
-  const { entries, startedMs } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0 };
-  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${options.compression}`);
-  const pool = options.threads === 1 && entries.reduce((sum, entry) => sum + entry.size, 0) <= POOLED_MAX_BYTES ? options.pool : undefined;
-  const result = await packEntries(entries, dest, options.compression, { threads: options.threads, pool });
-  return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
+  const { entries, startedMs, bytes } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0, bytes: 0 };
+  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${plan.compression}`);
+  const threads = plan.threadsFor(source);
+  if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
+    const pool = plan.pool;
+    const tar = `${dest}.tar`;
+    const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
+    const digests = await compressTarFile(tar, dest, pool);
+    return { fingerprint, sourceDigest, md5: digests.md5, sha256: digests.sha256, size: digests.size };
+  }
+  const result = await packEntries(entries, dest, plan.compression, { threads });
+  return { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size };
 }
 
 function isRacy(entries: TreeEntry[], walkStartedMs: number): boolean {
@@ -121,21 +140,7 @@ async function currentDigest(source: PackageSource, walked: Walked | undefined, 
   return record.sourceDigest;
 }
 
-/**
- * `packager upload`: packs what changed, in parallel, and publishes it to every location
- * with its index. A location that refuses is reported and the others go on; a package that
- * cannot be packed is reported and the others go on. Nothing is ever half-published.
- */
-export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
-  const emit: EventSink = options.onEvent ?? (() => undefined);
-  // One package per core, each compressed on one thread (see threadsFor): the tar stream is
-  // built on the main thread at many times the compressor's speed, so the cores stay busy.
-  const cores = availableParallelism();
-  const jobs = options.jobs ?? cores;
-  const sources = await selectSources(options.clientDir, options.selection, options.compression);
-  const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
-  const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
-
+async function openLocations(options: UploadOptions, report: OperationReport, emit: EventSink): Promise<LiveTarget[]> {
   const live: LiveTarget[] = [];
   await Promise.all(options.locations.map(async (location) => {
     const locationReport = emptyLocationReport(describeLocation(location));
@@ -151,8 +156,19 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
       emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
     }
   }));
+  return live;
+}
 
-  const limit = pLimit(jobs);
+/** What the walk decided: the packages to pack (largest first), with their walks and sizes. */
+interface Decision {
+  toPack: PackageSource[];
+  walks: Map<string, Walked>;
+  sizes: Map<string, number>;
+}
+
+async function decide(sources: PackageSource[], live: LiveTarget[], state: PackState, options: UploadOptions, emit: EventSink): Promise<Decision> {
+  // The walks are synchronous (see walkTree): one after the other, the digests of racy trees between them.
+  const limit = pLimit(1);
   const known = new Map<string, string | undefined>();
   // Only the walks of packages known to have changed are kept for packing: holding every
   // entry of an unchanged tree would only feed the garbage collector.
@@ -171,7 +187,6 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
       known.set(source.fileName, undefined);
     }
   })));
-
   const toPack: PackageSource[] = [];
   for (const source of sources) {
     const digest = known.get(source.fileName);
@@ -183,85 +198,146 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
       }
     } else toPack.push(source);
   }
-  emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
   // Largest first, so that the last package to finish is a small one.
   const bytesOf = (source: PackageSource): number => sizes.get(source.fileName) ?? 0;
   toPack.sort((a, b) => bytesOf(b) - bytesOf(a));
-  const totalBytes = toPack.reduce((sum, source) => sum + bytesOf(source), 0);
-  // A package holding a core's share of the work or more would finish alone: it gets every core.
-  const threadsFor = (source: PackageSource): number => (bytesOf(source) * cores >= totalBytes ? cores : 1);
+  return { toPack, walks, sizes };
+}
+
+/** What every location will be asked to commit once all is packed. */
+interface Staged {
+  adds: Map<LiveTarget, { entry: IndexEntry; staged: StagedFile }[]>;
+  refresh: Map<LiveTarget, IndexEntry[]>;
+}
+
+/** Stages one packed package into every live location, or only refreshes the index of one already holding its bytes. */
+async function stageEverywhere(file: string, packed: string, record: PackRecord, live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
+  const entry: IndexEntry = {
+    file, md5: record.md5, sha256: record.sha256, size: record.size, sourceDigest: record.sourceDigest, publishedAt: new Date().toISOString(),
+  };
+  await Promise.all(live.map(async (l) => {
+    if (l.report.error) return;
+    const existing = l.index.get(file);
+    const size = existing ? await l.target.fileSize(file) : undefined;
+    if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
+      // Same bytes already there (touched files, or an older index): only the index learns more.
+      if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined) staged.refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
+      l.report.unchanged.push(file);
+      emit({ type: 'unchanged', file, location: l.target.name });
+      return;
+    }
+    try {
+      staged.adds.get(l)?.push({ entry, staged: await l.target.stage(file, packed) });
+    } catch (error) {
+      l.report.error ??= toFailure(error);
+    }
+  }));
+}
+
+interface PackContext {
+  live: LiveTarget[];
+  state: PackState;
+  report: OperationReport;
+  emit: EventSink;
+  staging: string;
+  staged: Staged;
+}
+
+/**
+ * Packs every package of `decision` and stages it into the locations. Three stages overlap:
+ * the main thread writes tar streams (one at a time, TARS_AHEAD ahead of the compressors),
+ * the compressors compress them, and packed packages are hashed and copied to the locations
+ * without holding a compressor's turn.
+ */
+async function packAndStage(decision: Decision, plan: PackPlan, compressors: number, context: PackContext): Promise<void> {
+  const { report, emit, state } = context;
+  const packing = pLimit(compressors + TARS_AHEAD);
+  const staging = pLimit(compressors);
+  await Promise.all(decision.toPack.map(async (source) => {
+    const started = process.hrtime.bigint();
+    const packed = path.join(context.staging, source.fileName);
+    let record: PackRecord;
+    try {
+      record = await packing(() => packSource(source, decision.walks.get(source.fileName), packed, plan));
+    } catch (error) {
+      const failure = toFailure(error);
+      report.failedPackages.push({ file: source.fileName, ...failure });
+      emit({ type: 'package-failed', file: source.fileName, error: failure.message });
+      return;
+    }
+    if (source.type !== 'file') {
+      state.set(source.fileName, record);
+      report.packed.push(source.fileName);
+      emit({ type: 'packed', file: source.fileName, size: record.size, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
+    }
+    await staging(async () => {
+      await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
+      await rm(packed, { force: true });
+    });
+  }));
+}
+
+async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
+  await Promise.all(live.map(async (l) => {
+    const adds = staged.adds.get(l) ?? [];
+    try {
+      if (l.report.error) throw new Error('location failed before commit');
+      await l.target.commit({ add: adds, refresh: staged.refresh.get(l) ?? [], remove: [] });
+      for (const { entry } of adds) {
+        l.report.published.push(entry.file);
+        emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
+      }
+    } catch (error) {
+      await l.target.discard(adds.map((a) => a.staged));
+      l.report.error ??= toFailure(error);
+      emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
+    }
+  }));
+}
+
+/** Compressors run from long-lived helpers; without a compressor on PATH there is none, and each package then fails saying so, by name. */
+async function openPool(compression: Compression, size: number, workDir: string): Promise<CompressorPool | undefined> {
+  if (compression === 'gzip') return undefined;
+  return createCompressorPool(compression, { size, workDir }).catch((error: unknown) => {
+    if (isAutotestError(error, 'ERR_TOOL')) return undefined;
+    throw error;
+  });
+}
+
+/**
+ * `packager upload`: packs what changed, in parallel, and publishes it to every location
+ * with its index. A location that refuses is reported and the others go on; a package that
+ * cannot be packed is reported and the others go on. Nothing is ever half-published.
+ */
+export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
+  const emit: EventSink = options.onEvent ?? (() => undefined);
+  // One compressor per core, each on one thread (see threadsFor): the tar streams are
+  // built on the main thread at many times a compressor's speed, so the cores stay busy.
+  const cores = availableParallelism();
+  const compressors = options.jobs ?? cores;
+  const sources = await selectSources(options.clientDir, options.selection, options.compression);
+  const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
+  const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
+  const live = await openLocations(options, report, emit);
+  const decision = await decide(sources, live, state, options, emit);
+  const { toPack, sizes } = decision;
+  emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
 
   if (live.length > 0 && toPack.length > 0) {
+    const bytesOf = (source: PackageSource): number => sizes.get(source.fileName) ?? 0;
+    const totalBytes = toPack.reduce((sum, source) => sum + bytesOf(source), 0);
+    // A package holding a core's share of the work or more would finish alone: it gets every core.
+    const threadsFor = (source: PackageSource): number => (bytesOf(source) * cores >= totalBytes ? cores : 1);
     const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
     await mkdir(stagingRoot, { recursive: true });
     const staging = await mkdtemp(path.join(stagingRoot, 'pack-'));
-    const staged = new Map<LiveTarget, { entry: IndexEntry; staged: StagedFile }[]>(live.map((l) => [l, []]));
-    const refresh = new Map<LiveTarget, IndexEntry[]>(live.map((l) => [l, []]));
+    const staged: Staged = { adds: new Map(live.map((l) => [l, []])), refresh: new Map(live.map((l) => [l, []])) };
     let pool: CompressorPool | undefined;
     try {
-      // Without a compressor on PATH there is no pool: each package then fails saying so, by name.
-      if (options.compression !== 'gzip') {
-        pool = await createCompressorPool(options.compression, { size: jobs, workDir: staging }).catch((error: unknown) => {
-          if (isAutotestError(error, 'ERR_TOOL')) return undefined;
-          throw error;
-        });
-      }
-      await Promise.all(toPack.map((source) => limit(async () => {
-        const started = process.hrtime.bigint();
-        const packed = path.join(staging, source.fileName);
-        let record: PackRecord;
-        try {
-          ({ record } = await packSource(source, walks.get(source.fileName), packed, { compression: options.compression, threads: threadsFor(source), pool }));
-        } catch (error) {
-          const failure = toFailure(error);
-          report.failedPackages.push({ file: source.fileName, ...failure });
-          emit({ type: 'package-failed', file: source.fileName, error: failure.message });
-          return;
-        }
-        if (source.type !== 'file') {
-          state.set(source.fileName, record);
-          report.packed.push(source.fileName);
-          emit({ type: 'packed', file: source.fileName, size: record.size, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
-        }
-        const entry: IndexEntry = {
-          file: source.fileName, md5: record.md5, sha256: record.sha256, size: record.size,
-          sourceDigest: record.sourceDigest, publishedAt: new Date().toISOString(),
-        };
-        await Promise.all(live.map(async (l) => {
-          if (l.report.error) return;
-          const existing = l.index.get(source.fileName);
-          const size = existing ? await l.target.fileSize(source.fileName) : undefined;
-          if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
-            // Same bytes already there (touched files, or an older index): only the index learns more.
-            if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined) refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
-            l.report.unchanged.push(source.fileName);
-            emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
-            return;
-          }
-          try {
-            staged.get(l)?.push({ entry, staged: await l.target.stage(source.fileName, packed) });
-          } catch (error) {
-            l.report.error ??= toFailure(error);
-          }
-        }));
-        await rm(packed, { force: true });
-      })));
-
-      await Promise.all(live.map(async (l) => {
-        const adds = staged.get(l) ?? [];
-        try {
-          if (l.report.error) throw new Error('location failed before commit');
-          await l.target.commit({ add: adds, refresh: refresh.get(l) ?? [], remove: [] });
-          for (const { entry } of adds) {
-            l.report.published.push(entry.file);
-            emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
-          }
-        } catch (error) {
-          await l.target.discard(adds.map((a) => a.staged));
-          l.report.error ??= toFailure(error);
-          emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
-        }
-      }));
+      pool = await openPool(options.compression, compressors, staging);
+      const plan: PackPlan = { compression: options.compression, pool, threadsFor, tarring: pLimit(1) };
+      await packAndStage(decision, plan, compressors, { live, state, report, emit, staging, staged });
+      await commitEverywhere(live, staged, emit);
     } finally {
       await pool?.close();
       await rm(staging, { recursive: true, force: true });
