@@ -252,7 +252,8 @@ interface PackContext {
 async function packAndStage(decision: Decision, plan: PackPlan, compressors: number, context: PackContext): Promise<void> {
   const { report, emit, state } = context;
   const packing = pLimit(compressors + TARS_AHEAD);
-  const staging = pLimit(compressors);
+  // Staging is mostly waiting for the disk (a copy and an fsync per location): twice as many.
+  const staging = pLimit(2 * compressors);
   await Promise.all(decision.toPack.map(async (source) => {
     const started = process.hrtime.bigint();
     const packed = path.join(context.staging, source.fileName);
