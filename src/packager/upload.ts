@@ -86,8 +86,8 @@ const TARS_AHEAD = 2;
 interface PackPlan {
   compression: Compression;
   pool: CompressorPool | undefined;
-  /** The compressor threads a package gets. */
-  threadsFor: (source: PackageSource) => number;
+  /** The compressor threads for a package of this many bytes. */
+  threadsFor: (bytes: number) => number;
   /** One tar stream is written at a time: they all run on the main thread. */
   tarring: LimitFunction;
 }
@@ -107,7 +107,7 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
   // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
   const { entries, startedMs, bytes } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0, bytes: 0 };
   const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${plan.compression}`);
-  const threads = plan.threadsFor(source);
+  const threads = plan.threadsFor(bytes);
   if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
     const pool = plan.pool;
     const tar = `${dest}.tar`;
@@ -159,49 +159,91 @@ async function openLocations(options: UploadOptions, report: OperationReport, em
   return live;
 }
 
-/** What the walk decided: the packages to pack (largest first), with their walks and sizes. */
-interface Decision {
-  toPack: PackageSource[];
-  walks: Map<string, Walked>;
-  sizes: Map<string, number>;
+/**
+ * The packages found to need packing, handed out largest first among those known. The walk
+ * feeds it while the first packages are already packed: a walk of a few thousand files takes
+ * as long as tens of packages' compression, and the cores would wait for it. Only the first
+ * packages handed out can miss a larger one not walked yet; the walk is over long before
+ * they are, so the largest packages still start early and the last to finish is a small one.
+ */
+interface PackQueue {
+  push(source: PackageSource, walked: Walked | undefined): void;
+  /** No more packages: `next` answers undefined once the queue is empty. */
+  close(): void;
+  next(): Promise<{ source: PackageSource; walked: Walked | undefined } | undefined>;
+  /** Bytes of every package pushed so far, and whether the walk is over. */
+  readonly totalBytes: number;
+  readonly closed: boolean;
+  readonly count: number;
 }
 
-async function decide(sources: PackageSource[], live: LiveTarget[], state: PackState, options: UploadOptions, emit: EventSink): Promise<Decision> {
-  // The walks are synchronous (see walkTree): one after the other, the digests of racy trees between them.
-  const limit = pLimit(1);
-  const known = new Map<string, string | undefined>();
-  // Only the walks of packages known to have changed are kept for packing: holding every
-  // entry of an unchanged tree would only feed the garbage collector.
-  const walks = new Map<string, Walked>();
-  const sizes = new Map<string, number>();
-  await Promise.all(sources.map((source) => limit(async () => {
-    try {
-      const walked = await walkSource(source);
-      const digest = await currentDigest(source, walked, state, options.compression);
-      known.set(source.fileName, digest);
-      if (walked) {
-        sizes.set(source.fileName, walked.bytes);
-        if (digest === undefined) walks.set(source.fileName, walked);
-      }
-    } catch {
-      known.set(source.fileName, undefined);
-    }
-  })));
-  const toPack: PackageSource[] = [];
-  for (const source of sources) {
-    const digest = known.get(source.fileName);
-    const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
-    if (everywhere.every(Boolean)) {
-      for (const l of live) {
-        l.report.unchanged.push(source.fileName);
-        emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
-      }
-    } else toPack.push(source);
+function createPackQueue(): PackQueue {
+  const ready: { source: PackageSource; walked: Walked | undefined }[] = [];
+  const waiting: ((item: { source: PackageSource; walked: Walked | undefined } | undefined) => void)[] = [];
+  let totalBytes = 0;
+  let count = 0;
+  let closed = false;
+  return {
+    push(source, walked) {
+      count += 1;
+      totalBytes += walked?.bytes ?? 0;
+      const item = { source, walked };
+      const taker = waiting.shift();
+      if (taker) { taker(item); return; }
+      const bytes = walked?.bytes ?? 0;
+      let at = ready.length;
+      while (at > 0 && (ready[at - 1]?.walked?.bytes ?? 0) < bytes) at -= 1;
+      ready.splice(at, 0, item);
+    },
+    close() {
+      closed = true;
+      for (const taker of waiting.splice(0)) taker(undefined);
+    },
+    next() {
+      const item = ready.shift();
+      if (item || closed) return Promise.resolve(item);
+      return new Promise((resolve) => { waiting.push(resolve); });
+    },
+    get totalBytes() { return totalBytes; },
+    get closed() { return closed; },
+    get count() { return count; },
+  };
+}
+
+/**
+ * Walks every package, one after the other (the walks are synchronous, see walkTree), and
+ * pushes each that some location lacks into `queue`; the others are reported unchanged.
+ */
+async function decide(sources: PackageSource[], live: LiveTarget[], state: PackState, queue: PackQueue, context: { compression: Compression; emit: EventSink }): Promise<void> {
+  const { emit } = context;
+  try {
+    for (const source of sources) await decideOne(source);
+  } finally {
+    // However the walk ends, the packers waiting for more stop.
+    queue.close();
   }
-  // Largest first, so that the last package to finish is a small one.
-  const bytesOf = (source: PackageSource): number => sizes.get(source.fileName) ?? 0;
-  toPack.sort((a, b) => bytesOf(b) - bytesOf(a));
-  return { toPack, walks, sizes };
+  async function decideOne(source: PackageSource): Promise<void> {
+    let walked: Walked | undefined;
+    let digest: string | undefined;
+    try {
+      walked = await walkSource(source);
+      digest = await currentDigest(source, walked, state, context.compression);
+    } catch {
+      // Packing it reports what is wrong.
+      digest = undefined;
+    }
+    const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
+    if (!everywhere.every(Boolean)) {
+      // Only the walks of packages to pack are kept: holding every entry of an unchanged
+      // tree would only feed the garbage collector.
+      queue.push(source, walked);
+      return;
+    }
+    for (const l of live) {
+      l.report.unchanged.push(source.fileName);
+      emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
+    }
+  }
 }
 
 /** What every location will be asked to commit once all is packed. */
@@ -234,48 +276,66 @@ async function stageEverywhere(file: string, packed: string, record: PackRecord,
   }));
 }
 
+/** The staging folder and the compressors, made when the first package to pack is found. */
+interface Workspace {
+  dir: string;
+  plan: PackPlan;
+}
+
 interface PackContext {
   live: LiveTarget[];
   state: PackState;
   report: OperationReport;
   emit: EventSink;
-  staging: string;
+  workspace: () => Promise<Workspace>;
   staged: Staged;
+  /** Settles once the plan event is out, which every packed event follows. */
+  planned: Promise<void>;
 }
 
 /**
- * Packs every package of `decision` and stages it into the locations. Three stages overlap:
- * the main thread writes tar streams (one at a time, TARS_AHEAD ahead of the compressors),
- * the compressors compress them, and packed packages are hashed and copied to the locations
- * without holding a compressor's turn.
+ * Packs every package the queue hands out and stages it into the locations. Three stages
+ * overlap: the main thread writes tar streams (one at a time, TARS_AHEAD ahead of the
+ * compressors), the compressors compress them, and packed packages are hashed and copied to
+ * the locations without holding a compressor's turn.
  */
-async function packAndStage(decision: Decision, plan: PackPlan, compressors: number, context: PackContext): Promise<void> {
+async function packAndStage(queue: PackQueue, compressors: number, context: PackContext): Promise<void> {
   const { report, emit, state } = context;
-  const packing = pLimit(compressors + TARS_AHEAD);
-  // Staging is mostly waiting for the disk (a copy and an fsync per location): twice as many.
   const staging = pLimit(2 * compressors);
-  await Promise.all(decision.toPack.map(async (source) => {
-    const started = process.hrtime.bigint();
-    const packed = path.join(context.staging, source.fileName);
-    let record: PackRecord;
-    try {
-      record = await packing(() => packSource(source, decision.walks.get(source.fileName), packed, plan));
-    } catch (error) {
-      const failure = toFailure(error);
-      report.failedPackages.push({ file: source.fileName, ...failure });
-      emit({ type: 'package-failed', file: source.fileName, error: failure.message });
-      return;
+  const stages: Promise<void>[] = [];
+  const packNext = async (): Promise<void> => {
+    for (let item = await queue.next(); item; item = await queue.next()) {
+      const { source, walked } = item;
+      const started = process.hrtime.bigint();
+      let packed = source.fileName;
+      let record: PackRecord;
+      try {
+        const { dir, plan } = await context.workspace();
+        packed = path.join(dir, source.fileName);
+        record = await packSource(source, walked, packed, plan);
+      } catch (error) {
+        const failure = toFailure(error);
+        report.failedPackages.push({ file: source.fileName, ...failure });
+        emit({ type: 'package-failed', file: source.fileName, error: failure.message });
+        continue;
+      }
+      if (source.type !== 'file') state.set(source.fileName, record);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      // Staging is mostly waiting for the disk (a copy and an fsync per location): it runs
+      // beside the packing, twice as many at once.
+      stages.push(staging(async () => {
+        await context.planned;
+        if (source.type !== 'file') {
+          report.packed.push(source.fileName);
+          emit({ type: 'packed', file: source.fileName, size: record.size, seconds });
+        }
+        await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
+        await rm(packed, { force: true });
+      }));
     }
-    if (source.type !== 'file') {
-      state.set(source.fileName, record);
-      report.packed.push(source.fileName);
-      emit({ type: 'packed', file: source.fileName, size: record.size, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
-    }
-    await staging(async () => {
-      await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
-      await rm(packed, { force: true });
-    });
-  }));
+  };
+  await Promise.all(Array.from({ length: compressors + TARS_AHEAD }, packNext));
+  await Promise.all(stages);
 }
 
 async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
@@ -320,31 +380,57 @@ export async function uploadPackages(options: UploadOptions): Promise<OperationR
   const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
   const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
   const live = await openLocations(options, report, emit);
-  const decision = await decide(sources, live, state, options, emit);
-  const { toPack, sizes } = decision;
-  emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
-
-  if (live.length > 0 && toPack.length > 0) {
-    const bytesOf = (source: PackageSource): number => sizes.get(source.fileName) ?? 0;
-    const totalBytes = toPack.reduce((sum, source) => sum + bytesOf(source), 0);
-    // A package holding a core's share of the work or more would finish alone: it gets every core.
-    const threadsFor = (source: PackageSource): number => (bytesOf(source) * cores >= totalBytes ? cores : 1);
-    const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
-    await mkdir(stagingRoot, { recursive: true });
-    const staging = await mkdtemp(path.join(stagingRoot, 'pack-'));
-    const staged: Staged = { adds: new Map(live.map((l) => [l, []])), refresh: new Map(live.map((l) => [l, []])) };
-    let pool: CompressorPool | undefined;
-    try {
-      pool = await openPool(options.compression, compressors, staging);
-      const plan: PackPlan = { compression: options.compression, pool, threadsFor, tarring: pLimit(1) };
-      await packAndStage(decision, plan, compressors, { live, state, report, emit, staging, staged });
-      await commitEverywhere(live, staged, emit);
-    } finally {
-      await pool?.close();
-      await rm(staging, { recursive: true, force: true });
-      await state.save().catch(() => undefined);
-    }
+  const queue = createPackQueue();
+  if (live.length === 0) {
+    await decide(sources, live, state, queue, { compression: options.compression, emit });
+    emit({ type: 'plan', packages: sources.length, toPack: 0, locations: 0 });
+  } else {
+    await packEverything(queue, { ...options, sources, live, state, report, emit, compressors, cores });
   }
   report.ok = report.failedPackages.length === 0 && report.locations.every((l) => !l.error) && report.locations.length > 0;
   return report;
+}
+
+interface PackEverything extends UploadOptions {
+  sources: PackageSource[];
+  live: LiveTarget[];
+  state: PackState;
+  report: OperationReport;
+  emit: EventSink;
+  compressors: number;
+  cores: number;
+}
+
+/** Walks, packs and stages at once, then commits to every location. */
+async function packEverything(queue: PackQueue, options: PackEverything): Promise<void> {
+  const { live, state, emit, cores } = options;
+  const staged: Staged = { adds: new Map(live.map((l) => [l, []])), refresh: new Map(live.map((l) => [l, []])) };
+  // A package holding a core's share of the work or more would finish alone: it gets every
+  // core. Before the walk is over the share is not known: the few packages taken by then get one.
+  const threadsFor = (bytes: number): number => (queue.closed && bytes > 0 && bytes * cores >= queue.totalBytes ? cores : 1);
+  let opened: Promise<Workspace> | undefined;
+  const workspace = (): Promise<Workspace> => {
+    opened ??= (async () => {
+      const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
+      await mkdir(stagingRoot, { recursive: true });
+      const dir = await mkdtemp(path.join(stagingRoot, 'pack-'));
+      const pool = await openPool(options.compression, options.compressors, dir);
+      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: pLimit(1) } };
+    })();
+    return opened;
+  };
+  try {
+    const deciding = decide(options.sources, live, state, queue, { compression: options.compression, emit }).then(() => {
+      emit({ type: 'plan', packages: options.sources.length, toPack: queue.count, locations: live.length });
+    });
+    await Promise.all([deciding, packAndStage(queue, options.compressors, { live, state, report: options.report, emit, workspace, staged, planned: deciding })]);
+    if (queue.count > 0) await commitEverywhere(live, staged, emit);
+  } finally {
+    if (opened) {
+      const made = await opened.catch(() => undefined);
+      await made?.plan.pool?.close();
+      if (made) await rm(made.dir, { recursive: true, force: true });
+      await state.save().catch(() => undefined);
+    }
+  }
 }
