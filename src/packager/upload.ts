@@ -216,22 +216,31 @@ function createPackQueue(): PackQueue {
  */
 async function decide(sources: PackageSource[], live: LiveTarget[], state: PackState, queue: PackQueue, context: { compression: Compression; emit: EventSink }): Promise<void> {
   const { emit } = context;
+  // Each location is asked about a package (a stat, a round trip) while the next is walked.
+  const checks: Promise<void>[] = [];
   try {
-    for (const source of sources) await decideOne(source);
+    for (const source of sources) {
+      const { walked, digest } = await walkAndDigest(source);
+      const checking = check(source, walked, digest);
+      // Its failure is awaited below; until then it must not count as unhandled.
+      checking.catch(() => undefined);
+      checks.push(checking);
+    }
+    await Promise.all(checks);
   } finally {
     // However the walk ends, the packers waiting for more stop.
     queue.close();
   }
-  async function decideOne(source: PackageSource): Promise<void> {
-    let walked: Walked | undefined;
-    let digest: string | undefined;
+  async function walkAndDigest(source: PackageSource): Promise<{ walked: Walked | undefined; digest: string | undefined }> {
     try {
-      walked = await walkSource(source);
-      digest = await currentDigest(source, walked, state, context.compression);
+      const walked = await walkSource(source);
+      return { walked, digest: await currentDigest(source, walked, state, context.compression) };
     } catch {
       // Packing it reports what is wrong.
-      digest = undefined;
+      return { walked: undefined, digest: undefined };
     }
+  }
+  async function check(source: PackageSource, walked: Walked | undefined, digest: string | undefined): Promise<void> {
     const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
     if (!everywhere.every(Boolean)) {
       // Only the walks of packages to pack are kept: holding every entry of an unchanged
