@@ -24,7 +24,7 @@ export interface UploadOptions {
   locations: Location[];
   compression: Compression;
   minimumFreeBytes: number;
-  /** Packages packed at once (default: the number of cores). */
+  /** Compressors run at once (default: the number of cores). */
   jobs?: number;
   onEvent?: EventSink;
   /** Where the pack cache and staging folder live (default: ~/.cache/autotest). */
