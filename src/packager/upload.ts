@@ -221,7 +221,9 @@ async function decide(sources: PackageSource[], live: LiveTarget[], state: PackS
   try {
     for (const source of sources) {
       const { walked, digest } = await walkAndDigest(source);
-      const checking = check(source, walked, digest);
+      // The walk of a package known unchanged is dropped at once (packing it for a location
+      // that lacks it walks again): held until its check, every entry of the tree would be.
+      const checking = check(source, digest === undefined ? walked : undefined, digest);
       // Its failure is awaited below; until then it must not count as unhandled.
       checking.catch(() => undefined);
       checks.push(checking);
@@ -243,8 +245,6 @@ async function decide(sources: PackageSource[], live: LiveTarget[], state: PackS
   async function check(source: PackageSource, walked: Walked | undefined, digest: string | undefined): Promise<void> {
     const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
     if (!everywhere.every(Boolean)) {
-      // Only the walks of packages to pack are kept: holding every entry of an unchanged
-      // tree would only feed the garbage collector.
       queue.push(source, walked);
       return;
     }
