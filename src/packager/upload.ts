@@ -86,8 +86,8 @@ const TARS_AHEAD = 2;
 interface PackPlan {
   compression: Compression;
   pool: CompressorPool | undefined;
-  /** Threads each compressor may use: every core (see uploadPackages). */
-  threads: number;
+  /** The compressor threads for a package of this many bytes. */
+  threadsFor: (bytes: number) => number;
   /** One tar stream is written at a time: they all run on the main thread. */
   tarring: LimitFunction;
 }
@@ -107,8 +107,8 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
   // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
   const { entries, startedMs, bytes } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0, bytes: 0 };
   const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${plan.compression}`);
-  const threads = plan.threads;
-  if (plan.pool && bytes <= POOLED_MAX_BYTES) {
+  const threads = plan.threadsFor(bytes);
+  if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
     const pool = plan.pool;
     const tar = `${dest}.tar`;
     const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
@@ -171,18 +171,22 @@ interface PackQueue {
   /** No more packages: `next` answers undefined once the queue is empty. */
   close(): void;
   next(): Promise<{ source: PackageSource; walked: Walked | undefined } | undefined>;
-  /** Packages pushed so far. */
+  /** Bytes of every package pushed so far, and whether the walk is over. */
+  readonly totalBytes: number;
+  readonly closed: boolean;
   readonly count: number;
 }
 
 function createPackQueue(): PackQueue {
   const ready: { source: PackageSource; walked: Walked | undefined }[] = [];
   const waiting: ((item: { source: PackageSource; walked: Walked | undefined } | undefined) => void)[] = [];
+  let totalBytes = 0;
   let count = 0;
   let closed = false;
   return {
     push(source, walked) {
       count += 1;
+      totalBytes += walked?.bytes ?? 0;
       const item = { source, walked };
       const taker = waiting.shift();
       if (taker) { taker(item); return; }
@@ -200,6 +204,8 @@ function createPackQueue(): PackQueue {
       if (item || closed) return Promise.resolve(item);
       return new Promise((resolve) => { waiting.push(resolve); });
     },
+    get totalBytes() { return totalBytes; },
+    get closed() { return closed; },
     get count() { return count; },
   };
 }
@@ -360,9 +366,9 @@ async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventS
 }
 
 /** Compressors run from long-lived helpers; without a compressor on PATH there is none, and each package then fails saying so, by name. */
-async function openPool(compression: Compression, options: { size: number; threads: number; workDir: string }): Promise<CompressorPool | undefined> {
+async function openPool(compression: Compression, size: number, workDir: string): Promise<CompressorPool | undefined> {
   if (compression === 'gzip') return undefined;
-  return createCompressorPool(compression, options).catch((error: unknown) => {
+  return createCompressorPool(compression, { size, workDir }).catch((error: unknown) => {
     if (isAutotestError(error, 'ERR_TOOL')) return undefined;
     throw error;
   });
@@ -375,12 +381,8 @@ async function openPool(compression: Compression, options: { size: number; threa
  */
 export async function uploadPackages(options: UploadOptions): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
-  // One compressor per core, each allowed every core: a package of one bzip2 block uses one
-  // thread whatever it is allowed, and a large one uses the cores the others leave idle, so
-  // a large package packed last is not a long tail on one core. lbzip2 costs no more CPU time
-  // with more threads (3.6 s either way for the 135 packages of the generated tree) and writes
-  // the same bytes. The tar streams are built on the main thread at many times a compressor's
-  // speed, so the cores stay busy.
+  // One compressor per core, each on one thread (see threadsFor): the tar streams are
+  // built on the main thread at many times a compressor's speed, so the cores stay busy.
   const cores = availableParallelism();
   const compressors = options.jobs ?? cores;
   const sources = await selectSources(options.clientDir, options.selection, options.compression);
@@ -412,14 +414,17 @@ interface PackEverything extends UploadOptions {
 async function packEverything(queue: PackQueue, options: PackEverything): Promise<void> {
   const { live, state, emit, cores } = options;
   const staged: Staged = { adds: new Map(live.map((l) => [l, []])), refresh: new Map(live.map((l) => [l, []])) };
+  // A package holding a core's share of the work or more would finish alone: it gets every
+  // core. Before the walk is over the share is not known: the few packages taken by then get one.
+  const threadsFor = (bytes: number): number => (queue.closed && bytes > 0 && bytes * cores >= queue.totalBytes ? cores : 1);
   let opened: Promise<Workspace> | undefined;
   const workspace = (): Promise<Workspace> => {
     opened ??= (async () => {
       const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
       await mkdir(stagingRoot, { recursive: true });
       const dir = await mkdtemp(path.join(stagingRoot, 'pack-'));
-      const pool = await openPool(options.compression, { size: options.compressors, threads: cores, workDir: dir });
-      return { dir, plan: { compression: options.compression, pool, threads: cores, tarring: pLimit(1) } };
+      const pool = await openPool(options.compression, options.compressors, dir);
+      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: pLimit(1) } };
     })();
     return opened;
   };

@@ -109,7 +109,9 @@ export async function compressorCommand(compression: Exclude<Compression, 'gzip'
 }
 
 /**
- * A compressor; `threads` caps a parallel bzip2's threads (default: all cores).
+ * A compressor; `threads` caps a parallel bzip2's threads (default: all cores). The packager
+ * runs one package per core with one thread each, and gives every core only to a package big
+ * enough to be the long pole: threads beyond the cores only cost context switches.
  */
 export async function createCompressor(compression: Compression, options: { threads?: number } = {}): Promise<Filter> {
   if (compression === 'gzip') return zlibFilter(createGzip({ level: 6 }), 'zlib-gzip');

@@ -88,12 +88,12 @@ const REQUESTS_PER_HELPER = 2;
 
 /**
  * Up to `size` helpers (started when first needed, replaced when one dies), each running
- * `compression`'s compressor on up to `threads` threads; `workDir` holds their stderr files. A request
+ * `compression`'s compressor on one thread; `workDir` holds their stderr files. A request
  * goes to the helper with the fewest requests out, and waits (in order) while every helper
  * holds REQUESTS_PER_HELPER.
  */
-export async function createCompressorPool(compression: Exclude<Compression, 'gzip'>, options: { size: number; threads: number; workDir: string }): Promise<CompressorPool> {
-  const { command, args } = await compressorCommand(compression, { threads: options.threads });
+export async function createCompressorPool(compression: Exclude<Compression, 'gzip'>, options: { size: number; workDir: string }): Promise<CompressorPool> {
+  const { command, args } = await compressorCommand(compression, { threads: 1 });
   const helpers: Helper[] = [];
   const queue: (() => void)[] = [];
   let started = 0;
