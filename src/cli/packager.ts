@@ -293,7 +293,7 @@ export function packagerCommand(output: Output, setExit: (code: number) => void,
     .option('-r, --repository <location>', 'an extra upload location; repeatable', collect)
     .option('--repair', 'with verify: fix what is found')
     .option('--json', 'print the result as JSON')
-    .addOption(new Option('-j, --jobs <n>', 'packages packed at once (default: twice the number of cores)'))
+    .addOption(new Option('-j, --jobs <n>', 'compressors run at once (default: the number of cores)'))
     .action(async (action: string, flags: PackagerFlags) => {
       setExit(await runPackager(action, flags, { output, resources }));
     });

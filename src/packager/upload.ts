@@ -3,12 +3,13 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
-import pLimit from 'p-limit';
+import pLimit, { type LimitFunction } from 'p-limit';
 import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isAutotestError } from '../errors.js';
 import {
-  DigestStream, createCompressorPool, digestEntries, packEntries, treeFingerprint, type CompressorPool, type IndexEntry, type TreeEntry, type RepositoryIndex,
+  DigestStream, compressTarFile, createCompressorPool, digestEntries, packEntries, treeFingerprint, writeTarFile,
+  type CompressorPool, type IndexEntry, type TreeEntry, type RepositoryIndex,
 } from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -24,7 +25,7 @@ export interface UploadOptions {
   locations: Location[];
   compression: Compression;
   minimumFreeBytes: number;
-  /** Packages packed at once (default: the number of cores). */
+  /** Compressors run at once (default: the number of cores). */
   jobs?: number;
   onEvent?: EventSink;
   /** Where the pack cache and staging folder live (default: ~/.cache/autotest). */
@@ -79,28 +80,46 @@ async function walkSource(source: PackageSource): Promise<Walked | undefined> {
  */
 const POOLED_MAX_BYTES = 32 * 1024 * 1024;
 
+/**
+ * Tar files written ahead of the compressors: the main thread writes the next package's tar
+ * stream while every compressor is busy, so none waits for it when it finishes.
+ */
+const TARS_AHEAD = 2;
+
 interface PackPlan {
   compression: Compression;
-  threads: number;
   pool: CompressorPool | undefined;
+  /** The compressor threads for a package of this many bytes. */
+  threadsFor: (bytes: number) => number;
+  /** One tar stream is written at a time: they all run on the main thread. */
+  tarring: LimitFunction;
 }
 
-async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, options: PackPlan): Promise<{ record: PackRecord }> {
-  if (source.type === 'file') {
-    // Plain files are published as they are, from one copy hashed on the way in, so that
-    // a file rewritten meanwhile cannot be published under another file's checksum.
-    const digest = new DigestStream();
-    await pipeline(createReadStream(source.root), digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
-    const digests = digest.digests();
-    return { record: { fingerprint: '', sourceDigest: digests.sha256, ...digests } };
-  }
+async function copyFileSource(source: PackageSource, dest: string): Promise<PackRecord> {
+  // Plain files are published as they are, from one copy hashed on the way in, so that
+  // a file rewritten meanwhile cannot be published under another file's checksum.
+  const digest = new DigestStream();
+  await pipeline(createReadStream(source.root), digest, createWriteStream(dest, { flags: 'wx', mode: 0o644 }));
+  const digests = digest.digests();
+  return { fingerprint: '', sourceDigest: digests.sha256, ...digests };
+}
+
+async function packSource(source: PackageSource, walked: Walked | undefined, dest: string, plan: PackPlan): Promise<PackRecord> {
+  if (source.type === 'file') return copyFileSource(source, dest);
   // The plan's walk is reused: a file changed since then fails its package (its size) or is
   // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
-  const { entries, startedMs } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0 };
-  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${options.compression}`);
-  const pool = options.threads === 1 && entries.reduce((sum, entry) => sum + entry.size, 0) <= POOLED_MAX_BYTES ? options.pool : undefined;
-  const result = await packEntries(entries, dest, options.compression, { threads: options.threads, pool });
-  return { record: { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size } };
+  const { entries, startedMs, bytes } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0, bytes: 0 };
+  const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${plan.compression}`);
+  const threads = plan.threadsFor(bytes);
+  if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
+    const pool = plan.pool;
+    const tar = `${dest}.tar`;
+    const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
+    const digests = await compressTarFile(tar, dest, pool);
+    return { fingerprint, sourceDigest, md5: digests.md5, sha256: digests.sha256, size: digests.size };
+  }
+  const result = await packEntries(entries, dest, plan.compression, { threads });
+  return { fingerprint, sourceDigest: result.sourceDigest, md5: result.md5, sha256: result.sha256, size: result.size };
 }
 
 function isRacy(entries: TreeEntry[], walkStartedMs: number): boolean {
@@ -124,25 +143,7 @@ async function currentDigest(source: PackageSource, walked: Walked | undefined, 
   return record.sourceDigest;
 }
 
-/**
- * `packager upload`: packs what changed, in parallel, and publishes it to every location
- * with its index. A location that refuses is reported and the others go on; a package that
- * cannot be packed is reported and the others go on. Nothing is ever half-published.
- */
-export function uploadPackages(options: UploadOptions): Promise<OperationReport> {
-  return withResources(options.resources, (resources) => uploadWith({ ...options, resources }));
-}
-
-async function uploadWith(options: UploadOptions & { resources: Resources }): Promise<OperationReport> {
-  const emit: EventSink = options.onEvent ?? (() => undefined);
-  // One package per core, each compressed on one thread (see threadsFor): the tar stream is
-  // built on the main thread at many times the compressor's speed, so the cores stay busy.
-  const cores = availableParallelism();
-  const jobs = options.jobs ?? cores;
-  const sources = await selectSources(options.clientDir, options.selection, options.compression);
-  const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
-  const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
-
+async function openLocations(options: UploadOptions & { resources: Resources }, report: OperationReport, emit: EventSink): Promise<LiveTarget[]> {
   const live: LiveTarget[] = [];
   await Promise.all(options.locations.map(async (location) => {
     const locationReport = emptyLocationReport(describeLocation(location));
@@ -158,123 +159,294 @@ async function uploadWith(options: UploadOptions & { resources: Resources }): Pr
       emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
     }
   }));
+  return live;
+}
 
-  const limit = pLimit(jobs);
-  const known = new Map<string, string | undefined>();
-  // Only the walks of packages known to have changed are kept for packing: holding every
-  // entry of an unchanged tree would only feed the garbage collector.
-  const walks = new Map<string, Walked>();
-  const sizes = new Map<string, number>();
-  await Promise.all(sources.map((source) => limit(async () => {
+/**
+ * The packages found to need packing, handed out largest first among those known. The walk
+ * feeds it while the first packages are already packed: a walk of a few thousand files takes
+ * as long as tens of packages' compression, and the cores would wait for it. Only the first
+ * packages handed out can miss a larger one not walked yet; the walk is over long before
+ * they are, so the largest packages still start early and the last to finish is a small one.
+ */
+interface PackQueue {
+  push(source: PackageSource, walked: Walked | undefined): void;
+  /** No more packages: `next` answers undefined once the queue is empty. */
+  close(): void;
+  next(): Promise<{ source: PackageSource; walked: Walked | undefined } | undefined>;
+  /** Bytes of every package pushed so far, and whether the walk is over. */
+  readonly totalBytes: number;
+  readonly closed: boolean;
+  readonly count: number;
+}
+
+function createPackQueue(): PackQueue {
+  const ready: { source: PackageSource; walked: Walked | undefined }[] = [];
+  const waiting: ((item: { source: PackageSource; walked: Walked | undefined } | undefined) => void)[] = [];
+  let totalBytes = 0;
+  let count = 0;
+  let closed = false;
+  return {
+    push(source, walked) {
+      count += 1;
+      totalBytes += walked?.bytes ?? 0;
+      const item = { source, walked };
+      const taker = waiting.shift();
+      if (taker) { taker(item); return; }
+      const bytes = walked?.bytes ?? 0;
+      let at = ready.length;
+      while (at > 0 && (ready[at - 1]?.walked?.bytes ?? 0) < bytes) at -= 1;
+      ready.splice(at, 0, item);
+    },
+    close() {
+      closed = true;
+      for (const taker of waiting.splice(0)) taker(undefined);
+    },
+    next() {
+      const item = ready.shift();
+      if (item || closed) return Promise.resolve(item);
+      return new Promise((resolve) => { waiting.push(resolve); });
+    },
+    get totalBytes() { return totalBytes; },
+    get closed() { return closed; },
+    get count() { return count; },
+  };
+}
+
+/**
+ * Walks every package, one after the other (the walks are synchronous, see walkTree), and
+ * pushes each that some location lacks into `queue`; the others are reported unchanged.
+ */
+async function decide(sources: PackageSource[], live: LiveTarget[], state: PackState, queue: PackQueue, context: { compression: Compression; emit: EventSink }): Promise<void> {
+  const { emit } = context;
+  // Each location is asked about a package (a stat, a round trip) while the next is walked.
+  const checks: Promise<void>[] = [];
+  try {
+    for (const source of sources) {
+      const { walked, digest } = await walkAndDigest(source);
+      // The walk of a package known unchanged is dropped at once (packing it for a location
+      // that lacks it walks again): held until its check, every entry of the tree would be.
+      const checking = check(source, digest === undefined ? walked : undefined, digest);
+      // Its failure is awaited below; until then it must not count as unhandled.
+      checking.catch(() => undefined);
+      checks.push(checking);
+    }
+    await Promise.all(checks);
+  } finally {
+    // However the walk ends, the packers waiting for more stop.
+    queue.close();
+  }
+  async function walkAndDigest(source: PackageSource): Promise<{ walked: Walked | undefined; digest: string | undefined }> {
     try {
       const walked = await walkSource(source);
-      const digest = await currentDigest(source, walked, state, options.compression);
-      known.set(source.fileName, digest);
-      if (walked) {
-        sizes.set(source.fileName, walked.bytes);
-        if (digest === undefined) walks.set(source.fileName, walked);
-      }
+      return { walked, digest: await currentDigest(source, walked, state, context.compression) };
     } catch {
-      known.set(source.fileName, undefined);
+      // Packing it reports what is wrong.
+      return { walked: undefined, digest: undefined };
     }
-  })));
-
-  const toPack: PackageSource[] = [];
-  for (const source of sources) {
-    const digest = known.get(source.fileName);
-    const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
-    if (everywhere.every(Boolean)) {
-      for (const l of live) {
-        l.report.unchanged.push(source.fileName);
-        emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
-      }
-    } else toPack.push(source);
   }
-  emit({ type: 'plan', packages: sources.length, toPack: live.length > 0 ? toPack.length : 0, locations: live.length });
-  // Largest first, so that the last package to finish is a small one.
-  const bytesOf = (source: PackageSource): number => sizes.get(source.fileName) ?? 0;
-  toPack.sort((a, b) => bytesOf(b) - bytesOf(a));
-  const totalBytes = toPack.reduce((sum, source) => sum + bytesOf(source), 0);
-  // A package holding a core's share of the work or more would finish alone: it gets every core.
-  const threadsFor = (source: PackageSource): number => (bytesOf(source) * cores >= totalBytes ? cores : 1);
-
-  if (live.length > 0 && toPack.length > 0) {
-    const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
-    await mkdir(stagingRoot, { recursive: true });
-    const staging = await mkdtemp(path.join(stagingRoot, 'pack-'));
-    const staged = new Map<LiveTarget, { entry: IndexEntry; staged: StagedFile }[]>(live.map((l) => [l, []]));
-    const refresh = new Map<LiveTarget, IndexEntry[]>(live.map((l) => [l, []]));
-    let pool: CompressorPool | undefined;
-    try {
-      // Without a compressor on PATH there is no pool: each package then fails saying so, by name.
-      if (options.compression !== 'gzip') {
-        pool = await createCompressorPool(options.compression, { size: jobs, workDir: staging }).catch((error: unknown) => {
-          if (isAutotestError(error, 'ERR_TOOL')) return undefined;
-          throw error;
-        });
-      }
-      await Promise.all(toPack.map((source) => limit(async () => {
-        const started = process.hrtime.bigint();
-        const packed = path.join(staging, source.fileName);
-        let record: PackRecord;
-        try {
-          ({ record } = await packSource(source, walks.get(source.fileName), packed, { compression: options.compression, threads: threadsFor(source), pool }));
-        } catch (error) {
-          const failure = toFailure(error);
-          report.failedPackages.push({ file: source.fileName, ...failure });
-          emit({ type: 'package-failed', file: source.fileName, error: failure.message });
-          return;
-        }
-        if (source.type !== 'file') {
-          state.set(source.fileName, record);
-          report.packed.push(source.fileName);
-          emit({ type: 'packed', file: source.fileName, size: record.size, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
-        }
-        const entry: IndexEntry = {
-          file: source.fileName, md5: record.md5, sha256: record.sha256, size: record.size,
-          sourceDigest: record.sourceDigest, publishedAt: new Date().toISOString(),
-        };
-        await Promise.all(live.map(async (l) => {
-          if (l.report.error) return;
-          const existing = l.index.get(source.fileName);
-          const size = existing ? await l.target.fileSize(source.fileName) : undefined;
-          if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
-            // Same bytes already there (touched files, or an older index): only the index learns more.
-            if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined) refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
-            l.report.unchanged.push(source.fileName);
-            emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
-            return;
-          }
-          try {
-            staged.get(l)?.push({ entry, staged: await l.target.stage(source.fileName, packed) });
-          } catch (error) {
-            l.report.error ??= toFailure(error);
-          }
-        }));
-        await rm(packed, { force: true });
-      })));
-
-      await Promise.all(live.map(async (l) => {
-        const adds = staged.get(l) ?? [];
-        try {
-          if (l.report.error) throw new Error('location failed before commit');
-          await l.target.commit({ add: adds, refresh: refresh.get(l) ?? [], remove: [] });
-          for (const { entry } of adds) {
-            l.report.published.push(entry.file);
-            emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
-          }
-        } catch (error) {
-          await l.target.discard(adds.map((a) => a.staged));
-          l.report.error ??= toFailure(error);
-          emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
-        }
-      }));
-    } finally {
-      await pool?.close();
-      await rm(staging, { recursive: true, force: true });
-      await state.save().catch(() => undefined);
+  async function check(source: PackageSource, walked: Walked | undefined, digest: string | undefined): Promise<void> {
+    const everywhere = await Promise.all(live.map((l) => holds(l, source.fileName, digest)));
+    if (!everywhere.every(Boolean)) {
+      queue.push(source, walked);
+      return;
     }
+    for (const l of live) {
+      l.report.unchanged.push(source.fileName);
+      emit({ type: 'unchanged', file: source.fileName, location: l.target.name });
+    }
+  }
+}
+
+/** What every location will be asked to commit once all is packed. */
+interface Staged {
+  adds: Map<LiveTarget, { entry: IndexEntry; staged: StagedFile }[]>;
+  refresh: Map<LiveTarget, IndexEntry[]>;
+}
+
+/** Stages one packed package into every live location, or only refreshes the index of one already holding its bytes. */
+async function stageEverywhere(file: string, packed: string, record: PackRecord, live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
+  const entry: IndexEntry = {
+    file, md5: record.md5, sha256: record.sha256, size: record.size, sourceDigest: record.sourceDigest, publishedAt: new Date().toISOString(),
+  };
+  await Promise.all(live.map(async (l) => {
+    if (l.report.error) return;
+    const existing = l.index.get(file);
+    const size = existing ? await l.target.fileSize(file) : undefined;
+    if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
+      // Same bytes already there (touched files, or an older index): only the index learns more.
+      if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined) staged.refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
+      l.report.unchanged.push(file);
+      emit({ type: 'unchanged', file, location: l.target.name });
+      return;
+    }
+    try {
+      staged.adds.get(l)?.push({ entry, staged: await l.target.stage(file, packed) });
+    } catch (error) {
+      l.report.error ??= toFailure(error);
+    }
+  }));
+}
+
+/** The staging folder and the compressors, made when the first package to pack is found. */
+interface Workspace {
+  dir: string;
+  plan: PackPlan;
+}
+
+interface PackContext {
+  live: LiveTarget[];
+  state: PackState;
+  report: OperationReport;
+  emit: EventSink;
+  workspace: () => Promise<Workspace>;
+  staged: Staged;
+  /** Settles once the plan event is out, which every packed event follows. */
+  planned: Promise<void>;
+}
+
+/**
+ * Packs every package the queue hands out and stages it into the locations. Three stages
+ * overlap: the main thread writes tar streams (one at a time, TARS_AHEAD ahead of the
+ * compressors), the compressors compress them, and packed packages are hashed and copied to
+ * the locations without holding a compressor's turn.
+ */
+async function packAndStage(queue: PackQueue, compressors: number, context: PackContext): Promise<void> {
+  const { report, emit, state } = context;
+  const staging = pLimit(2 * compressors);
+  const stages: Promise<void>[] = [];
+  const packNext = async (): Promise<void> => {
+    for (let item = await queue.next(); item; item = await queue.next()) {
+      const { source, walked } = item;
+      const started = process.hrtime.bigint();
+      let packed = source.fileName;
+      let record: PackRecord;
+      try {
+        const { dir, plan } = await context.workspace();
+        packed = path.join(dir, source.fileName);
+        record = await packSource(source, walked, packed, plan);
+      } catch (error) {
+        const failure = toFailure(error);
+        report.failedPackages.push({ file: source.fileName, ...failure });
+        emit({ type: 'package-failed', file: source.fileName, error: failure.message });
+        continue;
+      }
+      if (source.type !== 'file') state.set(source.fileName, record);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      // Staging is mostly waiting for the disk (a copy and an fsync per location): it runs
+      // beside the packing, twice as many at once.
+      stages.push(staging(async () => {
+        await context.planned;
+        if (source.type !== 'file') {
+          report.packed.push(source.fileName);
+          emit({ type: 'packed', file: source.fileName, size: record.size, seconds });
+        }
+        await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
+        await rm(packed, { force: true });
+      }));
+    }
+  };
+  await Promise.all(Array.from({ length: compressors + TARS_AHEAD }, packNext));
+  await Promise.all(stages);
+}
+
+async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
+  await Promise.all(live.map(async (l) => {
+    const adds = staged.adds.get(l) ?? [];
+    try {
+      if (l.report.error) throw new Error('location failed before commit');
+      await l.target.commit({ add: adds, refresh: staged.refresh.get(l) ?? [], remove: [] });
+      for (const { entry } of adds) {
+        l.report.published.push(entry.file);
+        emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
+      }
+    } catch (error) {
+      await l.target.discard(adds.map((a) => a.staged));
+      l.report.error ??= toFailure(error);
+      emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
+    }
+  }));
+}
+
+/** Compressors run from long-lived helpers; without a compressor on PATH there is none, and each package then fails saying so, by name. */
+async function openPool(compression: Compression, size: number, workDir: string): Promise<CompressorPool | undefined> {
+  if (compression === 'gzip') return undefined;
+  return createCompressorPool(compression, { size, workDir }).catch((error: unknown) => {
+    if (isAutotestError(error, 'ERR_TOOL')) return undefined;
+    throw error;
+  });
+}
+
+/**
+ * `packager upload`: packs what changed, in parallel, and publishes it to every location
+ * with its index. A location that refuses is reported and the others go on; a package that
+ * cannot be packed is reported and the others go on. Nothing is ever half-published.
+ */
+export function uploadPackages(options: UploadOptions): Promise<OperationReport> {
+  return withResources(options.resources, (resources) => uploadWith({ ...options, resources }));
+}
+
+async function uploadWith(options: UploadOptions & { resources: Resources }): Promise<OperationReport> {
+  const emit: EventSink = options.onEvent ?? (() => undefined);
+  // One compressor per core, each on one thread (see threadsFor): the tar streams are
+  // built on the main thread at many times a compressor's speed, so the cores stay busy.
+  const cores = availableParallelism();
+  const compressors = options.jobs ?? cores;
+  const sources = await selectSources(options.clientDir, options.selection, options.compression);
+  const state = await openPackState(options.clientDir, options.cacheDir ?? cacheDir());
+  const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
+  const live = await openLocations(options, report, emit);
+  const queue = createPackQueue();
+  if (live.length === 0) {
+    await decide(sources, live, state, queue, { compression: options.compression, emit });
+    emit({ type: 'plan', packages: sources.length, toPack: 0, locations: 0 });
+  } else {
+    await packEverything(queue, { ...options, sources, live, state, report, emit, compressors, cores });
   }
   report.ok = report.failedPackages.length === 0 && report.locations.every((l) => !l.error) && report.locations.length > 0;
   return report;
+}
+
+interface PackEverything extends UploadOptions {
+  sources: PackageSource[];
+  live: LiveTarget[];
+  state: PackState;
+  report: OperationReport;
+  emit: EventSink;
+  compressors: number;
+  cores: number;
+}
+
+/** Walks, packs and stages at once, then commits to every location. */
+async function packEverything(queue: PackQueue, options: PackEverything): Promise<void> {
+  const { live, state, emit, cores } = options;
+  const staged: Staged = { adds: new Map(live.map((l) => [l, []])), refresh: new Map(live.map((l) => [l, []])) };
+  // A package holding a core's share of the work or more would finish alone: it gets every
+  // core. Before the walk is over the share is not known: the few packages taken by then get one.
+  const threadsFor = (bytes: number): number => (queue.closed && bytes > 0 && bytes * cores >= queue.totalBytes ? cores : 1);
+  let opened: Promise<Workspace> | undefined;
+  const workspace = (): Promise<Workspace> => {
+    opened ??= (async () => {
+      const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
+      await mkdir(stagingRoot, { recursive: true });
+      const dir = await mkdtemp(path.join(stagingRoot, 'pack-'));
+      const pool = await openPool(options.compression, options.compressors, dir);
+      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: pLimit(1) } };
+    })();
+    return opened;
+  };
+  try {
+    const deciding = decide(options.sources, live, state, queue, { compression: options.compression, emit }).then(() => {
+      emit({ type: 'plan', packages: options.sources.length, toPack: queue.count, locations: live.length });
+    });
+    await Promise.all([deciding, packAndStage(queue, options.compressors, { live, state, report: options.report, emit, workspace, staged, planned: deciding })]);
+    if (queue.count > 0) await commitEverywhere(live, staged, emit);
+  } finally {
+    if (opened) {
+      const made = await opened.catch(() => undefined);
+      await made?.plan.pool?.close();
+      if (made) await rm(made.dir, { recursive: true, force: true });
+      await state.save().catch(() => undefined);
+    }
+  }
 }

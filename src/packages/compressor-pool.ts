@@ -1,5 +1,5 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Compression } from '../config/index.js';
 import { AutotestError } from '../errors.js';
@@ -8,7 +8,8 @@ import { compressorCommand } from './compress.js';
 /**
  * A small shell that runs the compressor once per request, each run reading a finished tar
  * file and creating a new file (`set -C`: never over an existing one; umask: 0644). A request
- * is two lines (source, destination), the answer one line (the compressor's exit status).
+ * is two lines (source, destination), the answer one line: 0, or the compressor's exit status
+ * and the start of what it wrote to stderr (read back only then, before the next run).
  *
  * Why a shell in between: every spawn from the packager forks a Node.js process of about
  * 100 MB, copying its page tables on the event loop (about 4 ms each, 0.5 s for the 135
@@ -20,7 +21,8 @@ const HELPER_SCRIPT = [
   'err=$1; shift',
   'umask 022; set -C',
   'while IFS= read -r src && IFS= read -r dest; do',
-  '  if "$@" <"$src" >"$dest" 2>|"$err"; then echo 0; else echo "$?"; fi',
+  // The braces send the shell's own complaints (a source gone, a destination there) to $err too.
+  '  if { "$@" <"$src" >"$dest"; } 2>|"$err"; then echo 0; else echo "$? $(head -c 2048 "$err" | tr -s \'\\n\' \' \')"; fi',
   'done',
 ].join('\n');
 
@@ -37,8 +39,8 @@ export interface CompressorPool {
 interface Helper {
   child: ChildProcessWithoutNullStreams;
   errFile: string;
-  /** The answer awaited, if a request is out. */
-  waiting: ((line: string | Error) => void) | undefined;
+  /** The answers awaited, in the order of the requests sent. */
+  waiting: ((line: string | Error) => void)[];
   /** The end of what the shell itself wrote to stderr (a refused redirection, say). */
   stderr: string;
   exited: Promise<void>;
@@ -47,19 +49,14 @@ interface Helper {
 
 function startHelper(command: string, args: string[], errFile: string): Helper {
   const child = spawn('sh', ['-c', HELPER_SCRIPT, 'sh', errFile, command, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const helper: Helper = { child, errFile, waiting: undefined, stderr: '', exited: Promise.resolve(), dead: false };
-  const answer = (line: string | Error): void => {
-    const waiting = helper.waiting;
-    helper.waiting = undefined;
-    waiting?.(line);
-  };
+  const helper: Helper = { child, errFile, waiting: [], stderr: '', exited: Promise.resolve(), dead: false };
   let pending = '';
   child.stdout.setEncoding('utf8');
   child.stdout.on('data', (chunk: string) => {
     pending += chunk;
     let newline = pending.indexOf('\n');
     while (newline !== -1) {
-      answer(pending.slice(0, newline));
+      helper.waiting.shift()?.(pending.slice(0, newline));
       pending = pending.slice(newline + 1);
       newline = pending.indexOf('\n');
     }
@@ -73,7 +70,8 @@ function startHelper(command: string, args: string[], errFile: string): Helper {
   helper.exited = new Promise((resolve) => {
     const end = (why: string): void => {
       helper.dead = true;
-      answer(new AutotestError('ERR_TOOL', `the shell running ${command} stopped (${why})${helper.stderr ? `: ${helper.stderr.trim()}` : ''}`));
+      const error = new AutotestError('ERR_TOOL', `the shell running ${command} stopped (${why})${helper.stderr ? `: ${helper.stderr.trim()}` : ''}`);
+      for (const waiting of helper.waiting.splice(0)) waiting(error);
       resolve();
     };
     child.on('error', (error) => { end(error.message); });
@@ -83,39 +81,52 @@ function startHelper(command: string, args: string[], errFile: string): Helper {
 }
 
 /**
+ * Requests a helper holds at once: the one it runs and the next, which it starts the moment
+ * the first ends, without waiting for the event loop to hear of it and answer.
+ */
+const REQUESTS_PER_HELPER = 2;
+
+/**
  * Up to `size` helpers (started when first needed, replaced when one dies), each running
- * `compression`'s compressor on one thread; `workDir` holds their stderr files.
+ * `compression`'s compressor on one thread; `workDir` holds their stderr files. A request
+ * goes to the helper with the fewest requests out, and waits (in order) while every helper
+ * holds REQUESTS_PER_HELPER.
  */
 export async function createCompressorPool(compression: Exclude<Compression, 'gzip'>, options: { size: number; workDir: string }): Promise<CompressorPool> {
   const { command, args } = await compressorCommand(compression, { threads: 1 });
-  const idle: Helper[] = [];
-  const all = new Set<Helper>();
-  const queue: ((helper: Helper) => void)[] = [];
+  const helpers: Helper[] = [];
+  const queue: (() => void)[] = [];
   let started = 0;
   let closed = false;
 
-  const acquire = async (): Promise<Helper> => {
-    for (let helper = idle.pop(); helper; helper = idle.pop()) {
-      if (!helper.dead) return helper;
-      all.delete(helper);
-    }
-    if (all.size < options.size) {
+  const leastBusy = (): Helper | undefined => {
+    for (let i = helpers.length - 1; i >= 0; i -= 1) if (helpers[i]?.dead === true) helpers.splice(i, 1);
+    let best: Helper | undefined;
+    for (const helper of helpers) if (!best || helper.waiting.length < best.waiting.length) best = helper;
+    if (best && best.waiting.length === 0) return best;
+    if (helpers.length < options.size) {
       started += 1;
       const helper = startHelper(command, args, path.join(options.workDir, `compressor-${started}.err`));
-      all.add(helper);
+      helpers.push(helper);
       return helper;
     }
-    return new Promise((resolve) => { queue.push(resolve); });
+    return best && best.waiting.length < REQUESTS_PER_HELPER ? best : undefined;
   };
-  const release = (helper: Helper): void => {
-    if (helper.dead) all.delete(helper);
-    const next = queue.shift();
-    if (!next) {
-      if (!helper.dead) idle.push(helper);
-      return;
+  const acquire = async (): Promise<Helper> => {
+    const helper = leastBusy();
+    if (helper) return helper;
+    await new Promise<void>((resolve) => { queue.push(resolve); });
+    return acquire();
+  };
+  const ask = async (helper: Helper, source: string, dest: string): Promise<string | Error> => {
+    try {
+      return await new Promise<string | Error>((resolve) => {
+        helper.waiting.push(resolve);
+        helper.child.stdin.write(`${source}\n${dest}\n`);
+      });
+    } finally {
+      queue.shift()?.();
     }
-    if (!helper.dead) next(helper);
-    else void acquire().then(next);
   };
 
   return {
@@ -125,27 +136,21 @@ export async function createCompressorPool(compression: Exclude<Compression, 'gz
       // Programmer error: our staging paths never hold a newline, which would split the request.
       if (source.includes('\n') || dest.includes('\n')) throw new Error(`a path with a newline cannot be sent to the compressor: ${JSON.stringify(source)}`);
       const helper = await acquire();
-      try {
-        const answer = await new Promise<string | Error>((resolve) => {
-          helper.waiting = resolve;
-          helper.child.stdin.write(`${source}\n${dest}\n`);
-        });
-        if (answer instanceof Error) throw answer;
-        if (answer !== '0') {
-          const status = Number(answer);
-          const why = status > 128 ? `killed by signal ${String(status - 128)}` : `exit code ${answer}`;
-          const said = (await readFile(helper.errFile, 'utf8').catch(() => '')).trim() || helper.stderr.trim();
-          throw new AutotestError('ERR_TOOL', `${command} failed to compress ${source} (${why})${said ? `: ${said.slice(0, 2048)}` : ''}`);
-        }
-      } finally {
-        release(helper);
+      const answer = await ask(helper, source, dest);
+      if (answer instanceof Error) throw answer;
+      if (answer !== '0') {
+        const space = answer.indexOf(' ');
+        const status = Number(space === -1 ? answer : answer.slice(0, space));
+        const why = status > 128 ? `killed by signal ${String(status - 128)}` : `exit code ${String(status)}`;
+        const said = space === -1 ? '' : answer.slice(space + 1).trim();
+        throw new AutotestError('ERR_TOOL', `${command} failed to compress ${source} (${why})${said ? `: ${said.slice(0, 2048)}` : ''}`);
       }
     },
     async close() {
       closed = true;
-      for (const helper of all) helper.child.stdin.end();
-      await Promise.all([...all].map((helper) => helper.exited));
-      await Promise.all([...all].map((helper) => rm(helper.errFile, { force: true })));
+      for (const helper of helpers) helper.child.stdin.end();
+      await Promise.all(helpers.map((helper) => helper.exited));
+      await Promise.all(helpers.map((helper) => rm(helper.errFile, { force: true })));
     },
   };
 }

@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { Transform, type TransformCallback } from 'node:stream';
 
 export interface Digests {
@@ -41,16 +41,32 @@ export class Sha256Stream extends Transform {
   }
 }
 
-/** md5, sha256 and size of a file, read as a stream. */
+const DIGEST_READ_BYTES = 1024 * 1024;
+/** Read buffers of finished digests: a fresh one per file would start the garbage collector for nothing. */
+const spareBuffers: Buffer[] = [];
+
+/**
+ * md5, sha256 and size of a file, read into one buffer of 1 MB: a read stream's 64 KB
+ * chunks cost sixteen times the reads and leave a buffer per chunk to the garbage collector.
+ */
 export async function digestFile(file: string): Promise<Digests> {
   const md5 = createHash('md5');
   const sha256 = createHash('sha256');
   let size = 0;
-  for await (const chunk of createReadStream(file)) {
-    const buffer = chunk as Buffer;
-    md5.update(buffer);
-    sha256.update(buffer);
-    size += buffer.length;
+  const handle = await open(file, 'r');
+  const buffer = spareBuffers.pop() ?? Buffer.allocUnsafe(DIGEST_READ_BYTES);
+  try {
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) break;
+      const chunk = buffer.subarray(0, bytesRead);
+      md5.update(chunk);
+      sha256.update(chunk);
+      size += bytesRead;
+    }
+  } finally {
+    spareBuffers.push(buffer);
+    await handle.close();
   }
   return { md5: md5.digest('hex'), sha256: sha256.digest('hex'), size };
 }

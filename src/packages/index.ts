@@ -2,7 +2,7 @@ export { checkName, checkFileName, MAX_FILE_NAME_LENGTH, MAX_PACKAGE_NAME_LENGTH
 export type { PackageType, ParsedFileName } from './names.js';
 export { fileEntry, walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
 export type { TreeEntry, ExcludeRule } from './tree.js';
-export { digestEntries, packEntries, TARBALL_MTIME } from './tarball.js';
+export { compressTarFile, digestEntries, packEntries, writeTarFile, TARBALL_MTIME } from './tarball.js';
 export type { PackOptions, PackResult } from './tarball.js';
 export { createCompressorPool } from './compressor-pool.js';
 export type { CompressorPool } from './compressor-pool.js';

@@ -119,19 +119,42 @@ function changed(entry: TreeEntry, why: string): AutotestError {
 
 /**
  * The tar stream of `entries` (in their order, then the two zero blocks that end it), as
- * buffers of TAR_CHUNK_BYTES (the last one shorter). Files are read synchronously: they are
+ * buffers of `chunkBytes` (the last one shorter). Files are read synchronously: they are
  * read once, in order, into the buffer that leaves next, and a thread-pool round trip per
  * read would cost more than the read. A file whose size differs from its entry's is an error.
+ * With `reuseBuffer`, every chunk is the same buffer, refilled once the caller asks for the
+ * next: for a caller done with each chunk by then, no buffer is left for the garbage collector.
  */
-export function* tarChunks(entries: Iterable<TreeEntry>, chunkBytes = TAR_CHUNK_BYTES): Generator<Buffer, void, undefined> {
-  let buf = Buffer.allocUnsafe(chunkBytes);
+export function* tarChunks(entries: Iterable<TreeEntry>, options: { chunkBytes?: number; reuseBuffer?: boolean } = {}): Generator<Buffer, void, undefined> {
+  const chunkBytes = options.chunkBytes ?? TAR_CHUNK_BYTES;
+  const reused = options.reuseBuffer === true ? takeSpareBuffer(chunkBytes) : undefined;
+  try {
+    yield* tarChunksInto(entries, reused, chunkBytes);
+  } finally {
+    if (reused) spareBuffers.push(reused);
+  }
+}
+
+/**
+ * Buffers of finished reusing walks, for the next: a fresh 1 MB buffer per package counts
+ * as external memory, and a hundred of them start the garbage collector for nothing.
+ */
+const spareBuffers: Buffer[] = [];
+
+function takeSpareBuffer(bytes: number): Buffer {
+  const spare = spareBuffers.pop();
+  return spare !== undefined && spare.length === bytes ? spare : Buffer.allocUnsafe(bytes);
+}
+
+function* tarChunksInto(entries: Iterable<TreeEntry>, reused: Buffer | undefined, chunkBytes: number): Generator<Buffer, void, undefined> {
+  let buf = reused ?? Buffer.allocUnsafe(chunkBytes);
   let used = 0;
   const probe = Buffer.allocUnsafe(1);
   /** Hands out the buffer once it is full, and starts the next. */
   function* handOutIfFull(): Generator<Buffer, void, undefined> {
     if (used < buf.length) return;
     yield buf;
-    buf = Buffer.allocUnsafe(chunkBytes);
+    if (!reused) buf = Buffer.allocUnsafe(chunkBytes);
     used = 0;
   }
   /** Copies `bytes` in, handing out every buffer that fills. */

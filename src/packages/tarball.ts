@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, createWriteStream, openSync, writeSync } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from '../config/index.js';
 import { createCompressor } from './compress.js';
@@ -23,7 +23,7 @@ export interface PackResult extends Digests {
  */
 export async function digestEntries(entries: TreeEntry[]): Promise<string> {
   const hash = createHash('sha256');
-  for (const chunk of tarChunks(entries)) {
+  for (const chunk of tarChunks(entries, { reuseBuffer: true })) {
     hash.update(chunk);
     // Between chunks, let the rest of the process (other packages, their pipes) run.
     await new Promise<void>((resolve) => { setImmediate(resolve); });
@@ -31,32 +31,18 @@ export async function digestEntries(entries: TreeEntry[]): Promise<string> {
   return hash.digest('hex');
 }
 
-async function syncFile(file: string): Promise<void> {
-  const handle = await open(file, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 export interface PackOptions {
   /** Caps a parallel compressor's threads. */
   threads?: number;
-  /**
-   * Compress through these long-lived helpers instead of a process of its own: the tar
-   * stream goes to a file next to `dest` first. The same bytes come out either way.
-   */
-  pool?: CompressorPool;
 }
 
 /**
  * Packs `entries` into `dest` (created, never overwritten) with `compression`, computing the
  * tarball's digests and the source digest in the same pass: no byte is read twice. On any
- * failure `dest` is removed.
+ * failure `dest` is removed. `dest` is not synced: it is a work file, and whoever publishes
+ * it makes its own copy durable.
  */
 export async function packEntries(entries: TreeEntry[], dest: string, compression: Compression, options: PackOptions = {}): Promise<PackResult> {
-  if (options.pool) return packThroughPool(entries, dest, options.pool);
   const compressor = await createCompressor(compression, options);
   const source = createHash('sha256');
   const digest = new DigestStream();
@@ -74,7 +60,6 @@ export async function packEntries(entries: TreeEntry[], dest: string, compressio
   })();
   try {
     await Promise.all([feeding, writing, compressor.done]);
-    await syncFile(dest);
   } catch (error) {
     compressor.input.destroy();
     await Promise.allSettled([feeding, writing, compressor.done]);
@@ -85,29 +70,40 @@ export async function packEntries(entries: TreeEntry[], dest: string, compressio
 }
 
 /**
- * The tar stream is written to `dest`.tar (hashed on the way), a helper compresses that file
- * into `dest`, which is then read once for its digests: for a small package, a few more
- * page-cache writes and reads cost far less than a process of its own.
+ * Writes the tar stream of `entries` into the new file `tar` (mode 0600) and returns its
+ * source digest, hashed on the way: the first half of a pack through a compressor pool.
+ * One buffer is filled and written again and again, in 1 MB writes; between them the event
+ * loop runs, so the compressors waiting for their next file hear of it at once.
  */
-async function packThroughPool(entries: TreeEntry[], dest: string, pool: CompressorPool): Promise<PackResult> {
-  const tar = `${dest}.tar`;
+export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<string> {
   const source = createHash('sha256');
   try {
     const fd = openSync(tar, 'wx', 0o600);
     try {
-      for (const chunk of tarChunks(entries)) {
+      for (const chunk of tarChunks(entries, { reuseBuffer: true })) {
         source.update(chunk);
         for (let done = 0; done < chunk.length;) done += writeSync(fd, chunk, done);
-        // Between chunks, let the other packages' answers in.
         await new Promise<void>((resolve) => { setImmediate(resolve); });
       }
     } finally {
       closeSync(fd);
     }
+  } catch (error) {
+    await rm(tar, { force: true });
+    throw error;
+  }
+  return source.digest('hex');
+}
+
+/**
+ * The second half: `pool` compresses the file `tar` (removed in any case) into `dest`
+ * (removed on failure), which is then read once for its digests. For a small package a few
+ * page-cache writes and reads cost far less than a process of its own.
+ */
+export async function compressTarFile(tar: string, dest: string, pool: CompressorPool): Promise<Digests> {
+  try {
     await pool.compressFile(tar, dest);
-    const digests = await digestFile(dest);
-    await syncFile(dest);
-    return { ...digests, sourceDigest: source.digest('hex'), tool: pool.tool };
+    return await digestFile(dest);
   } catch (error) {
     await rm(dest, { force: true });
     throw error;
