@@ -45,7 +45,9 @@ function controlFile(names: readonly string[], declared: boolean): string {
 
 /** The longest the job waited on packages on one host (transfers.json's waitSeconds). */
 async function waitSeconds(run: AutoservRun): Promise<number> {
-  const waits = await Promise.all(run.summaries.map(async (s) => (JSON.parse(await readFile(path.join(s.results, 'transfers.json'), 'utf8')) as { waitSeconds: number }).waitSeconds));
+  const waits = await Promise.all(
+    run.summaries.map(async (s) => (JSON.parse(await readFile(path.join(s.results, 'transfers.json'), 'utf8')) as { waitSeconds: number }).waitSeconds),
+  );
   return Math.max(...waits);
 }
 
@@ -80,16 +82,24 @@ async function main(): Promise<void> {
         results[way].push({ run, wait: await waitSeconds(run) });
       }
     }
-    console.log(`autoserv, the example job + ${BULK_TESTS.toString()} tests of 1 MB (half text, half compressed data) on 3 namespace hosts; client installed, package cache empty;`);
-    console.log(`setup = client check + the job's wait on packages (slowest host); job = the whole autoserv run; best of ${TRIES.toString()} (median in brackets):`);
+    console.log(
+      `autoserv, the example job + ${BULK_TESTS.toString()} tests of 1 MB (half text, half compressed data) on 3 namespace hosts; client installed, package cache empty;`,
+    );
+    console.log(
+      `setup = client check + the job's wait on packages (slowest host); job = the whole autoserv run; best of ${TRIES.toString()} (median in brackets):`,
+    );
     const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? NaN;
     const line = (values: number[]): string => `${Math.min(...values).toFixed(2)} s (${median(values).toFixed(2)})`;
     for (const way of ['ahead', 'on demand'] as const) {
       const tries = results[way];
-      console.log(`  ${way.padEnd(10)} setup ${line(tries.map((r) => r.run.setup))}  wait ${line(tries.map((r) => r.wait))}  job ${line(tries.map((r) => r.run.seconds))}  ${(tries[0]?.run.bytes ?? 0).toString()} bytes`);
+      console.log(
+        `  ${way.padEnd(10)} setup ${line(tries.map((r) => r.run.setup))}  wait ${line(tries.map((r) => r.wait))}  job ${line(tries.map((r) => r.run.seconds))}  ${(tries[0]?.run.bytes ?? 0).toString()} bytes`,
+      );
     }
     const best = (way: keyof typeof controls, pick: (r: { run: AutoservRun; wait: number }) => number): number => Math.min(...results[way].map(pick));
-    console.log(`  ahead / on demand: setup ${(best('ahead', (r) => r.run.setup) / best('on demand', (r) => r.run.setup)).toFixed(2)}x, job ${(best('ahead', (r) => r.run.seconds) / best('on demand', (r) => r.run.seconds)).toFixed(2)}x`);
+    console.log(
+      `  ahead / on demand: setup ${(best('ahead', (r) => r.run.setup) / best('on demand', (r) => r.run.setup)).toFixed(2)}x, job ${(best('ahead', (r) => r.run.seconds) / best('on demand', (r) => r.run.seconds)).toFixed(2)}x`,
+    );
   } finally {
     await lab.stop();
   }

@@ -38,11 +38,17 @@ async function main(): Promise<void> {
     const cold = await best('packaging, cold', 2, (i) => path.join(work, `hosts-cold-${i.toString()}`, '{host}'), 'auto');
     const warm = await best('packaging, warm', 3, () => path.join(work, 'hosts-cold-1', '{host}'), 'auto');
     const full = await best('no packaging (full copy)', 2, (i) => path.join(work, `hosts-full-${i.toString()}`, '{host}'), 'full copy');
-    console.log('autoserv, example job on 3 namespace hosts; setup = client install + every package fetched or checked (slowest host), bytes summed over hosts:');
+    console.log(
+      'autoserv, example job on 3 namespace hosts; setup = client install + every package fetched or checked (slowest host), bytes summed over hosts:',
+    );
     for (const r of [cold, warm, full]) {
-      console.log(`  ${r.label.padEnd(26)} setup ${r.setup.toFixed(2)} s  ${r.bytes.toString().padStart(10)} bytes  (whole run ${r.seconds.toFixed(2)} s; client by ${r.summaries[0]?.clientInstall ?? '?'})`);
+      console.log(
+        `  ${r.label.padEnd(26)} setup ${r.setup.toFixed(2)} s  ${r.bytes.toString().padStart(10)} bytes  (whole run ${r.seconds.toFixed(2)} s; client by ${r.summaries[0]?.clientInstall ?? '?'})`,
+      );
     }
-    console.log(`  warm / full copy: bytes ${(100 * warm.bytes / full.bytes).toFixed(3)}% (target <= 1%), setup time ${(warm.setup / full.setup).toFixed(2)}x (target <= 0.1x)`);
+    console.log(
+      `  warm / full copy: bytes ${((100 * warm.bytes) / full.bytes).toFixed(3)}% (target <= 1%), setup time ${(warm.setup / full.setup).toFixed(2)}x (target <= 0.1x)`,
+    );
   } finally {
     await lab.stop();
   }

@@ -60,7 +60,9 @@ function timedGet(url: string, start: number): Promise<ClientTimes> {
         if (Number.isNaN(firstByteMs)) firstByteMs = performance.now() - start;
         hash.update(chunk);
       });
-      response.on('end', () => { resolve({ firstByteMs, doneMs: performance.now() - start, sha256: hash.digest('hex') }); });
+      response.on('end', () => {
+        resolve({ firstByteMs, doneMs: performance.now() - start, sha256: hash.digest('hex') });
+      });
       response.on('error', reject);
     });
     request.setTimeout(PHASE_LIMIT_MS, () => request.destroy(new Error(`${url}: over ${String(PHASE_LIMIT_MS / 1000)} s`)));
@@ -83,7 +85,11 @@ async function peakRssMb(pid: number): Promise<number> {
 async function measure(front: string, upstream: NginxServer, digest: string, pid: number | undefined): Promise<FrontResult> {
   // The index first, once, as a lab's clients read it before their packages.
   await new Promise<void>((resolve, reject) => {
-    http.get(`${front}/packages.checksum`, { agent: false }, (response) => { response.resume().on('end', resolve); }).on('error', reject);
+    http
+      .get(`${front}/packages.checksum`, { agent: false }, (response) => {
+        response.resume().on('end', resolve);
+      })
+      .on('error', reject);
   });
   const before = await upstreamLog(upstream);
   const start = performance.now();
@@ -94,8 +100,26 @@ async function measure(front: string, upstream: NginxServer, digest: string, pid
     upstreamGets: after.gets - before.gets,
     upstreamBytes: after.bytes - before.bytes,
     totalMs,
-    firstByte: { median: percentile(times.map((t) => t.firstByteMs), 50), p95: percentile(times.map((t) => t.firstByteMs), 95) },
-    done: { median: percentile(times.map((t) => t.doneMs), 50), p95: percentile(times.map((t) => t.doneMs), 95) },
+    firstByte: {
+      median: percentile(
+        times.map((t) => t.firstByteMs),
+        50,
+      ),
+      p95: percentile(
+        times.map((t) => t.firstByteMs),
+        95,
+      ),
+    },
+    done: {
+      median: percentile(
+        times.map((t) => t.doneMs),
+        50,
+      ),
+      p95: percentile(
+        times.map((t) => t.doneMs),
+        95,
+      ),
+    },
     peakRssMb: pid === undefined ? undefined : await peakRssMb(pid),
     wrong: times.filter((t) => t.sha256 !== digest).length,
   };
@@ -114,7 +138,9 @@ async function main(): Promise<void> {
     const body = randomBytes(PACKAGE_BYTES);
     const digest = createHash('sha256').update(body).digest('hex');
     await writeFile(path.join(www, PACKAGE), body);
-    const index: RepositoryIndex = new Map([[PACKAGE, { file: PACKAGE, md5: createHash('md5').update(body).digest('hex'), sha256: digest, size: body.length }]]);
+    const index: RepositoryIndex = new Map([
+      [PACKAGE, { file: PACKAGE, md5: createHash('md5').update(body).digest('hex'), sha256: digest, size: body.length }],
+    ]);
     await writeFile(path.join(www, 'packages.checksum'), formatChecksumFile(index));
     await writeFile(path.join(www, 'packages.json'), formatManifest(index));
 
@@ -125,7 +151,10 @@ async function main(): Promise<void> {
     const config = path.join(work, 'global_config.ini');
     await writeFile(config, ['[SERVER]', `builtin_dir: ${upstream.url}`, `cache_dir: ${cacheDir}`, 'log_level: warn', ''].join('\n'));
     const ours = await startDaemon({
-      name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd: work,
+      name: 'autotest serve',
+      command: process.execPath,
+      host: '127.0.0.1',
+      cwd: work,
       env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'client-cache'), AUTOTEST_CONFIG: '' },
       prepare: (port) => [CLI, 'serve', '--config', config, '--port', port.toString()],
     });
@@ -152,7 +181,9 @@ async function main(): Promise<void> {
     });
     stops.push(() => reference.stop());
 
-    console.log(`caching fronts: ${String(CLIENTS)} clients at once, one ${String(PACKAGE_BYTES / 1024 / 1024)} MB package, upstream nginx at limit_rate ${UPSTREAM_RATE}/s, empty caches`);
+    console.log(
+      `caching fronts: ${String(CLIENTS)} clients at once, one ${String(PACKAGE_BYTES / 1024 / 1024)} MB package, upstream nginx at limit_rate ${UPSTREAM_RATE}/s, empty caches`,
+    );
     const nginxResult = await measure(`${reference.url}/packages/builtin`, upstream, digest, undefined);
     const oursResult = await measure(`http://127.0.0.1:${ours.port.toString()}/packages/builtin`, upstream, digest, ours.pid);
 

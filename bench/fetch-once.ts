@@ -27,7 +27,11 @@ for (let run = 0; run <= (request.runs ?? 1); run += 1) {
   await rm(request.dest, { force: true });
   const cpu = process.cpuUsage();
   const started = performance.now();
-  const fetcher = await PackageFetcher.create([location], { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0, maxSizeBytes: 1e10 }, { resources });
+  const fetcher = await PackageFetcher.create(
+    [location],
+    { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0, maxSizeBytes: 1e10 },
+    { resources },
+  );
   await fetcher.fetch(request.file, request.dest);
   await fetcher.close();
   const seconds = (performance.now() - started) / 1000;

@@ -27,9 +27,19 @@ const SETTINGS: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 600_000, re
 async function writeRandom(file: string, bytes: number): Promise<void> {
   const out = createWriteStream(file);
   for (let written = 0; written < bytes; written += 1024 * 1024) {
-    if (!out.write(randomBytes(1024 * 1024))) await new Promise<void>((resolve) => out.once('drain', () => { resolve(); }));
+    if (!out.write(randomBytes(1024 * 1024)))
+      await new Promise<void>((resolve) =>
+        out.once('drain', () => {
+          resolve();
+        }),
+      );
   }
-  await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => { if (error) reject(error); else resolve(); }));
+  await new Promise<void>((resolve, reject) =>
+    out.end((error?: Error | null) => {
+      if (error) reject(error);
+      else resolve();
+    }),
+  );
 }
 
 async function time(run: () => Promise<unknown>): Promise<number> {
@@ -53,7 +63,10 @@ async function main(): Promise<void> {
     await writeRandom(big, SIZE);
     const config = path.join(work, 'global_config.ini');
     await writeFile(config, `[PACKAGES]\nupload_location: ${repo}\nclient_dir: ${EXAMPLE}\nminimum_free_space: 0\n`);
-    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '-f', big, '--config', config], { env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') }, stdio: 'ignore' });
+    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '-f', big, '--config', config], {
+      env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') },
+      stdio: 'ignore',
+    });
     const nginx = await startNginx({ root: www });
     try {
       const url = `${nginx.url}/packages`;
@@ -71,11 +84,13 @@ async function main(): Promise<void> {
         await rm(path.join(out, 'curl.img'), { force: true });
         curl.push(await time(() => Promise.resolve(execFileSync('curl', ['-sf', '-o', path.join(out, 'curl.img'), `${url}/kernel-200m.img`]))));
         await rm(path.join(out, 'ours.img'), { force: true });
-        ours.push(await time(async () => {
-          const fetcher = await PackageFetcher.create([location], SETTINGS, { resources });
-          await fetcher.fetch('kernel-200m.img', path.join(out, 'ours.img'));
-          await fetcher.close();
-        }));
+        ours.push(
+          await time(async () => {
+            const fetcher = await PackageFetcher.create([location], SETTINGS, { resources });
+            await fetcher.fetch('kernel-200m.img', path.join(out, 'ours.img'));
+            await fetcher.close();
+          }),
+        );
       }
       await resources.close();
       const curlS = Math.min(...curl);
@@ -92,7 +107,9 @@ async function main(): Promise<void> {
       for (let i = 0; i < 2 * RUNS; i += 1) {
         const installDir = path.join(work, `install-${i.toString()}`);
         direct.push(await time(() => installPackages('test', ['sleeptest'], { locations: [location], settings: SETTINGS, installDir: `${installDir}-a` })));
-        fallback.push(await time(() => installPackages('test', ['sleeptest'], { locations: [refused, location], settings: SETTINGS, installDir: `${installDir}-b` })));
+        fallback.push(
+          await time(() => installPackages('test', ['sleeptest'], { locations: [refused, location], settings: SETTINGS, installDir: `${installDir}-b` })),
+        );
       }
       const extraMs = (median(fallback) - median(direct)) * 1000;
       console.log(`install of one test (median of ${(2 * RUNS).toString()}):`);

@@ -56,26 +56,50 @@ export async function createLab(fill: (clientDir: string) => Promise<void>): Pro
       stops.push(() => ns.destroy());
       const sshd = await startSshd({ netns: ns.name });
       stops.push(() => sshd.stop());
-      const nginx = await startNginx({ root: work, listenAddress: ns.hostSideAddress, extraLocations: `location /packages/ { alias ${path.join(work, 'www')}/; }` });
+      const nginx = await startNginx({
+        root: work,
+        listenAddress: ns.hostSideAddress,
+        extraLocations: `location /packages/ { alias ${path.join(work, 'www')}/; }`,
+      });
       stops.push(() => nginx.stop());
       hosts.push({ sshd, url: `${nginx.url}/packages/builtin` });
     }
-    process.env.AUTOTEST_SSH_CONFIG = await writeSshConfig(hosts.map((h) => h.sshd), path.join(work, 'ssh_config'));
+    process.env.AUTOTEST_SSH_CONFIG = await writeSshConfig(
+      hosts.map((h) => h.sshd),
+      path.join(work, 'ssh_config'),
+    );
     const configFile = path.join(work, 'global_config.ini');
-    await writeFile(configFile, `[PACKAGES]\nupload_location: ${builtin}\nfetch_location: ${hosts.map((h) => h.url).join(', ')}\nclient_dir: ${clientDir}\nminimum_free_space: 0\n`);
-    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', configFile], { env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') }, stdio: 'ignore' });
+    await writeFile(
+      configFile,
+      `[PACKAGES]\nupload_location: ${builtin}\nfetch_location: ${hosts.map((h) => h.url).join(', ')}\nclient_dir: ${clientDir}\nminimum_free_space: 0\n`,
+    );
+    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', configFile], {
+      env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') },
+      stdio: 'ignore',
+    });
     const locations: FetchLocation[] = (await loadConfig({ file: configFile })).packages.fetchLocations;
     const run: Lab['run'] = async (label, control, hostDir, clientInstall = 'auto') => {
       const started = performance.now();
       const summaries = await runAutoserv({
-        hosts: hosts.map((h) => h.sshd.alias), control, resultsDir: path.join(work, 'results', label.replace(/[^A-Za-z0-9]+/g, '-')), locations,
-        clientDir, hostDir, clientInstall,
+        hosts: hosts.map((h) => h.sshd.alias),
+        control,
+        resultsDir: path.join(work, 'results', label.replace(/[^A-Za-z0-9]+/g, '-')),
+        locations,
+        clientDir,
+        hostDir,
+        clientInstall,
       });
       // runAutoserv closes its own SSH hosts, as the CLI does after each run: the master connections stay for the next (ControlPersist).
       const seconds = (performance.now() - started) / 1000;
       if (summaries.some((s) => s.status !== 'GOOD')) throw new Error(`${label}: ${JSON.stringify(summaries)}`);
       // Hosts set up in parallel: the setup time of the run is the slowest host's.
-      return { label, seconds, setup: Math.max(...summaries.map((s) => s.setup.seconds)), bytes: summaries.reduce((sum, s) => sum + s.setup.bytes, 0), summaries };
+      return {
+        label,
+        seconds,
+        setup: Math.max(...summaries.map((s) => s.setup.seconds)),
+        bytes: summaries.reduce((sum, s) => sum + s.setup.bytes, 0),
+        summaries,
+      };
     };
     return { work, clientDir, run, stop };
   } catch (error) {

@@ -41,7 +41,12 @@ function hasTool(tool: string): boolean {
 /** The package folders of a client tree, as Autotest's packager finds them. */
 function packageFolders(client: string): { type: string; name: string; dir: string }[] {
   const found: { type: string; name: string; dir: string }[] = [];
-  for (const [folder, type] of [['tests', 'test'], ['site_tests', 'test'], ['deps', 'dep'], ['profilers', 'profiler']] as const) {
+  for (const [folder, type] of [
+    ['tests', 'test'],
+    ['site_tests', 'test'],
+    ['deps', 'dep'],
+    ['profilers', 'profiler'],
+  ] as const) {
     const base = path.join(client, folder);
     if (!existsSync(base)) continue;
     const names = execFileSync('find', [base, '-mindepth', '1', '-maxdepth', '1', '-type', 'd', '-printf', '%f\\n'], { encoding: 'utf8' });
@@ -69,7 +74,9 @@ function floorCommand(): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { 'client-dir': { type: 'string' }, files: { type: 'string' }, runs: { type: 'string' }, compare: { type: 'string' } } });
+  const { values } = parseArgs({
+    options: { 'client-dir': { type: 'string' }, files: { type: 'string' }, runs: { type: 'string' }, compare: { type: 'string' } },
+  });
   const compareCli = values.compare === undefined ? undefined : path.resolve(values.compare, 'src/cli/main.js');
   const work = await mkdtemp(path.join(tmpdir(), 'autotest-bench-'));
   try {
@@ -119,17 +126,37 @@ async function main(): Promise<void> {
     const loadBefore = loadavg();
     for (let i = 0; i < runs; i += 1) {
       await rm(path.join(work, 'ref'), { recursive: true, force: true });
-      ref.push(seconds(() => { reference(client, path.join(work, 'ref', 'out'), path.join(work, 'ref', 'location')); }));
-      floor.push(seconds(() => { execFileSync('sh', ['-c', `tar -cf - -C "$1" . | ${floorTool} > /dev/null`, 'sh', client]); }));
+      ref.push(
+        seconds(() => {
+          reference(client, path.join(work, 'ref', 'out'), path.join(work, 'ref', 'location'));
+        }),
+      );
+      floor.push(
+        seconds(() => {
+          execFileSync('sh', ['-c', `tar -cf - -C "$1" . | ${floorTool} > /dev/null`, 'sh', client]);
+        }),
+      );
       await rm(location, { recursive: true, force: true });
       await rm(path.join(work, 'cache'), { recursive: true, force: true });
       cold.push(seconds(ours));
       await readRss();
       warm.push(seconds(ours));
       await readRss();
-      walk.push(seconds(() => { execFileSync('sh', ['-c', 'find "$1" -printf \'%s %T@\\n\' > /dev/null', 'sh', client]); }));
-      nodeStart.push(seconds(() => { execFileSync(process.execPath, ['-e', '0']); }));
-      loaded.push(seconds(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--help'], { stdio: 'ignore' }); }));
+      walk.push(
+        seconds(() => {
+          execFileSync('sh', ['-c', 'find "$1" -printf \'%s %T@\\n\' > /dev/null', 'sh', client]);
+        }),
+      );
+      nodeStart.push(
+        seconds(() => {
+          execFileSync(process.execPath, ['-e', '0']);
+        }),
+      );
+      loaded.push(
+        seconds(() => {
+          execFileSync(process.execPath, [CLI, 'packager', 'upload', '--help'], { stdio: 'ignore' });
+        }),
+      );
       if (compareCli !== undefined) {
         await rm(path.join(work, 'compare-repo'), { recursive: true, force: true });
         await rm(path.join(work, 'compare-cache'), { recursive: true, force: true });
@@ -150,9 +177,15 @@ async function main(): Promise<void> {
       : client;
     console.log(`tree: ${describe}; ${CORES} cores; best of ${runs} (every run in brackets)`);
     console.log(`reference (serial tar -cjf + md5sum + cp):  ${r.toFixed(2)} s  [${all(ref)}]`);
-    console.log(`floor (tar -c | ${floorTool}):${' '.repeat(Math.max(1, 25 - floorTool.length))}${f.toFixed(2)} s  [${all(floor)}]  ${(f / r).toFixed(3)}x reference`);
-    console.log(`upload --all, cold:                         ${c.toFixed(2)} s  [${all(cold)}]  ${(c / r).toFixed(3)}x reference (target <= 0.30), ${(c / f).toFixed(2)}x floor (target <= 1.3)`);
-    console.log(`upload --all, unchanged re-run:             ${w.toFixed(3)} s  [${all(warm)}]  ${(w / r).toFixed(4)}x reference (target <= 0.03), ${(w / k).toFixed(2)}x find walk (target <= 3)`);
+    console.log(
+      `floor (tar -c | ${floorTool}):${' '.repeat(Math.max(1, 25 - floorTool.length))}${f.toFixed(2)} s  [${all(floor)}]  ${(f / r).toFixed(3)}x reference`,
+    );
+    console.log(
+      `upload --all, cold:                         ${c.toFixed(2)} s  [${all(cold)}]  ${(c / r).toFixed(3)}x reference (target <= 0.30), ${(c / f).toFixed(2)}x floor (target <= 1.3)`,
+    );
+    console.log(
+      `upload --all, unchanged re-run:             ${w.toFixed(3)} s  [${all(warm)}]  ${(w / r).toFixed(4)}x reference (target <= 0.03), ${(w / k).toFixed(2)}x find walk (target <= 3)`,
+    );
     console.log(`find -printf '%s %T@' walk:                 ${k.toFixed(3)} s  [${all(walk)}]`);
     console.log(`  of which Node.js start-up (node -e 0):    ${best(nodeStart).toFixed(3)} s  [${all(nodeStart)}]`);
     console.log(`  start-up + packager modules (--help):     ${best(loaded).toFixed(3)} s  [${all(loaded)}]`);
@@ -161,8 +194,12 @@ async function main(): Promise<void> {
       const cc = best(compareCold);
       const cw = best(compareWarm);
       console.log(`compared build ${values.compare ?? ''}, same runs:`);
-      console.log(`  upload --all, cold:                       ${cc.toFixed(2)} s  [${all(compareCold)}]  ${(cc / r).toFixed(3)}x reference, ${(cc / f).toFixed(2)}x floor`);
-      console.log(`  upload --all, unchanged re-run:           ${cw.toFixed(3)} s  [${all(compareWarm)}]  ${(cw / r).toFixed(4)}x reference, ${(cw / k).toFixed(2)}x find walk`);
+      console.log(
+        `  upload --all, cold:                       ${cc.toFixed(2)} s  [${all(compareCold)}]  ${(cc / r).toFixed(3)}x reference, ${(cc / f).toFixed(2)}x floor`,
+      );
+      console.log(
+        `  upload --all, unchanged re-run:           ${cw.toFixed(3)} s  [${all(compareWarm)}]  ${(cw / r).toFixed(4)}x reference, ${(cw / k).toFixed(2)}x find walk`,
+      );
     }
     const fmt = (l: number[]): string => l.map((x) => x.toFixed(2)).join(' ');
     console.log(`load average (1, 5, 15 min): ${fmt(loadBefore)} before, ${fmt(loadAfter)} after`);

@@ -29,9 +29,19 @@ const FETCH_RUNS = 5;
 async function writeRandom(file: string, bytes: number): Promise<void> {
   const out = createWriteStream(file);
   for (let written = 0; written < bytes; written += 1024 * 1024) {
-    if (!out.write(randomBytes(1024 * 1024))) await new Promise<void>((resolve) => out.once('drain', () => { resolve(); }));
+    if (!out.write(randomBytes(1024 * 1024)))
+      await new Promise<void>((resolve) =>
+        out.once('drain', () => {
+          resolve();
+        }),
+      );
   }
-  await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => { if (error) reject(error); else resolve(); }));
+  await new Promise<void>((resolve, reject) =>
+    out.end((error?: Error | null) => {
+      if (error) reject(error);
+      else resolve();
+    }),
+  );
 }
 
 async function time(run: () => unknown): Promise<number> {
@@ -49,13 +59,22 @@ async function main(): Promise<void> {
   delete process.env.AWS_PROFILE;
   const env = { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') };
   const settings: S3Settings = {
-    endpoint: s3.endpoint, region: s3.region, pathStyle: true, checksumMode: 'when_required', profile: undefined, partSizeBytes: 16 * 2 ** 20, uploadConcurrency: 4,
+    endpoint: s3.endpoint,
+    region: s3.region,
+    pathStyle: true,
+    checksumMode: 'when_required',
+    profile: undefined,
+    partSizeBytes: 16 * 2 ** 20,
+    uploadConcurrency: 4,
   };
   const s3Section = `[S3]\nendpoint: ${s3.endpoint}\npath_style: true\nchecksum_mode: when_required\n`;
   const admin = new S3Client({
-    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true,
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
     credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
   try {
     await admin.send(new CreateBucketCommand({ Bucket: 'bench' }));
@@ -72,9 +91,17 @@ async function main(): Promise<void> {
       const s3Config = path.join(work, `s3-${i.toString()}.ini`);
       await writeFile(s3Config, `[PACKAGES]\nupload_location: s3://bench/upload-${i.toString()}\nclient_dir: ${client}\nminimum_free_space: 0\n${s3Section}`);
       await rm(env.AUTOTEST_CACHE_DIR, { recursive: true, force: true });
-      local.push(await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', localConfig], { env, stdio: 'ignore' }); }));
+      local.push(
+        await time(() => {
+          execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', localConfig], { env, stdio: 'ignore' });
+        }),
+      );
       await rm(env.AUTOTEST_CACHE_DIR, { recursive: true, force: true });
-      remote.push(await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', s3Config], { env, stdio: 'ignore' }); }));
+      remote.push(
+        await time(() => {
+          execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', s3Config], { env, stdio: 'ignore' });
+        }),
+      );
     }
     console.log(`upload --all of the benchmark tree (134 packages + client, ${(bytes / 1e6).toFixed(1)} MB), cold, best of ${UPLOAD_RUNS.toString()}:`);
     console.log(`  to a local folder               ${best(local).toFixed(2)} s`);
@@ -86,12 +113,18 @@ async function main(): Promise<void> {
     await writeRandom(big, SIZE);
     const bigConfig = path.join(work, 'big.ini');
     await writeFile(bigConfig, `[PACKAGES]\nupload_location: s3://bench/big\nminimum_free_space: 0\n${s3Section}`);
-    const bigUpload = await time(() => { execFileSync(process.execPath, [CLI, 'packager', 'upload', '-f', big, '--config', bigConfig], { env, stdio: 'ignore' }); });
+    const bigUpload = await time(() => {
+      execFileSync(process.execPath, [CLI, 'packager', 'upload', '-f', big, '--config', bigConfig], { env, stdio: 'ignore' });
+    });
     await rm(big);
     const serveConfig = path.join(work, 'serve.ini');
     await writeFile(serveConfig, `[PACKAGES]\nupload_location: s3://bench/big\n${s3Section}[SERVER]\nlisten_address: 127.0.0.1\nlog_level: warn\n`);
     const server = await startDaemon({
-      name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd: work, env,
+      name: 'autotest serve',
+      command: process.execPath,
+      host: '127.0.0.1',
+      cwd: work,
+      env,
       prepare: (port) => [CLI, 'serve', '--config', serveConfig, '--port', port.toString()],
     });
     try {
@@ -101,7 +134,9 @@ async function main(): Promise<void> {
       await mkdir(out);
       // The presigned URL goes to curl on stdin (-K -): never on a command line (ps) or in an error message.
       const curlConfig = `url = "${presigned}"\n`;
-      const curlOnce = (): void => { execFileSync('curl', ['-sf', '-o', path.join(out, 'curl.img'), '-K', '-'], { input: curlConfig }); };
+      const curlOnce = (): void => {
+        execFileSync('curl', ['-sf', '-o', path.join(out, 'curl.img'), '-K', '-'], { input: curlConfig });
+      };
       // What a verified download costs with the usual tools: the same, then sha256sum of the file.
       const curlVerified = (): void => {
         curlOnce();
@@ -114,7 +149,9 @@ async function main(): Promise<void> {
         return JSON.parse(execFileSync(process.execPath, [FETCH_ONCE, request], { env, encoding: 'utf8' })) as { seconds: number; cpuSeconds: number };
       };
       curlOnce();
-      const curlServed = (): void => { execFileSync('curl', ['-sf', '-o', path.join(out, 'curl-served.img'), `${servedUrl}/kernel-200m.img`]); };
+      const curlServed = (): void => {
+        execFileSync('curl', ['-sf', '-o', path.join(out, 'curl-served.img'), `${servedUrl}/kernel-200m.img`]);
+      };
       const curl: number[] = [];
       const curlThrough: number[] = [];
       const curlSum: number[] = [];
@@ -133,8 +170,14 @@ async function main(): Promise<void> {
       ours.push(direct.seconds);
       through.push((await fetchOnce(servedUrl, 'served.img')).seconds);
       // CPU seconds of one download each way: on 2 cores shared with radosgw, wall time follows them.
-      const curlCpu = execFileSync('bash', ['-c', 'TIMEFORMAT="%U %S"; { time curl -sf -o "$1" -K - ; } 2>&1', 'bash', path.join(out, 'curl.img')], { encoding: 'utf8', input: curlConfig })
-        .trim().split(/\s+/).map(Number).reduce((a, b) => a + b, 0);
+      const curlCpu = execFileSync('bash', ['-c', 'TIMEFORMAT="%U %S"; { time curl -sf -o "$1" -K - ; } 2>&1', 'bash', path.join(out, 'curl.img')], {
+        encoding: 'utf8',
+        input: curlConfig,
+      })
+        .trim()
+        .split(/\s+/)
+        .map(Number)
+        .reduce((a, b) => a + b, 0);
       const oursCpu = direct.cpuSeconds;
       const mb = SIZE / 1e6;
       const line = (label: string, seconds: number): string => `  ${label.padEnd(40)} ${seconds.toFixed(3)} s  ${(mb / seconds).toFixed(0)} MB/s`;
@@ -147,7 +190,9 @@ async function main(): Promise<void> {
       console.log(line('ours, through autotest serve (verified)', best(through)));
       console.log(`  CPU for one download: curl ${curlCpu.toFixed(2)} s, ours direct ${oursCpu.toFixed(2)} s (sha256 and the hashing thread included)`);
       console.log(`  throughput ratio vs curl: direct ${(best(curl) / best(ours)).toFixed(2)}x, through serve ${(best(curl) / best(through)).toFixed(2)}x`);
-      console.log(`  throughput ratio vs curl + sha256sum: direct ${(best(curlSum) / best(ours)).toFixed(2)}x, through serve ${(best(curlSum) / best(through)).toFixed(2)}x`);
+      console.log(
+        `  throughput ratio vs curl + sha256sum: direct ${(best(curlSum) / best(ours)).toFixed(2)}x, through serve ${(best(curlSum) / best(through)).toFixed(2)}x`,
+      );
     } finally {
       await server.stop();
     }

@@ -30,7 +30,9 @@ interface WrkResult {
 const UNITS: Record<string, number> = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
 
 function wrk(url: string, connections: number, threads = 2): WrkResult {
-  const out = execFileSync('wrk', ['-t', threads.toString(), '-c', connections.toString(), '-d', `${SECONDS.toString()}s`, '--timeout', '10s', url], { encoding: 'utf8' });
+  const out = execFileSync('wrk', ['-t', threads.toString(), '-c', connections.toString(), '-d', `${SECONDS.toString()}s`, '--timeout', '10s', url], {
+    encoding: 'utf8',
+  });
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
   const transfer = /Transfer\/sec:\s+([\d.]+)(B|KB|MB|GB)/.exec(out);
   return { requestsPerSecond: rps, bytesPerSecond: Number(transfer?.[1]) * (UNITS[transfer?.[2] ?? 'B'] ?? 1) };
@@ -67,11 +69,24 @@ async function main(): Promise<void> {
     const big = path.join(work, 'kernel-5m.img');
     await writeFile(big, randomBytes(5 * 1024 * 1024));
     const config = path.join(work, 'global_config.ini');
-    await writeFile(config, [
-      '[PACKAGES]', `upload_location: ${builtin}`, `custom_upload_location: ${path.join(www, 'custom')}`, `client_dir: ${EXAMPLE}`, 'minimum_free_space: 0',
-      '[SERVER]', 'port: 0', `log_level: ${process.env.BENCH_LOG_LEVEL ?? 'info'}`, '',
-    ].join('\n'));
-    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '-f', big, '--config', config], { env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') }, stdio: 'ignore' });
+    await writeFile(
+      config,
+      [
+        '[PACKAGES]',
+        `upload_location: ${builtin}`,
+        `custom_upload_location: ${path.join(www, 'custom')}`,
+        `client_dir: ${EXAMPLE}`,
+        'minimum_free_space: 0',
+        '[SERVER]',
+        'port: 0',
+        `log_level: ${process.env.BENCH_LOG_LEVEL ?? 'info'}`,
+        '',
+      ].join('\n'),
+    );
+    execFileSync(process.execPath, [CLI, 'packager', 'upload', '--all', '-f', big, '--config', config], {
+      env: { ...process.env, AUTOTEST_CACHE_DIR: path.join(work, 'cache') },
+      stdio: 'ignore',
+    });
     // The index as a real repository has it, whatever the example client holds.
     const checksumBody = realSizeChecksum();
     await writeFile(path.join(builtin, 'packages.checksum'), checksumBody);
@@ -88,7 +103,9 @@ async function main(): Promise<void> {
     }
     if (oursUrl === '') throw new Error(`autotest serve did not start: ${await readFile(logFile, 'utf8')}`);
     const nginx = await startNginx({
-      root: work, workerProcesses: 'auto', workerConnections: 4096,
+      root: work,
+      workerProcesses: 'auto',
+      workerConnections: 4096,
       extraLocations: `location /packages/ { alias ${www}/; autoindex on; }`,
     });
     try {
@@ -113,14 +130,21 @@ async function main(): Promise<void> {
       const idleRss = await peakRssMb(ours.pid ?? 0);
       const heavy = wrk(checksumUrl(oursUrl), 1000);
       const peak = await peakRssMb(ours.pid ?? 0);
-      const spread = (values: number[], digits: number): string => `${Math.min(...values).toFixed(digits)} / ${median(values).toFixed(digits)} / ${Math.max(...values).toFixed(digits)}`;
+      const spread = (values: number[], digits: number): string =>
+        `${Math.min(...values).toFixed(digits)} / ${median(values).toFixed(digits)} / ${Math.max(...values).toFixed(digits)}`;
       console.log(`autotest serve vs nginx (worker_processes auto), wrk -t2 ${SECONDS.toString()} s runs on loopback, 2 cores:`);
-      console.log(`  packages.checksum (${CHECKSUM_ENTRIES.toString()} entries, ${(Buffer.byteLength(checksumBody) / 1024).toFixed(1)} KB), 100 connections, ${RUNS.toString()} runs each, min / median / max:`);
+      console.log(
+        `  packages.checksum (${CHECKSUM_ENTRIES.toString()} entries, ${(Buffer.byteLength(checksumBody) / 1024).toFixed(1)} KB), 100 connections, ${RUNS.toString()} runs each, min / median / max:`,
+      );
       console.log(`    ours  ${spread(oursRates, 0)} req/s`);
       console.log(`    nginx ${spread(nginxRates, 0)} req/s`);
       console.log(`    ratio ${spread(ratios, 2)}x (each run against the nginx run after it; target >= 0.6x)`);
-      console.log(`  5 MB package, 10 connections:       ours ${(pkg[0].bytesPerSecond / 1e6).toFixed(0)} MB/s, nginx ${(pkg[1].bytesPerSecond / 1e6).toFixed(0)} MB/s, ratio ${(pkg[0].bytesPerSecond / pkg[1].bytesPerSecond).toFixed(2)}x (target >= 0.7x)`);
-      console.log(`  1,000 connections on packages.checksum: ours ${heavy.requestsPerSecond.toFixed(0)} req/s; peak RSS ${peak.toFixed(0)} MB (before: ${idleRss.toFixed(0)} MB; target <= 150 MB)`);
+      console.log(
+        `  5 MB package, 10 connections:       ours ${(pkg[0].bytesPerSecond / 1e6).toFixed(0)} MB/s, nginx ${(pkg[1].bytesPerSecond / 1e6).toFixed(0)} MB/s, ratio ${(pkg[0].bytesPerSecond / pkg[1].bytesPerSecond).toFixed(2)}x (target >= 0.7x)`,
+      );
+      console.log(
+        `  1,000 connections on packages.checksum: ours ${heavy.requestsPerSecond.toFixed(0)} req/s; peak RSS ${peak.toFixed(0)} MB (before: ${idleRss.toFixed(0)} MB; target <= 150 MB)`,
+      );
     } finally {
       ours.kill('SIGTERM');
       await nginx.stop();

@@ -26,7 +26,26 @@ export function random(seed: number): () => number {
   };
 }
 
-const KEYWORDS = ['def', 'return', 'if', 'else:', 'for', 'in', 'import', 'self.', 'try:', 'except', 'raise', 'with', 'None', 'True', 'logging.debug(', 'utils.system(', 'os.path.join(', 'error.TestError('];
+const KEYWORDS = [
+  'def',
+  'return',
+  'if',
+  'else:',
+  'for',
+  'in',
+  'import',
+  'self.',
+  'try:',
+  'except',
+  'raise',
+  'with',
+  'None',
+  'True',
+  'logging.debug(',
+  'utils.system(',
+  'os.path.join(',
+  'error.TestError(',
+];
 
 function vocabulary(rand: () => number): string[] {
   const letters = 'abcdefghijklmnopqrstuvwxyz_';
@@ -172,7 +191,10 @@ export async function generate(root: string, options: { files?: number } = {}): 
     w.shape.packages += 1;
   }
   // 11 more deps and 20 profilers, each a wrapper and mostly a tarball.
-  for (const [kind, count, files] of [['deps', 11, 30], ['profilers', 20, 5]] as const) {
+  for (const [kind, count, files] of [
+    ['deps', 11, 30],
+    ['profilers', 20, 5],
+  ] as const) {
     for (let i = 0; i < count; i += 1) {
       const base = `${kind}/${kind === 'deps' ? 'dep' : 'prof'}${String(i).padStart(2, '0')}`;
       await w.file(`${base}/${path.basename(base)}.py`, text(textSize(rand), rand));

@@ -19,11 +19,20 @@ interface Site {
 async function startSite(t: TestContext): Promise<Site> {
   const dir = await tempDir(t);
   const custom = path.join(dir, 'www', 'custom');
-  await writeFile(path.join(dir, 'global_config.ini'), [
-    '[PACKAGES]', `upload_location: ${path.join(dir, 'www', 'builtin')}`, `custom_upload_location: ${custom}`,
-    `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
-    '[SERVER]', `upload_token: ${TOKEN}`, 'max_upload_size: 1', '',
-  ].join('\n'));
+  await writeFile(
+    path.join(dir, 'global_config.ini'),
+    [
+      '[PACKAGES]',
+      `upload_location: ${path.join(dir, 'www', 'builtin')}`,
+      `custom_upload_location: ${custom}`,
+      `custom_download_location: ${path.join(dir, 'staging')}`,
+      'minimum_free_space: 0',
+      '[SERVER]',
+      `upload_token: ${TOKEN}`,
+      'max_upload_size: 1',
+      '',
+    ].join('\n'),
+  );
   const config = await loadConfig({ file: path.join(dir, 'global_config.ini'), env: {} });
   const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
   const url = (await app.listen({ host: '127.0.0.1', port: 0 })).replace(/\/$/, '');
@@ -33,7 +42,9 @@ async function startSite(t: TestContext): Promise<Site> {
 
 async function upload(site: Site, file: string): Promise<{ status: number; body: { error?: string; message?: string; hint?: string } }> {
   const response = await fetch(`${site.url}/api/custom/${path.basename(file)}`, {
-    method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` }, body: await readFile(file),
+    method: 'PUT',
+    headers: { authorization: `Bearer ${TOKEN}` },
+    body: await readFile(file),
   });
   return { status: response.status, body: (await response.json()) as { error?: string; message?: string; hint?: string } };
 }
@@ -50,7 +61,9 @@ for (const shape of ARCHIVE_SHAPES) {
 
     // The base URL as the seed writes it: no trailing slash.
     const installDir = path.join(site.dir, 'install');
-    const installed = await runCli(['client', 'install', 'test', shape.name, '--install-dir', installDir, '-r', `${site.url}/packages/custom`], { cwd: site.dir });
+    const installed = await runCli(['client', 'install', 'test', shape.name, '--install-dir', installDir, '-r', `${site.url}/packages/custom`], {
+      cwd: site.dir,
+    });
     assert.equal(installed.code, 0, installed.stderr);
     assert.match(installed.stdout, new RegExp(`test ${shape.name}: fetched`));
     await assertSameTree(path.join(installDir, 'tests', shape.name));
@@ -60,7 +73,14 @@ for (const shape of ARCHIVE_SHAPES) {
 test('an upload whose entries conflict is refused with 422 naming the entry and its true cause, not as damaged', async (t) => {
   const site = await startSite(t);
   const archive = path.join(site.dir, 'test-conflict.tar.bz2');
-  await craftArchive(archive, [{ name: 'src', body: 'a file' }, { name: 'src/a.c', body: 'int x;\n' }], 'bzip2');
+  await craftArchive(
+    archive,
+    [
+      { name: 'src', body: 'a file' },
+      { name: 'src/a.c', body: 'int x;\n' },
+    ],
+    'bzip2',
+  );
   const answer = await upload(site, archive);
   assert.equal(answer.status, 422);
   assert.equal(answer.body.error, 'ERR_BAD_ARCHIVE');
@@ -71,11 +91,15 @@ test('an upload whose entries conflict is refused with 422 naming the entry and 
 test('an upload escaping through a missing folder entry is refused with 422 naming the entry, and nothing is published', async (t) => {
   const site = await startSite(t);
   const archive = path.join(site.dir, 'test-escape.tar.bz2');
-  await craftArchive(archive, [
-    { name: 'a/b/ok.txt', body: 'fine' },
-    { name: 'a/b/up', type: 'symlink', linkname: '../../..' },
-    { name: 'a/b/up/c/escaped', body: 'x' },
-  ], 'bzip2');
+  await craftArchive(
+    archive,
+    [
+      { name: 'a/b/ok.txt', body: 'fine' },
+      { name: 'a/b/up', type: 'symlink', linkname: '../../..' },
+      { name: 'a/b/up/c/escaped', body: 'x' },
+    ],
+    'bzip2',
+  );
   const answer = await upload(site, archive);
   assert.equal(answer.status, 422);
   assert.equal(answer.body.error, 'ERR_UNSAFE_ARCHIVE');

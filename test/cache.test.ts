@@ -75,7 +75,12 @@ async function startUpstream(t: TestContext, files: Map<string, Buffer>): Promis
     notModified: (file) => unchanged.get(file) ?? 0,
     hold(file) {
       let release = (): void => undefined;
-      held.set(file, new Promise((resolve) => { release = resolve; }));
+      held.set(
+        file,
+        new Promise((resolve) => {
+          release = resolve;
+        }),
+      );
       return () => {
         held.delete(file);
         release();
@@ -93,7 +98,8 @@ function publish(packages: Record<string, Buffer>, md5Only = false): Map<string,
   const index: RepositoryIndex = new Map();
   for (const [file, body] of Object.entries(packages)) {
     index.set(file, {
-      file, size: body.length,
+      file,
+      size: body.length,
       md5: createHash('md5').update(body).digest('hex'),
       sha256: createHash('sha256').update(body).digest('hex'),
     });
@@ -108,20 +114,40 @@ function publish(packages: Record<string, Buffer>, md5Only = false): Map<string,
 async function writeFrontConfig(dir: string, upstream: string, server: Record<string, string> = {}, fetch: Record<string, string> = {}): Promise<string> {
   const file = path.join(dir, 'global_config.ini');
   const keys = { builtin_dir: upstream, cache_dir: path.join(dir, 'front-cache'), port: '0', log_level: 'silent', ...server };
-  await writeFile(file, ['[PACKAGES]', 'fetch_retries: 0', 'fetch_connect_timeout: 2', ...Object.entries(fetch).map(([k, v]) => `${k}: ${v}`), '[SERVER]', ...Object.entries(keys).map(([k, v]) => `${k}: ${v}`), ''].join('\n'));
+  await writeFile(
+    file,
+    [
+      '[PACKAGES]',
+      'fetch_retries: 0',
+      'fetch_connect_timeout: 2',
+      ...Object.entries(fetch).map(([k, v]) => `${k}: ${v}`),
+      '[SERVER]',
+      ...Object.entries(keys).map(([k, v]) => `${k}: ${v}`),
+      '',
+    ].join('\n'),
+  );
   return file;
 }
 
 /** `autotest serve` in this process, in front of `upstream`; its URL. With `logs`, its log (JSON lines) goes there; `fetch` adds [PACKAGES] keys. */
-async function startFront(t: TestContext, dir: string, upstream: string, server: Record<string, string> = {}, logs?: string[], fetch: Record<string, string> = {}): Promise<string> {
+async function startFront(
+  t: TestContext,
+  dir: string,
+  upstream: string,
+  server: Record<string, string> = {},
+  logs?: string[],
+  fetch: Record<string, string> = {},
+): Promise<string> {
   await mkdir(dir, { recursive: true });
   const config = await loadConfig({ file: await writeFrontConfig(dir, upstream, server, fetch), env: {} });
-  const logStream = logs && new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      logs.push(chunk.toString('utf8'));
-      done();
-    },
-  });
+  const logStream =
+    logs &&
+    new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        logs.push(chunk.toString('utf8'));
+        done();
+      },
+    });
   const app = await buildServer({ config, logLevel: logs ? 'info' : 'silent', ...(logStream ? { logStream } : {}), cacheDir: path.join(dir, 'client-cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
@@ -135,22 +161,31 @@ interface Answer {
 }
 
 /** A GET whose answer comes back once its headers arrive; `body` settles when it ends, and rejects when it is cut. */
-function open(url: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
+function open(
+  url: string,
+  headers: http.OutgoingHttpHeaders = {},
+): Promise<{ response: http.IncomingMessage; firstBytes: Promise<void>; body: Promise<Buffer> }> {
   return new Promise((resolve, reject) => {
-    http.get(url, { agent: false, headers }, (response) => {
-      const chunks: Buffer[] = [];
-      const firstBytes = once(response, 'data').then(() => undefined);
-      const body = new Promise<Buffer>((done, fail) => {
-        response.on('data', (chunk: Buffer) => chunks.push(chunk));
-        response.on('end', () => { done(Buffer.concat(chunks)); });
-        response.on('error', fail);
-        response.on('aborted', () => { fail(new Error('cut')); });
-      });
-      // The first chunk is also seen by the collector: both listeners get it.
-      void firstBytes.catch(() => undefined);
-      void body.catch(() => undefined);
-      resolve({ response, firstBytes, body });
-    }).on('error', reject);
+    http
+      .get(url, { agent: false, headers }, (response) => {
+        const chunks: Buffer[] = [];
+        const firstBytes = once(response, 'data').then(() => undefined);
+        const body = new Promise<Buffer>((done, fail) => {
+          response.on('data', (chunk: Buffer) => chunks.push(chunk));
+          response.on('end', () => {
+            done(Buffer.concat(chunks));
+          });
+          response.on('error', fail);
+          response.on('aborted', () => {
+            fail(new Error('cut'));
+          });
+        });
+        // The first chunk is also seen by the collector: both listeners get it.
+        void firstBytes.catch(() => undefined);
+        void body.catch(() => undefined);
+        resolve({ response, firstBytes, body });
+      })
+      .on('error', reject);
   });
 }
 
@@ -226,7 +261,10 @@ test('keeps nothing of a corrupt upstream copy: every waiting client gets a cut 
   await Promise.all(clients.map((client) => client.firstBytes));
   release();
   for (const client of clients) await assert.rejects(client.body);
-  assert.deepEqual((await readdir(path.join(dir, 'front-cache', 'content'))).filter((name) => !name.startsWith('.')), []);
+  assert.deepEqual(
+    (await readdir(path.join(dir, 'front-cache', 'content'))).filter((name) => !name.startsWith('.')),
+    [],
+  );
   assert.equal(await metric(front, 'autotest_cache_rejected_total'), 1);
   files.set(BIG, body);
   const fixed = await get(`${front}/packages/builtin/${BIG}`);
@@ -273,7 +311,9 @@ test('restarts after kill -9 in the middle of a fetch with only its complete ver
   const upstream = await startUpstream(t, publish({ [SMALL]: small, [BIG]: randomBytes(2 * 1024 * 1024) }));
   const config = await writeFrontConfig(dir, upstream.url);
   const child = spawn(process.execPath, [CLI, 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'ignore'] });
-  t.after(() => { child.kill('SIGKILL'); });
+  t.after(() => {
+    child.kill('SIGKILL');
+  });
   let printed = '';
   child.stdout.setEncoding('utf8');
   const front = await new Promise<string>((resolve) => {
@@ -313,7 +353,9 @@ test('evicts beyond cache_size by least recent use, but never an entry a client 
   assert.equal(reader.response.headers['x-autotest-cache'], 'hit');
   await reader.firstBytes;
   reader.response.pause();
-  t.after(() => { reader.response.destroy(); });
+  t.after(() => {
+    reader.response.destroy();
+  });
   const second = await get(`${front}/packages/builtin/${SMALL}`);
   assert.ok(second.body.equals(other));
   const contentDir = path.join(dir, 'front-cache', 'content');
@@ -381,7 +423,7 @@ test('revalidates the index with the upstream ETag after index_max_age: an uncha
   assert.ok(changed.body.equals(files.get('packages.checksum') ?? Buffer.alloc(0)));
   assert.equal(upstream.notModified('packages.checksum'), 1);
   assert.ok((await get(`${front}/packages/builtin/${BIG}`)).body.equals(body));
-  assert.ok(await metric(front, 'autotest_cache_index_revalidations_total{result="changed"}') >= 2);
+  assert.ok((await metric(front, 'autotest_cache_index_revalidations_total{result="changed"}')) >= 2);
 });
 
 test('30 concurrent client installs through a front before nginx cost nginx one GET per package, and all install the same verified files', async (t) => {
@@ -395,11 +437,13 @@ test('30 concurrent client installs through a front before nginx cost nginx one 
   t.after(() => nginx.stop());
   const front = await startFront(t, dir, nginx.url);
   const fetchConfig = await writeConfig(dir, { fetch_location: `${front}/packages/builtin` }, 'fetch.ini');
-  const installs = await Promise.all(Array.from({ length: 30 }, async (_, i) => {
-    const machine = path.join(dir, `machine-${i.toString()}`);
-    await mkdir(machine);
-    return runCli(['client', 'install', 'test', 't000,t001', '--config', fetchConfig, '--install-dir', path.join(machine, 'client')], { cwd: machine });
-  }));
+  const installs = await Promise.all(
+    Array.from({ length: 30 }, async (_, i) => {
+      const machine = path.join(dir, `machine-${i.toString()}`);
+      await mkdir(machine);
+      return runCli(['client', 'install', 'test', 't000,t001', '--config', fetchConfig, '--install-dir', path.join(machine, 'client')], { cwd: machine });
+    }),
+  );
   for (const install of installs) assert.equal(install.code, 0, install.stdout + install.stderr);
   const wanted = await readFile(path.join(clientDir, 'tests', 't001', 'data.bin'));
   for (let i = 0; i < 30; i += 1) {
@@ -410,7 +454,7 @@ test('30 concurrent client installs through a front before nginx cost nginx one 
     assert.equal(log.split('\n').filter((line) => line.includes(`"GET /${file} `)).length, 1, `${file}: one GET from nginx`);
   }
   assert.equal(await metric(front, 'autotest_cache_misses_total'), 2);
-  assert.equal(await metric(front, 'autotest_cache_hits_total') + await metric(front, 'autotest_cache_coalesced_total'), 58);
+  assert.equal((await metric(front, 'autotest_cache_hits_total')) + (await metric(front, 'autotest_cache_coalesced_total')), 58);
 });
 
 test('answers a Range request during the upstream download from the bytes that have arrived, and an open-ended one as they arrive', async (t) => {

@@ -10,7 +10,11 @@ import { ROOT, tempDir, writeConfig } from './helpers.js';
 import { createTestCa } from './fixtures/tls.js';
 
 /** Each `[line, message]`: the config `write(line)` makes is refused with an error matching `message` (and `also`). */
-async function assertRefused(write: (line: string) => Promise<string>, cases: readonly (readonly [string, RegExp])[], also: (message: string) => void = () => undefined): Promise<void> {
+async function assertRefused(
+  write: (line: string) => Promise<string>,
+  cases: readonly (readonly [string, RegExp])[],
+  also: (message: string) => void = () => undefined,
+): Promise<void> {
   for (const [line, message] of cases) {
     const file = await write(`${line}\n`);
     await assert.rejects(loadConfig({ file, env: {} }), (error: unknown) => {
@@ -24,10 +28,20 @@ async function assertRefused(write: (line: string) => Promise<string>, cases: re
 }
 
 test('reads the ConfigParser dialect: ":" and "=", case-insensitive keys, comments, continuation lines, interpolation', () => {
-  const doc = parseIni([
-    '# comment', '[DEFAULT]', 'base = /srv', '[PACKAGES]', 'Upload_Location: %(base)s/builtin ; inline comment',
-    'fetch_location = http://a/x,', '   http://b/y', '; another comment', 'percent = 100%%',
-  ].join('\n'), 'g.ini');
+  const doc = parseIni(
+    [
+      '# comment',
+      '[DEFAULT]',
+      'base = /srv',
+      '[PACKAGES]',
+      'Upload_Location: %(base)s/builtin ; inline comment',
+      'fetch_location = http://a/x,',
+      '   http://b/y',
+      '; another comment',
+      'percent = 100%%',
+    ].join('\n'),
+    'g.ini',
+  );
   assert.equal(getIniValue(doc, 'PACKAGES', 'upload_location')?.value, '/srv/builtin');
   assert.equal(getIniValue(doc, 'PACKAGES', 'fetch_location')?.value, 'http://a/x,\nhttp://b/y');
   assert.equal(getIniValue(doc, 'PACKAGES', 'percent')?.value, '100%');
@@ -39,8 +53,12 @@ test('refuses interpolation that would build a value of exponential size, naming
   for (let i = 1; i <= 9; i += 1) lines.push(`l${i.toString()} = ${`%(l${(i - 1).toString()})s`.repeat(10)}`);
   lines.push('fetch_location = %(l9)s');
   const doc = parseIni(lines.join('\n'), 'laughs.ini');
-  assert.throws(() => getIniValue(doc, 'PACKAGES', 'fetch_location'), (error: unknown) =>
-    isAutotestError(error, 'ERR_CONFIG') && /laughs\.ini:12.*"fetch_location" in \[PACKAGES\] makes a value longer than 1048576 characters/.test(error.message));
+  assert.throws(
+    () => getIniValue(doc, 'PACKAGES', 'fetch_location'),
+    (error: unknown) =>
+      isAutotestError(error, 'ERR_CONFIG') &&
+      /laughs\.ini:12.*"fetch_location" in \[PACKAGES\] makes a value longer than 1048576 characters/.test(error.message),
+  );
   assert.equal(getIniValue(doc, 'PACKAGES', 'l3')?.value.length, 10_000, 'a value within the bound is built whole');
 });
 
@@ -56,7 +74,10 @@ test('lets shadow_config.ini override global_config.ini key by key', async (t) =
   await writeConfig(dir, { custom_max_age: '5' }, 'shadow_config.ini');
   const config = await loadConfig({ file, cwd: dir });
   assert.equal(config.packages.customMaxAgeDays, 5);
-  assert.deepEqual(config.packages.uploadLocations.map((l) => l.text), ['/srv/a']);
+  assert.deepEqual(
+    config.packages.uploadLocations.map((l) => l.text),
+    ['/srv/a'],
+  );
 });
 
 test('parses every [PACKAGES] key with its units, lists and defaults', async (t) => {
@@ -72,7 +93,10 @@ test('parses every [PACKAGES] key with its units, lists and defaults', async (t)
   const { packages } = await loadConfig({ file, cwd: '/' });
   assert.equal(packages.clientCacheSizeBytes, 2.5e9);
   assert.equal((await loadConfig({ cwd: dir, env: {} })).packages.clientCacheSizeBytes, 0, 'unbounded by default');
-  assert.deepEqual(packages.fetchLocations.map((l) => l.kind), ['http', 'ssh', 'local', 'git', 'group']);
+  assert.deepEqual(
+    packages.fetchLocations.map((l) => l.kind),
+    ['http', 'ssh', 'local', 'git', 'group'],
+  );
   const group = packages.fetchLocations[4];
   assert.deepEqual(group?.kind === 'group' && group.members.map((m) => m.text), ['http://f1/b', 'http://f2/b']);
   assert.deepEqual(packages.uploadLocations[0], { kind: 'local', path: path.join(dir, 'rel/builtin'), text: 'rel/builtin' });
@@ -119,10 +143,23 @@ test('warns about unknown keys and uses the embedded default without a file', as
 test('a misspelt section or key is named with the closest known one, while the other sections of an Autotest config pass silently', async (t) => {
   const dir = await tempDir(t);
   const file = path.join(dir, 'global_config.ini');
-  await writeFile(file, [
-    '[AUTOTEST_WEB]', 'host: localhost', '[SCHEDULER]', 'notify_email: x@example.com',
-    '[PACKAGE]', 'upload_location: /x', '[server]', 'port: 9000', '[SERVER]', 'prot: 9000', 'zzzz: 1', '',
-  ].join('\n'));
+  await writeFile(
+    file,
+    [
+      '[AUTOTEST_WEB]',
+      'host: localhost',
+      '[SCHEDULER]',
+      'notify_email: x@example.com',
+      '[PACKAGE]',
+      'upload_location: /x',
+      '[server]',
+      'port: 9000',
+      '[SERVER]',
+      'prot: 9000',
+      'zzzz: 1',
+      '',
+    ].join('\n'),
+  );
   const { warnings } = await loadConfig({ file, env: {} });
   assert.deepEqual(warnings, [
     `${file}:6: unknown section [PACKAGE] is ignored, with its 1 key(s) (did you mean [PACKAGES]? section names are case-sensitive)`,
@@ -176,7 +213,10 @@ test('every key of the example config, set or commented out, is declared in the 
   }
   for (const section of SECTIONS) {
     for (const key of Object.keys(CONFIG_KEYS[section])) {
-      assert.ok(lines.some((entry) => entry.section === section && entry.key === key && !entry.commented), `[${section}] ${key} is set in the example config`);
+      assert.ok(
+        lines.some((entry) => entry.section === section && entry.key === key && !entry.commented),
+        `[${section}] ${key} is set in the example config`,
+      );
     }
   }
 });
@@ -192,7 +232,10 @@ test('index_valid_days past 100 years is refused at load, not met at publish as 
   const dir = await tempDir(t);
   for (const value of ['1e9', '1e300', '36526']) {
     const file = await writeConfig(dir, { index_valid_days: value });
-    await assert.rejects(loadConfig({ file, env: {} }), new RegExp(`\\[PACKAGES\\] index_valid_days = "${value}": allowed is a number >= 0\\.001 and <= 36525`));
+    await assert.rejects(
+      loadConfig({ file, env: {} }),
+      new RegExp(`\\[PACKAGES\\] index_valid_days = "${value}": allowed is a number >= 0\\.001 and <= 36525`),
+    );
   }
   const file = await writeConfig(dir, { index_valid_days: '36525' });
   assert.equal((await loadConfig({ file, env: {} })).packages.indexValidDays, 36525);
@@ -235,7 +278,10 @@ test('reads both [PACKAGES] examples of the seed document as written', async (t)
     assert.equal(config.packages.fetchLocations.length, i === 0 ? 2 : 4);
   }
   const second = await loadConfig({ file: path.join(dir, 'seed1.ini') });
-  assert.deepEqual(second.packages.uploadLocations.map((l) => l.kind), ['local', 'ssh']);
+  assert.deepEqual(
+    second.packages.uploadLocations.map((l) => l.kind),
+    ['local', 'ssh'],
+  );
   assert.equal(second.packages.customDownloadLocation, '/usr/local/autotest/custom_packages');
 });
 
@@ -247,30 +293,49 @@ test('reads [SERVER] with its defaults, takes the token from the environment fir
     return file;
   };
   const defaults = await loadConfig({ file: await write(''), env: {} });
-  assert.deepEqual({ ...defaults.server }, {
-    logLevel: 'info', listenAddress: '127.0.0.1', port: 8080,
-    builtin: { kind: 'local', path: `${dir}/builtin`, text: `${dir}/builtin` }, custom: { kind: 'local', path: `${dir}/custom`, text: `${dir}/custom` },
-    uploadToken: undefined, maxUploadBytes: 1024e6,
-    maxUploadEntries: 100_000, maxUploadExpandedBytes: 4000e6, maxConcurrentUploads: 4,
-    uploadMinRate: { bytesPerSecond: 1000, windowMs: 60_000 },
-    cache: { dir: path.resolve('var', 'serve_cache'), sizeBytes: 10e9, indexMaxAgeMs: 60_000 },
-  });
+  assert.deepEqual(
+    { ...defaults.server },
+    {
+      logLevel: 'info',
+      listenAddress: '127.0.0.1',
+      port: 8080,
+      builtin: { kind: 'local', path: `${dir}/builtin`, text: `${dir}/builtin` },
+      custom: { kind: 'local', path: `${dir}/custom`, text: `${dir}/custom` },
+      uploadToken: undefined,
+      maxUploadBytes: 1024e6,
+      maxUploadEntries: 100_000,
+      maxUploadExpandedBytes: 4000e6,
+      maxConcurrentUploads: 4,
+      uploadMinRate: { bytesPerSecond: 1000, windowMs: 60_000 },
+      cache: { dir: path.resolve('var', 'serve_cache'), sizeBytes: 10e9, indexMaxAgeMs: 60_000 },
+    },
+  );
   const fromEnv = await loadConfig({ file: await write('upload_token: from-the-file-123\n'), env: { AUTOTEST_UPLOAD_TOKEN: 'from-the-env-456' } });
   assert.equal(fromEnv.server.uploadToken, 'from-the-env-456');
-  await assert.rejects(loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'change-me-to-a-long-random-string' } }),
-    /\$AUTOTEST_UPLOAD_TOKEN: the example config's placeholder/);
+  await assert.rejects(
+    loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'change-me-to-a-long-random-string' } }),
+    /\$AUTOTEST_UPLOAD_TOKEN: the example config's placeholder/,
+  );
   await assert.rejects(loadConfig({ file: await write(''), env: { AUTOTEST_UPLOAD_TOKEN: 'short-secret' } }), /\$AUTOTEST_UPLOAD_TOKEN: 12 characters/);
-  await assertRefused(write, [
-    ['port: 70000', /\[SERVER\] port = "70000"/], ['port: http', /\[SERVER\] port/], ['log_level: loud', /log_level = "loud".*trace, debug, info/],
-    ['upload_token: short', /\[SERVER\] upload_token = the value given \(5 characters\).*at least 16 characters/],
-    ['upload_token: fifteen-chars-x', /upload_token = the value given \(15 characters\)/],
-    ['upload_token: change-me-to-a-long-random-string', /upload_token = the value given \(the example config's placeholder\)/],
-    ['upload_token: "change-me-to-a-long-random-string"', /upload_token = the value given \(the example config's placeholder\)/],
-    ["upload_token: 'CHANGE-ME-TO-A-LONG-RANDOM-STRING'", /upload_token = the value given \(the example config's placeholder\)/],
-    ['upload_token: "a-quoted-secret-token-1234"', /upload_token = the value given \(it starts with a quote/],
-    ['upload_token: aaaaaaaaaaaaaaaaaaaa', /upload_token = the value given \(it repeats fewer than 4 different characters\)/],
-    ['listen_address: a b', /listen_address/],
-  ] as const, (message) => { assert.doesNotMatch(message, /"short"/, 'a token is never echoed'); });
+  await assertRefused(
+    write,
+    [
+      ['port: 70000', /\[SERVER\] port = "70000"/],
+      ['port: http', /\[SERVER\] port/],
+      ['log_level: loud', /log_level = "loud".*trace, debug, info/],
+      ['upload_token: short', /\[SERVER\] upload_token = the value given \(5 characters\).*at least 16 characters/],
+      ['upload_token: fifteen-chars-x', /upload_token = the value given \(15 characters\)/],
+      ['upload_token: change-me-to-a-long-random-string', /upload_token = the value given \(the example config's placeholder\)/],
+      ['upload_token: "change-me-to-a-long-random-string"', /upload_token = the value given \(the example config's placeholder\)/],
+      ["upload_token: 'CHANGE-ME-TO-A-LONG-RANDOM-STRING'", /upload_token = the value given \(the example config's placeholder\)/],
+      ['upload_token: "a-quoted-secret-token-1234"', /upload_token = the value given \(it starts with a quote/],
+      ['upload_token: aaaaaaaaaaaaaaaaaaaa', /upload_token = the value given \(it repeats fewer than 4 different characters\)/],
+      ['listen_address: a b', /listen_address/],
+    ] as const,
+    (message) => {
+      assert.doesNotMatch(message, /"short"/, 'a token is never echoed');
+    },
+  );
 });
 
 test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, cache_size and index_max_age, and refuses git or bad values', async (t) => {
@@ -281,16 +346,24 @@ test('reads upstreams in builtin_dir and custom_dir as cached, with cache_dir, c
     return file;
   };
   const config = await loadConfig({
-    file: await write('builtin_dir: http://a.lab/builtin, http://b.lab/builtin | ssh://c.lab/srv/builtin\ncustom_dir: s3://lab-bucket/custom\ncache_dir: front\ncache_size: 2.5\nindex_max_age: 30\n'),
+    file: await write(
+      'builtin_dir: http://a.lab/builtin, http://b.lab/builtin | ssh://c.lab/srv/builtin\ncustom_dir: s3://lab-bucket/custom\ncache_dir: front\ncache_size: 2.5\nindex_max_age: 30\n',
+    ),
     env: {},
   });
   assert.deepEqual(config.warnings, []);
   const builtin = config.server.builtin;
   assert.equal(builtin?.kind, 'cached');
-  assert.deepEqual(builtin.upstreams.map((location) => location.kind), ['http', 'group']);
+  assert.deepEqual(
+    builtin.upstreams.map((location) => location.kind),
+    ['http', 'group'],
+  );
   const custom = config.server.custom;
   assert.ok(custom?.kind === 'cached', 'an S3 prefix alone is served through the cache');
-  assert.deepEqual(custom.upstreams.map((location) => location.kind), ['s3']);
+  assert.deepEqual(
+    custom.upstreams.map((location) => location.kind),
+    ['s3'],
+  );
   assert.deepEqual(config.server.cache, { dir: path.join(dir, 'front'), sizeBytes: 2.5e9, indexMaxAgeMs: 30_000 });
   const cachedSsh = await loadConfig({ file: await write('builtin_dir: ssh://c.lab/srv/builtin\n'), env: {} });
   assert.equal(cachedSsh.server.builtin?.kind, 'cached');
@@ -328,8 +401,10 @@ test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and r
     return file;
   };
   const config = await loadConfig({
-    file: await write('upload_location: s3://lab-packages/autotest/builtin\nfetch_location: s3://archive.lab/old, s3://lab-packages\n',
-      '[S3]\nendpoint: http://rgw.lab:7480/\npart_size: 32\n[S3:archive.lab]\nendpoint: https://s3.archive.example\nchecksum_mode: when_supported\npath_style: false\n'),
+    file: await write(
+      'upload_location: s3://lab-packages/autotest/builtin\nfetch_location: s3://archive.lab/old, s3://lab-packages\n',
+      '[S3]\nendpoint: http://rgw.lab:7480/\npart_size: 32\n[S3:archive.lab]\nendpoint: https://s3.archive.example\nchecksum_mode: when_supported\npath_style: false\n',
+    ),
     env: {},
   });
   assert.deepEqual(config.warnings, []);
@@ -338,15 +413,31 @@ test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and r
   assert.equal(upload.bucket, 'lab-packages');
   assert.equal(upload.prefix, 'autotest/builtin');
   assert.deepEqual(upload.settings, {
-    endpoint: 'http://rgw.lab:7480', region: 'us-east-1', pathStyle: true, checksumMode: 'when_required', profile: undefined, partSizeBytes: 32 * 2 ** 20, uploadConcurrency: 4,
+    endpoint: 'http://rgw.lab:7480',
+    region: 'us-east-1',
+    pathStyle: true,
+    checksumMode: 'when_required',
+    profile: undefined,
+    partSizeBytes: 32 * 2 ** 20,
+    uploadConcurrency: 4,
   });
   const [archive, top] = config.packages.fetchLocations;
   assert.ok(archive?.kind === 's3' && top?.kind === 's3');
-  assert.deepEqual({ endpoint: archive.settings.endpoint, pathStyle: archive.settings.pathStyle, checksumMode: archive.settings.checksumMode, part: archive.settings.partSizeBytes },
-    { endpoint: 'https://s3.archive.example', pathStyle: false, checksumMode: 'when_supported', part: 32 * 2 ** 20 });
+  assert.deepEqual(
+    {
+      endpoint: archive.settings.endpoint,
+      pathStyle: archive.settings.pathStyle,
+      checksumMode: archive.settings.checksumMode,
+      part: archive.settings.partSizeBytes,
+    },
+    { endpoint: 'https://s3.archive.example', pathStyle: false, checksumMode: 'when_supported', part: 32 * 2 ** 20 },
+  );
   assert.equal(top.prefix, '');
   const served = config.server.builtin;
-  assert.ok(served?.kind === 'cached' && served.upstreams[0]?.kind === 's3', 'autotest serve serves the S3 upload location through its cache when there is no local one');
+  assert.ok(
+    served?.kind === 'cached' && served.upstreams[0]?.kind === 's3',
+    'autotest serve serves the S3 upload location through its cache when there is no local one',
+  );
 
   for (const [packages, s3, message] of [
     ['upload_location: s3://AKIDEXAMPLE:wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY@lab-packages/x', '', /credentials never go in an s3:\/\/ URL/],
@@ -355,7 +446,11 @@ test('reads s3:// locations with [S3] and per-bucket [S3:BUCKET] settings, and r
     ['upload_location: s3://lab-packages/a b', '', /prefix part "a b"/],
     ['fetch_location: s3://lab-packages/a?x=1', '', /take no "\?"/],
     ['fetch_location: s3://lab-packages', '[S3]\nendpoint: ftp://rgw.lab', /\[S3\] endpoint = "ftp:\/\/rgw\.lab".*http\(s\):\/\/host/],
-    ['fetch_location: s3://lab-packages', '[S3:lab-packages]\nchecksum_mode: always', /\[S3:lab-packages\] checksum_mode = "always".*when_required or when_supported/],
+    [
+      'fetch_location: s3://lab-packages',
+      '[S3:lab-packages]\nchecksum_mode: always',
+      /\[S3:lab-packages\] checksum_mode = "always".*when_required or when_supported/,
+    ],
     ['fetch_location: s3://lab-packages', '[S3]\npart_size: 1', /\[S3\] part_size = "1".*>= 5/],
   ] as const) {
     await assert.rejects(loadConfig({ file: await write(packages, s3), env: {} }), (error: unknown) => {
@@ -375,18 +470,31 @@ test('reads fetch_ca_file, fetch_client_cert and fetch_client_key once at load, 
   const other = await createTestCa(await tempDir(t));
   const good = await writeConfig(dir, { fetch_ca_file: 'ca.pem', fetch_client_cert: ca.clientCert, fetch_client_key: ca.clientKey }, 'good.ini');
   const tls = (await loadConfig({ file: good })).packages.fetch.tls;
-  assert.equal(tls?.ca?.file, ca.caFile, 'a relative path is read from the config file\'s folder');
+  assert.equal(tls?.ca?.file, ca.caFile, "a relative path is read from the config file's folder");
   assert.equal(tls.ca.pem, await readFile(ca.caFile, 'utf8'));
   assert.equal(tls.clientKey?.pem, await readFile(ca.clientKey, 'utf8'));
-  assert.equal((await loadConfig({ file: await writeConfig(dir, { fetch_ca_file: '' }, 'empty.ini') })).packages.fetch.tls, undefined, 'an empty value means none');
+  assert.equal(
+    (await loadConfig({ file: await writeConfig(dir, { fetch_ca_file: '' }, 'empty.ini') })).packages.fetch.tls,
+    undefined,
+    'an empty value means none',
+  );
 
   await writeFile(path.join(dir, 'junk.pem'), 'not a certificate\n');
   const cases: [Record<string, string>, RegExp][] = [
     [{ fetch_ca_file: path.join(dir, 'missing.pem') }, /bad\.ini:2: \[PACKAGES\] fetch_ca_file = .*missing\.pem: cannot read it \(ENOENT\)/],
     [{ fetch_ca_file: path.join(dir, 'junk.pem') }, /bad\.ini:2: \[PACKAGES\] fetch_ca_file = .*junk\.pem: not a PEM file/],
-    [{ fetch_ca_file: ca.caFile, fetch_client_cert: ca.clientKey, fetch_client_key: ca.clientKey }, /\[PACKAGES\] fetch_client_cert = .*client\.key: holds no certificate/],
-    [{ fetch_client_cert: ca.clientCert, fetch_client_key: other.clientKey }, /bad\.ini:3: \[PACKAGES\] fetch_client_key = .*client\.key: is not the key of fetch_client_cert/],
-    [{ fetch_client_cert: ca.clientCert }, /bad\.ini:2: \[PACKAGES\] fetch_client_cert = .*fetch_client_key is not set.*allowed is a file path, together with fetch_client_key/],
+    [
+      { fetch_ca_file: ca.caFile, fetch_client_cert: ca.clientKey, fetch_client_key: ca.clientKey },
+      /\[PACKAGES\] fetch_client_cert = .*client\.key: holds no certificate/,
+    ],
+    [
+      { fetch_client_cert: ca.clientCert, fetch_client_key: other.clientKey },
+      /bad\.ini:3: \[PACKAGES\] fetch_client_key = .*client\.key: is not the key of fetch_client_cert/,
+    ],
+    [
+      { fetch_client_cert: ca.clientCert },
+      /bad\.ini:2: \[PACKAGES\] fetch_client_cert = .*fetch_client_key is not set.*allowed is a file path, together with fetch_client_key/,
+    ],
   ];
   for (const [keys, message] of cases) {
     const file = await writeConfig(dir, keys, 'bad.ini');

@@ -35,13 +35,15 @@ test('hides secrets in very long texts in one pass: 100,000 characters of "a://"
 });
 
 test('hides query secrets by how their key ends, a password holding a raw "/", and a token user under a scheme that ends as a web one', () => {
-  const shown = redactSecrets([
-    'https://gitlab.example/api?private_token=glpat-SECRET1&page=2',
-    'https://host/p?api_key=SECRET2',
-    'https://user:pa/ss@host/path',
-    'proxyhttps://SECRET4@host/x',
-    'https://registry.example:8080/@scope/pkg',
-  ].join(' '));
+  const shown = redactSecrets(
+    [
+      'https://gitlab.example/api?private_token=glpat-SECRET1&page=2',
+      'https://host/p?api_key=SECRET2',
+      'https://user:pa/ss@host/path',
+      'proxyhttps://SECRET4@host/x',
+      'https://registry.example:8080/@scope/pkg',
+    ].join(' '),
+  );
   for (const secret of ['SECRET1', 'SECRET2', 'ss@host', 'SECRET4']) assert.equal(shown.includes(secret), false, `${secret} in ${shown}`);
   assert.match(shown, /page=2/);
   assert.match(shown, /https:\/\/registry\.example:8080\/@scope\/pkg/, 'a port and a path with "@" are left as they are');
@@ -72,7 +74,8 @@ test('the statuses that were wrong at the HTTP boundary: not found 404, too larg
 test('the CLI exits 2 for what the user typed or configured (usage, config, names, control files) and 1 for the rest, printing the code and the hint', () => {
   const lines: string[] = [];
   const output = { out: (line: string) => lines.push(line), err: (line: string) => lines.push(line), isTTY: false };
-  for (const code of ['ERR_USAGE', 'ERR_CONFIG', 'ERR_BAD_NAME', 'ERR_BAD_LOCATION', 'ERR_CONTROL_FILE'] as const) assert.equal(exitCodeOf(code), EXIT_USAGE, code);
+  for (const code of ['ERR_USAGE', 'ERR_CONFIG', 'ERR_BAD_NAME', 'ERR_BAD_LOCATION', 'ERR_CONTROL_FILE'] as const)
+    assert.equal(exitCodeOf(code), EXIT_USAGE, code);
   for (const code of ['ERR_TIMEOUT', 'ERR_DEP_SETUP', 'ERR_FETCH', 'ERR_NOT_FOUND'] as const) assert.equal(exitCodeOf(code), EXIT_FAILED, code);
   assert.equal(printError(output, new AutotestError('ERR_TIMEOUT', 'test sleeptest did not finish within 1 s', { hint: 'look at its output' })), EXIT_FAILED);
   assert.deepEqual(lines, ['error: test sleeptest did not finish within 1 s [ERR_TIMEOUT]', 'hint: look at its output']);

@@ -9,15 +9,27 @@ import { craftArchive, type EntrySpec } from './fixtures/archives.js';
 import { tempDir, mountTmpfs, EXAMPLE_CLIENT } from './helpers.js';
 
 async function exists(p: string): Promise<boolean> {
-  return access(p).then(() => true, () => false);
+  return access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
-async function expectRefused(t: TestContext, entries: EntrySpec[], entryName: string, outside: string, code: ErrorCode = 'ERR_UNSAFE_ARCHIVE'): Promise<AutotestError> {
+async function expectRefused(
+  t: TestContext,
+  entries: EntrySpec[],
+  entryName: string,
+  outside: string,
+  code: ErrorCode = 'ERR_UNSAFE_ARCHIVE',
+): Promise<AutotestError> {
   const dir = await tempDir(t);
   const archive = path.join(dir, 'evil.tar.gz');
   await craftArchive(archive, entries);
   const dest = path.join(dir, 'install', 'pkg');
-  const error = await extractTarball(archive, dest).then(() => assert.fail('extracted'), (e: unknown) => e);
+  const error = await extractTarball(archive, dest).then(
+    () => assert.fail('extracted'),
+    (e: unknown) => e,
+  );
   assert.ok(isAutotestError(error, code), `${code}: ${String(error)}`);
   assert.ok(error.message.includes(`entry ${JSON.stringify(entryName)}`), error.message);
   assert.doesNotMatch(`${error.message} ${error.hint ?? ''}`, /damaged|truncated/, 'a refusal is never blamed on a damaged download');
@@ -33,22 +45,40 @@ test('refuses an archive entry with an absolute path', async (t) => {
 });
 
 test('refuses an archive entry with ".." in its path', async (t) => {
-  await expectRefused(t, [{ name: 'ok.txt', body: 'fine' }, { name: '../../escaped', body: 'x' }], '../../escaped', 'escaped');
+  await expectRefused(
+    t,
+    [
+      { name: 'ok.txt', body: 'fine' },
+      { name: '../../escaped', body: 'x' },
+    ],
+    '../../escaped',
+    'escaped',
+  );
 });
 
 test('refuses a symlink pointing outside, so a file written through it never lands there', async (t) => {
-  await expectRefused(t, [
-    { name: 'link', type: 'symlink', linkname: '../..' },
-    { name: 'link/escaped', body: 'x' },
-  ], 'link', 'escaped');
+  await expectRefused(
+    t,
+    [
+      { name: 'link', type: 'symlink', linkname: '../..' },
+      { name: 'link/escaped', body: 'x' },
+    ],
+    'link',
+    'escaped',
+  );
 });
 
 test('refuses a chain of symlinks that each look inside but together lead out', async (t) => {
-  await expectRefused(t, [
-    { name: 's', type: 'symlink', linkname: '.' },
-    { name: 'a', type: 'symlink', linkname: 's/..' },
-    { name: 'a/escaped', body: 'x' },
-  ], 'a', 'escaped');
+  await expectRefused(
+    t,
+    [
+      { name: 's', type: 'symlink', linkname: '.' },
+      { name: 'a', type: 'symlink', linkname: 's/..' },
+      { name: 'a/escaped', body: 'x' },
+    ],
+    'a',
+    'escaped',
+  );
 });
 
 test('refuses a hardlink to a file outside the install folder', async (t) => {
@@ -68,8 +98,10 @@ test('refuses a truncated archive and leaves no folder behind', async (t) => {
   const bytes = await readFile(archive);
   await writeFile(archive, bytes.subarray(0, Math.floor(bytes.length / 2)));
   const dest = path.join(dir, 'dbench');
-  await assert.rejects(extractTarball(archive, dest), (error: unknown) =>
-    isAutotestError(error, 'ERR_CORRUPT_ARCHIVE') && error.message.includes(archive) && /damaged or truncated/.test(error.hint ?? ''));
+  await assert.rejects(
+    extractTarball(archive, dest),
+    (error: unknown) => isAutotestError(error, 'ERR_CORRUPT_ARCHIVE') && error.message.includes(archive) && /damaged or truncated/.test(error.hint ?? ''),
+  );
   assert.equal(await exists(dest), false);
 });
 
@@ -80,17 +112,24 @@ test('refuses a tar header with a bad checksum as damaged', async (t) => {
   const tarBytes = gunzipSync(await readFile(path.join(dir, 'good.tar.gz')));
   tarBytes[0] = 'b'.charCodeAt(0);
   await writeFile(archive, gzipSync(tarBytes));
-  await assert.rejects(extractTarball(archive, path.join(dir, 'out')), (error: unknown) =>
-    isAutotestError(error, 'ERR_CORRUPT_ARCHIVE') && /damaged or truncated/.test(error.hint ?? ''));
+  await assert.rejects(
+    extractTarball(archive, path.join(dir, 'out')),
+    (error: unknown) => isAutotestError(error, 'ERR_CORRUPT_ARCHIVE') && /damaged or truncated/.test(error.hint ?? ''),
+  );
   assert.equal(await exists(path.join(dir, 'out')), false);
 });
 
 test('refuses a file whose missing parent folder is an earlier symlink, even one pointing inside', async (t) => {
-  const error = await expectRefused(t, [
-    { name: 'real/', type: 'directory' },
-    { name: 'a/s', type: 'symlink', linkname: '../real' },
-    { name: 'a/s/x/y/escaped', body: 'x' },
-  ], 'a/s/x/y/escaped', 'escaped');
+  const error = await expectRefused(
+    t,
+    [
+      { name: 'real/', type: 'directory' },
+      { name: 'a/s', type: 'symlink', linkname: '../real' },
+      { name: 'a/s/x/y/escaped', body: 'x' },
+    ],
+    'a/s/x/y/escaped',
+    'escaped',
+  );
   assert.match(error.message, /"a\/s" on its path is a symlink/);
 });
 
@@ -99,27 +138,65 @@ test('refuses ".." behind a ./ prefix and deep missing folders', async (t) => {
 });
 
 test('refuses a symlink or a file that would replace a folder already extracted, saying so', async (t) => {
-  const error = await expectRefused(t, [
-    { name: 'x/a.txt', body: 'a' },
-    { name: 'x', type: 'symlink', linkname: '.' },
-    { name: 'x/escaped', body: 'x' },
-  ], 'x', 'escaped', 'ERR_BAD_ARCHIVE');
+  const error = await expectRefused(
+    t,
+    [
+      { name: 'x/a.txt', body: 'a' },
+      { name: 'x', type: 'symlink', linkname: '.' },
+      { name: 'x/escaped', body: 'x' },
+    ],
+    'x',
+    'escaped',
+    'ERR_BAD_ARCHIVE',
+  );
   assert.match(error.message, /a folder of that name came earlier/);
-  await expectRefused(t, [{ name: 'x/', type: 'directory' }, { name: 'x', body: 'a file' }], 'x', 'x', 'ERR_BAD_ARCHIVE');
+  await expectRefused(
+    t,
+    [
+      { name: 'x/', type: 'directory' },
+      { name: 'x', body: 'a file' },
+    ],
+    'x',
+    'x',
+    'ERR_BAD_ARCHIVE',
+  );
 });
 
 test('refuses an entry below an earlier file, naming the entry and the file on its path', async (t) => {
-  const error = await expectRefused(t, [{ name: 'a', body: 'a file' }, { name: 'a/b/c.txt', body: 'x' }], 'a/b/c.txt', 'c.txt', 'ERR_BAD_ARCHIVE');
+  const error = await expectRefused(
+    t,
+    [
+      { name: 'a', body: 'a file' },
+      { name: 'a/b/c.txt', body: 'x' },
+    ],
+    'a/b/c.txt',
+    'c.txt',
+    'ERR_BAD_ARCHIVE',
+  );
   assert.match(error.message, /"a" on its path is a file/);
-  await expectRefused(t, [{ name: 'a', body: 'a file' }, { name: 'a/', type: 'directory' }], 'a/', 'a', 'ERR_BAD_ARCHIVE');
+  await expectRefused(
+    t,
+    [
+      { name: 'a', body: 'a file' },
+      { name: 'a/', type: 'directory' },
+    ],
+    'a/',
+    'a',
+    'ERR_BAD_ARCHIVE',
+  );
 });
 
 test('refuses a hardlink to a file reached through a symlinked folder', async (t) => {
-  await expectRefused(t, [
-    { name: 'real/f', body: 'f' },
-    { name: 's', type: 'symlink', linkname: 'real' },
-    { name: 'h', type: 'link', linkname: 's/f' },
-  ], 'h', 'h');
+  await expectRefused(
+    t,
+    [
+      { name: 'real/f', body: 'f' },
+      { name: 's', type: 'symlink', linkname: 'real' },
+      { name: 'h', type: 'link', linkname: 's/f' },
+    ],
+    'h',
+    'h',
+  );
 });
 
 test('makes missing parent folders 0755 whatever the archive omits, and gives a later folder entry its own mode', async (t) => {
@@ -155,7 +232,10 @@ test('extracts 300 files 1,000 folders deep from a small archive, every file in 
   const dir = await tempDir(t);
   const archive = path.join(dir, 'deep.tar.gz');
   const deep = Array.from({ length: 1000 }, () => 'd').join('/');
-  await craftArchive(archive, Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })));
+  await craftArchive(
+    archive,
+    Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })),
+  );
   assert.ok((await stat(archive)).size < 64_000, 'the archive stays small: the depth is in its names, not its bytes');
   const dest = path.join(dir, 'out');
   assert.deepEqual(await extractTarball(archive, dest), { files: 300, bytes: 300 });
@@ -172,13 +252,19 @@ test('a full disk is called a full disk, naming its mount point and the bytes st
   await mkdir(tree);
   for (const [i, size] of sizes.entries()) await writeFile(path.join(tree, `f${i.toString()}.bin`), Buffer.alloc(size, i + 1));
   const gzipped = path.join(dir, 'big.tar.gz');
-  await craftArchive(gzipped, sizes.map((size, i) => ({ name: `f${i.toString()}.bin`, body: Buffer.alloc(size, i + 1) })));
+  await craftArchive(
+    gzipped,
+    sizes.map((size, i) => ({ name: `f${i.toString()}.bin`, body: Buffer.alloc(size, i + 1) })),
+  );
   const bzipped = path.join(dir, 'big.tar.bz2');
   await packEntries(await walkTree(tree, combineRules()), bzipped, 'bzip2');
   // Twice each: the parser's own "Premature close" once lost the race to the disk's error.
   for (const archive of [gzipped, bzipped, gzipped, bzipped]) {
     const dest = path.join(mnt, 'tests', 'big');
-    const error = await extractTarball(archive, dest).then(() => assert.fail('extracted'), (e: unknown) => e);
+    const error = await extractTarball(archive, dest).then(
+      () => assert.fail('extracted'),
+      (e: unknown) => e,
+    );
     assert.ok(isAutotestError(error, 'ERR_NO_SPACE'), String(error));
     assert.ok(error.message.startsWith(`${dest}: the disk is full (ENOSPC) on the file system mounted at ${mnt}:`), error.message);
     assert.ok(error.message.includes(archive), error.message);
@@ -194,14 +280,23 @@ test('a full disk is called a full disk, naming its mount point and the bytes st
 test('refuses an archive with more entries or more bytes than its limits, naming the limit, and keeps nothing', async (t) => {
   const dir = await tempDir(t);
   const archive = path.join(dir, 'five.tar.gz');
-  await craftArchive(archive, [{ name: 'sub/', type: 'directory' }, ...Array.from({ length: 5 }, (_, i) => ({ name: `sub/f${i.toString()}`, body: '0123456789' }))]);
+  await craftArchive(archive, [
+    { name: 'sub/', type: 'directory' },
+    ...Array.from({ length: 5 }, (_, i) => ({ name: `sub/f${i.toString()}`, body: '0123456789' })),
+  ]);
   const dest = path.join(dir, 'out');
-  await assert.rejects(extractTarball(archive, dest, { maxEntries: 4, names: { maxEntries: 'max_upload_entries = 4 in [SERVER]' } }), (error: unknown) =>
-    isAutotestError(error, 'ERR_TOO_LARGE') && error.message.includes('entry "sub/f3" refused: the archive holds more than 4 entries (max_upload_entries = 4 in [SERVER])')
-    && /raise max_upload_entries/.test(error.hint ?? ''));
+  await assert.rejects(
+    extractTarball(archive, dest, { maxEntries: 4, names: { maxEntries: 'max_upload_entries = 4 in [SERVER]' } }),
+    (error: unknown) =>
+      isAutotestError(error, 'ERR_TOO_LARGE') &&
+      error.message.includes('entry "sub/f3" refused: the archive holds more than 4 entries (max_upload_entries = 4 in [SERVER])') &&
+      /raise max_upload_entries/.test(error.hint ?? ''),
+  );
   assert.equal(await exists(dest), false);
-  await assert.rejects(extractTarball(archive, dest, { maxBytes: 25 }), (error: unknown) =>
-    isAutotestError(error, 'ERR_TOO_LARGE') && error.message.includes('entry "sub/f2" refused: the archive unpacks to more than 25 bytes'));
+  await assert.rejects(
+    extractTarball(archive, dest, { maxBytes: 25 }),
+    (error: unknown) => isAutotestError(error, 'ERR_TOO_LARGE') && error.message.includes('entry "sub/f2" refused: the archive unpacks to more than 25 bytes'),
+  );
   assert.equal(await exists(dest), false);
   assert.deepEqual(await extractTarball(archive, dest, { maxEntries: 6, maxBytes: 50 }), { files: 5, bytes: 50 });
 });

@@ -40,7 +40,10 @@ test('a disk that fills up during the copy publishes nothing, leaves no temp fil
   assert.equal(result.code, 1);
   assert.match(result.stderr, /disk full while copying|ENOSPC/);
   assert.equal(await readFile(path.join(mnt, 'keep-me'), 'utf8'), 'stored before');
-  assert.deepEqual((await readdir(mnt)).filter((f) => f.startsWith('.tmp')), []);
+  assert.deepEqual(
+    (await readdir(mnt)).filter((f) => f.startsWith('.tmp')),
+    [],
+  );
   assert.deepEqual((await checkConsistency(mnt)).problems, []);
 });
 
@@ -62,8 +65,9 @@ test('20 concurrent single-package uploads to one repository leave 20 index entr
   const client = await generateTree(dir, 20, 20_000);
   const repo = path.join(dir, 'repo');
   const config = await writeConfig(dir, { upload_location: repo, client_dir: client, minimum_free_space: '0' });
-  const results = await Promise.all(Array.from({ length: 20 }, (_, i) =>
-    runCli(['packager', 'upload', '-t', `t${String(i).padStart(3, '0')}`, '--config', config], { cwd: dir })));
+  const results = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => runCli(['packager', 'upload', '-t', `t${String(i).padStart(3, '0')}`, '--config', config], { cwd: dir })),
+  );
   for (const result of results) assert.equal(result.code, 0, result.stderr);
   assert.deepEqual(await checkConsistency(repo), { entries: 20, problems: [] });
 });
@@ -82,7 +86,8 @@ test('a packager killed with SIGKILL at random moments leaves every location con
   };
   for (let trial = 0; trial < trials; trial += 1) {
     // Change a few packages each round, so kills also land while files are being replaced.
-    for (let i = 0; i < 24; i += 3) await appendFile(path.join(client, 'tests', `t${String((i + trial) % 24).padStart(3, '0')}`, 'notes.txt'), `trial ${trial}\n`);
+    for (let i = 0; i < 24; i += 3)
+      await appendFile(path.join(client, 'tests', `t${String((i + trial) % 24).padStart(3, '0')}`, 'notes.txt'), `trial ${trial}\n`);
     const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], { cwd: dir, env, stdio: 'ignore' });
     const closed = once(child, 'close');
     await sleep(100 + Math.floor(random() * 1500));
@@ -97,6 +102,10 @@ test('a packager killed with SIGKILL at random moments leaves every location con
   assert.equal(final.code, 0, final.stderr);
   for (const repo of repos) {
     assert.deepEqual(await checkConsistency(repo), { entries: 25, problems: [] });
-    assert.deepEqual((await readdir(repo)).filter((f) => f.startsWith('.tmp')), [], 'dead uploads\' temp files are cleaned');
+    assert.deepEqual(
+      (await readdir(repo)).filter((f) => f.startsWith('.tmp')),
+      [],
+      "dead uploads' temp files are cleaned",
+    );
   }
 });

@@ -47,7 +47,12 @@ type Log = { repository: string; file: string; offset: number }[];
 class MemoryRepository implements FetchRepository {
   private turn = 0;
 
-  constructor(readonly name: string, private readonly files: Map<string, Buffer>, private readonly answers: Answer[], private readonly log: Log) {}
+  constructor(
+    readonly name: string,
+    private readonly files: Map<string, Buffer>,
+    private readonly answers: Answer[],
+    private readonly log: Log,
+  ) {}
 
   readIndex(): Promise<RepositoryIndex> {
     return Promise.resolve(new Map([...this.files].map(([file, body]) => [file, entryOf(file, body)])));
@@ -79,7 +84,9 @@ class MemoryRepository implements FetchRepository {
 function cutStream(bytes: Buffer, what: string): Readable {
   const stream = new PassThrough();
   stream.write(bytes);
-  setImmediate(() => { stream.destroy(classifyNetworkError(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), what)); });
+  setImmediate(() => {
+    stream.destroy(classifyNetworkError(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), what));
+  });
   return stream;
 }
 
@@ -110,10 +117,14 @@ function fakeClock(): Required<Pick<FetcherOptions, 'now' | 'sleep' | 'random'>>
       return new Promise<void>((resolve, reject) => {
         const timer = { due: time + ms, resolve };
         timers.add(timer);
-        signal.addEventListener('abort', () => {
-          timers.delete(timer);
-          reject(new Error('aborted'));
-        }, { once: true });
+        signal.addEventListener(
+          'abort',
+          () => {
+            timers.delete(timer);
+            reject(new Error('aborted'));
+          },
+          { once: true },
+        );
       });
     },
     random: () => clock.chance,
@@ -138,11 +149,17 @@ async function lab(t: TestContext, specs: Record<string, Answer[]>, files: Map<s
   const locations: Location[] = Object.keys(specs).map((name) => ({ kind: 'http', url: `http://${name}.lab/packages`, text: name }));
   const repositories = new Map(Object.entries(specs).map(([name, answers]) => [name, new MemoryRepository(name, files, answers, log)]));
   const fetcher = async (settings: Partial<FetchSettings> = {}, fetchLocations: FetchLocation[] = locations): Promise<PackageFetcher> => {
-    const created = await PackageFetcher.create(fetchLocations, { ...SETTINGS, ...settings }, {
-      stateDir: path.join(dir, 'cache'),
-      repositoryFor: (location) => repositories.get(location.text) ?? assert.fail(`no double for ${location.text}`),
-      now: clock.now, sleep: clock.sleep, random: clock.random,
-    });
+    const created = await PackageFetcher.create(
+      fetchLocations,
+      { ...SETTINGS, ...settings },
+      {
+        stateDir: path.join(dir, 'cache'),
+        repositoryFor: (location) => repositories.get(location.text) ?? assert.fail(`no double for ${location.text}`),
+        now: clock.now,
+        sleep: clock.sleep,
+        random: clock.random,
+      },
+    );
     t.after(() => created.close());
     return created;
   };
@@ -213,7 +230,10 @@ test('retries a transient failure with growing pauses then moves on', async (t) 
 });
 
 test('spreads its pauses with random(): from half the base to one and a half times it', async (t) => {
-  for (const [chance, wanted] of [[0, [100, 200, 400]], [0.75, [250, 500, 1000]]] as const) {
+  for (const [chance, wanted] of [
+    [0, [100, 200, 400]],
+    [0.75, [250, 500, 1000]],
+  ] as const) {
     const { dir, log, clock, fetcher } = await lab(t, { near: [reset, reset, reset, serve] });
     clock.chance = chance;
     await (await fetcher({ retries: 3, timeoutMs: 60_000 })).fetch(FILE, path.join(dir, 'out', FILE));
@@ -225,7 +245,10 @@ test('spreads its pauses with random(): from half the base to one and a half tim
 test('gives up a try that would pause past fetch_timeout, naming the budget', async (t) => {
   const { dir, log, clock, fetcher } = await lab(t, { near: [reset] });
   // Pauses of 200 and 400 ms fit in 1 s; the third, of 800, would end past it.
-  const failure = await (await fetcher({ retries: 5, timeoutMs: 1000 })).fetch(FILE, path.join(dir, 'out', FILE)).then(() => assert.fail('fetched'), (error: unknown) => error);
+  const failure = await (await fetcher({ retries: 5, timeoutMs: 1000 })).fetch(FILE, path.join(dir, 'out', FILE)).then(
+    () => assert.fail('fetched'),
+    (error: unknown) => error,
+  );
   assert.ok(isAutotestError(failure, 'ERR_ALL_REPOSITORIES_FAILED'));
   assert.match(failure.message, /near\/test-dbench\.tar\.bz2: not complete within 1 s \(fetch_timeout, 3 tries\)/);
   assert.deepEqual(clock.pauses, [200, 400]);
@@ -235,7 +258,12 @@ test('gives up a try that would pause past fetch_timeout, naming the budget', as
 test('cuts a download that stalls when fetch_timeout is spent, and cools the repository down', async (t) => {
   const settings = { timeoutMs: 2000, cooldownMs: 60_000 };
   const holder: { clock?: ReturnType<typeof fakeClock> } = {};
-  const stall: Answer = { kind: 'stall', onOpen: () => { holder.clock?.advance(settings.timeoutMs); } };
+  const stall: Answer = {
+    kind: 'stall',
+    onOpen: () => {
+      holder.clock?.advance(settings.timeoutMs);
+    },
+  };
   const { dir, log, clock, fetcher } = await lab(t, { near: [stall], far: [serve] });
   holder.clock = clock;
   const fetching = await fetcher(settings);
@@ -251,7 +279,11 @@ test('resumes a cut download from the bytes already written', async (t) => {
   const { dir, log, clock, fetcher } = await lab(t, { near: [{ kind: 'cut', bytes: half }, serve] });
   const dest = path.join(dir, 'out', FILE);
   const fetched = await (await fetcher({ retries: 1 })).fetch(FILE, dest);
-  assert.deepEqual(log.map((request) => request.offset), [0, half], 'the second try asks from the first byte not written');
+  assert.deepEqual(
+    log.map((request) => request.offset),
+    [0, half],
+    'the second try asks from the first byte not written',
+  );
   assert.equal(fetched.bytes, BODY.length, 'every byte moved once');
   assert.deepEqual(clock.pauses, [200]);
   assert.deepEqual(await readFile(dest), BODY);
@@ -265,7 +297,10 @@ test('resumes the part a previous run left, and only when it was a download of t
   await assert.rejects((await fetcher()).fetch(FILE, dest), (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED'));
   assert.deepEqual(await readFile(`${dest}.part`), BODY.subarray(0, half), 'the bytes received before the cut are kept');
   await (await fetcher()).fetch(FILE, dest);
-  assert.deepEqual(log.map((request) => request.offset), [0, half]);
+  assert.deepEqual(
+    log.map((request) => request.offset),
+    [0, half],
+  );
   assert.deepEqual(await readFile(dest), BODY);
 
   // A part of another version of the file is never resumed.
@@ -276,12 +311,18 @@ test('resumes the part a previous run left, and only when it was a download of t
   assert.deepEqual(await readFile(dest), BODY);
 });
 
-test('refuses a body longer than the index\'s size', async (t) => {
+test("refuses a body longer than the index's size", async (t) => {
   const { dir, log, fetcher } = await lab(t, { near: [{ kind: 'send', body: Buffer.concat([BODY, Buffer.from('and more')]) }] });
   const dest = path.join(dir, 'out', FILE);
-  const failure = await (await fetcher({ retries: 3 })).fetch(FILE, dest).then(() => assert.fail('fetched'), (error: unknown) => error);
+  const failure = await (await fetcher({ retries: 3 })).fetch(FILE, dest).then(
+    () => assert.fail('fetched'),
+    (error: unknown) => error,
+  );
   assert.ok(isAutotestError(failure, 'ERR_ALL_REPOSITORIES_FAILED'));
-  assert.match(failure.message, new RegExp(`near/test-dbench\\.tar\\.bz2: sends more than the ${BODY.length.toString()} bytes its index gives; cut and discarded`));
+  assert.match(
+    failure.message,
+    new RegExp(`near/test-dbench\\.tar\\.bz2: sends more than the ${BODY.length.toString()} bytes its index gives; cut and discarded`),
+  );
   assert.equal(log.length, 1, 'not tried again');
   await mkdir(path.dirname(dest), { recursive: true });
   assert.deepEqual(await readdir(path.dirname(dest)), [], 'neither the file, nor a part, nor its record is left');
@@ -295,7 +336,10 @@ test('passes over a repository whose bytes fail verification and takes the next'
   const fetched = await (await fetcher({ retries: 3 })).fetch(FILE, dest);
   assert.equal(fetched.repository, 'far');
   assert.deepEqual(asked(log), ['near', 'far'], 'a mismatch is not retried at the same repository');
-  assert.match(fetched.passedOver.join('\n'), /near\/test-dbench\.tar\.bz2: sha256 [0-9a-f]{64} \(\d+ bytes\) does not match its index \([0-9a-f]{64}\); discarded/);
+  assert.match(
+    fetched.passedOver.join('\n'),
+    /near\/test-dbench\.tar\.bz2: sha256 [0-9a-f]{64} \(\d+ bytes\) does not match its index \([0-9a-f]{64}\); discarded/,
+  );
   assert.deepEqual(await readFile(dest), BODY);
 });
 

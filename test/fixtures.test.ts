@@ -49,10 +49,28 @@ test('a test sshd accepts the throwaway key and runs a command', async (t) => {
   const viaConfig = await sshRun(server.configFile, server.alias, ['sh', '-c', 'printf "%s %s" "$LOGNAME" "$(id -u)"']);
   assert.equal(viaConfig.stdout, `${server.user} 0`, 'logged in as the fixture account, a root alias');
   const denied = await runChecked('ssh', [
-    '-F', '/dev/null', '-i', '/dev/null', '-p', String(server.port), '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes',
-    '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
-    `${server.user}@${server.address}`, 'true',
-  ]).then(() => false, () => true);
+    '-F',
+    '/dev/null',
+    '-i',
+    '/dev/null',
+    '-p',
+    String(server.port),
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    'UserKnownHostsFile=/dev/null',
+    '-o',
+    'LogLevel=ERROR',
+    `${server.user}@${server.address}`,
+    'true',
+  ]).then(
+    () => false,
+    () => true,
+  );
   assert.ok(denied, 'a connection without the client key must be refused');
 
   // stop() leaves nothing behind.
@@ -160,6 +178,9 @@ test('git archive --remote fetches a file from the test git daemon', async (t) =
   const listing = await runChecked('tar', ['-tf', out]);
   assert.deepEqual(listing.stdout.trim().split('\n'), ['packages.checksum']);
 
-  const missing = await runChecked('git', ['archive', `--remote=${daemon.url('nope.git')}`, 'main']).then(() => false, () => true);
+  const missing = await runChecked('git', ['archive', `--remote=${daemon.url('nope.git')}`, 'main']).then(
+    () => false,
+    () => true,
+  );
   assert.ok(missing, 'an unknown repository must fail');
 });

@@ -16,7 +16,15 @@ const TOKEN = 'test-token-123456';
 const CUSTOM_FILE = 'test-mycustom.tar.bz2';
 const WAIT = { timeout: 15_000 };
 const SHOTS = path.join(ROOT, 'test-artifacts', 'frontend');
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 
 interface Site {
   url: string;
@@ -36,8 +44,12 @@ async function startSite(t: TestContext): Promise<Site> {
   const staging = path.join(dir, 'staging');
   const cacheDir = path.join(dir, 'cache');
   const published = await uploadPackages({
-    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
-    locations: [{ kind: 'local', path: builtin, text: builtin }], compression: 'bzip2', minimumFreeBytes: 0, cacheDir,
+    clientDir,
+    selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [{ kind: 'local', path: builtin, text: builtin }],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir,
   });
   assert.equal(published.ok, true);
 
@@ -48,17 +60,20 @@ async function startSite(t: TestContext): Promise<Site> {
   await copyFile(path.join(builtin, 'test-hello.tar.bz2'), upload);
 
   const file = path.join(dir, 'global_config.ini');
-  await writeFile(file, [
-    '[PACKAGES]',
-    `upload_location: ${builtin}`,
-    `custom_upload_location: ${custom}`,
-    `custom_download_location: ${staging}`,
-    'minimum_free_space: 0',
-    `client_dir: ${clientDir}`,
-    '[SERVER]',
-    `upload_token: ${TOKEN}`,
-    '',
-  ].join('\n'));
+  await writeFile(
+    file,
+    [
+      '[PACKAGES]',
+      `upload_location: ${builtin}`,
+      `custom_upload_location: ${custom}`,
+      `custom_download_location: ${staging}`,
+      'minimum_free_space: 0',
+      `client_dir: ${clientDir}`,
+      '[SERVER]',
+      `upload_token: ${TOKEN}`,
+      '',
+    ].join('\n'),
+  );
   const config = await loadConfig({ file, env: {} });
   const app = await buildServer({ config, logLevel: 'silent', cacheDir });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
@@ -77,13 +92,19 @@ async function shot(page: Page, name: string): Promise<void> {
 }
 
 async function exists(file: string): Promise<boolean> {
-  return access(file).then(() => true, () => false);
+  return access(file).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** File names listed in a repository folder's packages.checksum. */
 async function checksumNames(dir: string): Promise<string[]> {
   const text = await readFile(path.join(dir, 'packages.checksum'), 'utf8').catch(() => '');
-  return text.split('\n').filter((line) => line.trim() !== '').map((line) => line.trim().split(/\s+/).at(-1) ?? '');
+  return text
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => line.trim().split(/\s+/).at(-1) ?? '');
 }
 
 const row = (repository: string, file: string): string => `table.packages[data-repository="${repository}"] tr[data-file="${file}"]`;
@@ -126,7 +147,10 @@ test('the web frontend lists, filters, uploads, deletes and checks packages in a
     await shot(page, '03-upload-refused');
     assert.equal(await exists(path.join(site.custom, CUSTOM_FILE)), false);
     assert.deepEqual(await checksumNames(site.custom), []);
-    assert.deepEqual((await readdir(site.staging).catch(() => [])).filter((name) => !name.startsWith('.')), []);
+    assert.deepEqual(
+      (await readdir(site.staging).catch(() => [])).filter((name) => !name.startsWith('.')),
+      [],
+    );
   });
 
   await t.test('an upload through the form publishes the custom test and the page shows it', async () => {
@@ -186,11 +210,16 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   Object.assign(process.env, awsEnv(s3));
   delete process.env.AWS_PROFILE;
   const admin = new S3Client({
-    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true,
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
     credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
-  t.after(() => { admin.destroy(); });
+  t.after(() => {
+    admin.destroy();
+  });
   await admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
   const objectNames = async (): Promise<string[]> =>
     ((await admin.send(new ListObjectsV2Command({ Bucket: 'lab-packages', Prefix: 'custom/' }))).Contents ?? []).map((object) => object.Key ?? '').sort();
@@ -202,8 +231,23 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   const upload = path.join(dir, CUSTOM_FILE);
   await runChecked('tar', ['-cjf', upload, '-C', tree, '.']);
   const file = path.join(dir, 'global_config.ini');
-  await writeFile(file, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/custom', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
-    '[S3]', `endpoint: ${s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required', '[SERVER]', `upload_token: ${TOKEN}`, `cache_dir: ${path.join(dir, 'front-cache')}`, ''].join('\n'));
+  await writeFile(
+    file,
+    [
+      '[PACKAGES]',
+      'custom_upload_location: s3://lab-packages/custom',
+      `custom_download_location: ${path.join(dir, 'staging')}`,
+      'minimum_free_space: 0',
+      '[S3]',
+      `endpoint: ${s3.endpoint}`,
+      'path_style: true',
+      'checksum_mode: when_required',
+      '[SERVER]',
+      `upload_token: ${TOKEN}`,
+      `cache_dir: ${path.join(dir, 'front-cache')}`,
+      '',
+    ].join('\n'),
+  );
   const app = await buildServer({ config: await loadConfig({ file, env: {} }), logLevel: 'silent', cacheDir: path.join(dir, 'cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
@@ -224,7 +268,9 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   await page.reload();
   await page.locator(row('custom', CUSTOM_FILE)).waitFor(WAIT);
 
-  page.once('dialog', (dialog) => { void dialog.accept(); });
+  page.once('dialog', (dialog) => {
+    void dialog.accept();
+  });
   await page.click(`${row('custom', CUSTOM_FILE)} button.delete`);
   await page.locator('table.packages[data-repository="custom"] tr.empty').waitFor(WAIT);
   assert.deepEqual(await objectNames(), ['custom/packages.checksum', 'custom/packages.json']);
@@ -232,14 +278,18 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   assert.deepEqual(pageErrors, []);
 });
 
-test('the web frontend shows a caching front\'s entries, hit ratio and a chart of bytes served against bytes fetched upstream, in a real browser', async (t) => {
+test("the web frontend shows a caching front's entries, hit ratio and a chart of bytes served against bytes fetched upstream, in a real browser", async (t) => {
   await mkdir(SHOTS, { recursive: true });
   const dir = await tempDir(t, 'autotest-frontend-');
   const clientDir = await copyExampleTree(dir);
   const upstreamDir = path.join(dir, 'upstream');
   const published = await uploadPackages({
-    clientDir, selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
-    locations: [{ kind: 'local', path: upstreamDir, text: upstreamDir }], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+    clientDir,
+    selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
+    locations: [{ kind: 'local', path: upstreamDir, text: upstreamDir }],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'cache'),
   });
   assert.equal(published.ok, true);
   const nginx = await startNginx({ root: upstreamDir });
@@ -262,12 +312,13 @@ test('the web frontend shows a caching front\'s entries, hit ratio and a chart o
   await page.goto(`${url}/`, WAIT);
   const cache = page.locator('#repo-builtin ~ .cache').first();
   assert.equal(await cache.locator('.hit-ratio').textContent(), '50%');
-  assert.match(await cache.locator('.entries').textContent() ?? '', /^1 package, /);
+  assert.match((await cache.locator('.entries').textContent()) ?? '', /^1 package, /);
   const chart = page.locator('svg.traffic-chart');
   assert.equal(await chart.isVisible(), true);
   // The last point of each line: served (twice the package) stands higher than fetched (once).
-  const lastY = async (series: string): Promise<number> => Number((await chart.locator(`polyline.${series}`).getAttribute('points'))?.trim().split(' ').at(-1)?.split(',')[1]);
-  assert.ok(await lastY('served') < await lastY('upstream'), 'the served line ends above the upstream line');
-  assert.match(await page.locator('.traffic').textContent() ?? '', /50% of the bytes served came from the cache/);
+  const lastY = async (series: string): Promise<number> =>
+    Number((await chart.locator(`polyline.${series}`).getAttribute('points'))?.trim().split(' ').at(-1)?.split(',')[1]);
+  assert.ok((await lastY('served')) < (await lastY('upstream')), 'the served line ends above the upstream line');
+  assert.match((await page.locator('.traffic').textContent()) ?? '', /50% of the bytes served came from the cache/);
   await shot(page, 'cache-panel');
 });

@@ -37,23 +37,25 @@ function failureOf(error: unknown): FetchFailure {
   return error;
 }
 
-test('a git repository\'s index is read past other packages.* files of any size, which are neither kept nor bounded', async (t) => {
-  const repository = (await serveRepositories(t, {
-    'big.git': {
-      'packages.checksum': `${createHash('md5').update(BODY).digest('hex')}  ${PACKAGE}\n`,
-      [PACKAGE]: BODY,
-      // Past the 32 MiB bound of an index file: matched by the glob, but not an index file.
-      'packages.json.bak': Buffer.alloc(33 * 1024 * 1024),
-    },
-  }))('big.git');
+test("a git repository's index is read past other packages.* files of any size, which are neither kept nor bounded", async (t) => {
+  const repository = (
+    await serveRepositories(t, {
+      'big.git': {
+        'packages.checksum': `${createHash('md5').update(BODY).digest('hex')}  ${PACKAGE}\n`,
+        [PACKAGE]: BODY,
+        // Past the 32 MiB bound of an index file: matched by the glob, but not an index file.
+        'packages.json.bak': Buffer.alloc(33 * 1024 * 1024),
+      },
+    })
+  )('big.git');
   const index = await repository.readIndex();
   assert.deepEqual([...index.keys()], [PACKAGE]);
   assert.deepEqual(await bodyOf(repository, PACKAGE), BODY);
 });
 
-test('a git server that cannot be reached, or a repository with no index file, fails with git\'s own words, never as a repository without packages.checksum', async (t) => {
+test("a git server that cannot be reached, or a repository with no index file, fails with git's own words, never as a repository without packages.checksum", async (t) => {
   const repositories = await serveRepositories(t, {
-    'empty.git': { 'README': 'no packages here\n' },
+    'empty.git': { README: 'no packages here\n' },
     'links.git': { 'packages.checksum': `${'0'.repeat(32)}  ${PACKAGE}\n` },
   });
   await assert.rejects(repositories('empty.git').readIndex(), (error: unknown) => {
@@ -79,5 +81,10 @@ test('a git location whose branch starts with "-" is refused before git could ta
   for (const text of ['git://127.0.0.1:9/repo:-o/tmp/archive', '/srv/packages.git:--list']) {
     assert.throws(() => parseFetchLocation(text, '/'), /branch "-.*" cannot start with "-"/);
   }
-  assert.deepEqual(parseFetchLocation('git://127.0.0.1:9/repo:release-2', '/'), { kind: 'git', url: 'git://127.0.0.1:9/repo', branch: 'release-2', text: 'git://127.0.0.1:9/repo:release-2' });
+  assert.deepEqual(parseFetchLocation('git://127.0.0.1:9/repo:release-2', '/'), {
+    kind: 'git',
+    url: 'git://127.0.0.1:9/repo',
+    branch: 'release-2',
+    text: 'git://127.0.0.1:9/repo:release-2',
+  });
 });

@@ -29,8 +29,12 @@ async function publishExample(t: TestContext): Promise<Repo> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
   const report = await uploadPackages({
-    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(path.join(dir, 'repo'))], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+    clientDir,
+    selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(path.join(dir, 'repo'))],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'cache'),
   });
   assert.equal(report.ok, true);
   return { dir, clientDir };
@@ -57,16 +61,19 @@ async function faultServer(t: TestContext, dir: string, fault: Fault | undefined
   const server = http.createServer((request, response) => {
     const file = decodeURIComponent((request.url ?? '/').replace(/^\/repo\//, ''));
     requests.push({ file, range: request.headers.range });
-    void readFile(path.join(dir, file)).then((body) => {
-      if (fault && file.endsWith('.tar.bz2')) {
-        fault(file, request, response, body);
-        return;
-      }
-      response.writeHead(200, { 'content-length': body.length });
-      response.end(body);
-    }, () => {
-      response.writeHead(404).end();
-    });
+    void readFile(path.join(dir, file)).then(
+      (body) => {
+        if (fault && file.endsWith('.tar.bz2')) {
+          fault(file, request, response, body);
+          return;
+        }
+        response.writeHead(200, { 'content-length': body.length });
+        response.end(body);
+      },
+      () => {
+        response.writeHead(404).end();
+      },
+    );
   });
   await listen(t, server, port);
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, requests };
@@ -74,10 +81,15 @@ async function faultServer(t: TestContext, dir: string, fault: Fault | undefined
 
 async function listen(t: TestContext, server: http.Server, port: number): Promise<void> {
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => {
-    server.closeAllConnections();
-    server.close(() => { resolve(); });
-  }));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => {
+          resolve();
+        });
+      }),
+  );
 }
 
 /** A server that takes every connection and request and never answers: a stalled repository. */
@@ -88,7 +100,10 @@ async function silentServer(t: TestContext): Promise<string> {
 }
 
 async function exists(p: string): Promise<boolean> {
-  return access(p).then(() => true, () => false);
+  return access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** The installed folder holds exactly the package's files, with the marker of the indexed md5. */
@@ -96,7 +111,11 @@ async function assertInstalled(folder: string, clientDir: string, md5: string): 
   assert.equal((await readFile(path.join(folder, MARKER_FILE), 'utf8')).trim(), md5);
   assert.equal(await readFile(path.join(folder, 'dbench.mjs'), 'utf8'), await readFile(path.join(clientDir, 'tests', 'dbench', 'dbench.mjs'), 'utf8'));
   const siblings = await readdir(path.dirname(folder));
-  assert.deepEqual(siblings.filter((name) => name.startsWith('.')), [], 'no half-installed folder is left beside it');
+  assert.deepEqual(
+    siblings.filter((name) => name.startsWith('.')),
+    [],
+    'no half-installed folder is left beside it',
+  );
 }
 
 test('installs a package from the repositories, then skips it when its marker matches and uses the cache when only the folder is gone', async (t) => {
@@ -123,39 +142,53 @@ test('installs a package from the repositories, then skips it when its marker ma
 const FAULTS: [string, Fault | 'refused'][] = [
   ['connection refused', 'refused'],
   ['accepts and never answers', () => undefined],
-  ['resets in the middle of the body', (_file, _request, response, body) => {
-    response.writeHead(200, { 'content-length': body.length });
-    response.write(body.subarray(0, Math.floor(body.length / 2)), () => response.socket?.destroy());
-  }],
-  ['answers 500', (_file, _request, response) => {
-    response.writeHead(500).end('broken');
-  }],
-  ['serves a corrupt package', (_file, _request, response, body) => {
-    const corrupt = Buffer.from(body);
-    corrupt[Math.floor(corrupt.length / 2)] = (corrupt[Math.floor(corrupt.length / 2)] ?? 0) ^ 0xff;
-    response.writeHead(200, { 'content-length': corrupt.length });
-    response.end(corrupt);
-  }],
-  ['serves a truncated package', (_file, _request, response, body) => {
-    const half = body.subarray(0, Math.floor(body.length / 2));
-    response.writeHead(200, { 'content-length': half.length });
-    response.end(half);
-  }],
+  [
+    'resets in the middle of the body',
+    (_file, _request, response, body) => {
+      response.writeHead(200, { 'content-length': body.length });
+      response.write(body.subarray(0, Math.floor(body.length / 2)), () => response.socket?.destroy());
+    },
+  ],
+  [
+    'answers 500',
+    (_file, _request, response) => {
+      response.writeHead(500).end('broken');
+    },
+  ],
+  [
+    'serves a corrupt package',
+    (_file, _request, response, body) => {
+      const corrupt = Buffer.from(body);
+      corrupt[Math.floor(corrupt.length / 2)] = (corrupt[Math.floor(corrupt.length / 2)] ?? 0) ^ 0xff;
+      response.writeHead(200, { 'content-length': corrupt.length });
+      response.end(corrupt);
+    },
+  ],
+  [
+    'serves a truncated package',
+    (_file, _request, response, body) => {
+      const half = body.subarray(0, Math.floor(body.length / 2));
+      response.writeHead(200, { 'content-length': half.length });
+      response.end(half);
+    },
+  ],
 ];
 
 for (const [name, fault] of FAULTS) {
   test(`a first repository that ${name} leads to a verified install from the second`, async (t) => {
     const repo = await publishExample(t);
     const repoDir = path.join(repo.dir, 'repo');
-    const first = fault === 'refused'
-      ? httpLocation(`http://127.0.0.1:${(await freePort()).toString()}/repo`)
-      : httpLocation((await faultServer(t, repoDir, fault)).url);
+    const first =
+      fault === 'refused' ? httpLocation(`http://127.0.0.1:${(await freePort()).toString()}/repo`) : httpLocation((await faultServer(t, repoDir, fault)).url);
     const installDir = path.join(repo.dir, 'install');
     const [record] = await installPackages('test', ['dbench'], { locations: [first, local(repoDir)], settings: FAST, installDir });
     assert.equal(record?.repository, repoDir, 'the package came from the second repository');
     await assertInstalled(path.join(installDir, 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
-    assert.deepEqual(await readdir(path.join(installDir, 'packages')).then((names) => names.filter((n) => n.endsWith('.tar.bz2'))), [PACKAGE],
-      'only the verified tarball is in the cache');
+    assert.deepEqual(
+      await readdir(path.join(installDir, 'packages')).then((names) => names.filter((n) => n.endsWith('.tar.bz2'))),
+      [PACKAGE],
+      'only the verified tarball is in the cache',
+    );
   });
 }
 
@@ -204,7 +237,11 @@ test('from an Autotest repository (no sizes in its index) a download stops at fe
   const mirror = await faultServer(t, autotestRepo, endlessBody);
   const installDir = path.join(repo.dir, 'install');
   await assert.rejects(
-    installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url)], settings: { ...FAST, timeoutMs: 20_000, maxSizeBytes: 4 * 1024 * 1024 }, installDir }),
+    installPackages('test', ['dbench'], {
+      locations: [httpLocation(mirror.url)],
+      settings: { ...FAST, timeoutMs: 20_000, maxSizeBytes: 4 * 1024 * 1024 },
+      installDir,
+    }),
     (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /larger than fetch_max_size \(4194304 bytes\)/.test(error.message),
   );
   assert.deepEqual(await partsIn(installDir), []);
@@ -231,10 +268,16 @@ test('fetch_timeout is one budget for a package from one repository: a mirror tr
       if (response.destroyed || at >= body.length) clearInterval(timer);
       else response.write(body.subarray(at, (at += 1)));
     }, 1000);
-    response.on('close', () => { clearInterval(timer); });
+    response.on('close', () => {
+      clearInterval(timer);
+    });
   });
   const installDir = path.join(repo.dir, 'install');
-  const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url), local(repoDir)], settings: { ...FAST, timeoutMs: 2500, retries: 2 }, installDir });
+  const [record] = await installPackages('test', ['dbench'], {
+    locations: [httpLocation(mirror.url), local(repoDir)],
+    settings: { ...FAST, timeoutMs: 2500, retries: 2 },
+    installDir,
+  });
   assert.equal(record?.repository, repoDir);
   assert.match(record.passedOver.join('\n'), /not complete within 2\.5 s \(fetch_timeout/);
   assert.equal(mirror.requests.filter((r) => r.file === PACKAGE).length, 1, 'no retry once the budget is spent');
@@ -257,7 +300,9 @@ test('an index with a malformed line, a name too long and a file listed twice wi
   assert.match(install.stderr, /packages\.checksum:\d+: not an md5sum line, left out/);
   assert.match(install.stderr, /packages\.checksum:\d+: file name refused, left out: .*at most 200/);
   assert.match(install.stderr, /dep-libaio\.tar\.bz2 is listed again with another checksum; it is left out/);
-  const ambiguous = await runCli(['client', 'install', 'dep', 'libaio', '--config', config, '--install-dir', path.join(repo.dir, 'install')], { cwd: repo.dir });
+  const ambiguous = await runCli(['client', 'install', 'dep', 'libaio', '--config', config, '--install-dir', path.join(repo.dir, 'install')], {
+    cwd: repo.dir,
+  });
   assert.equal(ambiguous.code, 1, 'an entry listed with two checksums is not believed');
 
   const verify = await runCli(['packager', 'verify', '--config', config], { cwd: repo.dir });
@@ -276,7 +321,12 @@ test('a junk index gives at most 20 problems and how many more, and one with no 
   const good = await readFile(path.join(repoDir, 'packages.checksum'), 'utf8');
   await writeFile(path.join(repoDir, 'packages.checksum'), `${good}${'junk\n'.repeat(1000)}`);
   const warnings: string[] = [];
-  const [record] = await installPackages('test', ['dbench'], { locations: [local(repoDir)], settings: FAST, installDir: path.join(repo.dir, 'install'), onWarning: (m) => warnings.push(m) });
+  const [record] = await installPackages('test', ['dbench'], {
+    locations: [local(repoDir)],
+    settings: FAST,
+    installDir: path.join(repo.dir, 'install'),
+    onWarning: (m) => warnings.push(m),
+  });
   assert.equal(record?.action, 'fetched');
   assert.equal(warnings.length, 21);
   assert.equal(warnings[20], 'and 980 more problems');
@@ -284,7 +334,11 @@ test('a junk index gives at most 20 problems and how many more, and one with no 
   const page = await faultServer(t, path.join(repo.dir, 'www'), undefined);
   await mkdir(path.join(repo.dir, 'www'));
   await writeFile(path.join(repo.dir, 'www', 'packages.checksum'), '<html><body>Welcome to nginx!</body></html>\n');
-  const [second] = await installPackages('test', ['dbench'], { locations: [httpLocation(page.url), local(repoDir)], settings: FAST, installDir: path.join(repo.dir, 'install2') });
+  const [second] = await installPackages('test', ['dbench'], {
+    locations: [httpLocation(page.url), local(repoDir)],
+    settings: FAST,
+    installDir: path.join(repo.dir, 'install2'),
+  });
   assert.equal(second?.repository, repoDir);
   assert.match(second.passedOver.join('\n'), /packages\.checksum has no readable entry \(.*not an md5sum line/);
 });
@@ -297,7 +351,11 @@ test('a mirror that sends every byte the index gives and then stalls is not wait
     response.writeHead(200, { 'content-length': body.length + 10 });
     response.write(body);
   });
-  const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(mirror.url)], settings: { ...FAST, timeoutMs: 60_000 }, installDir: path.join(repo.dir, 'install') });
+  const [record] = await installPackages('test', ['dbench'], {
+    locations: [httpLocation(mirror.url)],
+    settings: { ...FAST, timeoutMs: 60_000 },
+    installDir: path.join(repo.dir, 'install'),
+  });
   assert.equal(record?.repository, mirror.url);
   assert.deepEqual(record.passedOver, []);
   await assertInstalled(path.join(repo.dir, 'install', 'tests', 'dbench'), repo.clientDir, (await digestFile(path.join(repoDir, PACKAGE))).md5);
@@ -308,7 +366,12 @@ test('a packages.json that does not parse leaves packages.checksum (md5) to deci
   const repoDir = path.join(repo.dir, 'repo');
   await writeFile(path.join(repoDir, 'packages.json'), '{"version": 1, "packages": {');
   const warnings: string[] = [];
-  const [record] = await installPackages('test', ['dbench'], { locations: [local(repoDir)], settings: FAST, installDir: path.join(repo.dir, 'install'), onWarning: (m) => warnings.push(m) });
+  const [record] = await installPackages('test', ['dbench'], {
+    locations: [local(repoDir)],
+    settings: FAST,
+    installDir: path.join(repo.dir, 'install'),
+    onWarning: (m) => warnings.push(m),
+  });
   assert.equal(record?.action, 'fetched');
   assert.equal(warnings.length, 1, warnings.join('\n'));
   assert.match(warnings[0] ?? '', /packages\.json: not valid JSON .*; using packages\.checksum alone \(md5\)/);
@@ -337,8 +400,10 @@ test('a download cut half way resumes from where it stopped on the next try, ask
   });
   const installDir = path.join(repo.dir, 'install');
   // No retry within the first install: the resume happens in the next one, as after a crash.
-  await assert.rejects(installPackages('test', ['dbench'], { locations: [httpLocation(server.url)], settings: { ...FAST, retries: 0 }, installDir }),
-    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /broke off|cut short|premature|aborted/i.test(error.message));
+  await assert.rejects(
+    installPackages('test', ['dbench'], { locations: [httpLocation(server.url)], settings: { ...FAST, retries: 0 }, installDir }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /broke off|cut short|premature|aborted/i.test(error.message),
+  );
   const size = (await stat(path.join(repoDir, PACKAGE))).size;
   const [record] = await installPackages('test', ['dbench'], { locations: [httpLocation(server.url)], settings: FAST, installDir });
   const packageRequests = server.requests.filter((r) => r.file === PACKAGE);
@@ -353,9 +418,15 @@ test('a download cut half way resumes from where it stopped on the next try, ask
 test('when every repository fails, one error names each repository and why, and a refused connection, a 404 and a missing folder do not skip the repository on the next run', async (t) => {
   const repo = await publishExample(t);
   const refused = httpLocation(`http://127.0.0.1:${(await freePort()).toString()}/repo`);
-  const server = await faultServer(t, path.join(repo.dir, 'repo'), (_f, _r, response) => { response.writeHead(404).end(); });
+  const server = await faultServer(t, path.join(repo.dir, 'repo'), (_f, _r, response) => {
+    response.writeHead(404).end();
+  });
   const missing = local(path.join(repo.dir, 'nowhere'));
-  const options = { locations: [refused, httpLocation(server.url), missing], settings: { ...FAST, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
+  const options = {
+    locations: [refused, httpLocation(server.url), missing],
+    settings: { ...FAST, cooldownMs: 60_000 },
+    installDir: path.join(repo.dir, 'install'),
+  };
   for (const run of ['first', 'second']) {
     await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) => {
       assert.ok(isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED'));
@@ -373,7 +444,10 @@ test('a repository refused on one install serves the next install as soon as it 
   const port = await freePort();
   const location = httpLocation(`http://127.0.0.1:${port.toString()}/repo`);
   const options = { locations: [location], settings: { ...FAST, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
-  await assert.rejects(installPackages('test', ['dbench'], options), (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /ECONNREFUSED/.test(error.message));
+  await assert.rejects(
+    installPackages('test', ['dbench'], options),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && /ECONNREFUSED/.test(error.message),
+  );
   await faultServer(t, path.join(repo.dir, 'repo'), undefined, port);
   const [record] = await installPackages('test', ['dbench'], options);
   assert.equal(record?.repository, location.text);
@@ -383,7 +457,11 @@ test('a repository refused on one install serves the next install as soon as it 
 test('a repository that accepts the connection but stalls is skipped by the next install while it cools down, and the next repository serves both', async (t) => {
   const repo = await publishExample(t);
   const stalling = await silentServer(t);
-  const options = { locations: [httpLocation(stalling), local(path.join(repo.dir, 'repo'))], settings: { ...FAST, retries: 0, cooldownMs: 60_000 }, installDir: path.join(repo.dir, 'install') };
+  const options = {
+    locations: [httpLocation(stalling), local(path.join(repo.dir, 'repo'))],
+    settings: { ...FAST, retries: 0, cooldownMs: 60_000 },
+    installDir: path.join(repo.dir, 'install'),
+  };
   const [first] = await installPackages('test', ['dbench'], options);
   assert.equal(first?.repository, path.join(repo.dir, 'repo'));
   assert.match(first.passedOver.join('\n'), /no data for \d+ s|not complete within/);
@@ -394,21 +472,31 @@ test('a repository that accepts the connection but stalls is skipped by the next
 
 test('a package that is in no index is an error naming the package, never a silent success', async (t) => {
   const repo = await publishExample(t);
-  await assert.rejects(installPackages('test', ['nosuchtest'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir: path.join(repo.dir, 'i') }),
-    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && error.message.includes('test-nosuchtest.tar.bz2'));
-  await assert.rejects(installPackages('test', ['../etc'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir: path.join(repo.dir, 'i') }),
-    (error: unknown) => isAutotestError(error, 'ERR_BAD_NAME'));
+  await assert.rejects(
+    installPackages('test', ['nosuchtest'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir: path.join(repo.dir, 'i') }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && error.message.includes('test-nosuchtest.tar.bz2'),
+  );
+  await assert.rejects(
+    installPackages('test', ['../etc'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir: path.join(repo.dir, 'i') }),
+    (error: unknown) => isAutotestError(error, 'ERR_BAD_NAME'),
+  );
 });
 
 function runInstallProcess(args: string[], cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'client', 'install', ...args], { cwd, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, 'client', 'install', ...args], {
+      cwd,
+      env: { ...process.env, AUTOTEST_CONFIG: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
     child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
     child.on('error', reject);
-    child.on('close', (code) => { resolve({ code, stdout, stderr }); });
+    child.on('close', (code) => {
+      resolve({ code, stdout, stderr });
+    });
   });
 }
 
@@ -416,8 +504,9 @@ test('10 processes installing the same package at once fetch it once and extract
   const repo = await publishExample(t);
   const server = await faultServer(t, path.join(repo.dir, 'repo'), undefined);
   const installDir = path.join(repo.dir, 'install');
-  const results = await Promise.all(Array.from({ length: 10 }, () =>
-    runInstallProcess(['test', 'dbench', '--install-dir', installDir, '-r', server.url, '--json'], repo.dir)));
+  const results = await Promise.all(
+    Array.from({ length: 10 }, () => runInstallProcess(['test', 'dbench', '--install-dir', installDir, '-r', server.url, '--json'], repo.dir)),
+  );
   for (const result of results) assert.equal(result.code, 0, result.stderr);
   const actions = results.map((r) => (JSON.parse(r.stdout) as { action: string }[])[0]?.action).sort();
   assert.deepEqual(actions, ['fetched', ...Array<string>(9).fill('up-to-date')]);
@@ -437,8 +526,12 @@ test('an installer killed at random moments leaves the old or the new package, n
   const module = path.join(repo.clientDir, 'tests', 'dbench', 'dbench.mjs');
   await writeFile(module, `${await readFile(module, 'utf8')}// version 2\n`);
   const report = await uploadPackages({
-    clientDir: repo.clientDir, selection: { all: false, tests: ['dbench'], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(repoDir)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(repo.dir, 'cache'),
+    clientDir: repo.clientDir,
+    selection: { all: false, tests: ['dbench'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(repoDir)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(repo.dir, 'cache'),
   });
   assert.equal(report.ok, true);
   const newMd5 = (await digestFile(path.join(repoDir, PACKAGE))).md5;
@@ -449,12 +542,22 @@ test('an installer killed at random moments leaves the old or the new package, n
     assert.equal(previous.code, 0, previous.stderr);
     assert.equal((await readFile(path.join(folder, MARKER_FILE), 'utf8')).trim(), oldMd5);
     await rm(path.join(installDir, 'packages'), { recursive: true, force: true });
-    const child = spawn(process.execPath, [CLI, 'client', 'install', 'test', 'dbench', '--install-dir', installDir, '-r', repoDir],
-      { cwd: repo.dir, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: 'ignore' });
-    const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
+    const child = spawn(process.execPath, [CLI, 'client', 'install', 'test', 'dbench', '--install-dir', installDir, '-r', repoDir], {
+      cwd: repo.dir,
+      env: { ...process.env, AUTOTEST_CONFIG: '' },
+      stdio: 'ignore',
+    });
+    const closed = new Promise<void>((resolve) =>
+      child.on('close', () => {
+        resolve();
+      }),
+    );
     setTimeout(() => child.kill('SIGKILL'), 60 + Math.floor(Math.random() * 400));
     await closed;
-    const marker = await readFile(path.join(folder, MARKER_FILE), 'utf8').then((s) => s.trim(), () => undefined);
+    const marker = await readFile(path.join(folder, MARKER_FILE), 'utf8').then(
+      (s) => s.trim(),
+      () => undefined,
+    );
     if (marker !== undefined) {
       assert.ok(marker === oldMd5 || marker === newMd5, `trial ${trial.toString()}: marker ${marker}`);
       const installed = await readFile(path.join(folder, 'dbench.mjs'), 'utf8');
@@ -477,8 +580,12 @@ test('a large package is verified on the hashing thread: a corrupt copy is refus
   await writeFile(big, Buffer.alloc(9 * 1024 * 1024, 7));
   const repos = [path.join(dir, 'a'), path.join(dir, 'b')];
   const report = await uploadPackages({
-    clientDir: await copyExampleTree(dir), selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [big] },
-    locations: repos.map(local), compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+    clientDir: await copyExampleTree(dir),
+    selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [big] },
+    locations: repos.map(local),
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'cache'),
   });
   assert.equal(report.ok, true);
   const corrupt = Buffer.alloc(9 * 1024 * 1024, 7);
@@ -489,10 +596,13 @@ test('a large package is verified on the hashing thread: a corrupt copy is refus
   const fetched = await fetcher.fetch('kernel-9m.img', dest);
   assert.equal(fetched.repository, repos[1]);
   assert.equal((await digestFile(dest)).sha256, (await digestFile(big)).sha256);
-  await assert.rejects(fetcher.fetch('kernel-9m.img', path.join(dir, 'out2', 'x')).then(async () => {
-    await writeFile(path.join(repos[1] ?? '', 'kernel-9m.img'), corrupt);
-    return (await PackageFetcher.create(repos.map(local), FAST)).fetch('kernel-9m.img', path.join(dir, 'out3', 'x'));
-  }), (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && (error.message.match(/does not match its index/g) ?? []).length === 2);
+  await assert.rejects(
+    fetcher.fetch('kernel-9m.img', path.join(dir, 'out2', 'x')).then(async () => {
+      await writeFile(path.join(repos[1] ?? '', 'kernel-9m.img'), corrupt);
+      return (await PackageFetcher.create(repos.map(local), FAST)).fetch('kernel-9m.img', path.join(dir, 'out3', 'x'));
+    }),
+    (error: unknown) => isAutotestError(error, 'ERR_ALL_REPOSITORIES_FAILED') && (error.message.match(/does not match its index/g) ?? []).length === 2,
+  );
   assert.equal(await exists(path.join(dir, 'out3', 'x')), false, 'a corrupt package never lands');
 });
 
@@ -504,8 +614,12 @@ test('the marker names the version really installed when the first repository li
   await writeFile(module, `${await readFile(module, 'utf8')}// version 2\n`);
   const newer = path.join(repo.dir, 'repo');
   const report = await uploadPackages({
-    clientDir: repo.clientDir, selection: { all: false, tests: ['dbench'], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(newer)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(repo.dir, 'cache'),
+    clientDir: repo.clientDir,
+    selection: { all: false, tests: ['dbench'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(newer)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(repo.dir, 'cache'),
   });
   assert.equal(report.ok, true);
   await writeFile(path.join(newer, PACKAGE), 'damaged');
@@ -543,7 +657,10 @@ test('a partial download that is already whole is verified without a request, an
   await writeFile(`${half}.part.json`, identity);
   const fetched = await fetcher.fetch(PACKAGE, half);
   assert.equal(fetched.bytes, body.length, 'fetched again from the first byte');
-  assert.deepEqual(server.requests.filter((r) => r.file === PACKAGE).map((r) => r.range), ['bytes=100-', undefined]);
+  assert.deepEqual(
+    server.requests.filter((r) => r.file === PACKAGE).map((r) => r.range),
+    ['bytes=100-', undefined],
+  );
   assert.deepEqual(await readFile(half), body);
 });
 
@@ -562,17 +679,32 @@ writeFileSync(fresh + '/half.txt', 'half');
 process.stdout.write(fresh + '\\n');
 process.stdin.resume();`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script, folder], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
-  t.after(async () => { child.kill('SIGKILL'); await closed; });
+  const closed = new Promise<void>((resolve) =>
+    child.on('close', () => {
+      resolve();
+    }),
+  );
+  t.after(async () => {
+    child.kill('SIGKILL');
+    await closed;
+  });
   const made = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
       out += chunk;
       if (out.endsWith('\n')) resolve(out.trim());
     });
-    child.on('close', () => { reject(new Error('the helper process ended before making its folder')); });
+    child.on('close', () => {
+      reject(new Error('the helper process ended before making its folder'));
+    });
   });
-  return { path: made, kill: async () => { child.kill('SIGKILL'); await closed; } };
+  return {
+    path: made,
+    kill: async () => {
+      child.kill('SIGKILL');
+      await closed;
+    },
+  };
 }
 
 test('the next install of any package removes the new folder of an installer killed mid-extraction, never that of a live one', async (t) => {
@@ -587,8 +719,8 @@ test('the next install of any package removes the new folder of an installer kil
 
   const [record] = await installPackages('test', ['sleeptest'], { locations: [local(path.join(repo.dir, 'repo'))], settings: FAST, installDir });
   assert.equal(record?.action, 'fetched');
-  assert.equal(await exists(killed.path), false, 'the dead installer\'s half folder is gone');
-  assert.equal(await readFile(path.join(live.path, 'half.txt'), 'utf8'), 'half', 'the live installer\'s folder is untouched');
+  assert.equal(await exists(killed.path), false, "the dead installer's half folder is gone");
+  assert.equal(await readFile(path.join(live.path, 'half.txt'), 'utf8'), 'half', "the live installer's folder is untouched");
   assert.deepEqual((await readdir(tests)).sort(), [path.basename(live.path), 'sleeptest'].sort());
 });
 
@@ -599,20 +731,44 @@ test('a package with a name as long as allowed installs on a host with a 63-char
   await mkdir(path.join(repo.clientDir, 'tests', name));
   await writeFile(path.join(repo.clientDir, 'tests', name, 'control'), 'job.run_test("long")\n');
   const report = await uploadPackages({
-    clientDir: repo.clientDir, selection: { all: false, tests: [name], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(path.join(repo.dir, 'repo'))], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(repo.dir, 'cache'),
+    clientDir: repo.clientDir,
+    selection: { all: false, tests: [name], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(path.join(repo.dir, 'repo'))],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(repo.dir, 'cache'),
   });
   assert.equal(report.ok, true);
   const installDir = path.join(repo.dir, 'install');
   // A host name of its own, in a UTS namespace of the installer alone.
   const result = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-    const child = spawn('unshare', ['--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', 'h'.repeat(63),
-      process.execPath, CLI, 'client', 'install', 'test', name, '--install-dir', installDir, '-r', path.join(repo.dir, 'repo')],
-    { cwd: repo.dir, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(
+      'unshare',
+      [
+        '--uts',
+        'sh',
+        '-c',
+        'hostname "$0" && exec "$@"',
+        'h'.repeat(63),
+        process.execPath,
+        CLI,
+        'client',
+        'install',
+        'test',
+        name,
+        '--install-dir',
+        installDir,
+        '-r',
+        path.join(repo.dir, 'repo'),
+      ],
+      { cwd: repo.dir, env: { ...process.env, AUTOTEST_CONFIG: '' }, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
     child.on('error', reject);
-    child.on('close', (code) => { resolve({ code, stderr }); });
+    child.on('close', (code) => {
+      resolve({ code, stderr });
+    });
   });
   assert.equal(result.code, 0, result.stderr);
   assert.equal(await readFile(path.join(installDir, 'tests', name, 'control'), 'utf8'), 'job.run_test("long")\n');

@@ -24,8 +24,12 @@ async function publish(t: TestContext, extra: Record<string, string> = {}): Prom
   }
   const repo = path.join(dir, 'repo');
   const report = await uploadPackages({
-    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(repo)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+    clientDir,
+    selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(repo)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'cache'),
   });
   assert.equal(report.ok, true);
   return { dir, repo };
@@ -33,10 +37,13 @@ async function publish(t: TestContext, extra: Record<string, string> = {}): Prom
 
 /** The status words of status.log, in order, with their nesting. */
 function statusLines(text: string): string[] {
-  return text.trimEnd().split('\n').map((line) => {
-    const [kind = '', , name = ''] = line.replace(/^\t+/, '').split('\t');
-    return `${'  '.repeat(/^\t*/.exec(line)?.[0].length ?? 0)}${kind} ${name}`;
-  });
+  return text
+    .trimEnd()
+    .split('\n')
+    .map((line) => {
+      const [kind = '', , name = ''] = line.replace(/^\t+/, '').split('\t');
+      return `${'  '.repeat(/^\t*/.exec(line)?.[0].length ?? 0)}${kind} ${name}`;
+    });
 }
 
 test('runs the example job: installs exactly the packages it names, writes status.log, keyvals, profiler output and a transfer record; a second run moves no bytes', async (t) => {
@@ -46,14 +53,29 @@ test('runs the example job: installs exactly the packages it names, writes statu
   const streamed: string[] = [];
   const first = await runJob({ control, resultsDir: path.join(dir, 'results-1'), install, onStatus: (line) => streamed.push(line) });
   assert.equal(first.status, 'GOOD');
-  assert.deepEqual(first.transfers.map((r) => [r.file, r.action]).sort(), [
-    ['dep-libaio.tar.bz2', 'fetched'], ['profiler-vmstat.tar.bz2', 'fetched'], ['test-dbench.tar.bz2', 'fetched'], ['test-sleeptest.tar.bz2', 'fetched'],
-  ], 'exactly the packages the job names: not hello, not the client');
+  assert.deepEqual(
+    first.transfers.map((r) => [r.file, r.action]).sort(),
+    [
+      ['dep-libaio.tar.bz2', 'fetched'],
+      ['profiler-vmstat.tar.bz2', 'fetched'],
+      ['test-dbench.tar.bz2', 'fetched'],
+      ['test-sleeptest.tar.bz2', 'fetched'],
+    ],
+    'exactly the packages the job names: not hello, not the client',
+  );
   assert.ok(first.totals.bytes > 0);
   const log = await readFile(path.join(dir, 'results-1', 'status.log'), 'utf8');
   assert.deepEqual(statusLines(log), [
-    'START ----', '  GOOD dep.libaio', '  START sleeptest', '    GOOD sleeptest', '  END GOOD sleeptest',
-    '  START dbench', '    GOOD dbench', '  END GOOD dbench', '  GOOD ----', 'END GOOD ----',
+    'START ----',
+    '  GOOD dep.libaio',
+    '  START sleeptest',
+    '    GOOD sleeptest',
+    '  END GOOD sleeptest',
+    '  START dbench',
+    '    GOOD dbench',
+    '  END GOOD dbench',
+    '  GOOD ----',
+    'END GOOD ----',
   ]);
   assert.deepEqual(streamed, log.split('\n').slice(0, -1), 'each line was streamed as written');
   assert.match(log, /^START\t----\t----\ttimestamp=\d+\tlocaltime=\w{3} \d\d \d\d:\d\d:\d\d\t/);
@@ -76,7 +98,9 @@ test('a failing test, a throwing test, a hanging test and a dep whose setup fail
     'deps/broken/broken.mjs': "export async function setup() { throw new Error('cannot build'); }\n",
   });
   const control = path.join(dir, 'faults.control.mjs');
-  await writeFile(control, `export default async (job) => {
+  await writeFile(
+    control,
+    `export default async (job) => {
   await job.runTest('failing');
   await job.runTest('throwing');
   await job.runTest('hanging');
@@ -84,14 +108,24 @@ test('a failing test, a throwing test, a hanging test and a dep whose setup fail
   await job.runTest('hello');
   await job.runTest('nosuchtest');
 };
-`);
+`,
+  );
   const report = await runJob({
-    control, resultsDir: path.join(dir, 'results'), stepTimeoutMs: 500,
+    control,
+    resultsDir: path.join(dir, 'results'),
+    stepTimeoutMs: 500,
     install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') },
   });
-  assert.deepEqual(report.tests.map((r) => [r.name, r.status]), [
-    ['failing', 'FAIL'], ['throwing', 'ERROR'], ['hanging', 'ERROR'], ['hello', 'GOOD'], ['nosuchtest', 'ERROR'],
-  ]);
+  assert.deepEqual(
+    report.tests.map((r) => [r.name, r.status]),
+    [
+      ['failing', 'FAIL'],
+      ['throwing', 'ERROR'],
+      ['hanging', 'ERROR'],
+      ['hello', 'GOOD'],
+      ['nosuchtest', 'ERROR'],
+    ],
+  );
   assert.match(report.tests[0]?.message ?? '', /the numbers are wrong/);
   assert.match(report.tests[2]?.message ?? '', /did not finish within 0\.5 s/);
   assert.match(report.tests[4]?.message ?? '', /test-nosuchtest\.tar\.bz2/);
@@ -106,7 +140,11 @@ test('a control file that throws ends the job with ABORT and says why', async (t
   const { dir, repo } = await publish(t);
   const control = path.join(dir, 'abort.control.mjs');
   await writeFile(control, "export default async (job) => { await job.runTest('hello'); throw new Error('lost the machine'); };\n");
-  const report = await runJob({ control, resultsDir: path.join(dir, 'results'), install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') } });
+  const report = await runJob({
+    control,
+    resultsDir: path.join(dir, 'results'),
+    install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') },
+  });
   assert.equal(report.status, 'ABORT');
   assert.match(await readFile(path.join(dir, 'results', 'status.log'), 'utf8'), /\tABORT\t----\t----\t.*lost the machine/);
 });
@@ -119,51 +157,77 @@ test('the client package carries the client runtime: unpacked alone, with Node.j
   const runtime = path.join(machine, 'client', 'bin', 'autotest-client.mjs');
   const control = path.join(machine, 'example.control.mjs');
   await writeFile(control, await readFile(path.join(ROOT, 'example', 'jobs', 'example.control.mjs')));
-  const result = await execFileAsync(process.execPath, [runtime, 'client', 'run', control, '--install-dir', machine, '-r', repo, '--results', path.join(machine, 'results'), '--json'], {
-    cwd: machine, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AUTOTEST_CONFIG: '' },
-  });
+  const result = await execFileAsync(
+    process.execPath,
+    [runtime, 'client', 'run', control, '--install-dir', machine, '-r', repo, '--results', path.join(machine, 'results'), '--json'],
+    {
+      cwd: machine,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AUTOTEST_CONFIG: '' },
+    },
+  );
   const report = JSON.parse(result.stdout.slice(result.stdout.indexOf('{\n'))) as { status: string; totals: { packages: number } };
   assert.equal(report.status, 'GOOD');
   assert.equal(report.totals.packages, 4);
   assert.match(await readFile(path.join(machine, 'results', 'status.log'), 'utf8'), /^END GOOD\t----/m);
 });
 
-test('a control file\'s declared packages are fetched ahead, before its first test, and transfers.json says which were and how long the job waited', async (t) => {
+test("a control file's declared packages are fetched ahead, before its first test, and transfers.json says which were and how long the job waited", async (t) => {
   const { dir, repo } = await publish(t);
   const installDir = path.join(dir, 'client');
   const declared = ['deps/libaio', 'profilers/vmstat', 'tests/sleeptest'].map((folder) => path.join(installDir, folder, '.checksum'));
   const control = path.join(dir, 'ahead.control.mjs');
-  await writeFile(control, [
-    "import { existsSync } from 'node:fs';",
-    "import { writeFile } from 'node:fs/promises';",
-    "export const packages = { tests: ['sleeptest'], deps: ['libaio'], profilers: ['vmstat'] };",
-    'export default async (job) => {',
-    `  const present = ${JSON.stringify(declared)}.filter((file) => existsSync(file));`,
-    "  await writeFile(`${job.resultsDir}/present-at-start.json`, JSON.stringify(present));",
-    "  await job.setupDep(['libaio']);",
-    "  await job.profilers.add('vmstat');",
-    "  await job.runTest('sleeptest', { seconds: 1 });",
-    "  await job.runTest('dbench', { seconds: 1 });",
-    '};',
-    '',
-  ].join('\n'));
+  await writeFile(
+    control,
+    [
+      "import { existsSync } from 'node:fs';",
+      "import { writeFile } from 'node:fs/promises';",
+      "export const packages = { tests: ['sleeptest'], deps: ['libaio'], profilers: ['vmstat'] };",
+      'export default async (job) => {',
+      `  const present = ${JSON.stringify(declared)}.filter((file) => existsSync(file));`,
+      '  await writeFile(`${job.resultsDir}/present-at-start.json`, JSON.stringify(present));',
+      "  await job.setupDep(['libaio']);",
+      "  await job.profilers.add('vmstat');",
+      "  await job.runTest('sleeptest', { seconds: 1 });",
+      "  await job.runTest('dbench', { seconds: 1 });",
+      '};',
+      '',
+    ].join('\n'),
+  );
   const resultsDir = path.join(dir, 'results');
   const report = await runJob({ control, resultsDir, install: { locations: [local(repo)], settings: SETTINGS, installDir } });
   assert.equal(report.status, 'GOOD');
-  assert.deepEqual(JSON.parse(await readFile(path.join(resultsDir, 'present-at-start.json'), 'utf8')), declared, 'every declared package was installed before the job\'s first step');
-  const record = JSON.parse(await readFile(path.join(resultsDir, 'transfers.json'), 'utf8')) as { transfers: { file: string; action: string; ahead: boolean }[]; waitSeconds: number };
-  assert.deepEqual(record.transfers.map((r) => [r.file, r.action, r.ahead]).sort(), [
-    ['dep-libaio.tar.bz2', 'fetched', true], ['profiler-vmstat.tar.bz2', 'fetched', true], ['test-dbench.tar.bz2', 'fetched', false], ['test-sleeptest.tar.bz2', 'fetched', true],
-  ], 'each package once; the undeclared one on demand');
+  assert.deepEqual(
+    JSON.parse(await readFile(path.join(resultsDir, 'present-at-start.json'), 'utf8')),
+    declared,
+    "every declared package was installed before the job's first step",
+  );
+  const record = JSON.parse(await readFile(path.join(resultsDir, 'transfers.json'), 'utf8')) as {
+    transfers: { file: string; action: string; ahead: boolean }[];
+    waitSeconds: number;
+  };
+  assert.deepEqual(
+    record.transfers.map((r) => [r.file, r.action, r.ahead]).sort(),
+    [
+      ['dep-libaio.tar.bz2', 'fetched', true],
+      ['profiler-vmstat.tar.bz2', 'fetched', true],
+      ['test-dbench.tar.bz2', 'fetched', false],
+      ['test-sleeptest.tar.bz2', 'fetched', true],
+    ],
+    'each package once; the undeclared one on demand',
+  );
   assert.equal(typeof record.waitSeconds, 'number');
-  assert.ok(record.waitSeconds > 0 && record.waitSeconds <= report.totals.seconds, 'the wait is part of the job\'s time');
+  assert.ok(record.waitSeconds > 0 && record.waitSeconds <= report.totals.seconds, "the wait is part of the job's time");
 });
 
 test('a control file whose packages export is malformed aborts the job with the reason', async (t) => {
   const { dir, repo } = await publish(t);
   const control = path.join(dir, 'bad.control.mjs');
   await writeFile(control, "export const packages = { tests: 'sleeptest', extra: [] };\nexport default async () => {};\n");
-  const report = await runJob({ control, resultsDir: path.join(dir, 'results'), install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') } });
+  const report = await runJob({
+    control,
+    resultsDir: path.join(dir, 'results'),
+    install: { locations: [local(repo)], settings: SETTINGS, installDir: path.join(dir, 'client') },
+  });
   assert.equal(report.status, 'ABORT');
   assert.match(await readFile(path.join(dir, 'results', 'status.log'), 'utf8'), /export const packages has an unknown key "extra"/);
 });

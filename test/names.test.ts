@@ -6,7 +6,10 @@ import { isAutotestError } from '../src/errors.js';
 test('refuses names that could leave a folder or reach a shell', () => {
   for (const bad of ['../x', 'a/b', '.hidden', '', 'a..b', 'x;rm -rf /', '$(touch pwned)', 'a b', '`id`', 'a\nb', '-rf']) {
     const named = bad === '' ? 'is empty' : JSON.stringify(bad);
-    assert.throws(() => checkName(bad), (error: unknown) => isAutotestError(error, 'ERR_BAD_NAME') && error.message.includes(named));
+    assert.throws(
+      () => checkName(bad),
+      (error: unknown) => isAutotestError(error, 'ERR_BAD_NAME') && error.message.includes(named),
+    );
   }
 });
 

@@ -45,14 +45,23 @@ function refusesConnections(port: number): Promise<boolean> {
 test('SIGTERM to the pid of npm start stops the server gracefully and frees its port', async (t) => {
   const dir = await tempDir(t);
   const config = path.join(dir, 'global_config.ini');
-  await writeFile(config, `[PACKAGES]\nupload_location: ${path.join(dir, 'builtin')}\ncustom_upload_location: ${path.join(dir, 'custom')}\n[SERVER]\nport: 0\n`);
+  await writeFile(
+    config,
+    `[PACKAGES]\nupload_location: ${path.join(dir, 'builtin')}\ncustom_upload_location: ${path.join(dir, 'custom')}\n[SERVER]\nport: 0\n`,
+  );
   // --ignore-scripts leaves out the prestart build: the test runs from the build already made.
   const npm = spawn('npm', ['start', '--ignore-scripts', '--', '--config', config, '--client-dir', EXAMPLE_CLIENT], {
-    cwd: ROOT, env: { ...process.env, AUTOTEST_CONFIG: '', AUTOTEST_UPLOAD_TOKEN: '' }, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT,
+    env: { ...process.env, AUTOTEST_CONFIG: '', AUTOTEST_UPLOAD_TOKEN: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  t.after(() => { npm.kill('SIGKILL'); });
+  t.after(() => {
+    npm.kill('SIGKILL');
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    npm.on('exit', (code, signal) => { resolve({ code, signal }); });
+    npm.on('exit', (code, signal) => {
+      resolve({ code, signal });
+    });
   });
   const match = await waitForOutput(npm, /at http:\/\/127\.0\.0\.1:(\d+)\/packages\/builtin\//);
   const port = Number(match[1]);
@@ -66,7 +75,9 @@ test('a server started on a port another process holds fails with a hint to stop
   const dir = await tempDir(t);
   const holder = net.createServer();
   await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-  t.after(() => { holder.close(); });
+  t.after(() => {
+    holder.close();
+  });
   const address = holder.address();
   const port = typeof address === 'object' && address !== null ? address.port : 0;
   const result = await runCli(['serve', '--port', port.toString()], { cwd: dir });
@@ -107,7 +118,10 @@ test('autoserv on localhost keeps the previous run as HOST.1, reads the job repo
   const results = path.join(dir, 'results', 'autoserv');
   assert.deepEqual((await readdir(results)).sort(), ['localhost', 'localhost.1', 'summary.json']);
   for (const run of ['localhost', 'localhost.1']) assert.match(await readFile(path.join(results, run, 'status.log'), 'utf8'), /END GOOD/);
-  assert.deepEqual((await readdir(hostDir)).filter((name) => /^(control|client)-.*\.(mjs|ini)$/.test(name)), []);
+  assert.deepEqual(
+    (await readdir(hostDir)).filter((name) => /^(control|client)-.*\.(mjs|ini)$/.test(name)),
+    [],
+  );
 });
 
 test('autoserv with a control file that does not exist fails before it touches any host, and says control files are ES modules', async (t) => {
@@ -124,14 +138,20 @@ test('installing a custom test from a builtin + custom layout warns only about a
   const dir = await publishedExample(t);
   const custom = path.join(dir, 'var', 'packages', 'custom');
   const tree = await generateTree(dir, 1, 1000);
-  const upload = await runCli(['packager', 'upload', '-t', 't000', '--client-dir', tree, '--config', await writeConfig(dir, { upload_location: custom }, 'custom.ini')], { cwd: dir });
+  const upload = await runCli(
+    ['packager', 'upload', '-t', 't000', '--client-dir', tree, '--config', await writeConfig(dir, { upload_location: custom }, 'custom.ini')],
+    { cwd: dir },
+  );
   assert.equal(upload.code, 0, upload.stderr);
   const builtin = path.join(dir, 'var', 'packages', 'builtin');
   const install = async (name: string, fetch: string): Promise<CliResult> => {
     const config = await writeConfig(dir, { fetch_location: fetch, fetch_retries: '0' }, name);
     return runCli(['client', 'install', 'test', 't000', '--install-dir', path.join(dir, `install-${name}`), '--config', config], { cwd: dir });
   };
-  const [quiet, dead] = await Promise.all([install('quiet.ini', `${builtin}, ${custom}`), install('dead.ini', `http://127.0.0.1:1/packages/builtin, ${builtin}, ${custom}`)]);
+  const [quiet, dead] = await Promise.all([
+    install('quiet.ini', `${builtin}, ${custom}`),
+    install('dead.ini', `http://127.0.0.1:1/packages/builtin, ${builtin}, ${custom}`),
+  ]);
   assert.equal(quiet.code, 0, quiet.stderr);
   assert.equal(quiet.stderr, '');
   assert.match(quiet.stdout, /test t000: fetched \(test-t000\.tar\.bz2 from .*custom/);
@@ -145,13 +165,21 @@ test('packager list and verify cover custom_upload_location besides upload_locat
   const builtin = path.join(dir, 'var', 'packages', 'builtin');
   const custom = path.join(dir, 'var', 'packages', 'custom');
   const tree = await generateTree(dir, 1, 1000);
-  const upload = await runCli(['packager', 'upload', '-t', 't000', '--client-dir', tree, '-r', custom, '--config', await writeConfig(dir, {}, 'none.ini')], { cwd: dir });
+  const upload = await runCli(['packager', 'upload', '-t', 't000', '--client-dir', tree, '-r', custom, '--config', await writeConfig(dir, {}, 'none.ini')], {
+    cwd: dir,
+  });
   assert.equal(upload.code, 0, upload.stderr);
   const config = await writeConfig(dir, { upload_location: builtin, custom_upload_location: custom });
   const listed = await runCli(['packager', 'list', '--json', '--config', config], { cwd: dir });
   assert.equal(listed.code, 0, listed.stderr);
   const reports = JSON.parse(listed.stdout) as { role: string; location: string; packages: { file: string }[] }[];
-  assert.deepEqual(reports.map((r) => [r.role, r.location, r.packages.length]), [['upload_location', builtin, 6], ['custom_upload_location', custom, 1]]);
+  assert.deepEqual(
+    reports.map((r) => [r.role, r.location, r.packages.length]),
+    [
+      ['upload_location', builtin, 6],
+      ['custom_upload_location', custom, 1],
+    ],
+  );
   const text = await runCli(['packager', 'list', '--config', config], { cwd: dir });
   assert.match(text.stdout, new RegExp(`^${custom} \\(custom_upload_location\\): 1 package$`, 'm'));
 
@@ -183,7 +211,7 @@ test('packager remove of a package that is in no location exits 1 and says so; u
   assert.doesNotMatch(result.stderr, /test-t000/);
 });
 
-test('the systemd unit etc/autotest-serve.service passes systemd-analyze verify and its ExecStart runs the built CLI\'s serve', async () => {
+test("the systemd unit etc/autotest-serve.service passes systemd-analyze verify and its ExecStart runs the built CLI's serve", async () => {
   const unit = path.join(ROOT, 'etc', 'autotest-serve.service');
   const result = await run('systemd-analyze', ['verify', unit]);
   assert.equal(result.code, 0, result.stderr);
@@ -193,14 +221,22 @@ test('the systemd unit etc/autotest-serve.service passes systemd-analyze verify 
 
 test("a download's status line says which package, from which repository, how far and how fast", () => {
   const MiB = 1024 * 1024;
-  assert.equal(describeDownload({ file: 'test-big.tar.bz2', repository: 'http://lab/packages/builtin', bytes: 3 * MiB, size: 12 * MiB }, 2),
-    'test-big.tar.bz2 from http://lab/packages/builtin: 3.0 MiB of 12.0 MiB (25%), 1.5 MiB/s');
+  assert.equal(
+    describeDownload({ file: 'test-big.tar.bz2', repository: 'http://lab/packages/builtin', bytes: 3 * MiB, size: 12 * MiB }, 2),
+    'test-big.tar.bz2 from http://lab/packages/builtin: 3.0 MiB of 12.0 MiB (25%), 1.5 MiB/s',
+  );
   assert.equal(describeDownload({ file: 'kernel.img', repository: '/srv/packages', bytes: 512, size: undefined }, 0), 'kernel.img from /srv/packages: 512 B');
 });
 
 test('the packages page shows each repository with its totals and publication dates to the second', async (t) => {
   const dir = await publishedExample(t);
-  const config = await loadConfig({ file: await writeConfig(dir, { upload_location: path.join(dir, 'var', 'packages', 'builtin'), custom_upload_location: path.join(dir, 'var', 'packages', 'custom') }), env: {} });
+  const config = await loadConfig({
+    file: await writeConfig(dir, {
+      upload_location: path.join(dir, 'var', 'packages', 'builtin'),
+      custom_upload_location: path.join(dir, 'var', 'packages', 'custom'),
+    }),
+    env: {},
+  });
   const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'server-cache') });
   t.after(() => app.close());
   const page = (await app.inject({ url: '/' })).body;

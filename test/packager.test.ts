@@ -9,11 +9,18 @@ import { isAutotestError } from '../src/errors.js';
 import { checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
 
 const EXAMPLE_FILES = [
-  'client-autotest.tar.bz2', 'dep-libaio.tar.bz2', 'profiler-vmstat.tar.bz2',
-  'test-dbench.tar.bz2', 'test-hello.tar.bz2', 'test-sleeptest.tar.bz2',
+  'client-autotest.tar.bz2',
+  'dep-libaio.tar.bz2',
+  'profiler-vmstat.tar.bz2',
+  'test-dbench.tar.bz2',
+  'test-hello.tar.bz2',
+  'test-sleeptest.tar.bz2',
 ];
 
-async function setup(t: Parameters<typeof tempDir>[0], locations = ['repo1', 'repo2']): Promise<{ dir: string; client: string; config: string; repos: string[] }> {
+async function setup(
+  t: Parameters<typeof tempDir>[0],
+  locations = ['repo1', 'repo2'],
+): Promise<{ dir: string; client: string; config: string; repos: string[] }> {
   const dir = await tempDir(t);
   const client = await copyExampleTree(dir);
   const repos = locations.map((l) => path.join(dir, l));
@@ -41,7 +48,7 @@ test('publishes every package so that GNU tar extracts it, md5sum -c passes and 
       const out = path.join(dir, 'x', repo, file);
       await mkdir(out, { recursive: true });
       await execFileAsync('tar', ['-xjf', path.join(repo, file), '-C', out]);
-      assert.equal(((await stat(path.join(repo, file))).mode & 0o777), 0o644);
+      assert.equal((await stat(path.join(repo, file))).mode & 0o777, 0o644);
     }
   }
   const dbench = path.join(dir, 'x', repos[0] ?? '', 'test-dbench.tar.bz2');
@@ -89,7 +96,10 @@ test('uploads chosen packages, plain files and an extra -r location; an empty or
   await writeFile(kernel, 'kernel image bytes');
   const extra = path.join(dir, 'extra');
   const report = await uploadJson(dir, config, '-t', 'hello,sleeptest', '-d', 'libaio', '-p', 'vmstat', '-c', '-f', kernel, '-r', extra);
-  assert.deepEqual(report.locations.map((l) => l.published.length), [6, 6]);
+  assert.deepEqual(
+    report.locations.map((l) => l.published.length),
+    [6, 6],
+  );
   assert.equal(await readFile(path.join(extra, 'vmlinuz-6.1'), 'utf8'), 'kernel image bytes');
   assert.deepEqual((await checkConsistency(extra)).problems, []);
 
@@ -169,9 +179,14 @@ test('a local fetch_location copy is verified against its index; a corrupt copy 
   const repo = repos[0] ?? '';
   const dest = path.join(dir, 'cache', 'test-hello.tar.bz2');
   const fetched = await fetchFromLocal(repo, 'test-hello.tar.bz2', dest);
-  assert.equal(createHash('sha256').update(await readFile(dest)).digest('hex'), fetched.entry.sha256);
+  assert.equal(
+    createHash('sha256')
+      .update(await readFile(dest))
+      .digest('hex'),
+    fetched.entry.sha256,
+  );
   const bytes = await readFile(path.join(repo, 'test-sleeptest.tar.bz2'));
-  bytes.writeUInt8((bytes.readUInt8(bytes.length - 5) ^ 0xff), bytes.length - 5);
+  bytes.writeUInt8(bytes.readUInt8(bytes.length - 5) ^ 0xff, bytes.length - 5);
   await writeFile(path.join(repo, 'test-sleeptest.tar.bz2'), bytes);
   const bad = path.join(dir, 'cache', 'test-sleeptest.tar.bz2');
   await assert.rejects(fetchFromLocal(repo, 'test-sleeptest.tar.bz2', bad), (error: unknown) => isAutotestError(error, 'ERR_CHECKSUM_MISMATCH'));
@@ -204,10 +219,17 @@ test('a compressor that fails on one package fails that package with the tool, i
   const bin = path.join(dir, 'bin');
   await mkdir(bin);
   // Packages reach the compressor as a staged tar file on stdin: its name says which package it is.
-  await writeFile(path.join(bin, 'lbzip2'), `#!/bin/sh\ncase "$(readlink /proc/self/fd/0)" in *test-hello*) echo "no space left in the pretend disk" >&2; exit 3;; esac\nexec '${real}' "$@"\n`, { mode: 0o755 });
+  await writeFile(
+    path.join(bin, 'lbzip2'),
+    `#!/bin/sh\ncase "$(readlink /proc/self/fd/0)" in *test-hello*) echo "no space left in the pretend disk" >&2; exit 3;; esac\nexec '${real}' "$@"\n`,
+    { mode: 0o755 },
+  );
   const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir, env: { PATH: `${bin}:${process.env.PATH ?? ''}` } });
   assert.equal(result.code, 1);
-  assert.match(result.stderr, /failed: test-hello\.tar\.bz2: lbzip2 failed to compress .*test-hello\.tar\.bz2\.tar \(exit code 3\): no space left in the pretend disk/);
+  assert.match(
+    result.stderr,
+    /failed: test-hello\.tar\.bz2: lbzip2 failed to compress .*test-hello\.tar\.bz2\.tar \(exit code 3\): no space left in the pretend disk/,
+  );
   assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
   const again = await uploadJson(dir, config, '--all');
   assert.deepEqual(again.packed, ['test-hello.tar.bz2']);

@@ -22,7 +22,10 @@ function cli(args: string[], cwd: string, server: { configFile: string }): Promi
 }
 
 async function exists(p: string): Promise<boolean> {
-  return access(p).then(() => true, () => false);
+  return access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 test('uploads to a local folder and an SSH location at once; on the host files are 0644, md5sum -c passes, and list, verify, repair and remove work over SSH', async (t) => {
@@ -32,7 +35,8 @@ test('uploads to a local folder and an SSH location at once; on the host files a
   const remoteDir = path.join(dir, 'remote', 'packages');
   const config = await writeConfig(dir, {
     upload_location: `${path.join(dir, 'local')}, ssh://${server.alias}${remoteDir}`,
-    client_dir: clientDir, minimum_free_space: '0',
+    client_dir: clientDir,
+    minimum_free_space: '0',
   });
   const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, server);
   assert.equal(upload.code, 0, upload.stderr);
@@ -44,7 +48,11 @@ test('uploads to a local folder and an SSH location at once; on the host files a
     if (name.startsWith('.')) continue;
     assert.equal((await stat(path.join(remoteDir, name))).mode & 0o777, 0o644, name);
   }
-  assert.deepEqual((await readdir(remoteDir)).filter((n) => n.startsWith('.tmp.')), [], 'no temp file left on the host');
+  assert.deepEqual(
+    (await readdir(remoteDir)).filter((n) => n.startsWith('.tmp.')),
+    [],
+    'no temp file left on the host',
+  );
 
   const list = await cli(['packager', 'list', '--config', config, '--json'], dir, server);
   assert.equal(list.code, 0, list.stderr);
@@ -72,7 +80,8 @@ test('an SSH location that refuses (not a folder, or an unreachable host) is rep
   await writeFile(path.join(dir, 'a-file'), 'not a folder');
   const config = await writeConfig(dir, {
     upload_location: `${path.join(dir, 'local')}, ssh://${server.alias}${path.join(dir, 'a-file')}, ssh://127.0.0.1:1${dir}/x`,
-    client_dir: await copyExampleTree(dir), minimum_free_space: '0',
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '0',
   });
   const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, server);
   assert.equal(upload.code, 1);
@@ -87,7 +96,9 @@ test('an SSH location short of minimum_free_space is refused before anything is 
   const dir = await tempDir(t);
   const remoteDir = path.join(dir, 'remote');
   const config = await writeConfig(dir, {
-    upload_location: `ssh://${server.alias}${remoteDir}`, client_dir: await copyExampleTree(dir), minimum_free_space: '1000000000',
+    upload_location: `ssh://${server.alias}${remoteDir}`,
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '1000000000',
   });
   const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, server);
   assert.equal(upload.code, 1);
@@ -99,11 +110,13 @@ test('shell metacharacters, spaces and quotes in remote paths are passed literal
   const server = await sshServer(t);
   const dir = await tempDir(t);
   const marker = path.join(dir, 'INJECTED');
-  const weird = path.join(dir, `a dir; touch ${marker}`, `$(touch ${marker})`, "it's `touch x` & \"q\"");
+  const weird = path.join(dir, `a dir; touch ${marker}`, `$(touch ${marker})`, 'it\'s `touch x` & "q"');
   const encoded = weird.split('/').map(encodeURIComponent).join('/');
   const config = await writeConfig(dir, {
     // ConfigParser interpolation: a literal "%" is written "%%".
-    upload_location: `ssh://${server.alias}${encoded.replaceAll('%', '%%')}`, client_dir: await copyExampleTree(dir), minimum_free_space: '0',
+    upload_location: `ssh://${server.alias}${encoded.replaceAll('%', '%%')}`,
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '0',
   });
   const upload = await cli(['packager', 'upload', '-t', 'hello', '--config', config], dir, server);
   assert.equal(upload.code, 0, upload.stderr);
@@ -123,10 +136,14 @@ test('20 concurrent single-package uploads to one SSH repository leave 20 index 
   const clientDir = await generateTree(dir, 20, 2048);
   const remoteDir = path.join(dir, 'remote');
   const config = await writeConfig(dir, { upload_location: `ssh://${server.alias}${remoteDir}`, client_dir: clientDir, minimum_free_space: '0' });
-  const results = await Promise.all(Array.from({ length: 20 }, (_, i) =>
-    runCli(['packager', 'upload', '-t', `t${String(i).padStart(3, '0')}`, '--config', config], {
-      cwd: dir, env: { AUTOTEST_SSH_CONFIG: server.configFile, AUTOTEST_CACHE_DIR: path.join(dir, `.cache-${i.toString()}`) },
-    })));
+  const results = await Promise.all(
+    Array.from({ length: 20 }, (_, i) =>
+      runCli(['packager', 'upload', '-t', `t${String(i).padStart(3, '0')}`, '--config', config], {
+        cwd: dir,
+        env: { AUTOTEST_SSH_CONFIG: server.configFile, AUTOTEST_CACHE_DIR: path.join(dir, `.cache-${i.toString()}`) },
+      }),
+    ),
+  );
   for (const result of results) assert.equal(result.code, 0, result.stderr);
   const consistency = await checkConsistency(remoteDir);
   assert.equal(consistency.entries, 20);
@@ -143,9 +160,15 @@ test('an upload to an SSH repository killed at random moments leaves the remote 
     // A changed file each time, so every trial has something to publish.
     await writeFile(path.join(clientDir, 'tests', `t00${(trial % 10).toString()}`, 'notes.txt'), `trial ${trial.toString()}\n`);
     const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], {
-      cwd: dir, env: { ...process.env, AUTOTEST_SSH_CONFIG: server.configFile, AUTOTEST_CACHE_DIR: path.join(dir, '.cache'), AUTOTEST_CONFIG: '' }, stdio: 'ignore',
+      cwd: dir,
+      env: { ...process.env, AUTOTEST_SSH_CONFIG: server.configFile, AUTOTEST_CACHE_DIR: path.join(dir, '.cache'), AUTOTEST_CONFIG: '' },
+      stdio: 'ignore',
     });
-    const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
+    const closed = new Promise<void>((resolve) =>
+      child.on('close', () => {
+        resolve();
+      }),
+    );
     setTimeout(() => child.kill('SIGKILL'), 300 + Math.floor(Math.random() * 1200));
     await closed;
     if (await exists(remoteDir)) assert.deepEqual((await checkConsistency(remoteDir)).problems, [], `trial ${trial.toString()}`);
@@ -167,7 +190,9 @@ test('upkeep removes exactly the files older than custom_max_age, by modificatio
   const config = await writeConfig(dir, {
     upload_location: `${localDir}, ssh://${server.alias}${remoteDir}`,
     custom_upload_location: `${localDir}, ssh://${server.alias}${remoteDir}`,
-    custom_max_age: '40', minimum_free_space: '0', client_dir: await copyExampleTree(dir),
+    custom_max_age: '40',
+    minimum_free_space: '0',
+    client_dir: await copyExampleTree(dir),
   });
   const upload = await cli(['packager', 'upload', ...files.flatMap((f) => ['-f', path.join(dir, f)]), '--config', config], dir, server);
   assert.equal(upload.code, 0, upload.stderr);
@@ -181,7 +206,10 @@ test('upkeep removes exactly the files older than custom_max_age, by modificatio
   const upkeep = await cli(['packager', 'upkeep', '--config', config, '--json'], dir, server);
   assert.equal(upkeep.code, 0, upkeep.stderr);
   const reports = JSON.parse(upkeep.stdout) as { location: string; removed: string[] }[];
-  assert.deepEqual(reports.map((r) => r.removed), [['kernel-old.img'], ['kernel-old.img']]);
+  assert.deepEqual(
+    reports.map((r) => r.removed),
+    [['kernel-old.img'], ['kernel-old.img']],
+  );
   for (const folder of [localDir, remoteDir]) {
     assert.equal(await exists(path.join(folder, 'kernel-old.img')), false);
     assert.equal(await exists(path.join(folder, 'kernel-edge.img')), true);
@@ -191,7 +219,7 @@ test('upkeep removes exactly the files older than custom_max_age, by modificatio
   }
 });
 
-test('the seed\'s second example works as written: upload to a local path and an SSH host at once, then fetch over HTTP from nginx on that host, in the listed order', async (t) => {
+test("the seed's second example works as written: upload to a local path and an SSH host at once, then fetch over HTTP from nginx on that host, in the listed order", async (t) => {
   const host = await createNamespaceHost(1);
   t.after(() => host.destroy());
   const server = await sshServer(t, { netns: host.name });
@@ -206,11 +234,16 @@ test('the seed\'s second example works as written: upload to a local path and an
   const config = await writeConfig(dir, {
     upload_location: `${localRepo}, ssh://${server.alias}${repoDir}`,
     fetch_location: `${nginx.url}/packages, ${localRepo}`,
-    client_dir: await copyExampleTree(dir), minimum_free_space: '0',
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '0',
   });
   const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, server);
   assert.equal(upload.code, 0, upload.stderr);
-  const install = await cli(['client', 'install', 'test', 'sleeptest', 'dbench', '--config', config, '--install-dir', path.join(dir, 'client'), '--json'], dir, server);
+  const install = await cli(
+    ['client', 'install', 'test', 'sleeptest', 'dbench', '--config', config, '--install-dir', path.join(dir, 'client'), '--json'],
+    dir,
+    server,
+  );
   assert.equal(install.code, 0, install.stderr);
   const records = JSON.parse(install.stdout) as { name: string; repository: string; action: string }[];
   for (const record of records) {
@@ -229,17 +262,29 @@ test('installs from an SSH fetch location and from a git repository with a branc
   const config = await writeConfig(dir, { upload_location: repoDir, client_dir: await copyExampleTree(dir), minimum_free_space: '0' });
   assert.equal((await cli(['packager', 'upload', '--all', '--config', config], dir, server)).code, 0);
 
-  const viaSsh = await cli(['client', 'install', 'dep', 'libaio', '-r', `ssh://${server.alias}${repoDir}`, '--config', config, '--install-dir', path.join(dir, 'c1'), '--json'], dir, server);
+  const viaSsh = await cli(
+    ['client', 'install', 'dep', 'libaio', '-r', `ssh://${server.alias}${repoDir}`, '--config', config, '--install-dir', path.join(dir, 'c1'), '--json'],
+    dir,
+    server,
+  );
   assert.equal(viaSsh.code, 0, viaSsh.stderr);
   assert.equal((JSON.parse(viaSsh.stdout) as { repository: string }[])[0]?.repository, `ssh://${server.alias}${repoDir}`);
   // An Autotest repository has packages.checksum alone; a package it lacks is an error, never an empty file.
   const autotestRepo = path.join(dir, 'autotest-repo');
   await mkdir(autotestRepo);
   for (const name of ['packages.checksum', 'dep-libaio.tar.bz2']) await writeFile(path.join(autotestRepo, name), await readFile(path.join(repoDir, name)));
-  const legacy = await cli(['client', 'install', 'dep', 'libaio', '-r', `ssh://${server.alias}${autotestRepo}`, '--config', config, '--install-dir', path.join(dir, 'c3'), '--json'], dir, server);
+  const legacy = await cli(
+    ['client', 'install', 'dep', 'libaio', '-r', `ssh://${server.alias}${autotestRepo}`, '--config', config, '--install-dir', path.join(dir, 'c3'), '--json'],
+    dir,
+    server,
+  );
   assert.equal(legacy.code, 0, legacy.stderr);
   await writeFile(path.join(autotestRepo, 'packages.checksum'), await readFile(path.join(repoDir, 'packages.checksum'), 'utf8'));
-  const missing = await cli(['client', 'install', 'test', 'hello', '-r', `ssh://${server.alias}${autotestRepo}`, '--config', config, '--install-dir', path.join(dir, 'c4')], dir, server);
+  const missing = await cli(
+    ['client', 'install', 'test', 'hello', '-r', `ssh://${server.alias}${autotestRepo}`, '--config', config, '--install-dir', path.join(dir, 'c4')],
+    dir,
+    server,
+  );
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /test-hello\.tar\.bz2: not found/);
 
@@ -249,7 +294,23 @@ test('installs from an SSH fetch location and from a git repository with a branc
   await makeGitRepository(path.join(gitBase, 'packages.git'), files, 'stable');
   const daemon = await startGitDaemon(gitBase);
   t.after(() => daemon.stop());
-  const viaGit = await cli(['client', 'install', 'profiler', 'vmstat', '-r', `${daemon.url('packages.git')}:stable`, '--config', config, '--install-dir', path.join(dir, 'c2'), '--json'], dir, server);
+  const viaGit = await cli(
+    [
+      'client',
+      'install',
+      'profiler',
+      'vmstat',
+      '-r',
+      `${daemon.url('packages.git')}:stable`,
+      '--config',
+      config,
+      '--install-dir',
+      path.join(dir, 'c2'),
+      '--json',
+    ],
+    dir,
+    server,
+  );
   assert.equal(viaGit.code, 0, viaGit.stderr);
   assert.equal((JSON.parse(viaGit.stdout) as { repository: string; action: string }[])[0]?.action, 'fetched');
   assert.equal(await exists(path.join(dir, 'c2', 'profilers', 'vmstat')), true);
@@ -261,9 +322,17 @@ test('installs from an SSH fetch location and from a git repository with a branc
     'dep-libaio.tar.bz2': await readFile(path.join(repoDir, 'dep-libaio.tar.bz2')),
   };
   await makeGitRepository(path.join(gitBase, 'legacy.git'), legacyFiles, 'main');
-  const legacyGit = await cli(['client', 'install', 'dep', 'libaio', '-r', `${daemon.url('legacy.git')}:main`, '--config', config, '--install-dir', path.join(dir, 'c5'), '--json'], dir, server);
+  const legacyGit = await cli(
+    ['client', 'install', 'dep', 'libaio', '-r', `${daemon.url('legacy.git')}:main`, '--config', config, '--install-dir', path.join(dir, 'c5'), '--json'],
+    dir,
+    server,
+  );
   assert.equal(legacyGit.code, 0, legacyGit.stderr);
-  const missingGit = await cli(['client', 'install', 'test', 'hello', '-r', `${daemon.url('legacy.git')}:main`, '--config', config, '--install-dir', path.join(dir, 'c6')], dir, server);
+  const missingGit = await cli(
+    ['client', 'install', 'test', 'hello', '-r', `${daemon.url('legacy.git')}:main`, '--config', config, '--install-dir', path.join(dir, 'c6')],
+    dir,
+    server,
+  );
   assert.equal(missingGit.code, 1);
   assert.match(missingGit.stderr, /legacy\.git.*test-hello\.tar\.bz2/);
   assert.equal(await exists(path.join(dir, 'c6', 'tests', 'hello')), false);
@@ -280,16 +349,25 @@ test('an SSH upload location whose disk fills up during the copy reports the ful
   assert.equal(upload.code, 1);
   assert.match(upload.stderr, /disk full while copying/);
   assert.equal(await readFile(path.join(mnt, 'keep-me'), 'utf8'), 'stored before');
-  assert.deepEqual((await readdir(mnt)).filter((f) => f.startsWith('.tmp')), []);
+  assert.deepEqual(
+    (await readdir(mnt)).filter((f) => f.startsWith('.tmp')),
+    [],
+  );
   assert.deepEqual((await checkConsistency(mnt)).problems, []);
 });
 
-test('text printed by an SSH account\'s start-up files is never taken for data: upload, list, verify and install over SSH stay intact, and a start-up file that exits is named as the cause', async (t) => {
+test("text printed by an SSH account's start-up files is never taken for data: upload, list, verify and install over SSH stay intact, and a start-up file that exits is named as the cause", async (t) => {
   // What lab accounts do: a banner on stdout, a notice on stderr, for every command.
-  const chatty = await sshServer(t, { startup: 'echo "Welcome to lab host 7 (managed by Puppet)"\nprintf "no newline at the end"\necho "pyenv: rehash skipped" >&2\n' });
+  const chatty = await sshServer(t, {
+    startup: 'echo "Welcome to lab host 7 (managed by Puppet)"\nprintf "no newline at the end"\necho "pyenv: rehash skipped" >&2\n',
+  });
   const dir = await tempDir(t);
   const remoteDir = path.join(dir, 'remote');
-  const config = await writeConfig(dir, { upload_location: `ssh://${chatty.alias}${remoteDir}`, client_dir: await copyExampleTree(dir), minimum_free_space: '0' });
+  const config = await writeConfig(dir, {
+    upload_location: `ssh://${chatty.alias}${remoteDir}`,
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '0',
+  });
   const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, chatty);
   assert.equal(upload.code, 0, upload.stderr);
   assert.match(await md5sumCheck(remoteDir), /test-dbench\.tar\.bz2: OK/);
@@ -300,12 +378,20 @@ test('text printed by an SSH account\'s start-up files is never taken for data: 
   const list = await cli(['packager', 'list', '--config', config, '--json'], dir, chatty);
   assert.equal(list.code, 0, list.stderr);
   assert.equal((JSON.parse(list.stdout) as { packages: unknown[] }[])[0]?.packages.length, 6);
-  const install = await cli(['client', 'install', 'test', 'dbench', '-r', `ssh://${chatty.alias}${remoteDir}`, '--config', config, '--install-dir', path.join(dir, 'c1'), '--json'], dir, chatty);
+  const install = await cli(
+    ['client', 'install', 'test', 'dbench', '-r', `ssh://${chatty.alias}${remoteDir}`, '--config', config, '--install-dir', path.join(dir, 'c1'), '--json'],
+    dir,
+    chatty,
+  );
   assert.equal(install.code, 0, install.stderr);
   assert.equal((JSON.parse(install.stdout) as { action: string }[])[0]?.action, 'fetched');
 
   const broken = await sshServer(t, { startup: 'echo "This account is disabled."\nexit 1\n' });
-  const brokenConfig = await writeConfig(dir, { upload_location: `ssh://${broken.alias}${path.join(dir, 'other')}`, client_dir: path.join(dir, 'client'), minimum_free_space: '0' }, 'broken.ini');
+  const brokenConfig = await writeConfig(
+    dir,
+    { upload_location: `ssh://${broken.alias}${path.join(dir, 'other')}`, client_dir: path.join(dir, 'client'), minimum_free_space: '0' },
+    'broken.ini',
+  );
   const refused = await cli(['packager', 'upload', '-t', 'hello', '--config', brokenConfig], dir, broken);
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, /never started .*start-up files printed "This account is disabled\."/);
@@ -323,7 +409,11 @@ test('a run leaves its SSH master connection in a private per-user folder for th
   const server = await sshServer(t);
   const dir = await tempDir(t, 'at-');
   const remoteDir = path.join(dir, 'remote');
-  const config = await writeConfig(dir, { upload_location: `ssh://${server.alias}${remoteDir}`, client_dir: await copyExampleTree(dir), minimum_free_space: '0' });
+  const config = await writeConfig(dir, {
+    upload_location: `ssh://${server.alias}${remoteDir}`,
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '0',
+  });
   // XDG_RUNTIME_DIR of the test's own, so no other test's masters are in the folder.
   const withRuntime = (runtime: string, env: NodeJS.ProcessEnv = {}): Promise<CliResult> =>
     runCli(['packager', 'list', '--config', config], { cwd: dir, env: { AUTOTEST_SSH_CONFIG: server.configFile, XDG_RUNTIME_DIR: runtime, ...env } });
@@ -360,6 +450,6 @@ test('a run leaves its SSH master connection in a private per-user folder for th
   assert.match(badValue.stderr, /AUTOTEST_SSH_CONTROL_PERSIST must be a number of seconds, not "5m"/);
 
   await server.stop();
-  for (let i = 0; i < 50 && await exists(socket); i += 1) await new Promise((resolve) => setTimeout(resolve, 100));
+  for (let i = 0; i < 50 && (await exists(socket)); i += 1) await new Promise((resolve) => setTimeout(resolve, 100));
   assert.equal(await exists(socket), false, 'the master went with its server, socket and all');
 });

@@ -35,12 +35,19 @@ test('orders a group highest score first, and a trailing slash on a member chang
     const expected = [...FRONTS].sort((a, b) => (rendezvousScore(b, file) > rendezvousScore(a, file) ? 1 : -1));
     assert.deepEqual(texts(orderForPackage([group(FRONTS)], file)), expected, file);
     const slashed = orderForPackage([group(FRONTS.map((url) => `${url}/`))], file);
-    assert.deepEqual(slashed.map((l) => (l.kind === 'http' ? l.url : l.text)), expected, `${file} with trailing slashes`);
+    assert.deepEqual(
+      slashed.map((l) => (l.kind === 'http' ? l.url : l.text)),
+      expected,
+      `${file} with trailing slashes`,
+    );
   }
 });
 
 test('breaks a tie between members by their position in the group', () => {
-  assert.deepEqual(rankMembers(['a', 'b', 'c'], () => 'same', 'test-x.tar.bz2'), ['a', 'b', 'c']);
+  assert.deepEqual(
+    rankMembers(['a', 'b', 'c'], () => 'same', 'test-x.tar.bz2'),
+    ['a', 'b', 'c'],
+  );
 });
 
 test('keeps comma-separated locations in the order written, with each group ranked in its place', () => {
@@ -63,19 +70,26 @@ test('spreads 30 packages over three fronts, each getting between half and one a
   }
 });
 
-test('moves only a removed front\'s packages, each to its own next choice', () => {
+test("moves only a removed front's packages, each to its own next choice", () => {
   const [gone = '', ...kept] = FRONTS;
   for (const file of FILES) {
     const before = texts(orderForPackage([group(FRONTS)], file));
     const after = texts(orderForPackage([group(kept)], file));
-    assert.deepEqual(after, before.filter((url) => url !== gone), file);
+    assert.deepEqual(
+      after,
+      before.filter((url) => url !== gone),
+      file,
+    );
   }
 });
 
 test('reads "|" groups in fetch_location, and refuses an empty or repeated member', () => {
   const parsed = parseFetchLocation(' http://f1.lab/b |http://f2.lab/b | /srv/p ', '/');
   assert.ok(parsed.kind === 'group');
-  assert.deepEqual(parsed.members.map((m) => m.kind), ['http', 'http', 'local']);
+  assert.deepEqual(
+    parsed.members.map((m) => m.kind),
+    ['http', 'http', 'local'],
+  );
   assert.equal(parsed.text, 'http://f1.lab/b | http://f2.lab/b | /srv/p');
   assert.throws(() => parseFetchLocation('http://f1.lab/b | ', '/'), /a "\|" group has an empty member/);
   assert.throws(() => parseFetchLocation('http://f1.lab/b | http://f1.lab/b/', '/'), /"http:\/\/f1\.lab\/b\/?" is twice in the same "\|" group/);

@@ -45,7 +45,13 @@ test('closes every part even when one fails to close, then throws that failure',
 test('withResources closes resources of its own when the work ends, and never those it is given', async () => {
   const closed: string[] = [];
   const kind = countingKind('agents', closed);
-  await assert.rejects(withResources(undefined, (own) => { own.get(kind); return Promise.reject(new Error('failed')); }), /failed/);
+  await assert.rejects(
+    withResources(undefined, (own) => {
+      own.get(kind);
+      return Promise.reject(new Error('failed'));
+    }),
+    /failed/,
+  );
   assert.deepEqual(closed, ['agents 1'], 'closed even when the work fails');
   const given = new Resources();
   await withResources(given, (resources) => Promise.resolve(resources.get(kind)));

@@ -69,7 +69,8 @@ export class MemoryStore implements ConditionalStore {
 
   copy(from: string, to: string): Promise<string | undefined> {
     const object = this.objects.get(from);
-    if (!object) return Promise.reject(new AutotestError('ERR_LOCATION_REFUSED', `S3 location ${this.name}: moving ${to} into place: not found (NoSuchKey, 404)`));
+    if (!object)
+      return Promise.reject(new AutotestError('ERR_LOCATION_REFUSED', `S3 location ${this.name}: moving ${to} into place: not found (NoSuchKey, 404)`));
     return Promise.resolve(this.write(to, object.bytes));
   }
 

@@ -62,9 +62,10 @@ class Interleaving {
   readonly killed = new Set<number>();
 
   gateOf(packager: number): (what: string) => Promise<void> {
-    return (what) => new Promise((resolve) => {
-      if (!this.killed.has(packager)) this.waiting.push({ packager, what, go: resolve });
-    });
+    return (what) =>
+      new Promise((resolve) => {
+        if (!this.killed.has(packager)) this.waiting.push({ packager, what, go: resolve });
+      });
   }
 
   get anyWaiting(): boolean {
@@ -118,7 +119,16 @@ class World {
 
   async runPackager(packager: number, plan: PackagerPlan, gate: (what: string) => Promise<void>): Promise<void> {
     for (const [operation, { kind, files }] of plan.operations.entries()) {
-      const record: OperationRecord = { packager, kind, files: [...files], start: this.interleaving.steps, end: undefined, killed: false, error: undefined, finished: false };
+      const record: OperationRecord = {
+        packager,
+        kind,
+        files: [...files],
+        start: this.interleaving.steps,
+        end: undefined,
+        killed: false,
+        error: undefined,
+        finished: false,
+      };
       this.records.push(record);
       this.current.set(packager, record);
       const protocol = this.protocolFor(packager, operation, gate);
@@ -172,8 +182,9 @@ class World {
   /** Whether another packager wrote `file` while `record` ran (a running operation runs until now). */
   contested(file: string, record: OperationRecord): boolean {
     const endOf = (r: OperationRecord): number => r.end ?? this.interleaving.steps;
-    return this.records.some((other) => other.packager !== record.packager && other.files.includes(file)
-      && other.start < endOf(record) && record.start < endOf(other));
+    return this.records.some(
+      (other) => other.packager !== record.packager && other.files.includes(file) && other.start < endOf(record) && record.start < endOf(other),
+    );
   }
 
   index(): RepositoryIndex {
@@ -201,7 +212,9 @@ class World {
       const digests = object && digestsOf(object.bytes);
       if (digests && digests.md5 === entry.md5 && digests.sha256 === entry.sha256 && digests.size === entry.size) continue;
       if (!this.contested(file, writer.record)) {
-        this.fail(`${file} is indexed with the bytes of packager ${writer.record.packager.toString()}, uncontested, but its object ${object ? 'holds other bytes' : 'is missing'}`);
+        this.fail(
+          `${file} is indexed with the bytes of packager ${writer.record.packager.toString()}, uncontested, but its object ${object ? 'holds other bytes' : 'is missing'}`,
+        );
       }
       if (digests && this.writerOf.get(digests.md5)?.file !== file) this.fail(`${file} holds bytes that are no upload of ${file}`);
     }
@@ -212,7 +225,8 @@ class World {
     const index = this.index();
     for (const record of this.records) {
       const uncontested = record.files.every((file) => !this.contested(file, record));
-      if (record.finished && uncontested && record.error !== undefined) this.fail(`an uncontested ${record.kind} of packager ${record.packager.toString()} failed: ${describe(record.error)}`);
+      if (record.finished && uncontested && record.error !== undefined)
+        this.fail(`an uncontested ${record.kind} of packager ${record.packager.toString()} failed: ${describe(record.error)}`);
       if (record.error !== undefined && !(record.error instanceof AutotestError)) this.fail(`a plain error escaped: ${describe(record.error)}`);
     }
     for (const file of NAMES) this.checkLastWriterWins(file, index);
@@ -230,7 +244,8 @@ class World {
     await next.cleanTemps();
     await next.commit({ add: [], refresh: [], remove: [] });
     assert.deepEqual([...this.store.objects.keys()].filter(isTempName), [], 'cleanTemps removes the temps of killed packagers');
-    if (this.store.objects.has(MANIFEST_FILE)) assert.equal(checksums(), formatChecksumFile(this.index()), 'packages.checksum follows packages.json after the next run');
+    if (this.store.objects.has(MANIFEST_FILE))
+      assert.equal(checksums(), formatChecksumFile(this.index()), 'packages.checksum follows packages.json after the next run');
   }
 
   /**
@@ -243,7 +258,8 @@ class World {
     for (const [file, entry] of index) {
       if (this.records.some((record) => record.killed && record.files.includes(file))) continue;
       const object = this.store.objects.get(file);
-      if (!object || digestsOf(object.bytes).md5 !== entry.md5) this.fail(`${file}: no packager writing it was killed, yet once all have finished its entry names ${object ? 'other bytes' : 'a missing object'}`);
+      if (!object || digestsOf(object.bytes).md5 !== entry.md5)
+        this.fail(`${file}: no packager writing it was killed, yet once all have finished its entry names ${object ? 'other bytes' : 'a missing object'}`);
     }
   }
 
@@ -253,12 +269,15 @@ class World {
     if (!last?.finished || this.contested(file, last)) return;
     const object = this.store.objects.get(file);
     if (last.kind === 'remove') {
-      if (index.has(file) || object) this.fail(`${file} was removed last by packager ${last.packager.toString()}, uncontested, but is still ${index.has(file) ? 'indexed' : 'there'}`);
+      if (index.has(file) || object)
+        this.fail(`${file} was removed last by packager ${last.packager.toString()}, uncontested, but is still ${index.has(file) ? 'indexed' : 'there'}`);
       return;
     }
     const entry = index.get(file);
-    if (!entry || this.writerOf.get(entry.md5)?.record !== last) this.fail(`the upload of ${file} by packager ${last.packager.toString()}, last and uncontested, is not what the index says`);
-    if (!object || digestsOf(object.bytes).md5 !== entry.md5) this.fail(`the upload of ${file} by packager ${last.packager.toString()}, last and uncontested, is not in its object`);
+    if (!entry || this.writerOf.get(entry.md5)?.record !== last)
+      this.fail(`the upload of ${file} by packager ${last.packager.toString()}, last and uncontested, is not what the index says`);
+    if (!object || digestsOf(object.bytes).md5 !== entry.md5)
+      this.fail(`the upload of ${file} by packager ${last.packager.toString()}, last and uncontested, is not in its object`);
   }
 }
 

@@ -37,11 +37,16 @@ async function startLab(t: TestContext): Promise<Lab> {
   const s3 = await startRadosgw();
   t.after(() => s3.stop());
   const admin = new S3Client({
-    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true,
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
     credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
-  t.after(() => { admin.destroy(); });
+  t.after(() => {
+    admin.destroy();
+  });
   const outputs: string[] = [];
   t.after(() => {
     for (const output of outputs) {
@@ -50,7 +55,9 @@ async function startLab(t: TestContext): Promise<Lab> {
     }
   });
   return {
-    s3, admin, outputs,
+    s3,
+    admin,
+    outputs,
     async cli(args, cwd, env = {}) {
       const result = await runCli(args, { cwd, env: awsEnv(s3, env) });
       outputs.push(result.stdout, result.stderr);
@@ -58,7 +65,10 @@ async function startLab(t: TestContext): Promise<Lab> {
     },
     async serve(config, cwd) {
       const server = await startDaemon({
-        name: 'autotest serve', command: process.execPath, host: '127.0.0.1', cwd,
+        name: 'autotest serve',
+        command: process.execPath,
+        host: '127.0.0.1',
+        cwd,
         env: { ...process.env, ...awsEnv(s3), AUTOTEST_CACHE_DIR: path.join(cwd, '.serve-cache') },
         prepare: (port) => [CLI, 'serve', '--config', config, '--port', port.toString()],
       });
@@ -74,8 +84,18 @@ async function startLab(t: TestContext): Promise<Lab> {
 /** A config with [PACKAGES] keys and an [S3] section pointing at the test radosgw (or `endpoint`). */
 async function writeS3Config(dir: string, lab: Lab, packages: Record<string, string>, extra = '', name = 'global_config.ini'): Promise<string> {
   const file = path.join(dir, name);
-  const lines = ['[PACKAGES]', ...Object.entries(packages).map(([k, v]) => `${k}: ${v}`), '',
-    '[S3]', `endpoint: ${lab.s3.endpoint}`, 'region: us-east-1', 'path_style: true', 'checksum_mode: when_required', '', extra];
+  const lines = [
+    '[PACKAGES]',
+    ...Object.entries(packages).map(([k, v]) => `${k}: ${v}`),
+    '',
+    '[S3]',
+    `endpoint: ${lab.s3.endpoint}`,
+    'region: us-east-1',
+    'path_style: true',
+    'checksum_mode: when_required',
+    '',
+    extra,
+  ];
   await writeFile(file, lines.join('\n'));
   return file;
 }
@@ -83,7 +103,7 @@ async function writeS3Config(dir: string, lab: Lab, packages: Record<string, str
 async function getObject(admin: S3Client, bucket: string, key: string): Promise<Buffer | undefined> {
   try {
     const answer = await admin.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-    return Buffer.from(await answer.Body?.transformToByteArray() ?? []);
+    return Buffer.from((await answer.Body?.transformToByteArray()) ?? []);
   } catch (error) {
     if (error instanceof Error && error.name === 'NoSuchKey') return undefined;
     throw error;
@@ -101,13 +121,19 @@ async function listKeys(admin: S3Client, bucket: string, prefix: string): Promis
  * files also list the same packages (a kill between their writes leaves packages.checksum a
  * step behind, with right entries, until the next run).
  */
-async function checkS3Consistency(admin: S3Client, bucket: string, prefix: string, options = { sameLists: true }): Promise<{ checksums: Map<string, string>; problems: string[] }> {
+async function checkS3Consistency(
+  admin: S3Client,
+  bucket: string,
+  prefix: string,
+  options = { sameLists: true },
+): Promise<{ checksums: Map<string, string>; problems: string[] }> {
   const problems: string[] = [];
   const checksumText = (await getObject(admin, bucket, `${prefix}/packages.checksum`))?.toString('utf8') ?? '';
   const manifestText = (await getObject(admin, bucket, `${prefix}/packages.json`))?.toString('utf8');
   const checksums = parseChecksumFile(checksumText, 'packages.checksum');
   const manifest: RepositoryIndex = manifestText === undefined ? new Map<string, IndexEntry>() : parseManifest(manifestText, 'packages.json');
-  if (options.sameLists && [...checksums.keys()].sort().join() !== [...manifest.keys()].sort().join()) problems.push('packages.checksum and packages.json list different packages');
+  if (options.sameLists && [...checksums.keys()].sort().join() !== [...manifest.keys()].sort().join())
+    problems.push('packages.checksum and packages.json list different packages');
   for (const [file, md5] of checksums) {
     const body = await getObject(admin, bucket, `${prefix}/${file}`);
     if (!body) {
@@ -122,7 +148,8 @@ async function checkS3Consistency(admin: S3Client, bucket: string, prefix: strin
       problems.push(`${entry.file}: in packages.json, no object`);
       continue;
     }
-    if (entry.sha256 !== createHash('sha256').update(body).digest('hex') || entry.size !== body.length) problems.push(`${entry.file}: sha256/size differ from packages.json`);
+    if (entry.sha256 !== createHash('sha256').update(body).digest('hex') || entry.size !== body.length)
+      problems.push(`${entry.file}: sha256/size differ from packages.json`);
   }
   return { checksums, problems };
 }
@@ -133,8 +160,14 @@ test('S3 object URLs are path-style or virtual-hosted as configured, with AWS as
     assert.ok(location.kind === 's3');
     return objectUrl(location, 'test-a+b.tar.bz2').href;
   };
-  assert.equal(at('s3://lab-packages/autotest/builtin', { endpoint: 'http://127.0.0.1:7480', pathStyle: true }), 'http://127.0.0.1:7480/lab-packages/autotest/builtin/test-a%2Bb.tar.bz2');
-  assert.equal(at('s3://lab-packages/autotest', { endpoint: 'https://s3.lab.example', pathStyle: false }), 'https://lab-packages.s3.lab.example/autotest/test-a%2Bb.tar.bz2');
+  assert.equal(
+    at('s3://lab-packages/autotest/builtin', { endpoint: 'http://127.0.0.1:7480', pathStyle: true }),
+    'http://127.0.0.1:7480/lab-packages/autotest/builtin/test-a%2Bb.tar.bz2',
+  );
+  assert.equal(
+    at('s3://lab-packages/autotest', { endpoint: 'https://s3.lab.example', pathStyle: false }),
+    'https://lab-packages.s3.lab.example/autotest/test-a%2Bb.tar.bz2',
+  );
   assert.equal(at('s3://lab-packages', { region: 'eu-west-1' }), 'https://lab-packages.s3.eu-west-1.amazonaws.com/test-a%2Bb.tar.bz2');
 });
 
@@ -145,7 +178,9 @@ test('upload --all publishes the example tree to a local folder and an S3 prefix
   const clientDir = await copyExampleTree(dir);
   const local = path.join(dir, 'local');
   const config = await writeS3Config(dir, lab, {
-    upload_location: `${local}, s3://lab-packages/autotest/builtin`, client_dir: clientDir, minimum_free_space: '0',
+    upload_location: `${local}, s3://lab-packages/autotest/builtin`,
+    client_dir: clientDir,
+    minimum_free_space: '0',
   });
   const upload = await lab.cli(['packager', 'upload', '--all', '--config', config], dir);
   assert.equal(upload.code, 0, upload.stdout + upload.stderr);
@@ -154,9 +189,16 @@ test('upload --all publishes the example tree to a local folder and an S3 prefix
   const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'autotest/builtin');
   assert.deepEqual(problems, []);
   assert.equal(checksums.size, 6);
-  assert.equal((await getObject(lab.admin, 'lab-packages', 'autotest/builtin/packages.checksum'))?.toString('utf8'), await readFile(path.join(local, 'packages.checksum'), 'utf8'),
-    'the local and the S3 packages.checksum are the same');
-  assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'autotest/builtin')).filter((key) => key.startsWith('.')), [], 'no temp or probe object is left');
+  assert.equal(
+    (await getObject(lab.admin, 'lab-packages', 'autotest/builtin/packages.checksum'))?.toString('utf8'),
+    await readFile(path.join(local, 'packages.checksum'), 'utf8'),
+    'the local and the S3 packages.checksum are the same',
+  );
+  assert.deepEqual(
+    (await listKeys(lab.admin, 'lab-packages', 'autotest/builtin')).filter((key) => key.startsWith('.')),
+    [],
+    'no temp or probe object is left',
+  );
 });
 
 test('on S3 a changed package is replaced, list shows the prefix, verify names a corrupt object and --repair republishes it, remove deletes one, and upkeep expires old custom files', async (t) => {
@@ -165,8 +207,11 @@ test('on S3 a changed package is replaced, list shows the prefix, verify names a
   await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
   const clientDir = await copyExampleTree(dir);
   const config = await writeS3Config(dir, lab, {
-    upload_location: 's3://lab-packages/autotest/builtin', custom_upload_location: 's3://lab-packages/autotest/custom',
-    client_dir: clientDir, minimum_free_space: '0', custom_max_age: '0',
+    upload_location: 's3://lab-packages/autotest/builtin',
+    custom_upload_location: 's3://lab-packages/autotest/custom',
+    client_dir: clientDir,
+    minimum_free_space: '0',
+    custom_max_age: '0',
   });
   const upload = await lab.cli(['packager', 'upload', '--all', '--config', config], dir);
   assert.equal(upload.code, 0, upload.stdout + upload.stderr);
@@ -177,12 +222,21 @@ test('on S3 a changed package is replaced, list shows the prefix, verify names a
   assert.equal(again.code, 0, again.stdout + again.stderr);
   assert.match(again.stdout, /s3:\/\/lab-packages\/autotest\/builtin.*published 1/);
   assert.deepEqual((await checkS3Consistency(lab.admin, 'lab-packages', 'autotest/builtin')).problems, []);
-  assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'autotest/builtin')).filter((key) => key.startsWith('.')), []);
+  assert.deepEqual(
+    (await listKeys(lab.admin, 'lab-packages', 'autotest/builtin')).filter((key) => key.startsWith('.')),
+    [],
+  );
 
   const list = await lab.cli(['packager', 'list', '--json', '--config', config], dir);
   assert.equal(list.code, 0, list.stderr);
   const listed = JSON.parse(list.stdout) as { location: string; packages: { file: string }[] }[];
-  assert.deepEqual(listed.map((l) => [l.location, l.packages.length]), [['s3://lab-packages/autotest/builtin', 6], ['s3://lab-packages/autotest/custom', 0]]);
+  assert.deepEqual(
+    listed.map((l) => [l.location, l.packages.length]),
+    [
+      ['s3://lab-packages/autotest/builtin', 6],
+      ['s3://lab-packages/autotest/custom', 0],
+    ],
+  );
 
   await lab.admin.send(new PutObjectCommand({ Bucket: 'lab-packages', Key: 'autotest/builtin/test-hello.tar.bz2', Body: 'corrupt' }));
   const verify = await lab.cli(['packager', 'verify', '--config', config], dir);
@@ -225,7 +279,10 @@ test('20 concurrent single-package uploads to one S3 prefix leave 20 index entri
   for (const result of results) assert.equal(result.code, 0, result.stdout + result.stderr);
   const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'concurrent');
   assert.deepEqual(problems, []);
-  assert.deepEqual([...checksums.keys()].sort(), names.map((name) => `test-${name}.tar.bz2`));
+  assert.deepEqual(
+    [...checksums.keys()].sort(),
+    names.map((name) => `test-${name}.tar.bz2`),
+  );
 });
 
 test('packagers publishing the same package with different bytes at once leave it indexed with the bytes of the object that stayed', async (t) => {
@@ -234,27 +291,52 @@ test('packagers publishing the same package with different bytes at once leave i
   await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
   // Six trees with the same test name and different content, published at once, three rounds
   // (the first creates the package, the next ones replace it: direct PUTs, then temp keys and copies).
-  const trees = await Promise.all(Array.from({ length: 6 }, async (_, i) => {
-    const root = path.join(dir, `tree-${i.toString()}`);
-    await mkdir(path.join(root, 'tests', 'shared'), { recursive: true });
-    return root;
-  }));
+  const trees = await Promise.all(
+    Array.from({ length: 6 }, async (_, i) => {
+      const root = path.join(dir, `tree-${i.toString()}`);
+      await mkdir(path.join(root, 'tests', 'shared'), { recursive: true });
+      return root;
+    }),
+  );
   for (let round = 0; round < 3; round += 1) {
-    await Promise.all(trees.map((root, i) => writeFile(path.join(root, 'tests', 'shared', 'control'), `round ${round.toString()} tree ${i.toString()}\n${'x'.repeat(1000 * (i + 1))}`)));
-    const results = await Promise.all(trees.map(async (root, i) => {
-      const config = await writeS3Config(dir, lab, { upload_location: 's3://lab-packages/race', client_dir: root, minimum_free_space: '0' }, '', `race-${i.toString()}.ini`);
-      return lab.cli(['packager', 'upload', '-t', 'shared', '--config', config], dir);
-    }));
+    await Promise.all(
+      trees.map((root, i) =>
+        writeFile(path.join(root, 'tests', 'shared', 'control'), `round ${round.toString()} tree ${i.toString()}\n${'x'.repeat(1000 * (i + 1))}`),
+      ),
+    );
+    const results = await Promise.all(
+      trees.map(async (root, i) => {
+        const config = await writeS3Config(
+          dir,
+          lab,
+          { upload_location: 's3://lab-packages/race', client_dir: root, minimum_free_space: '0' },
+          '',
+          `race-${i.toString()}.ini`,
+        );
+        return lab.cli(['packager', 'upload', '-t', 'shared', '--config', config], dir);
+      }),
+    );
     for (const result of results) {
       // Each either published or says that another packager's version stayed.
-      if (result.code !== 0) assert.match(result.stdout + result.stderr, /test-shared\.tar\.bz2 was replaced or removed by another packager meanwhile[\s\S]*run the upload again if this version should win/);
+      if (result.code !== 0)
+        assert.match(
+          result.stdout + result.stderr,
+          /test-shared\.tar\.bz2 was replaced or removed by another packager meanwhile[\s\S]*run the upload again if this version should win/,
+        );
     }
-    assert.ok(results.some((result) => result.code === 0), `round ${round.toString()}: at least one packager published`);
+    assert.ok(
+      results.some((result) => result.code === 0),
+      `round ${round.toString()}: at least one packager published`,
+    );
     const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'race');
     assert.deepEqual(problems, [], `round ${round.toString()}`);
     assert.deepEqual([...checksums.keys()], ['test-shared.tar.bz2']);
   }
-  assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'race')).filter((key) => key.startsWith('.')), [], 'no temp object is left');
+  assert.deepEqual(
+    (await listKeys(lab.admin, 'lab-packages', 'race')).filter((key) => key.startsWith('.')),
+    [],
+    'no temp object is left',
+  );
 });
 
 test('a 200 MB file goes up to S3 in parts, streamed: the packager peaks less than half its size above a 1 kB upload', async (t) => {
@@ -264,7 +346,10 @@ test('a 200 MB file goes up to S3 in parts, streamed: the packager peaks less th
   const config = await writeS3Config(dir, lab, { upload_location: 's3://lab-packages/big', minimum_free_space: '0' }, 'part_size: 8\nupload_concurrency: 2\n');
   // Each run writes its peak RSS (KiB) where RSS_REPORT says, when it exits.
   const reporter = path.join(dir, 'report-rss.mjs');
-  await writeFile(reporter, "import { writeFileSync } from 'node:fs';\nprocess.on('exit', () => { writeFileSync(process.env.RSS_REPORT, String(process.resourceUsage().maxRSS)); });\n");
+  await writeFile(
+    reporter,
+    "import { writeFileSync } from 'node:fs';\nprocess.on('exit', () => { writeFileSync(process.env.RSS_REPORT, String(process.resourceUsage().maxRSS)); });\n",
+  );
   const peak = async (file: string): Promise<number> => {
     const report = path.join(dir, `${path.basename(file)}.rss`);
     const result = await lab.cli(['packager', 'upload', '-f', file, '--config', config], dir, { NODE_OPTIONS: `--import=${reporter}`, RSS_REPORT: report });
@@ -288,7 +373,10 @@ test('a 200 MB file goes up to S3 in parts, streamed: the packager peaks less th
   t.diagnostic(`peak RSS: ${(smallPeak / 2 ** 20).toFixed(0)} MiB for 1 kB, ${(bigPeak / 2 ** 20).toFixed(0)} MiB for 200 MiB`);
   // Parts in flight (8 MiB x 2), the part being filled and garbage not yet collected: about
   // 50-70 MiB here whatever the size. Holding the file would cost 200 MiB or more.
-  assert.ok(bigPeak - smallPeak < 100 * 2 ** 20, `the 200 MiB upload took ${((bigPeak - smallPeak) / 2 ** 20).toFixed(0)} MiB more than a small one (bound: 100 MiB, half the file)`);
+  assert.ok(
+    bigPeak - smallPeak < 100 * 2 ** 20,
+    `the 200 MiB upload took ${((bigPeak - smallPeak) / 2 ** 20).toFixed(0)} MiB more than a small one (bound: 100 MiB, half the file)`,
+  );
 
   const head = await lab.admin.send(new HeadObjectCommand({ Bucket: 'lab-packages', Key: 'big/big.img' }));
   assert.equal(head.ContentLength, 200 * 2 ** 20);
@@ -307,9 +395,15 @@ test('an upload to S3 killed at random moments leaves the index consistent with 
     // A changed file each time, so every trial replaces something (temp key, copy, index).
     await writeFile(path.join(clientDir, 'tests', `t00${trial.toString()}`, 'notes.txt'), `trial ${trial.toString()}\n`);
     const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], {
-      cwd: dir, env: { ...process.env, ...awsEnv(lab.s3), AUTOTEST_CACHE_DIR: path.join(dir, '.cache'), AUTOTEST_CONFIG: '' }, stdio: 'ignore',
+      cwd: dir,
+      env: { ...process.env, ...awsEnv(lab.s3), AUTOTEST_CACHE_DIR: path.join(dir, '.cache'), AUTOTEST_CONFIG: '' },
+      stdio: 'ignore',
     });
-    const closed = new Promise<void>((resolve) => child.on('close', () => { resolve(); }));
+    const closed = new Promise<void>((resolve) =>
+      child.on('close', () => {
+        resolve();
+      }),
+    );
     setTimeout(() => child.kill('SIGKILL'), 400 + Math.floor(Math.random() * 1500));
     await closed;
     assert.deepEqual((await checkS3Consistency(lab.admin, 'lab-packages', 'killed', { sameLists: false })).problems, [], `trial ${trial.toString()}`);
@@ -319,7 +413,11 @@ test('an upload to S3 killed at random moments leaves the index consistent with 
   const { checksums, problems } = await checkS3Consistency(lab.admin, 'lab-packages', 'killed');
   assert.deepEqual(problems, []);
   assert.equal(checksums.size, 13);
-  assert.deepEqual((await listKeys(lab.admin, 'lab-packages', 'killed')).filter((key) => key.startsWith('.')), [], 'the temps of the killed runs are gone');
+  assert.deepEqual(
+    (await listKeys(lab.admin, 'lab-packages', 'killed')).filter((key) => key.startsWith('.')),
+    [],
+    'the temps of the killed runs are gone',
+  );
 });
 
 /**
@@ -367,16 +465,23 @@ async function startCuttingRelay(t: TestContext, upstream: URL, file: string, cu
     upstreamSocket.on('close', () => client.destroy());
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => {
-    server.close(() => { resolve(); });
-    for (const socket of sockets) socket.destroy();
-  }));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => {
+          resolve();
+        });
+        for (const socket of sockets) socket.destroy();
+      }),
+  );
   const address = server.address() as net.AddressInfo;
   return { endpoint: `http://127.0.0.1:${address.port.toString()}`, requests };
 }
 
 async function sha256Of(file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await readFile(file))
+    .digest('hex');
 }
 
 test('a client, and the bundled client runtime with no node_modules, installs from S3 directly with profile credentials and through autotest serve in front of S3, and a download cut in the middle resumes with a Range request', async (t) => {
@@ -407,19 +512,30 @@ test('a client, and the bundled client runtime with no node_modules, installs fr
   await mkdir(machine);
   await copyFile(path.join(ROOT, 'dist', 'client-runtime', 'autotest-client.mjs'), path.join(machine, 'autotest-client.mjs'));
   await copyFile(path.join(ROOT, 'dist', 'client-runtime', 'hash-worker.mjs'), path.join(machine, 'hash-worker.mjs'));
-  const bundled = await runChecked(process.execPath, [path.join(machine, 'autotest-client.mjs'), 'client', 'install', 'test', 't000', '--config', direct, '--install-dir', path.join(machine, 'client')], {
-    cwd: machine, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AUTOTEST_CONFIG: '', ...awsEnv(lab.s3, noKeys) },
-  });
+  const bundled = await runChecked(
+    process.execPath,
+    [path.join(machine, 'autotest-client.mjs'), 'client', 'install', 'test', 't000', '--config', direct, '--install-dir', path.join(machine, 'client')],
+    {
+      cwd: machine,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AUTOTEST_CONFIG: '', ...awsEnv(lab.s3, noKeys) },
+    },
+  );
   lab.outputs.push(bundled.stdout, bundled.stderr);
   assert.match(bundled.stdout, /test t000: fetched .*from s3:\/\/lab-packages\/autotest\/builtin/);
   assert.equal(await sha256Of(path.join(machine, 'client', 'tests', 't000', 'data.bin')), await sha256Of(path.join(clientDir, 'tests', 't000', 'data.bin')));
 
   // Through autotest serve, which streams the prefix at /packages/builtin/ (with Range).
   const serveConfig = path.join(dir, 'serve.ini');
-  await writeFile(serveConfig, `[PACKAGES]\nupload_location: ${prefix}\n[S3]\nendpoint: ${lab.s3.endpoint}\npath_style: true\nchecksum_mode: when_required\n[SERVER]\nlisten_address: 127.0.0.1\n`);
+  await writeFile(
+    serveConfig,
+    `[PACKAGES]\nupload_location: ${prefix}\n[S3]\nendpoint: ${lab.s3.endpoint}\npath_style: true\nchecksum_mode: when_required\n[SERVER]\nlisten_address: 127.0.0.1\n`,
+  );
   const base = `${await lab.serve(serveConfig, dir)}/packages/builtin`;
   const viaServe = await writeS3Config(dir, lab, { fetch_location: base }, '', 'via-serve.ini');
-  const installServed = await lab.cli(['client', 'install', 'test', 't000', '--config', viaServe, '--install-dir', path.join(dir, 'served')], dir, { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined });
+  const installServed = await lab.cli(['client', 'install', 'test', 't000', '--config', viaServe, '--install-dir', path.join(dir, 'served')], dir, {
+    AWS_ACCESS_KEY_ID: undefined,
+    AWS_SECRET_ACCESS_KEY: undefined,
+  });
   assert.equal(installServed.code, 0, installServed.stdout + installServed.stderr);
   assert.match(installServed.stdout, new RegExp(`test t000: fetched .*from ${base.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
   const whole = await fetch(`${base}/test-t000.tar.bz2`);
@@ -436,7 +552,11 @@ test('a client, and the bundled client runtime with no node_modules, installs fr
   assert.equal(head.status, 200);
   assert.equal(head.headers.get('content-length'), published.toString());
   const etag = whole.headers.get('etag') ?? '';
-  assert.equal((await fetch(`${base}/test-t000.tar.bz2`, { headers: { range: 'bytes=10-19', 'if-range': etag } })).status, 206, 'If-Range with the current ETag: the range');
+  assert.equal(
+    (await fetch(`${base}/test-t000.tar.bz2`, { headers: { range: 'bytes=10-19', 'if-range': etag } })).status,
+    206,
+    'If-Range with the current ETag: the range',
+  );
   const stale = await fetch(`${base}/test-t000.tar.bz2`, { headers: { range: 'bytes=10-19', 'if-range': '"0123456789abcdef0123456789abcdef"' } });
   assert.equal(stale.status, 200, 'If-Range with another ETag: the whole file');
   assert.equal(Buffer.from(await stale.arrayBuffer()).length, published);
@@ -466,13 +586,27 @@ test('wrong credentials, a missing bucket and an unreachable endpoint each give 
   const local = path.join(dir, 'local');
   const deadPort = await freePort();
   const deadEndpoint = `[S3:dead-bucket]\nendpoint: http://127.0.0.1:${deadPort.toString()}\n`;
-  const publish = await writeS3Config(dir, lab, { upload_location: `${local}, s3://lab-packages/builtin`, client_dir: clientDir, minimum_free_space: '0' }, '', 'publish.ini');
+  const publish = await writeS3Config(
+    dir,
+    lab,
+    { upload_location: `${local}, s3://lab-packages/builtin`, client_dir: clientDir, minimum_free_space: '0' },
+    '',
+    'publish.ini',
+  );
   assert.equal((await lab.cli(['packager', 'upload', '-t', 'hello', '--config', publish], dir)).code, 0);
   const wrongSecret = { AWS_SECRET_ACCESS_KEY: `${lab.s3.secretKey.slice(0, -1)}${lab.s3.secretKey.endsWith('0') ? '1' : '0'}` };
 
-  const fetchConfig = await writeS3Config(dir, lab, {
-    fetch_location: `s3://no-such-bucket/builtin, s3://dead-bucket/builtin, s3://lab-packages/builtin, ${local}`, fetch_cooldown: '0', fetch_connect_timeout: '2',
-  }, deadEndpoint, 'fetch.ini');
+  const fetchConfig = await writeS3Config(
+    dir,
+    lab,
+    {
+      fetch_location: `s3://no-such-bucket/builtin, s3://dead-bucket/builtin, s3://lab-packages/builtin, ${local}`,
+      fetch_cooldown: '0',
+      fetch_connect_timeout: '2',
+    },
+    deadEndpoint,
+    'fetch.ini',
+  );
   const fallback = await lab.cli(['client', 'install', 'test', 'hello', '--config', fetchConfig, '--install-dir', path.join(dir, 'one')], dir, wrongSecret);
   assert.equal(fallback.code, 0, fallback.stdout + fallback.stderr);
   assert.match(fallback.stdout, new RegExp(`test hello: fetched .*from ${local.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
@@ -515,9 +649,23 @@ test('the frontend lists, serves, takes uploads to and deletes from an S3 custom
   const dir = await tempDir(t);
   await lab.admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
   const config = path.join(dir, 'serve.ini');
-  await writeFile(config, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/custom', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
-    '[S3]', `endpoint: ${lab.s3.endpoint}`, 'path_style: true', 'checksum_mode: when_required',
-    '[SERVER]', 'listen_address: 127.0.0.1', 'upload_token: s3-upload-token-123', ''].join('\n'));
+  await writeFile(
+    config,
+    [
+      '[PACKAGES]',
+      'custom_upload_location: s3://lab-packages/custom',
+      `custom_download_location: ${path.join(dir, 'staging')}`,
+      'minimum_free_space: 0',
+      '[S3]',
+      `endpoint: ${lab.s3.endpoint}`,
+      'path_style: true',
+      'checksum_mode: when_required',
+      '[SERVER]',
+      'listen_address: 127.0.0.1',
+      'upload_token: s3-upload-token-123',
+      '',
+    ].join('\n'),
+  );
   const site = await lab.serve(config, dir);
   const tree = path.join(dir, 'mine');
   await mkdir(tree);
@@ -530,8 +678,11 @@ test('the frontend lists, serves, takes uploads to and deletes from an S3 custom
   const put = await fetch(`${site}/api/custom/test-mine.tar.bz2`, { method: 'PUT', headers: auth, body });
   assert.equal(put.status, 200, await put.text());
   assert.deepEqual((await checkS3Consistency(lab.admin, 'lab-packages', 'custom')).problems, []);
-  const listed = await (await fetch(`${site}/api/packages`)).json() as { name: string; packages: { file: string }[] }[];
-  assert.deepEqual(listed.find((r) => r.name === 'custom')?.packages.map((p) => p.file), ['test-mine.tar.bz2']);
+  const listed = (await (await fetch(`${site}/api/packages`)).json()) as { name: string; packages: { file: string }[] }[];
+  assert.deepEqual(
+    listed.find((r) => r.name === 'custom')?.packages.map((p) => p.file),
+    ['test-mine.tar.bz2'],
+  );
   assert.match(await (await fetch(`${site}/`)).text(), /test-mine\.tar\.bz2/);
   assert.ok(Buffer.from(await (await fetch(`${site}/packages/custom/test-mine.tar.bz2`)).arrayBuffer()).equals(body));
 
@@ -549,9 +700,24 @@ test('autotest serve in front of a private S3 prefix signs its requests, fetches
   // Every request of the front to S3 goes through the relay, which notes it.
   const relay = await startCuttingRelay(t, new URL(lab.s3.endpoint), 'kernel-front.img', Number.POSITIVE_INFINITY);
   const config = path.join(dir, 'serve.ini');
-  await writeFile(config, ['[PACKAGES]', 'custom_upload_location: s3://lab-packages/front', `custom_download_location: ${path.join(dir, 'staging')}`, 'minimum_free_space: 0',
-    '[S3]', `endpoint: ${relay.endpoint}`, 'path_style: true', 'checksum_mode: when_required',
-    '[SERVER]', 'listen_address: 127.0.0.1', 'upload_token: s3-upload-token-123', 'index_max_age: 3600', ''].join('\n'));
+  await writeFile(
+    config,
+    [
+      '[PACKAGES]',
+      'custom_upload_location: s3://lab-packages/front',
+      `custom_download_location: ${path.join(dir, 'staging')}`,
+      'minimum_free_space: 0',
+      '[S3]',
+      `endpoint: ${relay.endpoint}`,
+      'path_style: true',
+      'checksum_mode: when_required',
+      '[SERVER]',
+      'listen_address: 127.0.0.1',
+      'upload_token: s3-upload-token-123',
+      'index_max_age: 3600',
+      '',
+    ].join('\n'),
+  );
   const site = await lab.serve(config, dir);
   const auth = { authorization: 'Bearer s3-upload-token-123' };
   const url = `${site}/packages/custom/kernel-front.img`;
@@ -562,10 +728,12 @@ test('autotest serve in front of a private S3 prefix signs its requests, fetches
   assert.equal(put.status, 200, await put.text());
   // Private: S3 answers an unsigned GET 403, so what the clients get came through signed requests.
   assert.equal((await fetch(`${lab.s3.endpoint}/lab-packages/front/kernel-front.img`)).status, 403);
-  const answers = await Promise.all(Array.from({ length: 20 }, async () => {
-    const answer = await fetch(url);
-    return { status: answer.status, cache: answer.headers.get('x-autotest-cache'), body: Buffer.from(await answer.arrayBuffer()) };
-  }));
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, async () => {
+      const answer = await fetch(url);
+      return { status: answer.status, cache: answer.headers.get('x-autotest-cache'), body: Buffer.from(await answer.arrayBuffer()) };
+    }),
+  );
   for (const answer of answers) {
     assert.equal(answer.status, 200);
     assert.ok(answer.body.equals(first));
@@ -583,7 +751,10 @@ test('autotest serve in front of a private S3 prefix signs its requests, fetches
 
   // A second front that revalidates at every request: S3 answers its signed If-None-Match 304.
   const revalidating = path.join(dir, 'revalidating.ini');
-  await writeFile(revalidating, (await readFile(config, 'utf8')).replace('index_max_age: 3600', `index_max_age: 0\ncache_dir: ${path.join(dir, 'second-cache')}`));
+  await writeFile(
+    revalidating,
+    (await readFile(config, 'utf8')).replace('index_max_age: 3600', `index_max_age: 0\ncache_dir: ${path.join(dir, 'second-cache')}`),
+  );
   const revalidatingSite = await lab.serve(revalidating, dir);
   for (let i = 0; i < 2; i += 1) assert.equal((await fetch(`${revalidatingSite}/packages/custom/packages.checksum`)).status, 200);
   const metrics = await (await fetch(`${revalidatingSite}/metrics`)).text();

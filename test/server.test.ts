@@ -36,21 +36,37 @@ function local(p: string): Location {
 }
 
 /** Writes a config with [PACKAGES] and [SERVER], publishes the example tree, starts the server in this process. */
-async function startSite(t: TestContext, extra: { customLocations?: string; server?: Record<string, string>; staging?: string; routes?: (app: FastifyInstance) => void } = {}): Promise<Site> {
+async function startSite(
+  t: TestContext,
+  extra: { customLocations?: string; server?: Record<string, string>; staging?: string; routes?: (app: FastifyInstance) => void } = {},
+): Promise<Site> {
   const dir = await tempDir(t);
   const clientDir = await copyExampleTree(dir);
   const builtin = path.join(dir, 'www', 'builtin');
   const custom = path.join(dir, 'www', 'custom');
   const staging = extra.staging ?? path.join(dir, 'staging');
   const serverKeys = { upload_token: TOKEN, max_upload_size: '1', ...extra.server };
-  await writeFile(path.join(dir, 'global_config.ini'), [
-    '[PACKAGES]', `upload_location: ${builtin}`, `custom_upload_location: ${extra.customLocations ?? custom}`,
-    `custom_download_location: ${staging}`, 'minimum_free_space: 0', `client_dir: ${clientDir}`,
-    '[SERVER]', ...Object.entries(serverKeys).map(([k, v]) => `${k}: ${v}`), '',
-  ].join('\n'));
+  await writeFile(
+    path.join(dir, 'global_config.ini'),
+    [
+      '[PACKAGES]',
+      `upload_location: ${builtin}`,
+      `custom_upload_location: ${extra.customLocations ?? custom}`,
+      `custom_download_location: ${staging}`,
+      'minimum_free_space: 0',
+      `client_dir: ${clientDir}`,
+      '[SERVER]',
+      ...Object.entries(serverKeys).map(([k, v]) => `${k}: ${v}`),
+      '',
+    ].join('\n'),
+  );
   const report = await uploadPackages({
-    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(builtin)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+    clientDir,
+    selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(builtin)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'cache'),
   });
   assert.equal(report.ok, true);
   const config = await loadConfig({ file: path.join(dir, 'global_config.ini'), env: {} });
@@ -74,7 +90,9 @@ function request(url: string, rawPath: string, options: { method?: string; heade
     const req = http.request({ host: hostname, port, path: rawPath, method: options.method ?? 'GET', headers: options.headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => { resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }); });
+      res.on('end', () => {
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });
+      });
       res.on('error', reject);
     });
     req.on('error', reject);
@@ -83,7 +101,10 @@ function request(url: string, rawPath: string, options: { method?: string; heade
 }
 
 async function exists(p: string): Promise<boolean> {
-  return access(p).then(() => true, () => false);
+  return access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 test('serves packages with Range (single, open-ended, unsatisfiable), conditional requests, HEAD, listings and content types', async (t) => {
@@ -145,11 +166,22 @@ test('no URL, however encoded, serves a file outside the served folders', async 
   await writeFile(path.join(site.dir, 'secret.txt'), secret);
   await writeFile(path.join(site.builtin, '.hidden'), secret);
   const attempts = [
-    '/packages/builtin/../secret.txt', '/packages/builtin/../../secret.txt', '/packages/builtin/%2e%2e/secret.txt',
-    '/packages/builtin/%2e%2e/%2e%2e/secret.txt', '/packages/builtin/..%2fsecret.txt', '/packages/builtin/%2e%2e%2fsecret.txt',
-    '/packages/builtin/..%5csecret.txt', '/packages/builtin//' + path.join(site.dir, 'secret.txt'), '/packages/builtin/%2F' + path.join(site.dir, 'secret.txt').slice(1),
-    '/packages/custom/../builtin/../secret.txt', '/packages/builtin/.hidden', '/packages/builtin/%2ehidden',
-    path.join(site.dir, 'secret.txt'), '//etc/passwd', '/packages/builtin/../../../../../../etc/passwd', '/packages/builtin/%252e%252e/secret.txt',
+    '/packages/builtin/../secret.txt',
+    '/packages/builtin/../../secret.txt',
+    '/packages/builtin/%2e%2e/secret.txt',
+    '/packages/builtin/%2e%2e/%2e%2e/secret.txt',
+    '/packages/builtin/..%2fsecret.txt',
+    '/packages/builtin/%2e%2e%2fsecret.txt',
+    '/packages/builtin/..%5csecret.txt',
+    '/packages/builtin//' + path.join(site.dir, 'secret.txt'),
+    '/packages/builtin/%2F' + path.join(site.dir, 'secret.txt').slice(1),
+    '/packages/custom/../builtin/../secret.txt',
+    '/packages/builtin/.hidden',
+    '/packages/builtin/%2ehidden',
+    path.join(site.dir, 'secret.txt'),
+    '//etc/passwd',
+    '/packages/builtin/../../../../../../etc/passwd',
+    '/packages/builtin/%252e%252e/secret.txt',
     '/packages/builtin/%00/../secret.txt',
   ];
   for (const attempt of attempts) {
@@ -176,8 +208,16 @@ test('a folder URL without its slash answers 301 to the folder, keeping the quer
     assert.equal(answer.status, 404, notAFolder);
     assert.equal(answer.headers.location, undefined, notAFolder);
   }
-  const elsewhere = ['//evil.example', '//evil.example/packages/builtin', '/packages//evil.example', '/packages/builtin//evil.example',
-    '/\\evil.example/packages/builtin', '/packages/builtin/..//evil.example', '/%2F%2Fevil.example/packages/builtin', '/packages/builtin?//evil.example'];
+  const elsewhere = [
+    '//evil.example',
+    '//evil.example/packages/builtin',
+    '/packages//evil.example',
+    '/packages/builtin//evil.example',
+    '/\\evil.example/packages/builtin',
+    '/packages/builtin/..//evil.example',
+    '/%2F%2Fevil.example/packages/builtin',
+    '/packages/builtin?//evil.example',
+  ];
   for (const attempt of elsewhere) {
     const location = (await request(site.url, attempt)).headers.location;
     if (location === undefined) continue;
@@ -195,7 +235,9 @@ test("wget probing /packages/builtin without a slash, as Autotest's HTTP fetcher
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     child.on('error', reject);
-    child.on('close', (code) => { resolve({ code, stderr }); });
+    child.on('close', (code) => {
+      resolve({ code, stderr });
+    });
   });
   assert.equal(probe.code, 0, probe.stderr);
   const listing = await readFile(out, 'utf8');
@@ -229,12 +271,24 @@ test('the client installs packages from this server and from nginx serving the s
   const nginx = await startNginx({ root: site.dir, extraLocations: `location /packages/ { alias ${path.join(site.dir, 'www')}/; autoindex on; }` });
   t.after(() => nginx.stop());
   const settings = { connectTimeoutMs: 2000, timeoutMs: 10_000, retries: 1, cooldownMs: 0, maxSizeBytes: 1e9 };
-  for (const [name, base] of [['ours', site.url], ['nginx', nginx.url]] as const) {
+  for (const [name, base] of [
+    ['ours', site.url],
+    ['nginx', nginx.url],
+  ] as const) {
     const url = `${base.replace(/\/$/, '')}/packages/builtin`;
     const records = await installPackages('test', ['sleeptest', 'dbench'], {
-      locations: [{ kind: 'http', url, text: url }], settings, installDir: path.join(site.dir, `install-${name}`),
+      locations: [{ kind: 'http', url, text: url }],
+      settings,
+      installDir: path.join(site.dir, `install-${name}`),
     });
-    assert.deepEqual(records.map((r) => [r.action, r.repository]), [['fetched', url], ['fetched', url]], name);
+    assert.deepEqual(
+      records.map((r) => [r.action, r.repository]),
+      [
+        ['fetched', url],
+        ['fetched', url],
+      ],
+      name,
+    );
     assert.equal(await exists(path.join(site.dir, `install-${name}`, 'tests', 'dbench', 'dbench.mjs')), true);
   }
 });
@@ -242,8 +296,12 @@ test('the client installs packages from this server and from nginx serving the s
 async function customTarball(site: Site, name: string): Promise<string> {
   const scratch = path.join(site.dir, 'scratch');
   const report = await uploadPackages({
-    clientDir: site.clientDir, selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(scratch)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(site.dir, 'cache'),
+    clientDir: site.clientDir,
+    selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(scratch)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(site.dir, 'cache'),
   });
   assert.equal(report.ok, true);
   const file = path.join(site.dir, name);
@@ -316,7 +374,11 @@ test('an oversized upload is refused with 413, an unsafe archive names its entry
   assert.equal(unsafe.status, 422);
   assert.match((JSON.parse(unsafe.body.toString()) as { message: string }).message, /entry "\.\.\/\.\.\/escape\.txt" refused/);
 
-  const mismatch = await request(site.url, '/api/custom/kernel.img', { method: 'PUT', headers: { ...auth, 'x-checksum-sha256': '0'.repeat(64) }, body: Buffer.from('kernel') });
+  const mismatch = await request(site.url, '/api/custom/kernel.img', {
+    method: 'PUT',
+    headers: { ...auth, 'x-checksum-sha256': '0'.repeat(64) },
+    body: Buffer.from('kernel'),
+  });
   assert.equal(mismatch.status, 422);
   for (const name of ['packages.checksum', '.hidden', 'a%20b;rm', 'client-autotest.tar.bz2']) {
     const bad = await request(site.url, `/api/custom/${name}`, { method: 'PUT', headers: auth, body: Buffer.from('x') });
@@ -334,19 +396,26 @@ test('a valid custom test is published to every custom location, one of them ove
   t.after(() => sshd.stop());
   const previous = process.env.AUTOTEST_SSH_CONFIG;
   process.env.AUTOTEST_SSH_CONFIG = sshd.configFile;
-  t.after(() => { process.env.AUTOTEST_SSH_CONFIG = previous; });
+  t.after(() => {
+    process.env.AUTOTEST_SSH_CONFIG = previous;
+  });
   const remote = path.join(await tempDir(t), 'remote-custom');
   const placeholder = await tempDir(t);
   const site = await startSite(t, { customLocations: `${path.join(placeholder, 'custom')}, ssh://${sshd.alias}${remote}` });
   const tarball = await readFile(await customTarball(site, 'test-mine.tar.bz2'));
   const sha256 = createHash('sha256').update(tarball).digest('hex');
   const answer = await request(site.url, '/api/custom/test-mine.tar.bz2', {
-    method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'x-checksum-sha256': sha256 }, body: tarball,
+    method: 'PUT',
+    headers: { authorization: `Bearer ${TOKEN}`, 'x-checksum-sha256': sha256 },
+    body: tarball,
   });
   assert.equal(answer.status, 200, answer.body.toString());
   const result = JSON.parse(answer.body.toString()) as { sha256: string; locations: { location: string; published: string[] }[] };
   assert.equal(result.sha256, sha256);
-  assert.deepEqual(result.locations.map((l) => l.published), [['test-mine.tar.bz2'], ['test-mine.tar.bz2']]);
+  assert.deepEqual(
+    result.locations.map((l) => l.published),
+    [['test-mine.tar.bz2'], ['test-mine.tar.bz2']],
+  );
   for (const folder of [path.join(placeholder, 'custom'), remote]) {
     const consistency = await checkConsistency(folder);
     assert.equal(consistency.entries, 1, folder);
@@ -365,11 +434,22 @@ test('a client that disconnects in the middle of an upload leaves nothing behind
   const site = await startSite(t, { server: { max_upload_size: '100' } });
   const { hostname, port } = new URL(site.url);
   await new Promise<void>((resolve) => {
-    const req = http.request({ host: hostname, port, path: '/api/custom/kernel-big.img', method: 'PUT', agent: false,
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-length': (50_000_000).toString() } });
-    req.on('error', () => { resolve(); });
+    const req = http.request({
+      host: hostname,
+      port,
+      path: '/api/custom/kernel-big.img',
+      method: 'PUT',
+      agent: false,
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-length': (50_000_000).toString() },
+    });
+    req.on('error', () => {
+      resolve();
+    });
     req.write(Buffer.alloc(4_000_000, 3), () => {
-      setTimeout(() => { req.destroy(); resolve(); }, 200);
+      setTimeout(() => {
+        req.destroy();
+        resolve();
+      }, 200);
     });
   });
   // The server notices the cut and cleans up; poll, bounded.
@@ -386,9 +466,14 @@ test('200 concurrent downloads of a large package get correct bytes while the se
   for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i);
   await writeFile(path.join(www, 'kernel-16m.img'), big);
   const expected = createHash('sha256').update(big).digest('hex');
-  await writeFile(path.join(dir, 'global_config.ini'), `[PACKAGES]\nupload_location: ${www}\ncustom_upload_location: ${path.join(dir, 'custom')}\n[SERVER]\nport: 0\n`);
+  await writeFile(
+    path.join(dir, 'global_config.ini'),
+    `[PACKAGES]\nupload_location: ${www}\ncustom_upload_location: ${path.join(dir, 'custom')}\n[SERVER]\nport: 0\n`,
+  );
   const server = spawn(process.execPath, [CLI, 'serve', '--config', path.join(dir, 'global_config.ini')], { stdio: ['ignore', 'pipe', 'ignore'] });
-  t.after(() => { server.kill('SIGKILL'); });
+  t.after(() => {
+    server.kill('SIGKILL');
+  });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     server.stdout.setEncoding('utf8').on('data', (chunk: string) => {
@@ -396,18 +481,32 @@ test('200 concurrent downloads of a large package get correct bytes while the se
       const match = /at (http:\/\/[^/\s]+)\/packages\/builtin\//.exec(out);
       if (match?.[1]) resolve(match[1]);
     });
-    server.on('exit', () => { reject(new Error(`the server exited: ${out}`)); });
+    server.on('exit', () => {
+      reject(new Error(`the server exited: ${out}`));
+    });
   });
   const agent = new http.Agent({ maxSockets: 200 });
-  t.after(() => { agent.destroy(); });
-  const digests = await Promise.all(Array.from({ length: 200 }, () => new Promise<string>((resolve, reject) => {
-    http.get(`${url}/packages/builtin/kernel-16m.img`, { agent }, (res) => {
-      const hash = createHash('sha256');
-      res.on('data', (c: Buffer) => hash.update(c));
-      res.on('end', () => { resolve(hash.digest('hex')); });
-      res.on('error', reject);
-    }).on('error', reject);
-  })));
+  t.after(() => {
+    agent.destroy();
+  });
+  const digests = await Promise.all(
+    Array.from(
+      { length: 200 },
+      () =>
+        new Promise<string>((resolve, reject) => {
+          http
+            .get(`${url}/packages/builtin/kernel-16m.img`, { agent }, (res) => {
+              const hash = createHash('sha256');
+              res.on('data', (c: Buffer) => hash.update(c));
+              res.on('end', () => {
+                resolve(hash.digest('hex'));
+              });
+              res.on('error', reject);
+            })
+            .on('error', reject);
+        }),
+    ),
+  );
   assert.equal(digests.filter((d) => d === expected).length, 200);
   const status = await readFile(`/proc/${String(server.pid)}/status`, 'utf8');
   const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1]);
@@ -448,8 +547,20 @@ test('a server out of file descriptors answers 503 with Retry-After, never "not 
   // The server at a low descriptor limit (prlimit, util-linux): about 25 are in use at rest,
   // and loading its modules at start takes more for a moment.
   const server = await startDaemon({
-    name: `autotest serve with ${FD_LIMIT.toString()} descriptors`, command: '/usr/bin/prlimit', host: '127.0.0.1', cwd: dir,
-    prepare: (port) => [`--nofile=${FD_LIMIT.toString()}:${FD_LIMIT.toString()}`, process.execPath, CLI, 'serve', '--config', path.join(dir, 'global_config.ini'), '--port', port.toString()],
+    name: `autotest serve with ${FD_LIMIT.toString()} descriptors`,
+    command: '/usr/bin/prlimit',
+    host: '127.0.0.1',
+    cwd: dir,
+    prepare: (port) => [
+      `--nofile=${FD_LIMIT.toString()}:${FD_LIMIT.toString()}`,
+      process.execPath,
+      CLI,
+      'serve',
+      '--config',
+      path.join(dir, 'global_config.ini'),
+      '--port',
+      port.toString(),
+    ],
   });
   t.after(() => server.stop());
   const connect = async (): Promise<net.Socket> => {
@@ -459,7 +570,9 @@ test('a server out of file descriptors answers 503 with Retry-After, never "not 
   };
   const asker = await connect();
   const held: net.Socket[] = [];
-  t.after(() => { for (const socket of [asker, ...held]) socket.destroy(); });
+  t.after(() => {
+    for (const socket of [asker, ...held]) socket.destroy();
+  });
   // Bounded: 120 connections take every descriptor the server has left (it accepts about 70).
   for (let i = 0; i < 120; i += 1) held.push(await connect());
   // Until the server holds all its descriptors (prlimit execs node: same pid); bounded: 50 tries.
@@ -485,7 +598,10 @@ test('a server out of file descriptors answers 503 with Retry-After, never "not 
 
 test('/api/consistency without the token answers the last check with its time and starts no new one within a minute; with the token a fresh check runs, one at a time for all who ask', async (t) => {
   const site = await startSite(t);
-  interface Check { checkedAt: string; locations: { location: string; problems: { kind: string; file: string }[] }[] }
+  interface Check {
+    checkedAt: string;
+    locations: { location: string; problems: { kind: string; file: string }[] }[];
+  }
   const consistency = async (headers: Record<string, string> = {}): Promise<Check> => {
     const answer = await request(site.url, '/api/consistency', { headers });
     assert.equal(answer.status, 200, answer.body.toString());
@@ -515,15 +631,27 @@ async function pushUntilClosed(port: number, head: string): Promise<{ answer: st
   // Writes after the server's close fail with EPIPE: that close is what is awaited.
   pusher.on('error', () => undefined);
   let answer = '';
-  pusher.on('data', (chunk: Buffer) => { answer += chunk.toString('latin1'); });
+  pusher.on('data', (chunk: Buffer) => {
+    answer += chunk.toString('latin1');
+  });
   // Plain listeners: events.once would reject on that EPIPE.
-  const closed = new Promise<void>((resolve) => { pusher.once('close', () => { resolve(); }); });
+  const closed = new Promise<void>((resolve) => {
+    pusher.once('close', () => {
+      resolve();
+    });
+  });
   pusher.write(head);
   let sent = 0;
   const chunk = Buffer.alloc(64 * 1024);
   // Bounded: at most the announced 64 MB; a server that closes ends the loop long before.
   while (!pusher.destroyed && sent < 64 * 1024 * 1024) {
-    if (!pusher.write(chunk)) await Promise.race([new Promise((resolve) => { pusher.once('drain', resolve); }), closed]);
+    if (!pusher.write(chunk))
+      await Promise.race([
+        new Promise((resolve) => {
+          pusher.once('drain', resolve);
+        }),
+        closed,
+      ]);
     sent += chunk.length;
   }
   pusher.end();
@@ -537,12 +665,16 @@ test('an upload that trickles below upload_min_rate is cut with 408, its staging
   // A token holder sending one byte every 200 ms: 5 bytes a second, below 1 KB/s. Bounded: at most 100 bytes.
   const slow = net.connect(Number(port), '127.0.0.1');
   await once(slow, 'connect');
-  t.after(() => { slow.destroy(); });
+  t.after(() => {
+    slow.destroy();
+  });
   // Writes after the server has cut it fail with EPIPE: that is the cut.
   slow.on('error', () => undefined);
   slow.write(`PUT /api/custom/test-slow.tar.bz2 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer ${TOKEN}\r\nContent-Length: 100000\r\n\r\n`);
   let head = '';
-  slow.on('data', (chunk: Buffer) => { head += chunk.toString('latin1'); });
+  slow.on('data', (chunk: Buffer) => {
+    head += chunk.toString('latin1');
+  });
   for (let i = 0; i < 100 && head === '' && !slow.destroyed; i += 1) {
     slow.write('x');
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -560,7 +692,10 @@ test('an upload that trickles below upload_min_rate is cut with 408, its staging
     `PUT /api/custom/${'n'.repeat(700)} HTTP/1.1`,
     'PUT /api/custom/test-x.tar.bz2 HTTP/1.1',
   ]) {
-    const { answer, sent } = await pushUntilClosed(Number(port), `${head}\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n`);
+    const { answer, sent } = await pushUntilClosed(
+      Number(port),
+      `${head}\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n`,
+    );
     assert.match(answer, /^HTTP\/1\.1 4\d\d /, `${head.slice(0, 40)}: ${answer.slice(0, 80)}`);
     assert.match(answer, /connection: close/i, head.slice(0, 40));
     assert.ok(sent < 64 * 1024 * 1024, `${head.slice(0, 40)}: the server closed after ${sent.toString()} of 67108864 bytes`);
@@ -576,7 +711,17 @@ test('a cached file answered at once carries the same headers and access log lin
   await writeFile(path.join(builtin, 'packages.checksum'), `${'0'.repeat(32)}  test-a.tar.bz2\n`);
   await writeFile(path.join(dir, 'global_config.ini'), `[PACKAGES]\nupload_location: ${builtin}\ncustom_upload_location: ${path.join(dir, 'custom')}\n`);
   const lines: string[] = [];
-  const logStream = new Writable({ write(chunk: Buffer, _encoding, done) { lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== '')); done(); } });
+  const logStream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(
+        ...chunk
+          .toString('utf8')
+          .split('\n')
+          .filter((l) => l !== ''),
+      );
+      done();
+    },
+  });
   const config = await loadConfig({ file: path.join(dir, 'global_config.ini'), env: {} });
   const app = await buildServer({ config, logLevel: 'info', logStream, cacheDir: path.join(dir, 'cache') });
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
@@ -587,7 +732,8 @@ test('a cached file answered at once carries the same headers and access log lin
   const fast = await request(url, file, { headers: { 'x-request-id': 'fast-1' } });
   // A conditional that does not match goes the long way to the same 200.
   const slow = await request(url, file, { headers: { 'x-request-id': 'slow-1', 'if-none-match': '"another"' } });
-  const shown = (answer: Answer): Record<string, unknown> => Object.fromEntries(Object.entries(answer.headers).filter(([name]) => !['date', 'x-request-id', 'connection', 'keep-alive'].includes(name)));
+  const shown = (answer: Answer): Record<string, unknown> =>
+    Object.fromEntries(Object.entries(answer.headers).filter(([name]) => !['date', 'x-request-id', 'connection', 'keep-alive'].includes(name)));
   assert.equal(fast.status, 200);
   assert.deepEqual(shown(fast), shown(slow));
   assert.deepEqual(fast.body, slow.body);
@@ -604,7 +750,13 @@ test('a cached file answered at once carries the same headers and access log lin
     return rest;
   };
   assert.deepEqual(logged('fast-1'), logged('slow-1'));
-  assert.deepEqual(logged('fast-1'), { level: 30, req: { method: 'GET', url: file }, res: { statusCode: 200 }, bytes: fast.body.length, msg: 'request completed' });
+  assert.deepEqual(logged('fast-1'), {
+    level: 30,
+    req: { method: 'GET', url: file },
+    res: { statusCode: 200 },
+    bytes: fast.body.length,
+    msg: 'request completed',
+  });
 });
 
 test('a replaced packages.checksum is served at once, never the old one from memory', async (t) => {
@@ -636,18 +788,24 @@ test('shutting down lets a running download finish and refuses new requests', as
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   const { hostname, port } = new URL(url);
   const received = await new Promise<number>((resolve, reject) => {
-    http.get({ host: hostname, port, path: '/packages/builtin/kernel-64m.img', agent: false }, (res) => {
-      let bytes = 0;
-      res.once('data', () => { void app.close(); });
-      // Read slowly, so the download is still running when the server is told to stop.
-      res.on('data', (c: Buffer) => {
-        bytes += c.length;
-        res.pause();
-        setTimeout(() => res.resume(), 1);
-      });
-      res.on('end', () => { resolve(bytes); });
-      res.on('error', reject);
-    }).on('error', reject);
+    http
+      .get({ host: hostname, port, path: '/packages/builtin/kernel-64m.img', agent: false }, (res) => {
+        let bytes = 0;
+        res.once('data', () => {
+          void app.close();
+        });
+        // Read slowly, so the download is still running when the server is told to stop.
+        res.on('data', (c: Buffer) => {
+          bytes += c.length;
+          res.pause();
+          setTimeout(() => res.resume(), 1);
+        });
+        res.on('end', () => {
+          resolve(bytes);
+        });
+        res.on('error', reject);
+      })
+      .on('error', reject);
   });
   assert.equal(received, big.length, 'the download finished whole');
   await assert.rejects(request(url, '/packages/builtin/packages.checksum'), /ECONNREFUSED/);
@@ -657,7 +815,11 @@ test('an upload is stored byte for byte whatever Content-Type it declares, and I
   const site = await startSite(t);
   const auth = { authorization: `Bearer ${TOKEN}` };
   const bytes = Buffer.from([0xff, 0xfe, 0x00, 0x41, 0xc3, 0x28, 0x7b]);
-  for (const [name, type] of [['kernel-a.img', 'text/plain'], ['kernel-b.img', 'application/json'], ['kernel-c.img', 'multipart/form-data; boundary=x']] as const) {
+  for (const [name, type] of [
+    ['kernel-a.img', 'text/plain'],
+    ['kernel-b.img', 'application/json'],
+    ['kernel-c.img', 'multipart/form-data; boundary=x'],
+  ] as const) {
     const answer = await request(site.url, `/api/custom/${name}`, { method: 'PUT', headers: { ...auth, 'content-type': type }, body: bytes });
     assert.equal(answer.status, 200, `${type}: ${answer.body.toString()}`);
     assert.deepEqual(await readFile(path.join(site.custom, name)), bytes, type);
@@ -708,23 +870,38 @@ async function stagedUploads(staging: string): Promise<string[]> {
 test('an upload past max_upload_entries or max_upload_expanded_size is refused with 413 naming the key, and nothing is kept', async (t) => {
   const site = await startSite(t, { server: { max_upload_entries: '10', max_upload_expanded_size: '0.5' } });
   const auth = { authorization: `Bearer ${TOKEN}` };
-  const many = await gzipTarball(path.join(site.dir, 'many.tar.gz'), Array.from({ length: 11 }, (_, i) => ({ name: `f${i.toString()}`, body: 'x' })));
+  const many = await gzipTarball(
+    path.join(site.dir, 'many.tar.gz'),
+    Array.from({ length: 11 }, (_, i) => ({ name: `f${i.toString()}`, body: 'x' })),
+  );
   const crowded = await request(site.url, '/api/custom/test-many.tar.gz', { method: 'PUT', headers: auth, body: many });
   assert.equal(crowded.status, 413, crowded.body.toString());
   const crowdedAnswer = JSON.parse(crowded.body.toString()) as { error: string; message: string; hint: string };
   assert.equal(crowdedAnswer.error, 'ERR_TOO_LARGE');
-  assert.match(crowdedAnswer.message, /^test-many\.tar\.gz: entry "f10" refused: the archive holds more than 10 entries \(max_upload_entries = 10 in \[SERVER\]\)$/);
+  assert.match(
+    crowdedAnswer.message,
+    /^test-many\.tar\.gz: entry "f10" refused: the archive holds more than 10 entries \(max_upload_entries = 10 in \[SERVER\]\)$/,
+  );
   assert.match(crowdedAnswer.hint, /raise max_upload_entries/);
 
-  const bomb = await gzipTarball(path.join(site.dir, 'bomb.tar.gz'), [{ name: 'a', body: Buffer.alloc(300_000) }, { name: 'b', body: Buffer.alloc(300_000) }]);
+  const bomb = await gzipTarball(path.join(site.dir, 'bomb.tar.gz'), [
+    { name: 'a', body: Buffer.alloc(300_000) },
+    { name: 'b', body: Buffer.alloc(300_000) },
+  ]);
   assert.ok(bomb.length < 10_000, 'a small upload');
   const expanded = await request(site.url, '/api/custom/test-bomb.tar.gz', { method: 'PUT', headers: auth, body: bomb });
   assert.equal(expanded.status, 413, expanded.body.toString());
-  assert.match(expanded.body.toString(), /entry \\"b\\" refused: the archive unpacks to more than 500000 bytes \(max_upload_expanded_size = 0\.5 MB in \[SERVER\]\)/);
+  assert.match(
+    expanded.body.toString(),
+    /entry \\"b\\" refused: the archive unpacks to more than 500000 bytes \(max_upload_expanded_size = 0\.5 MB in \[SERVER\]\)/,
+  );
   assert.deepEqual(await readdir(site.custom), []);
   assert.deepEqual(await stagedUploads(site.staging), []);
 
-  const fits = await gzipTarball(path.join(site.dir, 'fits.tar.gz'), Array.from({ length: 10 }, (_, i) => ({ name: `f${i.toString()}`, body: 'x' })));
+  const fits = await gzipTarball(
+    path.join(site.dir, 'fits.tar.gz'),
+    Array.from({ length: 10 }, (_, i) => ({ name: `f${i.toString()}`, body: 'x' })),
+  );
   assert.equal((await request(site.url, '/api/custom/test-fits.tar.gz', { method: 'PUT', headers: auth, body: fits })).status, 200);
 });
 
@@ -732,12 +909,18 @@ test('a full staging disk during the trial extraction is 507 naming custom_downl
   const mnt = await mountTmpfs(t, await tempDir(t), '2m');
   const site = await startSite(t, { staging: mnt, server: { max_upload_size: '1' } });
   const sizes = [900_000, 900_000, 900_000];
-  const tarball = await gzipTarball(path.join(site.dir, 'big.tar.gz'), sizes.map((size, i) => ({ name: `f${i.toString()}.bin`, body: Buffer.alloc(size, i + 1) })));
+  const tarball = await gzipTarball(
+    path.join(site.dir, 'big.tar.gz'),
+    sizes.map((size, i) => ({ name: `f${i.toString()}.bin`, body: Buffer.alloc(size, i + 1) })),
+  );
   const answer = await request(site.url, '/api/custom/test-big.tar.gz', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` }, body: tarball });
   assert.equal(answer.status, 507, answer.body.toString());
   const { error, message, hint } = JSON.parse(answer.body.toString()) as { error: string; message: string; hint: string };
   assert.equal(error, 'ERR_NO_SPACE');
-  assert.ok(message.startsWith(`custom_download_location ${mnt}: the disk is full (ENOSPC) on the file system mounted at ${mnt}: extracting test-big.tar.gz`), message);
+  assert.ok(
+    message.startsWith(`custom_download_location ${mnt}: the disk is full (ENOSPC) on the file system mounted at ${mnt}: extracting test-big.tar.gz`),
+    message,
+  );
   const needed = Number(/needed at least (\d+) more bytes/.exec(message)?.[1]);
   assert.ok(needed > 0 && needed <= 2_700_000, message);
   assert.match(hint, new RegExp(`free at least ${needed.toString()} bytes on ${mnt}`));
@@ -751,8 +934,14 @@ test('one upload more than max_concurrent_uploads is answered 503 with Retry-Aft
   const auth = { authorization: `Bearer ${TOKEN}` };
   const { hostname, port } = new URL(site.url);
   // The first upload stays open: its headers and part of its body are sent, the rest never.
-  const first = http.request({ host: hostname, port, path: '/api/custom/kernel-slow.img', method: 'PUT', agent: false,
-    headers: { ...auth, 'content-length': (10_000_000).toString() } });
+  const first = http.request({
+    host: hostname,
+    port,
+    path: '/api/custom/kernel-slow.img',
+    method: 'PUT',
+    agent: false,
+    headers: { ...auth, 'content-length': (10_000_000).toString() },
+  });
   first.on('error', () => undefined);
   first.write(Buffer.alloc(100_000, 1));
   await waitFor(async () => (await stagedUploads(site.staging)).length === 1, 'the first upload is being received');
@@ -768,10 +957,14 @@ test('one upload more than max_concurrent_uploads is answered 503 with Retry-Aft
   await waitFor(async () => (await stagedUploads(site.staging)).length === 0, 'the cut upload is cleaned up');
   // The slot is given back after the staging folder is gone; a refusal meanwhile is only "busy".
   let third: Answer | undefined;
-  await waitFor(async () => {
-    third = await request(site.url, '/api/custom/kernel-other.img', { method: 'PUT', headers: auth, body: Buffer.from('kernel') });
-    return third.status !== 503;
-  }, 'the slot is free again', 40);
+  await waitFor(
+    async () => {
+      third = await request(site.url, '/api/custom/kernel-other.img', { method: 'PUT', headers: auth, body: Buffer.from('kernel') });
+      return third.status !== 503;
+    },
+    'the slot is free again',
+    40,
+  );
   assert.equal(third?.status, 200, third?.body.toString());
   assert.deepEqual(await readdir(site.custom).then((names) => names.filter((n) => n.startsWith('kernel'))), ['kernel-other.img']);
 });
@@ -779,10 +972,19 @@ test('one upload more than max_concurrent_uploads is answered 503 with Retry-Aft
 test('an uploader that goes away while its package is being checked stops the check: nothing is published and staging is cleaned', async (t) => {
   const site = await startSite(t, { server: { max_upload_size: '20' } });
   // Enough entries that the trial extraction is still running when the uploader leaves.
-  const tarball = await gzipTarball(path.join(site.dir, 'many.tar.gz'), Array.from({ length: 20_000 }, (_, i) => ({ name: `d${(i % 100).toString()}/f${i.toString()}`, body: '' })));
+  const tarball = await gzipTarball(
+    path.join(site.dir, 'many.tar.gz'),
+    Array.from({ length: 20_000 }, (_, i) => ({ name: `d${(i % 100).toString()}/f${i.toString()}`, body: '' })),
+  );
   const { hostname, port } = new URL(site.url);
-  const req = http.request({ host: hostname, port, path: '/api/custom/test-many.tar.gz', method: 'PUT', agent: false,
-    headers: { authorization: `Bearer ${TOKEN}`, 'content-length': tarball.length.toString() } });
+  const req = http.request({
+    host: hostname,
+    port,
+    path: '/api/custom/test-many.tar.gz',
+    method: 'PUT',
+    agent: false,
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-length': tarball.length.toString() },
+  });
   req.on('error', () => undefined);
   req.end(tarball);
   await waitFor(async () => {
@@ -800,7 +1002,10 @@ test('an uploader that goes away while its package is being checked stops the ch
 test('a package of 300 files 1,000 folders deep uploads, passes its trial extraction and is published', async (t) => {
   const site = await startSite(t);
   const deep = Array.from({ length: 1000 }, () => 'd').join('/');
-  const tarball = await gzipTarball(path.join(site.dir, 'deep.tar.gz'), Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })));
+  const tarball = await gzipTarball(
+    path.join(site.dir, 'deep.tar.gz'),
+    Array.from({ length: 300 }, (_, i) => ({ name: `${deep}/f${i.toString()}.txt`, body: 'x' })),
+  );
   const answer = await request(site.url, '/api/custom/test-deep.tar.gz', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` }, body: tarball });
   assert.equal(answer.status, 200, answer.body.toString());
   assert.deepEqual(await checkConsistency(site.custom), { entries: 1, problems: [] });
@@ -815,13 +1020,23 @@ test('every route answers a failure with the status its code has in the one tabl
       });
     },
   });
-  for (const [code, status] of [['ERR_NOT_FOUND', 404], ['ERR_TOO_LARGE', 413], ['ERR_TIMEOUT', 504], ['ERR_FETCH', 502], ['ERR_USAGE', 400]] as const) {
+  for (const [code, status] of [
+    ['ERR_NOT_FOUND', 404],
+    ['ERR_TOO_LARGE', 413],
+    ['ERR_TIMEOUT', 504],
+    ['ERR_FETCH', 502],
+    ['ERR_USAGE', 400],
+  ] as const) {
     const answer = await request(site.url, `/test/fail/${code}`);
     assert.equal(answer.status, status, code);
     assert.equal(ERROR_CODES[code].status, status, code);
     assert.deepEqual(JSON.parse(answer.body.toString()), { error: code, message: `failed with ${code}`, hint: 'a hint' });
   }
-  const malformed = await request(site.url, '/api/custom/kernel.img', { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'x-checksum-md5': 'XYZ' }, body: Buffer.from('kernel') });
+  const malformed = await request(site.url, '/api/custom/kernel.img', {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${TOKEN}`, 'x-checksum-md5': 'XYZ' },
+    body: Buffer.from('kernel'),
+  });
   assert.equal(malformed.status, 400);
   const body = JSON.parse(malformed.body.toString()) as { error: string; message: string };
   assert.equal(body.error, 'ERR_BAD_REQUEST');

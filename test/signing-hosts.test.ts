@@ -47,7 +47,13 @@ async function sshKeygenVerify(signers: string, manifest: Buffer | string, signa
   try {
     await writeFile(path.join(dir, 'packages.json'), manifest);
     await writeFile(path.join(dir, 'packages.json.sig'), signature);
-    const { stdout } = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, dir]);
+    const { stdout } = await execFileAsync('sh', [
+      '-c',
+      'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"',
+      'sh',
+      signers,
+      dir,
+    ]);
     assert.match(stdout, /Good "autotest-packages" signature/);
   } finally {
     await rm(dir, { recursive: true, force: true });
@@ -71,7 +77,12 @@ async function signedLab(t: TestContext): Promise<SignedLab> {
   const nginx = await startNginx({ root: path.join(dir, 'www') });
   t.after(() => nginx.stop());
   const config = await writeConfig(dir, {
-    upload_location: repo, fetch_location: `${nginx.url}/builtin`, client_dir: clientDir, minimum_free_space: '0', signing_key: keyFile, trusted_keys: signers,
+    upload_location: repo,
+    fetch_location: `${nginx.url}/builtin`,
+    client_dir: clientDir,
+    minimum_free_space: '0',
+    signing_key: keyFile,
+    trusted_keys: signers,
   });
   const publish = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
   assert.equal(publish.code, 0, publish.stderr);
@@ -81,7 +92,10 @@ async function signedLab(t: TestContext): Promise<SignedLab> {
 /** autoserv runs the example job on `machine` (localhost unless said), with the lab's config. */
 async function runAutoserv(lab: SignedLab, env: NodeJS.ProcessEnv = {}, machine = 'localhost'): Promise<{ summary: Summary; hostDir: string; output: string }> {
   const hostDir = path.join(lab.dir, 'host');
-  const result = await runCli(['autoserv', '-m', machine, '-r', path.join(lab.dir, 'results'), '--config', lab.config, '--host-dir', hostDir, CONTROL], { cwd: lab.dir, env });
+  const result = await runCli(['autoserv', '-m', machine, '-r', path.join(lab.dir, 'results'), '--config', lab.config, '--host-dir', hostDir, CONTROL], {
+    cwd: lab.dir,
+    env,
+  });
   const [summary] = JSON.parse(await readFile(path.join(lab.dir, 'results', 'summary.json'), 'utf8')) as Summary[];
   assert.ok(summary, result.stdout + result.stderr);
   return { summary, hostDir, output: result.stdout + result.stderr };
@@ -100,7 +114,9 @@ async function tamperClient(repo: string): Promise<string> {
 }
 
 async function transferSources(lab: SignedLab, summary: Summary): Promise<string[]> {
-  const transfers = JSON.parse(await readFile(path.join(lab.dir, 'results', summary.host, 'transfers.json'), 'utf8')) as { transfers: { repository: string }[] };
+  const transfers = JSON.parse(await readFile(path.join(lab.dir, 'results', summary.host, 'transfers.json'), 'utf8')) as {
+    transfers: { repository: string }[];
+  };
   return [...new Set(transfers.transfers.map((r) => r.repository))];
 }
 
@@ -126,16 +142,23 @@ for (const over of ['localhost', 'an SSH host'] as const) {
   });
 }
 
-test('autoserv refuses a tampering repository (client replaced, both index files recomputed, old signature kept) for the client install, copies the client and says why; the job\'s client refuses it too', async (t) => {
+test("autoserv refuses a tampering repository (client replaced, both index files recomputed, old signature kept) for the client install, copies the client and says why; the job's client refuses it too", async (t) => {
   const lab = await signedLab(t);
   const forgedMd5 = await tamperClient(lab.repo);
   const { summary, hostDir, output } = await runAutoserv(lab);
   assert.equal(summary.clientInstall, 'light copy', output);
   assert.match(summary.why.join('; '), /packaging: .*\/builtin: packages\.json\.sig does not verify with trusted_keys; not believed/);
-  assert.notEqual((await readFile(path.join(hostDir, 'client', '.checksum'), 'utf8').catch(() => '')).trim(), forgedMd5, 'the forged client was never installed');
+  assert.notEqual(
+    (await readFile(path.join(hostDir, 'client', '.checksum'), 'utf8').catch(() => '')).trim(),
+    forgedMd5,
+    'the forged client was never installed',
+  );
   assert.equal(summary.status, 'GOOD', output);
   assert.deepEqual(await transferSources(lab, summary), ['autoserv'], 'every package came from autoserv, none from the forged index');
-  assert.match(output, /\[localhost\] warning: test sleeptest: passed over .*\/builtin: packages\.json\.sig is wrong: .*does not match the manifest; not believed.*; asking autoserv/);
+  assert.match(
+    output,
+    /\[localhost\] warning: test sleeptest: passed over .*\/builtin: packages\.json\.sig is wrong: .*does not match the manifest; not believed.*; asking autoserv/,
+  );
 });
 
 test('autoserv refuses an older signed index than the host has verified before (rollback) for the client install, saying so', async (t) => {
@@ -150,10 +173,13 @@ test('autoserv refuses an older signed index than the host has verified before (
   await cp(old, lab.repo, { recursive: true, force: true });
   const { summary, output } = await runAutoserv(lab);
   assert.equal(summary.clientInstall, 'light copy', output);
-  assert.match(summary.why.join('; '), /packaging: .*\/builtin: its signed packages\.json has serial \d+, older than serial \d+ seen from it before \(rolled back\); not believed/);
+  assert.match(
+    summary.why.join('; '),
+    /packaging: .*\/builtin: its signed packages\.json has serial \d+, older than serial \d+ seen from it before \(rolled back\); not believed/,
+  );
 });
 
-test('a host without ssh-keygen cannot verify: packaging is refused with the reason and the client copied, and the job\'s client still verifies the repository itself', async (t) => {
+test("a host without ssh-keygen cannot verify: packaging is refused with the reason and the client copied, and the job's client still verifies the repository itself", async (t) => {
   const lab = await signedLab(t);
   const { summary, output } = await runAutoserv(lab, { PATH: await pathWithout(lab.dir, 'ssh-keygen') });
   assert.equal(summary.clientInstall, 'light copy', output);
@@ -171,7 +197,12 @@ test('an SSH location is signed on every upload and remove, as ssh-keygen -Y ver
   const remoteDir = path.join(dir, 'remote');
   const location = `ssh://${server.alias}${remoteDir}`;
   const config = await writeConfig(dir, {
-    upload_location: location, fetch_location: location, client_dir: await copyExampleTree(dir), minimum_free_space: '0', signing_key: keyFile, trusted_keys: signers,
+    upload_location: location,
+    fetch_location: location,
+    client_dir: await copyExampleTree(dir),
+    minimum_free_space: '0',
+    signing_key: keyFile,
+    trusted_keys: signers,
   });
   const env = { AUTOTEST_SSH_CONFIG: server.configFile };
   const upload = await runCli(['packager', 'upload', '-t', 'hello,sleeptest', '--config', config], { cwd: dir, env });
@@ -196,26 +227,46 @@ test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a cli
   const s3 = await startRadosgw();
   t.after(() => s3.stop());
   const admin = new S3Client({
-    endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
-  t.after(() => { admin.destroy(); });
+  t.after(() => {
+    admin.destroy();
+  });
   await admin.send(new CreateBucketCommand({ Bucket: 'lab-packages' }));
   const dir = await tempDir(t);
   const { keyFile, signers } = await labKey(dir);
   const location = 's3://lab-packages/autotest/builtin';
   const config = path.join(dir, 'global_config.ini');
-  await writeFile(config, [
-    '[PACKAGES]', `upload_location: ${location}`, `fetch_location: ${location}`, `client_dir: ${await copyExampleTree(dir)}`, 'minimum_free_space: 0',
-    `signing_key: ${keyFile}`, `trusted_keys: ${signers}`, '',
-    '[S3]', `endpoint: ${s3.endpoint}`, 'region: us-east-1', 'path_style: true', 'checksum_mode: when_required', '',
-  ].join('\n'));
+  await writeFile(
+    config,
+    [
+      '[PACKAGES]',
+      `upload_location: ${location}`,
+      `fetch_location: ${location}`,
+      `client_dir: ${await copyExampleTree(dir)}`,
+      'minimum_free_space: 0',
+      `signing_key: ${keyFile}`,
+      `trusted_keys: ${signers}`,
+      '',
+      '[S3]',
+      `endpoint: ${s3.endpoint}`,
+      'region: us-east-1',
+      'path_style: true',
+      'checksum_mode: when_required',
+      '',
+    ].join('\n'),
+  );
   const env = awsEnv(s3);
   const upload = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env });
   assert.equal(upload.code, 0, upload.stdout + upload.stderr);
   const get = async (file: string): Promise<Buffer> => {
     const answer = await admin.send(new GetObjectCommand({ Bucket: 'lab-packages', Key: `autotest/builtin/${file}` }));
-    return Buffer.from(await answer.Body?.transformToByteArray() ?? []);
+    return Buffer.from((await answer.Body?.transformToByteArray()) ?? []);
   };
   const manifest = await get('packages.json');
   await sshKeygenVerify(signers, manifest, await get('packages.json.sig'));
@@ -228,7 +279,10 @@ test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a cli
   await admin.send(new PutObjectCommand({ Bucket: 'lab-packages', Key: 'autotest/builtin/packages.json', Body: forged }));
   const refused = await runCli(['client', 'install', 'test', 'hello', '--config', config, '--install-dir', path.join(dir, 'install2')], { cwd: dir, env });
   assert.equal(refused.code, 1, refused.stdout);
-  assert.match(refused.stderr, /s3:\/\/lab-packages\/autotest\/builtin: packages\.json\.sig is wrong: its signature by SHA256:\S+ does not match the manifest; not believed/);
+  assert.match(
+    refused.stderr,
+    /s3:\/\/lab-packages\/autotest\/builtin: packages\.json\.sig is wrong: its signature by SHA256:\S+ does not match the manifest; not believed/,
+  );
 
   // signing_key turned off: the next index write removes the signature it no longer matches.
   await writeFile(config, (await readFile(config, 'utf8')).replace(/^signing_key: .*$/m, 'signing_key:'));

@@ -12,7 +12,15 @@ import { uploadPackages } from '../src/packager/index.js';
 import { installPackages } from '../src/client/install.js';
 import { buildServer } from '../src/server/index.js';
 import { createLocalTarget } from '../src/repositories/index.js';
-import { loadIndexSigning, parseAllowedSigners, readSigningKey, SIGNATURE_NAMESPACE, signSshsig, verifySshsig, type IndexSigning } from '../src/signing/index.js';
+import {
+  loadIndexSigning,
+  parseAllowedSigners,
+  readSigningKey,
+  SIGNATURE_NAMESPACE,
+  signSshsig,
+  verifySshsig,
+  type IndexSigning,
+} from '../src/signing/index.js';
 import { EXAMPLE_CLIENT, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
 
 const FAST: FetchSettings = { connectTimeoutMs: 1000, timeoutMs: 5000, retries: 0, cooldownMs: 0, maxSizeBytes: 1e9 };
@@ -43,7 +51,10 @@ function local(p: string): Location {
 }
 
 function trusting(keys: Key[], required = true): FetchSettings {
-  return { ...FAST, trust: { file: { file: 'allowed_signers', setAt: 'test' }, required, keys: keys.map((key) => key.signing.key.publicBlob), text: undefined } };
+  return {
+    ...FAST,
+    trust: { file: { file: 'allowed_signers', setAt: 'test' }, required, keys: keys.map((key) => key.signing.key.publicBlob), text: undefined },
+  };
 }
 
 /** Publishes a plain file of `content` into `repo`, signed with `key`. */
@@ -51,8 +62,13 @@ async function publish(dir: string, repo: string, content: string, signing: Inde
   const source = path.join(dir, KERNEL);
   await writeFile(source, content);
   const report = await uploadPackages({
-    clientDir: EXAMPLE_CLIENT, selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [source] },
-    locations: [local(repo)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'pack-cache'), signing,
+    clientDir: EXAMPLE_CLIENT,
+    selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [source] },
+    locations: [local(repo)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'pack-cache'),
+    signing,
   });
   assert.equal(report.ok, true, JSON.stringify(report));
 }
@@ -75,17 +91,35 @@ async function tamper(repo: string, bytes: string): Promise<void> {
 /** A plain static server in front of a folder, as nginx would be. */
 async function serve(t: TestContext, dir: string): Promise<Location> {
   const server = http.createServer((request, response) => {
-    void readFile(path.join(dir, decodeURIComponent((request.url ?? '/').slice(1)))).then((body) => {
-      response.writeHead(200, { 'content-length': body.length }).end(body);
-    }, () => { response.writeHead(404).end(); });
+    void readFile(path.join(dir, decodeURIComponent((request.url ?? '/').slice(1)))).then(
+      (body) => {
+        response.writeHead(200, { 'content-length': body.length }).end(body);
+      },
+      () => {
+        response.writeHead(404).end();
+      },
+    );
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => { resolve(); }); }));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => {
+          resolve();
+        });
+      }),
+  );
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}`;
   return { kind: 'http', url, text: url };
 }
 
-async function fetchKernel(dir: string, locations: Location[], settings: FetchSettings, out = 'out'): Promise<{ content: string; repository: string; passedOver: string[] }> {
+async function fetchKernel(
+  dir: string,
+  locations: Location[],
+  settings: FetchSettings,
+  out = 'out',
+): Promise<{ content: string; repository: string; passedOver: string[] }> {
   const fetcher = await PackageFetcher.create(locations, settings, { stateDir: path.join(dir, 'cache') });
   const dest = path.join(dir, out, KERNEL);
   const fetched = await fetcher.fetch(KERNEL, dest);
@@ -100,7 +134,14 @@ test('a signed index is what ssh-keygen -Y verify and -Y check-novalidate accept
   const signers = await allowedSigners(dir, [key]);
   const manifest = path.join(repo, 'packages.json');
   const sig = path.join(repo, 'packages.json.sig');
-  const verified = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2" < "$3"', 'sh', signers, sig, manifest]);
+  const verified = await execFileAsync('sh', [
+    '-c',
+    'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2" < "$3"',
+    'sh',
+    signers,
+    sig,
+    manifest,
+  ]);
   assert.match(verified.stdout, /Good "autotest-packages" signature for autotest/);
   await execFileAsync('sh', ['-c', 'ssh-keygen -Y check-novalidate -n autotest-packages -s "$1" < "$2"', 'sh', sig, manifest]);
   assert.equal(await md5sumCheck(repo), `${KERNEL}: OK\n`, 'packages.checksum is still what md5sum reads');
@@ -113,7 +154,9 @@ test('a signed index is what ssh-keygen -Y verify and -Y check-novalidate accept
   assert.equal(verifySshsig(theirs, message, SIGNATURE_NAMESPACE, [key.signing.key.publicBlob]).valid, true);
   const other = verifySshsig(theirs, message, 'git', [key.signing.key.publicBlob]);
   assert.match(other.valid ? 'valid' : other.why, /namespace "autotest-packages", not "git"/);
-  const forged = verifySshsig(await signSshsig(message, key.signing.key, SIGNATURE_NAMESPACE), Buffer.from('{"version":1}'), SIGNATURE_NAMESPACE, [key.signing.key.publicBlob]);
+  const forged = verifySshsig(await signSshsig(message, key.signing.key, SIGNATURE_NAMESPACE), Buffer.from('{"version":1}'), SIGNATURE_NAMESPACE, [
+    key.signing.key.publicBlob,
+  ]);
   assert.match(forged.valid ? '' : forged.why, /does not match the manifest/);
 });
 
@@ -142,7 +185,10 @@ test('parses allowed_signers with options and principals, leaving out keys for o
     '',
   ].join('\n');
   const { keys, skipped } = parseAllowedSigners(text, SIGNATURE_NAMESPACE);
-  assert.deepEqual(keys.map((key) => key.line), [2, 3]);
+  assert.deepEqual(
+    keys.map((key) => key.line),
+    [2, 3],
+  );
   assert.equal(skipped.length, 2);
   assert.match(skipped.join('; '), /line 4: not allowed for the namespace autotest-packages; line 5: ssh-rsa keys are not supported/);
 });
@@ -252,7 +298,9 @@ test('a reader never takes a pair being replaced by a packager for a forgery', a
   let reads = 0;
   while (!writer.done) {
     const fetcher = await PackageFetcher.create([local(repo)], trusting([key]));
-    await fetcher.lookup([KERNEL]).catch((error: unknown) => { failures.push(String(error)); });
+    await fetcher.lookup([KERNEL]).catch((error: unknown) => {
+      failures.push(String(error));
+    });
     reads += 1;
   }
   await writing;
@@ -262,9 +310,14 @@ test('a reader never takes a pair being replaced by a packager for a forgery', a
 
 test('require_signature without trusted_keys, and an unreadable trusted_keys or signing_key, are config errors naming file, line and key', async (t) => {
   const dir = await tempDir(t);
-  await assert.rejects(loadConfig({ file: await writeConfig(dir, { require_signature: 'true' }, 'a.ini') }),
-    /a\.ini:2: \[PACKAGES\] require_signature = "true" \(trusted_keys is not set: no signature could ever be verified\): allowed is false, or true together with trusted_keys/);
-  await assert.rejects(loadConfig({ file: await writeConfig(dir, { trusted_keys: 'missing' }, 'b.ini') }), /b\.ini:2: \[PACKAGES\] trusted_keys = .*missing: cannot read it \(ENOENT\)/);
+  await assert.rejects(
+    loadConfig({ file: await writeConfig(dir, { require_signature: 'true' }, 'a.ini') }),
+    /a\.ini:2: \[PACKAGES\] require_signature = "true" \(trusted_keys is not set: no signature could ever be verified\): allowed is false, or true together with trusted_keys/,
+  );
+  await assert.rejects(
+    loadConfig({ file: await writeConfig(dir, { trusted_keys: 'missing' }, 'b.ini') }),
+    /b\.ini:2: \[PACKAGES\] trusted_keys = .*missing: cannot read it \(ENOENT\)/,
+  );
   await writeFile(path.join(dir, 'not-a-key'), 'hello\n');
   const config = await loadConfig({ file: await writeConfig(dir, { signing_key: 'not-a-key' }, 'c.ini') });
   await assert.rejects(loadIndexSigning(config.packages), /c\.ini:2: \[PACKAGES\] signing_key = .*not-a-key: not an OpenSSH private key/);
@@ -298,22 +351,39 @@ test('the server signs what it publishes from an upload or a delete with its own
   const custom = path.join(dir, 'custom');
   const token = 'server-signing-token-0123456789';
   const config = await loadConfig({
-    file: await writeConfig(dir, { upload_location: path.join(dir, 'builtin'), custom_upload_location: custom, custom_download_location: path.join(dir, 'staging'), minimum_free_space: '0', signing_key: key.file }),
+    file: await writeConfig(dir, {
+      upload_location: path.join(dir, 'builtin'),
+      custom_upload_location: custom,
+      custom_download_location: path.join(dir, 'staging'),
+      minimum_free_space: '0',
+      signing_key: key.file,
+    }),
     env: { AUTOTEST_UPLOAD_TOKEN: token },
   });
   const app = await buildServer({ config, logLevel: 'silent', cacheDir: path.join(dir, 'server-cache') });
   t.after(() => app.close());
   const verify = async (): Promise<void> => {
-    await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, custom]);
+    await execFileAsync('sh', [
+      '-c',
+      'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"',
+      'sh',
+      signers,
+      custom,
+    ]);
   };
-  const put = await app.inject({ method: 'PUT', url: '/api/custom/kernel-custom.img', headers: { authorization: `Bearer ${token}` }, payload: Buffer.from('a custom kernel') });
+  const put = await app.inject({
+    method: 'PUT',
+    url: '/api/custom/kernel-custom.img',
+    headers: { authorization: `Bearer ${token}` },
+    payload: Buffer.from('a custom kernel'),
+  });
   assert.equal(put.statusCode, 200, put.body);
   await verify();
   const first = await serialOf(custom);
   const removed = await app.inject({ method: 'DELETE', url: '/api/custom/kernel-custom.img', headers: { authorization: `Bearer ${token}` } });
   assert.equal(removed.statusCode, 200, removed.body);
   await verify();
-  assert.ok((await serialOf(custom) ?? 0) > (first ?? 0), 'the delete wrote a newer signed serial');
+  assert.ok(((await serialOf(custom)) ?? 0) > (first ?? 0), 'the delete wrote a newer signed serial');
 });
 
 interface OfflineLab {
@@ -329,13 +399,20 @@ async function offlineLab(t: TestContext, validDays?: number): Promise<OfflineLa
   const signers = await allowedSigners(dir, [key]);
   const repo = path.join(dir, 'repo');
   const config = await writeConfig(dir, {
-    upload_location: repo, fetch_location: repo, client_dir: EXAMPLE_CLIENT, minimum_free_space: '0', signing_key: key.file, trusted_keys: signers,
+    upload_location: repo,
+    fetch_location: repo,
+    client_dir: EXAMPLE_CLIENT,
+    minimum_free_space: '0',
+    signing_key: key.file,
+    trusted_keys: signers,
     ...(validDays === undefined ? {} : { index_valid_days: validDays.toString() }),
   });
   const published = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir });
   assert.equal(published.code, 0, published.stderr);
   const install = (offline: boolean): ReturnType<OfflineLab['install']> =>
-    runCli(['client', 'install', ...(offline ? ['--offline'] : []), '--config', config, '--install-dir', path.join(dir, 'install'), 'test', 'hello'], { cwd: dir });
+    runCli(['client', 'install', ...(offline ? ['--offline'] : []), '--config', config, '--install-dir', path.join(dir, 'install'), 'test', 'hello'], {
+      cwd: dir,
+    });
   return { dir, signers, install };
 }
 
@@ -349,7 +426,10 @@ test('offline with trusted_keys, a package is used only while the signed index i
   await writeFile(lab.signers, `autotest ${stranger.publicLine}\n`);
   const distrusted = await lab.install(true);
   assert.equal(distrusted.code, 1, distrusted.stdout);
-  assert.match(distrusted.stderr, /test hello: test-hello\.tar\.bz2 is in no signed index still believed \(.*repo: packages\.json\.sig is wrong: signed by a key not in trusted_keys/);
+  assert.match(
+    distrusted.stderr,
+    /test hello: test-hello\.tar\.bz2 is in no signed index still believed \(.*repo: packages\.json\.sig is wrong: signed by a key not in trusted_keys/,
+  );
 });
 
 test('offline with trusted_keys, a package whose signed index has expired since it was verified is refused as it would be online, naming when it expired', async (t) => {
@@ -358,8 +438,13 @@ test('offline with trusted_keys, a package whose signed index has expired since 
   const key = await makeKey(dir, 'signer', 0.00003);
   const repo = path.join(dir, 'repo');
   const uploaded = await uploadPackages({
-    clientDir: EXAMPLE_CLIENT, selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
-    locations: [local(repo)], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'pack-cache'), signing: key.signing,
+    clientDir: EXAMPLE_CLIENT,
+    selection: { all: false, tests: ['hello'], profilers: [], deps: [], client: false, files: [] },
+    locations: [local(repo)],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'pack-cache'),
+    signing: key.signing,
   });
   assert.equal(uploaded.ok, true, JSON.stringify(uploaded));
   const options = { locations: [local(repo)], settings: trusting([key]), installDir: path.join(dir, 'install') };
@@ -369,7 +454,12 @@ test('offline with trusted_keys, a package whose signed index has expired since 
   await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(expires ?? '') - Date.now() + 50)));
   await assert.rejects(installPackages('test', ['hello'], { ...options, offline: true }), (error: Error & { code?: string }) => {
     assert.equal(error.code, 'ERR_OFFLINE_MISSING');
-    assert.match(error.message, new RegExp(`test hello: test-hello\\.tar\\.bz2 is in no signed index still believed \\(.*its signed packages\\.json expired at ${(expires ?? '').replace(/[.]/g, '\\.')}`));
+    assert.match(
+      error.message,
+      new RegExp(
+        `test hello: test-hello\\.tar\\.bz2 is in no signed index still believed \\(.*its signed packages\\.json expired at ${(expires ?? '').replace(/[.]/g, '\\.')}`,
+      ),
+    );
     return true;
   });
 });
@@ -391,7 +481,9 @@ async function startAgent(t: TestContext, dir: string, name: string, keys: strin
   const { stdout } = await execFileAsync('ssh-agent', ['-s', '-a', socket]);
   const pid = Number(/SSH_AGENT_PID=(\d+)/.exec(stdout)?.[1]);
   assert.ok(pid > 0, stdout);
-  t.after(() => { process.kill(pid); });
+  t.after(() => {
+    process.kill(pid);
+  });
   for (const key of keys) await execFileAsync('ssh-add', ['-q', key], { env: { ...process.env, SSH_AUTH_SOCK: socket } });
   return socket;
 }
@@ -408,9 +500,18 @@ test('a signing_key naming a public key signs through ssh-agent, as ssh-keygen -
   const upload = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env: { SSH_AUTH_SOCK: socket } });
   assert.equal(upload.code, 0, upload.stdout + upload.stderr);
   const signers = await allowedSigners(dir, [key]);
-  const verified = await execFileAsync('sh', ['-c', 'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"', 'sh', signers, repo]);
+  const verified = await execFileAsync('sh', [
+    '-c',
+    'ssh-keygen -Y verify -f "$1" -I autotest -n autotest-packages -s "$2/packages.json.sig" < "$2/packages.json"',
+    'sh',
+    signers,
+    repo,
+  ]);
   assert.match(verified.stdout, /Good "autotest-packages" signature for autotest/);
-  for (const [env, why] of [[wrongAgent, 'a public key that ssh-agent at \\S+ does not hold \\(ssh-add the private key\\)'], ['', 'a public key, whose private key must be held by ssh-agent, but SSH_AUTH_SOCK is not set']] as const) {
+  for (const [env, why] of [
+    [wrongAgent, 'a public key that ssh-agent at \\S+ does not hold \\(ssh-add the private key\\)'],
+    ['', 'a public key, whose private key must be held by ssh-agent, but SSH_AUTH_SOCK is not set'],
+  ] as const) {
     const refused = await runCli(['packager', 'upload', '-t', 'hello', '--config', config], { cwd: dir, env: { SSH_AUTH_SOCK: env } });
     assert.equal(refused.code, 2, refused.stdout + refused.stderr);
     assert.match(refused.stderr, new RegExp(`\\[PACKAGES\\] signing_key = \\S+agent_key\\.pub: ${why}`));

@@ -31,8 +31,12 @@ async function publishGenerated(t: TestContext, count: number | 'example'): Prom
   const repo = path.join(dir, 'repo');
   const local: Location = { kind: 'local', path: repo, text: repo };
   const report = await uploadPackages({
-    clientDir, selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
-    locations: [local], compression: 'bzip2', minimumFreeBytes: 0, cacheDir: path.join(dir, 'cache'),
+    clientDir,
+    selection: { all: true, tests: [], profilers: [], deps: [], client: false, files: [] },
+    locations: [local],
+    compression: 'bzip2',
+    minimumFreeBytes: 0,
+    cacheDir: path.join(dir, 'cache'),
   });
   assert.equal(report.ok, true);
   return { dir, repo, clientDir };
@@ -60,7 +64,11 @@ async function servedBy(fronts: NginxServer[]): Promise<Map<string, string[]>> {
   return served;
 }
 
-const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
+const exists = (p: string): Promise<boolean> =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
 
 const firstChoice = (locations: FetchLocation[], file: string): string => {
   const [first] = orderForPackage(locations, file);
@@ -73,7 +81,11 @@ test('two machines installing 30 packages through a "|" group get each from the 
   const locations = [parseFetchLocation(fronts.map((front) => front.url).join(' | '), '/')];
   for (const machine of ['a', 'b']) {
     const records = await installPackages('test', NAMES, { locations, settings: SETTINGS, installDir: path.join(site.dir, machine) });
-    assert.deepEqual(records.map((r) => r.action), NAMES.map(() => 'fetched'), `machine ${machine}`);
+    assert.deepEqual(
+      records.map((r) => r.action),
+      NAMES.map(() => 'fetched'),
+      `machine ${machine}`,
+    );
   }
   const served = await servedBy(fronts);
   for (const name of NAMES) {
@@ -82,7 +94,10 @@ test('two machines installing 30 packages through a "|" group get each from the 
     assert.deepEqual(served.get(file), [wanted, wanted], `${file}: one GET per machine, both at its first choice`);
   }
   const shares = fronts.map((front) => NAMES.filter((name) => served.get(fileOf(name))?.[0] === front.url).length);
-  assert.equal(shares.reduce((sum, n) => sum + n, 0), COUNT);
+  assert.equal(
+    shares.reduce((sum, n) => sum + n, 0),
+    COUNT,
+  );
   for (const [i, share] of shares.entries()) assert.ok(share > 0, `front ${i.toString()} serves some of the packages`);
 
   const [killed, ...alive] = fronts;
@@ -110,7 +125,12 @@ test('autoserv\'s hosts get the client package and the job\'s packages through a
   const control = path.join(ROOT, 'example', 'jobs', 'example.control.mjs');
   const run = async (machine: string): Promise<void> => {
     const [summary] = await runAutoserv({
-      hosts: ['localhost'], control, resultsDir: path.join(site.dir, `results-${machine}`), locations, clientDir: site.clientDir, hostDir: path.join(site.dir, machine),
+      hosts: ['localhost'],
+      control,
+      resultsDir: path.join(site.dir, `results-${machine}`),
+      locations,
+      clientDir: site.clientDir,
+      hostDir: path.join(site.dir, machine),
     });
     assert.equal(summary?.clientInstall, 'packaging', summary?.why.join('; '));
     assert.equal(summary.status, 'GOOD', summary.error);
@@ -135,10 +155,17 @@ test('autoserv\'s hosts get the client package and the job\'s packages through a
 /** Runs `work` while holding a package's lock, as another install of it would. */
 async function whileLocked<T>(lockPath: string, work: () => Promise<T>): Promise<T> {
   let release = (): void => undefined;
-  const done = new Promise<void>((resolve) => { release = resolve; });
+  const done = new Promise<void>((resolve) => {
+    release = resolve;
+  });
   let locked = (): void => undefined;
-  const held = new Promise<void>((resolve) => { locked = resolve; });
-  const holding = withHeldLock(spawnLocalFlock(lockPath), 'another install', async () => { locked(); await done; });
+  const held = new Promise<void>((resolve) => {
+    locked = resolve;
+  });
+  const holding = withHeldLock(spawnLocalFlock(lockPath), 'another install', async () => {
+    locked();
+    await done;
+  });
   await held;
   try {
     return await work();
@@ -151,9 +178,19 @@ async function whileLocked<T>(lockPath: string, work: () => Promise<T>): Promise
 /** A listener that accepts and records every connection, and answers none. */
 async function connectionRecorder(t: TestContext): Promise<{ url: string; connections: () => number }> {
   let count = 0;
-  const server = net.createServer((socket) => { count += 1; socket.destroy(); });
+  const server = net.createServer((socket) => {
+    count += 1;
+    socket.destroy();
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => server.close(() => { resolve(); })));
+  t.after(
+    () =>
+      new Promise<void>((resolve) =>
+        server.close(() => {
+          resolve();
+        }),
+      ),
+  );
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port.toString()}/repo`, connections: () => count };
 }
 
@@ -167,7 +204,13 @@ test('offline, packages come from the install folder or the package cache, verif
 
   await rm(path.join(installDir, 'tests', 'sleeptest'), { recursive: true });
   const records = await installPackages('test', ['dbench', 'sleeptest'], offline);
-  assert.deepEqual(records.map((r) => [r.name, r.action]), [['dbench', 'up-to-date'], ['sleeptest', 'from-cache']]);
+  assert.deepEqual(
+    records.map((r) => [r.name, r.action]),
+    [
+      ['dbench', 'up-to-date'],
+      ['sleeptest', 'from-cache'],
+    ],
+  );
   assert.ok(await stat(path.join(installDir, 'tests', 'sleeptest', 'sleeptest.mjs')));
 
   await rm(path.join(installDir, 'tests', 'dbench'), { recursive: true });
@@ -184,7 +227,9 @@ test('offline, packages come from the install folder or the package cache, verif
   assert.equal(await exists(path.join(installDir, 'tests', 'dbench')), false, 'a package failing its checksum is not installed');
 
   const config = await writeConfig(site.dir, { fetch_location: recorder.url });
-  const cli = await runCli(['client', 'install', '--offline', '--config', config, '--install-dir', installDir, 'test', 'sleeptest,nosuchtest'], { cwd: site.dir });
+  const cli = await runCli(['client', 'install', '--offline', '--config', config, '--install-dir', installDir, 'test', 'sleeptest,nosuchtest'], {
+    cwd: site.dir,
+  });
   assert.notEqual(cli.code, 0);
   assert.match(cli.stderr, /test nosuchtest: neither installed nor cached/);
   assert.equal(recorder.connections(), 0, 'no connection at all');
@@ -205,7 +250,8 @@ test('client_cache_size trims the package cache by least recent use after an ins
 
   // Another install of t000 under way: it holds that package's lock.
   await whileLocked(packageLockPath(cacheDir, 'test', 't000'), () =>
-    installPackages('test', ['t006'], { locations: [repo], settings: SETTINGS, installDir, cacheSizeBytes: limit }));
+    installPackages('test', ['t006'], { locations: [repo], settings: SETTINGS, installDir, cacheSizeBytes: limit }),
+  );
   const cached = (await readdir(cacheDir)).filter((file) => file.endsWith('.tar.bz2')).sort();
   assert.deepEqual(cached, [fileOf('t000'), fileOf('t005'), fileOf('t006')]);
   for (const name of names) assert.ok(await exists(path.join(installDir, 'tests', name, '.checksum')), `${name} stays installed`);

@@ -25,8 +25,16 @@ function sourceFiles(dir: string): string[] {
 type FunctionLike = ts.FunctionLikeDeclaration & { body: ts.Node };
 
 function isFunctionWithBody(node: ts.Node): node is FunctionLike {
-  return (ts.isFunctionDeclaration(node) || ts.isMethodDeclaration(node) || ts.isArrowFunction(node) || ts.isFunctionExpression(node)
-    || ts.isConstructorDeclaration(node) || ts.isGetAccessorDeclaration(node) || ts.isSetAccessorDeclaration(node)) && node.body !== undefined;
+  return (
+    (ts.isFunctionDeclaration(node) ||
+      ts.isMethodDeclaration(node) ||
+      ts.isArrowFunction(node) ||
+      ts.isFunctionExpression(node) ||
+      ts.isConstructorDeclaration(node) ||
+      ts.isGetAccessorDeclaration(node) ||
+      ts.isSetAccessorDeclaration(node)) &&
+    node.body !== undefined
+  );
 }
 
 /** Lines of a function's body, less the lines of the functions nested in it (each is measured on its own). */
@@ -112,11 +120,13 @@ const TEXT_DECISIONS: { pattern: RegExp; what: string }[] = [
 test('no code decides what happened from the words of an error message or of stderr', () => {
   const found: string[] = [];
   for (const file of sourceFiles(SRC)) {
-    readFileSync(file, 'utf8').split('\n').forEach((line, index) => {
-      for (const { pattern, what } of TEXT_DECISIONS) {
-        if (pattern.test(line)) found.push(`${path.relative(ROOT, file)}:${(index + 1).toString()} ${what}: ${line.trim()}`);
-      }
-    });
+    readFileSync(file, 'utf8')
+      .split('\n')
+      .forEach((line, index) => {
+        for (const { pattern, what } of TEXT_DECISIONS) {
+          if (pattern.test(line)) found.push(`${path.relative(ROOT, file)}:${(index + 1).toString()} ${what}: ${line.trim()}`);
+        }
+      });
   }
   assert.deepEqual(found, []);
 });

@@ -188,8 +188,9 @@ function hostConfig(options: AutoservOptions, caFile: string, trust: HostTrust |
 
 /** The http(s) repositories in the order the client itself takes for the client package: every host asks the same front first. */
 function clientPackageUrls(locations: readonly FetchLocation[]): Extract<Location, { kind: 'http' }>[] {
-  return orderForPackage(locations, packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2'))
-    .filter((l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http');
+  return orderForPackage(locations, packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2')).filter(
+    (l): l is Extract<Location, { kind: 'http' }> => l.kind === 'http',
+  );
 }
 
 /**
@@ -201,7 +202,12 @@ async function readClientMd5(options: AutoservOptions & { resources: Resources }
   const file = packageFileName('client', CLIENT_PACKAGE_NAME, 'bzip2');
   const settings = { connectTimeoutMs: 5000, timeoutMs: 30_000, retries: 0, cooldownMs: 0, maxSizeBytes: 0, ...(options.tls ? { tls: options.tls } : {}) };
   for (const location of clientPackageUrls(options.locations)) {
-    const entry = await fetchRepositoryFor(location, settings, options.resources).readIndex().then((index) => index.get(file), () => undefined);
+    const entry = await fetchRepositoryFor(location, settings, options.resources)
+      .readIndex()
+      .then(
+        (index) => index.get(file),
+        () => undefined,
+      );
     if (entry) return entry.md5;
   }
   return undefined;
@@ -268,16 +274,34 @@ async function installClient(host: TestHost, options: AutoservOptions, summary: 
  */
 export async function answerPackageRequest(payload: string, clientDir: string, work: string, stdin: Writable): Promise<void> {
   let id = 0;
-  const refuse = (why: string): void => { stdin.write(`${JSON.stringify({ id, error: why })}\n`); };
+  const refuse = (why: string): void => {
+    stdin.write(`${JSON.stringify({ id, error: why })}\n`);
+  };
   try {
     const request = JSON.parse(payload) as { id?: unknown; type?: unknown; name?: unknown };
     id = typeof request.id === 'number' && Number.isSafeInteger(request.id) ? request.id : 0;
-    if (request.type !== 'test' && request.type !== 'dep' && request.type !== 'profiler') { refuse(`type ${JSON.stringify(request.type)}: only test, dep or profiler`); return; }
-    if (typeof request.name !== 'string') { refuse('no package name'); return; }
+    if (request.type !== 'test' && request.type !== 'dep' && request.type !== 'profiler') {
+      refuse(`type ${JSON.stringify(request.type)}: only test, dep or profiler`);
+      return;
+    }
+    if (typeof request.name !== 'string') {
+      refuse('no package name');
+      return;
+    }
     const name = checkName(request.name, request.type);
-    const selection = { all: false, tests: request.type === 'test' ? [name] : [], deps: request.type === 'dep' ? [name] : [], profilers: request.type === 'profiler' ? [name] : [], client: false, files: [] };
+    const selection = {
+      all: false,
+      tests: request.type === 'test' ? [name] : [],
+      deps: request.type === 'dep' ? [name] : [],
+      profilers: request.type === 'profiler' ? [name] : [],
+      client: false,
+      files: [],
+    };
     const [source] = await selectSources(clientDir, selection, 'bzip2');
-    if (!source) { refuse(`${request.type} ${name}: not in autoserv's client tree`); return; }
+    if (!source) {
+      refuse(`${request.type} ${name}: not in autoserv's client tree`);
+      return;
+    }
     const tarball = path.join(work, `${randomBytes(4).toString('hex')}-${source.fileName}`);
     const packed = await packEntries(await packageEntries(source), tarball, 'bzip2');
     stdin.write(`${JSON.stringify({ id, file: source.fileName, size: packed.size, md5: packed.md5, sha256: packed.sha256 })}\n`);
@@ -354,18 +378,32 @@ function noteJobOutcome(summary: HostSummary, outcome: Exclude<JobOutcome, { kin
   } else summary.error = `the job ended without a report (exit code ${outcome.code.toString()})${outcome.stderr ? `: ${outcome.stderr}` : ''}`;
 }
 
-async function runOnHost(text: string, shared: AutoservOptions & { resources: Resources }, run: RunShared): Promise<HostSummary> {
-  const started = performance.now();
-  // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
-  const options = { ...shared, hostDir: shared.hostDir.replaceAll('{host}', text.replace(/[^A-Za-z0-9._-]/g, '_')) };
+/** RESULTS/HOST made ready (the previous run's kept as HOST.N unless --overwrite), and the host's summary so far. */
+async function startHostResults(text: string, options: AutoservOptions): Promise<HostSummary> {
   const hostResults = path.join(options.resultsDir, text.replace(/[^A-Za-z0-9._@-]/g, '_'));
   let previousResults: string | undefined;
   if (options.keepPrevious === false) await rm(hostResults, { recursive: true, force: true });
   else previousResults = await keepAside(hostResults);
-  const summary: HostSummary = {
-    host: text, clientInstall: 'failed', why: [], status: 'ABORT', tests: [], setup: { bytes: 0, seconds: 0 }, error: undefined, results: hostResults, previousResults,
-  };
   await mkdir(hostResults, { recursive: true });
+  return {
+    host: text,
+    clientInstall: 'failed',
+    why: [],
+    status: 'ABORT',
+    tests: [],
+    setup: { bytes: 0, seconds: 0 },
+    error: undefined,
+    results: hostResults,
+    previousResults,
+  };
+}
+
+async function runOnHost(text: string, shared: AutoservOptions & { resources: Resources }, run: RunShared): Promise<HostSummary> {
+  const started = performance.now();
+  // "{host}" in the host folder: hosts that share a filesystem (test namespaces) keep apart.
+  const options = { ...shared, hostDir: shared.hostDir.replaceAll('{host}', text.replace(/[^A-Za-z0-9._-]/g, '_')) };
+  const summary = await startHostResults(text, options);
+  const hostResults = summary.results;
   const work = await mkdtemp(path.join(run.work, 'host-'));
   try {
     const host = createHost(text, options.resources);
@@ -416,10 +454,14 @@ async function readControl(file: string): Promise<Buffer> {
     return await readFile(file);
   } catch (error) {
     const code = errnoCode(error);
-    throw new AutotestError('ERR_CONTROL_FILE', `control file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder, not a file' : describeError(error)}`, {
-      hint: 'give the path of an ES module control file, such as example/jobs/example.control.mjs (Autotest\'s Python control files are not run)',
-      cause: error,
-    });
+    throw new AutotestError(
+      'ERR_CONTROL_FILE',
+      `control file ${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a folder, not a file' : describeError(error)}`,
+      {
+        hint: "give the path of an ES module control file, such as example/jobs/example.control.mjs (Autotest's Python control files are not run)",
+        cause: error,
+      },
+    );
   }
 }
 
@@ -442,9 +484,13 @@ async function runAutoservWith(options: AutoservOptions & { resources: Resources
   try {
     const copies = createClientCopies(options.clientDir, work);
     // What a warm host's client carries: the repositories' client package, or the tree copied without packaging.
-    const warm = options.clientInstall === 'full copy'
-      ? copies('full copy').then((copy) => ({ md5: copy.md5, way: 'full copy' as const }), () => undefined)
-      : readClientMd5(options).then((md5) => (md5 === undefined ? undefined : { md5, way: 'packaging' as const }));
+    const warm =
+      options.clientInstall === 'full copy'
+        ? copies('full copy').then(
+            (copy) => ({ md5: copy.md5, way: 'full copy' as const }),
+            () => undefined,
+          )
+        : readClientMd5(options).then((md5) => (md5 === undefined ? undefined : { md5, way: 'packaging' as const }));
     const shared: RunShared = { jobId, control, warm, ca: caBundle(options.tls), copies, work };
     const summaries = await Promise.all(options.hosts.map((host) => runOnHost(host, options, shared)));
     await writeFile(path.join(options.resultsDir, 'summary.json'), `${JSON.stringify(summaries, null, 2)}\n`);

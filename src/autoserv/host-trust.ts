@@ -57,7 +57,10 @@ export async function sendTrust(host: TestHost, hostDir: string, trust: FetchTru
   if (!trust?.keys) return undefined;
   const dir = path.posix.join(hostDir, 'trust');
   const probe = await probeSignature();
-  const answer = await host.run(['sh', '-c', SEND_TRUST, 'sh', dir, PROBE_MESSAGE, probe.signature, probe.signer], { input: allowedSignersFor(trust.keys), allowCodes: [4] });
+  const answer = await host.run(['sh', '-c', SEND_TRUST, 'sh', dir, PROBE_MESSAGE, probe.signature, probe.signer], {
+    input: allowedSignersFor(trust.keys),
+    allowCodes: [4],
+  });
   return {
     trustedKeys: path.posix.join(dir, 'trusted_keys'),
     required: trust.required,

@@ -10,7 +10,10 @@ export interface TestHost {
   /** Starts `argv` on the host; the caller owns the child, whose end whenClosed(child) gives. */
   spawn(argv: readonly string[]): Promise<ChildProcess>;
   /** Runs `argv` to the end; rejects with what it printed when it fails and `allowCodes` does not list the code. */
-  run(argv: readonly string[], options?: { input?: string | Buffer | Readable; timeoutMs?: number; allowCodes?: readonly number[] }): Promise<{ code: number; stdout: string; stderr: string }>;
+  run(
+    argv: readonly string[],
+    options?: { input?: string | Buffer | Readable; timeoutMs?: number; allowCodes?: readonly number[] },
+  ): Promise<{ code: number; stdout: string; stderr: string }>;
 }
 
 const HOST_RE = /^(?:(?<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?(?<host>[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])(?::(?<port>\d{1,5}))?$/;
@@ -26,18 +29,29 @@ export function parseHost(text: string): { user: string | undefined; host: strin
   return { user: match.groups.user, host: match.groups.host.replace(/^\[|\]$/g, ''), port };
 }
 
-function collect(child: ChildProcess, input: string | Buffer | Readable | undefined, timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> {
+function collect(
+  child: ChildProcess,
+  input: string | Buffer | Readable | undefined,
+  timeoutMs: number,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     let stdout = '';
     let stderr = '';
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
-    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { if (stderr.length < 8192) stderr += chunk; });
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+    });
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+      if (stderr.length < 8192) stderr += chunk;
+    });
     child.stdin?.on('error', () => undefined);
     if (input === undefined) child.stdin?.end();
     else if (typeof input === 'string' || Buffer.isBuffer(input)) child.stdin?.end(input);
     else if (child.stdin) input.pipe(child.stdin);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (error) => { clearTimeout(timer); reject(error); });
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
     void whenClosed(child).then(({ code }) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr: stderr.trim() });
@@ -45,11 +59,20 @@ function collect(child: ChildProcess, input: string | Buffer | Readable | undefi
   });
 }
 
-function checked(name: string, argv: readonly string[], result: { code: number; stdout: string; stderr: string }, allowCodes: readonly number[] = []): { code: number; stdout: string; stderr: string } {
+function checked(
+  name: string,
+  argv: readonly string[],
+  result: { code: number; stdout: string; stderr: string },
+  allowCodes: readonly number[] = [],
+): { code: number; stdout: string; stderr: string } {
   if (result.code === 0 || allowCodes.includes(result.code)) return result;
-  throw new AutotestError('ERR_SSH', `${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`, {
-    hint: 'check --host-dir is writable on the host and that node, tar and sh are installed there',
-  });
+  throw new AutotestError(
+    'ERR_SSH',
+    `${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${result.stderr ? `: ${result.stderr}` : ''}`,
+    {
+      hint: 'check --host-dir is writable on the host and that node, tar and sh are installed there',
+    },
+  );
 }
 
 /** `resources` keep the SSH master connection of a remote host. */

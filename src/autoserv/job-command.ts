@@ -82,8 +82,21 @@ export function hostControlFile(hostDir: string, jobId: string): string {
  */
 export async function runJobCommand(host: TestHost, job: JobCommand): Promise<JobOutcome> {
   const mark = randomBytes(12).toString('hex');
-  const child = await host.spawn(['sh', '-c', RUN_JOB, 'sh', job.hostDir, job.clientMd5 ?? '', job.ca?.file ?? '', job.ca?.md5 ?? '', mark, job.jobId,
-    job.control?.toString('base64') ?? '', Buffer.from(job.ini).toString('base64'), job.answer ? 'channel' : '']);
+  const child = await host.spawn([
+    'sh',
+    '-c',
+    RUN_JOB,
+    'sh',
+    job.hostDir,
+    job.clientMd5 ?? '',
+    job.ca?.file ?? '',
+    job.ca?.md5 ?? '',
+    mark,
+    job.jobId,
+    job.control?.toString('base64') ?? '',
+    Buffer.from(job.ini).toString('base64'),
+    job.answer ? 'channel' : '',
+  ]);
   const ready = `\x1eAUTOTEST-READY ${mark}`;
   const resultsLine = new RegExp(`^\\x1eAUTOTEST-RESULTS ${mark} (\\d+)$`);
   return new Promise((resolve, reject) => {
@@ -142,14 +155,20 @@ export async function runJobCommand(host: TestHost, job: JobCommand): Promise<Jo
       }
     });
     const timer = setTimeout(() => child.kill('SIGKILL'), job.timeoutMs);
-    child.on('error', (error) => { clearTimeout(timer); reject(error); });
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
     void whenClosed(child).then(async ({ code }) => {
       clearTimeout(timer);
       child.stdin?.destroy();
       if (stderrPending !== '') job.onLine(stderrPending);
       if (pending.length > 0 && jobCode === undefined) onStdoutLine(pending.toString('utf8'));
       await untarred;
-      if (readyAt === undefined && code === STALE_CLIENT) { resolve({ kind: 'stale' }); return; }
+      if (readyAt === undefined && code === STALE_CLIENT) {
+        resolve({ kind: 'stale' });
+        return;
+      }
       resolve({ kind: 'ran', readyAt, report, stderr: stderr.trim(), code: jobCode ?? code });
     });
   });
@@ -162,7 +181,11 @@ function unpackInto(stream: Readable, head: Buffer, dir: string): Promise<void> 
   if (head.length > 0) untar.stdin.write(head);
   stream.pipe(untar.stdin);
   return new Promise((resolve) => {
-    untar.on('error', () => { resolve(); });
-    untar.on('close', () => { resolve(); });
+    untar.on('error', () => {
+      resolve();
+    });
+    untar.on('close', () => {
+      resolve();
+    });
   });
 }

@@ -42,17 +42,21 @@ async function runInstall(typeText: string, names: string[], flags: ClientFlags,
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   const extra = (flags.repository ?? []).map((text) => parseLocation(text, process.cwd(), config.packages.s3));
   const progress = createDownloadProgress(output);
-  const records = await installPackages(type, names.flatMap((n) => parseNameList(n, type)), {
-    locations: [...extra, ...config.packages.fetchLocations],
-    settings: config.packages.fetch,
-    installDir: chooseInstallDir(flags.installDir),
-    ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
-    offline: flags.offline === true,
-    cacheSizeBytes: config.packages.clientCacheSizeBytes,
-    onProgress: progress.onProgress,
-    onWarning: warnOnce(output),
-    resources,
-  }).finally(progress.finish);
+  const records = await installPackages(
+    type,
+    names.flatMap((n) => parseNameList(n, type)),
+    {
+      locations: [...extra, ...config.packages.fetchLocations],
+      settings: config.packages.fetch,
+      installDir: chooseInstallDir(flags.installDir),
+      ...(flags.cacheDir === undefined ? {} : { cacheDir: path.resolve(flags.cacheDir) }),
+      offline: flags.offline === true,
+      cacheSizeBytes: config.packages.clientCacheSizeBytes,
+      onProgress: progress.onProgress,
+      onWarning: warnOnce(output),
+      resources,
+    },
+  ).finally(progress.finish);
   if (flags.json === true) output.out(JSON.stringify(records, null, 2));
   else {
     for (const r of records) {
@@ -87,19 +91,26 @@ async function runControl(control: string, flags: RunFlags, { output, resources 
       resources,
     },
     // With --json, standard output holds the one JSON document: status lines go beside it.
-    onStatus: (line) => { if (flags.json === true) output.err(line); else output.out(line); },
+    onStatus: (line) => {
+      if (flags.json === true) output.err(line);
+      else output.out(line);
+    },
     ...(flags.autoservChannel === true ? { channel: createChannelClient(process.stdin, process.stdout, config.packages.fetch.timeoutMs) } : {}),
   });
   // The channel's input stays open until autoserv sees the job end: let go of it now.
   if (flags.autoservChannel === true) process.stdin.destroy();
   if (flags.json === true) output.out(JSON.stringify(report, null, 2));
-  else output.out(`job ${report.status}: ${countOf(report.tests.length, 'test')}, ${countOf(report.totals.packages, 'package')} fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`);
+  else
+    output.out(
+      `job ${report.status}: ${countOf(report.tests.length, 'test')}, ${countOf(report.totals.packages, 'package')} fetched, ${formatBytes(report.totals.bytes)} moved; results in ${resultsDir}`,
+    );
   return report.status === 'GOOD' ? EXIT_OK : EXIT_FAILED;
 }
 
 export function clientCommand(output: Output, setExit: (code: number) => void, resources: Resources): Command {
   const client = new Command('client').description('the client side: install packages from the repositories, run jobs');
-  client.command('run')
+  client
+    .command('run')
     .description('run a control file: the tests, deps and profilers it names are installed on demand')
     .argument('<control>', 'the control file (an ES module whose default export receives the job)')
     .option('--config <path>', 'global_config.ini to read (default: $AUTOTEST_CONFIG, else the embedded default)')
@@ -114,7 +125,8 @@ export function clientCommand(output: Output, setExit: (code: number) => void, r
     .action(async (control: string, flags: RunFlags) => {
       setExit(await runControl(control, flags, { output, resources }));
     });
-  client.command('install')
+  client
+    .command('install')
     .description('install packages (fetched from fetch_location in order, verified, cached)')
     .argument('<type>', 'test, dep, profiler or client')
     .argument('<names...>', 'package names (comma-separated or separate)')

@@ -20,5 +20,4 @@ const COMMANDS: Record<string, () => Promise<CommandFactory>> = {
 
 const chosen = Object.hasOwn(COMMANDS, process.argv[2] ?? '') ? COMMANDS[process.argv[2] ?? ''] : undefined;
 const commands = await Promise.all(chosen ? [chosen()] : Object.values(COMMANDS).map((load) => load()));
-process.exitCode = await runProgram('Autotest package management: packager, repositories, installs, server and autoserv',
-  commands, process.argv, version);
+process.exitCode = await runProgram('Autotest package management: packager, repositories, installs, server and autoserv', commands, process.argv, version);

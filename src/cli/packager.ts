@@ -77,9 +77,10 @@ function printOperation(output: Output, report: OperationReport, verb: string): 
       if (location.error.hint) output.err(`  hint: ${location.error.hint}`);
       continue;
     }
-    const parts = verb === 'upload'
-      ? [`published ${location.published.length}`, `unchanged ${location.unchanged.length}`]
-      : [`removed ${location.removed.length}`, `not there ${location.missing.length}`];
+    const parts =
+      verb === 'upload'
+        ? [`published ${location.published.length}`, `unchanged ${location.unchanged.length}`]
+        : [`removed ${location.removed.length}`, `not there ${location.missing.length}`];
     output.out(`${location.location}${location.created ? ' (created)' : ''}: ${parts.join(', ')}`);
   }
   for (const failed of report.failedPackages) {
@@ -166,8 +167,15 @@ export async function runPackager(action: string, flags: PackagerFlags, running:
       }
       const progress = createProgress(output, !json);
       const report = await uploadPackages({
-        clientDir: chooseClientDir(flags, config), selection: selectionFrom(flags), locations, compression,
-        minimumFreeBytes: minimumFreeSpaceBytes, onEvent: progress.onEvent, signing, resources, ...(jobs === undefined ? {} : { jobs }),
+        clientDir: chooseClientDir(flags, config),
+        selection: selectionFrom(flags),
+        locations,
+        compression,
+        minimumFreeBytes: minimumFreeSpaceBytes,
+        onEvent: progress.onEvent,
+        signing,
+        resources,
+        ...(jobs === undefined ? {} : { jobs }),
       });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
@@ -186,7 +194,8 @@ export async function runPackager(action: string, flags: PackagerFlags, running:
       // A name found nowhere is most likely misspelt: that is no success, even if nothing failed.
       const nowhere = files.filter((file) => report.locations.every((l) => !l.error && !l.removed.includes(file)));
       for (const file of nowhere) output.err(`failed: ${file}: in none of the ${countOf(report.locations.length, 'location')} (nothing removed)`);
-      if (nowhere.length > 0) output.err('  hint: check the name with "autotest packager list"; a custom package is removed with -r CUSTOM_LOCATION or from the frontend');
+      if (nowhere.length > 0)
+        output.err('  hint: check the name with "autotest packager list"; a custom package is removed with -r CUSTOM_LOCATION or from the frontend');
       return report.ok && nowhere.length === 0 ? EXIT_OK : EXIT_FAILED;
     }
   }
@@ -198,7 +207,11 @@ function unreachable(): never {
 }
 
 /** Prints each location's report: a failure on stderr naming the location and its key, else `print`. */
-function printReports<R extends { location: string; role: string; error?: { message: string } | undefined }>(reports: readonly R[], output: Output, print: (report: R) => void): void {
+function printReports<R extends { location: string; role: string; error?: { message: string } | undefined }>(
+  reports: readonly R[],
+  output: Output,
+  print: (report: R) => void,
+): void {
   for (const report of reports) {
     if (report.error) output.err(`failed: ${report.location} (${report.role}): ${report.error.message}`);
     else print(report);
@@ -208,13 +221,17 @@ function printReports<R extends { location: string; role: string; error?: { mess
 /** `packager list`: every location, builtin and custom, each labelled with the key it came from. */
 async function list(flags: PackagerFlags, config: Config, { output, resources }: Running): Promise<number> {
   const locations = everyLocation(flags, config);
-  const reports = await Promise.all(locations.map(async ({ role, location }) => ({ role, ...(await listLocations([location], resources))[0] ?? unreachable() })));
+  const reports = await Promise.all(
+    locations.map(async ({ role, location }) => ({ role, ...((await listLocations([location], resources))[0] ?? unreachable()) })),
+  );
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
     printReports(reports, output, (report) => {
       output.out(`${report.location} (${report.role}): ${countOf(report.packages.length, 'package')}`);
       for (const p of report.packages) {
-        output.out(`  ${p.type.padEnd(8)} ${p.name.padEnd(32)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}  ${p.publishedAt ?? ''}`);
+        output.out(
+          `  ${p.type.padEnd(8)} ${p.name.padEnd(32)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}  ${p.publishedAt ?? ''}`,
+        );
       }
     });
   }
@@ -232,18 +249,28 @@ async function verify(flags: PackagerFlags, config: Config, { output, resources 
   const signing = await loadIndexSigning(config.packages);
   // Signatures are checked as clients would (trusted_keys), else against the packager's own key.
   const verifyKeys = config.packages.fetch.trust?.keys ?? (signing ? [signing.key.publicBlob] : undefined);
-  const reports = await Promise.all(locations.map(async ({ role, location }) => {
-    const [report] = await verifyLocations({
-      locations: [location], repair: flags.repair === true, clientDir: role === 'custom_upload_location' ? undefined : clientDir, compression, minimumFreeBytes: minimumFreeSpaceBytes,
-      signing, verifyKeys, resources,
-    });
-    return { role, ...report ?? unreachable() };
-  }));
+  const reports = await Promise.all(
+    locations.map(async ({ role, location }) => {
+      const [report] = await verifyLocations({
+        locations: [location],
+        repair: flags.repair === true,
+        clientDir: role === 'custom_upload_location' ? undefined : clientDir,
+        compression,
+        minimumFreeBytes: minimumFreeSpaceBytes,
+        signing,
+        verifyKeys,
+        resources,
+      });
+      return { role, ...(report ?? unreachable()) };
+    }),
+  );
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
     printReports(reports, output, (report) => {
       const state = report.problems.length === 0 ? 'consistent' : countOf(report.problems.length, 'problem');
-      output.out(`${report.location} (${report.role}): ${report.entries.toString()} indexed, ${state}${report.repaired.length > 0 ? `, repaired ${report.repaired.length.toString()}` : ''}`);
+      output.out(
+        `${report.location} (${report.role}): ${report.entries.toString()} indexed, ${state}${report.repaired.length > 0 ? `, repaired ${report.repaired.length.toString()}` : ''}`,
+      );
       for (const p of report.problems) output.out(`  ${p.kind}: ${p.file}: ${p.detail}`);
     });
     if (reports.some((r) => r.problems.length > 0) && flags.repair !== true) output.err('hint: run "autotest packager verify --repair" to fix drift');
@@ -262,9 +289,10 @@ async function sign(flags: PackagerFlags, config: Config, { output, resources }:
       hint: 'make a key with ssh-keygen -t ed25519 -N "" -f FILE and name it in signing_key',
     });
   }
-  const locations = flags.repository && flags.repository.length > 0
-    ? flags.repository.map((text) => parseLocation(text, process.cwd(), config.packages.s3))
-    : everyLocation(flags, config).map(({ location }) => location);
+  const locations =
+    flags.repository && flags.repository.length > 0
+      ? flags.repository.map((text) => parseLocation(text, process.cwd(), config.packages.s3))
+      : everyLocation(flags, config).map(({ location }) => location);
   const reports = await signLocations(locations, signing, resources);
   if (flags.json === true) output.out(JSON.stringify({ key: fingerprint(signing.key.publicBlob), locations: reports }, null, 2));
   else {

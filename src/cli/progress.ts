@@ -16,7 +16,9 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
   let drawn = false;
   const draw = (): void => {
     if (!output.isTTY) return;
-    process.stderr.write(`\r\x1b[Kpacked ${packed.toString()} of ${total.toString()} · published ${published.toString()} of ${Math.max(published, copies - unchanged).toString()}`);
+    process.stderr.write(
+      `\r\x1b[Kpacked ${packed.toString()} of ${total.toString()} · published ${published.toString()} of ${Math.max(published, copies - unchanged).toString()}`,
+    );
     drawn = true;
   };
   const clear = (): void => {
@@ -73,9 +75,10 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
 
 /** One download's status line: what, from where, how far, how fast. */
 export function describeDownload(progress: DownloadProgress, seconds: number): string {
-  const of = progress.size === undefined || progress.size === 0
-    ? ''
-    : ` of ${formatBytes(progress.size)} (${Math.floor((100 * progress.bytes) / progress.size).toString()}%)`;
+  const of =
+    progress.size === undefined || progress.size === 0
+      ? ''
+      : ` of ${formatBytes(progress.size)} (${Math.floor((100 * progress.bytes) / progress.size).toString()}%)`;
   const rate = seconds > 0 ? `, ${formatBytes(progress.bytes / seconds)}/s` : '';
   return `${progress.file} from ${progress.repository}: ${formatBytes(progress.bytes)}${of}${rate}`;
 }

@@ -48,16 +48,24 @@ export async function serveUntilStopped(config: Config, { output, resources }: R
     await app.close();
     throw listenError(error, config);
   }
-  for (const [name, location] of [['builtin', config.server.builtin], ['custom', config.server.custom]] as const) {
-    const what = !location ? `(no ${name} repository)`
-      : location.kind === 'cached' ? `${redactSecrets(location.text)} through the cache in ${config.server.cache.dir}` : describeLocation(location);
+  for (const [name, location] of [
+    ['builtin', config.server.builtin],
+    ['custom', config.server.custom],
+  ] as const) {
+    const what = !location
+      ? `(no ${name} repository)`
+      : location.kind === 'cached'
+        ? `${redactSecrets(location.text)} through the cache in ${config.server.cache.dir}`
+        : describeLocation(location);
     output.out(`serving ${what} at ${address}/packages/${name}/`);
   }
   output.out(`open ${address}/ in a browser (uploads ${config.server.uploadToken ? 'enabled' : 'disabled: no upload_token'})`);
   await stopRequested;
   output.out('shutting down: letting running downloads finish');
   // A download that has not finished in a minute is cut, so a stuck client cannot hold the server.
-  const deadline = setTimeout(() => { app.server.closeAllConnections(); }, SHUTDOWN_GRACE_MS);
+  const deadline = setTimeout(() => {
+    app.server.closeAllConnections();
+  }, SHUTDOWN_GRACE_MS);
   await app.close();
   clearTimeout(deadline);
   return EXIT_OK;

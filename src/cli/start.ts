@@ -15,7 +15,9 @@ export async function runStart(flags: StartFlags, running: Running): Promise<num
   const config = applyServeFlags(await loadConfig({ file: flags.config }), flags);
   for (const warning of config.warnings) output.err(`warning: ${warning}`);
   if (config.packages.uploadLocations.length === 0) {
-    throw new AutotestError('ERR_USAGE', `${config.source} sets no upload_location in [PACKAGES]`, { hint: 'add one, or run without --config for the embedded default' });
+    throw new AutotestError('ERR_USAGE', `${config.source} sets no upload_location in [PACKAGES]`, {
+      hint: 'add one, or run without --config for the embedded default',
+    });
   }
   const clientDir = chooseClientDir(flags, config);
   output.out(`config: ${config.source}`);

@@ -82,7 +82,13 @@ export interface TrimReport {
 export async function trimCache(cacheDir: string, limitBytes: number): Promise<TrimReport> {
   const tarballs: CachedTarball[] = [];
   for (const file of await readdir(cacheDir).catch(() => [])) {
-    const parsed = (() => { try { return parseFileName(file); } catch { return undefined; } })();
+    const parsed = (() => {
+      try {
+        return parseFileName(file);
+      } catch {
+        return undefined;
+      }
+    })();
     if (parsed?.type === undefined) continue;
     const info = await stat(path.join(cacheDir, file)).catch(() => undefined);
     if (info?.isFile()) tarballs.push({ file, bytes: info.size, lastUse: info.mtimeMs });
@@ -94,7 +100,9 @@ export async function trimCache(cacheDir: string, limitBytes: number): Promise<T
     if (type === undefined) continue;
     try {
       // Zero wait: a held lock means an install of this package is under way right now.
-      await withHeldLock(spawnLocalFlock(packageLockPath(cacheDir, type, name), 0), `package cache ${cacheDir}`, () => rm(path.join(cacheDir, tarball.file), { force: true }));
+      await withHeldLock(spawnLocalFlock(packageLockPath(cacheDir, type, name), 0), `package cache ${cacheDir}`, () =>
+        rm(path.join(cacheDir, tarball.file), { force: true }),
+      );
       report.removed.push(tarball.file);
       report.bytesLeft -= tarball.bytes;
     } catch (error) {

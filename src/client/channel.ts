@@ -38,19 +38,40 @@ export function createChannelClient(input: Readable, output: Writable, timeoutMs
     buffered = Buffer.concat([buffered, chunk]);
     waiting?.();
   });
-  input.on('end', () => { ended = true; waiting?.(); });
-  input.on('error', () => { ended = true; waiting?.(); });
+  input.on('end', () => {
+    ended = true;
+    waiting?.();
+  });
+  input.on('error', () => {
+    ended = true;
+    waiting?.();
+  });
   input.pause();
 
-  const more = (deadline: number): Promise<void> => new Promise((resolve, reject) => {
-    if (ended) { reject(new AutotestError('ERR_FETCH', 'autoserv channel: closed')); return; }
-    const timer = setTimeout(() => {
-      waiting = undefined;
-      reject(new AutotestError('ERR_FETCH', 'autoserv channel: no answer within fetch_timeout', { hint: 'autoserv may be packing a large package; raise fetch_timeout, or publish the package to a repository' }));
-    }, Math.max(0, deadline - Date.now()));
-    waiting = () => { clearTimeout(timer); waiting = undefined; resolve(); };
-    input.resume();
-  });
+  const more = (deadline: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      if (ended) {
+        reject(new AutotestError('ERR_FETCH', 'autoserv channel: closed'));
+        return;
+      }
+      const timer = setTimeout(
+        () => {
+          waiting = undefined;
+          reject(
+            new AutotestError('ERR_FETCH', 'autoserv channel: no answer within fetch_timeout', {
+              hint: 'autoserv may be packing a large package; raise fetch_timeout, or publish the package to a repository',
+            }),
+          );
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      waiting = () => {
+        clearTimeout(timer);
+        waiting = undefined;
+        resolve();
+      };
+      input.resume();
+    });
 
   let nextId = 1;
   let queue = Promise.resolve();
@@ -106,7 +127,10 @@ export function createChannelClient(input: Readable, output: Writable, timeoutMs
     /** Gets a package from autoserv into the cache; one at a time. */
     fetch(type: PackageType, name: string, cacheDir: string): Promise<ChannelAnswer> {
       const result = queue.then(() => request(type, name, cacheDir));
-      queue = result.then(() => undefined, () => undefined);
+      queue = result.then(
+        () => undefined,
+        () => undefined,
+      );
       return result;
     },
   };

@@ -7,7 +7,16 @@ import { AutotestError, errnoCode, isAutotestError } from '../errors.js';
 import { fsyncPath, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
 import type { Resources } from '../resources.js';
 import { PackageFetcher, openIndexTrust, readKeptIndex, type DownloadProgress } from '../fetch/index.js';
-import { checkName, digestFile, extractTarball, matchesEntry, packageFileName, type IndexEntry, type PackageType, type RepositoryIndex } from '../packages/index.js';
+import {
+  checkName,
+  digestFile,
+  extractTarball,
+  matchesEntry,
+  packageFileName,
+  type IndexEntry,
+  type PackageType,
+  type RepositoryIndex,
+} from '../packages/index.js';
 import { spawnLocalFlock, withHeldLock } from '../repositories/lock.js';
 import { verifyKeptIndex } from '../signing/index.js';
 import { packageLockPath, readStoredEntry, storeEntry, touchCached, trimCache } from './cache.js';
@@ -145,7 +154,11 @@ export async function installPackages(type: PackageType, names: string[], option
   let records: InstallRecord[];
   if (options.offline === true) records = await installOffline(type, names, { ...options, cacheDir });
   else {
-    const fetcher = await PackageFetcher.create(options.locations, options.settings, { stateDir: cacheDir, onWarning: options.onWarning, resources: options.resources });
+    const fetcher = await PackageFetcher.create(options.locations, options.settings, {
+      stateDir: cacheDir,
+      onWarning: options.onWarning,
+      resources: options.resources,
+    });
     try {
       records = await Promise.all(names.map((name) => limit(() => installOne(fetcher, { ...options, cacheDir }, type, name))));
     } finally {
@@ -170,7 +183,16 @@ async function installOne(fetcher: PackageFetcher, options: InstallOptions & { c
   const waitSeconds = Math.ceil((2 * settings.timeoutMs) / 1000) + 60;
   return lockedPackage(cacheDir, type, name, waitSeconds, async () => {
     const record = (action: InstallRecord['action'], source: string, bytes: number, used: IndexEntry, passed = passedOver): InstallRecord => ({
-      type, name, file: used.file, folder, action, md5: used.md5, repository: source, bytes, seconds: (performance.now() - started) / 1000, passedOver: passed,
+      type,
+      name,
+      file: used.file,
+      folder,
+      action,
+      md5: used.md5,
+      repository: source,
+      bytes,
+      seconds: (performance.now() - started) / 1000,
+      passedOver: passed,
     });
     await recover(folder);
     const cached = path.join(cacheDir, file);
@@ -205,34 +227,42 @@ type OfflineOutcome = { record: InstallRecord } | { missing: string };
 async function installOffline(type: PackageType, names: string[], options: InstallOptions & { cacheDir: string }): Promise<InstallRecord[]> {
   const { cacheDir, installDir } = options;
   const distrust = await offlineDistrust(options);
-  const outcomes = await Promise.all(names.map((name) => lockedPackage(cacheDir, type, name, Math.ceil((2 * options.settings.timeoutMs) / 1000) + 60, async (): Promise<OfflineOutcome> => {
-    const started = performance.now();
-    const folder = installFolder(installDir, type, name);
-    await recover(folder);
-    const entry = await readStoredEntry(cacheDir, type, name);
-    const marker = await readMarker(folder);
-    const record = (action: InstallRecord['action'], file: string, md5: string, repository: string): OfflineOutcome => ({
-      record: { type, name, file, folder, action, md5, repository, bytes: 0, seconds: (performance.now() - started) / 1000, passedOver: [] },
-    });
-    // With signatures required, the entry itself must still be believed, as it would be online.
-    const refused = distrust && (entry ? distrust(entry) : 'installed, but not from a signed index (no entry stored with it)');
-    if (refused !== undefined) return { missing: `${type} ${name}: ${refused}` };
-    if (marker !== undefined && (entry === undefined || entry.md5 === marker)) {
-      if (entry) await touchCached(path.join(cacheDir, entry.file));
-      return record('up-to-date', entry?.file ?? packageFileName(type, name, 'bzip2'), marker, folder);
-    }
-    if (!entry) return { missing: `${type} ${name}: neither installed nor cached` };
-    const cached = path.join(cacheDir, entry.file);
-    if (!(await cachedMatches(cached, entry))) return { missing: `${type} ${name}: ${entry.file} is not in the package cache, or fails its checksum` };
-    await swapIn(cached, folder, entry.md5);
-    await touchCached(cached);
-    return record('from-cache', entry.file, entry.md5, cacheDir);
-  })));
+  const outcomes = await Promise.all(
+    names.map((name) =>
+      lockedPackage(cacheDir, type, name, Math.ceil((2 * options.settings.timeoutMs) / 1000) + 60, async (): Promise<OfflineOutcome> => {
+        const started = performance.now();
+        const folder = installFolder(installDir, type, name);
+        await recover(folder);
+        const entry = await readStoredEntry(cacheDir, type, name);
+        const marker = await readMarker(folder);
+        const record = (action: InstallRecord['action'], file: string, md5: string, repository: string): OfflineOutcome => ({
+          record: { type, name, file, folder, action, md5, repository, bytes: 0, seconds: (performance.now() - started) / 1000, passedOver: [] },
+        });
+        // With signatures required, the entry itself must still be believed, as it would be online.
+        const refused = distrust && (entry ? distrust(entry) : 'installed, but not from a signed index (no entry stored with it)');
+        if (refused !== undefined) return { missing: `${type} ${name}: ${refused}` };
+        if (marker !== undefined && (entry === undefined || entry.md5 === marker)) {
+          if (entry) await touchCached(path.join(cacheDir, entry.file));
+          return record('up-to-date', entry?.file ?? packageFileName(type, name, 'bzip2'), marker, folder);
+        }
+        if (!entry) return { missing: `${type} ${name}: neither installed nor cached` };
+        const cached = path.join(cacheDir, entry.file);
+        if (!(await cachedMatches(cached, entry))) return { missing: `${type} ${name}: ${entry.file} is not in the package cache, or fails its checksum` };
+        await swapIn(cached, folder, entry.md5);
+        await touchCached(cached);
+        return record('from-cache', entry.file, entry.md5, cacheDir);
+      }),
+    ),
+  );
   const missing = outcomes.flatMap((outcome) => ('missing' in outcome ? [outcome.missing] : []));
   if (missing.length > 0) {
-    throw new AutotestError('ERR_OFFLINE_MISSING', `offline, ${missing.length.toString()} package(s) cannot be installed from ${installDir} or the package cache ${cacheDir}:\n${missing.map((m) => `  - ${m}`).join('\n')}`, {
-      hint: 'install them once with a connection (without --offline), then run offline',
-    });
+    throw new AutotestError(
+      'ERR_OFFLINE_MISSING',
+      `offline, ${missing.length.toString()} package(s) cannot be installed from ${installDir} or the package cache ${cacheDir}:\n${missing.map((m) => `  - ${m}`).join('\n')}`,
+      {
+        hint: 'install them once with a connection (without --offline), then run offline',
+      },
+    );
   }
   return outcomes.flatMap((outcome) => ('record' in outcome ? [outcome.record] : []));
 }
@@ -284,7 +314,13 @@ async function cachedMatches(cached: string, entry: IndexEntry): Promise<boolean
  * channel), already verified by the caller against the checksum it was sent with: same lock,
  * recovery, swap and marker as installPackages.
  */
-export async function installFromTarball(type: PackageType, name: string, tarball: string, md5: string, options: Pick<InstallOptions, 'installDir' | 'cacheDir'>): Promise<string> {
+export async function installFromTarball(
+  type: PackageType,
+  name: string,
+  tarball: string,
+  md5: string,
+  options: Pick<InstallOptions, 'installDir' | 'cacheDir'>,
+): Promise<string> {
   checkName(name);
   const cacheDir = options.cacheDir ?? path.join(options.installDir, 'packages');
   await mkdir(path.join(cacheDir, '.locks'), { recursive: true });

@@ -61,13 +61,17 @@ export function readDeclaredPackages(value: unknown, control: string): DeclaredP
   if (value === undefined) return declared;
   const bad = (why: string): never => {
     throw new AutotestError('ERR_CONTROL_FILE', `${control}: export const packages ${why}`, {
-      hint: 'declare it as export const packages = { tests: [\'name\'], deps: [], profilers: [] }',
+      hint: "declare it as export const packages = { tests: ['name'], deps: [], profilers: [] }",
     });
   };
   if (typeof value !== 'object' || value === null || Array.isArray(value)) bad('is not an object');
   const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) if (!['tests', 'deps', 'profilers'].includes(key)) bad(`has an unknown key "${key}" (tests, deps, profilers)`);
-  for (const [key, type] of [['tests', 'test'], ['deps', 'dep'], ['profilers', 'profiler']] as const) {
+  for (const [key, type] of [
+    ['tests', 'test'],
+    ['deps', 'dep'],
+    ['profilers', 'profiler'],
+  ] as const) {
     const list = record[key];
     if (list === undefined) continue;
     const names: unknown[] = Array.isArray(list) ? list : [list];
@@ -98,11 +102,17 @@ const SEVERITY: Record<Status, number> = { GOOD: 0, TEST_NA: 0, WARN: 1, FAIL: 2
 function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new AutotestError('ERR_TIMEOUT', `${what} did not finish within ${(ms / 1000).toString()} s`, {
-      hint: 'its output under the results folder shows how far it got',
-    })); }, ms);
+    timer = setTimeout(() => {
+      reject(
+        new AutotestError('ERR_TIMEOUT', `${what} did not finish within ${(ms / 1000).toString()} s`, {
+          hint: 'its output under the results folder shows how far it got',
+        }),
+      );
+    }, ms);
   });
-  return Promise.race([work, timeout]).finally(() => { clearTimeout(timer); });
+  return Promise.race([work, timeout]).finally(() => {
+    clearTimeout(timer);
+  });
 }
 
 /** Autotest's keyval file: one key=value per line. */
@@ -142,7 +152,16 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
   const fromRepositories = async (type: PackageType, name: string, ahead: boolean): Promise<string> => {
     const [record] = await installPackages(type, [name], options.install);
     if (!record) throw new AutotestError('ERR_NOT_FOUND', `${type} ${name} was not installed`);
-    transfers.push({ type, name, file: record.file, action: record.action, repository: record.repository, bytes: record.bytes, seconds: record.seconds, ahead });
+    transfers.push({
+      type,
+      name,
+      file: record.file,
+      action: record.action,
+      repository: record.repository,
+      bytes: record.bytes,
+      seconds: record.seconds,
+      ahead,
+    });
     return record.md5;
   };
   const fromAutoserv = async (type: PackageType, name: string, channel: ChannelClient, ahead: boolean): Promise<string> => {
@@ -150,7 +169,16 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
     await mkdir(cacheDir, { recursive: true });
     const answer = await channel.fetch(type, name, cacheDir);
     await installFromTarball(type, name, answer.file, answer.md5, options.install);
-    transfers.push({ type, name, file: path.basename(answer.file), action: 'fetched', repository: 'autoserv', bytes: answer.bytes, seconds: answer.seconds, ahead });
+    transfers.push({
+      type,
+      name,
+      file: path.basename(answer.file),
+      action: 'fetched',
+      repository: 'autoserv',
+      bytes: answer.bytes,
+      seconds: answer.seconds,
+      ahead,
+    });
     return answer.md5;
   };
   const obtain = async (type: PackageType, name: string, ahead: boolean): Promise<string> => {
@@ -173,22 +201,30 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
     const started = performance.now();
     const limit = pLimit(AHEAD_CONCURRENCY);
     const wanted = (['dep', 'profiler', 'test'] as const).flatMap((type) => declared[type].map((name) => ({ type, name })));
-    const failures = await Promise.all(wanted.map(({ type, name }) => limit(async () => {
-      try {
-        fetchedAhead.set(`${type} ${name}`, await obtain(type, name, true));
-        return undefined;
-      } catch (error) {
-        return { type, name, error };
-      }
-    })));
+    const failures = await Promise.all(
+      wanted.map(({ type, name }) =>
+        limit(async () => {
+          try {
+            fetchedAhead.set(`${type} ${name}`, await obtain(type, name, true));
+            return undefined;
+          } catch (error) {
+            return { type, name, error };
+          }
+        }),
+      ),
+    );
     waitSeconds += (performance.now() - started) / 1000;
     const missing = failures.flatMap((failure) => (failure === undefined ? [] : [failure]));
     // Offline, a declared package that is not here is known missing now: say all of them at
     // once rather than one per step. Online, a failed one is tried again when a step needs it.
     if (options.install.offline === true && missing.length > 0) {
-      throw new AutotestError('ERR_OFFLINE_MISSING', `offline, declared packages are missing:\n${missing.map((m) => `  - ${m.type} ${m.name}: ${describeError(m.error)}`).join('\n')}`, {
-        hint: 'install them once with a connection (without --offline), then run offline',
-      });
+      throw new AutotestError(
+        'ERR_OFFLINE_MISSING',
+        `offline, declared packages are missing:\n${missing.map((m) => `  - ${m.type} ${m.name}: ${describeError(m.error)}`).join('\n')}`,
+        {
+          hint: 'install them once with a connection (without --offline), then run offline',
+        },
+      );
     }
   };
 
@@ -214,7 +250,8 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
     for (const [name, module] of activeProfilers) {
       const dir = path.join(testDir, 'profiling');
       await mkdir(dir, { recursive: true });
-      const answer = (await withTimeout(Promise.resolve(module.start?.({ resultsDir: dir })), stepTimeout, `profiler ${name} start`)) as { command?: unknown } | undefined;
+      const answer = (await withTimeout(Promise.resolve(module.start?.({ resultsDir: dir })), stepTimeout, `profiler ${name} start`)) as
+        { command?: unknown } | undefined;
       let child: ChildProcess | undefined;
       const command = answer?.command;
       if (Array.isArray(command) && command.every((part): part is string => typeof part === 'string') && command.length > 0) {
@@ -223,7 +260,9 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
         child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
         child.stdout?.pipe(out);
         child.stderr?.pipe(out);
-        child.on('error', (error) => { out.end(`profiler ${name}: ${error.message}\n`); });
+        child.on('error', (error) => {
+          out.end(`profiler ${name}: ${error.message}\n`);
+        });
       }
       running.push({ name, module, process: child });
     }
@@ -233,7 +272,11 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
   const stopProfilers = async (running: RunningProfiler[], testDir: string): Promise<void> => {
     for (const profiler of running) {
       profiler.process?.kill('SIGTERM');
-      await withTimeout(Promise.resolve(profiler.module.stop?.({ resultsDir: path.join(testDir, 'profiling') })), stepTimeout, `profiler ${profiler.name} stop`).catch(() => undefined);
+      await withTimeout(
+        Promise.resolve(profiler.module.stop?.({ resultsDir: path.join(testDir, 'profiling') })),
+        stepTimeout,
+        `profiler ${profiler.name} stop`,
+      ).catch(() => undefined);
     }
   };
 
@@ -254,7 +297,8 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
         if (typeof module.run !== 'function') throw new AutotestError('ERR_TEST_MODULE', `test ${name}: its module exports no run function`);
         const running = await startProfilers(testDir);
         try {
-          const answer = (await withTimeout(Promise.resolve(module.run({ ...args, resultsDir: testDir })), stepTimeout, `test ${name}`)) as { keyvals?: Record<string, unknown> } | undefined;
+          const answer = (await withTimeout(Promise.resolve(module.run({ ...args, resultsDir: testDir })), stepTimeout, `test ${name}`)) as
+            { keyvals?: Record<string, unknown> } | undefined;
           await writeFile(path.join(testDir, 'keyval'), formatKeyvals(answer?.keyvals ?? {}));
         } finally {
           await stopProfilers(running, testDir);
@@ -262,7 +306,7 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
       } catch (error) {
         result = statusOfError(error);
         message = describeError(error);
-        await writeFile(path.join(testDir, 'error.txt'), `${error instanceof Error ? error.stack ?? error.message : String(error)}\n`);
+        await writeFile(path.join(testDir, 'error.txt'), `${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
       }
       await status.end(result, subdir, name, message);
       tests.push({ name, subdir, status: result, message, seconds: (performance.now() - started) / 1000 });
@@ -273,7 +317,11 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
         try {
           const module = await install('dep', name);
           if (typeof module.setup !== 'function') throw new AutotestError('ERR_TEST_MODULE', `dep ${name}: its module exports no setup function`);
-          await withTimeout(Promise.resolve(module.setup({ installDir: installFolder(options.install.installDir, 'dep', name) })), stepTimeout, `dep ${name} setup`);
+          await withTimeout(
+            Promise.resolve(module.setup({ installDir: installFolder(options.install.installDir, 'dep', name) })),
+            stepTimeout,
+            `dep ${name} setup`,
+          );
           await status.record('GOOD', '----', `dep.${name}`, 'set up');
         } catch (error) {
           await status.record('ERROR', '----', `dep.${name}`, describeError(error));
@@ -315,7 +363,10 @@ async function runControlFile(file: string, job: Job, fetchAhead: (declared: Dec
 }
 
 /** The job's report, written as job.json and (its transfers) transfers.json in the results folder. */
-async function writeJobReport(resultsDir: string, outcome: { status: Status; tests: TestResult[]; transfers: TransferRecord[]; started: number; waitSeconds: number }): Promise<JobReport> {
+async function writeJobReport(
+  resultsDir: string,
+  outcome: { status: Status; tests: TestResult[]; transfers: TransferRecord[]; started: number; waitSeconds: number },
+): Promise<JobReport> {
   const { tests, transfers, waitSeconds } = outcome;
   const report: JobReport = {
     status: outcome.status,

@@ -4,9 +4,8 @@ import { CONFIG_KEYS, type ConfigSection, type KeyDeclaration } from './keys.js'
 export function renderDefault(declaration: KeyDeclaration): string {
   if (declaration.defaultRule !== undefined) return declaration.defaultRule;
   const note = declaration.defaultNote;
-  let text = declaration.default === undefined
-    ? (note === undefined ? 'none' : `none: ${note}`)
-    : `\`${declaration.default}\`${note === undefined ? '' : ` ${note}`}`;
+  let text =
+    declaration.default === undefined ? (note === undefined ? 'none' : `none: ${note}`) : `\`${declaration.default}\`${note === undefined ? '' : ` ${note}`}`;
   if (declaration.defaultFromEnv) text = `${declaration.defaultFromEnv.map((variable) => `\`$${variable}\``).join(', ')}, else ${text}`;
   if (declaration.embedded !== undefined) text += `; without a config file: \`${declaration.embedded}\``;
   return text;

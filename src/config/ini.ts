@@ -105,8 +105,7 @@ const MAX_INTERPOLATED_LENGTH = 1024 * 1024;
  * `%(other)s` takes another key of the same section (or DEFAULT), `%%` is a literal `%`.
  */
 export function getIniValue(doc: IniDocument, sectionName: string, key: string): IniValue | undefined {
-  const lookup = (name: string): IniValue | undefined =>
-    doc.get(sectionName)?.get(name) ?? doc.get(DEFAULT_SECTION)?.get(name);
+  const lookup = (name: string): IniValue | undefined => doc.get(sectionName)?.get(name) ?? doc.get(DEFAULT_SECTION)?.get(name);
   const found = lookup(key);
   if (!found) return undefined;
   // References that each repeat another many times grow a value exponentially with depth
@@ -126,7 +125,11 @@ export function getIniValue(doc: IniDocument, sectionName: string, key: string):
       const expanded = expand(ref.value, depth + 1);
       produced += expanded.length;
       if (produced > MAX_INTERPOLATED_LENGTH) {
-        fail(found.file, found.line, `interpolation of "${key}" in [${sectionName}] makes a value longer than ${MAX_INTERPOLATED_LENGTH.toString()} characters`);
+        fail(
+          found.file,
+          found.line,
+          `interpolation of "${key}" in [${sectionName}] makes a value longer than ${MAX_INTERPOLATED_LENGTH.toString()} characters`,
+        );
       }
       return expanded;
     });

@@ -17,7 +17,10 @@ export interface ValueContext {
  * line, section and key; `allowed` replaces the kind's own rule where a narrower one was broken.
  */
 export class ValueFault extends Error {
-  constructor(readonly detail?: string, readonly allowed?: string) {
+  constructor(
+    readonly detail?: string,
+    readonly allowed?: string,
+  ) {
     super(detail ?? 'refused');
   }
 }
@@ -68,8 +71,14 @@ export const mebibytes = (min: number): ValueKind<number> => numberKind({ min, s
 export const kilobytesPerSecond = (min: number): ValueKind<number> => numberKind({ min, scale: 1000 });
 
 const BOOLEANS: Record<string, boolean> = {
-  true: true, yes: true, on: true, '1': true,
-  false: false, no: false, off: false, '0': false,
+  true: true,
+  yes: true,
+  on: true,
+  '1': true,
+  false: false,
+  no: false,
+  off: false,
+  '0': false,
 };
 
 export const boolean: ValueKind<boolean> = {
@@ -159,7 +168,10 @@ export const address: ValueKind<string> = {
 };
 
 export function parseList(value: string): string[] {
-  return value.split(/[,\n]/).map((item) => item.trim()).filter((item) => item !== '');
+  return value
+    .split(/[,\n]/)
+    .map((item) => item.trim())
+    .filter((item) => item !== '');
 }
 
 /** Each item of a comma list through `parse`; a location error becomes the fault's detail. */

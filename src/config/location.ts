@@ -91,7 +91,8 @@ const KEY_SEGMENT_RE = /^[A-Za-z0-9._+=,~-]+$/;
 
 function parseS3(text: string, settingsFor: S3SettingsFor): S3Location {
   const rest = text.slice('s3://'.length);
-  if (rest.includes('@')) refuse(text, 'credentials never go in an s3:// URL; they come from the AWS SDK chain (environment, shared credentials file, profile)');
+  if (rest.includes('@'))
+    refuse(text, 'credentials never go in an s3:// URL; they come from the AWS SDK chain (environment, shared credentials file, profile)');
   if (/[?#\\]/.test(rest)) refuse(text, 's3:// locations take no "?", "#" or "\\"');
   const [bucket = '', ...segments] = rest.replace(/\/+$/, '').split('/');
   if (!BUCKET_RE.test(bucket)) refuse(text, `bucket "${bucket}" is not a valid bucket name (3-63 letters, digits, ".", "-")`);

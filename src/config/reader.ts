@@ -31,10 +31,7 @@ export interface ReaderOptions {
 export function refuseValue(section: string, entry: IniValue, key: string, declaration: KeyDeclaration | undefined, allowed: string, detail?: string): never {
   // A secret is never echoed back, even when it is the value at fault.
   const found = entry.value === '' ? 'an empty value' : declaration?.secret === true ? 'the value given' : `"${redactSecrets(entry.value)}"`;
-  throw new AutotestError(
-    'ERR_CONFIG',
-    `${entry.file}:${entry.line}: [${section}] ${key} = ${found}${detail ? ` (${detail})` : ''}: allowed is ${allowed}`,
-  );
+  throw new AutotestError('ERR_CONFIG', `${entry.file}:${entry.line}: [${section}] ${key} = ${found}${detail ? ` (${detail})` : ''}: allowed is ${allowed}`);
 }
 
 function parseWith<T>(kind: ValueKind<T>, text: string, context: ValueContext, refuse: (fault: ValueFault) => never): T {
@@ -46,7 +43,12 @@ function parseWith<T>(kind: ValueKind<T>, text: string, context: ValueContext, r
   }
 }
 
-export function createSectionReader<Keys extends Record<string, KeyDeclaration>>(doc: IniDocument, section: string, keys: Keys, options: ReaderOptions): SectionReader<Keys> {
+export function createSectionReader<Keys extends Record<string, KeyDeclaration>>(
+  doc: IniDocument,
+  section: string,
+  keys: Keys,
+  options: ReaderOptions,
+): SectionReader<Keys> {
   const declarationOf = (name: string): KeyDeclaration => {
     const declaration = keys[name];
     if (!declaration) throw new Error(`[${section}] ${name} is not declared`);
@@ -55,7 +57,9 @@ export function createSectionReader<Keys extends Record<string, KeyDeclaration>>
   const fromEntry = (name: string, entry: IniValue): unknown => {
     const declaration = declarationOf(name);
     const context = { baseDir: options.baseDirOf(entry.file), setAt: `${entry.file}:${entry.line.toString()}: [${section}] ${name}`, s3: options.s3 };
-    return parseWith(declaration.kind, entry.value, context, (fault) => refuseValue(section, entry, name, declaration, fault.allowed ?? declaration.kind.allowed, fault.detail));
+    return parseWith(declaration.kind, entry.value, context, (fault) =>
+      refuseValue(section, entry, name, declaration, fault.allowed ?? declaration.kind.allowed, fault.detail),
+    );
   };
   const fromDefault = (name: string): unknown => {
     const declaration = declarationOf(name);
@@ -64,7 +68,10 @@ export function createSectionReader<Keys extends Record<string, KeyDeclaration>>
     if (text === undefined) return undefined;
     const context = { baseDir: process.cwd(), setAt: variable === undefined ? `(default) [${section}] ${name}` : `$${variable}`, s3: options.s3 };
     return parseWith(declaration.kind, text, context, (fault) => {
-      throw new AutotestError('ERR_CONFIG', `${context.setAt} = "${redactSecrets(text)}"${fault.detail ? ` (${fault.detail})` : ''}: allowed is ${fault.allowed ?? declaration.kind.allowed}`);
+      throw new AutotestError(
+        'ERR_CONFIG',
+        `${context.setAt} = "${redactSecrets(text)}"${fault.detail ? ` (${fault.detail})` : ''}: allowed is ${fault.allowed ?? declaration.kind.allowed}`,
+      );
     });
   };
   const entry = (name: string): IniValue | undefined => getIniValue(doc, section, name);
@@ -77,7 +84,7 @@ export function createSectionReader<Keys extends Record<string, KeyDeclaration>>
     },
     readOr: <K extends keyof Keys & string>(name: K, fallback: KindOf<Keys[K]>) => {
       const found = entry(name);
-      return found ? fromEntry(name, found) as KindOf<Keys[K]> : fallback;
+      return found ? (fromEntry(name, found) as KindOf<Keys[K]>) : fallback;
     },
     refuse(name, allowed, detail) {
       const found = entry(name);

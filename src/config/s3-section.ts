@@ -53,7 +53,11 @@ function readS3Sections(doc: IniDocument, options: ReaderOptions): { common: S3S
  * once an s3:// location asks for its settings: a variable set for other tools must not stop
  * a command that never talks to S3.
  */
-export function readS3Config(doc: IniDocument, baseDirOf: (file: string) => string, env: NodeJS.ProcessEnv): { settingsFor: S3SettingsFor; warnings: string[] } {
+export function readS3Config(
+  doc: IniDocument,
+  baseDirOf: (file: string) => string,
+  env: NodeJS.ProcessEnv,
+): { settingsFor: S3SettingsFor; warnings: string[] } {
   const options = (from: NodeJS.ProcessEnv): ReaderOptions => ({ baseDirOf, s3: () => DEFAULT_S3_SETTINGS, env: from });
   readS3Sections(doc, options({}));
   const warnings = [...doc.keys()].filter((section) => section === 'S3' || section.startsWith('S3:')).flatMap((section) => unknownKeys(doc, section));

@@ -142,7 +142,6 @@ export interface ServerCacheConfig {
   indexMaxAgeMs: number;
 }
 
-
 type PackagesReader = SectionReader<typeof PACKAGES_KEYS>;
 
 function readFetchTls(reader: PackagesReader): FetchTls | undefined {
@@ -179,7 +178,11 @@ function readFetchSettings(reader: PackagesReader): FetchSettings {
  * `baseDirOf` tells the folder relative paths of a value are resolved against: the folder of
  * the file the value came from.
  */
-export function readPackagesConfig(doc: IniDocument, baseDirOf: (file: string) => string, env: NodeJS.ProcessEnv = process.env): { packages: PackagesConfig; warnings: string[] } {
+export function readPackagesConfig(
+  doc: IniDocument,
+  baseDirOf: (file: string) => string,
+  env: NodeJS.ProcessEnv = process.env,
+): { packages: PackagesConfig; warnings: string[] } {
   const { settingsFor: s3, warnings: s3Warnings } = readS3Config(doc, baseDirOf, env);
   const reader = createSectionReader(doc, 'PACKAGES', PACKAGES_KEYS, { baseDirOf, s3, env });
   const signingKey = reader.read('signing_key');

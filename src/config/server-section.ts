@@ -27,7 +27,12 @@ function firstServable(locations: Location[]): ServedLocation | undefined {
   return found && asServed(found);
 }
 
-export function readServerConfig(doc: IniDocument, baseDirOf: (file: string) => string, packages: PackagesConfig, env: NodeJS.ProcessEnv): { server: ServerConfig; warnings: string[] } {
+export function readServerConfig(
+  doc: IniDocument,
+  baseDirOf: (file: string) => string,
+  packages: PackagesConfig,
+  env: NodeJS.ProcessEnv,
+): { server: ServerConfig; warnings: string[] } {
   const reader = createSectionReader(doc, 'SERVER', SERVER_KEYS, { baseDirOf, s3: packages.s3, env });
   return {
     server: {

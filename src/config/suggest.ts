@@ -67,7 +67,9 @@ export function misspeltSections(doc: IniDocument, source: string): string[] {
     if (near === undefined) continue;
     const first = section.values().next().value;
     const where = first === undefined ? source : `${first.file}:${first.line.toString()}`;
-    warnings.push(`${where}: unknown section [${name}] is ignored, with its ${section.size.toString()} key(s) (did you mean [${near}]? section names are case-sensitive)`);
+    warnings.push(
+      `${where}: unknown section [${name}] is ignored, with its ${section.size.toString()} key(s) (did you mean [${near}]? section names are case-sensitive)`,
+    );
   }
   return warnings;
 }

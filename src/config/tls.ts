@@ -20,9 +20,15 @@ async function readPem(file: PemFile, what: string): Promise<string> {
   try {
     text = await readFile(file.file, 'utf8');
   } catch (error) {
-    throw refused(file, `cannot read it (${errnoCode(error) ?? describeError(error)})`, `name a readable PEM file holding ${what}, or leave the key empty`, error);
+    throw refused(
+      file,
+      `cannot read it (${errnoCode(error) ?? describeError(error)})`,
+      `name a readable PEM file holding ${what}, or leave the key empty`,
+      error,
+    );
   }
-  if (!text.includes('-----BEGIN ')) throw refused(file, 'not a PEM file (no "-----BEGIN" line)', `name a PEM file holding ${what} (DER can be converted with openssl x509 -inform der)`);
+  if (!text.includes('-----BEGIN '))
+    throw refused(file, 'not a PEM file (no "-----BEGIN" line)', `name a PEM file holding ${what} (DER can be converted with openssl x509 -inform der)`);
   return text;
 }
 
@@ -30,7 +36,12 @@ function parseCertificate(file: PemFile, pem: string): X509Certificate {
   try {
     return new X509Certificate(pem);
   } catch (error) {
-    throw refused(file, `holds no certificate OpenSSL can read (${describeError(error)})`, 'name a PEM file whose first block is "-----BEGIN CERTIFICATE-----"', error);
+    throw refused(
+      file,
+      `holds no certificate OpenSSL can read (${describeError(error)})`,
+      'name a PEM file whose first block is "-----BEGIN CERTIFICATE-----"',
+      error,
+    );
   }
 }
 
@@ -56,7 +67,12 @@ export async function readTlsFiles(tls: FetchTls | undefined, options: ReadTlsOp
     try {
       key = createPrivateKey(keyPem);
     } catch (error) {
-      throw refused(clientKey, `holds no unencrypted private key (${describeError(error)})`, 'name the PEM private key of fetch_client_cert, without a passphrase', error);
+      throw refused(
+        clientKey,
+        `holds no unencrypted private key (${describeError(error)})`,
+        'name the PEM private key of fetch_client_cert, without a passphrase',
+        error,
+      );
     }
     if (!certificate.checkPrivateKey(key)) {
       throw refused(clientKey, `is not the key of fetch_client_cert ${clientCert.file}`, 'name the private key that belongs to fetch_client_cert');

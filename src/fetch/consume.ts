@@ -13,7 +13,13 @@ const MAX_QUEUED = 8 * 1024 * 1024;
  * stream fails, every chunk that arrived before a cut is written before this returns or
  * reports: a resume then starts after it. Returns the bytes written and what stopped it, if anything.
  */
-export async function consume(stream: Readable, handle: FileHandle, position: number, hash: Digester, bound: { bytes: number; exact: boolean; tooLong: () => Error; onWritten: (written: number) => void }): Promise<{ written: number; error: Error | undefined }> {
+export async function consume(
+  stream: Readable,
+  handle: FileHandle,
+  position: number,
+  hash: Digester,
+  bound: { bytes: number; exact: boolean; tooLong: () => Error; onWritten: (written: number) => void },
+): Promise<{ written: number; error: Error | undefined }> {
   // Set from the data handler: an object, so that the check after `await` reads it afresh.
   const body = { complete: false };
   let queued: Buffer[] = [];
@@ -27,19 +33,22 @@ export async function consume(stream: Readable, handle: FileHandle, position: nu
     const bytes = queuedBytes;
     queued = [];
     queuedBytes = 0;
-    writing = handle.writev(buffers, position + written).then(() => {
-      written += bytes;
-      writing = undefined;
-      bound.onWritten(written);
-      // Hashed once on disk, in order: the digest always covers exactly the bytes written.
-      for (const buffer of buffers) hash.take(buffer);
-      if (stream.isPaused()) stream.resume();
-      flush();
-    }, (error: unknown) => {
-      writing = undefined;
-      failed = error instanceof Error ? error : new Error(String(error));
-      stream.destroy(failed);
-    });
+    writing = handle.writev(buffers, position + written).then(
+      () => {
+        written += bytes;
+        writing = undefined;
+        bound.onWritten(written);
+        // Hashed once on disk, in order: the digest always covers exactly the bytes written.
+        for (const buffer of buffers) hash.take(buffer);
+        if (stream.isPaused()) stream.resume();
+        flush();
+      },
+      (error: unknown) => {
+        writing = undefined;
+        failed = error instanceof Error ? error : new Error(String(error));
+        stream.destroy(failed);
+      },
+    );
   };
   stream.on('data', (chunk: Buffer) => {
     if (failed) return;

@@ -80,7 +80,10 @@ export class Download {
   private restartedClean = false;
   private verification: Verification | undefined;
 
-  constructor(private readonly context: DownloadContext, private readonly request: DownloadRequest) {
+  constructor(
+    private readonly context: DownloadContext,
+    private readonly request: DownloadRequest,
+  ) {
     this.part = new PartFile(request.dest, request.entry);
     this.what = `${request.repository.name}/${request.file}`;
     this.started = context.clock.now();
@@ -139,9 +142,10 @@ export class Download {
     let received = 0;
     try {
       // A part that is already whole (a run killed just before its rename) needs no request.
-      const opened: Opened = entry.size !== undefined && offset === entry.size && offset > 0
-        ? { stream: Readable.from([]), start: offset }
-        : await repository.open(file, offset, remaining);
+      const opened: Opened =
+        entry.size !== undefined && offset === entry.size && offset > 0
+          ? { stream: Readable.from([]), start: offset }
+          : await repository.open(file, offset, remaining);
       start = opened.start;
       if (start !== offset) {
         this.verification?.hash.dispose();
@@ -153,7 +157,9 @@ export class Download {
         bytes: bound.bytes - start,
         exact: entry.size !== undefined,
         tooLong: bound.tooLong,
-        onWritten: (written) => { onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size }); },
+        onWritten: (written) => {
+          onProgress?.({ file, repository: repository.name, bytes: at + written, size: entry.size });
+        },
       });
       received = result.written;
       this.moved += result.written;
@@ -173,7 +179,12 @@ export class Download {
   /** Cuts `stream` when fetch_timeout is spent, unless `signal` says the try ended first. */
   private cutAtDeadline(stream: Readable, attempt: number, signal: AbortSignal): void {
     const { clock } = this.context;
-    clock.sleep(Math.max(0, this.deadline - clock.now()), signal).then(() => { stream.destroy(this.overBudget(attempt + 1)); }, () => undefined);
+    clock.sleep(Math.max(0, this.deadline - clock.now()), signal).then(
+      () => {
+        stream.destroy(this.overBudget(attempt + 1));
+      },
+      () => undefined,
+    );
   }
 
   /** Checks the bytes of the part against the index; 'again' when a kept part may be what is wrong. */
@@ -184,7 +195,10 @@ export class Download {
       // cleanly short is a file shorter than its index says, and asking again for the
       // rest could only be refused (416).
       await this.part.discard();
-      throw new FetchFailure(`${repository.name}/${file}: ${size.toString()} bytes, but its index gives ${entry.size.toString()}; discarded`, { transient: false, down: false });
+      throw new FetchFailure(`${repository.name}/${file}: ${size.toString()} bytes, but its index gives ${entry.size.toString()}; discarded`, {
+        transient: false,
+        down: false,
+      });
     }
     const { hash, wanted, algorithm } = this.current();
     const found = await hash.digest();
@@ -195,7 +209,10 @@ export class Download {
       this.restartedClean = true;
       return 'again';
     }
-    throw new FetchFailure(`${repository.name}/${file}: ${algorithm} ${found} (${size.toString()} bytes) does not match its index (${wanted}); discarded`, { transient: false, down: false });
+    throw new FetchFailure(`${repository.name}/${file}: ${algorithm} ${found} (${size.toString()} bytes) does not match its index (${wanted}); discarded`, {
+      transient: false,
+      down: false,
+    });
   }
 
   /** Decides after a failed try: start again from 0 ('again'), try again after a pause ('retry'), or give up (throws). */
@@ -218,12 +235,16 @@ export class Download {
       // A full cache is left as it was found: what this fetch wrote goes.
       await this.part.discardAll();
       throw new AutotestError('ERR_LOCATION_REFUSED', `package cache ${path.dirname(this.request.dest)}: cannot write ${this.request.file} (${code})`, {
-        hint: 'free some space or fix the permissions of the package cache', cause: error,
+        hint: 'free some space or fix the permissions of the package cache',
+        cause: error,
       });
     }
     if (!failure.transient || attempt >= this.context.settings.retries) {
       throw new FetchFailure(`${failure.message}${attempt > 0 ? ` (after ${(attempt + 1).toString()} tries)` : ''}`, {
-        transient: false, down: failure.down, hint: failure.hint, cause: error,
+        transient: false,
+        down: failure.down,
+        hint: failure.hint,
+        cause: error,
       });
     }
     const { clock } = this.context;
@@ -241,7 +262,8 @@ export class Download {
     const { entry, dest } = this.request;
     const { maxSizeBytes } = this.context.settings;
     const cacheDir = path.dirname(dest);
-    const cut = (why: string) => (): FetchFailure => new FetchFailure(`${this.what}: ${why}; cut and discarded`, { transient: false, down: false, tooLong: true });
+    const cut = (why: string) => (): FetchFailure =>
+      new FetchFailure(`${this.what}: ${why}; cut and discarded`, { transient: false, down: false, tooLong: true });
     if (entry.size !== undefined) return { bytes: entry.size, tooLong: cut(`sends more than the ${entry.size.toString()} bytes its index gives`) };
     const fs = await statfs(cacheDir);
     const free = offset + fs.bavail * fs.bsize;

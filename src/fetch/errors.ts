@@ -33,7 +33,19 @@ export class FetchFailure extends AutotestError {
   /** No connection, no data or no whole body within its time: a server in front answers 504 for it. */
   readonly timedOut: boolean;
 
-  constructor(message: string, options: { transient: boolean; down: boolean; notFound?: boolean; rangeRefused?: boolean; tooLong?: boolean; timedOut?: boolean; hint?: string; cause?: unknown }) {
+  constructor(
+    message: string,
+    options: {
+      transient: boolean;
+      down: boolean;
+      notFound?: boolean;
+      rangeRefused?: boolean;
+      tooLong?: boolean;
+      timedOut?: boolean;
+      hint?: string;
+      cause?: unknown;
+    },
+  ) {
     super('ERR_FETCH', message, { cause: options.cause, hint: options.hint });
     this.transient = options.transient;
     this.down = options.down;
@@ -48,11 +60,18 @@ export class FetchFailure extends AutotestError {
 const REFUSED = new Set(['ECONNREFUSED', 'ENETUNREACH', 'ENOTFOUND', 'EADDRNOTAVAIL']);
 /** Known only after waiting: ARP or DNS gave up, or the kernel's own connect timeout. */
 const UNREACHABLE_SLOWLY = new Set(['EHOSTUNREACH', 'EAI_AGAIN']);
-const TLS_REFUSED = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'EPROTO']);
+const TLS_REFUSED = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'EPROTO',
+]);
 const BROKEN = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET']);
 
-export const TLS_HINT = 'if the repository uses the lab\'s own CA, name its PEM bundle in fetch_ca_file ([PACKAGES]); '
-  + 'if it verifies clients, set fetch_client_cert and fetch_client_key';
+export const TLS_HINT =
+  "if the repository uses the lab's own CA, name its PEM bundle in fetch_ca_file ([PACKAGES]); " +
+  'if it verifies clients, set fetch_client_cert and fetch_client_key';
 
 function isTlsCode(code: string): boolean {
   return /^(CERT_|ERR_TLS_|ERR_SSL_)/.test(code) || TLS_REFUSED.has(code);

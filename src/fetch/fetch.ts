@@ -111,7 +111,11 @@ export class PackageFetcher {
   }
 
   /** Walks the repositories in `file`'s order; `attempt` returns a result, or throws why this one failed. */
-  private async firstThatWorks<T>(what: string, file: string, attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>): Promise<T & { passedOver: string[] }> {
+  private async firstThatWorks<T>(
+    what: string,
+    file: string,
+    attempt: (repository: FetchRepository, index: RepositoryIndex) => Promise<T | string>,
+  ): Promise<T & { passedOver: string[] }> {
     const reasons: string[] = [];
     const failures: string[] = [];
     const hints = new Set<string>();
@@ -144,7 +148,8 @@ export class PackageFetcher {
       }
     }
     throw new AllRepositoriesFailed(`cannot get ${what}: no repository could provide it:\n${reasons.map((r) => `  - ${r}`).join('\n')}`, {
-      failures, hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
+      failures,
+      hint: [...hints, 'check fetch_location and that the package was published ("autotest packager list")'].join('; '),
     });
   }
 
@@ -164,7 +169,10 @@ export class PackageFetcher {
     return this.firstThatWorks(file, file, async (repository, index) => {
       const entry = index.get(file);
       if (!entry) return `${file} is not in its index`;
-      const { settings, parts: { clock, resources } } = this;
+      const {
+        settings,
+        parts: { clock, resources },
+      } = this;
       return new Download({ settings, clock, hashing: () => resources.get(HASHING_THREAD) }, { repository, file, entry, dest, onProgress }).run();
     });
   }

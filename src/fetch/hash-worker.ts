@@ -6,10 +6,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 
-export type HashRequest =
-  | { id: number; type: 'start'; algorithm: string }
-  | { id: number; type: 'data'; bytes: ArrayBuffer }
-  | { id: number; type: 'end' };
+export type HashRequest = { id: number; type: 'start'; algorithm: string } | { id: number; type: 'data'; bytes: ArrayBuffer } | { id: number; type: 'end' };
 
 export interface HashAnswer {
   id: number;

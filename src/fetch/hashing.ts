@@ -108,8 +108,12 @@ export class HashingThread {
         this.waiting.get(answer.id)?.resolve(answer.digest);
         this.waiting.delete(answer.id);
       });
-      created.on('error', (error) => { if (this.worker === created) this.failAll(error); });
-      created.on('exit', (code) => { if (this.worker === created) this.failAll(new Error(`the hashing thread exited (code ${code.toString()})`)); });
+      created.on('error', (error) => {
+        if (this.worker === created) this.failAll(error);
+      });
+      created.on('exit', (code) => {
+        if (this.worker === created) this.failAll(new Error(`the hashing thread exited (code ${code.toString()})`));
+      });
       created.unref();
       this.worker = created;
     }
@@ -131,10 +135,13 @@ function send(target: Worker, message: HashRequest, transfer: ArrayBuffer[] = []
 export function inlineDigester(algorithm: string): Digester {
   const hash = createHash(algorithm);
   return {
-    update: (bytes) => { hash.update(bytes); },
-    take: (bytes) => { hash.update(bytes); },
+    update: (bytes) => {
+      hash.update(bytes);
+    },
+    take: (bytes) => {
+      hash.update(bytes);
+    },
     digest: () => Promise.resolve(hash.digest('hex')),
     dispose: () => undefined,
   };
 }
-

@@ -19,7 +19,11 @@ interface Standing {
 export class RepositoryHealth {
   private readonly standings = new Map<string, Standing>();
 
-  private constructor(private readonly cooldownMs: number, private readonly file: string | undefined, private readonly now: () => number) {}
+  private constructor(
+    private readonly cooldownMs: number,
+    private readonly file: string | undefined,
+    private readonly now: () => number,
+  ) {}
 
   /** `now` gives epoch ms: the cool-downs kept in the file are shared with other processes. */
   static async open(cooldownMs: number, cacheDir: string | undefined, now: () => number = systemClock.now): Promise<RepositoryHealth> {

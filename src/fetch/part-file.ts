@@ -13,7 +13,10 @@ export class PartFile {
   private readonly infoPath: string;
   private readonly identity: string;
 
-  constructor(private readonly dest: string, private readonly entry: IndexEntry) {
+  constructor(
+    private readonly dest: string,
+    private readonly entry: IndexEntry,
+  ) {
     this.path = `${dest}.part`;
     this.infoPath = `${dest}.part.json`;
     this.identity = JSON.stringify({ md5: entry.md5, sha256: entry.sha256 ?? null, size: entry.size ?? null });

@@ -116,17 +116,35 @@ export async function packageEntries(source: PackageSource, options: { fullTree?
       runtime.push(await fileEntry(path.join(CLIENT_RUNTIME_DIR, name), `bin/${name}`));
     } catch (error) {
       throw new AutotestError('ERR_PACK', `the client runtime ${path.join(CLIENT_RUNTIME_DIR, name)} is missing (${errnoCode(error) ?? String(error)})`, {
-        hint: 'build it with "npm run build"', cause: error,
+        hint: 'build it with "npm run build"',
+        cause: error,
       });
     }
   }
   const taken = new Set(entries.map((entry) => entry.path));
   for (const entry of runtime) {
-    if (taken.has(entry.path)) throw new AutotestError('ERR_PACK', `${path.join(source.root, entry.path)}: the client tree may not hold this file: the packager puts the client runtime there`);
+    if (taken.has(entry.path))
+      throw new AutotestError(
+        'ERR_PACK',
+        `${path.join(source.root, entry.path)}: the client tree may not hold this file: the packager puts the client runtime there`,
+      );
   }
-  const bin = entries.some((entry) => entry.path === 'bin' && entry.kind === 'dir') ? [] : [{
-    path: 'bin', absPath: path.join(source.root, 'bin'), kind: 'dir' as const, mode: 0o755, size: 0, linkTarget: undefined, dev: 0, ino: 0, mtimeMs: 0, ctimeMs: 0,
-  }];
+  const bin = entries.some((entry) => entry.path === 'bin' && entry.kind === 'dir')
+    ? []
+    : [
+        {
+          path: 'bin',
+          absPath: path.join(source.root, 'bin'),
+          kind: 'dir' as const,
+          mode: 0o755,
+          size: 0,
+          linkTarget: undefined,
+          dev: 0,
+          ino: 0,
+          mtimeMs: 0,
+          ctimeMs: 0,
+        },
+      ];
   return [...entries, ...bin, ...runtime];
 }
 
@@ -150,9 +168,13 @@ export async function selectSources(clientDir: string, selection: Selection, com
     for (const name of chosen) {
       const root = folders.get(name);
       if (!root) {
-        throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${type} "${name}" not found: no folder ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f, name)).join(' or ')}`, {
-          hint: `each folder of ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f)).join(' and ')} is a ${type}; check the name or --client-dir`,
-        });
+        throw new AutotestError(
+          'ERR_UNKNOWN_PACKAGE',
+          `${type} "${name}" not found: no folder ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f, name)).join(' or ')}`,
+          {
+            hint: `each folder of ${TYPE_FOLDERS[type].map((f) => path.join(clientDir, f)).join(' and ')} is a ${type}; check the name or --client-dir`,
+          },
+        );
       }
       add({ type, name, root, fileName: packageFileName(type, name, compression) });
     }
@@ -169,7 +191,8 @@ export async function selectSources(clientDir: string, selection: Selection, com
     } catch {
       throw new AutotestError('ERR_UNKNOWN_PACKAGE', `file ${resolved} does not exist`, { hint: 'check the path given to --file' });
     }
-    if (!st.isFile()) throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${resolved} is not a regular file`, { hint: '--file publishes one file such as a kernel image' });
+    if (!st.isFile())
+      throw new AutotestError('ERR_UNKNOWN_PACKAGE', `${resolved} is not a regular file`, { hint: '--file publishes one file such as a kernel image' });
     add({ type: 'file', name: fileName, root: resolved, fileName });
   }
   if (sources.size === 0) {

@@ -28,19 +28,26 @@ export async function listLocations(locations: Location[], resources?: Resources
 }
 
 function listWith(locations: Location[], resources: Resources): Promise<ListReport[]> {
-  return Promise.all(locations.map(async (location) => {
-    try {
-      const index = await createUploadTarget(location, { resources }).readIndex();
-      const packages = [...index.values()].map((entry) => {
-        const parsed = parseFileName(entry.file);
-        return {
-          file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size,
-          md5: entry.md5, sha256: entry.sha256, publishedAt: entry.publishedAt,
-        };
-      });
-      return { location: describeLocation(location), packages, error: undefined };
-    } catch (error) {
-      return { location: describeLocation(location), packages: [], error: toFailure(error) };
-    }
-  }));
+  return Promise.all(
+    locations.map(async (location) => {
+      try {
+        const index = await createUploadTarget(location, { resources }).readIndex();
+        const packages = [...index.values()].map((entry) => {
+          const parsed = parseFileName(entry.file);
+          return {
+            file: entry.file,
+            type: parsed.type ?? 'file',
+            name: parsed.name,
+            size: entry.size,
+            md5: entry.md5,
+            sha256: entry.sha256,
+            publishedAt: entry.publishedAt,
+          };
+        });
+        return { location: describeLocation(location), packages, error: undefined };
+      } catch (error) {
+        return { location: describeLocation(location), packages: [], error: toFailure(error) };
+      }
+    }),
+  );
 }

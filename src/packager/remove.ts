@@ -27,27 +27,29 @@ export function removePackages(options: RemoveOptions): Promise<OperationReport>
 async function removeWith(options: RemoveOptions & { resources: Resources }): Promise<OperationReport> {
   const emit: EventSink = options.onEvent ?? (() => undefined);
   const report: OperationReport = { packed: [], failedPackages: [], locations: [], ok: true };
-  await Promise.all(options.locations.map(async (location) => {
-    const locationReport = emptyLocationReport(describeLocation(location));
-    report.locations.push(locationReport);
-    try {
-      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
-      const index = await target.readIndex();
-      const present: string[] = [];
-      for (const file of options.files) {
-        if (index.has(file) || (await target.fileSize(file)) !== undefined) present.push(file);
-        else locationReport.missing.push(file);
+  await Promise.all(
+    options.locations.map(async (location) => {
+      const locationReport = emptyLocationReport(describeLocation(location));
+      report.locations.push(locationReport);
+      try {
+        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        const index = await target.readIndex();
+        const present: string[] = [];
+        for (const file of options.files) {
+          if (index.has(file) || (await target.fileSize(file)) !== undefined) present.push(file);
+          else locationReport.missing.push(file);
+        }
+        if (present.length > 0) await target.commit({ add: [], refresh: [], remove: present });
+        for (const file of present) {
+          locationReport.removed.push(file);
+          emit({ type: 'removed', file, location: target.name });
+        }
+      } catch (error) {
+        locationReport.error = toFailure(error);
+        emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
       }
-      if (present.length > 0) await target.commit({ add: [], refresh: [], remove: present });
-      for (const file of present) {
-        locationReport.removed.push(file);
-        emit({ type: 'removed', file, location: target.name });
-      }
-    } catch (error) {
-      locationReport.error = toFailure(error);
-      emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
-    }
-  }));
+    }),
+  );
   report.ok = report.locations.length > 0 && report.locations.every((l) => !l.error);
   return report;
 }

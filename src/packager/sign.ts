@@ -23,11 +23,13 @@ export function signLocations(locations: Location[], signing: IndexSigning, reso
 }
 
 function signWith(locations: Location[], signing: IndexSigning, resources: Resources): Promise<SignReport[]> {
-  return Promise.all(locations.map(async (location) => {
-    try {
-      return { location: describeLocation(location), serial: await createUploadTarget(location, { signing, resources }).sign(), error: undefined };
-    } catch (error) {
-      return { location: describeLocation(location), serial: undefined, error: toFailure(error) };
-    }
-  }));
+  return Promise.all(
+    locations.map(async (location) => {
+      try {
+        return { location: describeLocation(location), serial: await createUploadTarget(location, { signing, resources }).sign(), error: undefined };
+      } catch (error) {
+        return { location: describeLocation(location), serial: undefined, error: toFailure(error) };
+      }
+    }),
+  );
 }

@@ -32,8 +32,13 @@ export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
 function isRecord(value: unknown): value is PackRecord {
   if (typeof value !== 'object' || value === null) return false;
   const v = value as Record<string, unknown>;
-  return typeof v.fingerprint === 'string' && typeof v.sourceDigest === 'string' && typeof v.md5 === 'string'
-    && typeof v.sha256 === 'string' && typeof v.size === 'number';
+  return (
+    typeof v.fingerprint === 'string' &&
+    typeof v.sourceDigest === 'string' &&
+    typeof v.md5 === 'string' &&
+    typeof v.sha256 === 'string' &&
+    typeof v.size === 'number'
+  );
 }
 
 async function readRecords(file: string): Promise<Map<string, PackRecord>> {

@@ -19,19 +19,29 @@ const DAY_MS = 24 * 3600 * 1000;
  * out of the index first. Locations are done in parallel; one failing does not stop the rest.
  */
 /** `options.resources`: the command's connections; by default the upkeep's own, closed when it ends. */
-export function upkeepLocations(locations: Location[], maxAgeDays: number, options: { now?: number; signing?: IndexSigning | undefined; resources?: Resources | undefined } = {}): Promise<UpkeepReport[]> {
+export function upkeepLocations(
+  locations: Location[],
+  maxAgeDays: number,
+  options: { now?: number; signing?: IndexSigning | undefined; resources?: Resources | undefined } = {},
+): Promise<UpkeepReport[]> {
   return withResources(options.resources, (resources) => upkeepWith(locations, maxAgeDays, { ...options, resources }));
 }
 
-function upkeepWith(locations: Location[], maxAgeDays: number, options: { now?: number; signing?: IndexSigning | undefined; resources: Resources }): Promise<UpkeepReport[]> {
+function upkeepWith(
+  locations: Location[],
+  maxAgeDays: number,
+  options: { now?: number; signing?: IndexSigning | undefined; resources: Resources },
+): Promise<UpkeepReport[]> {
   const cutoff = (options.now ?? Date.now()) - maxAgeDays * DAY_MS;
-  return Promise.all(locations.map(async (location) => {
-    try {
-      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
-      await target.cleanTemps();
-      return { location: describeLocation(location), removed: await target.expire(cutoff), error: undefined };
-    } catch (error) {
-      return { location: describeLocation(location), removed: [], error: toFailure(error) };
-    }
-  }));
+  return Promise.all(
+    locations.map(async (location) => {
+      try {
+        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        await target.cleanTemps();
+        return { location: describeLocation(location), removed: await target.expire(cutoff), error: undefined };
+      } catch (error) {
+        return { location: describeLocation(location), removed: [], error: toFailure(error) };
+      }
+    }),
+  );
 }

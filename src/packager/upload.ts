@@ -8,8 +8,17 @@ import type { Compression, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isAutotestError } from '../errors.js';
 import {
-  DigestStream, compressTarFile, createCompressorPool, digestEntries, packEntries, treeFingerprint, writeTarFile,
-  type CompressorPool, type IndexEntry, type TreeEntry, type RepositoryIndex,
+  DigestStream,
+  compressTarFile,
+  createCompressorPool,
+  digestEntries,
+  packEntries,
+  treeFingerprint,
+  writeTarFile,
+  type CompressorPool,
+  type IndexEntry,
+  type TreeEntry,
+  type RepositoryIndex,
 } from '../packages/index.js';
 import { createUploadTarget, type StagedFile, type UploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -108,7 +117,7 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
   if (source.type === 'file') return copyFileSource(source, dest);
   // The plan's walk is reused: a file changed since then fails its package (its size) or is
   // packed as it is now while the fingerprint keeps the old stat, so the next run packs again.
-  const { entries, startedMs, bytes } = walked ?? await walkSource(source) ?? { entries: [], startedMs: 0, bytes: 0 };
+  const { entries, startedMs, bytes } = walked ?? (await walkSource(source)) ?? { entries: [], startedMs: 0, bytes: 0 };
   const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${plan.compression}`);
   const threads = plan.threadsFor(bytes);
   if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
@@ -138,27 +147,29 @@ async function currentDigest(source: PackageSource, walked: Walked | undefined, 
   const { entries, startedMs } = walked;
   const fingerprint = treeFingerprint(entries, `${FORMAT_SALT}:${compression}`);
   if (record.fingerprint !== '') return fingerprint === record.fingerprint ? record.sourceDigest : undefined;
-  if (await digestEntries(entries) !== record.sourceDigest) return undefined;
+  if ((await digestEntries(entries)) !== record.sourceDigest) return undefined;
   if (!isRacy(entries, startedMs)) state.set(source.fileName, { ...record, fingerprint });
   return record.sourceDigest;
 }
 
 async function openLocations(options: UploadOptions & { resources: Resources }, report: OperationReport, emit: EventSink): Promise<LiveTarget[]> {
   const live: LiveTarget[] = [];
-  await Promise.all(options.locations.map(async (location) => {
-    const locationReport = emptyLocationReport(describeLocation(location));
-    report.locations.push(locationReport);
-    try {
-      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
-      const { created } = await target.prepare({ minimumFreeBytes: options.minimumFreeBytes, neededBytes: 0 });
-      locationReport.created = created;
-      await target.cleanTemps();
-      live.push({ target, report: locationReport, index: await target.readIndex() });
-    } catch (error) {
-      locationReport.error = toFailure(error);
-      emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
-    }
-  }));
+  await Promise.all(
+    options.locations.map(async (location) => {
+      const locationReport = emptyLocationReport(describeLocation(location));
+      report.locations.push(locationReport);
+      try {
+        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        const { created } = await target.prepare({ minimumFreeBytes: options.minimumFreeBytes, neededBytes: 0 });
+        locationReport.created = created;
+        await target.cleanTemps();
+        live.push({ target, report: locationReport, index: await target.readIndex() });
+      } catch (error) {
+        locationReport.error = toFailure(error);
+        emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
+      }
+    }),
+  );
   return live;
 }
 
@@ -192,7 +203,10 @@ function createPackQueue(): PackQueue {
       totalBytes += walked?.bytes ?? 0;
       const item = { source, walked };
       const taker = waiting.shift();
-      if (taker) { taker(item); return; }
+      if (taker) {
+        taker(item);
+        return;
+      }
       const bytes = walked?.bytes ?? 0;
       let at = ready.length;
       while (at > 0 && (ready[at - 1]?.walked?.bytes ?? 0) < bytes) at -= 1;
@@ -205,11 +219,19 @@ function createPackQueue(): PackQueue {
     next() {
       const item = ready.shift();
       if (item || closed) return Promise.resolve(item);
-      return new Promise((resolve) => { waiting.push(resolve); });
+      return new Promise((resolve) => {
+        waiting.push(resolve);
+      });
     },
-    get totalBytes() { return totalBytes; },
-    get closed() { return closed; },
-    get count() { return count; },
+    get totalBytes() {
+      return totalBytes;
+    },
+    get closed() {
+      return closed;
+    },
+    get count() {
+      return count;
+    },
   };
 }
 
@@ -217,7 +239,13 @@ function createPackQueue(): PackQueue {
  * Walks every package, one after the other (the walks are synchronous, see walkTree), and
  * pushes each that some location lacks into `queue`; the others are reported unchanged.
  */
-async function decide(sources: PackageSource[], live: LiveTarget[], state: PackState, queue: PackQueue, context: { compression: Compression; emit: EventSink }): Promise<void> {
+async function decide(
+  sources: PackageSource[],
+  live: LiveTarget[],
+  state: PackState,
+  queue: PackQueue,
+  context: { compression: Compression; emit: EventSink },
+): Promise<void> {
   const { emit } = context;
   // Each location is asked about a package (a stat, a round trip) while the next is walked.
   const checks: Promise<void>[] = [];
@@ -267,25 +295,33 @@ interface Staged {
 /** Stages one packed package into every live location, or only refreshes the index of one already holding its bytes. */
 async function stageEverywhere(file: string, packed: string, record: PackRecord, live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
   const entry: IndexEntry = {
-    file, md5: record.md5, sha256: record.sha256, size: record.size, sourceDigest: record.sourceDigest, publishedAt: new Date().toISOString(),
+    file,
+    md5: record.md5,
+    sha256: record.sha256,
+    size: record.size,
+    sourceDigest: record.sourceDigest,
+    publishedAt: new Date().toISOString(),
   };
-  await Promise.all(live.map(async (l) => {
-    if (l.report.error) return;
-    const existing = l.index.get(file);
-    const size = existing ? await l.target.fileSize(file) : undefined;
-    if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
-      // Same bytes already there (touched files, or an older index): only the index learns more.
-      if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined) staged.refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
-      l.report.unchanged.push(file);
-      emit({ type: 'unchanged', file, location: l.target.name });
-      return;
-    }
-    try {
-      staged.adds.get(l)?.push({ entry, staged: await l.target.stage(file, packed) });
-    } catch (error) {
-      l.report.error ??= toFailure(error);
-    }
-  }));
+  await Promise.all(
+    live.map(async (l) => {
+      if (l.report.error) return;
+      const existing = l.index.get(file);
+      const size = existing ? await l.target.fileSize(file) : undefined;
+      if (existing && existing.md5 === record.md5 && (existing.sha256 ?? record.sha256) === record.sha256 && size === record.size) {
+        // Same bytes already there (touched files, or an older index): only the index learns more.
+        if (existing.sourceDigest !== record.sourceDigest || existing.sha256 === undefined)
+          staged.refresh.get(l)?.push({ ...entry, publishedAt: existing.publishedAt });
+        l.report.unchanged.push(file);
+        emit({ type: 'unchanged', file, location: l.target.name });
+        return;
+      }
+      try {
+        staged.adds.get(l)?.push({ entry, staged: await l.target.stage(file, packed) });
+      } catch (error) {
+        l.report.error ??= toFailure(error);
+      }
+    }),
+  );
 }
 
 /** The staging folder and the compressors, made when the first package to pack is found. */
@@ -335,15 +371,17 @@ async function packAndStage(queue: PackQueue, compressors: number, context: Pack
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       // Staging is mostly waiting for the disk (a copy and an fsync per location): it runs
       // beside the packing, twice as many at once.
-      stages.push(staging(async () => {
-        await context.planned;
-        if (source.type !== 'file') {
-          report.packed.push(source.fileName);
-          emit({ type: 'packed', file: source.fileName, size: record.size, seconds });
-        }
-        await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
-        await rm(packed, { force: true });
-      }));
+      stages.push(
+        staging(async () => {
+          await context.planned;
+          if (source.type !== 'file') {
+            report.packed.push(source.fileName);
+            emit({ type: 'packed', file: source.fileName, size: record.size, seconds });
+          }
+          await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
+          await rm(packed, { force: true });
+        }),
+      );
     }
   };
   await Promise.all(Array.from({ length: compressors + TARS_AHEAD }, packNext));
@@ -351,21 +389,23 @@ async function packAndStage(queue: PackQueue, compressors: number, context: Pack
 }
 
 async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {
-  await Promise.all(live.map(async (l) => {
-    const adds = staged.adds.get(l) ?? [];
-    try {
-      if (l.report.error) throw new Error('location failed before commit');
-      await l.target.commit({ add: adds, refresh: staged.refresh.get(l) ?? [], remove: [] });
-      for (const { entry } of adds) {
-        l.report.published.push(entry.file);
-        emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
+  await Promise.all(
+    live.map(async (l) => {
+      const adds = staged.adds.get(l) ?? [];
+      try {
+        if (l.report.error) throw new Error('location failed before commit');
+        await l.target.commit({ add: adds, refresh: staged.refresh.get(l) ?? [], remove: [] });
+        for (const { entry } of adds) {
+          l.report.published.push(entry.file);
+          emit({ type: 'published', file: entry.file, location: l.target.name, size: entry.size ?? 0 });
+        }
+      } catch (error) {
+        await l.target.discard(adds.map((a) => a.staged));
+        l.report.error ??= toFailure(error);
+        emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
       }
-    } catch (error) {
-      await l.target.discard(adds.map((a) => a.staged));
-      l.report.error ??= toFailure(error);
-      emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
-    }
-  }));
+    }),
+  );
 }
 
 /** Compressors run from long-lived helpers; without a compressor on PATH there is none, and each package then fails saying so, by name. */
@@ -439,7 +479,10 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
     const deciding = decide(options.sources, live, state, queue, { compression: options.compression, emit }).then(() => {
       emit({ type: 'plan', packages: options.sources.length, toPack: queue.count, locations: live.length });
     });
-    await Promise.all([deciding, packAndStage(queue, options.compressors, { live, state, report: options.report, emit, workspace, staged, planned: deciding })]);
+    await Promise.all([
+      deciding,
+      packAndStage(queue, options.compressors, { live, state, report: options.report, emit, workspace, staged, planned: deciding }),
+    ]);
     if (queue.count > 0) await commitEverywhere(live, staged, emit);
   } finally {
     if (opened) {

@@ -65,7 +65,8 @@ async function inspect(location: Location, options: Pick<VerifyOptions, 'signing
   const report: VerifyLocationReport = { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: undefined };
   const index = await target.readIndex();
   report.entries = index.size;
-  for (const problem of indexProblems(index)) report.problems.push({ file: problem.includes(MANIFEST_FILE) ? MANIFEST_FILE : CHECKSUM_FILE, kind: 'index', detail: problem });
+  for (const problem of indexProblems(index))
+    report.problems.push({ file: problem.includes(MANIFEST_FILE) ? MANIFEST_FILE : CHECKSUM_FILE, kind: 'index', detail: problem });
   for (const entry of index.values()) {
     if ((await target.fileSize(entry.file)) === undefined) {
       report.problems.push({ file: entry.file, kind: 'missing', detail: 'listed in the index, no such file' });
@@ -74,7 +75,8 @@ async function inspect(location: Location, options: Pick<VerifyOptions, 'signing
     const digests = await target.digestFile(entry.file);
     if (!matchesEntry(entry, digests)) {
       report.problems.push({
-        file: entry.file, kind: 'mismatch',
+        file: entry.file,
+        kind: 'mismatch',
         detail: `index says ${entry.sha256 ?? entry.md5}${entry.size !== undefined ? ` (${entry.size} bytes)` : ''}, file is ${entry.sha256 ? digests.sha256 : digests.md5} (${digests.size} bytes)`,
       });
     }
@@ -140,43 +142,51 @@ export function verifyLocations(options: VerifyOptions): Promise<VerifyLocationR
 }
 
 async function verifyWith(options: VerifyOptions & { resources: Resources }): Promise<VerifyLocationReport[]> {
-  return Promise.all(options.locations.map(async (location) => {
-    let report: VerifyLocationReport;
-    try {
-      report = await inspect(location, options);
-    } catch (error) {
-      return { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: toFailure(error) };
-    }
-    if (!options.repair || report.problems.length === 0) return report;
-    try {
-      const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
-      report.repaired.push(...await target.cleanTemps());
-      const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
-      // purge rewrites the index under its lock, which also drops the lines it could not read.
-      if (bad.length > 0 || report.problems.some((p) => p.kind === 'index')) report.repaired.push(...await target.purge(bad));
-      let failure: VerifyLocationReport['error'];
-      if (options.clientDir !== undefined) {
-        const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp' && p.kind !== 'index' && p.kind !== 'signature').map((p) => p.file);
-        const selection = await producible(options.clientDir, candidates, options.compression);
-        if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
-          const upload = await uploadPackages({
-            clientDir: options.clientDir, selection, locations: [location], compression: options.compression,
-            minimumFreeBytes: options.minimumFreeBytes, signing: options.signing, resources: options.resources, ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
-          });
-          report.repaired.push(...(upload.locations[0]?.published ?? []));
-          const failed = upload.locations[0]?.error ?? upload.failedPackages[0];
-          if (failed) failure = { ...failed, message: `republishing from the client tree failed: ${failed.message}` };
+  return Promise.all(
+    options.locations.map(async (location) => {
+      let report: VerifyLocationReport;
+      try {
+        report = await inspect(location, options);
+      } catch (error) {
+        return { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: toFailure(error) };
+      }
+      if (!options.repair || report.problems.length === 0) return report;
+      try {
+        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        report.repaired.push(...(await target.cleanTemps()));
+        const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
+        // purge rewrites the index under its lock, which also drops the lines it could not read.
+        if (bad.length > 0 || report.problems.some((p) => p.kind === 'index')) report.repaired.push(...(await target.purge(bad)));
+        let failure: VerifyLocationReport['error'];
+        if (options.clientDir !== undefined) {
+          const candidates = report.problems.filter((p) => p.kind !== 'leftover-temp' && p.kind !== 'index' && p.kind !== 'signature').map((p) => p.file);
+          const selection = await producible(options.clientDir, candidates, options.compression);
+          if (selection.client || selection.tests.length + selection.deps.length + selection.profilers.length > 0) {
+            const upload = await uploadPackages({
+              clientDir: options.clientDir,
+              selection,
+              locations: [location],
+              compression: options.compression,
+              minimumFreeBytes: options.minimumFreeBytes,
+              signing: options.signing,
+              resources: options.resources,
+              ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
+            });
+            report.repaired.push(...(upload.locations[0]?.published ?? []));
+            const failed = upload.locations[0]?.error ?? upload.failedPackages[0];
+            if (failed) failure = { ...failed, message: `republishing from the client tree failed: ${failed.message}` };
+          }
         }
+        // Every index write above signed; an index nothing rewrote is signed now.
+        if (options.signing && report.problems.some((p) => p.kind === 'signature')) {
+          await target.sign();
+          report.repaired.push(SIGNATURE_FILE);
+        }
+        const after = await inspect(location, options);
+        return { ...after, repaired: [...new Set(report.repaired)], error: failure };
+      } catch (error) {
+        return { ...report, error: toFailure(error) };
       }
-      // Every index write above signed; an index nothing rewrote is signed now.
-      if (options.signing && report.problems.some((p) => p.kind === 'signature')) {
-        await target.sign();
-        report.repaired.push(SIGNATURE_FILE);
-      }
-      const after = await inspect(location, options);
-      return { ...after, repaired: [...new Set(report.repaired)], error: failure };
-    } catch (error) {
-      return { ...report, error: toFailure(error) };
-    }
-  }));
+    }),
+  );
 }

@@ -101,7 +101,10 @@ async function requireTool(commands: readonly string[], compression: Compression
 const toolFailed = (why: string): AutotestError => new AutotestError('ERR_TOOL', why);
 
 /** The command line of an external compressor; `threads` caps a parallel bzip2's threads (default: all cores). */
-export async function compressorCommand(compression: Exclude<Compression, 'gzip'>, options: { threads?: number } = {}): Promise<{ command: string; args: string[] }> {
+export async function compressorCommand(
+  compression: Exclude<Compression, 'gzip'>,
+  options: { threads?: number } = {},
+): Promise<{ command: string; args: string[] }> {
   if (compression === 'zstd') return { command: await requireTool(['zstd'], compression), args: ['-q', '-c', '-T0', '-10'] };
   const tool = await requireTool(BZIP2_TOOLS, compression);
   const threads = options.threads === undefined ? [] : tool === 'lbzip2' ? [`-n${options.threads}`] : tool === 'pbzip2' ? [`-p${options.threads}`] : [];
@@ -121,9 +124,10 @@ export async function createCompressor(compression: Compression, options: { thre
 
 /** A decompressor for `source` (named in its errors): a bad stream is ERR_CORRUPT_ARCHIVE. */
 export async function createDecompressor(compression: Compression, source: string): Promise<Filter> {
-  const corrupt = (why: string): AutotestError => new AutotestError('ERR_CORRUPT_ARCHIVE', `${source}: cannot decompress: ${why}`, {
-    hint: 'the tarball is damaged or truncated; fetch it again',
-  });
+  const corrupt = (why: string): AutotestError =>
+    new AutotestError('ERR_CORRUPT_ARCHIVE', `${source}: cannot decompress: ${why}`, {
+      hint: 'the tarball is damaged or truncated; fetch it again',
+    });
   switch (compression) {
     case 'gzip':
       return zlibFilter(createGunzip(), 'zlib-gunzip');

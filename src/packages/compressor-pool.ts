@@ -74,8 +74,12 @@ function startHelper(command: string, args: string[], errFile: string): Helper {
       for (const waiting of helper.waiting.splice(0)) waiting(error);
       resolve();
     };
-    child.on('error', (error) => { end(error.message); });
-    child.on('close', (code, signal) => { end(signal ? `killed by ${signal}` : `exit code ${String(code)}`); });
+    child.on('error', (error) => {
+      end(error.message);
+    });
+    child.on('close', (code, signal) => {
+      end(signal ? `killed by ${signal}` : `exit code ${String(code)}`);
+    });
   });
   return helper;
 }
@@ -115,7 +119,9 @@ export async function createCompressorPool(compression: Exclude<Compression, 'gz
   const acquire = async (): Promise<Helper> => {
     const helper = leastBusy();
     if (helper) return helper;
-    await new Promise<void>((resolve) => { queue.push(resolve); });
+    await new Promise<void>((resolve) => {
+      queue.push(resolve);
+    });
     return acquire();
   };
   const ask = async (helper: Helper, source: string, dest: string): Promise<string | Error> => {

@@ -49,7 +49,10 @@ async function readHead(file: string): Promise<Buffer> {
 class FolderSet {
   private readonly known = new Set<string>(['']);
 
-  constructor(private readonly archive: string, private readonly root: string) {}
+  constructor(
+    private readonly archive: string,
+    private readonly root: string,
+  ) {}
 
   /** Makes sure every folder on the way from the root to `rel`'s parent is a real folder. */
   async parentsOf(rel: string, entryName: string): Promise<void> {
@@ -109,9 +112,13 @@ export interface ExtractLimits {
 }
 
 function overLimit(archive: string, entry: string, what: string, name: string | undefined): AutotestError {
-  return new AutotestError('ERR_TOO_LARGE', `${archive}: entry ${JSON.stringify(entry)} refused: the archive ${what}${name === undefined ? '' : ` (${name})`}`, {
-    hint: `${name === undefined ? 'make the archive smaller' : `make the archive smaller or raise ${name.split(' ')[0] ?? name}`}; nothing was kept`,
-  });
+  return new AutotestError(
+    'ERR_TOO_LARGE',
+    `${archive}: entry ${JSON.stringify(entry)} refused: the archive ${what}${name === undefined ? '' : ` (${name})`}`,
+    {
+      hint: `${name === undefined ? 'make the archive smaller' : `make the archive smaller or raise ${name.split(' ')[0] ?? name}`}; nothing was kept`,
+    },
+  );
 }
 
 const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
@@ -140,13 +147,16 @@ interface NoSpace {
 async function noSpaceError(archive: string, dest: string, full: NoSpace, result: ExtractResult): Promise<AutotestError> {
   const mount = await mountPointOf(path.dirname(dest)).catch(() => path.dirname(dest));
   const what = full.code === 'EDQUOT' ? 'the disk quota is exceeded' : 'the disk is full';
-  return new AutotestError('ERR_NO_SPACE',
-    `${dest}: ${what} (${full.code}) on the file system mounted at ${mount}: extracting ${archive} stopped at entry ${JSON.stringify(full.entry)} `
-    + `and needed at least ${full.needed.toString()} more bytes (the rest of that entry and ${full.entriesLeft.toString()} later ${full.entriesLeft === 1 ? 'entry' : 'entries'}; `
-    + `${(result.bytes + full.needed).toString()} bytes of files in all)`, {
+  return new AutotestError(
+    'ERR_NO_SPACE',
+    `${dest}: ${what} (${full.code}) on the file system mounted at ${mount}: extracting ${archive} stopped at entry ${JSON.stringify(full.entry)} ` +
+      `and needed at least ${full.needed.toString()} more bytes (the rest of that entry and ${full.entriesLeft.toString()} later ${full.entriesLeft === 1 ? 'entry' : 'entries'}; ` +
+      `${(result.bytes + full.needed).toString()} bytes of files in all)`,
+    {
       hint: `free at least ${full.needed.toString()} bytes on ${mount} and try again; nothing half-extracted was kept`,
       cause: full.cause,
-    });
+    },
+  );
 }
 
 /**
@@ -224,16 +234,13 @@ export async function extractTarball(archive: string, dest: string, limits: Extr
     if (full) throw stop;
   };
 
-  const abort = (): void => { extract.destroy(stop); };
+  const abort = (): void => {
+    extract.destroy(stop);
+  };
   limits.signal?.addEventListener('abort', abort, { once: true });
   const consuming = consume();
   try {
-    await Promise.all([
-      pipeline(createReadStream(archive), decompressor.input),
-      pipeline(decompressor.output, extract),
-      decompressor.done,
-      consuming,
-    ]);
+    await Promise.all([pipeline(createReadStream(archive), decompressor.input), pipeline(decompressor.output, extract), decompressor.done, consuming]);
   } catch (error) {
     stopping = true;
     decompressor.input.destroy();
@@ -317,7 +324,10 @@ async function writeFileEntry(x: Extraction, header: Header, body: AsyncIterable
   let failed: Error | undefined;
   try {
     for await (const chunk of body) {
-      if (failed === undefined) await writeAll(x, handle, chunk as Buffer).catch((error: unknown) => { failed = error instanceof Error ? error : new Error(String(error)); });
+      if (failed === undefined)
+        await writeAll(x, handle, chunk as Buffer).catch((error: unknown) => {
+          failed = error instanceof Error ? error : new Error(String(error));
+        });
     }
   } finally {
     await handle.close();

@@ -1,4 +1,17 @@
-export { checkName, checkFileName, MAX_FILE_NAME_LENGTH, MAX_PACKAGE_NAME_LENGTH, RESERVED_FILE_NAMES, checkType, packageFileName, parseFileName, parseNameList, PACKAGE_TYPES, CLIENT_PACKAGE_NAME, EXTENSIONS } from './names.js';
+export {
+  checkName,
+  checkFileName,
+  MAX_FILE_NAME_LENGTH,
+  MAX_PACKAGE_NAME_LENGTH,
+  RESERVED_FILE_NAMES,
+  checkType,
+  packageFileName,
+  parseFileName,
+  parseNameList,
+  PACKAGE_TYPES,
+  CLIENT_PACKAGE_NAME,
+  EXTENSIONS,
+} from './names.js';
 export type { PackageType, ParsedFileName } from './names.js';
 export { fileEntry, walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
 export type { TreeEntry, ExcludeRule } from './tree.js';
@@ -11,6 +24,17 @@ export type { ExtractLimits, ExtractResult } from './extract.js';
 export { DigestStream, digestFile } from './digest.js';
 export type { Digests } from './digest.js';
 export {
-  CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE, parseChecksumFile, formatChecksumFile, parseManifest, parseManifestDocument, formatManifest, mergeIndex, matchesEntry, readIndexFiles, indexProblems,
+  CHECKSUM_FILE,
+  MANIFEST_FILE,
+  SIGNATURE_FILE,
+  parseChecksumFile,
+  formatChecksumFile,
+  parseManifest,
+  parseManifestDocument,
+  formatManifest,
+  mergeIndex,
+  matchesEntry,
+  readIndexFiles,
+  indexProblems,
 } from './repository-index.js';
 export type { IndexEntry, ManifestHeader, RepositoryIndex } from './repository-index.js';

@@ -26,7 +26,8 @@ export const MAX_PACKAGE_NAME_LENGTH = MAX_FILE_NAME_LENGTH - 'profiler-'.length
 export function checkName(name: string, what = 'package name', maxLength = MAX_PACKAGE_NAME_LENGTH): string {
   const shown = JSON.stringify(name);
   if (name === '') throw badName(`${what} is empty`);
-  if (name.length > maxLength) throw badName(`${what} ${shown.slice(0, 40)}… is ${name.length.toString()} characters long; at most ${maxLength.toString()} are allowed`);
+  if (name.length > maxLength)
+    throw badName(`${what} ${shown.slice(0, 40)}… is ${name.length.toString()} characters long; at most ${maxLength.toString()} are allowed`);
   if (name.includes('..')) throw badName(`${what} ${shown} contains ".."`);
   if (!NAME_RE.test(name)) {
     throw badName(`${what} ${shown} is not allowed: it must start with a letter or digit and hold only letters, digits, ".", "_", "+" and "-"`);

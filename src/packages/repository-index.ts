@@ -49,7 +49,10 @@ export function indexProblems(index: ReadonlyMap<string, unknown>): readonly str
 }
 
 /** Collects problems while reading, keeping the first few and counting the rest. */
-function createProblems(): { note(problem: string): void; attach<T extends ReadonlyMap<string, unknown>>(index: T, ...from: ReadonlyMap<string, unknown>[]): T } {
+function createProblems(): {
+  note(problem: string): void;
+  attach<T extends ReadonlyMap<string, unknown>>(index: T, ...from: ReadonlyMap<string, unknown>[]): T;
+} {
   const kept: string[] = [];
   let total = 0;
   return {
@@ -69,7 +72,6 @@ function createProblems(): { note(problem: string): void; attach<T extends Reado
     },
   };
 }
-
 
 /**
  * Reads packages.checksum as md5sum writes it: `<md5>  <file>` (or ` *<file>`), one per line.
@@ -114,7 +116,9 @@ function byName(index: RepositoryIndex): IndexEntry[] {
 
 /** Exactly what `md5sum FILES > packages.checksum` writes, in file-name byte order. */
 export function formatChecksumFile(index: RepositoryIndex): string {
-  return byName(index).map((entry) => `${entry.md5}  ${entry.file}\n`).join('');
+  return byName(index)
+    .map((entry) => `${entry.md5}  ${entry.file}\n`)
+    .join('');
 }
 
 /**
@@ -153,7 +157,8 @@ export function parseManifestDocument(text: string, where: string): { index: Rep
     throw badIndex(where, `expected {"version": ${MANIFEST_VERSION}, "packages": {...}}`);
   }
   const { serial, expires } = data;
-  if (serial !== undefined && (typeof serial !== 'number' || !Number.isSafeInteger(serial) || serial < 0)) throw badIndex(where, '"serial" is not a whole number');
+  if (serial !== undefined && (typeof serial !== 'number' || !Number.isSafeInteger(serial) || serial < 0))
+    throw badIndex(where, '"serial" is not a whole number');
   if (expires !== undefined && (typeof expires !== 'string' || Number.isNaN(Date.parse(expires)))) throw badIndex(where, '"expires" is not an ISO 8601 time');
   const index: RepositoryIndex = new Map();
   const problems = createProblems();
@@ -211,7 +216,11 @@ export function mergeIndex(checksums: Map<string, string> | undefined, manifest:
  * that cannot be read at all leaves packages.checksum (md5) to decide, with a problem saying
  * so; signed indexes, which must not fall back, are read elsewhere.
  */
-export function readIndexFiles(checksums: Map<string, string> | undefined, manifestText: string | undefined, where: (file: string) => string): { index: RepositoryIndex; header: ManifestHeader | undefined } {
+export function readIndexFiles(
+  checksums: Map<string, string> | undefined,
+  manifestText: string | undefined,
+  where: (file: string) => string,
+): { index: RepositoryIndex; header: ManifestHeader | undefined } {
   let manifest: { index: RepositoryIndex; header: ManifestHeader } | undefined;
   const problems = createProblems();
   if (manifestText !== undefined) {

@@ -26,7 +26,9 @@ export async function digestEntries(entries: TreeEntry[]): Promise<string> {
   for (const chunk of tarChunks(entries, { reuseBuffer: true })) {
     hash.update(chunk);
     // Between chunks, let the rest of the process (other packages, their pipes) run.
-    await new Promise<void>((resolve) => { setImmediate(resolve); });
+    await new Promise<void>((resolve) => {
+      setImmediate(resolve);
+    });
   }
   return hash.digest('hex');
 }
@@ -83,7 +85,9 @@ export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<s
       for (const chunk of tarChunks(entries, { reuseBuffer: true })) {
         source.update(chunk);
         for (let done = 0; done < chunk.length;) done += writeSync(fd, chunk, done);
-        await new Promise<void>((resolve) => { setImmediate(resolve); });
+        await new Promise<void>((resolve) => {
+          setImmediate(resolve);
+        });
       }
     } finally {
       closeSync(fd);

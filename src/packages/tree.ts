@@ -47,7 +47,10 @@ export async function readPackExclude(folder: string): Promise<ExcludeRule | und
     if (errnoCode(error) === 'ENOENT') return undefined;
     throw error;
   }
-  const patterns = text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#'));
+  const patterns = text
+    .split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
   if (patterns.length === 0) return undefined;
   const matchers = patterns.map((pattern) => {
     const anchored = pattern.replace(/^\.?\/+/, '').replace(/\/+$/, '');
@@ -92,8 +95,16 @@ export async function fileEntry(abs: string, rel: string): Promise<TreeEntry> {
   const st = await lstat(abs);
   if (!st.isFile()) throw new AutotestError('ERR_PACK', `${abs}: not a regular file`);
   return {
-    path: rel, absPath: abs, kind: 'file', mode: (st.mode & 0o111) !== 0 ? 0o755 : 0o644, size: st.size, linkTarget: undefined,
-    dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs,
+    path: rel,
+    absPath: abs,
+    kind: 'file',
+    mode: (st.mode & 0o111) !== 0 ? 0o755 : 0o644,
+    size: st.size,
+    linkTarget: undefined,
+    dev: st.dev,
+    ino: st.ino,
+    mtimeMs: st.mtimeMs,
+    ctimeMs: st.ctimeMs,
   };
 }
 
@@ -125,9 +136,21 @@ export function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[
       } else if (dirent.isFile()) {
         const st = lstatSync(abs);
         // Replaced by something else since the readdir: the next walk sees what it is now.
-        if (!st.isFile()) throw new AutotestError('ERR_PACK', `${abs}: changed while being listed`, { hint: 'run the packager again once nothing writes to the client tree' });
+        if (!st.isFile())
+          throw new AutotestError('ERR_PACK', `${abs}: changed while being listed`, { hint: 'run the packager again once nothing writes to the client tree' });
         const mode = (st.mode & 0o111) !== 0 ? 0o755 : 0o644;
-        entries.push({ path: rel, absPath: abs, kind: 'file', mode, size: st.size, linkTarget: undefined, dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs });
+        entries.push({
+          path: rel,
+          absPath: abs,
+          kind: 'file',
+          mode,
+          size: st.size,
+          linkTarget: undefined,
+          dev: st.dev,
+          ino: st.ino,
+          mtimeMs: st.mtimeMs,
+          ctimeMs: st.ctimeMs,
+        });
       } else if (dirent.isSymbolicLink()) {
         const target = readlinkSync(abs);
         if (!linkStaysInside(rel, target)) {

@@ -15,8 +15,7 @@ const CONFLICT_EXIT = 75;
  * killed packager never leaves a stale lock behind, locally or on an SSH host.
  */
 export function flockCommand(lockPath: string, waitSeconds = LOCK_WAIT_SECONDS): string[] {
-  return ['flock', '-w', waitSeconds.toString(), '-E', CONFLICT_EXIT.toString(), lockPath,
-    'sh', '-c', 'echo locked; exec cat >/dev/null'];
+  return ['flock', '-w', waitSeconds.toString(), '-E', CONFLICT_EXIT.toString(), lockPath, 'sh', '-c', 'echo locked; exec cat >/dev/null'];
 }
 
 /** Spawns the lock holder on this machine. */
@@ -30,9 +29,11 @@ function waitLocked(holder: ChildProcess, where: string): Promise<void> {
     let stdout = '';
     let stderr = '';
     const fail = (why: string): void => {
-      reject(new AutotestError('ERR_LOCK', `${where}: cannot take the index lock ${LOCK_NAME}: ${why}`, {
-        hint: 'another packager holds it for too long, or the location cannot be reached; try again',
-      }));
+      reject(
+        new AutotestError('ERR_LOCK', `${where}: cannot take the index lock ${LOCK_NAME}: ${why}`, {
+          hint: 'another packager holds it for too long, or the location cannot be reached; try again',
+        }),
+      );
     };
     holder.stdout?.setEncoding('utf8');
     holder.stdout?.on('data', (chunk: string) => {

@@ -27,7 +27,9 @@ export function watchProcess(child: ChildProcess, output: PassThrough, what: str
   });
   const timer = setTimeout(() => {
     child.kill('SIGKILL');
-    output.destroy(new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true, timedOut: true }));
+    output.destroy(
+      new FetchFailure(`${what}: not complete within ${(timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true, timedOut: true }),
+    );
   }, timeoutMs);
   output.on('close', () => {
     clearTimeout(timer);
@@ -47,8 +49,7 @@ export function watchProcess(child: ChildProcess, output: PassThrough, what: str
       // reading its words.
       const slow = performance.now() - started >= settings.connectTimeoutMs;
       output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: slow }));
-    }
-    else if (outcome.notFoundExit !== undefined && code === outcome.notFoundExit) output.destroy(notFound(what));
+    } else if (outcome.notFoundExit !== undefined && code === outcome.notFoundExit) output.destroy(notFound(what));
     else output.destroy(new FetchFailure(`${what}: ${why || `exit code ${String(code)}`}`, { transient: true, down: false }));
   });
 }

@@ -1,14 +1,7 @@
 import type { Readable } from 'node:stream';
 import { isAutotestError } from '../errors.js';
 import { FetchFailure } from '../fetch/errors.js';
-import {
-  CHECKSUM_FILE,
-  MANIFEST_FILE,
-  indexProblems,
-  parseChecksumFile,
-  readIndexFiles,
-  type RepositoryIndex,
-} from '../packages/index.js';
+import { CHECKSUM_FILE, MANIFEST_FILE, indexProblems, parseChecksumFile, readIndexFiles, type RepositoryIndex } from '../packages/index.js';
 import { readVerifiedIndex, type IndexTrust } from '../signing/index.js';
 
 /**
@@ -63,7 +56,11 @@ async function optionalText(name: string, file: string, open: (file: string) => 
  * The signed manifest's entries alone (packages.checksum is not signed, so it is not read),
  * or undefined for an unsigned repository when signatures are not required.
  */
-export async function readTrustedIndex(name: string, read: (file: string) => Promise<string | undefined>, trust: IndexTrust): Promise<RepositoryIndex | undefined> {
+export async function readTrustedIndex(
+  name: string,
+  read: (file: string) => Promise<string | undefined>,
+  trust: IndexTrust,
+): Promise<RepositoryIndex | undefined> {
   try {
     return (await readVerifiedIndex(name, read, trust))?.index;
   } catch (error) {
@@ -74,7 +71,7 @@ export async function readTrustedIndex(name: string, read: (file: string) => Pro
 
 /** Reads packages.checksum and packages.json (both at once) through `open`. */
 export async function readIndexThrough(name: string, open: (file: string) => Promise<Readable>, trust: IndexTrust | undefined): Promise<RepositoryIndex> {
-  const trusted = trust && await readTrustedIndex(name, (file) => optionalText(name, file, open), trust);
+  const trusted = trust && (await readTrustedIndex(name, (file) => optionalText(name, file, open), trust));
   if (trusted) return trusted;
   const [checksums, manifest] = await Promise.all([optionalText(name, CHECKSUM_FILE, open), optionalText(name, MANIFEST_FILE, open)]);
   return indexFrom(name, checksums, manifest);

@@ -52,7 +52,9 @@ export interface RepositoryStore {
 
 /** Files of a repository folder that are not packages. */
 export function isHousekeepingName(name: string): boolean {
-  return name === CHECKSUM_FILE || name === MANIFEST_FILE || name === SIGNATURE_FILE || name === LOCK_NAME || isTempName(name) || name.startsWith('.write-probe');
+  return (
+    name === CHECKSUM_FILE || name === MANIFEST_FILE || name === SIGNATURE_FILE || name === LOCK_NAME || isTempName(name) || name.startsWith('.write-probe')
+  );
 }
 
 /** Reads a store's index (packages.checksum and packages.json); empty when it has none. */
@@ -85,7 +87,12 @@ async function readStoreIndexAndHeader(store: RepositoryStore): Promise<{ index:
  * manifest lacks the file for. Its signature follows it (readers read the signature first,
  * see readVerifiedIndex), or, unsigned, a stale signature is removed. Returns the header written, which the next write goes on from.
  */
-async function writeStoreIndex(store: RepositoryStore, written: { index: RepositoryIndex; header: ManifestHeader | undefined }, assertHeld: () => void, signing: IndexSigning | undefined): Promise<ManifestHeader> {
+async function writeStoreIndex(
+  store: RepositoryStore,
+  written: { index: RepositoryIndex; header: ManifestHeader | undefined },
+  assertHeld: () => void,
+  signing: IndexSigning | undefined,
+): Promise<ManifestHeader> {
   const header = nextManifestHeader(written.header, signing?.validDays);
   const manifest = formatManifest(written.index, header);
   const signature = signing ? await signManifest(manifest, signing.key) : undefined;

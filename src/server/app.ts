@@ -73,7 +73,9 @@ function createApp(options: ServerOptions, files: { handler?: RepositoryHandler 
       });
       // With its own server Fastify sets no timeouts: a client that stops reading is cut
       // after a minute of silence, an idle keep-alive connection after 5 s.
-      server.setTimeout(60_000, (socket) => { socket.destroy(); });
+      server.setTimeout(60_000, (socket) => {
+        socket.destroy();
+      });
       server.keepAliveTimeout = 5000;
       server.headersTimeout = 30_000;
       server.requestTimeout = 0;
@@ -112,7 +114,10 @@ function addAccessHooks(app: FastifyInstance, metrics: ServerMetrics): void {
     metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
     const length = Number(reply.getHeader('content-length') ?? 0);
     if (request.method !== 'HEAD' && Number.isFinite(length)) metrics.bytesSent.inc(length);
-    request.log.info({ req: { method: request.method, url: request.url }, res: { statusCode: reply.statusCode }, responseTime: reply.elapsedTime }, 'request completed');
+    request.log.info(
+      { req: { method: request.method, url: request.url }, res: { statusCode: reply.statusCode }, responseTime: reply.elapsedTime },
+      'request completed',
+    );
     if (reply.statusCode >= 500) metrics.errors.inc({ kind: 'server' });
     else if (reply.statusCode >= 400) metrics.errors.inc({ kind: reply.statusCode === 404 ? 'not_found' : 'client' });
   });
@@ -132,24 +137,29 @@ function addErrorHandler(app: FastifyInstance): void {
     const headers = (error as { headers?: Record<string, string> }).headers;
     if (headers) void reply.headers(headers);
     if (status >= 500) request.log.error({ err: { message } }, 'request failed');
-    return reply.code(status).send({ error: status >= 500 ? 'ERR_SERVER' : 'ERR_BAD_REQUEST', message: status >= 500 ? 'internal error; see the server log' : message });
+    return reply
+      .code(status)
+      .send({ error: status >= 500 ? 'ERR_SERVER' : 'ERR_BAD_REQUEST', message: status >= 500 ? 'internal error; see the server log' : message });
   });
 }
 
-export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
+/**
+ * The served folders: a local folder or S3 prefix as it is, upstreams through one caching
+ * front shared by both (loaded only when one is configured).
+ */
+async function servedRepositories(
+  options: ServerOptions,
+  app: FastifyInstance,
+  metrics: ServerMetrics,
+  resources: Resources,
+): Promise<{ repositories: ServedRepository[]; front: CacheFront | undefined }> {
   const { packages, server } = options.config;
-  const resources = options.resources ?? new Resources();
-  const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
-  // Repository files are answered before Fastify's router (see repositories.ts); the rest goes to Fastify.
-  const files: { handler?: RepositoryHandler } = {};
-  const app = createApp(options, files, options.logStream ?? logDestination);
-  const metrics = createMetrics();
-  addAccessHooks(app, metrics);
-  addErrorHandler(app);
-
   const repositories: ServedRepository[] = [];
   let front: CacheFront | undefined;
-  for (const [name, location] of [['builtin', server.builtin], ['custom', server.custom]] as const) {
+  for (const [name, location] of [
+    ['builtin', server.builtin],
+    ['custom', server.custom],
+  ] as const) {
     if (!location) continue;
     if (location.kind !== 'cached') {
       repositories.push({ name, location });
@@ -160,40 +170,94 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     const [{ createCacheFront }, { openCacheStore }] = await Promise.all([import('./cache.js'), import('./cache-store.js')]);
     front ??= createCacheFront({
       store: await openCacheStore({ dir: server.cache.dir, sizeBytes: server.cache.sizeBytes, metrics: metrics.cache, log: app.log }),
-      settings: packages.fetch, metrics: metrics.cache, log: app.log, resources,
+      settings: packages.fetch,
+      metrics: metrics.cache,
+      log: app.log,
+      resources,
     });
     repositories.push({ name, location, cached: front.repository(name, location.upstreams, server.cache.indexMaxAgeMs) });
   }
-  const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log, resources.get(STREAM_BUFFERS));
-  files.handler = repositoryHandler;
+  return { repositories, front };
+}
+
+/** What the server closes when it stops: downloads first, then the front, the log, and its resources when they are its own. */
+function addCloseHooks(
+  app: FastifyInstance,
+  owned: {
+    repositoryHandler: RepositoryHandler;
+    front: CacheFront | undefined;
+    logDestination: { flushSync(): void } | undefined;
+    resources: Resources | undefined;
+  },
+): void {
   app.addHook('preClose', (done) => {
-    repositoryHandler.closing();
+    owned.repositoryHandler.closing();
     done();
   });
   app.addHook('onClose', (_instance, done) => {
-    repositoryHandler.close();
-    front?.close();
-    logDestination?.flushSync();
-    if (options.resources) {
+    owned.repositoryHandler.close();
+    owned.front?.close();
+    owned.logDestination?.flushSync();
+    if (!owned.resources) {
       done();
       return;
     }
-    resources.close().then(() => { done(); }, (error: unknown) => { done(error instanceof Error ? error : new Error(String(error))); });
+    owned.resources.close().then(
+      () => {
+        done();
+      },
+      (error: unknown) => {
+        done(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
   });
-  registerUploads(app, {
-    token: server.uploadToken, maxUploadBytes: server.maxUploadBytes, stagingDir: packages.customDownloadLocation,
-    maxUploadEntries: server.maxUploadEntries, maxUploadExpandedBytes: server.maxUploadExpandedBytes, maxConcurrentUploads: server.maxConcurrentUploads, minRate: server.uploadMinRate,
-    locations: packages.customUploadLocations, compression: packages.compression,
-    minimumFreeBytes: packages.minimumFreeSpaceBytes, cacheDir: options.cacheDir ?? cacheDir(),
-    // The server signs what it publishes with the signing_key of its own config.
-    signing: await loadIndexSigning(packages),
-    published: (locations) => { invalidateCachedViews(repositories, locations); },
-    resources,
-  }, metrics);
+}
+
+export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
+  const { packages, server } = options.config;
+  const resources = options.resources ?? new Resources();
+  const logDestination = options.logStream ? undefined : pino.destination({ dest: 1, sync: true, minLength: 8192, periodicFlush: 1000 });
+  // Repository files are answered before Fastify's router (see repository-handler.ts); the rest goes to Fastify.
+  const files: { handler?: RepositoryHandler } = {};
+  const app = createApp(options, files, options.logStream ?? logDestination);
+  const metrics = createMetrics();
+  addAccessHooks(app, metrics);
+  addErrorHandler(app);
+
+  const { repositories, front } = await servedRepositories(options, app, metrics, resources);
+  const repositoryHandler = await createRepositoryHandler(repositories, metrics, app.log, resources.get(STREAM_BUFFERS));
+  files.handler = repositoryHandler;
+  addCloseHooks(app, { repositoryHandler, front, logDestination, resources: options.resources ? undefined : resources });
+  registerUploads(
+    app,
+    {
+      token: server.uploadToken,
+      maxUploadBytes: server.maxUploadBytes,
+      stagingDir: packages.customDownloadLocation,
+      maxUploadEntries: server.maxUploadEntries,
+      maxUploadExpandedBytes: server.maxUploadExpandedBytes,
+      maxConcurrentUploads: server.maxConcurrentUploads,
+      minRate: server.uploadMinRate,
+      locations: packages.customUploadLocations,
+      compression: packages.compression,
+      minimumFreeBytes: packages.minimumFreeSpaceBytes,
+      cacheDir: options.cacheDir ?? cacheDir(),
+      // The server signs what it publishes with the signing_key of its own config.
+      signing: await loadIndexSigning(packages),
+      published: (locations) => {
+        invalidateCachedViews(repositories, locations);
+      },
+      resources,
+    },
+    metrics,
+  );
   registerFrontend(app, {
-    repositories, checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
-    compression: packages.compression, minimumFreeBytes: packages.minimumFreeSpaceBytes,
-    uploadsEnabled: server.uploadToken !== undefined, token: server.uploadToken,
+    repositories,
+    checkedLocations: [...packages.uploadLocations, ...packages.customUploadLocations],
+    compression: packages.compression,
+    minimumFreeBytes: packages.minimumFreeSpaceBytes,
+    uploadsEnabled: server.uploadToken !== undefined,
+    token: server.uploadToken,
     traffic: front && (() => front.traffic()),
     resources,
   });

@@ -23,14 +23,21 @@ export function hasToken(expected: string | undefined, request: FastifyRequest):
  * Answers 401 itself and returns false when the request may not go on.
  */
 export function checkToken(expected: string | undefined, request: FastifyRequest, reply: FastifyReply): boolean {
-  const why = expected === undefined
-    ? 'uploads and deletes are disabled: the server has no upload_token in [SERVER]'
-    : bearerToken(request) === undefined ? 'a bearer token is required (Authorization: Bearer TOKEN)'
-      : hasToken(expected, request) ? undefined : 'the token is wrong';
+  const why =
+    expected === undefined
+      ? 'uploads and deletes are disabled: the server has no upload_token in [SERVER]'
+      : bearerToken(request) === undefined
+        ? 'a bearer token is required (Authorization: Bearer TOKEN)'
+        : hasToken(expected, request)
+          ? undefined
+          : 'the token is wrong';
   if (why === undefined) return true;
   // The body is never read: the connection is closed after the answer.
-  void replyError(reply.header('connection', 'close').header('www-authenticate', 'Bearer'), new AutotestError('ERR_UNAUTHORIZED', why, {
-    hint: expected === undefined ? 'set upload_token in [SERVER] to enable them' : 'send the upload_token of the server\'s [SERVER] section',
-  }));
+  void replyError(
+    reply.header('connection', 'close').header('www-authenticate', 'Bearer'),
+    new AutotestError('ERR_UNAUTHORIZED', why, {
+      hint: expected === undefined ? 'set upload_token in [SERVER] to enable them' : "send the upload_token of the server's [SERVER] section",
+    }),
+  );
   return false;
 }

@@ -29,9 +29,7 @@ const READ_CHUNK = 256 * 1024;
 export const STALE_HEADERS: Readonly<Record<string, string>> = { 'x-autotest-stale': '1', warning: '110 - "Response is Stale"' };
 
 /** How a request to a cached repository was answered, or the verified entry the caller serves from disk (with Range and conditionals). */
-export type CacheAnswer =
-  | { kind: 'answered'; bytes: number }
-  | { kind: 'entry'; path: string; tag: string; stale: boolean; release: () => void };
+export type CacheAnswer = { kind: 'answered'; bytes: number } | { kind: 'entry'; path: string; tag: string; stale: boolean; release: () => void };
 
 export interface CachedRepository {
   name: string;
@@ -139,8 +137,16 @@ interface IndexState {
  * such file (404), or it failed some other way (502).
  */
 function upstreamCode(error: unknown): ErrorCode {
-  const code = error instanceof FetchFailure ? (error.timedOut ? 'ERR_TIMEOUT' : error.notFound ? 'ERR_NOT_FOUND' : 'ERR_FETCH')
-    : isAutotestError(error) ? error.code : 'ERR_FETCH';
+  const code =
+    error instanceof FetchFailure
+      ? error.timedOut
+        ? 'ERR_TIMEOUT'
+        : error.notFound
+          ? 'ERR_NOT_FOUND'
+          : 'ERR_FETCH'
+      : isAutotestError(error)
+        ? error.code
+        : 'ERR_FETCH';
   return code === 'ERR_TIMEOUT' || code === 'ERR_NOT_FOUND' ? code : 'ERR_FETCH';
 }
 
@@ -229,7 +235,11 @@ function bodyTag(body: Buffer): string {
 function indexOf(files: Map<string, { body: Buffer }>, where: string): RepositoryIndex {
   const checksums = files.get(CHECKSUM_FILE);
   if (!checksums) throw new FetchFailure(`${where}: has no ${CHECKSUM_FILE}`, { transient: false, down: false });
-  return readIndexFiles(parseChecksumFile(checksums.body.toString('utf8'), `${where}/${CHECKSUM_FILE}`), files.get(MANIFEST_FILE)?.body.toString('utf8'), (file) => `${where}/${file}`).index;
+  return readIndexFiles(
+    parseChecksumFile(checksums.body.toString('utf8'), `${where}/${CHECKSUM_FILE}`),
+    files.get(MANIFEST_FILE)?.body.toString('utf8'),
+    (file) => `${where}/${file}`,
+  ).index;
 }
 
 function isGone(response: ServerResponse): boolean {
@@ -273,7 +283,12 @@ interface Continuation {
  * Writes what the answer may have of the download, holding back its last byte until the bytes
  * are verified; for a spilled download, every byte on disk but the last, which it returns held.
  */
-async function streamDownload(download: Download, handle: FileHandle, response: ServerResponse, span: Span): Promise<{ sent: number; spilled: Continuation | undefined }> {
+async function streamDownload(
+  download: Download,
+  handle: FileHandle,
+  response: ServerResponse,
+  span: Span,
+): Promise<{ sent: number; spilled: Continuation | undefined }> {
   let position = span.start;
   const result = (spilled?: Continuation): { sent: number; spilled: Continuation | undefined } => ({ sent: position - span.start, spilled });
   for (;;) {
@@ -296,7 +311,11 @@ async function streamDownload(download: Download, handle: FileHandle, response: 
       if (held) await handle.read(held, 0, 1, position);
       return result({ position: download.written, hash: download.hash.copy(), held });
     }
-    const available = done ? download.written : spilled ? download.written - 1 : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
+    const available = done
+      ? download.written
+      : spilled
+        ? download.written - 1
+        : Math.min(download.written, download.size === undefined ? Infinity : download.size - 1);
     const limit = Math.min(available, span.end + 1);
     if (position < limit) {
       const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, limit - position));
@@ -338,8 +357,47 @@ function requestedSpan(request: IncomingMessage, size: number, tag: string): Spa
   return { start: ranges[0].start, end: ranges[0].end };
 }
 
+/** The answer for a download that has ended (failed, spilled to a pass-through, or done), or undefined while it runs. */
+async function answerEnded(
+  front: {
+    metrics: CacheMetrics;
+    store: CacheStore;
+    passThrough: (response: ServerResponse, source: NonNullable<Download['source']>, headers: Record<string, string>, from: Continuation) => Promise<number>;
+  },
+  download: Download,
+  response: ServerResponse,
+  headers: Record<string, string>,
+  counted: { name: string; counts: Counts },
+): Promise<CacheAnswer | undefined> {
+  if (download.state === 'failed')
+    return {
+      kind: 'answered',
+      bytes: answerError(response, download.failure?.code ?? 'ERR_FETCH', download.failure?.message ?? 'the upstream download failed'),
+    };
+  if (download.state === 'spilled' && download.source) {
+    front.metrics.passedThrough.inc({ repository: counted.name });
+    counted.counts.passedThrough += 1;
+    response.setHeader('x-autotest-cache', 'pass');
+    const hash = createHash(download.source.entry.sha256 === undefined ? 'md5' : 'sha256');
+    return { kind: 'answered', bytes: await front.passThrough(response, download.source, headers, { position: 0, hash, held: undefined }) };
+  }
+  if (download.state === 'done') {
+    const entry = front.store.acquire(download.key);
+    if (!entry)
+      return { kind: 'answered', bytes: answerError(response, 'ERR_UNAVAILABLE', 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
+    return { kind: 'entry', path: entry.path, tag: `"${download.key}"`, stale: false, release: entry.release };
+  }
+  return undefined;
+}
+
 /** An index file as the upstream has it (`kept`; undefined: the upstream has none), with its ETag and conditionals. */
-function answerIndexFile(request: IncomingMessage, response: ServerResponse, kept: IndexFile | undefined, file: string, headers: Record<string, string>): number {
+function answerIndexFile(
+  request: IncomingMessage,
+  response: ServerResponse,
+  kept: IndexFile | undefined,
+  file: string,
+  headers: Record<string, string>,
+): number {
   if (!kept) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
   response.setHeader('etag', kept.tag);
   if (isFresh(request.headers, { etag: kept.tag })) {
@@ -357,8 +415,13 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   const downloads = new Map<string, Download>();
   const healthReady = RepositoryHealth.open(settings.cooldownMs, undefined);
   let diskFull = false;
-  const counterValue = async (counter: CacheMetrics['servedBytes']): Promise<number> => (await counter.get()).values.reduce((sum, value) => sum + value.value, 0);
-  const sampleTraffic = async (): Promise<TrafficSample> => ({ at: Date.now(), served: await counterValue(metrics.servedBytes), upstream: await counterValue(metrics.upstreamBytes) });
+  const counterValue = async (counter: CacheMetrics['servedBytes']): Promise<number> =>
+    (await counter.get()).values.reduce((sum, value) => sum + value.value, 0);
+  const sampleTraffic = async (): Promise<TrafficSample> => ({
+    at: Date.now(),
+    served: await counterValue(metrics.servedBytes),
+    upstream: await counterValue(metrics.upstreamBytes),
+  });
   // The counters start at 0 with the server (one registry per server).
   const samples: TrafficSample[] = [{ at: Date.now(), served: 0, upstream: 0 }];
   const sampler = setInterval(() => {
@@ -383,7 +446,12 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
    * answer, keeping nothing: what an answer does when cache_dir's disk is full. The digest runs
    * over every byte sent, and the last one is held back until it matches the index.
    */
-  const passThrough = async (response: ServerResponse, source: NonNullable<Download['source']>, headers: Record<string, string>, from: Continuation): Promise<number> => {
+  const passThrough = async (
+    response: ServerResponse,
+    source: NonNullable<Download['source']>,
+    headers: Record<string, string>,
+    from: Continuation,
+  ): Promise<number> => {
     const { file, entry, candidates } = source;
     const bound = entry.size ?? settings.maxSizeBytes;
     const { hash } = from;
@@ -394,7 +462,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     for (const repository of candidates) {
       if (response.destroyed || tooLong || (entry.size !== undefined && position >= entry.size)) break;
       let stream: Readable | undefined;
-      const cut = (): void => { stream?.destroy(); };
+      const cut = (): void => {
+        stream?.destroy();
+      };
       response.once('close', cut);
       try {
         const opened = await repository.open(file, position, settings.timeoutMs);
@@ -451,10 +521,16 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       download.state = 'running';
       notify(download);
     }
-    download.abort = () => { opened.stream.destroy(new Error('the server is shutting down')); };
+    download.abort = () => {
+      opened.stream.destroy(new Error('the server is shutting down'));
+    };
     for await (const data of bytesFrom(opened.stream, skip)) {
       if (download.written + data.length > bound) {
-        throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, { transient: false, down: false, tooLong: true });
+        throw new FetchFailure(`${repository.name}/${file}: longer than the ${bound.toString()} bytes the index gives`, {
+          transient: false,
+          down: false,
+          tooLong: true,
+        });
       }
       metrics.upstreamBytes.inc(data.length);
       // A nearly full disk takes part of a write before it refuses the next: `written`
@@ -478,7 +554,10 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     if (found === wanted && !sizeWrong) return;
     metrics.rejected.inc({ reason: 'checksum' });
     verdict.rejected = true;
-    throw new FetchFailure(`${repositoryName}/${file}: ${sizeWrong ? `${download.written.toString()} bytes, the index gives ${String(download.size)}` : `checksum ${found}, the index gives ${wanted}`}; not kept`, { transient: false, down: false });
+    throw new FetchFailure(
+      `${repositoryName}/${file}: ${sizeWrong ? `${download.written.toString()} bytes, the index gives ${String(download.size)}` : `checksum ${found}, the index gives ${wanted}`}; not kept`,
+      { transient: false, down: false },
+    );
   };
 
   /** The verified temp file (closed) becomes the store's entry; readers waiting on it pin it. */
@@ -536,7 +615,10 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           } catch (error) {
             if (isDiskFull(error)) throw error;
             if (verdict.rejected) passOver(repository.name);
-            const failure = error instanceof FetchFailure ? error : new FetchFailure(`${repository.name}/${file}: ${describeError(error)}`, { transient: false, down: false, cause: error });
+            const failure =
+              error instanceof FetchFailure
+                ? error
+                : new FetchFailure(`${repository.name}/${file}: ${describeError(error)}`, { transient: false, down: false, cause: error });
             failures.add(error, failure.message);
             if (failure.down) await health.failed(repository.name, failure.message);
             // Bytes already sent to clients are wrong: this download is over, whatever the next upstream has.
@@ -561,25 +643,20 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
   };
 
   /** Answers one request from a download under way: headers once an upstream answered, then the bytes as they arrive. */
-  const follow = async (download: Download, request: IncomingMessage, response: ServerResponse, headers: Record<string, string>, counted: { name: string; counts: Counts }): Promise<CacheAnswer> => {
+  const follow = async (
+    download: Download,
+    request: IncomingMessage,
+    response: ServerResponse,
+    headers: Record<string, string>,
+    counted: { name: string; counts: Counts },
+  ): Promise<CacheAnswer> => {
     while (download.state === 'opening') {
       if (response.destroyed) return { kind: 'answered', bytes: 0 };
       await nextChange(download, response);
     }
     for (;;) {
-      if (download.state === 'failed') return { kind: 'answered', bytes: answerError(response, download.failure?.code ?? 'ERR_FETCH', download.failure?.message ?? 'the upstream download failed') };
-      if (download.state === 'spilled' && download.source) {
-        metrics.passedThrough.inc({ repository: counted.name });
-        counted.counts.passedThrough += 1;
-        response.setHeader('x-autotest-cache', 'pass');
-        const hash = createHash(download.source.entry.sha256 === undefined ? 'md5' : 'sha256');
-        return { kind: 'answered', bytes: await passThrough(response, download.source, headers, { position: 0, hash, held: undefined }) };
-      }
-      if (download.state === 'done') {
-        const entry = store.acquire(download.key);
-        if (!entry) return { kind: 'answered', bytes: answerError(response, 'ERR_UNAVAILABLE', 'the entry was evicted just now; try again', { 'retry-after': '1' }) };
-        return { kind: 'entry', path: entry.path, tag: `"${download.key}"`, stale: false, release: entry.release };
-      }
+      const ended = await answerEnded({ metrics, store, passThrough }, download, response, headers, counted);
+      if (ended) return ended;
       let handle: FileHandle;
       try {
         handle = await open(download.temp, 'r');
@@ -594,9 +671,14 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         const { size } = download;
         // A range is answered from the bytes as they arrive, as the whole file is.
         const span = size === undefined || request.method === 'HEAD' ? undefined : requestedSpan(request, size, headers.etag ?? '');
-        if (span === 'unsatisfiable') return { kind: 'answered', bytes: answerError(response, 'ERR_RANGE', 'range not satisfiable', { 'content-range': `bytes */${String(size)}` }) };
+        if (span === 'unsatisfiable')
+          return { kind: 'answered', bytes: answerError(response, 'ERR_RANGE', 'range not satisfiable', { 'content-range': `bytes */${String(size)}` }) };
         if (span) {
-          response.writeHead(206, { ...headers, 'content-range': `bytes ${span.start.toString()}-${span.end.toString()}/${String(size)}`, 'content-length': (span.end - span.start + 1).toString() });
+          response.writeHead(206, {
+            ...headers,
+            'content-range': `bytes ${span.start.toString()}-${span.end.toString()}/${String(size)}`,
+            'content-length': (span.end - span.start + 1).toString(),
+          });
         } else response.writeHead(200, { ...headers, ...(size === undefined ? {} : { 'content-length': size.toString() }) });
         if (request.method === 'HEAD') {
           response.end();
@@ -607,7 +689,7 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         if (!spilled || !download.source) return { kind: 'answered', bytes: sent };
         metrics.passedThrough.inc({ repository: counted.name });
         counted.counts.passedThrough += 1;
-        return { kind: 'answered', bytes: sent + await passThrough(response, download.source, headers, spilled) };
+        return { kind: 'answered', bytes: sent + (await passThrough(response, download.source, headers, spilled)) };
       } finally {
         download.readers.delete(reader);
         reader.release?.();
@@ -635,38 +717,44 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
      * The index files of `location`; those of `previous` (read from it before) revalidated with
      * their ETags where the scheme has them, so an unchanged index costs a 304 per file.
      */
-    const readUpstreamIndex = async (location: Location, previous: Map<string, IndexFile> | undefined): Promise<{ files: Map<string, IndexFile>; unchanged: boolean }> => {
+    const readUpstreamIndex = async (
+      location: Location,
+      previous: Map<string, IndexFile> | undefined,
+    ): Promise<{ files: Map<string, IndexFile>; unchanged: boolean }> => {
       const upstream = repositoryOf(location);
       const files = new Map<string, IndexFile>();
       let unchanged = previous !== undefined;
-      await Promise.all(INDEX_FILES.map(async (file) => {
-        const before = previous?.get(file);
-        try {
-          if (upstream.readIfChanged) {
-            const answer = await upstream.readIfChanged(file, before?.etag, settings.timeoutMs);
-            if (before?.etag !== undefined) metrics.indexRevalidations.inc({ result: answer.unchanged ? 'unchanged' : 'changed' });
-            if (answer.unchanged && before) {
-              files.set(file, before);
+      await Promise.all(
+        INDEX_FILES.map(async (file) => {
+          const before = previous?.get(file);
+          try {
+            if (upstream.readIfChanged) {
+              const answer = await upstream.readIfChanged(file, before?.etag, settings.timeoutMs);
+              if (before?.etag !== undefined) metrics.indexRevalidations.inc({ result: answer.unchanged ? 'unchanged' : 'changed' });
+              if (answer.unchanged && before) {
+                files.set(file, before);
+                return;
+              }
+              unchanged = false;
+              if (answer.unchanged)
+                throw new FetchFailure(`${upstream.name}/${file}: answered 304 to a request that had no ETag`, { transient: false, down: false });
+              const body = await readIndexBody(answer.stream, `${upstream.name}/${file}`);
+              files.set(file, { body, tag: bodyTag(body), etag: answer.etag });
               return;
             }
-            unchanged = false;
-            if (answer.unchanged) throw new FetchFailure(`${upstream.name}/${file}: answered 304 to a request that had no ETag`, { transient: false, down: false });
-            const body = await readIndexBody(answer.stream, `${upstream.name}/${file}`);
-            files.set(file, { body, tag: bodyTag(body), etag: answer.etag });
-            return;
+            const opened = await upstream.open(file, 0, settings.timeoutMs);
+            const body = await readIndexBody(opened.stream, `${upstream.name}/${file}`);
+            if (!before?.body.equals(body)) unchanged = false;
+            files.set(file, { body, tag: bodyTag(body) });
+          } catch (error) {
+            if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) {
+              if (before) unchanged = false;
+              return;
+            }
+            throw error;
           }
-          const opened = await upstream.open(file, 0, settings.timeoutMs);
-          const body = await readIndexBody(opened.stream, `${upstream.name}/${file}`);
-          if (!before?.body.equals(body)) unchanged = false;
-          files.set(file, { body, tag: bodyTag(body) });
-        } catch (error) {
-          if (error instanceof FetchFailure && error.notFound && file !== CHECKSUM_FILE) {
-            if (before) unchanged = false;
-            return;
-          }
-          throw error;
-        }
-      }));
+        }),
+      );
       return { files, unchanged };
     };
 
@@ -722,7 +810,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
           if (!kept) {
             others.clear();
             passedOver.clear();
-            await keep(files).catch((error: unknown) => { log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir'); });
+            await keep(files).catch((error: unknown) => {
+              log.warn({ err: { message: describeError(error) } }, 'cannot keep the upstream index in cache_dir');
+            });
           }
           await health.succeeded(label);
           return { state, failure: failures };
@@ -748,7 +838,8 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         loaded = true;
         state = await loadKept();
       }
-      if (state && !state.stale) log.warn({ repository: name, failures: failures.messages }, 'every upstream failed; serving the last good index and cached packages');
+      if (state && !state.stale)
+        log.warn({ repository: name, failures: failures.messages }, 'every upstream failed; serving the last good index and cached packages');
       if (state) state.stale = true;
       return { state, failure: failures };
     };
@@ -776,7 +867,10 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
       const result: FetchRepository[] = [];
       // One that sent a bad copy goes last: with no other, it is asked again (a publish may be under way).
       const ordered = orderForPackage(upstreams, file);
-      const byTrust = [...ordered.filter((location) => !skipped?.has(describeLocation(location))), ...ordered.filter((location) => skipped?.has(describeLocation(location)))];
+      const byTrust = [
+        ...ordered.filter((location) => !skipped?.has(describeLocation(location))),
+        ...ordered.filter((location) => skipped?.has(describeLocation(location))),
+      ];
       for (const location of byTrust) {
         const label = describeLocation(location);
         if (label === sourceName) {
@@ -785,7 +879,9 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
         }
         let theirs = others.get(label);
         if (!theirs) {
-          theirs = repositoryOf(location).readIndex().catch(() => undefined);
+          theirs = repositoryOf(location)
+            .readIndex()
+            .catch(() => undefined);
           others.set(label, theirs);
         }
         const other = (await theirs)?.get(file);
@@ -798,13 +894,29 @@ export function createCacheFront(options: CacheFrontOptions): CacheFront {
     const startDownload = async (source: Location, file: string, entry: IndexEntry): Promise<Download> => {
       const key = keyOf(entry);
       const download: Download = {
-        key, temp: store.tempPath(key), size: undefined, written: 0, state: 'opening', failure: undefined, hash: undefined, source: undefined,
-        readers: new Set(), listeners: new Set(), abort: undefined,
+        key,
+        temp: store.tempPath(key),
+        size: undefined,
+        written: 0,
+        state: 'opening',
+        failure: undefined,
+        hash: undefined,
+        source: undefined,
+        readers: new Set(),
+        listeners: new Set(),
+        abort: undefined,
       };
       downloads.set(key, download);
       const candidates = await candidatesFor(source, file, entry);
       download.source = { file, entry, candidates };
-      const job = { download, file, entry, hash: createHash(entry.sha256 === undefined ? 'md5' : 'sha256'), bound: entry.size ?? settings.maxSizeBytes, verdict: { rejected: false } };
+      const job = {
+        download,
+        file,
+        entry,
+        hash: createHash(entry.sha256 === undefined ? 'md5' : 'sha256'),
+        bound: entry.size ?? settings.maxSizeBytes,
+        verdict: { rejected: false },
+      };
       void run(job, candidates, (upstream) => {
         const set = passedOver.get(key) ?? new Set<string>();
         set.add(upstream);

@@ -27,7 +27,12 @@ export function replyError(reply: FastifyReply, error: AutotestError): FastifyRe
  */
 export function answerError(response: ServerResponse, code: ErrorCode, message: string, extraHeaders: Record<string, string> = {}): number {
   const body = JSON.stringify({ error: code, message: redactSecrets(message) });
-  response.writeHead(httpStatusOf(code), { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-content-type-options': 'nosniff', ...extraHeaders });
+  response.writeHead(httpStatusOf(code), {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'x-content-type-options': 'nosniff',
+    ...extraHeaders,
+  });
   response.end(body);
   return body.length;
 }

@@ -45,14 +45,24 @@ export interface ListedRepository {
 }
 
 async function listRepositories(repositories: ServedRepository[], resources: Resources): Promise<ListedRepository[]> {
-  return Promise.all(repositories.map(async (repository) => {
-    const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location, { resources }).readIndex();
-    const packages = [...index.values()].map((entry: IndexEntry) => {
-      const parsed = parseFileName(entry.file);
-      return { file: entry.file, type: parsed.type ?? 'file', name: parsed.name, size: entry.size, md5: entry.md5, sha256: entry.sha256, date: entry.publishedAt };
-    });
-    return { name: repository.name, url: `/packages/${repository.name}/`, packages, ...('cached' in repository ? { cache: repository.cached.stats() } : {}) };
-  }));
+  return Promise.all(
+    repositories.map(async (repository) => {
+      const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location, { resources }).readIndex();
+      const packages = [...index.values()].map((entry: IndexEntry) => {
+        const parsed = parseFileName(entry.file);
+        return {
+          file: entry.file,
+          type: parsed.type ?? 'file',
+          name: parsed.name,
+          size: entry.size,
+          md5: entry.md5,
+          sha256: entry.sha256,
+          date: entry.publishedAt,
+        };
+      });
+      return { name: repository.name, url: `/packages/${repository.name}/`, packages, ...('cached' in repository ? { cache: repository.cached.stats() } : {}) };
+    }),
+  );
 }
 
 function formatSize(bytes: number | undefined): string {
@@ -127,11 +137,14 @@ function trafficChart(samples: TrafficSample[]): string {
   const top = Math.max(served, upstream, 1);
   const plotWidth = CHART.width - CHART.left - 10;
   const plotHeight = CHART.height - CHART.bottom - 10;
-  const line = (value: (sample: TrafficSample) => number): string => points.map((sample) => {
-    const x = CHART.left + ((sample.at - from) / 3600_000) * plotWidth;
-    const y = 10 + plotHeight - (value(sample) / top) * plotHeight;
-    return `${x.toFixed(1)},${y.toFixed(1)}`;
-  }).join(' ');
+  const line = (value: (sample: TrafficSample) => number): string =>
+    points
+      .map((sample) => {
+        const x = CHART.left + ((sample.at - from) / 3600_000) * plotWidth;
+        const y = 10 + plotHeight - (value(sample) / top) * plotHeight;
+        return `${x.toFixed(1)},${y.toFixed(1)}`;
+      })
+      .join(' ');
   const saved = served === 0 ? '' : ` (${Math.round((100 * Math.max(0, served - upstream)) / served).toString()}% of the bytes served came from the cache)`;
   return `<h2>Caching front: the last hour</h2>
 <p class="traffic">Served <span class="served-total">${escapeHtml(formatSize(served))}</span>, fetched upstream <span class="upstream-total">${escapeHtml(formatSize(upstream))}</span>${escapeHtml(saved)}.</p>
@@ -150,29 +163,39 @@ function trafficChart(samples: TrafficSample[]): string {
 }
 
 function packagesPage(repositories: ListedRepository[], uploadsEnabled: boolean, traffic: TrafficSample[] | undefined): string {
-  const tables = repositories.map((repository) => {
-    const rows = repository.packages.map((p) => `<tr data-file="${escapeHtml(p.file)}" data-search="${escapeHtml(`${p.type} ${p.name} ${p.file}`.toLowerCase())}">
+  const tables = repositories
+    .map((repository) => {
+      const rows = repository.packages
+        .map(
+          (p) => `<tr data-file="${escapeHtml(p.file)}" data-search="${escapeHtml(`${p.type} ${p.name} ${p.file}`.toLowerCase())}">
 <td>${escapeHtml(p.type)}</td><td><a href="${escapeHtml(repository.url + encodeURIComponent(p.file))}">${escapeHtml(p.name)}</a></td>
 <td class="num">${escapeHtml(formatSize(p.size))}</td><td><code title="sha256 ${escapeHtml(p.sha256 ?? 'not recorded')}">${escapeHtml(p.md5)}</code></td>
 <td>${formatDate(p.date)}</td>
-<td>${repository.name === 'custom' && uploadsEnabled ? `<button class="delete" data-file="${escapeHtml(p.file)}">Delete</button>` : ''}</td></tr>`).join('\n');
-    return `<h2 id="repo-${escapeHtml(repository.name)}">${escapeHtml(repository.name)} <small><a href="${escapeHtml(repository.url)}">${escapeHtml(repository.url)}</a></small></h2>
+<td>${repository.name === 'custom' && uploadsEnabled ? `<button class="delete" data-file="${escapeHtml(p.file)}">Delete</button>` : ''}</td></tr>`,
+        )
+        .join('\n');
+      return `<h2 id="repo-${escapeHtml(repository.name)}">${escapeHtml(repository.name)} <small><a href="${escapeHtml(repository.url)}">${escapeHtml(repository.url)}</a></small></h2>
 <p class="totals">${escapeHtml(formatTotals(repository.packages))}</p>
 ${repository.cache ? cacheSummary(repository.cache) : ''}
 <table class="packages" data-repository="${escapeHtml(repository.name)}"><thead><tr><th>Type</th><th>Name</th><th>Size</th><th>md5</th><th>Published</th><th></th></tr></thead>
 <tbody>${rows || '<tr class="empty"><td colspan="6">no packages</td></tr>'}</tbody></table>`;
-  }).join('\n');
-  const form = uploadsEnabled ? `<h2>Upload a custom test or kernel</h2>
+    })
+    .join('\n');
+  const form = uploadsEnabled
+    ? `<h2>Upload a custom test or kernel</h2>
 <form id="upload"><input type="file" id="file" required> <input type="password" id="token" placeholder="upload token" required autocomplete="off">
 <button type="submit">Upload</button> <progress id="progress" max="100" value="0" hidden></progress> <span id="status" role="status"></span>
 <p><small>A test is a <code>test-NAME.tar.bz2</code> tarball (deps and profilers alike); any other name is published as a plain file.</small></p></form>`
     : '<p><small>Uploads are disabled: the server has no <code>upload_token</code>.</small></p>';
-  return page('Autotest packages', `<h1>Autotest packages</h1>
+  return page(
+    'Autotest packages',
+    `<h1>Autotest packages</h1>
 <p><input type="search" id="filter" placeholder="filter by type or name" autofocus></p>
 ${traffic ? trafficChart(traffic) : ''}
 ${tables}
 ${form}
-<script>${SCRIPT}</script>`);
+<script>${SCRIPT}</script>`,
+  );
 }
 
 /** The page's only script: dates in the reader's time zone, filter, upload with progress, delete with confirmation. No build step. */
@@ -230,18 +253,27 @@ for (const button of document.querySelectorAll('button.delete')) {
 `;
 
 function consistencyPage(check: ConsistencyCheck): string {
-  const sections = check.locations.map((report) => {
-    const state = report.error ? `<span class="bad">unreachable: ${escapeHtml(report.error.message)}</span>`
-      : report.problems.length === 0 ? `<span class="good">consistent</span> (${report.entries.toString()} indexed)`
-        : `<span class="bad">${report.problems.length.toString()} problem(s)</span> (${report.entries.toString()} indexed)`;
-    const rows = report.problems.map((p) => `<tr class="problem"><td>${escapeHtml(p.kind)}</td><td>${escapeHtml(p.file)}</td><td>${escapeHtml(p.detail)}</td></tr>`).join('\n');
-    return `<section class="location" data-location="${escapeHtml(report.location)}"><h2>${escapeHtml(report.location)}</h2><p>${state}</p>
+  const sections = check.locations
+    .map((report) => {
+      const state = report.error
+        ? `<span class="bad">unreachable: ${escapeHtml(report.error.message)}</span>`
+        : report.problems.length === 0
+          ? `<span class="good">consistent</span> (${report.entries.toString()} indexed)`
+          : `<span class="bad">${report.problems.length.toString()} problem(s)</span> (${report.entries.toString()} indexed)`;
+      const rows = report.problems
+        .map((p) => `<tr class="problem"><td>${escapeHtml(p.kind)}</td><td>${escapeHtml(p.file)}</td><td>${escapeHtml(p.detail)}</td></tr>`)
+        .join('\n');
+      return `<section class="location" data-location="${escapeHtml(report.location)}"><h2>${escapeHtml(report.location)}</h2><p>${state}</p>
 ${rows ? `<table><thead><tr><th>Problem</th><th>File</th><th>Detail</th></tr></thead><tbody>${rows}</tbody></table>` : ''}</section>`;
-  }).join('\n');
-  return page('Consistency of the upload locations', `<h1>Consistency of the upload locations</h1>
+    })
+    .join('\n');
+  return page(
+    'Consistency of the upload locations',
+    `<h1>Consistency of the upload locations</h1>
 <p>Each upload location checked against its index (<code>autotest packager verify</code>); <code>verify --repair</code> fixes drift.
 Checked at <time class="checked-at" datetime="${escapeHtml(check.checkedAt)}">${escapeHtml(check.checkedAt)}</time>; a new check runs at most once a minute, or at once for a request with the upload token.</p>
-${sections}`);
+${sections}`,
+  );
 }
 
 /** The web frontend: the packages page, the consistency view, and their JSON. */
@@ -253,12 +285,20 @@ export function registerFrontend(app: FastifyInstance, settings: FrontendSetting
   const startCheck = (): Promise<ConsistencyCheck> => {
     startedAt = performance.now();
     running ??= verifyLocations({
-      locations: settings.checkedLocations, repair: false, clientDir: undefined,
-      compression: settings.compression, minimumFreeBytes: settings.minimumFreeBytes, resources: settings.resources,
-    }).then((locations) => {
-      last = { checkedAt: new Date().toISOString(), locations };
-      return last;
-    }).finally(() => { running = undefined; });
+      locations: settings.checkedLocations,
+      repair: false,
+      clientDir: undefined,
+      compression: settings.compression,
+      minimumFreeBytes: settings.minimumFreeBytes,
+      resources: settings.resources,
+    })
+      .then((locations) => {
+        last = { checkedAt: new Date().toISOString(), locations };
+        return last;
+      })
+      .finally(() => {
+        running = undefined;
+      });
     return running;
   };
   const consistency = (request: FastifyRequest): Promise<ConsistencyCheck> => {

@@ -47,7 +47,20 @@ function strongTag(stat: Stats): string {
 function cacheEntry(file: string, body: Buffer, stat: Stats, checkedAt: number): Cached {
   const tag = strongTag(stat);
   const modified = stat.mtime.toUTCString();
-  const headers = ['accept-ranges', 'bytes', 'etag', tag, 'last-modified', modified, 'content-type', contentType(file), 'x-content-type-options', 'nosniff', 'content-length', body.length.toString()];
+  const headers = [
+    'accept-ranges',
+    'bytes',
+    'etag',
+    tag,
+    'last-modified',
+    modified,
+    'content-type',
+    contentType(file),
+    'x-content-type-options',
+    'nosniff',
+    'content-length',
+    body.length.toString(),
+  ];
   return { body, stat, checkedAt, tag, modified, headers };
 }
 
@@ -63,7 +76,9 @@ function plainRequest(request: IncomingMessage): boolean {
  * redaction, which has nothing to redact here) was most of the cost of a cached answer.
  * Undefined when the logger is not a plain pino one, and the caller uses log.info.
  */
-function accessLineWriter(log: FastifyBaseLogger): ((reqId: string, method: string, url: string, status: number, bytes: number, responseTime: number) => void) | undefined {
+function accessLineWriter(
+  log: FastifyBaseLogger,
+): ((reqId: string, method: string, url: string, status: number, bytes: number, responseTime: number) => void) | undefined {
   const fields = log as unknown as Record<symbol, unknown>;
   const stream = fields[pino.symbols.streamSym];
   const bindings = fields[pino.symbols.chindingsSym];
@@ -73,7 +88,9 @@ function accessLineWriter(log: FastifyBaseLogger): ((reqId: string, method: stri
   if (typeof bindings !== 'string' || messageKey !== 'msg' || timeSym !== pino.stdTimeFunctions.epochTime) return undefined;
   const write = stream.write.bind(stream) as (line: string) => unknown;
   return (reqId, method, url, status, bytes, responseTime) => {
-    write(`{"level":30,"time":${Date.now().toString()}${bindings},"reqId":${JSON.stringify(reqId)},"req":{"method":${JSON.stringify(method)},"url":${JSON.stringify(url)}},"res":{"statusCode":${status.toString()}},"bytes":${bytes.toString()},"responseTime":${responseTime.toString()},"msg":"request completed"}\n`);
+    write(
+      `{"level":30,"time":${Date.now().toString()}${bindings},"reqId":${JSON.stringify(reqId)},"req":{"method":${JSON.stringify(method)},"url":${JSON.stringify(url)}},"res":{"statusCode":${status.toString()}},"bytes":${bytes.toString()},"responseTime":${responseTime.toString()},"msg":"request completed"}\n`,
+    );
   };
 }
 
@@ -126,15 +143,20 @@ async function openToServe(response: ServerResponse, full: string, file: string)
     if (NOT_THERE.has(code)) return answerError(response, 'ERR_NOT_FOUND', `${file}: not in this repository`);
     // Out of descriptors or memory is this server's state, not the file's: a client that
     // took it for "not found" would never ask again.
-    if (OUT_OF_RESOURCES.has(code)) return answerError(response, 'ERR_UNAVAILABLE', `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
+    if (OUT_OF_RESOURCES.has(code))
+      return answerError(response, 'ERR_UNAVAILABLE', `${file}: the server is out of resources (${code}); try again`, { 'retry-after': '1' });
     return answerError(response, 'ERR_SERVER', `${file}: cannot open it (${code || describeError(error)})`);
   }
 }
 
 /** Watches `dir`: a change to a file calls `forget` with its name; one whose name is not known, or a failed watch, with null. */
 function watchFolder(dir: string, forget: (file: string | null) => void): FSWatcher {
-  const watcher = watch(dir, { persistent: false }, (_event, file) => { forget(typeof file === 'string' ? file : null); });
-  watcher.on('error', () => { forget(null); });
+  const watcher = watch(dir, { persistent: false }, (_event, file) => {
+    forget(typeof file === 'string' ? file : null);
+  });
+  watcher.on('error', () => {
+    forget(null);
+  });
   return watcher;
 }
 
@@ -146,7 +168,6 @@ const OUT_OF_RESOURCES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN']);
 function sameFile(a: Stats, b: Stats): boolean {
   return a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs && a.dev === b.dev;
 }
-
 
 /**
  * Sends bytes start..end of an open file: one buffer per download, read into and written
@@ -217,7 +238,12 @@ export interface RepositoryHandler {
  * It runs before Fastify's router: through @fastify/send the same requests cost a stat, an
  * open and a stream each and ran at a quarter of nginx's rate (see README, benchmark).
  */
-export async function createRepositoryHandler(repositories: ServedRepository[], metrics: ServerMetrics, log: FastifyBaseLogger, buffers: StreamBuffers): Promise<RepositoryHandler> {
+export async function createRepositoryHandler(
+  repositories: ServedRepository[],
+  metrics: ServerMetrics,
+  log: FastifyBaseLogger,
+  buffers: StreamBuffers,
+): Promise<RepositoryHandler> {
   const byName = new Map<string, ServedRepository>();
   const caches = new Map<string, Map<string, Cached>>();
   const watchers: FSWatcher[] = [];
@@ -262,12 +288,29 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     else if (response.statusCode >= 400) metrics.errors.inc({ kind: response.statusCode === 404 ? 'not_found' : 'client' });
     if (LOGGED_LEVELS.has(log.level)) {
       if (accessLine) accessLine(reqId, request.method ?? 'GET', request.url ?? '', response.statusCode, bytes, performance.now() - started);
-      else log.info({ reqId, req: { method: request.method, url: request.url }, res: { statusCode: response.statusCode }, bytes, responseTime: performance.now() - started }, 'request completed');
+      else
+        log.info(
+          {
+            reqId,
+            req: { method: request.method, url: request.url },
+            res: { statusCode: response.statusCode },
+            bytes,
+            responseTime: performance.now() - started,
+          },
+          'request completed',
+        );
     }
   };
 
   /** Headers, conditional requests and Range for one file; returns the byte span to send, or undefined when answered. */
-  const prepare = (request: IncomingMessage, response: ServerResponse, file: string, stat: Stats, fixedTag?: string, fixedModified?: string): { start: number; end: number } | number => {
+  const prepare = (
+    request: IncomingMessage,
+    response: ServerResponse,
+    file: string,
+    stat: Stats,
+    fixedTag?: string,
+    fixedModified?: string,
+  ): { start: number; end: number } | number => {
     const tag = fixedTag ?? strongTag(stat);
     const modified = fixedModified ?? stat.mtime.toUTCString();
     response.setHeader('accept-ranges', 'bytes');
@@ -275,7 +318,10 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     response.setHeader('last-modified', modified);
     response.setHeader('content-type', contentType(file));
     response.setHeader('x-content-type-options', 'nosniff');
-    if ((request.headers['if-none-match'] !== undefined || request.headers['if-modified-since'] !== undefined) && isFresh(request.headers, { etag: tag, 'last-modified': modified })) {
+    if (
+      (request.headers['if-none-match'] !== undefined || request.headers['if-modified-since'] !== undefined) &&
+      isFresh(request.headers, { etag: tag, 'last-modified': modified })
+    ) {
       response.statusCode = 304;
       response.end();
       return 0;
@@ -284,7 +330,9 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
     let end = stat.size - 1;
     const rangeHeader = request.headers.range;
     const ifRange = request.headers['if-range'];
-    const rangeApplies = rangeHeader !== undefined && (ifRange === undefined || (typeof ifRange === 'string' && !ifRange.startsWith('W/') && (ifRange === tag || ifRange === modified)));
+    const rangeApplies =
+      rangeHeader !== undefined &&
+      (ifRange === undefined || (typeof ifRange === 'string' && !ifRange.startsWith('W/') && (ifRange === tag || ifRange === modified)));
     // A unit other than bytes is ignored (RFC 9110 §14.2): the whole file, 200.
     if (rangeApplies && /^\s*bytes\s*=/i.test(rangeHeader)) {
       const ranges = rangeParser(stat.size, wholeForLongSuffix(rangeHeader, stat.size), { combine: true });
@@ -332,8 +380,15 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
   };
 
   /** One file from the disk: small ones kept in `cache` when given, the rest streamed; `fixedTag` for content whose name is its checksum. */
-  const serveFromDisk = async (request: IncomingMessage, response: ServerResponse, full: string, file: string, cache: Map<string, Cached> | undefined, fixedTag?: string): Promise<number> => {
-    const cached = cache && await stillCached(cache, full, file);
+  const serveFromDisk = async (
+    request: IncomingMessage,
+    response: ServerResponse,
+    full: string,
+    file: string,
+    cache: Map<string, Cached> | undefined,
+    fixedTag?: string,
+  ): Promise<number> => {
+    const cached = cache && (await stillCached(cache, full, file));
     if (cached) {
       const span = prepare(request, response, file, cached.stat, cached.tag, cached.modified);
       if (typeof span === 'number') return span;
@@ -448,14 +503,23 @@ export async function createRepositoryHandler(repositories: ServedRepository[], 
       if (shuttingDown) response.setHeader('connection', 'close');
       response.setHeader('x-request-id', requestId);
       // Settled as a promise so that a header Node refuses is answered 500, never thrown out of handle().
-      const answer = encoded === undefined ? Promise.resolve().then(() => redirectToFolder(request, response, repository, match[3] ?? ''))
-        : file === '' ? serveListing(response, repository) : serveFile(request, response, repository, file);
-      answer.then((bytes) => { finish(request, response, started, repository.name, bytes, requestId); }, (error: unknown) => {
-        log.error({ err: { message: error instanceof Error ? error.message : String(error) }, url }, 'serving a repository file failed');
-        if (!response.headersSent) answerError(response, 'ERR_SERVER', 'internal error; see the server log');
-        else response.destroy();
-        finish(request, response, started, repository.name, 0, requestId);
-      });
+      const answer =
+        encoded === undefined
+          ? Promise.resolve().then(() => redirectToFolder(request, response, repository, match[3] ?? ''))
+          : file === ''
+            ? serveListing(response, repository)
+            : serveFile(request, response, repository, file);
+      answer.then(
+        (bytes) => {
+          finish(request, response, started, repository.name, bytes, requestId);
+        },
+        (error: unknown) => {
+          log.error({ err: { message: error instanceof Error ? error.message : String(error) }, url }, 'serving a repository file failed');
+          if (!response.headersSent) answerError(response, 'ERR_SERVER', 'internal error; see the server log');
+          else response.destroy();
+          finish(request, response, started, repository.name, 0, requestId);
+        },
+      );
       return true;
     },
     closing() {

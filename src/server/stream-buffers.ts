@@ -27,7 +27,7 @@ export class StreamBuffers {
     const size = Math.max(STREAM_CHUNK_MIN, Math.min(STREAM_CHUNK_MAX, Math.floor((STREAM_BUDGET_BYTES - this.bufferedBytes) / this.streams)));
     this.bufferedBytes += size;
     const index = this.spare.findIndex((buffer) => buffer.length === size);
-    return index >= 0 ? this.spare.splice(index, 1)[0] ?? Buffer.allocUnsafe(size) : Buffer.allocUnsafe(size);
+    return index >= 0 ? (this.spare.splice(index, 1)[0] ?? Buffer.allocUnsafe(size)) : Buffer.allocUnsafe(size);
   }
 
   release(buffer: Buffer): void {
@@ -43,7 +43,9 @@ export class StreamBuffers {
 }
 
 export const STREAM_BUFFERS: ResourceKind<StreamBuffers> = {
-  name: 'the server\'s stream buffers',
+  name: "the server's stream buffers",
   create: () => new StreamBuffers(),
-  close: (buffers) => { buffers.close(); },
+  close: (buffers) => {
+    buffers.close();
+  },
 };

@@ -79,16 +79,23 @@ function limitBytes(limit: number): Transform {
  */
 function minimumRate({ bytesPerSecond, windowMs }: { bytesPerSecond: number; windowMs: number }): Transform {
   let inWindow = 0;
-  const timer = bytesPerSecond > 0
-    ? setInterval(() => {
-      if (inWindow < (bytesPerSecond * windowMs) / 1000) {
-        stream.destroy(new AutotestError('ERR_TOO_SLOW', `the upload sent ${inWindow.toString()} bytes in ${(windowMs / 1000).toString()} s, less than upload_min_rate (${(bytesPerSecond / 1000).toString()} KB/s in [SERVER]); cut`, {
-          hint: 'send it again over a faster link, or lower upload_min_rate',
-        }));
-      }
-      inWindow = 0;
-    }, windowMs)
-    : undefined;
+  const timer =
+    bytesPerSecond > 0
+      ? setInterval(() => {
+          if (inWindow < (bytesPerSecond * windowMs) / 1000) {
+            stream.destroy(
+              new AutotestError(
+                'ERR_TOO_SLOW',
+                `the upload sent ${inWindow.toString()} bytes in ${(windowMs / 1000).toString()} s, less than upload_min_rate (${(bytesPerSecond / 1000).toString()} KB/s in [SERVER]); cut`,
+                {
+                  hint: 'send it again over a faster link, or lower upload_min_rate',
+                },
+              ),
+            );
+          }
+          inWindow = 0;
+        }, windowMs)
+      : undefined;
   const stream = new Transform({
     transform(chunk: Buffer, _encoding, callback) {
       inWindow += chunk.length;
@@ -111,9 +118,15 @@ async function publishUpload(staged: string, settings: UploadSettings): Promise<
   return uploadPackages({
     clientDir: BUNDLED_CLIENT_DIR,
     selection: { all: false, tests: [], profilers: [], deps: [], client: false, files: [staged] },
-    locations: settings.locations, compression: settings.compression,
-    minimumFreeBytes: settings.minimumFreeBytes, cacheDir: settings.cacheDir, signing: settings.signing, resources: settings.resources,
-  }).finally(() => { settings.published(settings.locations); });
+    locations: settings.locations,
+    compression: settings.compression,
+    minimumFreeBytes: settings.minimumFreeBytes,
+    cacheDir: settings.cacheDir,
+    signing: settings.signing,
+    resources: settings.resources,
+  }).finally(() => {
+    settings.published(settings.locations);
+  });
 }
 
 /** A publish or delete that failed at some location is the locations' failure: 502. */
@@ -155,7 +168,10 @@ function checkDeclaredUpload(request: FastifyRequest<{ Params: { file: string } 
   }
   const sha256 = request.headers['x-checksum-sha256'];
   const md5 = request.headers['x-checksum-md5'];
-  for (const [name, value, length] of [['X-Checksum-Sha256', sha256, 64], ['X-Checksum-Md5', md5, 32]] as const) {
+  for (const [name, value, length] of [
+    ['X-Checksum-Sha256', sha256, 64],
+    ['X-Checksum-Md5', md5, 32],
+  ] as const) {
     if (value !== undefined && (typeof value !== 'string' || value.length !== length || !HEX.test(value))) {
       throw new AutotestError('ERR_BAD_REQUEST', `${file}: ${name} must be ${length.toString()} lowercase hex digits`, {
         hint: 'send the hex digest of the file as sha256sum or md5sum prints it, or leave the header out',
@@ -171,9 +187,13 @@ async function receiveBody(body: Readable, staged: string, upload: DeclaredUploa
   await pipeline(body, minimumRate(settings.minRate), limitBytes(settings.maxUploadBytes), digest, createWriteStream(staged, { flags: 'wx', mode: 0o644 }));
   const digests = digest.digests();
   if ((upload.sha256 !== undefined && upload.sha256 !== digests.sha256) || (upload.md5 !== undefined && upload.md5 !== digests.md5)) {
-    throw new AutotestError('ERR_CHECKSUM_MISMATCH', `${upload.file}: received ${digests.size.toString()} bytes with sha256 ${digests.sha256}, not the checksum sent`, {
-      hint: 'the upload was damaged on the way; send it again',
-    });
+    throw new AutotestError(
+      'ERR_CHECKSUM_MISMATCH',
+      `${upload.file}: received ${digests.size.toString()} bytes with sha256 ${digests.sha256}, not the checksum sent`,
+      {
+        hint: 'the upload was damaged on the way; send it again',
+      },
+    );
   }
   return digests;
 }
@@ -203,7 +223,13 @@ async function trialExtract(staged: string, staging: string, upload: DeclaredUpl
 }
 
 /** The answer to an upload that failed, by its error's code; the ways a body can fail on the wire become codes first. */
-function failedUploadAnswer(error: unknown, request: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply, settings: UploadSettings, gone: AbortSignal): { status: number; body: unknown } {
+function failedUploadAnswer(
+  error: unknown,
+  request: FastifyRequest<{ Params: { file: string } }>,
+  reply: FastifyReply,
+  settings: UploadSettings,
+  gone: AbortSignal,
+): { status: number; body: unknown } {
   if (isAutotestError(error, 'ERR_TOO_SLOW')) {
     request.log.warn({ file: request.params.file }, error.message);
     reply.header('connection', 'close');
@@ -214,9 +240,12 @@ function failedUploadAnswer(error: unknown, request: FastifyRequest<{ Params: { 
     return errorAnswer(new AutotestError('ERR_ABORTED', 'the upload was cut off; nothing was kept', { hint: 'send it again' }));
   }
   if (errnoCode(error) === 'ENOSPC' || errnoCode(error) === 'EDQUOT') {
-    return errorAnswer(new AutotestError('ERR_NO_SPACE', `custom_download_location ${settings.stagingDir}: the disk is full while receiving ${request.params.file}`, {
-      hint: 'free some space there and send it again; nothing was kept', cause: error,
-    }));
+    return errorAnswer(
+      new AutotestError('ERR_NO_SPACE', `custom_download_location ${settings.stagingDir}: the disk is full while receiving ${request.params.file}`, {
+        hint: 'free some space there and send it again; nothing was kept',
+        cause: error,
+      }),
+    );
   }
   if (isAutotestError(error)) return errorAnswer(error);
   throw error;
@@ -233,7 +262,9 @@ function failedUploadAnswer(error: unknown, request: FastifyRequest<{ Params: { 
  * Both need the bearer token; whatever fails leaves nothing behind.
  */
 export function registerUploads(app: FastifyInstance, settings: UploadSettings, metrics: ServerMetrics): void {
-  app.addHook('onReady', async () => { await sweepStaging(settings.stagingDir); });
+  app.addHook('onReady', async () => {
+    await sweepStaging(settings.stagingDir);
+  });
   // The body is read here as a stream, never buffered or decoded by a parser, whatever its
   // declared type (Fastify's own text and JSON parsers would turn bytes into a string).
   app.removeAllContentTypeParsers();
@@ -246,9 +277,13 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     if (!checkToken(settings.token, request, reply)) return reply;
     if (running >= settings.maxConcurrentUploads) {
       metrics.uploads.inc({ outcome: 'busy' });
-      const busy = new AutotestError('ERR_BUSY', `the server is checking ${settings.maxConcurrentUploads.toString()} uploads already (max_concurrent_uploads in [SERVER])`, {
-        hint: `send it again in ${BUSY_RETRY_AFTER_SECONDS.toString()} seconds (Retry-After)`,
-      });
+      const busy = new AutotestError(
+        'ERR_BUSY',
+        `the server is checking ${settings.maxConcurrentUploads.toString()} uploads already (max_concurrent_uploads in [SERVER])`,
+        {
+          hint: `send it again in ${BUSY_RETRY_AFTER_SECONDS.toString()} seconds (Retry-After)`,
+        },
+      );
       const { status, body } = errorAnswer(busy);
       return reply.code(status).header('retry-after', BUSY_RETRY_AFTER_SECONDS.toString()).header('connection', 'close').send(body);
     }
@@ -273,7 +308,10 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       gone.signal.throwIfAborted();
       const report = await publishUpload(staged, settings);
       metrics.uploads.inc({ outcome: report.ok ? 'published' : 'failed' });
-      answer = { status: reportStatus(report), body: { file: upload.file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) } };
+      answer = {
+        status: reportStatus(report),
+        body: { file: upload.file, size: digests.size, md5: digests.md5, sha256: digests.sha256, ...(summary(report) as object) },
+      };
     } catch (error) {
       metrics.uploads.inc({ outcome: 'refused' });
       answer = failedUploadAnswer(error, request, reply, settings, gone.signal);
@@ -293,8 +331,11 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     if (!checkToken(settings.token, request, reply)) return reply;
     try {
       const file = checkFileName(request.params.file);
-      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing, resources: settings.resources })
-        .finally(() => { settings.published(settings.locations); });
+      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing, resources: settings.resources }).finally(
+        () => {
+          settings.published(settings.locations);
+        },
+      );
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
       if (!isAutotestError(error)) throw error;

@@ -24,9 +24,15 @@ function askAgent(socket: string, payload: Buffer): Promise<Buffer> {
       connection.destroy();
       reject(new Error(why));
     };
-    connection.setTimeout(AGENT_TIMEOUT_MS, () => { fail(`ssh-agent at ${socket} did not answer within ${(AGENT_TIMEOUT_MS / 1000).toString()} s`); });
-    connection.on('error', (error: NodeJS.ErrnoException) => { fail(`cannot reach ssh-agent at ${socket} (${error.code ?? error.message})`); });
-    connection.on('connect', () => { connection.write(Buffer.concat([sshUint32(payload.length), payload])); });
+    connection.setTimeout(AGENT_TIMEOUT_MS, () => {
+      fail(`ssh-agent at ${socket} did not answer within ${(AGENT_TIMEOUT_MS / 1000).toString()} s`);
+    });
+    connection.on('error', (error: NodeJS.ErrnoException) => {
+      fail(`cannot reach ssh-agent at ${socket} (${error.code ?? error.message})`);
+    });
+    connection.on('connect', () => {
+      connection.write(Buffer.concat([sshUint32(payload.length), payload]));
+    });
     connection.on('data', (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
       if (received.length < 4) return;
@@ -39,7 +45,9 @@ function askAgent(socket: string, payload: Buffer): Promise<Buffer> {
       connection.end();
       resolve(received.subarray(4, 4 + length));
     });
-    connection.on('end', () => { fail(`ssh-agent at ${socket} closed the connection without an answer`); });
+    connection.on('end', () => {
+      fail(`ssh-agent at ${socket} closed the connection without an answer`);
+    });
   });
 }
 
@@ -94,10 +102,12 @@ export async function agentSigningKey(publicBlob: Buffer, socket: string | undef
     publicBlob,
     publicLine: `${ED25519} ${publicBlob.toString('base64')}`,
     // Checked when the config was read, the agent may still fail at signing time (gone, key removed, use refused).
-    sign: (data) => agentSign(socket, publicBlob, data).catch((error: unknown) => {
-      throw new AutotestError('ERR_SIGNATURE', describeError(error), {
-        hint: 'keep ssh-agent running with the signing key added (ssh-add) until the index is signed', cause: error,
-      });
-    }),
+    sign: (data) =>
+      agentSign(socket, publicBlob, data).catch((error: unknown) => {
+        throw new AutotestError('ERR_SIGNATURE', describeError(error), {
+          hint: 'keep ssh-agent running with the signing key added (ssh-add) until the index is signed',
+          cause: error,
+        });
+      }),
   };
 }

@@ -64,7 +64,8 @@ export async function readTrustedKeys(file: string, setAt: string, namespace: st
     text = await readFile(file, 'utf8');
   } catch (error) {
     throw new AutotestError('ERR_CONFIG', `${setAt} = ${file}: cannot read it (${errnoCode(error) ?? describeError(error)})`, {
-      hint: 'name a readable allowed_signers file (one "autotest ssh-ed25519 KEY" line per trusted key)', cause: error,
+      hint: 'name a readable allowed_signers file (one "autotest ssh-ed25519 KEY" line per trusted key)',
+      cause: error,
     });
   }
   let parsed;
@@ -74,9 +75,13 @@ export async function readTrustedKeys(file: string, setAt: string, namespace: st
     throw new AutotestError('ERR_CONFIG', `${setAt} = ${file}: ${describeError(error)}`, { hint: 'see "ALLOWED SIGNERS" in ssh-keygen(1)', cause: error });
   }
   if (parsed.keys.length === 0) {
-    throw new AutotestError('ERR_CONFIG', `${setAt} = ${file}: holds no ed25519 key usable for ${namespace}${parsed.skipped.length > 0 ? ` (${parsed.skipped.join('; ')})` : ''}`, {
-      hint: 'add a line "autotest ssh-ed25519 KEY" with the public key of the packager\'s signing_key',
-    });
+    throw new AutotestError(
+      'ERR_CONFIG',
+      `${setAt} = ${file}: holds no ed25519 key usable for ${namespace}${parsed.skipped.length > 0 ? ` (${parsed.skipped.join('; ')})` : ''}`,
+      {
+        hint: 'add a line "autotest ssh-ed25519 KEY" with the public key of the packager\'s signing_key',
+      },
+    );
   }
   return { keys: parsed.keys, text, warnings: parsed.skipped.map((why) => `${setAt} = ${file}: ${why}; ignored`) };
 }

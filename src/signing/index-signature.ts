@@ -17,7 +17,10 @@ export interface IndexSigning {
 }
 
 /** signing_key read (once, by a command that writes indexes), with index_valid_days; none without signing_key. */
-export async function loadIndexSigning(settings: { signingKey: { file: string; setAt: string } | undefined; indexValidDays: number | undefined }): Promise<IndexSigning | undefined> {
+export async function loadIndexSigning(settings: {
+  signingKey: { file: string; setAt: string } | undefined;
+  indexValidDays: number | undefined;
+}): Promise<IndexSigning | undefined> {
   if (!settings.signingKey) return undefined;
   return { key: await readSigningKey(settings.signingKey.file, settings.signingKey.setAt), validDays: settings.indexValidDays };
 }
@@ -85,18 +88,26 @@ function judge(name: string, signature: string | undefined, manifest: string | u
   if (!verdict.valid) return unverified(`${SIGNATURE_FILE} is wrong: ${verdict.why}`);
   const document = parseManifestDocument(manifest, `${name}/${MANIFEST_FILE}`);
   const { serial, expires } = document.header;
-  if (serial === undefined) return { refusal: refused(name, `its signed ${MANIFEST_FILE} has no serial`, 'sign it again with "autotest packager sign"'), settled: true };
+  if (serial === undefined)
+    return { refusal: refused(name, `its signed ${MANIFEST_FILE} has no serial`, 'sign it again with "autotest packager sign"'), settled: true };
   if (expires !== undefined && Date.parse(expires) <= now) {
     return {
-      refusal: refused(name, `its signed ${MANIFEST_FILE} expired at ${expires}`, 'renew it with "autotest packager sign" (index_valid_days); a mirror that serves it has stopped following its source'),
+      refusal: refused(
+        name,
+        `its signed ${MANIFEST_FILE} expired at ${expires}`,
+        'renew it with "autotest packager sign" (index_valid_days); a mirror that serves it has stopped following its source',
+      ),
       settled: true,
     };
   }
   const newest = trust.memory?.newest(name);
   if (newest !== undefined && serial < newest) {
     return {
-      refusal: refused(name, `its signed ${MANIFEST_FILE} has serial ${serial.toString()}, older than serial ${newest.toString()} seen from it before (rolled back)`,
-        'a mirror serving an old index is stale or hostile; update it from its source'),
+      refusal: refused(
+        name,
+        `its signed ${MANIFEST_FILE} has serial ${serial.toString()}, older than serial ${newest.toString()} seen from it before (rolled back)`,
+        'a mirror serving an old index is stale or hostile; update it from its source',
+      ),
       settled: true,
     };
   }
@@ -117,7 +128,12 @@ const REREAD_PAUSES_MS = [50, 250, 1000];
  * With no signature and require_signature off, returns undefined: the caller reads the
  * unsigned index as before.
  */
-export async function readVerifiedIndex(name: string, read: (file: string) => Promise<string | undefined>, trust: IndexTrust, now = Date.now): Promise<VerifiedIndex | undefined> {
+export async function readVerifiedIndex(
+  name: string,
+  read: (file: string) => Promise<string | undefined>,
+  trust: IndexTrust,
+  now = Date.now,
+): Promise<VerifiedIndex | undefined> {
   for (let attempt = 0; ; attempt += 1) {
     const signature = await read(SIGNATURE_FILE);
     if (signature === undefined && !trust.required) return undefined;

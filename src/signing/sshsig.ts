@@ -24,7 +24,12 @@ export async function signSshsig(message: Buffer, key: SigningKey, namespace: st
   const hashAlgorithm = 'sha512';
   const signature = await key.sign(signedData(namespace, hashAlgorithm, message));
   const blob = Buffer.concat([
-    MAGIC, sshUint32(VERSION), sshString(key.publicBlob), sshString(namespace), sshString(''), sshString(hashAlgorithm),
+    MAGIC,
+    sshUint32(VERSION),
+    sshString(key.publicBlob),
+    sshString(namespace),
+    sshString(''),
+    sshString(hashAlgorithm),
     sshString(Buffer.concat([sshString(ED25519), sshString(signature)])),
   ]);
   const lines = blob.toString('base64').match(/.{1,70}/g) ?? [];
@@ -32,9 +37,7 @@ export async function signSshsig(message: Buffer, key: SigningKey, namespace: st
 }
 
 /** Whether `signature` is a valid signature of `message` by one of `keys` in `namespace`. */
-export type SshsigVerdict =
-  | { valid: true; publicBlob: Buffer }
-  | { valid: false; why: string };
+export type SshsigVerdict = { valid: true; publicBlob: Buffer } | { valid: false; why: string };
 
 function unarmor(text: string): Buffer | undefined {
   const start = text.indexOf(BEGIN);

@@ -43,13 +43,20 @@ function commonOptions(env: NodeJS.ProcessEnv, setup: ControlSetup): string[] {
   // Tests and labs with their own ssh_config point here; otherwise ssh reads ~/.ssh/config itself.
   if (env.AUTOTEST_SSH_CONFIG) options.push('-F', env.AUTOTEST_SSH_CONFIG);
   options.push(
-    '-o', 'BatchMode=yes',
-    '-o', 'ControlMaster=auto',
-    '-o', `ControlPath=${path.join(setup.dir, '%C')}`,
-    '-o', `ControlPersist=${setup.persistSeconds.toString()}`,
-    '-o', `ConnectTimeout=${env.AUTOTEST_SSH_CONNECT_TIMEOUT ?? '10'}`,
-    '-o', 'ServerAliveInterval=5',
-    '-o', 'ServerAliveCountMax=3',
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'ControlMaster=auto',
+    '-o',
+    `ControlPath=${path.join(setup.dir, '%C')}`,
+    '-o',
+    `ControlPersist=${setup.persistSeconds.toString()}`,
+    '-o',
+    `ConnectTimeout=${env.AUTOTEST_SSH_CONNECT_TIMEOUT ?? '10'}`,
+    '-o',
+    'ServerAliveInterval=5',
+    '-o',
+    'ServerAliveCountMax=3',
   );
   return options;
 }
@@ -153,7 +160,11 @@ export class SshHost {
   private connecting: Promise<void> | undefined;
 
   /** `control` says where the master sockets are: those of the SshMasters that made this host. */
-  constructor(readonly endpoint: SshEndpoint, private readonly control: (env: NodeJS.ProcessEnv) => ControlSetup, private readonly env: NodeJS.ProcessEnv = process.env) {
+  constructor(
+    readonly endpoint: SshEndpoint,
+    private readonly control: (env: NodeJS.ProcessEnv) => ControlSetup,
+    private readonly env: NodeJS.ProcessEnv = process.env,
+  ) {
     this.name = describeEndpoint(endpoint);
   }
 
@@ -164,10 +175,13 @@ export class SshHost {
 
   /** Opens the master connection once, so parallel commands all share it. */
   connect(): Promise<void> {
-    this.connecting ??= this.run(['true'], { timeoutMs: 60_000 }).then(() => undefined, (error: unknown) => {
-      this.connecting = undefined;
-      throw error;
-    });
+    this.connecting ??= this.run(['true'], { timeoutMs: 60_000 }).then(
+      () => undefined,
+      (error: unknown) => {
+        this.connecting = undefined;
+        throw error;
+      },
+    );
     return this.connecting;
   }
 
@@ -199,7 +213,11 @@ export class SshHost {
     const first = await Promise.race([
       startup,
       failed,
-      new Promise<'timeout'>((resolve) => { timer = setTimeout(() => { resolve('timeout'); }, startTimeoutMs); }),
+      new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => {
+          resolve('timeout');
+        }, startTimeoutMs);
+      }),
     ]).finally(() => {
       clearTimeout(timer);
       starting = false;
@@ -208,11 +226,12 @@ export class SshHost {
       child.kill('SIGKILL');
       if (first instanceof Error) {
         throw new AutotestError('ERR_SSH', `cannot run ssh to ${this.name}: ${describeError(first)}`, {
-          hint: 'install OpenSSH (apt-get install openssh-client)', cause: first,
+          hint: 'install OpenSSH (apt-get install openssh-client)',
+          cause: first,
         });
       }
       throw new AutotestError('ERR_SSH', `ssh ${this.name}: "${argv[0] ?? ''}" did not start within ${(startTimeoutMs / 1000).toString()} s`, {
-        hint: 'the login is stuck: check the network, and the SSH account\'s start-up files (~/.bashrc, ~/.profile), which run before every command',
+        hint: "the login is stuck: check the network, and the SSH account's start-up files (~/.bashrc, ~/.profile), which run before every command",
       });
     }
     if (first.started) return child;
@@ -249,10 +268,13 @@ export class SshHost {
       input.on('error', () => child.kill('SIGKILL'));
       input.pipe(child.stdin);
     }
-    const timer = setTimeout(() => {
-      state.timedOut = true;
-      child.kill('SIGKILL');
-    }, Math.max(0, deadline - performance.now()));
+    const timer = setTimeout(
+      () => {
+        state.timedOut = true;
+        child.kill('SIGKILL');
+      },
+      Math.max(0, deadline - performance.now()),
+    );
     const { code } = await whenClosed(child).finally(() => {
       clearTimeout(timer);
     });
@@ -261,9 +283,13 @@ export class SshHost {
       input.destroy();
     }
     if (state.timedOut) {
-      throw new AutotestError('ERR_SSH', `ssh ${this.name}: "${argv[0] ?? ''}" took more than ${((options.timeoutMs ?? 120_000) / 1000).toString()} s and was stopped`, {
-        hint: 'check the network and that the host is not overloaded',
-      });
+      throw new AutotestError(
+        'ERR_SSH',
+        `ssh ${this.name}: "${argv[0] ?? ''}" took more than ${((options.timeoutMs ?? 120_000) / 1000).toString()} s and was stopped`,
+        {
+          hint: 'check the network and that the host is not overloaded',
+        },
+      );
     }
     if (size > STDOUT_LIMIT) throw new AutotestError('ERR_SSH', `ssh ${this.name}: the answer was larger than ${STDOUT_LIMIT.toString()} bytes`);
     const result = { code, stdout: Buffer.concat(chunks), stderr: stderr.trim() };
@@ -292,20 +318,33 @@ export function whenClosed(child: ChildProcess): Promise<{ code: number; signal:
 }
 
 /** ssh exits 255 for its own failures (cannot connect, refused key); anything else is the command's. */
-export function sshFailure(name: string, argv: readonly string[], result: { code: number; stderr: string }, startup: StartupText = { text: '', started: true }): AutotestError {
+export function sshFailure(
+  name: string,
+  argv: readonly string[],
+  result: { code: number; stderr: string },
+  startup: StartupText = { text: '', started: true },
+): AutotestError {
   if (result.code === 255) {
     return new AutotestError('ERR_SSH_CONNECT', `ssh ${name}: cannot connect${result.stderr ? `: ${result.stderr}` : ''}`, {
       hint: 'check the host, that keyless (key-based, BatchMode) login works with "ssh HOST true", and ~/.ssh/config',
     });
   }
   if (!startup.started) {
-    return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" exited with code ${result.code.toString()}${describeStartupText(name, startup)}${result.stderr ? `: ${result.stderr}` : ''}`, {
-      hint: 'make the account\'s start-up files print nothing and return early for non-interactive shells (for bash: [ -z "$PS1" ] && return at the top of ~/.bashrc)',
-    });
+    return new AutotestError(
+      'ERR_SSH',
+      `ssh ${name}: "${argv[0] ?? ''}" exited with code ${result.code.toString()}${describeStartupText(name, startup)}${result.stderr ? `: ${result.stderr}` : ''}`,
+      {
+        hint: 'make the account\'s start-up files print nothing and return early for non-interactive shells (for bash: [ -z "$PS1" ] && return at the top of ~/.bashrc)',
+      },
+    );
   }
-  return new AutotestError('ERR_SSH', `ssh ${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${describeStartupText(name, startup)}${result.stderr ? `: ${result.stderr}` : ''}`, {
-    hint: 'check the folder and its permissions on the host, and that sh, coreutils and flock are installed there',
-  });
+  return new AutotestError(
+    'ERR_SSH',
+    `ssh ${name}: "${argv[0] ?? ''}" failed with exit code ${result.code.toString()}${describeStartupText(name, startup)}${result.stderr ? `: ${result.stderr}` : ''}`,
+    {
+      hint: 'check the folder and its permissions on the host, and that sh, coreutils and flock are installed there',
+    },
+  );
 }
 
 /**
@@ -339,12 +378,23 @@ export class SshMasters {
     this.control = undefined;
     if (!setup?.perRun) return;
     const dir = setup.dir;
-    await Promise.all(hosts.map((host) => new Promise<void>((resolve) => {
-      const child = spawn('ssh', [...commonOptionsFor(dir), '-O', 'exit', ...destination(host.endpoint)], { stdio: 'ignore' });
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      child.on('error', () => { clearTimeout(timer); resolve(); });
-      child.on('close', () => { clearTimeout(timer); resolve(); });
-    })));
+    await Promise.all(
+      hosts.map(
+        (host) =>
+          new Promise<void>((resolve) => {
+            const child = spawn('ssh', [...commonOptionsFor(dir), '-O', 'exit', ...destination(host.endpoint)], { stdio: 'ignore' });
+            const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+            child.on('error', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            child.on('close', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+          }),
+      ),
+    );
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -40,56 +40,65 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
       waitingFor -= 1;
       if (waitingFor === 0 && !out.destroyed) complete();
     };
-    void whenClosed(child).then(({ code }) => { if (code === 0) oneDone(); });
+    void whenClosed(child).then(({ code }) => {
+      if (code === 0) oneDone();
+    });
     extract.on('finish', oneDone);
     child.stdout.pipe(extract);
     extract.on('error', (error) => out.destroy(new FetchFailure(`${what}: git sent a bad archive (${error.message})`, { transient: true, down: false })));
     return { tar: extract, out };
   };
   /** The one file's body out of its archive. */
-  const stream = (file: string, timeoutMs = settings.timeoutMs): Promise<Readable> => new Promise((resolve, reject) => {
-    const what = `${name}/${file}`;
-    let found = false;
-    const { tar: extract, out } = archive(file, what, timeoutMs, () => {
-      if (found) out.end();
-      else out.destroy(notFound(what));
-    });
-    out.once('error', reject);
-    extract.on('entry', (header, body, next) => {
-      if (header.name !== file || header.type !== 'file' || found) {
-        skip(body, next);
-        return;
-      }
-      found = true;
-      resolve(out);
-      body.on('data', (chunk: unknown) => {
-        if (!out.write(chunk)) {
-          body.pause();
-          out.once('drain', () => body.resume());
-        }
+  const stream = (file: string, timeoutMs = settings.timeoutMs): Promise<Readable> =>
+    new Promise((resolve, reject) => {
+      const what = `${name}/${file}`;
+      let found = false;
+      const { tar: extract, out } = archive(file, what, timeoutMs, () => {
+        if (found) out.end();
+        else out.destroy(notFound(what));
       });
-      body.on('end', next);
+      out.once('error', reject);
+      extract.on('entry', (header, body, next) => {
+        if (header.name !== file || header.type !== 'file' || found) {
+          skip(body, next);
+          return;
+        }
+        found = true;
+        resolve(out);
+        body.on('data', (chunk: unknown) => {
+          if (!out.write(chunk)) {
+            body.pause();
+            out.once('drain', () => body.resume());
+          }
+        });
+        body.on('end', next);
+      });
     });
-  });
   /** The index files the repository has, by name, read whole (each within the index bound); other packages.* files are passed over unread. */
-  const indexFiles = (): Promise<Map<string, Buffer>> => new Promise((resolve, reject) => {
-    const files = new Map<string, Buffer>();
-    const { tar: extract, out } = archive(INDEX_PATHSPEC, `${name}/packages.*`, settings.timeoutMs, () => {
-      resolve(files);
-      out.end();
+  const indexFiles = (): Promise<Map<string, Buffer>> =>
+    new Promise((resolve, reject) => {
+      const files = new Map<string, Buffer>();
+      const { tar: extract, out } = archive(INDEX_PATHSPEC, `${name}/packages.*`, settings.timeoutMs, () => {
+        resolve(files);
+        out.end();
+      });
+      out.once('error', reject);
+      extract.on('entry', (header, body, next) => {
+        if (header.type !== 'file' || !INDEX_FILES.has(header.name)) {
+          skip(body, next);
+          return;
+        }
+        readIndexBody(body, `${name}/${header.name}`).then(
+          (bytes) => {
+            files.set(header.name, bytes);
+            next();
+          },
+          (error: unknown) => {
+            out.destroy(error instanceof Error ? error : new Error(String(error)));
+          },
+        );
+      });
     });
-    out.once('error', reject);
-    extract.on('entry', (header, body, next) => {
-      if (header.type !== 'file' || !INDEX_FILES.has(header.name)) {
-        skip(body, next);
-        return;
-      }
-      readIndexBody(body, `${name}/${header.name}`).then((bytes) => {
-        files.set(header.name, bytes);
-        next();
-      }, (error: unknown) => { out.destroy(error instanceof Error ? error : new Error(String(error))); });
-    });
-  });
   return {
     name,
     async readIndex(trust) {

@@ -51,5 +51,7 @@ export class HttpAgents {
 export const HTTP_AGENTS: ResourceKind<HttpAgents> = {
   name: 'HTTP keep-alive agents',
   create: () => new HttpAgents(),
-  close: (agents) => { agents.close(); },
+  close: (agents) => {
+    agents.close();
+  },
 };

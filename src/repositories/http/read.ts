@@ -27,7 +27,8 @@ export type RefusedAnswer = (status: number, body: string, what: string) => Fetc
 const httpRefusal: RefusedAnswer = (status, _body, what) => {
   if (status === 404 || status === 410) return notFound(what);
   if (status === 416) return new FetchFailure(`${what}: the server refused the range asked (416)`, { transient: true, down: false, rangeRefused: true });
-  if (status >= 500 || status === 429 || status === 408) return new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: true, down: false });
+  if (status >= 500 || status === 429 || status === 408)
+    return new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: true, down: false });
   return new FetchFailure(`${what}: the server answered ${status.toString()}`, { transient: false, down: false });
 };
 
@@ -69,18 +70,35 @@ export function httpGet(url: URL, offset: number, options: HttpGetOptions): Prom
     if (offset > 0) headers.range = `bytes=${offset.toString()}-`;
     const request = client.get(url, { headers, agent: options.agents.agentFor(url, settings.tls) });
     const connectTimer = setTimeout(() => {
-      request.destroy(new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true, timedOut: true }));
+      request.destroy(
+        new FetchFailure(`${what}: no connection within ${(settings.connectTimeoutMs / 1000).toString()} s`, { transient: false, down: true, timedOut: true }),
+      );
     }, settings.connectTimeoutMs);
     const deadline = setTimeout(() => {
-      request.destroy(new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, { transient: true, down: true, timedOut: true }));
+      request.destroy(
+        new FetchFailure(`${what}: not complete within ${(settings.timeoutMs / 1000).toString()} s (fetch_timeout)`, {
+          transient: true,
+          down: true,
+          timedOut: true,
+        }),
+      );
     }, settings.timeoutMs);
     request.on('socket', (socket) => {
       // A kept-alive socket is connected already; only a new one gets a listener.
       if (!socket.connecting) clearTimeout(connectTimer);
-      else socket.once('connect', () => { clearTimeout(connectTimer); });
+      else
+        socket.once('connect', () => {
+          clearTimeout(connectTimer);
+        });
     });
     request.setTimeout(Math.min(MAX_STALL_MS, settings.timeoutMs), () => {
-      request.destroy(new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, { transient: true, down: true, timedOut: true }));
+      request.destroy(
+        new FetchFailure(`${what}: no data for ${(Math.min(MAX_STALL_MS, settings.timeoutMs) / 1000).toString()} s`, {
+          transient: true,
+          down: true,
+          timedOut: true,
+        }),
+      );
     });
     request.on('close', () => {
       clearTimeout(connectTimer);
@@ -99,7 +117,9 @@ export function httpGet(url: URL, offset: number, options: HttpGetOptions): Prom
         resolve(response);
         return;
       }
-      void errorBody(response).then((body) => { reject(refusal(status, body, what)); });
+      void errorBody(response).then((body) => {
+        reject(refusal(status, body, what));
+      });
     });
   });
 }
@@ -110,7 +130,10 @@ export function openedFrom(response: IncomingMessage, offset: number, what: stri
     const range = /^bytes (\d+)-/.exec(response.headers['content-range'] ?? '');
     if (!range || Number(range[1]) !== offset) {
       response.destroy();
-      throw new FetchFailure(`${what}: the server sent another range than asked (${response.headers['content-range'] ?? 'none'})`, { transient: true, down: false });
+      throw new FetchFailure(`${what}: the server sent another range than asked (${response.headers['content-range'] ?? 'none'})`, {
+        transient: true,
+        down: false,
+      });
     }
     return { stream: response, start: offset };
   }
@@ -121,14 +144,24 @@ export function openedFrom(response: IncomingMessage, offset: number, what: stri
 const httpsRefusal: RefusedAnswer = (status, body, what) => {
   const failure = httpRefusal(status, body, what);
   if (status !== 400 && status !== 403) return failure;
-  return new FetchFailure(failure.message, { transient: false, down: false, hint: 'if the server verifies client certificates, set fetch_client_cert and fetch_client_key ([PACKAGES])' });
+  return new FetchFailure(failure.message, {
+    transient: false,
+    down: false,
+    hint: 'if the server verifies client certificates, set fetch_client_cert and fetch_client_key ([PACKAGES])',
+  });
 };
 
 export function httpRepository(location: Extract<Location, { kind: 'http' }>, settings: FetchSettings, agents: HttpAgents): FetchRepository {
   const name = describeLocation(location);
   const refusal = location.url.startsWith('https:') ? httpsRefusal : httpRefusal;
   const get = (file: string, offset: number, timeoutMs = settings.timeoutMs, conditions: Record<string, string> = {}): Promise<IncomingMessage> =>
-    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, { headers: conditions, what: `${name}/${file}`, settings: { ...settings, timeoutMs }, refusal, agents });
+    httpGet(new URL(`${location.url}/${encodeURIComponent(file)}`), offset, {
+      headers: conditions,
+      what: `${name}/${file}`,
+      settings: { ...settings, timeoutMs },
+      refusal,
+      agents,
+    });
   return repositoryOverGet(name, get);
 }
 

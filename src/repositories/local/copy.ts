@@ -12,7 +12,6 @@ export interface FetchResult {
   bytes: number;
 }
 
-
 /**
  * Copies `file` from a local repository folder to `dest`, verified against that folder's
  * index before it is renamed into place. A file that fails is never left at `dest`.
@@ -33,7 +32,8 @@ export async function fetchFromLocal(dir: string, file: string, dest: string): P
     await rm(temp, { force: true });
     if (errnoCode(error) === 'ENOENT') {
       throw new AutotestError('ERR_NOT_FOUND', `${dir}: ${file} is in the index but missing`, {
-        hint: 'run "autotest packager verify --repair" on that location', cause: error,
+        hint: 'run "autotest packager verify --repair" on that location',
+        cause: error,
       });
     }
     throw error;
@@ -43,9 +43,11 @@ export async function fetchFromLocal(dir: string, file: string, dest: string): P
     await rm(temp, { force: true });
     const wanted = entry.sha256 ?? entry.md5;
     const found = entry.sha256 !== undefined ? digests.sha256 : digests.md5;
-    throw new AutotestError('ERR_CHECKSUM_MISMATCH',
+    throw new AutotestError(
+      'ERR_CHECKSUM_MISMATCH',
       `${path.join(dir, file)}: checksum ${found} (${digests.size} bytes) does not match the index (${wanted}${entry.size !== undefined ? `, ${entry.size} bytes` : ''})`,
-      { hint: 'the copy in the repository is corrupt; run "autotest packager verify --repair" there' });
+      { hint: 'the copy in the repository is corrupt; run "autotest packager verify --repair" there' },
+    );
   }
   await fsyncPath(temp);
   await rename(temp, dest);

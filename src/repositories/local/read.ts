@@ -22,7 +22,7 @@ export function localRepository(location: Extract<Location, { kind: 'local' }>):
           throw new FetchFailure(`${name}: cannot read ${file} (${errnoCode(error) ?? String(error)})`, { transient: false, down: false, cause: error });
         }
       };
-      const trusted = trust && await readTrustedIndex(name, readText, trust);
+      const trusted = trust && (await readTrustedIndex(name, readText, trust));
       if (trusted) return trusted;
       const index = await readLocalIndex(location.path).catch((error: unknown) => {
         throw new FetchFailure(`${name}: cannot read its index (${errnoCode(error) ?? String(error)})`, { transient: false, down: false, cause: error });
@@ -33,7 +33,9 @@ export function localRepository(location: Extract<Location, { kind: 'local' }>):
     open(file, offset) {
       const stream = createReadStream(path.join(location.path, file), { start: offset });
       return new Promise((resolve, reject) => {
-        stream.once('open', () => { resolve({ stream, start: offset }); });
+        stream.once('open', () => {
+          resolve({ stream, start: offset });
+        });
         stream.once('error', (error) => {
           reject(errnoCode(error) === 'ENOENT' ? notFound(`${name}/${file}`) : classifyNetworkError(error, `${name}/${file}`));
         });

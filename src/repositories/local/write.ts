@@ -54,8 +54,12 @@ function createLocalStore(location: Extract<Location, { kind: 'local' }>): Repos
           await mkdir(dir, { recursive: true });
           created = true;
         } catch (mkdirError) {
-          throw refused(dir, `does not exist and cannot be created (${errnoCode(mkdirError) ?? describeError(mkdirError)})`,
-            'create the folder or fix upload_location', mkdirError);
+          throw refused(
+            dir,
+            `does not exist and cannot be created (${errnoCode(mkdirError) ?? describeError(mkdirError)})`,
+            'create the folder or fix upload_location',
+            mkdirError,
+          );
         }
       }
       // Root ignores permission bits, so the only true test is to create a file.
@@ -64,8 +68,12 @@ function createLocalStore(location: Extract<Location, { kind: 'local' }>): Repos
         const handle = await open(probe, 'wx', 0o644);
         await handle.close();
       } catch (error) {
-        throw refused(dir, `is not writable (${errnoCode(error) ?? describeError(error)})`,
-          'fix its permissions or mount, or remove it from upload_location', error);
+        throw refused(
+          dir,
+          `is not writable (${errnoCode(error) ?? describeError(error)})`,
+          'fix its permissions or mount, or remove it from upload_location',
+          error,
+        );
       } finally {
         await rm(probe, { force: true });
       }
@@ -73,9 +81,11 @@ function createLocalStore(location: Extract<Location, { kind: 'local' }>): Repos
       const free = fs.bavail * fs.bsize;
       const wanted = Math.max(minimumFreeBytes, neededBytes);
       if (free < wanted) {
-        throw new AutotestError('ERR_NO_SPACE',
+        throw new AutotestError(
+          'ERR_NO_SPACE',
           `upload location ${dir}: ${(free / GB).toFixed(3)} GB free, ${(wanted / GB).toFixed(3)} GB needed (minimum_free_space ${(minimumFreeBytes / GB).toString()} GB)`,
-          { hint: 'free some space there, or lower minimum_free_space in [PACKAGES]' });
+          { hint: 'free some space there, or lower minimum_free_space in [PACKAGES]' },
+        );
       }
       return { created };
     },
@@ -114,7 +124,8 @@ function createLocalStore(location: Extract<Location, { kind: 'local' }>): Repos
         await rm(tempPath, { force: true });
         if (errnoCode(error) === 'ENOSPC') {
           throw new AutotestError('ERR_NO_SPACE', `upload location ${dir}: disk full while copying ${file}`, {
-            hint: 'free some space there; nothing was published', cause: error,
+            hint: 'free some space there; nothing was published',
+            cause: error,
           });
         }
         throw error;

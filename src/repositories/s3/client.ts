@@ -55,8 +55,10 @@ export class S3Clients {
       maxAttempts: 4,
       // The SDK builds its Node.js handler from these options.
       requestHandler: {
-        connectionTimeout: 10_000, socketTimeout: 120_000,
-        httpAgent: this.agents.http, httpsAgent: this.agents.https,
+        connectionTimeout: 10_000,
+        socketTimeout: 120_000,
+        httpAgent: this.agents.http,
+        httpsAgent: this.agents.https,
       },
     });
   }
@@ -90,7 +92,8 @@ export function s3Key(location: S3Location, file: string): string {
   return location.prefix === '' ? file : `${location.prefix}/${file}`;
 }
 
-export type S3FailureKind = 'notFound' | 'noBucket' | 'denied' | 'noCredentials' | 'unreachable' | 'precondition' | 'range' | 'notModified' | 'transient' | 'other';
+export type S3FailureKind =
+  'notFound' | 'noBucket' | 'denied' | 'noCredentials' | 'unreachable' | 'precondition' | 'range' | 'notModified' | 'transient' | 'other';
 
 export interface S3Problem {
   kind: S3FailureKind;
@@ -99,7 +102,8 @@ export interface S3Problem {
   status: number | undefined;
 }
 
-const CREDENTIALS_HINT = 'check the credentials the AWS SDK finds (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, the [S3] profile) and the bucket policy';
+const CREDENTIALS_HINT =
+  'check the credentials the AWS SDK finds (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, the [S3] profile) and the bucket policy';
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
 
 function statusOf(error: unknown): number | undefined {
@@ -118,7 +122,8 @@ export function s3Problem(error: unknown): S3Problem {
   const name = error instanceof Error ? error.name : 'Error';
   const code = errnoCode(error);
   if (typeof code === 'string' && UNREACHABLE.has(code)) return { kind: 'unreachable', why: `cannot connect to the S3 endpoint (${code})`, status };
-  if (name === 'TimeoutError' || code === 'ETIMEDOUT' || name === 'RequestTimeout') return { kind: 'unreachable', why: 'no answer from the S3 endpoint in time', status };
+  if (name === 'TimeoutError' || code === 'ETIMEDOUT' || name === 'RequestTimeout')
+    return { kind: 'unreachable', why: 'no answer from the S3 endpoint in time', status };
   if (name === 'CredentialsProviderError' || /credential/i.test(name)) {
     return { kind: 'noCredentials', why: `no AWS credentials found; ${CREDENTIALS_HINT}`, status };
   }
@@ -130,7 +135,8 @@ export function s3Problem(error: unknown): S3Problem {
       return { kind: 'denied', why: `access denied (${name}, ${String(status ?? 403)}); ${CREDENTIALS_HINT}`, status };
     }
     // AWS answers 409 ConditionalRequestConflict to a conditional write racing another: try again, as for 412.
-    if (name === 'PreconditionFailed' || status === 412 || name === 'ConditionalRequestConflict') return { kind: 'precondition', why: `changed meanwhile (${String(status ?? 412)})`, status };
+    if (name === 'PreconditionFailed' || status === 412 || name === 'ConditionalRequestConflict')
+      return { kind: 'precondition', why: `changed meanwhile (${String(status ?? 412)})`, status };
     if (name === 'InvalidRange' || status === 416) return { kind: 'range', why: 'the range asked is not satisfiable (416)', status };
     if (status === 304) return { kind: 'notModified', why: 'not modified (304)', status };
     if (status !== undefined && (status >= 500 || status === 429 || status === 408 || name === 'SlowDown')) {

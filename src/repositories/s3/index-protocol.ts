@@ -65,7 +65,10 @@ export class IndexProtocol {
   /** For each staged object (its key relative to the prefix), the ETags the store may give the bytes this packager sent. */
   private readonly stagedEtags = new Map<string, string[]>();
 
-  constructor(private readonly store: ConditionalStore, options: IndexProtocolOptions = {}) {
+  constructor(
+    private readonly store: ConditionalStore,
+    options: IndexProtocolOptions = {},
+  ) {
     this.name = store.name;
     this.signing = options.signing;
     this.pause = options.pause ?? randomPause;
@@ -188,7 +191,8 @@ export class IndexProtocol {
    */
   async stage(file: string, source: UploadSource): Promise<StagedFile> {
     let existing = this.indexRead?.has(file) === true;
-    if (!existing && (this.indexRead === undefined || source.size > this.store.conditionalUploadLimitBytes)) existing = (await this.store.head(file)) !== undefined;
+    if (!existing && (this.indexRead === undefined || source.size > this.store.conditionalUploadLimitBytes))
+      existing = (await this.store.head(file)) !== undefined;
     if (!existing) {
       const etags = await this.store.upload(source, file, true);
       if (etags) {
@@ -197,8 +201,13 @@ export class IndexProtocol {
       }
     }
     if (source.size > this.store.copyLimitBytes) {
-      throw refused(this.name, `replacing ${file}`, `packages over ${(this.store.copyLimitBytes / 1024 ** 3).toString()} GiB cannot be replaced on S3 by this version`, undefined,
-        'remove it first ("autotest packager remove"), then upload it again');
+      throw refused(
+        this.name,
+        `replacing ${file}`,
+        `packages over ${(this.store.copyLimitBytes / 1024 ** 3).toString()} GiB cannot be replaced on S3 by this version`,
+        undefined,
+        'remove it first ("autotest packager remove"), then upload it again',
+      );
     }
     const tempName = this.tempNameFor(file);
     const etags = await this.store.upload(source, tempName, false);
@@ -230,16 +239,21 @@ export class IndexProtocol {
     const etagsOfOurBytes = new Map<string, string[]>();
     for (const { entry, staged } of change.add) {
       const copyEtag = copyEtags.get(entry.file);
-      etagsOfOurBytes.set(entry.file, [...(copyEtag === undefined ? [] : [copyEtag]), ...this.stagedEtags.get(staged.tempPath) ?? []]);
+      etagsOfOurBytes.set(entry.file, [...(copyEtag === undefined ? [] : [copyEtag]), ...(this.stagedEtags.get(staged.tempPath) ?? [])]);
     }
     const filesLostToOthers = await this.indexOurBytes(change, etagsOfOurBytes);
     const entriesIndexed = change.add.map(({ entry }) => entry).filter(({ file }) => !filesLostToOthers.includes(file));
-    filesLostToOthers.push(...await this.unindexDeletedMeanwhile(entriesIndexed));
+    filesLostToOthers.push(...(await this.unindexDeletedMeanwhile(entriesIndexed)));
     await this.dropEntriesOfMissing(change.remove, () => true);
     if (filesLostToOthers.length > 0) {
       const one = filesLostToOthers.length === 1;
-      throw refused(this.name, 'publishing', `${filesLostToOthers.join(', ')} ${one ? 'was' : 'were'} replaced or removed by another packager meanwhile and ${one ? 'is' : 'are'} not indexed by this one`, undefined,
-        'another packager published the same file at the same time and its version stayed; run the upload again if this version should win');
+      throw refused(
+        this.name,
+        'publishing',
+        `${filesLostToOthers.join(', ')} ${one ? 'was' : 'were'} replaced or removed by another packager meanwhile and ${one ? 'is' : 'are'} not indexed by this one`,
+        undefined,
+        'another packager published the same file at the same time and its version stayed; run the upload again if this version should win',
+      );
     }
   }
 
@@ -269,7 +283,11 @@ export class IndexProtocol {
    * removed, each only while it is what `etagsWhenTakenOut` saw; notes in `keysWritten` what
    * it changed. Returns the ETag of each copy the store told.
    */
-  private async placeAndRemove(change: IndexChange, etagsWhenTakenOut: Map<string, string | undefined>, keysWritten: Set<string>): Promise<Map<string, string>> {
+  private async placeAndRemove(
+    change: IndexChange,
+    etagsWhenTakenOut: Map<string, string | undefined>,
+    keysWritten: Set<string>,
+  ): Promise<Map<string, string>> {
     const copyEtags = new Map<string, string>();
     for (const { entry, staged } of change.add) {
       if (staged.tempPath === entry.file) continue;
@@ -286,7 +304,11 @@ export class IndexProtocol {
   }
 
   /** A commit that stopped halfway puts back the entries it took out whose objects it did not touch and nobody else changed. */
-  private async putBackEntries(entriesTakenOut: Map<string, IndexEntry>, keysWritten: Set<string>, etagsWhenTakenOut: Map<string, string | undefined>): Promise<void> {
+  private async putBackEntries(
+    entriesTakenOut: Map<string, IndexEntry>,
+    keysWritten: Set<string>,
+    etagsWhenTakenOut: Map<string, string | undefined>,
+  ): Promise<void> {
     await this.updateIndex(async (index) => {
       let changed = false;
       for (const [file, entry] of entriesTakenOut) {
@@ -334,7 +356,10 @@ export class IndexProtocol {
     const deleted = entries.filter(({ file }) => etagsNow.get(file) === undefined);
     if (deleted.length === 0) return [];
     const ours = new Map(deleted.map((entry) => [entry.file, entry]));
-    return this.dropEntriesOfMissing([...ours.keys()], (entry) => entry.md5 === ours.get(entry.file)?.md5 && entry.publishedAt === ours.get(entry.file)?.publishedAt);
+    return this.dropEntriesOfMissing(
+      [...ours.keys()],
+      (entry) => entry.md5 === ours.get(entry.file)?.md5 && entry.publishedAt === ours.get(entry.file)?.publishedAt,
+    );
   }
 
   /** Drops the entries (those `drop` picks) of `files` whose objects are missing; returns the files dropped. */
@@ -365,7 +390,10 @@ export class IndexProtocol {
         await this.store.delete(tempPath).catch(() => undefined);
         continue;
       }
-      const index = await this.readTaggedIndex().then((read) => read.index, () => undefined);
+      const index = await this.readTaggedIndex().then(
+        (read) => read.index,
+        () => undefined,
+      );
       const now = await this.store.head(tempPath).catch(() => undefined);
       if (index && !index.has(tempPath) && now && etagsOfOurBytes.includes(now.etag)) await this.store.delete(tempPath).catch(() => undefined);
     }
@@ -386,7 +414,7 @@ export class IndexProtocol {
       .filter(([file, object]) => isTempName(file) && this.isDeadTemp(file, object.mtimeMs))
       .map(([file]) => file);
     for (const file of deadTemps) await this.store.delete(file);
-    return [...deadTemps, ...await this.store.abortDeadUploads()];
+    return [...deadTemps, ...(await this.store.abortDeadUploads())];
   }
 
   /** Drops files still missing or corrupt when checked, with their entries; returns those dropped. */

@@ -17,13 +17,21 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
   const failure = (transient: boolean, down: boolean, extra: { notFound?: boolean; rangeRefused?: boolean } = {}): FetchFailure =>
     new FetchFailure(`${what}: ${problem.why}`, { transient, down, ...extra });
   switch (problem.kind) {
-    case 'notFound': return failure(false, false, { notFound: true });
-    case 'range': return failure(true, false, { rangeRefused: true });
+    case 'notFound':
+      return failure(false, false, { notFound: true });
+    case 'range':
+      return failure(true, false, { rangeRefused: true });
     // Answers, so they came back at once: the next repository, but no cool-down.
-    case 'denied': case 'noBucket': case 'noCredentials': return failure(false, false);
-    case 'unreachable': return failure(false, true);
-    case 'transient': return failure(true, false);
-    default: return failure(false, false);
+    case 'denied':
+    case 'noBucket':
+    case 'noCredentials':
+      return failure(false, false);
+    case 'unreachable':
+      return failure(false, true);
+    case 'transient':
+      return failure(true, false);
+    default:
+      return failure(false, false);
   }
 };
 
@@ -31,7 +39,11 @@ const s3Refusal: RefusedAnswer = (status, body, what) => {
  * An S3 prefix read with signed GETs (SigV4, the SDK's signer and credential chain) over the
  * same HTTP code as the other repositories: keep-alive, timeouts, Range from the resume point.
  */
-export function s3Repository(location: Extract<Location, { kind: 's3' }>, settings: FetchSettings, parts: { agents: HttpAgents; signers: S3Signers }): FetchRepository {
+export function s3Repository(
+  location: Extract<Location, { kind: 's3' }>,
+  settings: FetchSettings,
+  parts: { agents: HttpAgents; signers: S3Signers },
+): FetchRepository {
   const name = describeLocation(location);
   const get: RepositoryGet = async (file, offset, timeoutMs = settings.timeoutMs, conditions = {}) => {
     const what = `${name}/${file}`;
@@ -43,7 +55,13 @@ export function s3Repository(location: Extract<Location, { kind: 's3' }>, settin
       throw new FetchFailure(`${what}: ${s3Problem(error).why}`, { transient: false, down: false, cause: error });
     }
     // If-None-Match is not among the signed headers: S3 takes it unsigned.
-    return httpGet(signed.url, offset, { headers: { ...signed.headers, ...conditions }, what, settings: { ...settings, timeoutMs }, refusal: s3Refusal, agents: parts.agents });
+    return httpGet(signed.url, offset, {
+      headers: { ...signed.headers, ...conditions },
+      what,
+      settings: { ...settings, timeoutMs },
+      refusal: s3Refusal,
+      agents: parts.agents,
+    });
   };
   return repositoryOverGet(name, get);
 }

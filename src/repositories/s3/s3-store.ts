@@ -66,7 +66,10 @@ export class S3Store implements ConditionalStore {
   /** Whether If-Match goes quoted (AWS) or bare (radosgw 16): learnt on the first 412 for an unchanged ETag. */
   private quoteEtags = true;
 
-  constructor(private readonly location: S3Location, private readonly client: S3Client) {
+  constructor(
+    private readonly location: S3Location,
+    private readonly client: S3Client,
+  ) {
     this.name = location.text;
     this.bucket = location.bucket;
     this.listPrefix = location.prefix === '' ? '' : `${location.prefix}/`;
@@ -104,7 +107,12 @@ export class S3Store implements ConditionalStore {
     } catch (error) {
       const problem = s3Problem(error);
       // HEAD answers carry no error code: a 404 on the bucket is a missing bucket.
-      throw refused(this.name, 'opening the bucket', problem.kind === 'notFound' ? { ...problem, kind: 'noBucket', why: 'the bucket does not exist (404)' } : problem, error);
+      throw refused(
+        this.name,
+        'opening the bucket',
+        problem.kind === 'notFound' ? { ...problem, kind: 'noBucket', why: 'the bucket does not exist (404)' } : problem,
+        error,
+      );
     }
     await this.call('checking conditional writes', () => this.probeConditions());
   }
@@ -119,23 +127,29 @@ export class S3Store implements ConditionalStore {
   getText(file: string): Promise<StoredText | undefined> {
     return this.read(file, async () => {
       const answer = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key(file) }));
-      return { text: await answer.Body?.transformToString('utf8') ?? '', etag: bareEtag(answer.ETag) };
+      return { text: (await answer.Body?.transformToString('utf8')) ?? '', etag: bareEtag(answer.ETag) };
     });
   }
 
   private sendText(file: string, text: string, condition: { IfNoneMatch: string } | { IfMatch: string }): Promise<unknown> {
-    return this.client.send(new PutObjectCommand({
-      // An empty index has no length the SDK can see: without the header it warns and sends chunked.
-      Bucket: this.bucket, Key: this.key(file), Body: text, ContentLength: Buffer.byteLength(text),
-      ContentType: file.endsWith('.json') ? 'application/json' : 'text/plain; charset=utf-8',
-      CacheControl: INDEX_CACHE_CONTROL, ...condition,
-    }));
+    return this.client.send(
+      new PutObjectCommand({
+        // An empty index has no length the SDK can see: without the header it warns and sends chunked.
+        Bucket: this.bucket,
+        Key: this.key(file),
+        Body: text,
+        ContentLength: Buffer.byteLength(text),
+        ContentType: file.endsWith('.json') ? 'application/json' : 'text/plain; charset=utf-8',
+        CacheControl: INDEX_CACHE_CONTROL,
+        ...condition,
+      }),
+    );
   }
 
   async putTextIf(file: string, text: string, etag: string | undefined): Promise<boolean> {
     // Every index write relies on conditions: checked once per store, whatever the command.
     const { bareIfMatch } = await this.call('checking conditional writes', () => this.probeConditions());
-    const ifMatch = (quoted: boolean): { IfMatch: string } => ({ IfMatch: quoted ? `"${etag ?? ''}"` : etag ?? '' });
+    const ifMatch = (quoted: boolean): { IfMatch: string } => ({ IfMatch: quoted ? `"${etag ?? ''}"` : (etag ?? '') });
     try {
       await this.sendText(file, text, etag === undefined ? { IfNoneMatch: '*' } : ifMatch(this.quoteEtags));
       return true;
@@ -149,8 +163,13 @@ export class S3Store implements ConditionalStore {
     // probe showed to be honoured is ever used.
     if ((await this.head(file))?.etag !== etag) return false;
     if (this.quoteEtags && !bareIfMatch) {
-      throw refused(this.name, `writing ${file}`, 'the server refuses If-Match with the current ETag quoted and does not honour it bare', undefined,
-        'this S3 server cannot keep an index safe for concurrent packagers; use another server or endpoint');
+      throw refused(
+        this.name,
+        `writing ${file}`,
+        'the server refuses If-Match with the current ETag quoted and does not honour it bare',
+        undefined,
+        'this S3 server cannot keep an index safe for concurrent packagers; use another server or endpoint',
+      );
     }
     try {
       await this.sendText(file, text, ifMatch(!this.quoteEtags));
@@ -190,8 +209,13 @@ export class S3Store implements ConditionalStore {
     try {
       await put({ IfNoneMatch: '*' });
       if (!(await refusedWith412({ IfNoneMatch: '*' })) || !(await refusedWith412({ IfMatch: `"${ZERO_ETAG}"` }))) {
-        throw refused(this.name, 'checking conditional writes', 'this S3 server ignores If-None-Match or If-Match on PUT, so concurrent packagers could lose index entries', undefined,
-          'use an S3 server that honours conditional PUTs (AWS since 2024, Ceph, MinIO)');
+        throw refused(
+          this.name,
+          'checking conditional writes',
+          'this S3 server ignores If-None-Match or If-Match on PUT, so concurrent packagers could lose index entries',
+          undefined,
+          'use an S3 server that honours conditional PUTs (AWS since 2024, Ceph, MinIO)',
+        );
       }
       return { bareIfMatch: await refusedWith412({ IfMatch: ZERO_ETAG }) };
     } finally {
@@ -234,18 +258,30 @@ export class S3Store implements ConditionalStore {
     const etags = hasher.etags();
     // radosgw 16 answers a completed multipart upload with an empty ETag: then ask for it.
     let etag = bareEtag(done.ETag);
-    if (etag === '') etag = bareEtag((await this.call(`checking ${file}`, () => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: objectKey })))).ETag);
+    if (etag === '')
+      etag = bareEtag((await this.call(`checking ${file}`, () => this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: objectKey })))).ETag);
     if (!etags.includes(etag)) {
-      throw refused(this.name, `uploading ${file}`, `the object's ETag ${etag} is not that of the bytes sent: corrupted on the way, replaced by another packager meanwhile, or a bucket with SSE-KMS/SSE-C encryption (whose ETags are not md5s, not supported)`);
+      throw refused(
+        this.name,
+        `uploading ${file}`,
+        `the object's ETag ${etag} is not that of the bytes sent: corrupted on the way, replaced by another packager meanwhile, or a bucket with SSE-KMS/SSE-C encryption (whose ETags are not md5s, not supported)`,
+      );
     }
     return etags;
   }
 
   async copy(from: string, to: string): Promise<string | undefined> {
-    const answer = await this.call(`moving ${to} into place`, () => this.client.send(new CopyObjectCommand({
-      Bucket: this.bucket, Key: this.key(to), CopySource: `${this.bucket}/${this.key(from).split('/').map(encodeURIComponent).join('/')}`,
-      ContentType: contentTypeOf(to), MetadataDirective: 'REPLACE',
-    })));
+    const answer = await this.call(`moving ${to} into place`, () =>
+      this.client.send(
+        new CopyObjectCommand({
+          Bucket: this.bucket,
+          Key: this.key(to),
+          CopySource: `${this.bucket}/${this.key(from).split('/').map(encodeURIComponent).join('/')}`,
+          ContentType: contentTypeOf(to),
+          MetadataDirective: 'REPLACE',
+        }),
+      ),
+    );
     const etag = bareEtag(answer.CopyObjectResult?.ETag);
     return etag === '' ? undefined : etag;
   }
@@ -258,9 +294,16 @@ export class S3Store implements ConditionalStore {
     const files = new Map<string, StoredObject>();
     let token: string | undefined;
     do {
-      const page = await this.call('listing', () => this.client.send(new ListObjectsV2Command({
-        Bucket: this.bucket, Prefix: this.listPrefix, Delimiter: '/', ContinuationToken: token,
-      })));
+      const page = await this.call('listing', () =>
+        this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.listPrefix,
+            Delimiter: '/',
+            ContinuationToken: token,
+          }),
+        ),
+      );
       for (const object of page.Contents ?? []) {
         const file = (object.Key ?? '').slice(this.listPrefix.length);
         if (file === '' || file.includes('/')) continue;
@@ -277,7 +320,17 @@ export class S3Store implements ConditionalStore {
     const digests = new DigestStream();
     const body = answer.Body as Readable | undefined;
     if (!body) throw refused(this.name, `reading ${file}`, 'the S3 server sent no body');
-    await this.call(`reading ${file}`, () => pipelinePromise(body, digests, new Writable({ write: (_chunk, _encoding, done) => { done(); } })));
+    await this.call(`reading ${file}`, () =>
+      pipelinePromise(
+        body,
+        digests,
+        new Writable({
+          write: (_chunk, _encoding, done) => {
+            done();
+          },
+        }),
+      ),
+    );
     return { ...digests.digests(), etag: bareEtag(answer.ETag) };
   }
 
@@ -287,12 +340,21 @@ export class S3Store implements ConditionalStore {
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     do {
-      const page = await this.call('listing unfinished uploads', () => this.client.send(new ListMultipartUploadsCommand({
-        Bucket: this.bucket, Prefix: this.listPrefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker,
-      })));
+      const page = await this.call('listing unfinished uploads', () =>
+        this.client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: this.bucket,
+            Prefix: this.listPrefix,
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+          }),
+        ),
+      );
       for (const upload of page.Uploads ?? []) {
         if (upload.Key === undefined || upload.UploadId === undefined || Date.now() - (upload.Initiated?.getTime() ?? Date.now()) < DEAD_UPLOAD_MS) continue;
-        await this.call('aborting an unfinished upload', () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId })));
+        await this.call('aborting an unfinished upload', () =>
+          this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId })),
+        );
         aborted.push(`${upload.Key.slice(this.listPrefix.length)} (unfinished upload)`);
       }
       const more = page.IsTruncated === true && (page.NextKeyMarker !== keyMarker || page.NextUploadIdMarker !== uploadIdMarker);

@@ -40,12 +40,16 @@ export class S3Signers {
 export const S3_SIGNERS: ResourceKind<S3Signers> = {
   name: 'S3 signers',
   create: () => new S3Signers(),
-  close: (signers) => { signers.close(); },
+  close: (signers) => {
+    signers.close();
+  },
 };
 
 async function createSigner(settings: S3Settings): Promise<SignatureV4> {
   const [{ SignatureV4 }, { Sha256 }, { defaultProvider }] = await Promise.all([
-    import('@smithy/signature-v4'), import('@smithy/core/checksum'), import('@aws-sdk/credential-provider-node'),
+    import('@smithy/signature-v4'),
+    import('@smithy/core/checksum'),
+    import('@aws-sdk/credential-provider-node'),
   ]);
   return new SignatureV4({
     service: 's3',

@@ -22,23 +22,26 @@ export function sshRepository(location: Extract<Location, { kind: 'ssh' }>, sett
     const out = new PassThrough();
     const what = `${name}/${file}`;
     const started = performance.now();
-    host.spawn(['sh', '-c', READ_FROM, 'sh', inDir(file), (offset + 1).toString()], timeoutMs).then((child) => {
-      // Given up on while ssh was logging in (the budget ran out): nobody reads this any more.
-      if (out.destroyed) {
-        child.kill('SIGKILL');
-        return;
-      }
-      child.stdin?.end();
-      // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
-      // is an error, never a short or empty file.
-      child.stdout?.pipe(out, { end: false });
-      watchProcess(child, out, what, { ...settings, timeoutMs }, { endOnSuccess: true, notFoundExit: NOT_FOUND_EXIT });
-    }, (error: unknown) => {
-      // The command never started: ssh could not connect or log in, or the account's start-up
-      // files stopped it. As in watchProcess, only the time it took tells a slow failure.
-      const slow = performance.now() - started >= settings.connectTimeoutMs;
-      out.destroy(new FetchFailure(`${what}: ${describeError(error)}`, { transient: false, down: slow, cause: error }));
-    });
+    host.spawn(['sh', '-c', READ_FROM, 'sh', inDir(file), (offset + 1).toString()], timeoutMs).then(
+      (child) => {
+        // Given up on while ssh was logging in (the budget ran out): nobody reads this any more.
+        if (out.destroyed) {
+          child.kill('SIGKILL');
+          return;
+        }
+        child.stdin?.end();
+        // Ended by watchProcess only once ssh exits 0: a missing file or a dropped connection
+        // is an error, never a short or empty file.
+        child.stdout?.pipe(out, { end: false });
+        watchProcess(child, out, what, { ...settings, timeoutMs }, { endOnSuccess: true, notFoundExit: NOT_FOUND_EXIT });
+      },
+      (error: unknown) => {
+        // The command never started: ssh could not connect or log in, or the account's start-up
+        // files stopped it. As in watchProcess, only the time it took tells a slow failure.
+        const slow = performance.now() - started >= settings.connectTimeoutMs;
+        out.destroy(new FetchFailure(`${what}: ${describeError(error)}`, { transient: false, down: slow, cause: error }));
+      },
+    );
     return out;
   };
   return {

@@ -92,17 +92,25 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
     async prepare({ minimumFreeBytes, neededBytes }) {
       await host.connect();
       const result = await host.run(sh(PREPARE, [dir]), { allowCodes: [10, 11, 12] });
-      if (result.code === 10) throw refused(name, `does not exist and cannot be created${result.stderr ? ` (${result.stderr})` : ''}`, 'create the folder on the host or fix upload_location');
+      if (result.code === 10)
+        throw refused(
+          name,
+          `does not exist and cannot be created${result.stderr ? ` (${result.stderr})` : ''}`,
+          'create the folder on the host or fix upload_location',
+        );
       if (result.code === 11) throw refused(name, 'exists but is not a folder', 'point upload_location at a folder');
       if (result.code === 12) throw refused(name, 'is not writable', 'fix its permissions or mount on the host, or remove it from upload_location');
       const [created, availText] = result.stdout.toString('utf8').trim().split(' ');
       const free = Number(availText) * 1024;
-      if (!Number.isFinite(free)) throw refused(name, `cannot read its free space (df said "${result.stdout.toString('utf8').trim()}")`, 'check that df works on the host');
+      if (!Number.isFinite(free))
+        throw refused(name, `cannot read its free space (df said "${result.stdout.toString('utf8').trim()}")`, 'check that df works on the host');
       const wanted = Math.max(minimumFreeBytes, neededBytes);
       if (free < wanted) {
-        throw new AutotestError('ERR_NO_SPACE',
+        throw new AutotestError(
+          'ERR_NO_SPACE',
           `upload location ${name}: ${(free / GB).toFixed(3)} GB free, ${(wanted / GB).toFixed(3)} GB needed (minimum_free_space ${(minimumFreeBytes / GB).toString()} GB)`,
-          { hint: 'free some space there, or lower minimum_free_space in [PACKAGES]' });
+          { hint: 'free some space there, or lower minimum_free_space in [PACKAGES]' },
+        );
       }
       return { created: created === 'yes' };
     },
@@ -137,10 +145,16 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
     async stage(file, source) {
       const tempPath = tempPathFor(inDir(file));
       const { size } = await stat(source);
-      const result = await host.run(sh(WRITE_FILE, [tempPath, '', size.toString()]), { input: createReadStream(source), timeoutMs: 3_600_000, allowCodes: [1, 21, FULL_DISK_EXIT] });
+      const result = await host.run(sh(WRITE_FILE, [tempPath, '', size.toString()]), {
+        input: createReadStream(source),
+        timeoutMs: 3_600_000,
+        allowCodes: [1, 21, FULL_DISK_EXIT],
+      });
       if (result.code !== 0) {
         if (result.code === FULL_DISK_EXIT) {
-          throw new AutotestError('ERR_NO_SPACE', `upload location ${name}: disk full while copying ${file}`, { hint: 'free some space there; nothing was published' });
+          throw new AutotestError('ERR_NO_SPACE', `upload location ${name}: disk full while copying ${file}`, {
+            hint: 'free some space there; nothing was published',
+          });
         }
         throw refused(name, `cannot write ${file}${result.stderr ? `: ${result.stderr}` : ''}`, 'check the folder on the host');
       }
@@ -167,9 +181,7 @@ function createSshStore(location: SshLocation, host: SshHost): RepositoryStore {
     },
 
     async cleanTemps() {
-      const dead = [...(await store.list())]
-        .filter(([file, info]) => isTempName(file) && isDeadTemp(file, info.mtimeMs))
-        .map(([file]) => file);
+      const dead = [...(await store.list())].filter(([file, info]) => isTempName(file) && isDeadTemp(file, info.mtimeMs)).map(([file]) => file);
       await store.remove(dead);
       return dead;
     },
