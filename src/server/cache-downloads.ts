@@ -179,9 +179,14 @@ export class UpstreamDownloads {
       await handle?.close().catch(() => undefined);
       await rm(download.temp, { force: true });
     } finally {
-      this.underWay.delete(download.key);
+      this.forget(download);
       download.abort = undefined;
     }
+  }
+
+  /** Takes `download` off the list that requests join (unless a newer download of its key is on it). */
+  private forget(download: UpstreamDownload): void {
+    if (this.underWay.get(download.key) === download) this.underWay.delete(download.key);
   }
 
   /** The upstream walk: the first candidate whose copy, written to `temp`, is the index's; throws what every one said otherwise. */
@@ -287,6 +292,8 @@ export class UpstreamDownloads {
       download.hash = hash;
     } else {
       download.state = 'failed';
+      // A request from now on starts a download of its own rather than sharing this failure.
+      this.forget(download);
       download.failure = isAutotestError(error) ? error : new AutotestError('ERR_FETCH', describeError(error), { cause: error });
       if (download.written > 0 && !rejected) this.context.metrics.rejected.inc({ reason: 'cut' });
       this.context.log.warn({ file, err: { message: download.failure.message } }, 'an upstream download failed; nothing was kept');
