@@ -2,6 +2,7 @@ import { mkdir, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
 import { isTempName, tempPathFor } from '../fs/atomic.js';
+import type { IndexEntry } from '../packages/index.js';
 import type { CacheMetrics } from './metrics.js';
 
 /** Entries are named by the checksum they were verified against, so a name is its own proof. */
@@ -9,6 +10,11 @@ const ENTRY_RE = /^(?:sha256-[0-9a-f]{64}|md5-[0-9a-f]{32})$/;
 
 /** Left free on the disk beyond a download's size: the index files kept and the file system's own needs. */
 const DISK_MARGIN_BYTES = 4 * 1024 * 1024;
+
+/** The key an index entry is verified against and stored under. */
+export function entryKey(entry: IndexEntry): string {
+  return entry.sha256 === undefined ? `md5-${entry.md5}` : `sha256-${entry.sha256}`;
+}
 
 interface Entry {
   size: number;
