@@ -4,7 +4,7 @@ import { appendFile, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeF
 import path from 'node:path';
 import { test } from 'node:test';
 import type { OperationReport } from '../src/packager/index.js';
-import { fetchFromLocal } from '../src/repositories/index.js';
+import { createLocalTarget, fetchFromLocal } from '../src/repositories/index.js';
 import { isAutotestError } from '../src/errors.js';
 import { checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
 
@@ -48,7 +48,9 @@ test('publishes every package so that GNU tar extracts it, md5sum -c passes and 
       const out = path.join(dir, 'x', repo, file);
       await mkdir(out, { recursive: true });
       await execFileAsync('tar', ['-xjf', path.join(repo, file), '-C', out]);
-      assert.equal((await stat(path.join(repo, file))).mode & 0o777, 0o644);
+      const published = await stat(path.join(repo, file));
+      assert.equal(published.mode & 0o777, 0o644);
+      assert.equal(published.nlink, 1, `${file} in ${repo} shares its file with no other location or staging copy`);
     }
   }
   const dbench = path.join(dir, 'x', repos[0] ?? '', 'test-dbench.tar.bz2');
@@ -57,6 +59,35 @@ test('publishes every package so that GNU tar extracts it, md5sum -c passes and 
   const client = path.join(dir, 'x', repos[0] ?? '', 'client-autotest.tar.bz2');
   assert.deepEqual(await readdir(path.join(client, 'tests')), [], 'the client package leaves tests out');
   assert.deepEqual(await readdir(path.join(client, 'profilers')), ['profilers.conf'], 'but keeps profilers/ top-level files');
+});
+
+test('a local location on the staging file system links the packed file, a second one gets a copy of its own, and both publish it whole', async (t) => {
+  const dir = await tempDir(t);
+  const packed = path.join(dir, 'test-hello.tar.bz2');
+  await writeFile(packed, 'the packed bytes');
+  const [first, second] = ['repo1', 'repo2'].map((name) => createLocalTarget({ kind: 'local', path: path.join(dir, name), text: name }));
+  assert.ok(first && second);
+  for (const target of [first, second]) await target.prepare({ minimumFreeBytes: 0, neededBytes: 0 });
+  const linked = await first.stage('test-hello.tar.bz2', packed);
+  const copied = await second.stage('test-hello.tar.bz2', packed);
+  const source = await stat(packed);
+  assert.equal((await stat(linked.tempPath)).ino, source.ino, 'the first location links the staging file');
+  assert.notEqual((await stat(copied.tempPath)).ino, source.ino, 'the second one, which would share it, copies it');
+  await rm(packed);
+  const digest = (algorithm: string): string => createHash(algorithm).update('the packed bytes').digest('hex');
+  const entry = { file: 'test-hello.tar.bz2', md5: digest('md5'), sha256: digest('sha256'), size: 16 };
+  for (const [target, staged] of [
+    [first, linked],
+    [second, copied],
+  ] as const) {
+    await target.commit({ add: [{ entry, staged }], refresh: [], remove: [] });
+  }
+  for (const name of ['repo1', 'repo2']) {
+    const published = path.join(dir, name, 'test-hello.tar.bz2');
+    assert.equal(await readFile(published, 'utf8'), 'the packed bytes');
+    assert.equal((await stat(published)).nlink, 1);
+    assert.deepEqual(await checkConsistency(path.join(dir, name)), { entries: 1, problems: [] });
+  }
 });
 
 test('packs the same tree into byte-identical tarballs, whatever the files mtimes', async (t) => {

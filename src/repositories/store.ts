@@ -40,6 +40,10 @@ export interface RepositoryStore {
   size(file: string): Promise<number | undefined>;
   /** Every regular file of the folder with its size and modification time. */
   list(): Promise<Map<string, FileInfo>>;
+  /**
+   * Puts `source`'s bytes in under a temp name, synced. A local folder on the same file system
+   * hard-links it: the caller never writes to `source` after staging it (removing it is fine).
+   */
   stage(file: string, source: string): Promise<StagedFile>;
   /** Renames staged files to their names and makes the renames durable. */
   moveIntoPlace(staged: StagedFile[]): Promise<void>;

@@ -26,7 +26,7 @@ export interface UploadTarget {
   readIndex(): Promise<RepositoryIndex>;
   /** Size of a published file, or undefined when it is not there. */
   fileSize(file: string): Promise<number | undefined>;
-  /** Copies `source` in under a temp name. */
+  /** Copies `source` in under a temp name (or links it: never write to `source` afterwards). */
   stage(file: string, source: string): Promise<StagedFile>;
   /** Renames staged files into place and updates the index, under the location's lock. */
   commit(change: IndexChange): Promise<void>;

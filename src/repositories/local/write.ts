@@ -1,4 +1,4 @@
-import { copyFile, chmod, mkdir, open, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
+import { copyFile, chmod, link, mkdir, open, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { AutotestError, describeError, errnoCode } from '../../errors.js';
 import type { Location } from '../../config/index.js';
@@ -27,6 +27,28 @@ function refused(dir: string, why: string, hint: string, cause?: unknown): Autot
 }
 
 const GB = 1e9;
+
+/** What `link` answers where a copy still works: another file system, or one without hard links for us. */
+const LINK_REFUSALS = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/**
+ * Hard-links `source` at `dest`, sparing the copy of a package staged from the same file
+ * system; false where a copy must be made instead. The link is kept only while `source` has
+ * no other name than itself and `dest`: two locations on one file system never share a file,
+ * so that nothing done to one (an edit in place) can reach the other. The caller never writes
+ * to `source` after staging it (see RepositoryStore.stage).
+ */
+async function linkUnshared(source: string, dest: string): Promise<boolean> {
+  try {
+    await link(source, dest);
+  } catch (error) {
+    if (LINK_REFUSALS.has(errnoCode(error) ?? '')) return false;
+    throw error;
+  }
+  if ((await stat(dest)).nlink <= 2) return true;
+  await rm(dest, { force: true });
+  return false;
+}
 
 export function createLocalTarget(location: Extract<Location, { kind: 'local' }>, options: TargetOptions = {}): UploadTarget {
   return targetFromStore(createLocalStore(location), options);
@@ -117,7 +139,7 @@ function createLocalStore(location: Extract<Location, { kind: 'local' }>): Repos
     async stage(file, source) {
       const tempPath = tempPathFor(inDir(file));
       try {
-        await copyFile(source, tempPath);
+        if (!(await linkUnshared(source, tempPath))) await copyFile(source, tempPath);
         await chmod(tempPath, 0o644);
         await fsyncPath(tempPath);
       } catch (error) {
