@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, readdirSync, readlinkSync, type Dirent } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readlinkSync, type Dirent, type Stats } from 'node:fs';
 import { lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import picomatch from 'picomatch';
@@ -94,6 +94,11 @@ export function linkStaysInside(relPath: string, target: string): boolean {
 export async function fileEntry(abs: string, rel: string): Promise<TreeEntry> {
   const st = await lstat(abs);
   if (!st.isFile()) throw new AutotestError('ERR_PACK', `${abs}: not a regular file`);
+  return regularFileEntry(abs, rel, st);
+}
+
+/** A regular file's entry from its stat: executable bits give 0755, the rest 0644. */
+function regularFileEntry(abs: string, rel: string, st: Stats): TreeEntry {
   return {
     path: rel,
     absPath: abs,
@@ -138,19 +143,7 @@ export function walkTree(root: string, exclude: ExcludeRule): Promise<TreeEntry[
         // Replaced by something else since the readdir: the next walk sees what it is now.
         if (!st.isFile())
           throw new AutotestError('ERR_PACK', `${abs}: changed while being listed`, { hint: 'run the packager again once nothing writes to the client tree' });
-        const mode = (st.mode & 0o111) !== 0 ? 0o755 : 0o644;
-        entries.push({
-          path: rel,
-          absPath: abs,
-          kind: 'file',
-          mode,
-          size: st.size,
-          linkTarget: undefined,
-          dev: st.dev,
-          ino: st.ino,
-          mtimeMs: st.mtimeMs,
-          ctimeMs: st.ctimeMs,
-        });
+        entries.push(regularFileEntry(abs, rel, st));
       } else if (dirent.isSymbolicLink()) {
         const target = readlinkSync(abs);
         if (!linkStaysInside(rel, target)) {
