@@ -130,3 +130,22 @@ test('no code decides what happened from the words of an error message or of std
   }
   assert.deepEqual(found, []);
 });
+
+test('the fetch policy and the caching front read no clock, timer or randomness of their own: they come in as arguments (fetch/clock.ts has the real ones)', () => {
+  const policyFiles = [
+    ...sourceFiles(path.join(SRC, 'fetch')).filter((file) => path.basename(file) !== 'clock.ts'),
+    ...sourceFiles(path.join(SRC, 'server')).filter((file) => /\/cache(-[a-z]+)?\.ts$/.test(file) && !file.endsWith('cache-store.ts')),
+  ];
+  assert.ok(policyFiles.length >= 8, `expected the policy files, found ${policyFiles.length.toString()}`);
+  const found: string[] = [];
+  for (const file of policyFiles) {
+    readFileSync(file, 'utf8')
+      .split('\n')
+      .forEach((line, index) => {
+        // The traffic sampler's once-a-minute tick is a timer by nature; its timestamps come from the clock given.
+        if (/\b(Date\.now|Math\.random|performance\.now|setTimeout)\(/.test(line))
+          found.push(`${path.relative(ROOT, file)}:${(index + 1).toString()}: ${line.trim()}`);
+      });
+  }
+  assert.deepEqual(found, []);
+});
