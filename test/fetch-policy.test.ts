@@ -12,7 +12,7 @@ import { test, type TestContext } from 'node:test';
 import { memberKey, type FetchLocation, type FetchSettings, type Location } from '../src/config/index.js';
 import { isAutotestError } from '../src/errors.js';
 import { FetchFailure, PackageFetcher, rankMembers, type FetcherOptions } from '../src/fetch/index.js';
-import { classifyNetworkError } from '../src/fetch/errors.js';
+import { classifyNetworkError } from '../src/repositories/read-failure.js';
 import type { IndexEntry, RepositoryIndex } from '../src/packages/index.js';
 import { notFound } from '../src/repositories/read-index.js';
 import type { FetchRepository, Opened } from '../src/repositories/types.js';

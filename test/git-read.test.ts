@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { parseFetchLocation, type FetchSettings } from '../src/config/index.js';
-import { FetchFailure } from '../src/fetch/errors.js';
+import { FetchFailure } from '../src/repositories/read-failure.js';
 import { gitRepository } from '../src/repositories/git/read.js';
 import type { FetchRepository } from '../src/repositories/types.js';
 import { makeGitRepository, startGitDaemon } from './fixtures/git.js';

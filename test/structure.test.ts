@@ -149,3 +149,46 @@ test('the fetch policy and the caching front read no clock, timer or randomness 
   }
   assert.deepEqual(found, []);
 });
+
+/** The folder of src/ (or the top-level module) a source file belongs to. */
+function unitOf(file: string): string {
+  const [first = ''] = path.relative(SRC, file).split(path.sep);
+  return first.replace(/\.(ts|js)$/, '');
+}
+
+/** Which folders of src/ each folder imports from (type-only imports count: they tie the folders too). */
+function folderImports(): Map<string, Set<string>> {
+  const graph = new Map<string, Set<string>>();
+  for (const file of sourceFiles(SRC)) {
+    const from = unitOf(file);
+    const targets = graph.get(from) ?? new Set<string>();
+    graph.set(from, targets);
+    for (const match of readFileSync(file, 'utf8').matchAll(/(?:from|import\()\s*'(\.{1,2}\/[^']+)'/g)) {
+      const to = unitOf(path.resolve(path.dirname(file), match[1] ?? ''));
+      if (to !== from) targets.add(to);
+    }
+  }
+  return graph;
+}
+
+test('the folders of src/ import one another in one direction only: no folder reaches itself through its imports', () => {
+  const graph = folderImports();
+  assert.ok((graph.get('cli')?.size ?? 0) > 5, 'the graph holds the CLI and what it uses');
+  const cycles: string[] = [];
+  for (const start of graph.keys()) {
+    // Depth-first from each folder: a path back to it is a cycle.
+    const stack: string[][] = [[start]];
+    const seen = new Set<string>();
+    while (stack.length > 0) {
+      const trail = stack.pop() ?? [];
+      for (const next of graph.get(trail[trail.length - 1] ?? '') ?? []) {
+        if (next === start) cycles.push([...trail, next].join(' -> '));
+        else if (!seen.has(next)) {
+          seen.add(next);
+          stack.push([...trail, next]);
+        }
+      }
+    }
+  }
+  assert.deepEqual(cycles, []);
+});

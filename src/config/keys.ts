@@ -1,4 +1,4 @@
-import { COMPRESSIONS } from './compression.js';
+import { COMPRESSIONS } from '../packages/compression.js';
 import * as kinds from './kinds.js';
 import type { ValueKind } from './kinds.js';
 

@@ -4,9 +4,9 @@ import type { FetchLocation, Location, S3SettingsFor } from './location.js';
 import { createSectionReader, type SectionReader } from './reader.js';
 import { readS3Config } from './s3-section.js';
 import { unknownKeys } from './suggest.js';
-import type { Compression } from './compression.js';
+import type { Compression } from '../packages/compression.js';
 
-export { COMPRESSIONS, type Compression } from './compression.js';
+export { COMPRESSIONS, type Compression } from '../packages/compression.js';
 
 /** The [PACKAGES] section, validated and typed. */
 export interface PackagesConfig {

@@ -7,7 +7,7 @@ import type { IndexEntry } from '../packages/index.js';
 import type { FetchRepository, Opened } from '../repositories/types.js';
 import type { FetchClock } from './clock.js';
 import { consume } from './consume.js';
-import { classifyNetworkError, FetchFailure } from './errors.js';
+import { classifyNetworkError, FetchFailure } from '../repositories/read-failure.js';
 import type { Digester, HashingThread } from './hashing.js';
 import { PartFile } from './part-file.js';
 

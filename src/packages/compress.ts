@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { createGunzip, createGzip, type Gunzip, type Gzip } from 'node:zlib';
 import { AutotestError } from '../errors.js';
-import type { Compression } from '../config/index.js';
+import type { Compression } from './compression.js';
 
 /** A compressor or decompressor: bytes go into `input`, come out of `output`. */
 export interface Filter {

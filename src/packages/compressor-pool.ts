@@ -1,7 +1,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { Compression } from '../config/index.js';
+import type { Compression } from './compression.js';
 import { AutotestError } from '../errors.js';
 import { compressorCommand } from './compress.js';
 

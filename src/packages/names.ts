@@ -1,5 +1,5 @@
 import { AutotestError } from '../errors.js';
-import type { Compression } from '../config/index.js';
+import type { Compression } from './compression.js';
 
 export const PACKAGE_TYPES = ['client', 'test', 'dep', 'profiler'] as const;
 export type PackageType = (typeof PACKAGE_TYPES)[number];

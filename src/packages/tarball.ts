@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, createWriteStream, openSync, writeSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import type { Compression } from '../config/index.js';
+import type { Compression } from './compression.js';
 import { createCompressor } from './compress.js';
 import type { CompressorPool } from './compressor-pool.js';
 import { DigestStream, digestFile, type Digests } from './digest.js';

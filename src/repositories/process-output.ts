@@ -1,7 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type { PassThrough } from 'node:stream';
 import type { FetchSettings } from '../config/index.js';
-import { classifyNetworkError, FetchFailure } from '../fetch/errors.js';
+import { classifyNetworkError, FetchFailure } from './read-failure.js';
 import { whenClosed } from '../ssh/session.js';
 import { notFound } from './read-index.js';
 

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { isAutotestError } from '../errors.js';
-import { FetchFailure } from '../fetch/errors.js';
+import { FetchFailure } from './read-failure.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, indexProblems, parseChecksumFile, readIndexFiles, type RepositoryIndex } from '../packages/index.js';
 import { readVerifiedIndex, type IndexTrust } from '../signing/index.js';
 

@@ -3,7 +3,7 @@ import { PassThrough, Readable } from 'node:stream';
 import tar from 'tar-stream';
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
-import { FetchFailure } from '../../fetch/errors.js';
+import { FetchFailure } from '../read-failure.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE } from '../../packages/index.js';
 import { whenClosed } from '../../ssh/session.js';
 import { watchProcess } from '../process-output.js';

@@ -2,7 +2,7 @@ import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
-import { classifyNetworkError, FetchFailure } from '../../fetch/errors.js';
+import { classifyNetworkError, FetchFailure } from '../read-failure.js';
 import { notFound, readIndexThrough } from '../read-index.js';
 import type { FetchRepository, Opened, Revalidated } from '../types.js';
 import type { HttpAgents } from './agents.js';

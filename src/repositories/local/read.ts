@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Location } from '../../config/index.js';
 import { errnoCode } from '../../errors.js';
-import { classifyNetworkError, FetchFailure } from '../../fetch/errors.js';
+import { classifyNetworkError, FetchFailure } from '../read-failure.js';
 import { CHECKSUM_FILE } from '../../packages/index.js';
 import { notFound, readTrustedIndex } from '../read-index.js';
 import type { FetchRepository } from '../types.js';

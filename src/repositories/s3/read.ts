@@ -1,6 +1,6 @@
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
-import { FetchFailure } from '../../fetch/errors.js';
+import { FetchFailure } from '../read-failure.js';
 import { httpGet, repositoryOverGet, type RefusedAnswer, type RepositoryGet } from '../http/read.js';
 import type { FetchRepository } from '../types.js';
 import { s3AnswerProblem, s3Problem } from './client.js';

@@ -3,7 +3,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
 import { describeError } from '../../errors.js';
-import { FetchFailure } from '../../fetch/errors.js';
+import { FetchFailure } from '../read-failure.js';
 import type { SshHost } from '../../ssh/session.js';
 import { watchProcess } from '../process-output.js';
 import { readIndexThrough } from '../read-index.js';
