@@ -1,19 +1,12 @@
 import type { Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
-import { parseFileName } from '../packages/index.js';
+import { listedEntries, type ListedEntry } from '../packages/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import { toFailure } from './failure.js';
 import { withResources, type Resources } from '../resources.js';
 
-export interface ListedPackage {
-  file: string;
-  type: string;
-  name: string;
-  size: number | undefined;
-  md5: string;
-  sha256: string | undefined;
-  publishedAt: string | undefined;
-}
+/** A package of a location's index, as listed. */
+export type ListedPackage = ListedEntry;
 
 export interface ListReport {
   location: string;
@@ -32,18 +25,7 @@ function listWith(locations: Location[], resources: Resources): Promise<ListRepo
     locations.map(async (location) => {
       try {
         const index = await createUploadTarget(location, { resources }).readIndex();
-        const packages = [...index.values()].map((entry) => {
-          const parsed = parseFileName(entry.file);
-          return {
-            file: entry.file,
-            type: parsed.type ?? 'file',
-            name: parsed.name,
-            size: entry.size,
-            md5: entry.md5,
-            sha256: entry.sha256,
-            publishedAt: entry.publishedAt,
-          };
-        });
+        const packages = listedEntries(index);
         return { location: describeLocation(location), packages, error: undefined };
       } catch (error) {
         return { location: describeLocation(location), packages: [], error: toFailure(error) };

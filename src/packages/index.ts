@@ -36,5 +36,6 @@ export {
   matchesEntry,
   readIndexFiles,
   indexProblems,
+  listedEntries,
 } from './repository-index.js';
-export type { IndexEntry, ManifestHeader, RepositoryIndex } from './repository-index.js';
+export type { IndexEntry, ListedEntry, ManifestHeader, RepositoryIndex } from './repository-index.js';

@@ -240,3 +240,31 @@ export function matchesEntry(entry: IndexEntry, digests: { md5: string; sha256: 
   if (entry.size !== undefined && entry.size !== digests.size) return false;
   return entry.sha256 !== undefined ? entry.sha256 === digests.sha256 : entry.md5 === digests.md5;
 }
+
+/** An index entry as a listing shows it: its file, what kind of package it is, and its digests. */
+export interface ListedEntry {
+  file: string;
+  /** test, dep, profiler, client, or file for a plain file. */
+  type: string;
+  name: string;
+  size: number | undefined;
+  md5: string;
+  sha256: string | undefined;
+  publishedAt: string | undefined;
+}
+
+/** The entries of an index as `packager list` and the frontend show them. */
+export function listedEntries(index: RepositoryIndex): ListedEntry[] {
+  return [...index.values()].map((entry) => {
+    const parsed = parseFileName(entry.file);
+    return {
+      file: entry.file,
+      type: parsed.type ?? 'file',
+      name: parsed.name,
+      size: entry.size,
+      md5: entry.md5,
+      sha256: entry.sha256,
+      publishedAt: entry.publishedAt,
+    };
+  });
+}

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Compression, Location } from '../config/index.js';
-import { parseFileName, type IndexEntry } from '../packages/index.js';
+import { listedEntries } from '../packages/index.js';
 import { verifyLocations, type VerifyLocationReport } from '../packager/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import type { Resources } from '../resources.js';
@@ -48,18 +48,7 @@ async function listRepositories(repositories: ServedRepository[], resources: Res
   return Promise.all(
     repositories.map(async (repository) => {
       const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location, { resources }).readIndex();
-      const packages = [...index.values()].map((entry: IndexEntry) => {
-        const parsed = parseFileName(entry.file);
-        return {
-          file: entry.file,
-          type: parsed.type ?? 'file',
-          name: parsed.name,
-          size: entry.size,
-          md5: entry.md5,
-          sha256: entry.sha256,
-          date: entry.publishedAt,
-        };
-      });
+      const packages = listedEntries(index).map(({ publishedAt, ...listed }) => ({ ...listed, date: publishedAt }));
       return { name: repository.name, url: `/packages/${repository.name}/`, packages, ...('cached' in repository ? { cache: repository.cached.stats() } : {}) };
     }),
   );
