@@ -45,6 +45,8 @@ class MemoryUpstream implements FetchRepository {
   readonly packages = new Map<string, Buffer>();
   readonly lost = new Set<string>();
   failWith: ((what: string) => Error) | undefined;
+  /** Hears the time limit of each open before failWith fails it (a stalled upstream takes it all). */
+  onOpen: ((timeoutMs: number) => void) | undefined;
   private readonly held = new Map<string, Promise<void>>();
 
   constructor(
@@ -56,9 +58,10 @@ class MemoryUpstream implements FetchRepository {
     return Promise.resolve(new Map([...this.packages].map(([file, body]) => [file, entryOf(file, body)])));
   }
 
-  async open(file: string, offset: number): Promise<Opened> {
+  async open(file: string, offset: number, timeoutMs: number): Promise<Opened> {
     this.log.push({ upstream: this.name, file });
     const what = `${this.name}/${file}`;
+    this.onOpen?.(timeoutMs);
     if (this.failWith) throw this.failWith(what);
     const index = await this.readIndex();
     const body =
@@ -303,6 +306,23 @@ test('answers 404 when no upstream has the package and 504 when every upstream t
   assert.equal(opensOf(log, 'near', FILE), 3, 'near: once for the 404, then a try and a retry');
   assert.equal(opensOf(log, 'far', FILE), 3);
   assert.deepEqual(clock.pauses, [200, 200], 'a backoff pause before each retry');
+});
+
+test('gives an upstream that times out on every try fetch_timeout in all, its retries and pauses included', async (t) => {
+  const { upstreams, clock, served } = await lab(t, ['mirror'], { retries: 3, timeoutMs: 2000 });
+  const mirror = upstreams.get('mirror') ?? assert.fail('no mirror');
+  const repository = served(['mirror']);
+  await repository.readIndex();
+  const started = clock.now();
+  // Each try stalls for all the time it is given, as an upstream that never answers does.
+  mirror.onOpen = (timeoutMs) => {
+    clock.advance(timeoutMs);
+  };
+  mirror.failWith = timedOut;
+  const slow = await ask(repository, FILE);
+  assert.equal(slow.status, 504);
+  assert.match(slow.body.toString(), /"error":"ERR_TIMEOUT"/);
+  assert.ok(clock.now() - started <= 2000, `answered after ${(clock.now() - started).toString()} ms of a 2000 ms fetch_timeout`);
 });
 
 test('samples its traffic on the clock it is given', async (t) => {

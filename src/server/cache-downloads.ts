@@ -208,19 +208,34 @@ export class UpstreamDownloads {
         failures.skipped(repository.name, health.lastFailure(repository.name));
         continue;
       }
+      // fetch_timeout is an upstream's time in all, every try and pause included, as for a client.
+      const deadline = clock.now() + settings.timeoutMs;
       for (let attempt = 0; attempt <= settings.retries; attempt += 1) {
         try {
-          await this.copyFrom(repository, job, temp);
+          await this.copyFrom(repository, job, temp, Math.max(1, deadline - clock.now()));
           this.verifyCopy(job, repository.name);
           return repository;
         } catch (error) {
           const failure = await this.afterFailure(job, repository, error, failures);
-          if (!failure.transient || failure.notFound) break;
-          if (attempt < settings.retries) await clock.sleep(backoffMs(attempt, clock.random), this.closing.signal);
+          if (!failure.transient || failure.notFound || attempt >= settings.retries) break;
+          const pause = backoffMs(attempt, clock.random);
+          if (clock.now() + pause >= deadline) {
+            failures.add(this.overBudget(`${repository.name}/${job.file}`, attempt + 1));
+            break;
+          }
+          await clock.sleep(pause, this.closing.signal);
         }
       }
     }
     throw failures.error(`${job.file}: no upstream gave it`);
+  }
+
+  /** An upstream that did not give the file within fetch_timeout, `tries` tries and their pauses. */
+  private overBudget(what: string, tries: number): FetchFailure {
+    return new FetchFailure(
+      `${what}: not complete within ${(this.context.settings.timeoutMs / 1000).toString()} s (fetch_timeout, ${tries.toString()} ${tries === 1 ? 'try' : 'tries'})`,
+      { transient: false, down: true, timedOut: true },
+    );
   }
 
   /** Notes a failed try at `repository` (its cool-down, its copy passed over); throws when the download cannot go on at all. */
@@ -239,9 +254,9 @@ export class UpstreamDownloads {
     return failure;
   }
 
-  /** One try at one upstream: its bytes from where the download stands, appended to the temp file and to the digest. */
-  private async copyFrom(repository: FetchRepository, { download, file, entry, hash, bound }: DownloadRun, temp: FileHandle): Promise<void> {
-    const opened = await repository.open(file, download.written, this.context.settings.timeoutMs);
+  /** One try at one upstream within `timeoutMs`: its bytes from where the download stands, appended to the temp file and to the digest. */
+  private async copyFrom(repository: FetchRepository, { download, file, entry, hash, bound }: DownloadRun, temp: FileHandle, timeoutMs: number): Promise<void> {
+    const opened = await repository.open(file, download.written, timeoutMs);
     const skip = download.written - opened.start;
     if (download.state === 'opening') {
       const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);
