@@ -211,6 +211,7 @@ export class UpstreamDownloads {
       // fetch_timeout is an upstream's time in all, every try and pause included, as for a client.
       const deadline = clock.now() + settings.timeoutMs;
       for (let attempt = 0; attempt <= settings.retries; attempt += 1) {
+        this.stopIfClosed(job.file);
         try {
           await this.copyFrom(repository, job, temp, Math.max(1, deadline - clock.now()));
           this.verifyCopy(job, repository.name);
@@ -228,6 +229,12 @@ export class UpstreamDownloads {
       }
     }
     throw failures.error(`${job.file}: no upstream gave it`);
+  }
+
+  /** Throws once the front has closed: a download whose upstream answers after close() goes no further. */
+  private stopIfClosed(file: string): void {
+    if (this.closing.signal.aborted)
+      throw new AutotestError('ERR_UNAVAILABLE', `${file}: the server is shutting down`, { hint: 'ask again once the server is back' });
   }
 
   /** An upstream that did not give the file within fetch_timeout, `tries` tries and their pauses. */
@@ -257,6 +264,8 @@ export class UpstreamDownloads {
   /** One try at one upstream within `timeoutMs`: its bytes from where the download stands, appended to the temp file and to the digest. */
   private async copyFrom(repository: FetchRepository, { download, file, entry, hash, bound }: DownloadRun, temp: FileHandle, timeoutMs: number): Promise<void> {
     const opened = await repository.open(file, download.written, timeoutMs);
+    if (this.closing.signal.aborted) opened.stream.destroy();
+    this.stopIfClosed(file);
     const skip = download.written - opened.start;
     if (download.state === 'opening') {
       const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);
