@@ -355,6 +355,25 @@ test('a download whose upstream answers only after the front closed is cut there
   assert.deepEqual(await temps(), []);
 });
 
+test('a download that could not even list its upstreams fails alone: the next request starts its own instead of waiting on it', async (t) => {
+  const { upstreams, served } = await lab(t, ['mirror', 'other']);
+  const other = upstreams.get('other') ?? assert.fail('no other');
+  const repository = served(['mirror', 'other']);
+  await repository.readIndex();
+  const readIndex = other.readIndex.bind(other);
+  other.readIndex = () => {
+    other.readIndex = readIndex;
+    throw new Error('the other upstream cannot be asked (a broken setting)');
+  };
+  await ask(repository, FILE).catch(() => undefined);
+  const second = ask(repository, FILE);
+  await until(() => repository.stats().misses + repository.stats().coalesced === 2);
+  assert.equal(repository.stats().coalesced, 0, 'the second request did not join the download that never started');
+  const answered = await second;
+  assert.equal(answered.status, 200);
+  assert.deepEqual(answered.body, BODY);
+});
+
 test('samples its traffic on the clock it is given', async (t) => {
   const { front, clock, served } = await lab(t, ['mirror']);
   const started = clock.now();

@@ -140,7 +140,7 @@ export class UpstreamDownloads {
    * Starts fetching `entry` from the upstreams `candidates` gives (registered at once, so that
    * requests meanwhile join it); `passOver` hears of an upstream whose copy was wrong.
    */
-  async start(file: string, entry: IndexEntry, candidates: () => Promise<FetchRepository[]>, passOver: (upstream: string) => void): Promise<UpstreamDownload> {
+  start(file: string, entry: IndexEntry, candidates: () => Promise<FetchRepository[]>, passOver: (upstream: string) => void): UpstreamDownload {
     const key = entryKey(entry);
     const download: UpstreamDownload = {
       key,
@@ -156,10 +156,8 @@ export class UpstreamDownloads {
       abort: undefined,
     };
     this.underWay.set(key, download);
-    const source = { file, entry, candidates: await candidates() };
-    download.source = source;
     const hash = createHash(entry.sha256 === undefined ? 'md5' : 'sha256');
-    void this.run({ download, file, entry, hash, bound: entry.size ?? this.context.settings.maxSizeBytes, rejected: false, passOver }, source.candidates);
+    void this.run({ download, file, entry, hash, bound: entry.size ?? this.context.settings.maxSizeBytes, rejected: false, passOver }, candidates);
     return download;
   }
 
@@ -170,10 +168,13 @@ export class UpstreamDownloads {
   }
 
   /** Fetches the download's file into a temp file from the first candidate that has it, verifying before it commits. */
-  private async run(job: DownloadRun, candidates: FetchRepository[]): Promise<void> {
+  private async run(job: DownloadRun, listCandidates: () => Promise<FetchRepository[]>): Promise<void> {
     const { download, file, entry } = job;
     let handle: FileHandle | undefined;
     try {
+      // Within the try: a download that cannot list its upstreams fails, rather than stay 'opening' for every request to join.
+      const candidates = await listCandidates();
+      download.source = { file, entry, candidates };
       if (!(await this.context.store.room(entry.size ?? 0))) throw new AutotestError('ERR_NO_SPACE', `cache_dir: no room for ${file}`);
       handle = await open(download.temp, 'wx', 0o644);
       const upstream = await this.walk(job, candidates, handle);
