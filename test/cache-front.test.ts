@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import path from 'node:path';
@@ -45,6 +45,8 @@ class MemoryUpstream implements FetchRepository {
   readonly packages = new Map<string, Buffer>();
   readonly lost = new Set<string>();
   failWith: ((what: string) => Error) | undefined;
+  /** Hears the time limit of each open before failWith fails it (a stalled upstream takes it all); the open waits for what it returns. */
+  onOpen: ((timeoutMs: number) => Promise<void> | undefined) | undefined;
   private readonly held = new Map<string, Promise<void>>();
 
   constructor(
@@ -56,9 +58,10 @@ class MemoryUpstream implements FetchRepository {
     return Promise.resolve(new Map([...this.packages].map(([file, body]) => [file, entryOf(file, body)])));
   }
 
-  async open(file: string, offset: number): Promise<Opened> {
+  async open(file: string, offset: number, timeoutMs: number): Promise<Opened> {
     this.log.push({ upstream: this.name, file });
     const what = `${this.name}/${file}`;
+    await this.onOpen?.(timeoutMs);
     if (this.failWith) throw this.failWith(what);
     const index = await this.readIndex();
     const body =
@@ -110,6 +113,8 @@ function testClock(): { now: () => number; advance: (ms: number) => void; sleep:
 
 interface Lab {
   front: CacheFront;
+  /** The store's folder. */
+  cacheDir: string;
   upstreams: Map<string, MemoryUpstream>;
   log: Log;
   clock: ReturnType<typeof testClock>;
@@ -146,7 +151,7 @@ async function lab(t: TestContext, names: string[], settings: Partial<FetchSetti
     const locations: Location[] = order.map((name) => ({ kind: 'http', url: `http://${name}.lab/packages`, text: name }));
     return front.repository('builtin', locations, indexMaxAgeMs);
   };
-  return { front, upstreams, log, clock, served };
+  return { front, cacheDir: path.join(dir, 'cache'), upstreams, log, clock, served };
 }
 
 /** How a request was answered: its status, headers and body, and whether the body ended whole. */
@@ -303,6 +308,70 @@ test('answers 404 when no upstream has the package and 504 when every upstream t
   assert.equal(opensOf(log, 'near', FILE), 3, 'near: once for the 404, then a try and a retry');
   assert.equal(opensOf(log, 'far', FILE), 3);
   assert.deepEqual(clock.pauses, [200, 200], 'a backoff pause before each retry');
+});
+
+test('gives an upstream that times out on every try fetch_timeout in all, its retries and pauses included', async (t) => {
+  const { upstreams, clock, served } = await lab(t, ['mirror'], { retries: 3, timeoutMs: 2000 });
+  const mirror = upstreams.get('mirror') ?? assert.fail('no mirror');
+  const repository = served(['mirror']);
+  await repository.readIndex();
+  const started = clock.now();
+  // Each try stalls for all the time it is given, as an upstream that never answers does.
+  mirror.onOpen = (timeoutMs) => {
+    clock.advance(timeoutMs);
+    return undefined;
+  };
+  mirror.failWith = timedOut;
+  const slow = await ask(repository, FILE);
+  assert.equal(slow.status, 504);
+  assert.match(slow.body.toString(), /"error":"ERR_TIMEOUT"/);
+  assert.ok(clock.now() - started <= 2000, `answered after ${(clock.now() - started).toString()} ms of a 2000 ms fetch_timeout`);
+});
+
+test('a download whose upstream answers only after the front closed is cut there, keeps nothing and leaves no temp file', async (t) => {
+  const { front, cacheDir, upstreams, served } = await lab(t, ['mirror']);
+  const mirror = upstreams.get('mirror') ?? assert.fail('no mirror');
+  const repository = served(['mirror']);
+  await repository.readIndex();
+  let answerNow = (): void => undefined;
+  const answering = new Promise<void>((resolve) => {
+    answerNow = resolve;
+  });
+  let opening = false;
+  mirror.onOpen = () => {
+    opening = true;
+    return answering;
+  };
+  const answer = ask(repository, FILE);
+  await until(() => opening);
+  front.close();
+  answerNow();
+  const answered = await answer;
+  assert.ok(!(answered.status === 200 && answered.whole), 'the client is not answered as if the server went on');
+  assert.equal(repository.stats().entries, 0, 'nothing was fetched into the store after close');
+  // The temp file goes just after the answers hear of the end.
+  const temps = async (): Promise<string[]> => (await readdir(path.join(cacheDir, 'content'))).filter((name) => !/^(sha256|md5)-/.test(name));
+  for (let look = 0; look < 100 && (await temps()).length > 0; look += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(await temps(), []);
+});
+
+test('a download that could not even list its upstreams fails alone: the next request starts its own instead of waiting on it', async (t) => {
+  const { upstreams, served } = await lab(t, ['mirror', 'other']);
+  const other = upstreams.get('other') ?? assert.fail('no other');
+  const repository = served(['mirror', 'other']);
+  await repository.readIndex();
+  const readIndex = other.readIndex.bind(other);
+  other.readIndex = () => {
+    other.readIndex = readIndex;
+    throw new Error('the other upstream cannot be asked (a broken setting)');
+  };
+  await ask(repository, FILE).catch(() => undefined);
+  const second = ask(repository, FILE);
+  await until(() => repository.stats().misses + repository.stats().coalesced === 2);
+  assert.equal(repository.stats().coalesced, 0, 'the second request did not join the download that never started');
+  const answered = await second;
+  assert.equal(answered.status, 200);
+  assert.deepEqual(answered.body, BODY);
 });
 
 test('samples its traffic on the clock it is given', async (t) => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { appendFile, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile, cp } from 'node:fs/promises';
+import { appendFile, chmod, chown, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile, cp } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { OperationReport } from '../src/packager/index.js';
@@ -88,6 +88,30 @@ test('a local location on the staging file system links the packed file, a secon
     assert.equal((await stat(published)).nlink, 1);
     assert.deepEqual(await checkConsistency(path.join(dir, name)), { entries: 1, problems: [] });
   }
+});
+
+test('a package published into a setgid folder takes the folder group, as a copy does, not the staging file group', async (t) => {
+  const dir = await tempDir(t);
+  const packed = path.join(dir, 'test-hello.tar.bz2');
+  await writeFile(packed, 'the packed bytes');
+  const repo = path.join(dir, 'shared');
+  await mkdir(repo);
+  const teamGid = (await stat(packed)).gid + 1;
+  await chown(repo, process.getuid?.() ?? 0, teamGid);
+  await chmod(repo, 0o2775);
+  const target = createLocalTarget({ kind: 'local', path: repo, text: repo });
+  await target.prepare({ minimumFreeBytes: 0, neededBytes: 0 });
+  const staged = await target.stage('test-hello.tar.bz2', packed);
+  await rm(packed);
+  const digest = (algorithm: string): string => createHash(algorithm).update('the packed bytes').digest('hex');
+  await target.commit({
+    add: [{ entry: { file: 'test-hello.tar.bz2', md5: digest('md5'), sha256: digest('sha256'), size: 16 }, staged }],
+    refresh: [],
+    remove: [],
+  });
+  const published = await stat(path.join(repo, 'test-hello.tar.bz2'));
+  assert.equal(published.gid, teamGid, 'the team that shares the folder owns the package');
+  assert.equal(await readFile(path.join(repo, 'test-hello.tar.bz2'), 'utf8'), 'the packed bytes');
 });
 
 test('packs the same tree into byte-identical tarballs, whatever the files mtimes', async (t) => {

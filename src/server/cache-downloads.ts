@@ -140,7 +140,7 @@ export class UpstreamDownloads {
    * Starts fetching `entry` from the upstreams `candidates` gives (registered at once, so that
    * requests meanwhile join it); `passOver` hears of an upstream whose copy was wrong.
    */
-  async start(file: string, entry: IndexEntry, candidates: () => Promise<FetchRepository[]>, passOver: (upstream: string) => void): Promise<UpstreamDownload> {
+  start(file: string, entry: IndexEntry, candidates: () => Promise<FetchRepository[]>, passOver: (upstream: string) => void): UpstreamDownload {
     const key = entryKey(entry);
     const download: UpstreamDownload = {
       key,
@@ -156,10 +156,8 @@ export class UpstreamDownloads {
       abort: undefined,
     };
     this.underWay.set(key, download);
-    const source = { file, entry, candidates: await candidates() };
-    download.source = source;
     const hash = createHash(entry.sha256 === undefined ? 'md5' : 'sha256');
-    void this.run({ download, file, entry, hash, bound: entry.size ?? this.context.settings.maxSizeBytes, rejected: false, passOver }, source.candidates);
+    void this.run({ download, file, entry, hash, bound: entry.size ?? this.context.settings.maxSizeBytes, rejected: false, passOver }, candidates);
     return download;
   }
 
@@ -170,10 +168,13 @@ export class UpstreamDownloads {
   }
 
   /** Fetches the download's file into a temp file from the first candidate that has it, verifying before it commits. */
-  private async run(job: DownloadRun, candidates: FetchRepository[]): Promise<void> {
+  private async run(job: DownloadRun, listCandidates: () => Promise<FetchRepository[]>): Promise<void> {
     const { download, file, entry } = job;
     let handle: FileHandle | undefined;
     try {
+      // Within the try: a download that cannot list its upstreams fails, rather than stay 'opening' for every request to join.
+      const candidates = await listCandidates();
+      download.source = { file, entry, candidates };
       if (!(await this.context.store.room(entry.size ?? 0))) throw new AutotestError('ERR_NO_SPACE', `cache_dir: no room for ${file}`);
       handle = await open(download.temp, 'wx', 0o644);
       const upstream = await this.walk(job, candidates, handle);
@@ -208,19 +209,41 @@ export class UpstreamDownloads {
         failures.skipped(repository.name, health.lastFailure(repository.name));
         continue;
       }
+      // fetch_timeout is an upstream's time in all, every try and pause included, as for a client.
+      const deadline = clock.now() + settings.timeoutMs;
       for (let attempt = 0; attempt <= settings.retries; attempt += 1) {
+        this.stopIfClosed(job.file);
         try {
-          await this.copyFrom(repository, job, temp);
+          await this.copyFrom(repository, job, temp, Math.max(1, deadline - clock.now()));
           this.verifyCopy(job, repository.name);
           return repository;
         } catch (error) {
           const failure = await this.afterFailure(job, repository, error, failures);
-          if (!failure.transient || failure.notFound) break;
-          if (attempt < settings.retries) await clock.sleep(backoffMs(attempt, clock.random), this.closing.signal);
+          if (!failure.transient || failure.notFound || attempt >= settings.retries) break;
+          const pause = backoffMs(attempt, clock.random);
+          if (clock.now() + pause >= deadline) {
+            failures.add(this.overBudget(`${repository.name}/${job.file}`, attempt + 1));
+            break;
+          }
+          await clock.sleep(pause, this.closing.signal);
         }
       }
     }
     throw failures.error(`${job.file}: no upstream gave it`);
+  }
+
+  /** Throws once the front has closed: a download whose upstream answers after close() goes no further. */
+  private stopIfClosed(file: string): void {
+    if (this.closing.signal.aborted)
+      throw new AutotestError('ERR_UNAVAILABLE', `${file}: the server is shutting down`, { hint: 'ask again once the server is back' });
+  }
+
+  /** An upstream that did not give the file within fetch_timeout, `tries` tries and their pauses. */
+  private overBudget(what: string, tries: number): FetchFailure {
+    return new FetchFailure(
+      `${what}: not complete within ${(this.context.settings.timeoutMs / 1000).toString()} s (fetch_timeout, ${tries.toString()} ${tries === 1 ? 'try' : 'tries'})`,
+      { transient: false, down: true, timedOut: true },
+    );
   }
 
   /** Notes a failed try at `repository` (its cool-down, its copy passed over); throws when the download cannot go on at all. */
@@ -239,9 +262,11 @@ export class UpstreamDownloads {
     return failure;
   }
 
-  /** One try at one upstream: its bytes from where the download stands, appended to the temp file and to the digest. */
-  private async copyFrom(repository: FetchRepository, { download, file, entry, hash, bound }: DownloadRun, temp: FileHandle): Promise<void> {
-    const opened = await repository.open(file, download.written, this.context.settings.timeoutMs);
+  /** One try at one upstream within `timeoutMs`: its bytes from where the download stands, appended to the temp file and to the digest. */
+  private async copyFrom(repository: FetchRepository, { download, file, entry, hash, bound }: DownloadRun, temp: FileHandle, timeoutMs: number): Promise<void> {
+    const opened = await repository.open(file, download.written, timeoutMs);
+    if (this.closing.signal.aborted) opened.stream.destroy();
+    this.stopIfClosed(file);
     const skip = download.written - opened.start;
     if (download.state === 'opening') {
       const length = Number((opened.stream as Partial<IncomingMessage>).headers?.['content-length'] ?? Number.NaN);

@@ -182,7 +182,7 @@ class CachedUpstreamRepository implements CachedRepository {
       }
       this.count('misses', response);
       const { sources } = this.upstreamIndex;
-      download = await downloads.start(
+      download = downloads.start(
         file,
         entry,
         () => sources.candidatesFor(state.source, file, entry),

@@ -28,6 +28,9 @@ function refused(dir: string, why: string, hint: string, cause?: unknown): Autot
 
 const GB = 1e9;
 
+/** The mode bit that gives new files in a folder the folder's group. */
+const SETGID = 0o2000;
+
 /** What `link` answers where a copy still works: another file system, or one without hard links for us. */
 const LINK_REFUSALS = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 
@@ -35,7 +38,8 @@ const LINK_REFUSALS = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUP
  * Hard-links `source` at `dest`, sparing the copy of a package staged from the same file
  * system; false where a copy must be made instead. The link is kept only while `source` has
  * no other name than itself and `dest`: two locations on one file system never share a file,
- * so that nothing done to one (an edit in place) can reach the other. The caller never writes
+ * so that nothing done to one (an edit in place) can reach the other; nor in a setgid folder
+ * whose group the staging file lacks. The caller never writes
  * to `source` after staging it (see RepositoryStore.stage).
  */
 async function linkUnshared(source: string, dest: string): Promise<boolean> {
@@ -45,7 +49,10 @@ async function linkUnshared(source: string, dest: string): Promise<boolean> {
     if (LINK_REFUSALS.has(errnoCode(error) ?? '')) return false;
     throw error;
   }
-  if ((await stat(dest)).nlink <= 2) return true;
+  const [linked, folder] = await Promise.all([stat(dest), stat(path.dirname(dest))]);
+  // A copy into a setgid folder (a team's shared repository) takes the folder's group; a link keeps the staging file's.
+  const sameGroup = (folder.mode & SETGID) === 0 || linked.gid === folder.gid;
+  if (linked.nlink <= 2 && sameGroup) return true;
   await rm(dest, { force: true });
   return false;
 }
