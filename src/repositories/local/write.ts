@@ -1,4 +1,5 @@
 import { copyFile, chmod, link, mkdir, open, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { AutotestError, describeError, errnoCode } from '../../errors.js';
 import type { Location } from '../../config/index.js';
@@ -31,6 +32,9 @@ const GB = 1e9;
 /** The mode bit that gives new files in a folder the folder's group. */
 const SETGID = 0o2000;
 
+/** SELinux is on (its file system is mounted): files must take their folder's label, so they are copied. */
+const SELINUX_ENABLED = existsSync('/sys/fs/selinux/enforce');
+
 /** What `link` answers where a copy still works: another file system, or one without hard links for us. */
 const LINK_REFUSALS = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 
@@ -39,10 +43,13 @@ const LINK_REFUSALS = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUP
  * system; false where a copy must be made instead. The link is kept only while `source` has
  * no other name than itself and `dest`: two locations on one file system never share a file,
  * so that nothing done to one (an edit in place) can reach the other; nor in a setgid folder
- * whose group the staging file lacks. The caller never writes
+ * whose group the staging file lacks; nor under SELinux. The caller never writes
  * to `source` after staging it (see RepositoryStore.stage).
  */
 async function linkUnshared(source: string, dest: string): Promise<boolean> {
+  // Under SELinux a link keeps the staging folder's label, which a web server serving the
+  // location may be refused; a copy takes the location's.
+  if (SELINUX_ENABLED) return false;
   try {
     await link(source, dest);
   } catch (error) {
