@@ -127,7 +127,11 @@ async function upkeep(flags: PackagerFlags, config: Config, { output, resources 
       hint: 'add custom_upload_location to [PACKAGES] or pass -r LOCATION',
     });
   }
-  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays, { signing: await loadIndexSigning(config.packages), resources });
+  const reports = await upkeepLocations(locations, config.packages.customMaxAgeDays, {
+    signing: await loadIndexSigning(config.packages),
+    tls: config.packages.fetch.tls,
+    resources,
+  });
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
     for (const report of reports) {
@@ -174,6 +178,7 @@ export async function runPackager(action: string, flags: PackagerFlags, running:
         minimumFreeBytes: minimumFreeSpaceBytes,
         onEvent: progress.onEvent,
         signing,
+        tls: config.packages.fetch.tls,
         resources,
         ...(jobs === undefined ? {} : { jobs }),
       });
@@ -187,7 +192,7 @@ export async function runPackager(action: string, flags: PackagerFlags, running:
       if (flags.all === true) throw new AutotestError('ERR_USAGE', 'remove --all is not supported: name the packages to remove');
       if (files.length === 0) throw new AutotestError('ERR_USAGE', 'nothing to remove: name packages with -t, -d, -p, -c or -f');
       const progress = createProgress(output, !json);
-      const report = await removePackages({ files, locations, onEvent: progress.onEvent, signing, resources });
+      const report = await removePackages({ files, locations, onEvent: progress.onEvent, signing, tls: config.packages.fetch.tls, resources });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
       else printOperation(output, report, 'remove');
@@ -222,7 +227,7 @@ function printReports<R extends { location: string; role: string; error?: { mess
 async function list(flags: PackagerFlags, config: Config, { output, resources }: Running): Promise<number> {
   const locations = everyLocation(flags, config);
   const reports = await Promise.all(
-    locations.map(async ({ role, location }) => ({ role, ...((await listLocations([location], resources))[0] ?? unreachable()) })),
+    locations.map(async ({ role, location }) => ({ role, ...((await listLocations([location], resources, config.packages.fetch.tls))[0] ?? unreachable()) })),
   );
   if (flags.json === true) output.out(JSON.stringify(reports, null, 2));
   else {
@@ -258,6 +263,7 @@ async function verify(flags: PackagerFlags, config: Config, { output, resources 
         compression,
         minimumFreeBytes: minimumFreeSpaceBytes,
         signing,
+        tls: config.packages.fetch.tls,
         verifyKeys,
         resources,
       });
@@ -293,7 +299,7 @@ async function sign(flags: PackagerFlags, config: Config, { output, resources }:
     flags.repository && flags.repository.length > 0
       ? flags.repository.map((text) => parseLocation(text, process.cwd(), config.packages.s3))
       : everyLocation(flags, config).map(({ location }) => location);
-  const reports = await signLocations(locations, signing, resources);
+  const reports = await signLocations(locations, signing, { resources, tls: config.packages.fetch.tls });
   if (flags.json === true) output.out(JSON.stringify({ key: fingerprint(signing.key.publicBlob), locations: reports }, null, 2));
   else {
     for (const report of reports) {

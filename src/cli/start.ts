@@ -30,6 +30,7 @@ export async function runStart(flags: StartFlags, running: Running): Promise<num
     compression: config.packages.compression,
     minimumFreeBytes: config.packages.minimumFreeSpaceBytes,
     onEvent: progress.onEvent,
+    tls: config.packages.fetch.tls,
     resources,
   });
   progress.finish();
@@ -41,7 +42,7 @@ export async function runStart(flags: StartFlags, running: Running): Promise<num
     output.out(`repository ${location.location}: ${location.published.length} published, ${location.unchanged.length} unchanged`);
   }
   for (const failed of report.failedPackages) output.err(`failed: ${failed.file}: ${failed.message}`);
-  for (const listed of await listLocations(config.packages.uploadLocations, resources)) {
+  for (const listed of await listLocations(config.packages.uploadLocations, resources, config.packages.fetch.tls)) {
     for (const p of listed.packages) output.out(`  ${p.file.padEnd(40)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}`);
   }
   if (!report.ok) return EXIT_FAILED;

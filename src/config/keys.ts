@@ -94,7 +94,7 @@ export const PACKAGES_KEYS = {
   fetch_ca_file: {
     kind: kinds.file,
     default: undefined,
-    doc: "PEM bundle trusted for `https://` repositories and an `https://` S3 endpoint, besides the system's CAs; autoserv sends it to its hosts",
+    doc: "PEM bundle trusted for `https://` repositories and an `https://` S3 endpoint (reads, and the packager's and server's writes), besides the system's CAs; autoserv sends it to its hosts",
   },
   fetch_client_cert: {
     kind: kinds.file,

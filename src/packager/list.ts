@@ -1,4 +1,4 @@
-import type { Location } from '../config/index.js';
+import type { FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { listedEntries, type ListedEntry } from '../packages/index.js';
 import { createUploadTarget } from '../repositories/index.js';
@@ -15,16 +15,19 @@ export interface ListReport {
 }
 
 /** `packager list`: what each location's index holds. */
-/** `resources`: the command's connections; by default the listing's own, closed when it ends. */
-export async function listLocations(locations: Location[], resources?: Resources): Promise<ListReport[]> {
-  return withResources(resources, (owned) => listWith(locations, owned));
+/**
+ * `resources`: the command's connections; by default the listing's own, closed when it ends.
+ * `tls`: fetch_ca_file and the client certificate, for an https S3 endpoint.
+ */
+export async function listLocations(locations: Location[], resources?: Resources, tls?: FetchTls): Promise<ListReport[]> {
+  return withResources(resources, (owned) => listWith(locations, owned, tls));
 }
 
-function listWith(locations: Location[], resources: Resources): Promise<ListReport[]> {
+function listWith(locations: Location[], resources: Resources, tls: FetchTls | undefined): Promise<ListReport[]> {
   return Promise.all(
     locations.map(async (location) => {
       try {
-        const index = await createUploadTarget(location, { resources }).readIndex();
+        const index = await createUploadTarget(location, { resources, tls }).readIndex();
         const packages = listedEntries(index);
         return { location: describeLocation(location), packages, error: undefined };
       } catch (error) {

@@ -1,4 +1,4 @@
-import type { Location } from '../config/index.js';
+import type { FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -16,6 +16,8 @@ export interface RemoveOptions {
   locations: Location[];
   onEvent?: EventSink;
   signing?: IndexSigning | undefined;
+  /** fetch_ca_file and the client certificate, for an https S3 endpoint. */
+  tls?: FetchTls | undefined;
   /** The command's connections; by default the removal's own, closed when it ends. */
   resources?: Resources | undefined;
 }
@@ -32,7 +34,7 @@ async function removeWith(options: RemoveOptions & { resources: Resources }): Pr
       const locationReport = emptyLocationReport(describeLocation(location));
       report.locations.push(locationReport);
       try {
-        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        const target = createUploadTarget(location, { signing: options.signing, tls: options.tls, resources: options.resources });
         const index = await target.readIndex();
         const present: string[] = [];
         for (const file of options.files) {

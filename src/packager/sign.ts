@@ -1,4 +1,4 @@
-import type { Location } from '../config/index.js';
+import type { FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -17,16 +17,23 @@ export interface SignReport {
  * expiry), signed: after a key rotation, or to renew index_valid_days. One failing location
  * does not stop the rest.
  */
-/** `resources`: the command's connections; by default the signing's own, closed when it ends. */
-export function signLocations(locations: Location[], signing: IndexSigning, resources?: Resources): Promise<SignReport[]> {
-  return withResources(resources, (owned) => signWith(locations, signing, owned));
+/**
+ * `options.resources`: the command's connections; by default the signing's own, closed when it
+ * ends. `options.tls`: fetch_ca_file and the client certificate, for an https S3 endpoint.
+ */
+export function signLocations(
+  locations: Location[],
+  signing: IndexSigning,
+  options: { resources?: Resources | undefined; tls?: FetchTls | undefined } = {},
+): Promise<SignReport[]> {
+  return withResources(options.resources, (owned) => signWith(locations, signing, { resources: owned, tls: options.tls }));
 }
 
-function signWith(locations: Location[], signing: IndexSigning, resources: Resources): Promise<SignReport[]> {
+function signWith(locations: Location[], signing: IndexSigning, options: { resources: Resources; tls: FetchTls | undefined }): Promise<SignReport[]> {
   return Promise.all(
     locations.map(async (location) => {
       try {
-        return { location: describeLocation(location), serial: await createUploadTarget(location, { signing, resources }).sign(), error: undefined };
+        return { location: describeLocation(location), serial: await createUploadTarget(location, { signing, ...options }).sign(), error: undefined };
       } catch (error) {
         return { location: describeLocation(location), serial: undefined, error: toFailure(error) };
       }

@@ -1,4 +1,4 @@
-import type { Location } from '../config/index.js';
+import type { FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { createUploadTarget } from '../repositories/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -22,7 +22,7 @@ const DAY_MS = 24 * 3600 * 1000;
 export function upkeepLocations(
   locations: Location[],
   maxAgeDays: number,
-  options: { now?: number; signing?: IndexSigning | undefined; resources?: Resources | undefined } = {},
+  options: { now?: number; signing?: IndexSigning | undefined; tls?: FetchTls | undefined; resources?: Resources | undefined } = {},
 ): Promise<UpkeepReport[]> {
   return withResources(options.resources, (resources) => upkeepWith(locations, maxAgeDays, { ...options, resources }));
 }
@@ -30,13 +30,13 @@ export function upkeepLocations(
 function upkeepWith(
   locations: Location[],
   maxAgeDays: number,
-  options: { now?: number; signing?: IndexSigning | undefined; resources: Resources },
+  options: { now?: number; signing?: IndexSigning | undefined; tls?: FetchTls | undefined; resources: Resources },
 ): Promise<UpkeepReport[]> {
   const cutoff = (options.now ?? Date.now()) - maxAgeDays * DAY_MS;
   return Promise.all(
     locations.map(async (location) => {
       try {
-        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        const target = createUploadTarget(location, { signing: options.signing, tls: options.tls, resources: options.resources });
         await target.cleanTemps();
         return { location: describeLocation(location), removed: await target.expire(cutoff), error: undefined };
       } catch (error) {

@@ -4,7 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import pLimit, { type LimitFunction } from 'p-limit';
-import type { Compression, Location } from '../config/index.js';
+import type { Compression, FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isAutotestError } from '../errors.js';
 import {
@@ -41,6 +41,8 @@ export interface UploadOptions {
   cacheDir?: string;
   /** signing_key: every index written is signed. */
   signing?: IndexSigning | undefined;
+  /** fetch_ca_file and the client certificate, for an https S3 endpoint. */
+  tls?: FetchTls | undefined;
   /** The command's connections; by default the upload's own, closed when it ends. */
   resources?: Resources | undefined;
 }
@@ -159,7 +161,7 @@ async function openLocations(options: UploadOptions & { resources: Resources }, 
       const locationReport = emptyLocationReport(describeLocation(location));
       report.locations.push(locationReport);
       try {
-        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        const target = createUploadTarget(location, { signing: options.signing, tls: options.tls, resources: options.resources });
         const { created } = await target.prepare({ minimumFreeBytes: options.minimumFreeBytes, neededBytes: 0 });
         locationReport.created = created;
         await target.cleanTemps();

@@ -1,4 +1,4 @@
-import type { Compression, Location } from '../config/index.js';
+import type { Compression, FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isTempName } from '../fs/atomic.js';
 import { CHECKSUM_FILE, indexProblems, MANIFEST_FILE, SIGNATURE_FILE, parseFileName, parseManifestDocument, type PackageType } from '../packages/index.js';
@@ -37,6 +37,8 @@ export interface VerifyOptions {
   cacheDir?: string;
   /** signing_key: the index is written signed, and --repair signs an index whose signature is wrong. */
   signing?: IndexSigning | undefined;
+  /** fetch_ca_file and the client certificate, for an https S3 endpoint. */
+  tls?: FetchTls | undefined;
   /**
    * Keys the signature must verify with (trusted_keys, else the public half of signing_key);
    * none: signatures are not checked.
@@ -60,8 +62,11 @@ async function signatureProblem(target: UploadTarget, keys: readonly Buffer[], n
   return undefined;
 }
 
-async function inspect(location: Location, options: Pick<VerifyOptions, 'signing' | 'verifyKeys'> & { resources: Resources }): Promise<VerifyLocationReport> {
-  const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+async function inspect(
+  location: Location,
+  options: Pick<VerifyOptions, 'signing' | 'tls' | 'verifyKeys'> & { resources: Resources },
+): Promise<VerifyLocationReport> {
+  const target = createUploadTarget(location, { signing: options.signing, tls: options.tls, resources: options.resources });
   const report: VerifyLocationReport = { location: describeLocation(location), entries: 0, problems: [], repaired: [], error: undefined };
   const index = await target.readIndex();
   report.entries = index.size;
@@ -152,7 +157,7 @@ async function verifyWith(options: VerifyOptions & { resources: Resources }): Pr
       }
       if (!options.repair || report.problems.length === 0) return report;
       try {
-        const target = createUploadTarget(location, { signing: options.signing, resources: options.resources });
+        const target = createUploadTarget(location, { signing: options.signing, tls: options.tls, resources: options.resources });
         report.repaired.push(...(await target.cleanTemps()));
         const bad = report.problems.filter((p) => p.kind === 'missing' || p.kind === 'mismatch').map((p) => p.file);
         // purge rewrites the index under its lock, which also drops the lines it could not read.
@@ -169,6 +174,7 @@ async function verifyWith(options: VerifyOptions & { resources: Resources }): Pr
               compression: options.compression,
               minimumFreeBytes: options.minimumFreeBytes,
               signing: options.signing,
+              tls: options.tls,
               resources: options.resources,
               ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
             });

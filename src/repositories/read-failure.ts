@@ -60,7 +60,8 @@ export const TLS_HINT =
   "if the repository uses the lab's own CA, name its PEM bundle in fetch_ca_file ([PACKAGES]); " +
   'if it verifies clients, set fetch_client_cert and fetch_client_key';
 
-function isTlsCode(code: string): boolean {
+/** Whether an errno-like code is a TLS refusal (an untrusted or wrong certificate, a failed handshake). */
+export function isTlsCode(code: string): boolean {
   return /^(CERT_|ERR_TLS_|ERR_SSL_)/.test(code) || TLS_REFUSED.has(code);
 }
 

@@ -1,5 +1,5 @@
 import type { Resources } from '../resources.js';
-import type { Location } from '../config/index.js';
+import type { FetchTls, Location } from '../config/index.js';
 import { errnoCode, isAutotestError } from '../errors.js';
 import { isTempName } from '../fs/atomic.js';
 import {
@@ -117,6 +117,8 @@ export interface TargetOptions {
   signing?: IndexSigning | undefined;
   /** Where ssh and s3 targets keep their connections: those of the command or server (createUploadTarget requires it). */
   resources?: Resources;
+  /** fetch_ca_file and the client certificate: an https S3 endpoint is reached with them, as for fetching. */
+  tls?: FetchTls | undefined;
 }
 
 /** An upload target that keeps the index rules on whatever store it is given. */

@@ -244,6 +244,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
       cacheDir: options.cacheDir ?? cacheDir(),
       // The server signs what it publishes with the signing_key of its own config.
       signing: await loadIndexSigning(packages),
+      tls: packages.fetch.tls,
       published: (locations) => {
         invalidateCachedViews(repositories, locations);
       },
@@ -259,6 +260,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     uploadsEnabled: server.uploadToken !== undefined,
     token: server.uploadToken,
     traffic: front && (() => front.traffic()),
+    tls: packages.fetch.tls,
     resources,
   });
   app.get('/healthz', () => ({ status: 'ok' }));

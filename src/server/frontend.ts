@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Compression, Location } from '../config/index.js';
+import type { Compression, FetchTls, Location } from '../config/index.js';
 import { listedEntries } from '../packages/index.js';
 import { verifyLocations, type VerifyLocationReport } from '../packager/index.js';
 import { createUploadTarget } from '../repositories/index.js';
@@ -32,6 +32,8 @@ export interface FrontendSettings {
   token: string | undefined;
   /** The caching front's bytes served and fetched upstream over the last hour, when there is one. */
   traffic: (() => Promise<TrafficSample[]>) | undefined;
+  /** fetch_ca_file and the client certificate of the server's config, for an https S3 endpoint. */
+  tls: FetchTls | undefined;
   /** The server's connections, for ssh and s3 locations. */
   resources: Resources;
 }
@@ -44,10 +46,13 @@ export interface ListedRepository {
   cache?: CacheStats;
 }
 
-async function listRepositories(repositories: ServedRepository[], resources: Resources): Promise<ListedRepository[]> {
+async function listRepositories(repositories: ServedRepository[], owner: Pick<FrontendSettings, 'resources' | 'tls'>): Promise<ListedRepository[]> {
   return Promise.all(
     repositories.map(async (repository) => {
-      const index = 'cached' in repository ? await repository.cached.readIndex() : await createUploadTarget(repository.location, { resources }).readIndex();
+      const index =
+        'cached' in repository
+          ? await repository.cached.readIndex()
+          : await createUploadTarget(repository.location, { resources: owner.resources, tls: owner.tls }).readIndex();
       const packages = listedEntries(index).map(({ publishedAt, ...listed }) => ({ ...listed, date: publishedAt }));
       return { name: repository.name, url: `/packages/${repository.name}/`, packages, ...('cached' in repository ? { cache: repository.cached.stats() } : {}) };
     }),
@@ -279,6 +284,7 @@ export function registerFrontend(app: FastifyInstance, settings: FrontendSetting
       clientDir: undefined,
       compression: settings.compression,
       minimumFreeBytes: settings.minimumFreeBytes,
+      tls: settings.tls,
       resources: settings.resources,
     })
       .then((locations) => {
@@ -300,10 +306,10 @@ export function registerFrontend(app: FastifyInstance, settings: FrontendSetting
     return Promise.resolve(last);
   };
   app.get('/', async (_request, reply) => {
-    const [repositories, traffic] = await Promise.all([listRepositories(settings.repositories, settings.resources), settings.traffic?.()]);
+    const [repositories, traffic] = await Promise.all([listRepositories(settings.repositories, settings), settings.traffic?.()]);
     return reply.type('text/html; charset=utf-8').send(packagesPage(repositories, settings.uploadsEnabled, traffic));
   });
-  app.get('/api/packages', async () => listRepositories(settings.repositories, settings.resources));
+  app.get('/api/packages', async () => listRepositories(settings.repositories, settings));
   app.get('/consistency', async (request, reply) => reply.type('text/html; charset=utf-8').send(consistencyPage(await consistency(request))));
   app.get('/api/consistency', async (request) => consistency(request));
   app.get('/favicon.ico', async (_request, reply) => reply.code(204).send());

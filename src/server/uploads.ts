@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Compression, Location } from '../config/index.js';
+import type { Compression, FetchTls, Location } from '../config/index.js';
 import { AutotestError, errnoCode, httpStatusOf, isAutotestError } from '../errors.js';
 import { checkFileName, DigestStream, extractTarball, parseFileName, type Digests } from '../packages/index.js';
 import type { IndexSigning } from '../signing/index.js';
@@ -33,6 +33,8 @@ export interface UploadSettings {
   cacheDir: string;
   /** signing_key of the server's config: every index it writes is signed. */
   signing: IndexSigning | undefined;
+  /** fetch_ca_file and the client certificate of the server's config, for an https S3 endpoint. */
+  tls: FetchTls | undefined;
   /** Told after every publish or delete was tried (whatever its outcome): a cached view of these locations is out of date. */
   published: (locations: Location[]) => void;
   /** The server's connections, for ssh and s3 locations. */
@@ -123,6 +125,7 @@ async function publishUpload(staged: string, settings: UploadSettings): Promise<
     minimumFreeBytes: settings.minimumFreeBytes,
     cacheDir: settings.cacheDir,
     signing: settings.signing,
+    tls: settings.tls,
     resources: settings.resources,
   }).finally(() => {
     settings.published(settings.locations);
@@ -331,11 +334,15 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
     if (!checkToken(settings.token, request, reply)) return reply;
     try {
       const file = checkFileName(request.params.file);
-      const report = await removePackages({ files: [file], locations: settings.locations, signing: settings.signing, resources: settings.resources }).finally(
-        () => {
-          settings.published(settings.locations);
-        },
-      );
+      const report = await removePackages({
+        files: [file],
+        locations: settings.locations,
+        signing: settings.signing,
+        tls: settings.tls,
+        resources: settings.resources,
+      }).finally(() => {
+        settings.published(settings.locations);
+      });
       return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
       if (!isAutotestError(error)) throw error;

@@ -9,7 +9,7 @@ import type { ResourceKind } from '../../resources.js';
  * it makes; an https one trusts fetch_ca_file and presents fetch_client_cert.
  */
 export class HttpAgents {
-  private readonly httpAgent = new http.Agent({ keepAlive: true });
+  readonly httpAgent = new http.Agent({ keepAlive: true });
   /** One HTTPS agent per set of TLS files (in practice one); '' is the system's CAs alone. */
   private readonly httpsAgents = new Map<string, https.Agent>();
 
@@ -18,7 +18,8 @@ export class HttpAgents {
     return url.protocol === 'https:' ? this.httpsAgent(tls) : this.httpAgent;
   }
 
-  private httpsAgent(tls: FetchTls | undefined): https.Agent {
+  /** The agent for https URLs: trusts fetch_ca_file besides the system's roots and presents fetch_client_cert. */
+  httpsAgent(tls: FetchTls | undefined): https.Agent {
     const ca = tls?.ca?.pem;
     const cert = tls?.clientCert?.pem;
     const key = tls?.clientKey?.pem;

@@ -1,9 +1,9 @@
-import http from 'node:http';
-import https from 'node:https';
 import type { S3Client } from '@aws-sdk/client-s3';
-import type { S3Location, S3Settings } from '../../config/index.js';
+import type { FetchTls, S3Location, S3Settings } from '../../config/index.js';
 import { errnoCode } from '../../errors.js';
 import type { ResourceKind, Resources } from '../../resources.js';
+import { HttpAgents } from '../http/agents.js';
+import { isTlsCode } from '../read-failure.js';
 
 // The SDK warns on every process start that its releases after January 2027 want Node.js 22;
 // that line would land in every command's output. The switch is the SDK's own.
@@ -22,25 +22,27 @@ export function loadS3Sdk(): Promise<typeof import('@aws-sdk/client-s3')> {
 let sdk: Promise<typeof import('@aws-sdk/client-s3')> | undefined;
 
 /**
- * The S3 clients of one owner (a command, a server), one per settings, for the packager and
- * the uploads (fetches are signed GETs, see sign.ts): the SDK retries throttling and 5xx
- * answers. Credentials come from the SDK's default chain only.
+ * The S3 clients of one owner (a command, a server), one per settings and TLS files, for the
+ * packager and the uploads (fetches are signed GETs, see sign.ts): the SDK retries throttling
+ * and 5xx answers. Credentials come from the SDK's default chain only. Their connections are
+ * kept by agents of their own, built from the TLS files as for fetching (fetch_ca_file with the
+ * system's roots, the client certificate), one https agent per set of files.
  */
 export class S3Clients {
   private readonly clients = new Map<string, Promise<S3Client>>();
-  private readonly agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+  private readonly agents = new HttpAgents();
 
-  clientFor(settings: S3Settings): Promise<S3Client> {
-    const key = JSON.stringify(settings);
+  clientFor(settings: S3Settings, tls?: FetchTls): Promise<S3Client> {
+    const key = JSON.stringify([settings, tls?.ca?.pem, tls?.clientCert?.pem, tls?.clientKey?.pem]);
     let client = this.clients.get(key);
     if (!client) {
-      client = this.create(settings);
+      client = this.create(settings, tls);
       this.clients.set(key, client);
     }
     return client;
   }
 
-  private async create(settings: S3Settings): Promise<S3Client> {
+  private async create(settings: S3Settings, tls: FetchTls | undefined): Promise<S3Client> {
     const { S3Client } = await loadS3Sdk();
     const mode = settings.checksumMode === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED';
     return new S3Client({
@@ -57,8 +59,8 @@ export class S3Clients {
       requestHandler: {
         connectionTimeout: 10_000,
         socketTimeout: 120_000,
-        httpAgent: this.agents.http,
-        httpsAgent: this.agents.https,
+        httpAgent: this.agents.httpAgent,
+        httpsAgent: this.agents.httpsAgent(tls),
       },
     });
   }
@@ -70,8 +72,7 @@ export class S3Clients {
     for (const client of await Promise.allSettled(clients)) {
       if (client.status === 'fulfilled') client.value.destroy();
     }
-    this.agents.http.destroy();
-    this.agents.https.destroy();
+    this.agents.close();
   }
 }
 
@@ -81,10 +82,10 @@ export const S3_CLIENTS: ResourceKind<S3Clients> = {
   close: (clients) => clients.close(),
 };
 
-/** The S3 client `resources` keep for `settings` (an upload target's resources: see TargetOptions). */
-export function s3Client(settings: S3Settings, resources: Resources | undefined): Promise<S3Client> {
+/** The S3 client `resources` keep for `settings` and `tls` (an upload target's resources: see TargetOptions). */
+export function s3Client(settings: S3Settings, resources: Resources | undefined, tls?: FetchTls): Promise<S3Client> {
   if (!resources) throw new Error('an S3 client asked for without the resources of a command or server');
-  return resources.get(S3_CLIENTS).clientFor(settings);
+  return resources.get(S3_CLIENTS).clientFor(settings, tls);
 }
 
 /** The object key of a repository file. */
@@ -93,7 +94,7 @@ export function s3Key(location: S3Location, file: string): string {
 }
 
 export type S3FailureKind =
-  'notFound' | 'noBucket' | 'denied' | 'noCredentials' | 'unreachable' | 'precondition' | 'range' | 'notModified' | 'transient' | 'other';
+  'notFound' | 'noBucket' | 'denied' | 'noCredentials' | 'unreachable' | 'tls' | 'precondition' | 'range' | 'notModified' | 'transient' | 'other';
 
 export interface S3Problem {
   kind: S3FailureKind;
@@ -124,6 +125,8 @@ export function s3Problem(error: unknown): S3Problem {
   if (typeof code === 'string' && UNREACHABLE.has(code)) return { kind: 'unreachable', why: `cannot connect to the S3 endpoint (${code})`, status };
   if (name === 'TimeoutError' || code === 'ETIMEDOUT' || name === 'RequestTimeout')
     return { kind: 'unreachable', why: 'no answer from the S3 endpoint in time', status };
+  // An https endpoint whose certificate is not trusted: a setting to fix, never worth a retry.
+  if (typeof code === 'string' && isTlsCode(code)) return { kind: 'tls', why: `TLS failed (${code})`, status };
   if (name === 'CredentialsProviderError' || /credential/i.test(name)) {
     return { kind: 'noCredentials', why: `no AWS credentials found; ${CREDENTIALS_HINT}`, status };
   }

@@ -15,7 +15,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import type { S3Location } from '../../config/index.js';
+import type { FetchTls, S3Location } from '../../config/index.js';
 import { AutotestError } from '../../errors.js';
 import { tempPathFor } from '../../fs/atomic.js';
 import { DigestStream, type Digests } from '../../packages/index.js';
@@ -44,9 +44,9 @@ function contentTypeOf(file: string): string {
   return 'application/octet-stream';
 }
 
-/** The SDK client of a location's settings, and a store over its prefix. */
-export async function openS3Store(location: S3Location, resources: Resources | undefined): Promise<S3Store> {
-  return new S3Store(location, await s3Client(location.settings, resources));
+/** The SDK client of a location's settings (and TLS files: fetch_ca_file, the client certificate), and a store over its prefix. */
+export async function openS3Store(location: S3Location, resources: Resources | undefined, tls?: FetchTls): Promise<S3Store> {
+  return new S3Store(location, await s3Client(location.settings, resources, tls));
 }
 
 /**

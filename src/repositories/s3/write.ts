@@ -10,7 +10,7 @@ import { openS3Store } from './s3-store.js';
  * over the prefix as a conditional store (s3-store.ts).
  */
 export async function createS3Target(location: S3Location, options: TargetOptions = {}): Promise<UploadTarget> {
-  const store = await openS3Store(location, options.resources);
+  const store = await openS3Store(location, options.resources, options.tls);
   const index = new IndexProtocol(store, options);
   return {
     location,
