@@ -71,6 +71,37 @@ test('SIGTERM to the pid of npm start stops the server gracefully and frees its 
   assert.equal(await refusesConnections(port), true, 'nothing holds the port any more');
 });
 
+test('autotest start signs the index it publishes with signing_key, as packager upload does, and ssh-keygen -Y verify accepts it', async (t) => {
+  const dir = await tempDir(t);
+  const key = path.join(dir, 'signing_key');
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'lab', '-f', key]);
+  const repo = path.join(dir, 'builtin');
+  const config = path.join(dir, 'global_config.ini');
+  await writeFile(config, `[PACKAGES]\nupload_location: ${repo}\nsigning_key: ${key}\n[SERVER]\nport: 0\n`);
+  const start = spawn(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'main.js'), 'start', '--config', config, '--client-dir', EXAMPLE_CLIENT], {
+    cwd: dir,
+    env: { ...process.env, AUTOTEST_CONFIG: '', AUTOTEST_UPLOAD_TOKEN: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => {
+    start.kill('SIGKILL');
+  });
+  await waitForOutput(start, /at http:\/\/127\.0\.0\.1:\d+\/packages\/builtin\//);
+  start.kill('SIGTERM');
+  const publicKey = (await readFile(`${key}.pub`, 'utf8')).trim().split(' ');
+  const signers = path.join(dir, 'allowed_signers');
+  await writeFile(signers, `lab ${publicKey[0] ?? ''} ${publicKey[1] ?? ''}\n`);
+  const verified = await run('sh', [
+    '-c',
+    'ssh-keygen -Y verify -f "$1" -I lab -n autotest-packages -s "$2" < "$3"',
+    'sh',
+    signers,
+    path.join(repo, 'packages.json.sig'),
+    path.join(repo, 'packages.json'),
+  ]);
+  assert.equal(verified.code, 0, verified.stderr);
+});
+
 test('a server started on a port another process holds fails with a hint to stop that one or choose --port', async (t) => {
   const dir = await tempDir(t);
   const holder = net.createServer();

@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { loadConfig } from '../config/index.js';
 import { AutotestError } from '../errors.js';
 import { listLocations, uploadPackages } from '../packager/index.js';
+import { loadIndexSigning } from '../signing/index.js';
 import { chooseClientDir } from './packager.js';
 import { EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
 import { createProgress } from './progress.js';
@@ -30,6 +31,8 @@ export async function runStart(flags: StartFlags, running: Running): Promise<num
     compression: config.packages.compression,
     minimumFreeBytes: config.packages.minimumFreeSpaceBytes,
     onEvent: progress.onEvent,
+    // signing_key signs every index written, as with `packager upload`.
+    signing: await loadIndexSigning(config.packages),
     tls: config.packages.fetch.tls,
     resources,
   });
