@@ -5,11 +5,10 @@
  * refuses connections. Targets: throughput at least 0.9x curl's; extra time under 100 ms.
  */
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { time, writeRandom } from './timing.js';
 import { fileURLToPath } from 'node:url';
 import { installPackages } from '../src/client/install.js';
 import type { FetchSettings, Location } from '../src/config/index.js';
@@ -23,30 +22,6 @@ const EXAMPLE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../.
 const SIZE = 200 * 1024 * 1024;
 const RUNS = 5;
 const SETTINGS: FetchSettings = { connectTimeoutMs: 5000, timeoutMs: 600_000, retries: 2, cooldownMs: 0, maxSizeBytes: 1e10 };
-
-async function writeRandom(file: string, bytes: number): Promise<void> {
-  const out = createWriteStream(file);
-  for (let written = 0; written < bytes; written += 1024 * 1024) {
-    if (!out.write(randomBytes(1024 * 1024)))
-      await new Promise<void>((resolve) =>
-        out.once('drain', () => {
-          resolve();
-        }),
-      );
-  }
-  await new Promise<void>((resolve, reject) =>
-    out.end((error?: Error | null) => {
-      if (error) reject(error);
-      else resolve();
-    }),
-  );
-}
-
-async function time(run: () => Promise<unknown>): Promise<number> {
-  const start = performance.now();
-  await run();
-  return (performance.now() - start) / 1000;
-}
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);

@@ -7,17 +7,16 @@
  *   same object by a presigned URL.
  */
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { time, writeRandom } from './timing.js';
 import { fileURLToPath } from 'node:url';
-import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { S3Settings } from '../src/config/index.js';
 import { startDaemon } from '../test/fixtures/process.js';
-import { awsEnv, startRadosgw } from '../test/fixtures/radosgw.js';
+import { adminClient, awsEnv, startRadosgw } from '../test/fixtures/radosgw.js';
 import { generate } from './tree.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
@@ -25,30 +24,6 @@ const FETCH_ONCE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'f
 const SIZE = 200 * 1024 * 1024;
 const UPLOAD_RUNS = 3;
 const FETCH_RUNS = 5;
-
-async function writeRandom(file: string, bytes: number): Promise<void> {
-  const out = createWriteStream(file);
-  for (let written = 0; written < bytes; written += 1024 * 1024) {
-    if (!out.write(randomBytes(1024 * 1024)))
-      await new Promise<void>((resolve) =>
-        out.once('drain', () => {
-          resolve();
-        }),
-      );
-  }
-  await new Promise<void>((resolve, reject) =>
-    out.end((error?: Error | null) => {
-      if (error) reject(error);
-      else resolve();
-    }),
-  );
-}
-
-async function time(run: () => unknown): Promise<number> {
-  const start = performance.now();
-  await run();
-  return (performance.now() - start) / 1000;
-}
 
 const best = (values: number[]): number => Math.min(...values);
 
@@ -68,14 +43,7 @@ async function main(): Promise<void> {
     uploadConcurrency: 4,
   };
   const s3Section = `[S3]\nendpoint: ${s3.endpoint}\npath_style: true\nchecksum_mode: when_required\n`;
-  const admin = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = adminClient(s3);
   try {
     await admin.send(new CreateBucketCommand({ Bucket: 'bench' }));
 

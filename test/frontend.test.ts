@@ -2,14 +2,14 @@ import assert from 'node:assert/strict';
 import { access, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { CreateBucketCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { loadConfig } from '../src/config/index.js';
 import { uploadPackages } from '../src/packager/index.js';
 import { buildServer } from '../src/server/index.js';
 import { startNginx } from './fixtures/nginx.js';
 import { runChecked } from './fixtures/process.js';
-import { awsEnv, startRadosgw } from './fixtures/radosgw.js';
+import { adminClient, awsEnv, startRadosgw } from './fixtures/radosgw.js';
 import { copyExampleTree, ROOT, tempDir } from './helpers.js';
 
 const TOKEN = 'test-token-123456';
@@ -209,14 +209,7 @@ test('the web frontend uploads a custom test to an S3 custom location, lists it 
   });
   Object.assign(process.env, awsEnv(s3));
   delete process.env.AWS_PROFILE;
-  const admin = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = adminClient(s3);
   t.after(() => {
     admin.destroy();
   });

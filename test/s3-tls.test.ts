@@ -3,8 +3,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import path from 'node:path';
 import { test } from 'node:test';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import { awsEnv, startRadosgw } from './fixtures/radosgw.js';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { adminClient, awsEnv, startRadosgw } from './fixtures/radosgw.js';
 import { createTestCa } from './fixtures/tls.js';
 import { copyExampleTree, runCli, tempDir } from './helpers.js';
 
@@ -20,13 +20,7 @@ test("the packager uploads to an https S3 endpoint of the lab's own CA with fetc
   const s3 = await startRadosgw({ tls: { cert: ca.serverCert, key: ca.serverKey, ca: ca.caFile } });
   t.after(() => s3.stop());
   const agent = new https.Agent({ ca: await readFile(ca.caFile, 'utf8') });
-  const admin = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestHandler: { httpsAgent: agent },
-  });
+  const admin = adminClient(s3, agent);
   t.after(() => {
     admin.destroy();
     agent.destroy();

@@ -18,7 +18,7 @@ import { parseChecksumFile, parseManifest, type IndexEntry, type RepositoryIndex
 import { DEFAULT_S3_SETTINGS, parseLocation, type S3Settings } from '../src/config/index.js';
 import { objectUrl } from '../src/repositories/s3/sign.js';
 import { freePort, runChecked, startDaemon } from './fixtures/process.js';
-import { awsEnv, startRadosgw, type Radosgw } from './fixtures/radosgw.js';
+import { adminClient, awsEnv, startRadosgw, type Radosgw } from './fixtures/radosgw.js';
 import { CLI, ROOT, copyExampleTree, generateTree, runCli, tempDir, type CliResult } from './helpers.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
@@ -36,14 +36,7 @@ interface Lab {
 async function startLab(t: TestContext): Promise<Lab> {
   const s3 = await startRadosgw();
   t.after(() => s3.stop());
-  const admin = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = adminClient(s3);
   t.after(() => {
     admin.destroy();
   });

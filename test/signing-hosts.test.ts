@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import test, { type TestContext } from 'node:test';
 import { digestFile, formatChecksumFile, formatManifest, parseManifestDocument } from '../src/packages/index.js';
-import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { startNginx } from './fixtures/nginx.js';
-import { awsEnv, startRadosgw } from './fixtures/radosgw.js';
+import { adminClient, awsEnv, startRadosgw } from './fixtures/radosgw.js';
 import { startSshd } from './fixtures/sshd.js';
 import { copyExampleTree, execFileAsync, pathWithout, ROOT, runCli, tempDir, writeConfig } from './helpers.js';
 
@@ -226,14 +226,7 @@ test('an SSH location is signed on every upload and remove, as ssh-keygen -Y ver
 test('an S3 location is signed on upload, as ssh-keygen -Y verify accepts, a client with trusted_keys installs from it, a packages.json changed there is refused, and with signing_key turned off the next write removes the signature', async (t) => {
   const s3 = await startRadosgw();
   t.after(() => s3.stop());
-  const admin = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKey, secretAccessKey: s3.secretKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const admin = adminClient(s3);
   t.after(() => {
     admin.destroy();
   });

@@ -294,7 +294,10 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
       let message = 'completed successfully';
       try {
         const module = await install('test', name);
-        if (typeof module.run !== 'function') throw new AutotestError('ERR_TEST_MODULE', `test ${name}: its module exports no run function`);
+        if (typeof module.run !== 'function')
+          throw new AutotestError('ERR_TEST_MODULE', `test ${name}: its module exports no run function`, {
+            hint: 'a test module exports an async `run` function (see example/client/tests/); publish the fixed test again',
+          });
         const running = await startProfilers(testDir);
         try {
           const answer = (await withTimeout(Promise.resolve(module.run({ ...args, resultsDir: testDir })), stepTimeout, `test ${name}`)) as
@@ -316,7 +319,10 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
       for (const name of Array.isArray(names) ? names : [names]) {
         try {
           const module = await install('dep', name);
-          if (typeof module.setup !== 'function') throw new AutotestError('ERR_TEST_MODULE', `dep ${name}: its module exports no setup function`);
+          if (typeof module.setup !== 'function')
+            throw new AutotestError('ERR_TEST_MODULE', `dep ${name}: its module exports no setup function`, {
+              hint: 'a dep module exports an async `setup` function (see example/client/deps/); publish the fixed dep again',
+            });
           await withTimeout(
             Promise.resolve(module.setup({ installDir: installFolder(options.install.installDir, 'dep', name) })),
             stepTimeout,
@@ -325,7 +331,10 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
           await status.record('GOOD', '----', `dep.${name}`, 'set up');
         } catch (error) {
           await status.record('ERROR', '----', `dep.${name}`, describeError(error));
-          throw new AutotestError('ERR_DEP_SETUP', `dep ${name} could not be set up: ${describeError(error)}`, { cause: error });
+          throw new AutotestError('ERR_DEP_SETUP', `dep ${name} could not be set up: ${describeError(error)}`, {
+            cause: error,
+            hint: `the job's tests that need ${name} were not run; see the dep's own output above`,
+          });
         }
       }
     },
@@ -353,7 +362,10 @@ export async function runJob(options: JobOptions): Promise<JobReport> {
 async function runControlFile(file: string, job: Job, fetchAhead: (declared: DeclaredPackages) => Promise<void>): Promise<{ status: Status; message: string }> {
   try {
     const control = (await import(pathToFileURL(path.resolve(file)).href)) as { default?: unknown; packages?: unknown };
-    if (typeof control.default !== 'function') throw new AutotestError('ERR_CONTROL_FILE', `${file}: the control file has no default export function`);
+    if (typeof control.default !== 'function')
+      throw new AutotestError('ERR_CONTROL_FILE', `${file}: the control file has no default export function`, {
+        hint: 'a control file is an ES module: `export default async (job) => { ... }` (see example/jobs/)',
+      });
     await fetchAhead(readDeclaredPackages(control.packages, file));
     await (control.default as (job: Job) => unknown)(job);
     return { status: 'GOOD', message: '' };

@@ -18,3 +18,12 @@ export const systemClock: FetchClock = {
   sleep: (ms, signal) => wait(ms, undefined, signal === undefined ? {} : { signal }),
   random: () => Math.random(),
 };
+
+/** The clock of a fetcher's or a front's options: each part given, or the system's. */
+export function clockFrom(given: {
+  now?: (() => number) | undefined;
+  sleep?: FetchClock['sleep'] | undefined;
+  random?: (() => number) | undefined;
+}): FetchClock {
+  return { now: given.now ?? systemClock.now, sleep: given.sleep ?? systemClock.sleep, random: given.random ?? systemClock.random };
+}

@@ -4,7 +4,7 @@ import { indexProblems, type IndexEntry, type RepositoryIndex } from '../package
 import { fetchRepositoryFor, type FetchRepository } from '../repositories/index.js';
 import { Resources } from '../resources.js';
 import type { IndexTrust } from '../signing/index.js';
-import { systemClock, type FetchClock } from './clock.js';
+import { clockFrom, type FetchClock } from './clock.js';
 import { Download, type Downloaded, type DownloadProgress } from './download.js';
 import { AllRepositoriesFailed } from './errors.js';
 import { classifyNetworkError } from '../repositories/read-failure.js';
@@ -71,7 +71,7 @@ export class PackageFetcher {
         hint: 'list your repositories in fetch_location in [PACKAGES], nearest first',
       });
     }
-    const clock: FetchClock = { now: options.now ?? systemClock.now, sleep: options.sleep ?? systemClock.sleep, random: options.random ?? systemClock.random };
+    const clock = clockFrom(options);
     const trust = await openIndexTrust(settings.trust, options.stateDir);
     const health = await RepositoryHealth.open(settings.cooldownMs, options.stateDir, clock.now);
     const resources = options.resources ?? new Resources();

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import type { FetchLocation, FetchSettings, Location } from '../config/index.js';
-import { systemClock, type FetchClock } from '../fetch/clock.js';
+import { clockFrom } from '../fetch/clock.js';
 import { RepositoryHealth } from '../fetch/index.js';
 import type { RepositoryIndex } from '../packages/index.js';
 import { fetchRepositoryFor, type FetchRepository } from '../repositories/index.js';
@@ -227,7 +227,7 @@ class CachingFront implements CacheFront {
 
   constructor(options: CacheFrontOptions) {
     const { store, settings, metrics, log, resources } = options;
-    const clock: FetchClock = { now: options.now ?? systemClock.now, sleep: options.sleep ?? systemClock.sleep, random: options.random ?? systemClock.random };
+    const clock = clockFrom(options);
     const repositoryFor = options.repositoryFor ?? ((location: Location) => fetchRepositoryFor(location, settings, resources));
     // Kept in memory: the front's cool-downs are its own, not those of the installs on its machine.
     const health = RepositoryHealth.open(settings.cooldownMs, undefined, clock.now);

@@ -163,7 +163,10 @@ interface DeclaredUpload {
 function checkDeclaredUpload(request: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply, limit: number): DeclaredUpload {
   const file = checkFileName(request.params.file);
   const parsed = parseFileName(file);
-  if (parsed.type === 'client') throw new AutotestError('ERR_BAD_NAME', `${file}: the client package is published by the packager, not uploaded`);
+  if (parsed.type === 'client')
+    throw new AutotestError('ERR_BAD_NAME', `${file}: the client package is published by the packager, not uploaded`, {
+      hint: 'run autotest packager upload -c on the client tree instead',
+    });
   const declared = Number(request.headers['content-length'] ?? NaN);
   if (Number.isFinite(declared) && declared > limit) {
     reply.header('connection', 'close');
