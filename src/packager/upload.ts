@@ -92,10 +92,15 @@ async function walkSource(source: PackageSource): Promise<Walked | undefined> {
 const POOLED_MAX_BYTES = 32 * 1024 * 1024;
 
 /**
- * Tar files written ahead of the compressors: the main thread writes the next package's tar
- * stream while every compressor is busy, so none waits for it when it finishes.
+ * Packages in flight (walked, their tar written or being written, compressing): one per
+ * compressor and TARS_AHEAD more, so that no compressor waits for the main thread to write
+ * its next tar; beyond that, while all in flight hold less than AHEAD_BYTES, up to
+ * MAX_IN_FLIGHT, so that the small packages at the end queue up at the compressor pool and
+ * go several to a compressor run. Their tar files are what the staging folder holds at once.
  */
 const TARS_AHEAD = 2;
+const AHEAD_BYTES = 8 * 1024 * 1024;
+const MAX_IN_FLIGHT = 64;
 
 interface PackPlan {
   compression: Compression;
@@ -124,9 +129,12 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
   const threads = plan.threadsFor(bytes);
   if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
     const pool = plan.pool;
-    const tar = `${dest}.tar`;
+    // The compressor names its output after the tar file: the tar goes where that is `dest`.
+    if (!dest.endsWith(pool.suffix)) throw new Error(`${dest}: a ${plan.compression} package name ends in ${pool.suffix}`);
+    const tar = dest.slice(0, -pool.suffix.length);
     const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
-    const digests = await compressTarFile(tar, dest, pool);
+    // About its tar stream's size: the files and a header block each.
+    const digests = await compressTarFile(tar, bytes + 512 * entries.length, pool);
     return { fingerprint, sourceDigest, md5: digests.md5, sha256: digests.sha256, size: digests.size };
   }
   const result = await packEntries(entries, dest, plan.compression, { threads });
@@ -253,6 +261,9 @@ async function decide(
   const checks: Promise<void>[] = [];
   try {
     for (const source of sources) {
+      // The walks are synchronous: once a package waits to be packed, the event loop turns
+      // between them, so that its staging folder, its tar file and the compressors get going.
+      if (queue.count > 0) await new Promise((resolve) => setImmediate(resolve));
       const { walked, digest } = await walkAndDigest(source);
       // The walk of a package known unchanged is dropped at once (packing it for a location
       // that lacks it walks again): held until its check, every entry of the tree would be.
@@ -345,49 +356,61 @@ interface PackContext {
 
 /**
  * Packs every package the queue hands out and stages it into the locations. Three stages
- * overlap: the main thread writes tar streams (one at a time, TARS_AHEAD ahead of the
- * compressors), the compressors compress them, and packed packages are hashed and copied to
+ * overlap: the main thread writes tar streams (one at a time, ahead of the compressors: see
+ * TARS_AHEAD), the compressors compress them, and packed packages are hashed and copied to
  * the locations without holding a compressor's turn.
  */
 async function packAndStage(queue: PackQueue, compressors: number, context: PackContext): Promise<void> {
-  const { report, emit, state } = context;
   const staging = pLimit(2 * compressors);
   const stages: Promise<void>[] = [];
-  const packNext = async (): Promise<void> => {
-    for (let item = await queue.next(); item; item = await queue.next()) {
-      const { source, walked } = item;
-      const started = process.hrtime.bigint();
-      let packed = source.fileName;
-      let record: PackRecord;
-      try {
-        const { dir, plan } = await context.workspace();
-        packed = path.join(dir, source.fileName);
-        record = await packSource(source, walked, packed, plan);
-      } catch (error) {
-        const failure = toFailure(error);
-        report.failedPackages.push({ file: source.fileName, ...failure });
-        emit({ type: 'package-failed', file: source.fileName, error: failure.message });
-        continue;
-      }
-      if (source.type !== 'file') state.set(source.fileName, record);
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      // Staging is mostly waiting for the disk (a copy and an fsync per location): it runs
-      // beside the packing, twice as many at once.
-      stages.push(
-        staging(async () => {
-          await context.planned;
-          if (source.type !== 'file') {
-            report.packed.push(source.fileName);
-            emit({ type: 'packed', file: source.fileName, size: record.size, seconds });
-          }
-          await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
-          await rm(packed, { force: true });
-        }),
-      );
-    }
-  };
-  await Promise.all(Array.from({ length: compressors + TARS_AHEAD }, packNext));
+  const inFlight = new Set<Promise<void>>();
+  let bytesInFlight = 0;
+  const hasRoom = (): boolean => inFlight.size < compressors + TARS_AHEAD || (inFlight.size < MAX_IN_FLIGHT && bytesInFlight < AHEAD_BYTES);
+  // One package is asked of the queue at a time, and only with room for it: the queue hands
+  // out the largest it knows at that moment.
+  for (;;) {
+    while (!hasRoom()) await Promise.race(inFlight);
+    const item = await queue.next();
+    if (!item) break;
+    const bytes = item.walked?.bytes ?? 0;
+    bytesInFlight += bytes;
+    const packing: Promise<void> = packOne(item.source, item.walked, context, (stage) => stages.push(staging(stage))).finally(() => {
+      bytesInFlight -= bytes;
+      inFlight.delete(packing);
+    });
+    inFlight.add(packing);
+  }
+  await Promise.all(inFlight);
   await Promise.all(stages);
+}
+
+/** Packs one package; once packed, hands its staging (mostly waiting for the disk: a copy and an fsync per location) to `stage`. Never rejects: a failure is reported. */
+async function packOne(source: PackageSource, walked: Walked | undefined, context: PackContext, stage: (run: () => Promise<void>) => void): Promise<void> {
+  const { report, emit, state } = context;
+  const started = process.hrtime.bigint();
+  let packed = source.fileName;
+  let record: PackRecord;
+  try {
+    const { dir, plan } = await context.workspace();
+    packed = path.join(dir, source.fileName);
+    record = await packSource(source, walked, packed, plan);
+  } catch (error) {
+    const failure = toFailure(error);
+    report.failedPackages.push({ file: source.fileName, ...failure });
+    emit({ type: 'package-failed', file: source.fileName, error: failure.message });
+    return;
+  }
+  if (source.type !== 'file') state.set(source.fileName, record);
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  stage(async () => {
+    await context.planned;
+    if (source.type !== 'file') {
+      report.packed.push(source.fileName);
+      emit({ type: 'packed', file: source.fileName, size: record.size, seconds });
+    }
+    await stageEverywhere(source.fileName, packed, record, context.live, context.staged, emit);
+    await rm(packed, { force: true });
+  });
 }
 
 async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventSink): Promise<void> {

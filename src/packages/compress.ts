@@ -112,6 +112,19 @@ export async function compressorCommand(
 }
 
 /**
+ * The command line that compresses the files named after it, each FILE into FILE + `suffix`
+ * (created, never over an existing file, with FILE's mode), keeping FILE: a run takes several
+ * files at once, one after the other on one thread. The bytes are those of the same compressor
+ * given the file on stdin (checked for lbzip2 and bzip2: a bzip2 stream holds no name or time).
+ */
+export async function fileCompressorCommand(compression: Exclude<Compression, 'gzip'>): Promise<{ command: string; args: string[]; suffix: string }> {
+  if (compression === 'zstd') return { command: await requireTool(['zstd'], compression), args: ['-q', '-T1', '-10'], suffix: '.zst' };
+  const tool = await requireTool(BZIP2_TOOLS, compression);
+  const threads = tool === 'lbzip2' ? ['-n1'] : tool === 'pbzip2' ? ['-p1'] : [];
+  return { command: tool, args: ['-9', ...threads, '-k'], suffix: '.bz2' };
+}
+
+/**
  * A compressor; `threads` caps a parallel bzip2's threads (default: all cores). The packager
  * runs one package per core with one thread each, and gives every core only to a package big
  * enough to be the long pole: threads beyond the cores only cost context switches.

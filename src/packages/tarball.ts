@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { closeSync, createWriteStream, openSync, writeSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { closeSync, createWriteStream, fchmodSync, openSync, writeSync } from 'node:fs';
+import { rm, unlink } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from './compression.js';
 import { createCompressor } from './compress.js';
@@ -72,16 +72,19 @@ export async function packEntries(entries: TreeEntry[], dest: string, compressio
 }
 
 /**
- * Writes the tar stream of `entries` into the new file `tar` (mode 0600) and returns its
- * source digest, hashed on the way: the first half of a pack through a compressor pool.
- * One buffer is filled and written again and again, in 1 MB writes; between them the event
- * loop runs, so the compressors waiting for their next file hear of it at once.
+ * Writes the tar stream of `entries` into the new file `tar` (mode 0644, which the compressor
+ * gives its output; the staging folder is the user's own) and returns its source digest,
+ * hashed on the way: the first half of a pack through a compressor pool. One buffer is filled
+ * and written again and again, in 1 MB writes; between them the event loop runs, so the
+ * compressors waiting for their next file hear of it at once.
  */
 export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<string> {
   const source = createHash('sha256');
   try {
-    const fd = openSync(tar, 'wx', 0o600);
+    const fd = openSync(tar, 'wx', 0o644);
     try {
+      // Whatever the umask: the compressor copies this mode to the tarball it writes.
+      fchmodSync(fd, 0o644);
       for (const chunk of tarChunks(entries, { reuseBuffer: true })) {
         source.update(chunk);
         for (let done = 0; done < chunk.length;) done += writeSync(fd, chunk, done);
@@ -100,18 +103,19 @@ export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<s
 }
 
 /**
- * The second half: `pool` compresses the file `tar` (removed in any case) into `dest`
- * (removed on failure), which is then read once for its digests. For a small package a few
- * page-cache writes and reads cost far less than a process of its own.
+ * The second half: `pool` compresses the file `tar` of `bytes` (removed in any case) into
+ * `tar` + the pool's suffix (removed on failure), which is then read once for its digests.
+ * For a small package a few page-cache writes and reads cost far less than a process of its own.
  */
-export async function compressTarFile(tar: string, dest: string, pool: CompressorPool): Promise<Digests> {
+export async function compressTarFile(tar: string, bytes: number, pool: CompressorPool): Promise<Digests> {
+  const dest = tar + pool.suffix;
   try {
-    await pool.compressFile(tar, dest);
+    await pool.compressFile(tar, bytes);
     return await digestFile(dest);
   } catch (error) {
     await rm(dest, { force: true });
     throw error;
   } finally {
-    await rm(tar, { force: true });
+    await unlink(tar).catch(() => undefined);
   }
 }
