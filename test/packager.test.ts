@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { appendFile, chmod, chown, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile, cp } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { OperationReport } from '../src/packager/index.js';
 import { createLocalTarget, fetchFromLocal } from '../src/repositories/index.js';
 import { isAutotestError } from '../src/errors.js';
-import { checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
+import { CLI, checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
 
 const EXAMPLE_FILES = [
   'client-autotest.tar.bz2',
@@ -248,12 +250,16 @@ test('a local fetch_location copy is verified against its index; a corrupt copy 
   assert.deepEqual(await readdir(path.join(dir, 'cache')), ['test-hello.tar.bz2']);
 });
 
-test('a package that cannot be packed (a symlink leaving it) is reported by name while the others are published', async (t) => {
+test('a package that cannot be packed (a symlink leaving it) is reported by name once, with its hint, while the others are published', async (t) => {
   const { dir, client, config, repos } = await setup(t, ['repo1']);
   await symlink('../../../etc/passwd', path.join(client, 'tests', 'hello', 'passwd'));
   const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
   assert.equal(result.code, 1);
-  assert.match(result.stderr, /failed: test-hello\.tar\.bz2: .*hello\/passwd: symlink to "\.\.\/\.\.\/\.\.\/etc\/passwd" points outside its package/);
+  assert.match(
+    result.stderr,
+    /failed: test-hello\.tar\.bz2: .*hello\/passwd: symlink to "\.\.\/\.\.\/\.\.\/etc\/passwd" points outside its package\n {2}hint: /,
+  );
+  assert.equal(result.stderr.split('\n').filter((line) => line.startsWith('failed: test-hello.tar.bz2')).length, 1, result.stderr);
   assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
 });
 
@@ -285,4 +291,45 @@ test('a compressor that fails on one package fails that package with the tool, i
   assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 5, problems: [] });
   const again = await uploadJson(dir, config, '--all');
   assert.deepEqual(again.packed, ['test-hello.tar.bz2']);
+});
+
+test("a packager killed in the middle of an upload publishes nothing, and the next upload removes its staging folder but not a live packager's", async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const bin = path.join(dir, 'bin');
+  await mkdir(bin);
+  const compressing = path.join(dir, 'compressing');
+  // A compressor that does not finish: the packager is killed while its packages are staged.
+  await writeFile(path.join(bin, 'lbzip2'), `#!/bin/sh\ntouch '${compressing}'\nexec sleep 60\n`, { mode: 0o755 });
+  const cache = path.join(dir, '.cache');
+  const env = { ...process.env, AUTOTEST_CACHE_DIR: cache, AUTOTEST_CONFIG: '', PATH: `${bin}:${process.env.PATH ?? ''}` };
+  const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], { cwd: dir, env, detached: true, stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  for (let i = 0; i < 200 && !(await stat(compressing).catch(() => undefined)); i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
+  // The packager and its compressors, as the OOM killer or a kill -9 of the job would.
+  process.kill(-(child.pid ?? 0), 'SIGKILL');
+  await exited;
+  const stagingRoot = path.join(cache, 'staging');
+  const killed = await readdir(stagingRoot);
+  assert.equal(killed.length, 1, `the killed packager's staging folder is left: ${killed.join(' ')}`);
+  assert.ok(
+    (await readdir(path.join(stagingRoot, killed[0] ?? ''))).some((f) => f.endsWith('.tar')),
+    'with its tar files in it',
+  );
+  assert.deepEqual(
+    (await readdir(repos[0] ?? '')).filter((f) => f.endsWith('.tar.bz2')),
+    [],
+    'nothing was published',
+  );
+
+  // A live packager's folder on this host (this test's own pid), an old unnamed one and a fresh unnamed one.
+  const live = `.tmp.${hostname().replace(/[^A-Za-z0-9-]/g, '_')}.${String(process.pid)}.0a1b2c3d.pack`;
+  await mkdir(path.join(stagingRoot, live));
+  await mkdir(path.join(stagingRoot, 'pack-AbC123'));
+  const twoDaysAgo = new Date(Date.now() - 2 * 24 * 3600 * 1000);
+  await utimes(path.join(stagingRoot, 'pack-AbC123'), twoDaysAgo, twoDaysAgo);
+  await mkdir(path.join(stagingRoot, 'pack-XyZ789'));
+  const again = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
+  assert.equal(again.code, 0, again.stderr);
+  assert.deepEqual((await readdir(stagingRoot)).sort(), [live, 'pack-XyZ789'].sort());
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
 });

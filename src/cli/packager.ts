@@ -17,7 +17,7 @@ import {
   type Selection,
 } from '../packager/index.js';
 import { countOf, EXIT_FAILED, EXIT_OK, formatBytes, type Output } from './output.js';
-import { createProgress } from './progress.js';
+import { createProgress, type Progress } from './progress.js';
 import type { Resources } from '../resources.js';
 import type { Running } from './run.js';
 
@@ -70,11 +70,10 @@ function uploadLocations(flags: PackagerFlags, config: Config): Location[] {
   return locations;
 }
 
-function printOperation(output: Output, report: OperationReport, verb: string): void {
+function printOperation(output: Output, report: OperationReport, verb: string, progress: Progress): void {
   for (const location of report.locations) {
     if (location.error) {
-      output.err(`failed: ${location.location}: ${location.error.message}`);
-      if (location.error.hint) output.err(`  hint: ${location.error.hint}`);
+      progress.failure(`failed: ${location.location}: ${location.error.message}`, location.error.hint);
       continue;
     }
     const parts =
@@ -83,10 +82,7 @@ function printOperation(output: Output, report: OperationReport, verb: string): 
         : [`removed ${location.removed.length}`, `not there ${location.missing.length}`];
     output.out(`${location.location}${location.created ? ' (created)' : ''}: ${parts.join(', ')}`);
   }
-  for (const failed of report.failedPackages) {
-    output.err(`failed: ${failed.file}: ${failed.message}`);
-    if (failed.hint) output.err(`  hint: ${failed.hint}`);
-  }
+  for (const failed of report.failedPackages) progress.failure(`failed: ${failed.file}: ${failed.message}`, failed.hint);
 }
 
 /** Which key of the config (or -r) put a location in the list. */
@@ -184,7 +180,7 @@ export async function runPackager(action: string, flags: PackagerFlags, running:
       });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
-      else printOperation(output, report, 'upload');
+      else printOperation(output, report, 'upload', progress);
       return report.ok ? EXIT_OK : EXIT_FAILED;
     }
     case 'remove': {
@@ -195,7 +191,7 @@ export async function runPackager(action: string, flags: PackagerFlags, running:
       const report = await removePackages({ files, locations, onEvent: progress.onEvent, signing, tls: config.packages.fetch.tls, resources });
       progress.finish();
       if (json) output.out(JSON.stringify(report, null, 2));
-      else printOperation(output, report, 'remove');
+      else printOperation(output, report, 'remove', progress);
       // A name found nowhere is most likely misspelt: that is no success, even if nothing failed.
       const nowhere = files.filter((file) => report.locations.every((l) => !l.error && !l.removed.includes(file)));
       for (const file of nowhere) output.err(`failed: ${file}: in none of the ${countOf(report.locations.length, 'location')} (nothing removed)`);

@@ -2,11 +2,20 @@ import type { DownloadProgress } from '../fetch/index.js';
 import type { PackagerEvent } from '../packager/index.js';
 import { countOf, formatBytes, type Output } from './output.js';
 
+/** Packager events turned into output, and the failures already printed, each with its hint. */
+export interface Progress {
+  onEvent: (event: PackagerEvent) => void;
+  finish: () => void;
+  /** Prints a failure and its hint, unless the same failure was printed already. */
+  failure: (text: string, hint: string | undefined) => void;
+}
+
 /**
  * Turns packager events into output: on a terminal one status line redrawn in place, with
- * failures printed above it; otherwise one plain line per event, for logs and CI.
+ * failures printed above it; otherwise one plain line per event, for logs and CI. A failure
+ * is printed once, live, with its hint; the summary after the run leaves it out.
  */
-export function createProgress(output: Output, enabled: boolean): { onEvent: (event: PackagerEvent) => void; finish: () => void } {
+export function createProgress(output: Output, enabled: boolean): Progress {
   let total = 0;
   let packed = 0;
   let published = 0;
@@ -14,8 +23,9 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
   let copies = 0;
   let unchanged = 0;
   let drawn = false;
+  let finished = false;
   const draw = (): void => {
-    if (!output.isTTY) return;
+    if (!output.isTTY || finished) return;
     process.stderr.write(
       `\r\x1b[Kpacked ${packed.toString()} of ${total.toString()} · published ${published.toString()} of ${Math.max(published, copies - unchanged).toString()}`,
     );
@@ -32,6 +42,13 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
       draw();
     } else if (isError) output.err(text);
     else output.out(text);
+  };
+  const shown = new Set<string>();
+  const failure = (text: string, hint: string | undefined): void => {
+    if (shown.has(text)) return;
+    shown.add(text);
+    line(text, true);
+    if (hint) line(`  hint: ${hint}`, true);
   };
   const onEvent = (event: PackagerEvent): void => {
     if (!enabled) return;
@@ -60,17 +77,21 @@ export function createProgress(output: Output, enabled: boolean): { onEvent: (ev
         line(`removed ${event.file} from ${event.location}`);
         break;
       case 'package-failed':
-        line(`failed: ${event.file}: ${event.error}`, true);
+        failure(`failed: ${event.file}: ${event.error}`, event.hint);
         break;
       case 'location-failed':
-        line(`failed: ${event.location}: ${event.error}`, true);
+        failure(`failed: ${event.location}: ${event.error}`, event.hint);
         break;
       case 'warning':
         line(`warning: ${event.message}`, true);
         break;
     }
   };
-  return { onEvent, finish: clear };
+  const finish = (): void => {
+    clear();
+    finished = true;
+  };
+  return { onEvent, finish, failure };
 }
 
 /** One download's status line: what, from where, how far, how fast. */

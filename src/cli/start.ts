@@ -39,12 +39,12 @@ export async function runStart(flags: StartFlags, running: Running): Promise<num
   progress.finish();
   for (const location of report.locations) {
     if (location.error) {
-      output.err(`failed: ${location.location}: ${location.error.message}`);
+      progress.failure(`failed: ${location.location}: ${location.error.message}`, location.error.hint);
       continue;
     }
     output.out(`repository ${location.location}: ${location.published.length} published, ${location.unchanged.length} unchanged`);
   }
-  for (const failed of report.failedPackages) output.err(`failed: ${failed.file}: ${failed.message}`);
+  for (const failed of report.failedPackages) progress.failure(`failed: ${failed.file}: ${failed.message}`, failed.hint);
   for (const listed of await listLocations(config.packages.uploadLocations, resources, config.packages.fetch.tls)) {
     for (const p of listed.packages) output.out(`  ${p.file.padEnd(40)} ${(p.size === undefined ? '?' : formatBytes(p.size)).padStart(10)}  ${p.md5}`);
   }

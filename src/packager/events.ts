@@ -5,8 +5,8 @@ export type PackagerEvent =
   | { type: 'published'; file: string; location: string; size: number }
   | { type: 'unchanged'; file: string; location: string }
   | { type: 'removed'; file: string; location: string }
-  | { type: 'package-failed'; file: string; error: string }
-  | { type: 'location-failed'; location: string; error: string }
+  | { type: 'package-failed'; file: string; error: string; hint?: string | undefined }
+  | { type: 'location-failed'; location: string; error: string; hint?: string | undefined }
   | { type: 'warning'; message: string };
 
 export type EventSink = (event: PackagerEvent) => void;

@@ -48,7 +48,7 @@ async function removeWith(options: RemoveOptions & { resources: Resources }): Pr
         }
       } catch (error) {
         locationReport.error = toFailure(error);
-        emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
+        emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message, hint: locationReport.error.hint });
       }
     }),
   );

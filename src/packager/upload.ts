@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
@@ -27,6 +27,7 @@ import { emptyLocationReport, type EventSink, type LocationReport, type Operatio
 import { toFailure } from './failure.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
 import { withResources, type Resources } from '../resources.js';
+import { removeDeadTemps, tempPathFor } from '../fs/atomic.js';
 
 export interface UploadOptions {
   clientDir: string;
@@ -176,7 +177,7 @@ async function openLocations(options: UploadOptions & { resources: Resources }, 
         live.push({ target, report: locationReport, index: await target.readIndex() });
       } catch (error) {
         locationReport.error = toFailure(error);
-        emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message });
+        emit({ type: 'location-failed', location: locationReport.location, error: locationReport.error.message, hint: locationReport.error.hint });
       }
     }),
   );
@@ -397,7 +398,7 @@ async function packOne(source: PackageSource, walked: Walked | undefined, contex
   } catch (error) {
     const failure = toFailure(error);
     report.failedPackages.push({ file: source.fileName, ...failure });
-    emit({ type: 'package-failed', file: source.fileName, error: failure.message });
+    emit({ type: 'package-failed', file: source.fileName, error: failure.message, hint: failure.hint });
     return;
   }
   if (source.type !== 'file') state.set(source.fileName, record);
@@ -427,7 +428,7 @@ async function commitEverywhere(live: LiveTarget[], staged: Staged, emit: EventS
       } catch (error) {
         await l.target.discard(adds.map((a) => a.staged));
         l.report.error ??= toFailure(error);
-        emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message });
+        emit({ type: 'location-failed', location: l.target.name, error: l.report.error.message, hint: l.report.error.hint });
       }
     }),
   );
@@ -482,6 +483,29 @@ interface PackEverything extends UploadOptions {
   cores: number;
 }
 
+/** Staging folders of packagers before this naming: `pack-` and six random characters. */
+const OLD_STAGING_NAME = /^pack-[A-Za-z0-9]{6}$/;
+const OLD_STAGING_MAX_AGE_MS = 24 * 3600 * 1000;
+
+/**
+ * Removes the staging folders of packagers that died (killed mid-upload, the machine
+ * rebooted): this host's whose process is gone, other hosts' (a shared home folder) and
+ * unnamed old ones once untouched for a day. Beside the packing, never failing it.
+ */
+async function removeDeadStaging(stagingRoot: string): Promise<void> {
+  try {
+    await removeDeadTemps(stagingRoot);
+    const now = Date.now();
+    for (const name of await readdir(stagingRoot)) {
+      if (!OLD_STAGING_NAME.test(name)) continue;
+      const st = await stat(path.join(stagingRoot, name)).catch(() => undefined);
+      if (st && now - st.mtimeMs > OLD_STAGING_MAX_AGE_MS) await rm(path.join(stagingRoot, name), { recursive: true, force: true });
+    }
+  } catch {
+    // Another packager removing the same folders, or one it cannot read: left for the next run.
+  }
+}
+
 /** Walks, packs and stages at once, then commits to every location. */
 async function packEverything(queue: PackQueue, options: PackEverything): Promise<void> {
   const { live, state, emit, cores } = options;
@@ -490,11 +514,15 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
   // core. Before the walk is over the share is not known: the few packages taken by then get one.
   const threadsFor = (bytes: number): number => (queue.closed && bytes > 0 && bytes * cores >= queue.totalBytes ? cores : 1);
   let opened: Promise<Workspace> | undefined;
+  let cleaning: Promise<void> | undefined;
   const workspace = (): Promise<Workspace> => {
     opened ??= (async () => {
       const stagingRoot = path.join(options.cacheDir ?? cacheDir(), 'staging');
       await mkdir(stagingRoot, { recursive: true });
-      const dir = await mkdtemp(path.join(stagingRoot, 'pack-'));
+      // Named with host and pid, so that the next packager removes it if this one is killed.
+      const dir = tempPathFor(path.join(stagingRoot, 'pack'));
+      await mkdir(dir, { mode: 0o700 });
+      cleaning = removeDeadStaging(stagingRoot);
       const pool = await openPool(options.compression, options.compressors, dir);
       return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: pLimit(1) } };
     })();
@@ -514,6 +542,7 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
       const made = await opened.catch(() => undefined);
       await made?.plan.pool?.close();
       if (made) await rm(made.dir, { recursive: true, force: true });
+      await cleaning;
       await state.save().catch(() => undefined);
     }
   }
