@@ -146,3 +146,58 @@ test('a package packed through the pool under umask 077 is a 0644 tarball that G
   assert.match((await execFileAsync('tar', ['-tjf', tarball])).stdout, /sub\/a\.py/);
   await assert.rejects(stat(tar), { code: 'ENOENT' });
 });
+
+test('LBZIP2, BZIP2 or BZIP options in the environment (-c) change nothing: each file gets its own output and the answers stay in step', async (t) => {
+  const dir = await tempDir(t);
+  const files = await smallFiles(dir, 6);
+  const saved = { LBZIP2: process.env.LBZIP2, BZIP2: process.env.BZIP2, BZIP: process.env.BZIP };
+  for (const name of ['LBZIP2', 'BZIP2', 'BZIP'] as const) process.env[name] = '-c';
+  t.after(() => {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) Reflect.deleteProperty(process.env, name);
+      else process.env[name] = value;
+    }
+  });
+  const pool = await createCompressorPool('bzip2', { size: 1, workDir: dir });
+  const results = await Promise.allSettled(files.map((file) => pool.compressFile(file, 20_000)));
+  await pool.close();
+  const outputs = results.map((result) => {
+    if (result.status === 'rejected') throw result.reason;
+    return result.value;
+  });
+  for (const [i, output] of outputs.entries()) assert.deepEqual(await readFile(output), await aloneBytes(files[i] ?? '', pool.tool));
+});
+
+test('a bzip2 pool whose work folder path is over 1024 characters long still compresses (bzip2 refuses longer file names)', async (t) => {
+  // bzip2 in front of lbzip2, under lbzip2's name: the tool the pool picked is looked up once per process.
+  const { dir, restore } = await loggingCompressor(t, `set -- $(for a; do [ "$a" = -n1 ] || printf '%s\\n' "$a"; done); exec bzip2 "$@"`);
+  t.after(restore);
+  let deep = dir;
+  for (let i = 0; i < 5; i += 1) deep = path.join(deep, 'd'.repeat(220));
+  await mkdir(deep, { recursive: true });
+  const files = await smallFiles(deep, 3);
+  const pool = await createCompressorPool('bzip2', { size: 1, workDir: deep });
+  const results = await Promise.allSettled(files.map((file) => pool.compressFile(file, 20_000)));
+  await pool.close();
+  const outputs = results.map((result) => {
+    if (result.status === 'rejected') throw result.reason;
+    return result.value;
+  });
+  for (const [i, output] of outputs.entries()) assert.deepEqual(await readFile(output), await aloneBytes(files[i] ?? '', 'bzip2'));
+});
+
+test('a zstd pool writes for a file the bytes zstd writes for it on stdin, as a package packed outside the pool gets: the same tree, the same bytes', async (t) => {
+  const dir = await tempDir(t);
+  const files = await smallFiles(dir, 3);
+  const pool = await createCompressorPool('zstd', { size: 1, workDir: dir });
+  const results = await Promise.allSettled(files.map((file) => pool.compressFile(file, 20_000)));
+  await pool.close();
+  const outputs = results.map((result) => {
+    if (result.status === 'rejected') throw result.reason;
+    return result.value;
+  });
+  for (const [i, output] of outputs.entries()) {
+    const { stdout } = await execFileAsync('sh', ['-c', 'zstd -q -c -T0 -10 < "$1"', 'sh', files[i] ?? ''], { encoding: 'buffer' });
+    assert.deepEqual(await readFile(output), stdout, `${output} is what a package packed alone (zstd -c from stdin) gets`);
+  }
+});

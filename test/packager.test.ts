@@ -286,3 +286,20 @@ test('a compressor that fails on one package fails that package with the tool, i
   const again = await uploadJson(dir, config, '--all');
   assert.deepEqual(again.packed, ['test-hello.tar.bz2']);
 });
+
+test('a cache folder whose path holds a newline still packs and publishes every package', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir, env: { AUTOTEST_CACHE_DIR: path.join(dir, 'ca\nche') } });
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
+});
+
+test('a plain file named like a package tar file (-f test-hello.tar) is published beside that package, both whole', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const plain = path.join(dir, 'test-hello.tar');
+  await writeFile(plain, 'x'.repeat(3_000_000));
+  const result = await runCli(['packager', 'upload', '--all', '-f', plain, '--config', config], { cwd: dir });
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(await readFile(path.join(repos[0] ?? '', 'test-hello.tar')), await readFile(plain));
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 7, problems: [] });
+});
