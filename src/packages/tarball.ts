@@ -80,8 +80,9 @@ export async function packEntries(entries: TreeEntry[], dest: string, compressio
  */
 export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<string> {
   const source = createHash('sha256');
+  // A file already there is not ours: refused, never removed.
+  const fd = openSync(tar, 'wx', 0o644);
   try {
-    const fd = openSync(tar, 'wx', 0o644);
     try {
       // Whatever the umask: the compressor copies this mode to the tarball it writes.
       fchmodSync(fd, 0o644);
