@@ -146,3 +146,59 @@ test('a package packed through the pool under umask 077 is a 0644 tarball that G
   assert.match((await execFileAsync('tar', ['-tjf', tarball])).stdout, /sub\/a\.py/);
   await assert.rejects(stat(tar), { code: 'ENOENT' });
 });
+
+test('LBZIP2, BZIP2 or BZIP options in the environment (-c) change nothing: each file gets its own output and the answers stay in step', async (t) => {
+  const dir = await tempDir(t);
+  const files = await smallFiles(dir, 6);
+  const saved = { LBZIP2: process.env.LBZIP2, BZIP2: process.env.BZIP2, BZIP: process.env.BZIP };
+  for (const name of ['LBZIP2', 'BZIP2', 'BZIP'] as const) process.env[name] = '-c';
+  t.after(() => {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) Reflect.deleteProperty(process.env, name);
+      else process.env[name] = value;
+    }
+  });
+  const pool = await createCompressorPool('bzip2', { size: 1, workDir: dir });
+  const results = await Promise.allSettled(files.map((file) => pool.compressFile(file, 20_000)));
+  await pool.close();
+  const outputs = results.map((result) => {
+    if (result.status === 'rejected') throw result.reason;
+    return result.value;
+  });
+  for (const [i, output] of outputs.entries()) assert.deepEqual(await readFile(output), await aloneBytes(files[i] ?? '', pool.tool));
+});
+
+test('a bzip2 pool whose work folder path is over 1024 characters long still compresses (bzip2 refuses longer file names)', async (t) => {
+  // bzip2 in front of lbzip2, under lbzip2's name: the tool the pool picked is looked up once per process.
+  const { dir, restore } = await loggingCompressor(t, `set -- $(for a; do [ "$a" = -n1 ] || printf '%s\\n' "$a"; done); exec bzip2 "$@"`);
+  t.after(restore);
+  let deep = dir;
+  for (let i = 0; i < 5; i += 1) deep = path.join(deep, 'd'.repeat(220));
+  await mkdir(deep, { recursive: true });
+  const files = await smallFiles(deep, 3);
+  const pool = await createCompressorPool('bzip2', { size: 1, workDir: deep });
+  const results = await Promise.allSettled(files.map((file) => pool.compressFile(file, 20_000)));
+  await pool.close();
+  const outputs = results.map((result) => {
+    if (result.status === 'rejected') throw result.reason;
+    return result.value;
+  });
+  for (const [i, output] of outputs.entries()) assert.deepEqual(await readFile(output), await aloneBytes(files[i] ?? '', 'bzip2'));
+});
+
+test('a compressor that exits 0 without writing its output fails the package saying so, and leaves nothing', async (t) => {
+  const { dir, restore } = await loggingCompressor(t, 'exit 0');
+  t.after(restore);
+  const tree = path.join(dir, 'tree');
+  await mkdir(tree);
+  await writeFile(path.join(tree, 'a.py'), 'print(1)\n');
+  const pool = await createCompressorPool('bzip2', { size: 1, workDir: dir });
+  const tar = path.join(dir, 'test-a.tar');
+  await writeTarFile(await walkTree(tree, combineRules()), tar);
+  await assert.rejects(compressTarFile(tar, 1024, pool), /exited 0 but wrote no .*test-a\.tar\.bz2/);
+  await pool.close();
+  assert.deepEqual(
+    (await readdir(dir)).filter((f) => f.startsWith('test-a')),
+    [],
+  );
+});

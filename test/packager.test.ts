@@ -333,3 +333,35 @@ test("a packager killed in the middle of an upload publishes nothing, and the ne
   assert.deepEqual((await readdir(stagingRoot)).sort(), [live, 'pack-XyZ789'].sort());
   assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
 });
+
+test('a cache folder whose path holds a newline still packs and publishes every package', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir, env: { AUTOTEST_CACHE_DIR: path.join(dir, 'ca\nche') } });
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
+});
+
+test('a plain file named like a package tar file (-f test-hello.tar) is published beside that package, both whole', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const plain = path.join(dir, 'test-hello.tar');
+  await writeFile(plain, 'x'.repeat(3_000_000));
+  const result = await runCli(['packager', 'upload', '--all', '-f', plain, '--config', config], { cwd: dir });
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(await readFile(path.join(repos[0] ?? '', 'test-hello.tar')), await readFile(plain));
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 7, problems: [] });
+});
+
+test('with compression zstd a package gets the same bytes packed alone as packed with all the others', async (t) => {
+  const { dir, client, repos } = await setup(t, ['alone', 'all']);
+  const [alone, all] = repos;
+  const configFor = (repo: string | undefined): Promise<string> =>
+    writeConfig(dir, { upload_location: repo ?? '', client_dir: client, minimum_free_space: '0', compression: 'zstd' }, `${path.basename(repo ?? '')}.ini`);
+  const first = await runCli(['packager', 'upload', '-t', 'hello', '--config', await configFor(alone)], { cwd: dir });
+  assert.equal(first.code, 0, first.stderr);
+  const second = await runCli(['packager', 'upload', '--all', '--config', await configFor(all)], {
+    cwd: dir,
+    env: { AUTOTEST_CACHE_DIR: path.join(dir, 'other-cache') },
+  });
+  assert.equal(second.code, 0, second.stderr);
+  assert.deepEqual(await readFile(path.join(all ?? '', 'test-hello.tar.zst')), await readFile(path.join(alone ?? '', 'test-hello.tar.zst')));
+});

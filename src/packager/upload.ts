@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
@@ -128,14 +128,24 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
   const { entries, startedMs, bytes } = walked ?? (await walkSource(source)) ?? { entries: [], startedMs: 0, bytes: 0 };
   const fingerprint = isRacy(entries, startedMs) ? '' : treeFingerprint(entries, `${FORMAT_SALT}:${plan.compression}`);
   const threads = plan.threadsFor(bytes);
-  if (plan.pool && threads === 1 && bytes <= POOLED_MAX_BYTES) {
+  // zstd always goes through the pool: given a file it writes the file's size into the frame
+  // and tunes itself to it, so a package piped to it would get other bytes.
+  if (plan.pool && ((threads === 1 && bytes <= POOLED_MAX_BYTES) || plan.compression === 'zstd')) {
     const pool = plan.pool;
-    // The compressor names its output after the tar file: the tar goes where that is `dest`.
+    // The compressor names its output after the tar file, then renamed `dest`. The tar file's
+    // name starts with a dot, as no package or plain file name does: a plain file published
+    // as `test-x.tar` beside the package test-x is staged as that name.
     if (!dest.endsWith(pool.suffix)) throw new Error(`${dest}: a ${plan.compression} package name ends in ${pool.suffix}`);
-    const tar = dest.slice(0, -pool.suffix.length);
+    const tar = path.join(path.dirname(dest), `.${path.basename(dest, pool.suffix)}`);
     const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
     // About its tar stream's size: the files and a header block each.
     const digests = await compressTarFile(tar, bytes + 512 * entries.length, pool);
+    try {
+      await rename(tar + pool.suffix, dest);
+    } catch (error) {
+      await rm(tar + pool.suffix, { force: true });
+      throw error;
+    }
     return { fingerprint, sourceDigest, md5: digests.md5, sha256: digests.sha256, size: digests.size };
   }
   const result = await packEntries(entries, dest, plan.compression, { threads });

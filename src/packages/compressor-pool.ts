@@ -76,13 +76,19 @@ const RUN_MAX_BYTES = 1024 * 1024;
 const RUN_MAX_FILES = 64;
 
 function startHelper(
+  cwd: string,
   command: string,
   args: string[],
   errFile: string,
   onAnswer: (helper: Helper, line: string) => void,
   onExit: (helper: Helper, why: string) => void,
 ): Helper {
-  const child = spawn('sh', ['-c', HELPER_SCRIPT, 'sh', errFile, command, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // The compressor runs in the work folder, on names relative to it (bzip2 refuses names over
+  // 1024 characters), without the options LBZIP2, BZIP2 and BZIP would add to its own (-c
+  // would write the output into the answers).
+  const env = { ...process.env };
+  for (const name of ['LBZIP2', 'BZIP2', 'BZIP']) Reflect.deleteProperty(env, name);
+  const child = spawn('sh', ['-c', HELPER_SCRIPT, 'sh', errFile, command, ...args], { cwd, env, stdio: ['pipe', 'pipe', 'pipe'] });
   const helper: Helper = { child, errFile, runs: [], stderr: '', exited: Promise.resolve(), dead: false };
   let pending = '';
   child.stdout.setEncoding('utf8');
@@ -135,7 +141,7 @@ function runFailed(command: string, source: string, answer: string): AutotestErr
  */
 export async function createCompressorPool(compression: Exclude<Compression, 'gzip'>, options: { size: number; workDir: string }): Promise<CompressorPool> {
   const { command, args, suffix } = await fileCompressorCommand(compression);
-  return new Pool(command, args, suffix, options.size, options.workDir);
+  return new Pool(command, args, suffix, options.size, path.resolve(options.workDir));
 }
 
 class Pool implements CompressorPool {
@@ -154,8 +160,8 @@ class Pool implements CompressorPool {
 
   async compressFile(source: string, bytes: number): Promise<string> {
     if (this.closed) throw new Error('compressor pool used after close');
-    // Programmer error: our staging paths are absolute and never hold a newline, which would split the request.
-    if (source.includes('\n') || !path.isAbsolute(source)) throw new Error(`not a path the compressor can be sent: ${JSON.stringify(source)}`);
+    // Programmer error: the name sent must not hold a newline, which would split the request.
+    if (!path.isAbsolute(source) || this.nameSent(source).includes('\n')) throw new Error(`not a path the compressor can be sent: ${JSON.stringify(source)}`);
     // The compressor would refuse it too; checked first, what is there is never taken for a partial output and removed.
     const output = source + this.suffix;
     const there = await lstat(output).then(
@@ -184,6 +190,12 @@ class Pool implements CompressorPool {
     await Promise.all(this.helpers.map((helper) => rm(helper.errFile, { force: true })));
   }
 
+  /** The name the helper, in the work folder, is sent for `source`: `./` and the name inside the work folder, or the absolute path. */
+  private nameSent(source: string): string {
+    const inside = path.relative(this.workDir, source);
+    return inside === '' || inside.startsWith('..') || path.isAbsolute(inside) ? source : `./${inside}`;
+  }
+
   /** Sends queued files to every helper with room, starting helpers up to the pool's size. */
   private dispatch(): void {
     for (let i = this.helpers.length - 1; i >= 0; i -= 1) if (this.helpers[i]?.dead === true) this.helpers.splice(i, 1);
@@ -192,7 +204,7 @@ class Pool implements CompressorPool {
       if (!helper) return;
       const run = this.takeRun();
       helper.runs.push(run);
-      helper.child.stdin.write(`${String(run.length)}\n${run.map((job) => `${job.source}\n`).join('')}`);
+      helper.child.stdin.write(`${String(run.length)}\n${run.map((job) => `${this.nameSent(job.source)}\n`).join('')}`);
     }
   }
 
@@ -204,6 +216,7 @@ class Pool implements CompressorPool {
     if (this.helpers.length < this.size) {
       this.started += 1;
       const helper = startHelper(
+        this.workDir,
         this.tool,
         this.args,
         path.join(this.workDir, `compressor-${String(this.started)}.err`),

@@ -3,6 +3,7 @@ import { closeSync, createWriteStream, fchmodSync, openSync, writeSync } from 'n
 import { rm, unlink } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from './compression.js';
+import { AutotestError, errnoCode } from '../errors.js';
 import { createCompressor } from './compress.js';
 import type { CompressorPool } from './compressor-pool.js';
 import { DigestStream, digestFile, type Digests } from './digest.js';
@@ -80,8 +81,9 @@ export async function packEntries(entries: TreeEntry[], dest: string, compressio
  */
 export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<string> {
   const source = createHash('sha256');
+  // A file already there is not ours: refused, never removed.
+  const fd = openSync(tar, 'wx', 0o644);
   try {
-    const fd = openSync(tar, 'wx', 0o644);
     try {
       // Whatever the umask: the compressor copies this mode to the tarball it writes.
       fchmodSync(fd, 0o644);
@@ -111,7 +113,10 @@ export async function compressTarFile(tar: string, bytes: number, pool: Compress
   const dest = tar + pool.suffix;
   try {
     await pool.compressFile(tar, bytes);
-    return await digestFile(dest);
+    return await digestFile(dest).catch((error: unknown) => {
+      if (errnoCode(error) !== 'ENOENT') throw error;
+      throw new AutotestError('ERR_TOOL', `${pool.tool} exited 0 but wrote no ${dest}`, { hint: `check the ${pool.tool} found first on PATH`, cause: error });
+    });
   } catch (error) {
     await rm(dest, { force: true });
     throw error;
