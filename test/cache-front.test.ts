@@ -17,7 +17,7 @@ import type { FetchSettings, Location } from '../src/config/index.js';
 import { FetchFailure } from '../src/fetch/index.js';
 import { CHECKSUM_FILE, MANIFEST_FILE, formatChecksumFile, formatManifest, type IndexEntry, type RepositoryIndex } from '../src/packages/index.js';
 import { notFound } from '../src/repositories/read-index.js';
-import type { FetchRepository, Opened } from '../src/repositories/types.js';
+import type { FetchRepository, Opened, Revalidated } from '../src/repositories/types.js';
 import { Resources } from '../src/resources.js';
 import { createCacheFront, type CachedRepository, type CacheFront } from '../src/server/cache.js';
 import { openCacheStore } from '../src/server/cache-store.js';
@@ -92,6 +92,21 @@ class MemoryUpstream implements FetchRepository {
   }
 }
 
+/**
+ * An upstream that revalidates as nginx does: its ETag is the file's mtime in seconds and its
+ * size, so an index rewritten within the same second at the same size keeps its ETag.
+ */
+class SameSecondUpstream extends MemoryUpstream {
+  async readIfChanged(file: string, etag: string | undefined, timeoutMs: number): Promise<Revalidated> {
+    const opened = await this.open(file, 0, timeoutMs);
+    const chunks: Buffer[] = [];
+    for await (const chunk of opened.stream) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks);
+    const now = `"6565a4c0-${body.length.toString(16)}"`;
+    return now === etag ? { unchanged: true } : { unchanged: false, stream: Readable.from([body]), etag: now };
+  }
+}
+
 /** A clock the test moves; pauses between tries are noted and pass at once. */
 function testClock(): { now: () => number; advance: (ms: number) => void; sleep: (ms: number) => Promise<void>; random: () => number; pauses: number[] } {
   let time = 1_700_000_000_000;
@@ -123,13 +138,18 @@ interface Lab {
 }
 
 /** A front over upstream doubles named `names`, each holding FILE. */
-async function lab(t: TestContext, names: string[], settings: Partial<FetchSettings> = {}): Promise<Lab> {
+async function lab(
+  t: TestContext,
+  names: string[],
+  settings: Partial<FetchSettings> = {},
+  Upstream: new (name: string, log: Log) => MemoryUpstream = MemoryUpstream,
+): Promise<Lab> {
   const dir = await tempDir(t, 'autotest-cache-front-');
   const log: Log = [];
   const clock = testClock();
   const metrics = createMetrics().cache;
   const logger = pino({ level: 'silent' });
-  const upstreams = new Map(names.map((name) => [name, new MemoryUpstream(name, log)]));
+  const upstreams = new Map(names.map((name) => [name, new Upstream(name, log)]));
   for (const upstream of upstreams.values()) upstream.packages.set(FILE, BODY);
   const resources = new Resources();
   const front = createCacheFront({
@@ -385,4 +405,16 @@ test('samples its traffic on the clock it is given', async (t) => {
     [started, started + 90_000],
   );
   assert.equal(samples.at(-1)?.upstream, BODY.length);
+});
+
+test('after a publish through this server, the index is read whole, not revalidated: nginx keeps the ETag of an index rewritten in the same second at the same size', async (t) => {
+  const { upstreams, served } = await lab(t, ['mirror'], {}, SameSecondUpstream);
+  const repository = served(['mirror'], 60_000);
+  assert.equal((await repository.readIndex()).get(FILE)?.md5, entryOf(FILE, BODY).md5);
+  // Republished with other bytes of the same length: packages.checksum keeps its size, and so its ETag.
+  const republished = Buffer.from(BODY.toString('utf8').replace('the bytes', 'THE BYTES'));
+  assert.equal(republished.length, BODY.length);
+  upstreams.get('mirror')?.packages.set(FILE, republished);
+  repository.invalidate();
+  assert.equal((await repository.readIndex()).get(FILE)?.md5, entryOf(FILE, republished).md5, 'the new index is served, not the one the ETag still names');
 });

@@ -11,6 +11,7 @@ import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config/index.js';
 import { formatChecksumFile, formatManifest, type RepositoryIndex } from '../src/packages/index.js';
 import { buildServer } from '../src/server/index.js';
+import { isAutotestError } from '../src/errors.js';
 import { startNginx } from './fixtures/nginx.js';
 import { CLI, generateTree, mountTmpfs, runCli, tempDir, writeConfig } from './helpers.js';
 
@@ -506,4 +507,16 @@ test('answers 404 for a package its index names but no upstream has, 504 when th
   const list = await get(`${orphan}/api/packages`);
   assert.equal(list.status, 502, list.body.toString());
   assert.equal((JSON.parse(list.body.toString()) as { error: string }).error, 'ERR_FETCH');
+});
+
+test('a cache_dir under a file stops the server at start with an error naming cache_dir, the path and why', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(path.join(dir, 'a-file'), 'not a folder');
+  const upstream = await startUpstream(t, publish({ 'test-a.tar.bz2': Buffer.from('a') }));
+  await assert.rejects(startFront(t, dir, upstream.url, { cache_dir: path.join(dir, 'a-file', 'cache') }), (error: unknown) => {
+    assert.ok(isAutotestError(error, 'ERR_CONFIG'), String(error));
+    assert.match(error.message, /\[SERVER\] cache_dir .*a-file\/cache: cannot be made a folder \(ENOTDIR\)/);
+    assert.match(error.hint ?? '', /cache_dir/);
+    return true;
+  });
 });

@@ -123,6 +123,12 @@ test('refuses a bad value with file, line, section, key and what is allowed', as
     [{ fetch_timeout: '3000000' }, /\[PACKAGES\] fetch_timeout = "3000000": allowed is a number >= 0\.01 and <= 2147483/],
     [{ fetch_connect_timeout: '1e9' }, /fetch_connect_timeout = "1e9": allowed is .* <= 2147483/],
     [{ fetch_cooldown: '99999999' }, /fetch_cooldown = "99999999": allowed is .* <= 2147483/],
+    // Python's int() and float() read decimals only; JavaScript's Number() would take these.
+    [{ minimum_free_space: '0x10' }, /minimum_free_space = "0x10": allowed is a number >= 0/],
+    [{ fetch_retries: '0b11' }, /fetch_retries = "0b11": allowed is an integer/],
+    [{ client_cache_size: 'Infinity' }, /client_cache_size = "Infinity": allowed is a number >= 0/],
+    // A size too large to count in bytes: 1e300 GB would be Infinity.
+    [{ minimum_free_space: '1e300' }, /minimum_free_space = "1e300": allowed is a number >= 0 and <= 9007199/],
   ];
   for (const [keys, message] of cases) {
     const file = await writeConfig(dir, keys);

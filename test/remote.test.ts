@@ -98,11 +98,11 @@ test('an SSH location short of minimum_free_space is refused before anything is 
   const config = await writeConfig(dir, {
     upload_location: `ssh://${server.alias}${remoteDir}`,
     client_dir: await copyExampleTree(dir),
-    minimum_free_space: '1000000000',
+    minimum_free_space: '9000000',
   });
   const upload = await cli(['packager', 'upload', '--all', '--config', config], dir, server);
   assert.equal(upload.code, 1);
-  assert.match(upload.stderr, /GB free, 1000000000\.000 GB needed/);
+  assert.match(upload.stderr, /GB free, 9000000\.000 GB needed/);
   assert.deepEqual(await readdir(remoteDir), [], 'nothing was sent');
 });
 

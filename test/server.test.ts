@@ -428,6 +428,14 @@ test('a valid custom test is published to every custom location, one of them ove
     assert.equal(await exists(path.join(folder, 'test-mine.tar.bz2')), false);
     assert.doesNotMatch(await readFile(path.join(folder, 'packages.checksum'), 'utf8'), /test-mine/);
   }
+  // Deleted already: no location holds it any more, which is a 404 listing it missing everywhere.
+  const again = await request(site.url, '/api/custom/test-mine.tar.bz2', { method: 'DELETE', headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal(again.status, 404, again.body.toString());
+  const body = JSON.parse(again.body.toString()) as { locations: { missing: string[] }[] };
+  assert.deepEqual(
+    body.locations.map((l) => l.missing),
+    [['test-mine.tar.bz2'], ['test-mine.tar.bz2']],
+  );
 });
 
 test('a client that disconnects in the middle of an upload leaves nothing behind', async (t) => {

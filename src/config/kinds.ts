@@ -40,15 +40,22 @@ interface NumberRule {
   scale?: number;
 }
 
+/**
+ * A decimal number as Python's int() and float() read it (`10`, `+2.5`, `1e3`, `.5`): not
+ * JavaScript's hex, octal or binary (`0x10` is no number to Autotest's ConfigParser).
+ */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
 function numberKind(rule: NumberRule): ValueKind<number> {
+  // Unbounded kinds stop where the value, in its unit, can still be counted exactly.
+  const max = rule.max ?? Math.floor(Number.MAX_SAFE_INTEGER / (rule.scale ?? 1));
   const allowed = `${rule.integer ? 'an integer' : 'a number'} >= ${rule.min}${rule.max === undefined ? '' : ` and <= ${rule.max}`}`;
   return {
     allowed,
     parse(text) {
       const n = Number(text);
-      if (text === '' || !Number.isFinite(n) || n < rule.min || (rule.max !== undefined && n > rule.max) || (rule.integer === true && !Number.isInteger(n))) {
-        throw new ValueFault();
-      }
+      if (!DECIMAL.test(text) || n < rule.min || (rule.integer === true && !Number.isInteger(n))) throw new ValueFault();
+      if (n > max) throw new ValueFault(undefined, `${allowed} and <= ${String(max)}`);
       return rule.scale === undefined ? n : Math.round(n * rule.scale);
     },
   };

@@ -115,6 +115,11 @@ async function readUpstreamIndex(
   return { files, unchanged };
 }
 
+/** `files` as read, without the ETags to revalidate them with. */
+function withoutEtags(files: Map<string, IndexFile> | undefined): Map<string, IndexFile> | undefined {
+  return files && new Map([...files].map(([name, file]) => [name, { ...file, etag: undefined }]));
+}
+
 /** The last good index written by an earlier run, for an outage that starts before any upstream answered. */
 async function loadKeptIndex(dir: string, upstreams: readonly FetchLocation[]): Promise<IndexState | undefined> {
   try {
@@ -232,7 +237,12 @@ export class UpstreamIndex {
   private async readFrom(location: Location, generation: number): Promise<IndexState> {
     const label = describeLocation(location);
     const previous = this.state !== undefined && describeLocation(this.state.source) === label ? this.state : undefined;
-    const { files, unchanged } = await readUpstreamIndex(this.context.repositoryFor(location), previous?.files, this.context);
+    // After an invalidate() (a publish through this server) an ETag is not to be trusted: nginx's
+    // is the file's mtime in seconds and its size, the same for an index rewritten within that
+    // second at the same size. Such a read takes the files whole.
+    const trustEtags = generation <= this.stateGeneration;
+    const before = trustEtags ? previous?.files : withoutEtags(previous?.files);
+    const { files, unchanged } = await readUpstreamIndex(this.context.repositoryFor(location), before, this.context);
     const unchangedIndex = unchanged ? previous?.index : undefined;
     const index = unchangedIndex ?? indexOf(files, label);
     if (generation < this.stateGeneration && this.state) return this.state;

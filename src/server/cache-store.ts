@@ -1,6 +1,7 @@
 import { mkdir, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
+import { AutotestError, describeError, errnoCode } from '../errors.js';
 import { isTempName, tempPathFor } from '../fs/atomic.js';
 import type { IndexEntry } from '../packages/index.js';
 import type { CacheMetrics } from './metrics.js';
@@ -63,8 +64,15 @@ export interface CacheStoreOptions {
 
 export async function openCacheStore(options: CacheStoreOptions): Promise<CacheStore> {
   const contentDir = path.join(options.dir, 'content');
-  await mkdir(contentDir, { recursive: true });
-  await mkdir(path.join(options.dir, 'index'), { recursive: true });
+  try {
+    await mkdir(contentDir, { recursive: true });
+    await mkdir(path.join(options.dir, 'index'), { recursive: true });
+  } catch (error) {
+    throw new AutotestError('ERR_CONFIG', `[SERVER] cache_dir ${options.dir}: cannot be made a folder (${errnoCode(error) ?? describeError(error)})`, {
+      hint: 'point cache_dir at a folder the server may create and write to',
+      cause: error,
+    });
+  }
   const entries = new Map<string, Entry>();
   let bytes = 0;
   let clock = 0;

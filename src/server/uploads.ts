@@ -346,7 +346,9 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       }).finally(() => {
         settings.published(settings.locations);
       });
-      return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
+      // A file no location holds is not there to delete: 404, as `packager remove` fails on it.
+      const nowhere = report.ok && report.locations.every((l) => !l.removed.includes(file));
+      return await reply.code(nowhere ? 404 : reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
       if (!isAutotestError(error)) throw error;
       return await replyError(reply, error);
