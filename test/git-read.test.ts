@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { parseFetchLocation, type FetchSettings } from '../src/config/index.js';
@@ -86,5 +87,25 @@ test('a git location whose branch starts with "-" is refused before git could ta
     url: 'git://127.0.0.1:9/repo',
     branch: 'release-2',
     text: 'git://127.0.0.1:9/repo:release-2',
+  });
+});
+
+test('a git server over ssh that accepts but never answers fails within fetch_connect_timeout and puts the repository in cool-down, long before fetch_timeout', async (t) => {
+  // A TCP listener that says nothing: ssh waits for its banner.
+  const sockets = new Set<net.Socket>();
+  const silent = net.createServer((socket) => sockets.add(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    silent.close();
+  });
+  const { port } = silent.address() as net.AddressInfo;
+  const url = `ssh://git@127.0.0.1:${String(port)}/srv/repo.git`;
+  const repository = gitRepository({ kind: 'git', url, branch: undefined, text: url }, { ...SETTINGS, connectTimeoutMs: 1000, timeoutMs: 120_000 });
+  await assert.rejects(repository.readIndex(), (error: unknown) => {
+    const failure = failureOf(error);
+    assert.equal(failure.timedOut, false, `not the fetch_timeout of 120 s: ${failure.message}`);
+    assert.equal(failure.down, true, `a host that does not answer goes into cool-down: ${failure.message}`);
+    return true;
   });
 });

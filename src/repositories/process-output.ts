@@ -11,6 +11,12 @@ export interface ProcessOutcome {
   endOnSuccess?: boolean;
   /** The exit status that means "no such file" (a fixed script's own), if the command has one. */
   notFoundExit?: number;
+  /**
+   * Besides ssh's 255, an exit status the command gives for a connection that failed among
+   * other fatal errors (git's 128): taking fetch_connect_timeout or longer, it puts the
+   * repository in cool-down, as a host that does not answer.
+   */
+  fatalExit?: number;
 }
 
 /**
@@ -50,6 +56,9 @@ export function watchProcess(child: ChildProcess, output: PassThrough, what: str
       const slow = performance.now() - started >= settings.connectTimeoutMs;
       output.destroy(new FetchFailure(`${what}: cannot connect${why ? `: ${why}` : ''}`, { transient: false, down: slow }));
     } else if (outcome.notFoundExit !== undefined && code === outcome.notFoundExit) output.destroy(notFound(what));
-    else output.destroy(new FetchFailure(`${what}: ${why || `exit code ${String(code)}`}`, { transient: true, down: false }));
+    else {
+      const slow = code === outcome.fatalExit && performance.now() - started >= settings.connectTimeoutMs;
+      output.destroy(new FetchFailure(`${what}: ${why || `exit code ${String(code)}`}`, { transient: true, down: slow }));
+    }
   });
 }

@@ -15,6 +15,23 @@ const INDEX_PATHSPEC = ':(glob)packages.*';
 /** The files of that archive that are read: a packages.json.bak or packages.tar the glob also brings are not. */
 const INDEX_FILES: ReadonlySet<string> = new Set([CHECKSUM_FILE, MANIFEST_FILE, SIGNATURE_FILE]);
 
+/** What git exits with for any fatal error: a server it cannot reach, a refused key, a missing repository. */
+const GIT_FATAL_EXIT = 128;
+
+/**
+ * git's environment: over ssh, fetch_connect_timeout bounds the connection and its handshake
+ * (ssh's ConnectTimeout) and no password is asked for (BatchMode); never a prompt on a
+ * terminal. A GIT_SSH_COMMAND or GIT_SSH of the user's own is left as it is. git:// has no
+ * connect time limit of its own: fetch_timeout bounds it.
+ */
+function gitEnvironment(settings: FetchSettings): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, GIT_TERMINAL_PROMPT: '0' };
+  if (env.GIT_SSH_COMMAND === undefined && env.GIT_SSH === undefined) {
+    env.GIT_SSH_COMMAND = `ssh -o ConnectTimeout=${String(Math.max(1, Math.ceil(settings.connectTimeoutMs / 1000)))} -o BatchMode=yes`;
+  }
+  return env;
+}
+
 /**
  * A git repository read with `git archive --remote`, which answers with a tar. git tells a
  * missing path only in words, so the index files are asked for by one pattern (whichever of
@@ -31,10 +48,13 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
    * watchProcess then fails `out` with git's words quoted.
    */
   const archive = (pathspec: string, what: string, timeoutMs: number, complete: () => void): { tar: tar.Extract; out: PassThrough } => {
-    const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', pathspec], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', pathspec], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: gitEnvironment(settings),
+    });
     const extract = tar.extract();
     const out = new PassThrough();
-    watchProcess(child, out, what, { ...settings, timeoutMs });
+    watchProcess(child, out, what, { ...settings, timeoutMs }, { fatalExit: GIT_FATAL_EXIT });
     let waitingFor = 2;
     const oneDone = (): void => {
       waitingFor -= 1;
