@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import net from 'node:net';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { parseFetchLocation, type FetchSettings } from '../src/config/index.js';
@@ -106,6 +107,39 @@ test('a git server over ssh that accepts but never answers fails within fetch_co
     const failure = failureOf(error);
     assert.equal(failure.timedOut, false, `not the fetch_timeout of 120 s: ${failure.message}`);
     assert.equal(failure.down, true, `a host that does not answer goes into cool-down: ${failure.message}`);
+    return true;
+  });
+});
+
+test("git's own ssh command (core.sshCommand of ~/.gitconfig: a key, a port, a proxy) is the one git runs, not replaced by the ConnectTimeout one", async (t) => {
+  const dir = await tempDir(t);
+  const called = path.join(dir, 'called');
+  const ownSsh = path.join(dir, 'own-ssh');
+  await writeFile(ownSsh, `#!/bin/sh\necho "$@" > '${called}'\nexit 255\n`, { mode: 0o755 });
+  const gitconfig = path.join(dir, 'gitconfig');
+  await writeFile(gitconfig, `[core]\n\tsshCommand = ${ownSsh}\n`);
+  const saved = { ...process.env };
+  process.env.GIT_CONFIG_GLOBAL = gitconfig;
+  delete process.env.GIT_SSH_COMMAND;
+  delete process.env.GIT_SSH;
+  t.after(() => {
+    process.env = saved;
+  });
+  await assert.rejects(repositoryAt('ssh://git@127.0.0.1:9/srv/repo.git').readIndex());
+  assert.match(await readFile(called, 'utf8').catch(() => 'never called'), /127\.0\.0\.1/, "core.sshCommand of the user's git config ran");
+});
+
+test('a file the git repository does not have is no outage: however long git took to say so, the repository is not put in cool-down', async (t) => {
+  const base = await tempDir(t);
+  await makeGitRepository(path.join(base, 'links.git'), { 'packages.checksum': `${'0'.repeat(32)}  ${PACKAGE}\n` });
+  const daemon = await startGitDaemon(base);
+  t.after(() => daemon.stop());
+  const url = daemon.url('links.git');
+  // fetch_connect_timeout at its least (0.01 s): a server on a slow link is in the same place at 5 s.
+  const repository = gitRepository({ kind: 'git', url, branch: undefined, text: url }, { ...SETTINGS, connectTimeoutMs: 10 });
+  await assert.rejects((async () => (await repository.open(PACKAGE, 0, SETTINGS.timeoutMs)).stream.resume())(), (error: unknown) => {
+    assert.match(failureOf(error).message, /did not match any files/);
+    assert.equal(failureOf(error).down, false, 'a repository that answered is up');
     return true;
   });
 });

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import tar from 'tar-stream';
 import type { FetchSettings, Location } from '../../config/index.js';
@@ -18,15 +18,36 @@ const INDEX_FILES: ReadonlySet<string> = new Set([CHECKSUM_FILE, MANIFEST_FILE, 
 /** What git exits with for any fatal error: a server it cannot reach, a refused key, a missing repository. */
 const GIT_FATAL_EXIT = 128;
 
+/** Per folder and git environment: whether git's config (~/.gitconfig, /etc/gitconfig, the folder's repository) names an ssh command. */
+const configuredSsh = new Map<string, Promise<boolean>>();
+
+function hasConfiguredSshCommand(): Promise<boolean> {
+  const key = JSON.stringify([
+    process.cwd(),
+    ...Object.entries(process.env).filter(([name]) => name.startsWith('GIT_') || name === 'HOME' || name === 'XDG_CONFIG_HOME'),
+  ]);
+  let known = configuredSsh.get(key);
+  if (!known) {
+    known = new Promise((resolve) => {
+      execFile('git', ['config', '--get', 'core.sshCommand'], (error, stdout) => {
+        resolve(!error && stdout.trim() !== '');
+      });
+    });
+    configuredSsh.set(key, known);
+  }
+  return known;
+}
+
 /**
  * git's environment: over ssh, fetch_connect_timeout bounds the connection and its handshake
  * (ssh's ConnectTimeout) and no password is asked for (BatchMode); never a prompt on a
- * terminal. A GIT_SSH_COMMAND or GIT_SSH of the user's own is left as it is. git:// has no
+ * terminal. An ssh command of the user's own (GIT_SSH_COMMAND, GIT_SSH, or core.sshCommand
+ * in git's config, which GIT_SSH_COMMAND would override) is left as it is. git:// has no
  * connect time limit of its own: fetch_timeout bounds it.
  */
-function gitEnvironment(settings: FetchSettings): NodeJS.ProcessEnv {
+async function gitEnvironment(settings: FetchSettings): Promise<NodeJS.ProcessEnv> {
   const env: NodeJS.ProcessEnv = { ...process.env, GIT_TERMINAL_PROMPT: '0' };
-  if (env.GIT_SSH_COMMAND === undefined && env.GIT_SSH === undefined) {
+  if (env.GIT_SSH_COMMAND === undefined && env.GIT_SSH === undefined && !(await hasConfiguredSshCommand())) {
     env.GIT_SSH_COMMAND = `ssh -o ConnectTimeout=${String(Math.max(1, Math.ceil(settings.connectTimeoutMs / 1000)))} -o BatchMode=yes`;
   }
   return env;
@@ -48,23 +69,24 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
    * watchProcess then fails `out` with git's words quoted.
    */
   const archive = (pathspec: string, what: string, timeoutMs: number, complete: () => void): { tar: tar.Extract; out: PassThrough } => {
-    const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', pathspec], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: gitEnvironment(settings),
-    });
     const extract = tar.extract();
     const out = new PassThrough();
-    watchProcess(child, out, what, { ...settings, timeoutMs }, { fatalExit: GIT_FATAL_EXIT });
-    let waitingFor = 2;
-    const oneDone = (): void => {
-      waitingFor -= 1;
-      if (waitingFor === 0 && !out.destroyed) complete();
+    const start = (env: NodeJS.ProcessEnv): void => {
+      if (out.destroyed) return;
+      const child = spawn('git', ['archive', `--remote=${location.url}`, ref, '--', pathspec], { stdio: ['ignore', 'pipe', 'pipe'], env });
+      watchProcess(child, out, what, { ...settings, timeoutMs }, { fatalExit: GIT_FATAL_EXIT });
+      let waitingFor = 2;
+      const oneDone = (): void => {
+        waitingFor -= 1;
+        if (waitingFor === 0 && !out.destroyed) complete();
+      };
+      void whenClosed(child).then(({ code }) => {
+        if (code === 0) oneDone();
+      });
+      extract.on('finish', oneDone);
+      child.stdout.pipe(extract);
     };
-    void whenClosed(child).then(({ code }) => {
-      if (code === 0) oneDone();
-    });
-    extract.on('finish', oneDone);
-    child.stdout.pipe(extract);
+    void gitEnvironment(settings).then(start);
     extract.on('error', (error) => out.destroy(new FetchFailure(`${what}: git sent a bad archive (${error.message})`, { transient: true, down: false })));
     return { tar: extract, out };
   };
