@@ -1051,3 +1051,17 @@ test('every route answers a failure with the status its code has in the one tabl
   assert.match(body.message, /kernel\.img: X-Checksum-Md5 must be 32 lowercase hex digits/);
   assert.deepEqual(await readdir(site.custom).catch(() => []), []);
 });
+
+test('a DELETE of a file no custom location holds is a 404 error answer as every route gives (ERR_NOT_FOUND, a message naming the file), with where it was missing', async (t) => {
+  const site = await startSite(t);
+  const answer = await request(site.url, '/api/custom/test-never.tar.bz2', { method: 'DELETE', headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal(answer.status, 404, answer.body.toString());
+  const body = JSON.parse(answer.body.toString()) as { error: string; message: string; ok: boolean; locations: { missing: string[] }[] };
+  assert.equal(body.error, 'ERR_NOT_FOUND');
+  assert.match(body.message, /test-never\.tar\.bz2: in none of the 1 custom location/);
+  assert.equal(body.ok, false, 'nothing was deleted');
+  assert.deepEqual(
+    body.locations.map((l) => l.missing),
+    [['test-never.tar.bz2']],
+  );
+});

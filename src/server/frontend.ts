@@ -240,7 +240,8 @@ for (const button of document.querySelectorAll('button.delete')) {
     const file = button.dataset.file;
     if (!confirm('Delete ' + file + ' from every custom location?')) return;
     const answer = await fetch('/api/custom/' + encodeURIComponent(file), { method: 'DELETE', headers: { Authorization: 'Bearer ' + token() } });
-    if (answer.ok) location.reload();
+    // 404: deleted meanwhile (another tab, upkeep): the list is out of date.
+    if (answer.ok || answer.status === 404) location.reload();
     else status.textContent = 'delete failed (' + answer.status + '): ' + ((await answer.json().catch(() => ({}))).message || '');
   });
 }

@@ -346,9 +346,15 @@ export function registerUploads(app: FastifyInstance, settings: UploadSettings, 
       }).finally(() => {
         settings.published(settings.locations);
       });
-      // A file no location holds is not there to delete: 404, as `packager remove` fails on it.
+      // A file no location holds is not there to delete: 404, as `packager remove` fails on it,
+      // with the error body every failure has (the page shows its message), and where it was missing.
       const nowhere = report.ok && report.locations.every((l) => !l.removed.includes(file));
-      return await reply.code(nowhere ? 404 : reportStatus(report)).send({ file, ...(summary(report) as object) });
+      if (nowhere) {
+        const count = report.locations.length;
+        const error = new AutotestError('ERR_NOT_FOUND', `${file}: in none of the ${String(count)} custom location${count === 1 ? '' : 's'} (nothing removed)`);
+        return await reply.code(httpStatusOf(error.code)).send({ file, ...(summary(report) as object), ok: false, ...errorBody(error) });
+      }
+      return await reply.code(reportStatus(report)).send({ file, ...(summary(report) as object) });
     } catch (error) {
       if (!isAutotestError(error)) throw error;
       return await replyError(reply, error);
