@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { appendFile, chmod, chown, mkdir, readFile, readdir, rm, stat, symlink, utimes, writeFile, cp } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
-import { hostname } from 'node:os';
+import { hostname, uptime } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { OperationReport } from '../src/packager/index.js';
@@ -364,4 +364,20 @@ test('with compression zstd a package gets the same bytes packed alone as packed
   });
   assert.equal(second.code, 0, second.stderr);
   assert.deepEqual(await readFile(path.join(all ?? '', 'test-hello.tar.zst')), await readFile(path.join(alone ?? '', 'test-hello.tar.zst')));
+});
+
+test("a staging folder this host's packager left before the machine rebooted is removed by the next upload, even when its pid now belongs to another process", async (t) => {
+  const { dir, config } = await setup(t, ['repo1']);
+  const cache = path.join(dir, '.cache');
+  const stagingRoot = path.join(cache, 'staging');
+  await mkdir(stagingRoot, { recursive: true });
+  // pid 1 is alive on every machine: after a reboot, the dead packager's pid is as likely taken.
+  const beforeBoot = `.tmp.${hostname().replace(/[^A-Za-z0-9-]/g, '_')}.1.0a1b2c3d.pack`;
+  await mkdir(path.join(stagingRoot, beforeBoot));
+  await writeFile(path.join(stagingRoot, beforeBoot, 'test-hello.tar'), 'staged before the reboot');
+  const lastBoot = new Date(Date.now() - uptime() * 1000 - 3600 * 1000);
+  await utimes(path.join(stagingRoot, beforeBoot), lastBoot, lastBoot);
+  const upload = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
+  assert.equal(upload.code, 0, upload.stderr);
+  assert.deepEqual(await readdir(stagingRoot), []);
 });

@@ -81,6 +81,11 @@ export function isDeadTemp(name: string, mtimeMs: number | undefined): boolean {
   return mtimeMs !== undefined && Date.now() - mtimeMs > FOREIGN_TEMP_MAX_AGE_MS;
 }
 
+/** Whether a temp name was made on this host (whatever its process). */
+export function isThisHostTemp(name: string): boolean {
+  return isTempName(name) && name.slice(TEMP_PREFIX.length).split('.')[0] === hostTag();
+}
+
 /** Removes temp files left by writers that died (see isDeadTemp); returns the names removed. */
 export async function removeDeadTemps(dir: string): Promise<string[]> {
   const removed: string[] = [];

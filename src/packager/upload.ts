@@ -1,7 +1,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, uptime } from 'node:os';
 import path from 'node:path';
 import pLimit, { type LimitFunction } from 'p-limit';
 import type { Compression, FetchTls, Location } from '../config/index.js';
@@ -27,7 +27,7 @@ import { emptyLocationReport, type EventSink, type LocationReport, type Operatio
 import { toFailure } from './failure.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
 import { withResources, type Resources } from '../resources.js';
-import { removeDeadTemps, tempPathFor } from '../fs/atomic.js';
+import { isThisHostTemp, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
 
 export interface UploadOptions {
   clientDir: string;
@@ -497,19 +497,27 @@ interface PackEverything extends UploadOptions {
 const OLD_STAGING_NAME = /^pack-[A-Za-z0-9]{6}$/;
 const OLD_STAGING_MAX_AGE_MS = 24 * 3600 * 1000;
 
+/** How far the clock may have been set back since the boot (NTP stepping it) before a folder is taken for older than the boot. */
+const BOOT_CLOCK_SLACK_MS = 10 * 60 * 1000;
+
 /**
  * Removes the staging folders of packagers that died (killed mid-upload, the machine
- * rebooted): this host's whose process is gone, other hosts' (a shared home folder) and
+ * rebooted): this host's whose process is gone or that were last written before the boot
+ * (their pid may be another process's since), other hosts' (a shared home folder) and
  * unnamed old ones once untouched for a day. Beside the packing, never failing it.
  */
 async function removeDeadStaging(stagingRoot: string): Promise<void> {
   try {
     await removeDeadTemps(stagingRoot);
     const now = Date.now();
+    const bootedAt = now - uptime() * 1000;
     for (const name of await readdir(stagingRoot)) {
-      if (!OLD_STAGING_NAME.test(name)) continue;
-      const st = await stat(path.join(stagingRoot, name)).catch(() => undefined);
-      if (st && now - st.mtimeMs > OLD_STAGING_MAX_AGE_MS) await rm(path.join(stagingRoot, name), { recursive: true, force: true });
+      const beforeBoot = isThisHostTemp(name);
+      if (!beforeBoot && !OLD_STAGING_NAME.test(name)) continue;
+      const st = await lstat(path.join(stagingRoot, name)).catch(() => undefined);
+      if (!st) continue;
+      if (beforeBoot ? st.mtimeMs < bootedAt - BOOT_CLOCK_SLACK_MS : now - st.mtimeMs > OLD_STAGING_MAX_AGE_MS)
+        await rm(path.join(stagingRoot, name), { recursive: true, force: true });
     }
   } catch {
     // Another packager removing the same folders, or one it cannot read: left for the next run.
