@@ -381,3 +381,35 @@ test("a staging folder this host's packager left before the machine rebooted is 
   assert.equal(upload.code, 0, upload.stderr);
   assert.deepEqual(await readdir(stagingRoot), []);
 });
+
+test("a dead packager's staging folder that cannot be removed (immutable here, another user's in a shared cache) does not stop the removal of the others", async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const stagingRoot = path.join(dir, '.cache', 'staging');
+  await mkdir(stagingRoot, { recursive: true });
+  const finished = spawn('true');
+  await new Promise((resolve) => finished.once('exit', resolve));
+  const host = hostname().replace(/[^A-Za-z0-9-]/g, '_');
+  const dead = (i: number): string => `.tmp.${host}.${String(finished.pid)}.${i.toString(16).padStart(8, '0')}.pack`;
+  // Five that cannot be removed, made first and named to be listed first, then twenty that can.
+  const stuck = [0, 1, 2, 3, 4].map((i) => path.join(stagingRoot, dead(i), 'x.tar'));
+  for (const file of stuck) {
+    await mkdirReturning(path.dirname(file));
+    await writeFile(file, 'x');
+    await execFileAsync('chattr', ['+i', file]);
+  }
+  for (let i = 100; i < 120; i += 1) await writeFile(path.join(await mkdirReturning(path.join(stagingRoot, dead(i))), 'x.tar'), 'x');
+  try {
+    const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual((await readdir(stagingRoot)).sort(), stuck.map((file) => path.basename(path.dirname(file))).sort());
+    assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
+  } finally {
+    // Before the test's folder is removed.
+    for (const file of stuck) await execFileAsync('chattr', ['-i', file]);
+  }
+});
+
+async function mkdirReturning(folder: string): Promise<string> {
+  await mkdir(folder);
+  return folder;
+}

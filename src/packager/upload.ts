@@ -27,7 +27,7 @@ import { emptyLocationReport, type EventSink, type LocationReport, type Operatio
 import { toFailure } from './failure.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
 import { withResources, type Resources } from '../resources.js';
-import { isThisHostTemp, removeDeadTemps, tempPathFor } from '../fs/atomic.js';
+import { isDeadTemp, isTempName, isThisHostTemp, tempPathFor } from '../fs/atomic.js';
 
 export interface UploadOptions {
   clientDir: string;
@@ -507,20 +507,20 @@ const BOOT_CLOCK_SLACK_MS = 10 * 60 * 1000;
  * unnamed old ones once untouched for a day. Beside the packing, never failing it.
  */
 async function removeDeadStaging(stagingRoot: string): Promise<void> {
-  try {
-    await removeDeadTemps(stagingRoot);
-    const now = Date.now();
-    const bootedAt = now - uptime() * 1000;
-    for (const name of await readdir(stagingRoot)) {
-      const beforeBoot = isThisHostTemp(name);
-      if (!beforeBoot && !OLD_STAGING_NAME.test(name)) continue;
-      const st = await lstat(path.join(stagingRoot, name)).catch(() => undefined);
-      if (!st) continue;
-      if (beforeBoot ? st.mtimeMs < bootedAt - BOOT_CLOCK_SLACK_MS : now - st.mtimeMs > OLD_STAGING_MAX_AGE_MS)
-        await rm(path.join(stagingRoot, name), { recursive: true, force: true });
+  const now = Date.now();
+  const bootedAt = now - uptime() * 1000;
+  for (const name of await readdir(stagingRoot).catch(() => [])) {
+    const temp = isTempName(name);
+    if (!temp && !OLD_STAGING_NAME.test(name)) continue;
+    try {
+      const st = await lstat(path.join(stagingRoot, name));
+      const beforeBoot = isThisHostTemp(name) && st.mtimeMs < bootedAt - BOOT_CLOCK_SLACK_MS;
+      const dead = temp ? isDeadTemp(name, st.mtimeMs) || beforeBoot : now - st.mtimeMs > OLD_STAGING_MAX_AGE_MS;
+      if (dead) await rm(path.join(stagingRoot, name), { recursive: true, force: true });
+    } catch {
+      // Gone meanwhile (another packager removing it), or one this user may not remove (a
+      // cache shared with other users): the next folder all the same.
     }
-  } catch {
-    // Another packager removing the same folders, or one it cannot read: left for the next run.
   }
 }
 
