@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import type { OperationReport } from '../src/packager/index.js';
 import { createLocalTarget, fetchFromLocal } from '../src/repositories/index.js';
 import { isAutotestError } from '../src/errors.js';
+import { hostTag } from '../src/fs/atomic.js';
 import { CLI, checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
 
 const EXAMPLE_FILES = [
@@ -322,7 +323,7 @@ test("a packager killed in the middle of an upload publishes nothing, and the ne
   );
 
   // A live packager's folder on this host (this test's own pid), an old unnamed one and a fresh unnamed one.
-  const live = `.tmp.${hostname().replace(/[^A-Za-z0-9-]/g, '_')}.${String(process.pid)}.0a1b2c3d.pack`;
+  const live = `.tmp.${hostTag()}.${String(process.pid)}.0a1b2c3d.pack`;
   await mkdir(path.join(stagingRoot, live));
   await mkdir(path.join(stagingRoot, 'pack-AbC123'));
   const twoDaysAgo = new Date(Date.now() - 2 * 24 * 3600 * 1000);
@@ -371,7 +372,8 @@ test("a staging folder this host's packager left before the machine rebooted is 
   const cache = path.join(dir, '.cache');
   const stagingRoot = path.join(cache, 'staging');
   await mkdir(stagingRoot, { recursive: true });
-  // pid 1 is alive on every machine: after a reboot, the dead packager's pid is as likely taken.
+  // Named with the host name alone, as before runtime ids; pid 1 is alive on every machine:
+  // after a reboot, the dead packager's pid is as likely taken.
   const beforeBoot = `.tmp.${hostname().replace(/[^A-Za-z0-9-]/g, '_')}.1.0a1b2c3d.pack`;
   await mkdir(path.join(stagingRoot, beforeBoot));
   await writeFile(path.join(stagingRoot, beforeBoot, 'test-hello.tar'), 'staged before the reboot');
@@ -388,7 +390,7 @@ test("a dead packager's staging folder that cannot be removed (immutable here, a
   await mkdir(stagingRoot, { recursive: true });
   const finished = spawn('true');
   await new Promise((resolve) => finished.once('exit', resolve));
-  const host = hostname().replace(/[^A-Za-z0-9-]/g, '_');
+  const host = hostTag();
   const dead = (i: number): string => `.tmp.${host}.${String(finished.pid)}.${i.toString(16).padStart(8, '0')}.pack`;
   // Five that cannot be removed, made first and named to be listed first, then twenty that can.
   const stuck = [0, 1, 2, 3, 4].map((i) => path.join(stagingRoot, dead(i), 'x.tar'));
@@ -413,3 +415,36 @@ async function mkdirReturning(folder: string): Promise<string> {
   await mkdir(folder);
   return folder;
 }
+
+test('a packager in another PID namespace of the same host (a container sharing the cache) keeps its staging folder while another packager cleans up', async (t) => {
+  const { dir, config, repos } = await setup(t, ['repo1']);
+  const bin = path.join(dir, 'bin');
+  await mkdir(bin);
+  const compressing = path.join(dir, 'compressing');
+  await writeFile(path.join(bin, 'lbzip2'), `#!/bin/sh\ntouch '${compressing}'\nexec sleep 60\n`, { mode: 0o755 });
+  const cache = path.join(dir, '.cache');
+  const env = { ...process.env, AUTOTEST_CACHE_DIR: cache, AUTOTEST_CONFIG: '', PATH: `${bin}:${process.env.PATH ?? ''}` };
+  // Pids count from 1 in a new namespace: 3,000 processes first give the packager one that
+  // names no live process out here, as a container's packager's pid would.
+  const inside = ['--pid', '--fork', '--kill-child', 'sh', '-c', 'i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i + 1)); done; exec "$@"', 'sh'];
+  const contained = spawn('unshare', [...inside, process.execPath, CLI, 'packager', 'upload', '--all', '--config', config], {
+    cwd: dir,
+    env,
+    detached: true,
+    stdio: 'ignore',
+  });
+  const exited = new Promise((resolve) => contained.once('exit', resolve));
+  t.after(async () => {
+    process.kill(-(contained.pid ?? 0), 'SIGKILL');
+    await exited;
+  });
+  for (let i = 0; i < 600 && !(await stat(compressing).catch(() => undefined)); i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
+  const stagingRoot = path.join(cache, 'staging');
+  const theirs = await readdir(stagingRoot);
+  assert.equal(theirs.length, 1, theirs.join(' '));
+  assert.notEqual(theirs[0]?.split('.')[2], hostTag(), 'another PID namespace names its temps apart');
+  const again = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir, env: { AUTOTEST_CACHE_DIR: cache } });
+  assert.equal(again.code, 0, again.stderr);
+  assert.ok((await readdir(stagingRoot)).includes(theirs[0] ?? ''), "the contained packager's staging folder is still there");
+  assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
+});

@@ -1,4 +1,5 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
@@ -6,8 +7,34 @@ import { errnoCode } from '../errors.js';
 
 const TEMP_PREFIX = '.tmp.';
 
-function hostTag(): string {
+function hostName(): string {
   return hostname().replace(/[^A-Za-z0-9-]/g, '_');
+}
+
+let runtime: string | undefined;
+
+/**
+ * This kernel's boot and PID namespace, hashed: a pid says whether its writer lives only to
+ * a reader that shares both. Two machines of one host name (VMs cloned from one image), or
+ * two containers, writing to one shared folder get different tags; so does a host once it
+ * has rebooted. Empty where /proc does not tell (the host name alone then).
+ */
+function runtimeId(): string {
+  if (runtime === undefined) {
+    try {
+      const seed = `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${readlinkSync('/proc/self/ns/pid')}`;
+      runtime = createHash('sha256').update(seed).digest('hex').slice(0, 8);
+    } catch {
+      runtime = '';
+    }
+  }
+  return runtime;
+}
+
+/** The writer part of this process's temp names: host name, and `~` and the runtime id. */
+export function hostTag(): string {
+  const id = runtimeId();
+  return id === '' ? hostName() : `${hostName()}~${id}`;
 }
 
 /** The longest file name Linux file systems take (NAME_MAX, bytes). */
@@ -70,8 +97,9 @@ function pidIsAlive(pid: number): boolean {
 const FOREIGN_TEMP_MAX_AGE_MS = 24 * 3600 * 1000;
 
 /**
- * Whether a temp file was left by a writer that died: this host's whose process is gone,
- * other hosts' (shared folders, remote locations) once untouched for a day.
+ * Whether a temp file was left by a writer that died: one of this host, boot and PID
+ * namespace whose process is gone; any other's (other hosts, containers, boots: shared
+ * folders, remote locations) once untouched for a day.
  */
 export function isDeadTemp(name: string, mtimeMs: number | undefined): boolean {
   if (!isTempName(name)) return false;
@@ -81,9 +109,12 @@ export function isDeadTemp(name: string, mtimeMs: number | undefined): boolean {
   return mtimeMs !== undefined && Date.now() - mtimeMs > FOREIGN_TEMP_MAX_AGE_MS;
 }
 
-/** Whether a temp name was made on this host (whatever its process). */
+/**
+ * Whether a temp name carries this host name alone, as names made before the runtime id did:
+ * this host's, before some reboot, or another machine's of the same name.
+ */
 export function isThisHostTemp(name: string): boolean {
-  return isTempName(name) && name.slice(TEMP_PREFIX.length).split('.')[0] === hostTag();
+  return isTempName(name) && name.slice(TEMP_PREFIX.length).split('.')[0] === hostName();
 }
 
 /** Removes temp files left by writers that died (see isDeadTemp); returns the names removed. */

@@ -502,9 +502,11 @@ const BOOT_CLOCK_SLACK_MS = 10 * 60 * 1000;
 
 /**
  * Removes the staging folders of packagers that died (killed mid-upload, the machine
- * rebooted): this host's whose process is gone or that were last written before the boot
- * (their pid may be another process's since), other hosts' (a shared home folder) and
- * unnamed old ones once untouched for a day. Beside the packing, never failing it.
+ * rebooted): those of this host, boot and PID namespace whose process is gone; those named
+ * with this host name alone (before runtime ids) last written before the boot, whatever
+ * their pid has become since; any other's (other machines on a shared home folder, other
+ * containers, earlier boots) and unnamed old ones once untouched for a day. Beside the
+ * packing, never failing it.
  */
 async function removeDeadStaging(stagingRoot: string): Promise<void> {
   const now = Date.now();
