@@ -296,13 +296,8 @@ test('a compressor that fails on one package fails that package with the tool, i
 
 test("a packager killed in the middle of an upload publishes nothing, and the next upload removes its staging folder but not a live packager's", async (t) => {
   const { dir, config, repos } = await setup(t, ['repo1']);
-  const bin = path.join(dir, 'bin');
-  await mkdir(bin);
-  const compressing = path.join(dir, 'compressing');
   // A compressor that does not finish: the packager is killed while its packages are staged.
-  await writeFile(path.join(bin, 'lbzip2'), `#!/bin/sh\ntouch '${compressing}'\nexec sleep 60\n`, { mode: 0o755 });
-  const cache = path.join(dir, '.cache');
-  const env = { ...process.env, AUTOTEST_CACHE_DIR: cache, AUTOTEST_CONFIG: '', PATH: `${bin}:${process.env.PATH ?? ''}` };
+  const { compressing, cache, env } = await stuckCompressor(dir);
   const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], { cwd: dir, env, detached: true, stdio: 'ignore' });
   const exited = new Promise((resolve) => child.once('exit', resolve));
   for (let i = 0; i < 200 && !(await stat(compressing).catch(() => undefined)); i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
@@ -418,12 +413,7 @@ async function mkdirReturning(folder: string): Promise<string> {
 
 test('a packager in another PID namespace of the same host (a container sharing the cache) keeps its staging folder while another packager cleans up', async (t) => {
   const { dir, config, repos } = await setup(t, ['repo1']);
-  const bin = path.join(dir, 'bin');
-  await mkdir(bin);
-  const compressing = path.join(dir, 'compressing');
-  await writeFile(path.join(bin, 'lbzip2'), `#!/bin/sh\ntouch '${compressing}'\nexec sleep 60\n`, { mode: 0o755 });
-  const cache = path.join(dir, '.cache');
-  const env = { ...process.env, AUTOTEST_CACHE_DIR: cache, AUTOTEST_CONFIG: '', PATH: `${bin}:${process.env.PATH ?? ''}` };
+  const { compressing, cache, env } = await stuckCompressor(dir);
   // Pids count from 1 in a new namespace: 3,000 processes first give the packager one that
   // names no live process out here, as a container's packager's pid would.
   const inside = ['--pid', '--fork', '--kill-child', 'sh', '-c', 'i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i + 1)); done; exec "$@"', 'sh'];
@@ -448,3 +438,16 @@ test('a packager in another PID namespace of the same host (a container sharing 
   assert.ok((await readdir(stagingRoot)).includes(theirs[0] ?? ''), "the contained packager's staging folder is still there");
   assert.deepEqual(await checkConsistency(repos[0] ?? ''), { entries: 6, problems: [] });
 });
+
+/**
+ * An lbzip2 on PATH that never finishes (it touches `compressing` when it starts), and the
+ * environment of a packager run that finds it, with its cache folder.
+ */
+async function stuckCompressor(dir: string): Promise<{ compressing: string; cache: string; env: NodeJS.ProcessEnv }> {
+  const bin = path.join(dir, 'bin');
+  await mkdir(bin);
+  const compressing = path.join(dir, 'compressing');
+  await writeFile(path.join(bin, 'lbzip2'), `#!/bin/sh\ntouch '${compressing}'\nexec sleep 60\n`, { mode: 0o755 });
+  const cache = path.join(dir, '.cache');
+  return { compressing, cache, env: { ...process.env, AUTOTEST_CACHE_DIR: cache, AUTOTEST_CONFIG: '', PATH: `${bin}:${process.env.PATH ?? ''}` } };
+}
