@@ -138,7 +138,7 @@ test('a package packed through the pool under umask 077 is a 0644 tarball that G
   const pool = await createCompressorPool('bzip2', { size: 1, workDir: dir });
   const tar = path.join(dir, 'test-a.tar');
   await writeTarFile(await walkTree(tree, combineRules()), tar);
-  const digests = await compressTarFile(tar, 1024, pool);
+  const digests = await compressTarFile(tar, 1024, pool, `${tar}.bz2`);
   await pool.close();
   const tarball = `${tar}.bz2`;
   assert.equal((await stat(tarball)).mode & 0o777, 0o644);
@@ -195,7 +195,7 @@ test('a compressor that exits 0 without writing its output fails the package say
   const pool = await createCompressorPool('bzip2', { size: 1, workDir: dir });
   const tar = path.join(dir, 'test-a.tar');
   await writeTarFile(await walkTree(tree, combineRules()), tar);
-  await assert.rejects(compressTarFile(tar, 1024, pool), /exited 0 but wrote no .*test-a\.tar\.bz2/);
+  await assert.rejects(compressTarFile(tar, 1024, pool, `${tar}.bz2`), /exited 0 but wrote no .*test-a\.tar\.bz2/);
   await pool.close();
   assert.deepEqual(
     (await readdir(dir)).filter((f) => f.startsWith('test-a')),

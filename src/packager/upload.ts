@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { availableParallelism, uptime } from 'node:os';
 import path from 'node:path';
@@ -139,13 +139,7 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
     const tar = path.join(path.dirname(dest), `.${path.basename(dest, pool.suffix)}`);
     const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
     // About its tar stream's size: the files and a header block each.
-    const digests = await compressTarFile(tar, bytes + 512 * entries.length, pool);
-    try {
-      await rename(tar + pool.suffix, dest);
-    } catch (error) {
-      await rm(tar + pool.suffix, { force: true });
-      throw error;
-    }
+    const digests = await compressTarFile(tar, bytes + 512 * entries.length, pool, dest);
     return { fingerprint, sourceDigest, md5: digests.md5, sha256: digests.sha256, size: digests.size };
   }
   const result = await packEntries(entries, dest, plan.compression, { threads });

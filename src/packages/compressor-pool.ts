@@ -168,7 +168,11 @@ class Pool implements CompressorPool {
       () => true,
       (error: unknown) => errnoCode(error) !== 'ENOENT',
     );
-    if (there) throw new AutotestError('ERR_TOOL', `${output} is there already: the compressor writes only new files`);
+    if (there) {
+      throw new AutotestError('ERR_TOOL', `${output} is there already: the compressor writes only new files`, {
+        hint: 'remove it if nothing else is writing there, and run again',
+      });
+    }
     return new Promise((resolve, reject) => {
       this.queued.push({
         source,

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, createWriteStream, fchmodSync, openSync, writeSync } from 'node:fs';
-import { rm, unlink } from 'node:fs/promises';
+import { rename, rm, unlink } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Compression } from './compression.js';
 import { AutotestError, errnoCode } from '../errors.js';
@@ -105,22 +105,28 @@ export async function writeTarFile(entries: TreeEntry[], tar: string): Promise<s
 }
 
 /**
- * The second half: `pool` compresses the file `tar` of `bytes` (removed in any case) into
- * `tar` + the pool's suffix (removed on failure), which is then read once for its digests.
- * For a small package a few page-cache writes and reads cost far less than a process of its own.
+ * The second half: `pool` compresses the file `tar` of `bytes` (removed in any case); its
+ * output, read once for its digests, is renamed `dest`. For a small package a few page-cache
+ * writes and reads cost far less than a process of its own. The pool leaves nothing of a
+ * failed output (and never touches a file it refused as already there); an output that
+ * fails here is removed.
  */
-export async function compressTarFile(tar: string, bytes: number, pool: CompressorPool): Promise<Digests> {
-  const dest = tar + pool.suffix;
+export async function compressTarFile(tar: string, bytes: number, pool: CompressorPool, dest: string): Promise<Digests> {
+  let output: string;
   try {
-    await pool.compressFile(tar, bytes);
-    return await digestFile(dest).catch((error: unknown) => {
-      if (errnoCode(error) !== 'ENOENT') throw error;
-      throw new AutotestError('ERR_TOOL', `${pool.tool} exited 0 but wrote no ${dest}`, { hint: `check the ${pool.tool} found first on PATH`, cause: error });
-    });
-  } catch (error) {
-    await rm(dest, { force: true });
-    throw error;
+    output = await pool.compressFile(tar, bytes);
   } finally {
     await unlink(tar).catch(() => undefined);
+  }
+  try {
+    const digests = await digestFile(output).catch((error: unknown) => {
+      if (errnoCode(error) !== 'ENOENT') throw error;
+      throw new AutotestError('ERR_TOOL', `${pool.tool} exited 0 but wrote no ${output}`, { hint: `check the ${pool.tool} found first on PATH`, cause: error });
+    });
+    await rename(output, dest);
+    return digests;
+  } catch (error) {
+    await rm(output, { force: true });
+    throw error;
   }
 }
