@@ -17,3 +17,6 @@ npx esbuild src/cli/main.ts src/fetch/hash-worker.ts \
   --platform=node --target=node20 --format=esm --log-level=warning \
   --banner:js="import { createRequire as __autotestRequire } from 'node:module'; const require = __autotestRequire(import.meta.url);" \
   --sourcemap --outdir=dist/src/cli --entry-names='[name]' --chunk-names='bundle-[hash]'
+# The package's bin: executable of its own, so `npx autotest` runs it even where npm does not
+# set the mode itself (a clone made again at a path npm has run it from before).
+chmod +x dist/src/cli/main.js
