@@ -202,3 +202,25 @@ test('a compressor that exits 0 without writing its output fails the package say
     [],
   );
 });
+
+/** The pool's helper shells that are children of this process. */
+async function helperShells(): Promise<number> {
+  const { stdout } = await execFileAsync('ps', ['--ppid', String(process.pid), '-o', 'args=']);
+  return stdout.split('\n').filter((line) => line.includes('read -r count')).length;
+}
+
+test('a pool started ahead has all its helpers running before the first file, and compresses with them', async (t) => {
+  const dir = await tempDir(t);
+  const [file] = await smallFiles(dir, 1);
+  const pool = await createCompressorPool('bzip2', { size: 2, workDir: dir });
+  assert.equal(await helperShells(), 0, 'no helper before start');
+  pool.start();
+  assert.equal(await helperShells(), 2);
+  assert.equal(await pool.compressFile(file ?? '', 20_000), `${file ?? ''}.bz2`);
+  assert.equal(await helperShells(), 2, 'no helper more for the file');
+  await pool.close();
+  assert.equal(await helperShells(), 0);
+  assert.throws(() => {
+    pool.start();
+  }, /after close/);
+});

@@ -95,9 +95,10 @@ const POOLED_MAX_BYTES = 32 * 1024 * 1024;
 /**
  * Packages in flight (walked, their tar written or being written, compressing): one per
  * compressor and TARS_AHEAD more, so that no compressor waits for the main thread to write
- * its next tar; beyond that, while all in flight hold less than AHEAD_BYTES, up to
- * MAX_IN_FLIGHT, so that the small packages at the end queue up at the compressor pool and
- * go several to a compressor run. Their tar files are what the staging folder holds at once.
+ * its next tar; beyond that, while all in flight hold less than AHEAD_BYTES per compressor,
+ * up to MAX_IN_FLIGHT, so that packages queue up at the compressor pool and go several to a
+ * compressor run (two runs of up to 4 MB held by each compressor's helper). Their tar files
+ * are what the staging folder holds at once.
  */
 const TARS_AHEAD = 2;
 const AHEAD_BYTES = 8 * 1024 * 1024;
@@ -370,7 +371,7 @@ async function packAndStage(queue: PackQueue, compressors: number, context: Pack
   const stages: Promise<void>[] = [];
   const inFlight = new Set<Promise<void>>();
   let bytesInFlight = 0;
-  const hasRoom = (): boolean => inFlight.size < compressors + TARS_AHEAD || (inFlight.size < MAX_IN_FLIGHT && bytesInFlight < AHEAD_BYTES);
+  const hasRoom = (): boolean => inFlight.size < compressors + TARS_AHEAD || (inFlight.size < MAX_IN_FLIGHT && bytesInFlight < AHEAD_BYTES * compressors);
   // One package is asked of the queue at a time, and only with room for it: the queue hands
   // out the largest it knows at that moment.
   for (;;) {
@@ -538,6 +539,7 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
       await mkdir(dir, { mode: 0o700 });
       cleaning = removeDeadStaging(stagingRoot);
       const pool = await openPool(options.compression, options.compressors, dir);
+      pool?.start();
       return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: pLimit(1) } };
     })();
     return opened;

@@ -43,6 +43,8 @@ export interface CompressorPool {
    * created (never over an existing file) with the source's mode; resolves to that path.
    */
   compressFile(source: string, bytes: number): Promise<string>;
+  /** Starts every helper now, so that their start overlaps the writing of the first tar files rather than follows it. */
+  start(): void;
   /** Ends the helpers once their work is done. */
   close(): Promise<void>;
 }
@@ -71,8 +73,13 @@ interface Helper {
  * first ends, without waiting for the event loop to hear of it and answer.
  */
 const RUNS_PER_HELPER = 2;
-/** A run takes queued files up to this many tar bytes (about 50 ms of one core), so that no core waits long at the end. */
-const RUN_MAX_BYTES = 1024 * 1024;
+/**
+ * A run takes queued files up to this many tar bytes (about 0.2 s of one core) and a fair share
+ * of what is queued, so that no core waits long at the end. Between two runs a helper's core
+ * idles for the compressor's exit and the next one's start, about 3 ms: at 1 MB a run, on a
+ * real-shaped tree, that was 5% of the cores' time.
+ */
+const RUN_MAX_BYTES = 4 * 1024 * 1024;
 const RUN_MAX_FILES = 64;
 
 function startHelper(
@@ -217,24 +224,31 @@ class Pool implements CompressorPool {
     let best: Helper | undefined;
     for (const helper of this.helpers) if (!best || helper.runs.length < best.runs.length) best = helper;
     if (best?.runs.length === 0) return best;
-    if (this.helpers.length < this.size) {
-      this.started += 1;
-      const helper = startHelper(
-        this.workDir,
-        this.tool,
-        this.args,
-        path.join(this.workDir, `compressor-${String(this.started)}.err`),
-        (h, line) => {
-          this.answered(h, line);
-        },
-        (h, why) => {
-          this.lost(h, why);
-        },
-      );
-      this.helpers.push(helper);
-      return helper;
-    }
+    if (this.helpers.length < this.size) return this.newHelper();
     return best && best.runs.length < RUNS_PER_HELPER ? best : undefined;
+  }
+
+  start(): void {
+    if (this.closed) throw new Error('compressor pool started after close');
+    while (this.helpers.length < this.size) this.newHelper();
+  }
+
+  private newHelper(): Helper {
+    this.started += 1;
+    const helper = startHelper(
+      this.workDir,
+      this.tool,
+      this.args,
+      path.join(this.workDir, `compressor-${String(this.started)}.err`),
+      (h, line) => {
+        this.answered(h, line);
+      },
+      (h, why) => {
+        this.lost(h, why);
+      },
+    );
+    this.helpers.push(helper);
+    return helper;
   }
 
   /** The next file, with the small ones queued behind it up to the run's bounds and a fair share of the queue's bytes. */

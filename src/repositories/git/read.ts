@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
-import tar from 'tar-stream';
+import type tar from 'tar-stream';
 import type { FetchSettings, Location } from '../../config/index.js';
 import { describeLocation } from '../../config/index.js';
 import { FetchFailure } from '../read-failure.js';
@@ -68,8 +68,11 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
    * reach, and a path that matches nothing, by exiting non-zero after an empty archive, and
    * watchProcess then fails `out` with git's words quoted.
    */
-  const archive = (pathspec: string, what: string, timeoutMs: number, complete: () => void): { tar: tar.Extract; out: PassThrough } => {
-    const extract = tar.extract();
+  const archive = async (pathspec: string, what: string, timeoutMs: number, complete: () => void): Promise<{ tar: tar.Extract; out: PassThrough }> => {
+    // Loaded here, not with the module: every command that may name a git location loads this
+    // one, and tar-stream alone adds about 12 ms to a start that reads no git repository.
+    const { default: tarStream } = await import('tar-stream');
+    const extract = tarStream.extract();
     const out = new PassThrough();
     const start = (env: NodeJS.ProcessEnv): void => {
       if (out.destroyed) return;
@@ -91,14 +94,14 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
     return { tar: extract, out };
   };
   /** The one file's body out of its archive. */
-  const stream = (file: string, timeoutMs = settings.timeoutMs): Promise<Readable> =>
-    new Promise((resolve, reject) => {
-      const what = `${name}/${file}`;
-      let found = false;
-      const { tar: extract, out } = archive(file, what, timeoutMs, () => {
-        if (found) out.end();
-        else out.destroy(notFound(what));
-      });
+  const stream = async (file: string, timeoutMs = settings.timeoutMs): Promise<Readable> => {
+    const what = `${name}/${file}`;
+    let found = false;
+    const { tar: extract, out } = await archive(file, what, timeoutMs, () => {
+      if (found) out.end();
+      else out.destroy(notFound(what));
+    });
+    return new Promise((resolve, reject) => {
       out.once('error', reject);
       extract.on('entry', (header, body, next) => {
         if (header.name !== file || header.type !== 'file' || found) {
@@ -116,14 +119,19 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
         body.on('end', next);
       });
     });
+  };
   /** The index files the repository has, by name, read whole (each within the index bound); other packages.* files are passed over unread. */
-  const indexFiles = (): Promise<Map<string, Buffer>> =>
-    new Promise((resolve, reject) => {
-      const files = new Map<string, Buffer>();
-      const { tar: extract, out } = archive(INDEX_PATHSPEC, `${name}/packages.*`, settings.timeoutMs, () => {
+  const indexFiles = async (): Promise<Map<string, Buffer>> => {
+    const files = new Map<string, Buffer>();
+    let done: (() => void) | undefined;
+    const { tar: extract, out } = await archive(INDEX_PATHSPEC, `${name}/packages.*`, settings.timeoutMs, () => {
+      done?.();
+      out.end();
+    });
+    return new Promise((resolve, reject) => {
+      done = () => {
         resolve(files);
-        out.end();
-      });
+      };
       out.once('error', reject);
       extract.on('entry', (header, body, next) => {
         if (header.type !== 'file' || !INDEX_FILES.has(header.name)) {
@@ -141,6 +149,7 @@ export function gitRepository(location: Extract<Location, { kind: 'git' }>, sett
         );
       });
     });
+  };
   return {
     name,
     async readIndex(trust) {
