@@ -9,6 +9,7 @@ import type { OperationReport } from '../src/packager/index.js';
 import { createLocalTarget, fetchFromLocal } from '../src/repositories/index.js';
 import { isAutotestError } from '../src/errors.js';
 import { hostTag } from '../src/fs/atomic.js';
+import { smallestFirst } from '../src/packager/smallest-first.js';
 import { CLI, checkConsistency, copyExampleTree, execFileAsync, md5sumCheck, runCli, tempDir, writeConfig } from './helpers.js';
 
 const EXAMPLE_FILES = [
@@ -451,3 +452,46 @@ async function stuckCompressor(dir: string): Promise<{ compressing: string; cach
   const cache = path.join(dir, '.cache');
   return { compressing, cache, env: { ...process.env, AUTOTEST_CACHE_DIR: cache, AUTOTEST_CONFIG: '', PATH: `${bin}:${process.env.PATH ?? ''}` } };
 }
+
+test('tar files wait their turn one at a time, the smallest of those waiting together first, and a failed one does not stop the rest', async () => {
+  const tarring = smallestFirst();
+  const order: string[] = [];
+  let running = 0;
+  const task =
+    (name: string, fail = false) =>
+    async (): Promise<string> => {
+      running += 1;
+      assert.equal(running, 1, `${name} runs alone`);
+      order.push(name);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      running -= 1;
+      if (fail) throw new Error(`${name} failed`);
+      return name;
+    };
+  const results = await Promise.allSettled([
+    tarring(9_000_000, task('large')),
+    tarring(200_000, task('small', true)),
+    tarring(1_000_000, task('middle')),
+    tarring(50_000, task('smallest')),
+  ]);
+  assert.deepEqual(order, ['smallest', 'small', 'middle', 'large']);
+  assert.deepEqual(
+    results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason))),
+    ['large', 'Error: small failed', 'middle', 'smallest'],
+  );
+});
+
+test('upload --all packs a test folder reached through a symlink, and takes no plain file or dot folder of tests/ for a package', async (t) => {
+  const { dir, client, config } = await setup(t);
+  await mkdir(path.join(dir, 'elsewhere', 'linked'), { recursive: true });
+  await writeFile(path.join(dir, 'elsewhere', 'linked', 'control'), 'job.run_test("linked")\n');
+  await symlink(path.join(dir, 'elsewhere', 'linked'), path.join(client, 'tests', 'linked'));
+  await writeFile(path.join(client, 'tests', 'README'), 'not a test\n');
+  await mkdir(path.join(client, 'tests', '.hidden'));
+  const report = await uploadJson(dir, config, '--all');
+  assert.ok(report.packed.includes('test-linked.tar.bz2'), report.packed.join(' '));
+  assert.deepEqual(
+    report.packed.filter((file) => /README|hidden/.test(file)),
+    [],
+  );
+});

@@ -3,7 +3,7 @@ import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { availableParallelism, uptime } from 'node:os';
 import path from 'node:path';
-import pLimit, { type LimitFunction } from 'p-limit';
+import pLimit from 'p-limit';
 import type { Compression, FetchTls, Location } from '../config/index.js';
 import { describeLocation } from '../config/index.js';
 import { isAutotestError } from '../errors.js';
@@ -25,6 +25,7 @@ import type { IndexSigning } from '../signing/index.js';
 import { packageEntries, selectSources, type PackageSource, type Selection } from './client-tree.js';
 import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
+import { smallestFirst, type SmallestFirst } from './smallest-first.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
 import { withResources, type Resources } from '../resources.js';
 import { isDeadTemp, isTempName, isThisHostTemp, tempPathFor } from '../fs/atomic.js';
@@ -109,8 +110,8 @@ interface PackPlan {
   pool: CompressorPool | undefined;
   /** The compressor threads for a package of this many bytes. */
   threadsFor: (bytes: number) => number;
-  /** One tar stream is written at a time: they all run on the main thread. */
-  tarring: LimitFunction;
+  /** One tar stream is written at a time (they all run on the main thread), the smallest waiting first. */
+  tarring: SmallestFirst;
 }
 
 async function copyFileSource(source: PackageSource, dest: string): Promise<PackRecord> {
@@ -138,7 +139,7 @@ async function packSource(source: PackageSource, walked: Walked | undefined, des
     // as `test-x.tar` beside the package test-x is staged as that name.
     if (!dest.endsWith(pool.suffix)) throw new Error(`${dest}: a ${plan.compression} package name ends in ${pool.suffix}`);
     const tar = path.join(path.dirname(dest), `.${path.basename(dest, pool.suffix)}`);
-    const sourceDigest = await plan.tarring(() => writeTarFile(entries, tar));
+    const sourceDigest = await plan.tarring(bytes, () => writeTarFile(entries, tar));
     // About its tar stream's size: the files and a header block each.
     const digests = await compressTarFile(tar, bytes + 512 * entries.length, pool, dest);
     return { fingerprint, sourceDigest, md5: digests.md5, sha256: digests.sha256, size: digests.size };
@@ -540,7 +541,7 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
       cleaning = removeDeadStaging(stagingRoot);
       const pool = await openPool(options.compression, options.compressors, dir);
       pool?.start();
-      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: pLimit(1) } };
+      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: smallestFirst() } };
     })();
     return opened;
   };
