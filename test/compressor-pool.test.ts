@@ -224,3 +224,34 @@ test('a pool started ahead has all its helpers running before the first file, an
     pool.start();
   }, /after close/);
 });
+
+test('once told it is finishing, a pool shares the last queued files out in runs of a quarter each, where before one run took all that waited', async (t) => {
+  const { dir, log, restore } = await loggingCompressor(t, 'case "$*" in *slow-*) sleep 0.5;; esac');
+  t.after(restore);
+  const runsOf = async (finishing: boolean): Promise<number[]> => {
+    await writeFile(log, '');
+    const work = path.join(dir, finishing ? 'finishing' : 'plain');
+    await mkdir(work);
+    const pool = await createCompressorPool('bzip2', { size: 2, workDir: work });
+    pool.start();
+    // Four slow runs fill both helpers' two slots; the twelve files then wait for a slot together.
+    const slow = await Promise.all(
+      [0, 1, 2, 3].map(async (i) => writeFile(path.join(work, `slow-${String(i)}.tar`), 'x').then(() => path.join(work, `slow-${String(i)}.tar`))),
+    );
+    const slowDone = Promise.all(slow.map((file) => pool.compressFile(file, 1000)));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    if (finishing) pool.finishing();
+    const files = await smallFiles(work, 12);
+    await Promise.all([slowDone, ...files.map((file) => pool.compressFile(file, 100_000))]);
+    await pool.close();
+    return runsLogged(log);
+  };
+  const plain = await runsOf(false);
+  assert.deepEqual(plain, [1, 1, 1, 1, 12], 'the first slot to free takes all twelve');
+  const shared = await runsOf(true);
+  assert.equal(
+    shared.reduce((a, b) => a + b, 0),
+    16,
+  );
+  assert.ok(Math.max(...shared.slice(4)) <= 3, `runs after the slow ones: ${shared.slice(4).join(' ')}`);
+});

@@ -25,7 +25,7 @@ import type { IndexSigning } from '../signing/index.js';
 import { packageEntries, selectSources, type PackageSource, type Selection } from './client-tree.js';
 import { emptyLocationReport, type EventSink, type LocationReport, type OperationReport } from './events.js';
 import { toFailure } from './failure.js';
-import { smallestFirst, type SmallestFirst } from './smallest-first.js';
+import { tarTurns, type TarTurns } from './tar-turns.js';
 import { cacheDir, openPackState, type PackRecord, type PackState } from './state.js';
 import { withResources, type Resources } from '../resources.js';
 import { isDeadTemp, isTempName, isThisHostTemp, tempPathFor } from '../fs/atomic.js';
@@ -110,8 +110,8 @@ interface PackPlan {
   pool: CompressorPool | undefined;
   /** The compressor threads for a package of this many bytes. */
   threadsFor: (bytes: number) => number;
-  /** One tar stream is written at a time (they all run on the main thread), the smallest waiting first. */
-  tarring: SmallestFirst;
+  /** One tar stream is written at a time (they all run on the main thread): see tarTurns. */
+  tarring: TarTurns;
 }
 
 async function copyFileSource(source: PackageSource, dest: string): Promise<PackRecord> {
@@ -378,7 +378,16 @@ async function packAndStage(queue: PackQueue, compressors: number, context: Pack
   for (;;) {
     while (!hasRoom()) await Promise.race(inFlight);
     const item = await queue.next();
-    if (!item) break;
+    if (!item) {
+      // Every package left is in flight: the compressors' last runs are shared out evenly.
+      if (queue.count > 0) {
+        void context.workspace().then(
+          (workspace) => workspace.plan.pool?.finishing(),
+          () => undefined,
+        );
+      }
+      break;
+    }
     const bytes = item.walked?.bytes ?? 0;
     bytesInFlight += bytes;
     const packing: Promise<void> = packOne(item.source, item.walked, context, (stage) => stages.push(staging(stage))).finally(() => {
@@ -541,7 +550,7 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
       cleaning = removeDeadStaging(stagingRoot);
       const pool = await openPool(options.compression, options.compressors, dir);
       pool?.start();
-      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: smallestFirst() } };
+      return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: tarTurns(options.compressors) } };
     })();
     return opened;
   };
