@@ -495,3 +495,23 @@ test('upload --all packs a test folder reached through a symlink, and takes no p
     [],
   );
 });
+
+test('an upload of one package starts one compressor helper, and one of plain files alone none, whatever --jobs says', async (t) => {
+  const { dir, config } = await setup(t, ['repo1']);
+  // An sh on PATH in front of the real one, logging each compressor helper shell it starts.
+  const bin = path.join(dir, 'bin');
+  await mkdir(bin);
+  const log = path.join(dir, 'helpers.log');
+  await writeFile(path.join(bin, 'sh'), `#!/bin/sh\ncase "$2" in *'read -r count'*) echo helper >> '${log}';; esac\nexec /bin/sh "$@"\n`, { mode: 0o755 });
+  const env = { PATH: `${bin}:${process.env.PATH ?? ''}` };
+  const helpers = async (...args: string[]): Promise<number> => {
+    await writeFile(log, '');
+    const result = await runCli(['packager', 'upload', '--config', config, '--json', '--jobs', '4', ...args], { cwd: dir, env });
+    assert.equal(result.code, 0, result.stderr);
+    return (await readFile(log, 'utf8')).split('\n').filter((line) => line === 'helper').length;
+  };
+  assert.equal(await helpers('-t', 'hello'), 1, 'one package');
+  const kernel = path.join(dir, 'vmlinuz-6.1');
+  await writeFile(kernel, 'kernel image bytes');
+  assert.equal(await helpers('-f', kernel), 0, 'a plain file alone');
+});

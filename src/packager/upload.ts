@@ -549,7 +549,9 @@ async function packEverything(queue: PackQueue, options: PackEverything): Promis
       await mkdir(dir, { mode: 0o700 });
       cleaning = removeDeadStaging(stagingRoot);
       const pool = await openPool(options.compression, options.compressors, dir);
-      pool?.start();
+      // No more helpers than packages that may be compressed: a spawn costs the event loop
+      // a few ms, and `upload -t one` on a machine of many cores would pay it once a core.
+      pool?.start(options.sources.filter((source) => source.type !== 'file').length);
       return { dir, plan: { compression: options.compression, pool, threadsFor, tarring: tarTurns(options.compressors) } };
     })();
     return opened;

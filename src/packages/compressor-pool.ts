@@ -48,8 +48,12 @@ export interface CompressorPool {
    * at most a fair share of all the helpers' slots, so that the helpers end together.
    */
   finishing(): void;
-  /** Starts every helper now, so that their start overlaps the writing of the first tar files rather than follows it. */
-  start(): void;
+  /**
+   * Starts helpers now, up to `files` (the files that may come: no more helpers than that
+   * are ever busy) and the pool's size, so that their start overlaps the writing of the first
+   * tar files rather than follows it.
+   */
+  start(files?: number): void;
   /** Ends the helpers once their work is done. */
   close(): Promise<void>;
 }
@@ -240,9 +244,10 @@ class Pool implements CompressorPool {
     this.lastFiles = true;
   }
 
-  start(): void {
+  start(files = this.size): void {
     if (this.closed) throw new Error('compressor pool started after close');
-    while (this.helpers.length < this.size) this.newHelper();
+    const wanted = Math.min(this.size, files);
+    while (this.helpers.length < wanted) this.newHelper();
   }
 
   private newHelper(): Helper {
