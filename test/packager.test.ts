@@ -301,11 +301,21 @@ test("a packager killed in the middle of an upload publishes nothing, and the ne
   const { compressing, cache, env } = await stuckCompressor(dir);
   const child = spawn(process.execPath, [CLI, 'packager', 'upload', '--all', '--config', config], { cwd: dir, env, detached: true, stdio: 'ignore' });
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  for (let i = 0; i < 200 && !(await stat(compressing).catch(() => undefined)); i += 1) await new Promise((resolve) => setTimeout(resolve, 50));
+  const stagingRoot = path.join(cache, 'staging');
+  // Killed once a compressor runs and a tar file is staged: the client package streams into a
+  // compressor of its own, which may start before the first tar file is written.
+  const tarStaged = async (): Promise<boolean> => {
+    for (const folder of await readdir(stagingRoot).catch(() => [])) {
+      if ((await readdir(path.join(stagingRoot, folder)).catch(() => [])).some((f) => f.endsWith('.tar'))) return true;
+    }
+    return false;
+  };
+  for (let i = 0; i < 200 && !((await stat(compressing).catch(() => undefined)) && (await tarStaged())); i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
   // The packager and its compressors, as the OOM killer or a kill -9 of the job would.
   process.kill(-(child.pid ?? 0), 'SIGKILL');
   await exited;
-  const stagingRoot = path.join(cache, 'staging');
   const killed = await readdir(stagingRoot);
   assert.equal(killed.length, 1, `the killed packager's staging folder is left: ${killed.join(' ')}`);
   assert.ok(
