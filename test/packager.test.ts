@@ -525,3 +525,22 @@ test('an upload of one package starts one compressor helper, and one of plain fi
   await writeFile(kernel, 'kernel image bytes');
   assert.equal(await helpers('-f', kernel), 0, 'a plain file alone');
 });
+
+test('a location whose published tarball cannot be looked at (a symlink loop) is reported as failed, and the other location still gets the changed package', async (t) => {
+  const { dir, config, client, repos } = await setup(t);
+  const [repo1 = '', repo2 = ''] = repos;
+  assert.equal((await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir })).code, 0);
+  // sleeptest unchanged but its tarball in repo1 a link to itself; dbench changed.
+  await rm(path.join(repo1, 'test-sleeptest.tar.bz2'));
+  await symlink('test-sleeptest.tar.bz2', path.join(repo1, 'test-sleeptest.tar.bz2'));
+  await appendFile(path.join(client, 'tests', 'dbench', 'dbench.mjs'), '// changed\n');
+  const result = await runCli(['packager', 'upload', '--all', '--config', config], { cwd: dir });
+  assert.equal(result.code, 1, result.stderr);
+  const failedLine = result.stderr.split('\n').find((line) => line.includes('ELOOP'));
+  assert.ok(failedLine?.includes(repo1) === true && !result.stderr.includes(`${repo2}:`), result.stderr);
+  assert.deepEqual(await checkConsistency(repo2), { entries: 6, problems: [] });
+  const { stdout } = await execFileAsync('tar', ['-xjOf', path.join(repo2, 'test-dbench.tar.bz2'), 'dbench.mjs']);
+  assert.match(stdout, /\/\/ changed\n$/, 'repo2 holds the changed dbench');
+  const staging = path.join(dir, '.cache', 'staging');
+  assert.deepEqual(await readdir(staging).catch(() => []), [], 'no staging folder is left');
+});
