@@ -13,6 +13,7 @@
  * change is measured against what it replaces under the same load.
  * The unchanged re-run is shown with its parts: Node.js start-up (`node -e 0`) and start-up
  * with the packager's modules loaded (`autotest packager upload --help`); the rest is the walk.
+ * The cold run's mean over the runs is shown against the floor's mean too.
  * Targets: cold <= 1.3x the floor and <= 0.30x the reference; unchanged <= 0.03x the
  * reference and <= 3x the find walk; peak RSS < 300 MB.
  */
@@ -186,6 +187,13 @@ async function main(): Promise<void> {
     console.log(
       `upload --all, unchanged re-run:             ${w.toFixed(3)} s  [${all(warm)}]  ${(w / r).toFixed(4)}x reference (target <= 0.03), ${(w / k).toFixed(2)}x find walk (target <= 3)`,
     );
+    const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+    if (runs > 1) {
+      // The best runs can meet a ratio the load takes away on average: both are shown.
+      console.log(
+        `  cold, mean of the ${String(runs)} runs:           ${mean(cold).toFixed(2)} s against the floor's mean ${mean(floor).toFixed(2)} s: ${(mean(cold) / mean(floor)).toFixed(2)}x floor`,
+      );
+    }
     console.log(`find -printf '%s %T@' walk:                 ${k.toFixed(3)} s  [${all(walk)}]`);
     console.log(`  of which Node.js start-up (node -e 0):    ${best(nodeStart).toFixed(3)} s  [${all(nodeStart)}]`);
     console.log(`  start-up + packager modules (--help):     ${best(loaded).toFixed(3)} s  [${all(loaded)}]`);
@@ -197,6 +205,10 @@ async function main(): Promise<void> {
       console.log(
         `  upload --all, cold:                       ${cc.toFixed(2)} s  [${all(compareCold)}]  ${(cc / r).toFixed(3)}x reference, ${(cc / f).toFixed(2)}x floor`,
       );
+      if (runs > 1)
+        console.log(
+          `  cold, mean of the ${String(runs)} runs:         ${mean(compareCold).toFixed(2)} s: ${(mean(compareCold) / mean(floor)).toFixed(2)}x floor`,
+        );
       console.log(
         `  upload --all, unchanged re-run:           ${cw.toFixed(3)} s  [${all(compareWarm)}]  ${(cw / r).toFixed(4)}x reference, ${(cw / k).toFixed(2)}x find walk`,
       );
