@@ -11,6 +11,7 @@ import {
   fileEntry,
   packageFileName,
   readPackExclude,
+  sortDirents,
   walkTree,
   type ExcludeRule,
   type PackageType,
@@ -68,9 +69,9 @@ async function listFolders(clientDir: string, type: Exclude<PackageType, 'client
   for (const folder of TYPE_FOLDERS[type]) {
     const base = path.join(clientDir, folder);
     if (!(await isDir(base))) continue;
-    // The entry's type from the folder listing; only a link (or a file system that gives no
-    // type) is asked about with a stat of its own: a stat per package was 10 ms of every run.
-    const entries = (await readdir(base, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    // The entry's type from the folder listing (sorted as the walk sorts); only a link (or a
+    // file system that gives no type) gets a stat of its own: a stat each was 10 ms a run.
+    const entries = sortDirents(await readdir(base, { withFileTypes: true }));
     for (const entry of entries) {
       const { name } = entry;
       if (name.startsWith('.')) continue;

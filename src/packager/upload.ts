@@ -295,14 +295,11 @@ async function decide(
   }
   async function check(source: PackageSource, walked: Walked | undefined, digest: string | undefined): Promise<void> {
     // A location that cannot answer (its tarball cannot be looked at) fails alone, as one
-    // that refuses a write does: the others go on.
+    // that refuses a staged file does: the others go on, and its commit reports it.
     const everywhere = await Promise.all(
       live.map((l) =>
         holds(l, source.fileName, digest).catch((error: unknown) => {
-          if (!l.report.error) {
-            l.report.error = toFailure(error);
-            emit({ type: 'location-failed', location: l.report.location, error: l.report.error.message, hint: l.report.error.hint });
-          }
+          l.report.error ??= toFailure(error);
           return false;
         }),
       ),

@@ -13,7 +13,7 @@ export {
   EXTENSIONS,
 } from './names.js';
 export type { PackageType, ParsedFileName } from './names.js';
-export { fileEntry, walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, PACK_EXCLUDE_FILE } from './tree.js';
+export { fileEntry, walkTree, readPackExclude, combineRules, treeFingerprint, linkStaysInside, sortDirents, PACK_EXCLUDE_FILE } from './tree.js';
 export type { TreeEntry, ExcludeRule } from './tree.js';
 export { compressTarFile, digestEntries, packEntries, writeTarFile, TARBALL_MTIME } from './tarball.js';
 export type { PackOptions, PackResult } from './tarball.js';

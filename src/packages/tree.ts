@@ -69,7 +69,7 @@ export function combineRules(...rules: (ExcludeRule | undefined)[]): ExcludeRule
 const ASCII = /^[\x00-\x7f]*$/;
 
 /** Folder entries in byte order of their UTF-8 names; for ASCII names (nearly all) that is code-unit order. */
-function sortDirents(dirents: Dirent[]): Dirent[] {
+export function sortDirents(dirents: Dirent[]): Dirent[] {
   if (dirents.every((dirent) => ASCII.test(dirent.name))) return dirents.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return dirents.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
